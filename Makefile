@@ -1,0 +1,37 @@
+# Every target sets itself up first: a fresh clone needs only `make demo` or `make test`.
+PY      := .venv/bin/python
+STAMP   := .venv/.installed
+# No NVIDIA GPU -> the local CPU build of torch, never the multi-GB CUDA wheels.
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+TORCH   := $(if $(HAS_GPU),torch,torch==2.13.0)
+
+.PHONY: setup demo test test-fast test-kernels bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev,t7]"
+	touch $(STAMP)
+
+demo: setup
+	$(PY) -m soundnet_fast.cli demo
+
+# Kernel tests run in their own process: TRITON_INTERPRET is read when a kernel is decorated
+# (DESIGN.md section 5), so it must hold for the whole process.
+test: setup
+	$(PY) -m pytest -q tests --ignore=tests/kernels
+	TRITON_INTERPRET=1 $(PY) -m pytest -q tests/kernels
+
+bench: setup
+	$(PY) -m pytest -q bench --benchmark-json=bench/results/latest.json
+	$(PY) -m bench.report bench/results/latest.json
+
+lint: setup
+	$(PY) -m ruff check soundnet_fast kernels bench tests
+	$(PY) -m ruff format --check soundnet_fast kernels bench tests
+
+clean:
+	rm -rf .venv build *.egg-info

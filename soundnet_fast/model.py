@@ -1,0 +1,363 @@
+"""SoundNet-8 and SoundNet-5 as layer tables (DESIGN.md section 1).
+
+Each table row is one block: conv1d -> BatchNorm -> ReLU, optionally followed by a max-pool whose
+kernel equals its stride. Blocks keep the state-dict keys of ``nn.Sequential(Conv1d, BatchNorm1d, ReLU)``
+(``conv1.0.weight``, ``conv1.1.running_mean``, ...), the layout of the common PyTorch port's
+``sound8.pth``. Which implementation runs a block (PyTorch reference ops or the fused Triton kernels)
+is decided in exactly one place: :meth:`Block.forward`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Backend = Literal["reference", "fused"]
+SAMPLE_RATE = 22050  # Hz, DESIGN.md section 1
+INPUT_SCALE = 256.0  # waveform in [-1, 1] times 256 (training scale), DESIGN.md section 1
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """One row of the layer table: conv (k, s, p) then BN + ReLU, then an optional max-pool (k = s)."""
+
+    name: str
+    out_channels: int
+    kernel: int
+    stride: int
+    padding: int
+    pool: int | None = None  # max-pool kernel == stride, floor mode
+    pool_name: str | None = None
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """A classifier head: a plain conv1d (no BN), softmax over classes per time step."""
+
+    name: str
+    kernel: int
+    stride: int
+    padding: int
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where a layer's frames sit in the input: frame j covers samples
+    ``[offset + j * hop, offset + j * hop + receptive_field)`` (offset may be negative: padding)."""
+
+    hop: int
+    offset: int
+    receptive_field: int
+
+    def then(self, kernel: int, stride: int, padding: int) -> Geometry:
+        return Geometry(
+            hop=self.hop * stride,
+            offset=self.offset - padding * self.hop,
+            receptive_field=self.receptive_field + (kernel - 1) * self.hop,
+        )
+
+    def frame_times(self, num_frames: int, sample_rate: int = SAMPLE_RATE) -> Tensor:
+        """Centre of each frame's receptive field, in seconds from the start of the input."""
+        j = torch.arange(num_frames, dtype=torch.float64)
+        return (self.offset + j * self.hop + self.receptive_field / 2) / sample_rate
+
+
+# DESIGN.md section 1, SoundNet-8 table (T at 441,000 samples in the comments).
+SOUNDNET8_TRUNK: tuple[ConvSpec, ...] = (
+    ConvSpec("conv1", 16, 64, 2, 32, pool=8, pool_name="pool1"),  # 220,501 -> pool1 27,562
+    ConvSpec("conv2", 32, 32, 2, 16, pool=8, pool_name="pool2"),  # 13,782 -> pool2 1,722
+    ConvSpec("conv3", 64, 16, 2, 8),  # 862
+    ConvSpec("conv4", 128, 8, 2, 4),  # 432
+    ConvSpec("conv5", 256, 4, 2, 2, pool=4, pool_name="pool5"),  # 217 -> pool5 54
+    ConvSpec("conv6", 512, 4, 2, 2),  # 28
+    ConvSpec("conv7", 1024, 4, 2, 2),  # 15
+)
+# conv8 (objects) and conv8_2 (scenes): k8 s2 p0, T = 4.
+SOUNDNET8_HEADS: tuple[HeadSpec, HeadSpec] = (HeadSpec("conv8", 8, 2, 0), HeadSpec("conv8_2", 8, 2, 0))
+
+# DESIGN.md section 1, SoundNet-5 (the original main_train_small.lua).
+SOUNDNET5_TRUNK: tuple[ConvSpec, ...] = (
+    ConvSpec("conv1", 32, 64, 2, 32, pool=8, pool_name="pool1"),
+    ConvSpec("conv2", 64, 32, 2, 16, pool=8, pool_name="pool2"),
+    ConvSpec("conv3", 128, 16, 2, 8, pool=8, pool_name="pool3"),
+    ConvSpec("conv4", 256, 8, 2, 4),
+)
+SOUNDNET5_HEADS: tuple[HeadSpec, HeadSpec] = (HeadSpec("conv5", 16, 12, 4), HeadSpec("conv5_2", 16, 12, 4))
+
+
+def conv_out_len(length: int, kernel: int, stride: int, padding: int) -> int:
+    """Output length of a conv or floor-mode pool (may be <= 0 when the input is too short)."""
+    return (length + 2 * padding - kernel) // stride + 1
+
+
+class Block(nn.Sequential):
+    """conv1d -> BatchNorm1d -> ReLU (-> MaxPool1d with kernel == stride), one module.
+
+    Children are indexed like ``nn.Sequential(Conv1d, BatchNorm1d, ReLU[, MaxPool1d])`` so state dicts
+    match the reference layout exactly. ``backend`` picks the implementation.
+    """
+
+    def __init__(
+        self, in_channels: int, spec: ConvSpec, backend: Backend = "reference", eps: float = 1e-5
+    ) -> None:
+        layers: list[nn.Module] = [
+            nn.Conv1d(in_channels, spec.out_channels, spec.kernel, spec.stride, spec.padding),
+            # eps 1e-5, momentum 0.1: DESIGN.md section 1 (torch nn.BatchNormalization defaults).
+            nn.BatchNorm1d(spec.out_channels, eps=eps, momentum=0.1),
+            nn.ReLU(),
+        ]
+        if spec.pool is not None:
+            layers.append(nn.MaxPool1d(spec.pool, spec.pool))  # floor mode, as the original
+        super().__init__(*layers)
+        self.spec = spec
+        self.backend: Backend = backend
+
+    def forward(self, x: Tensor, pool: bool = True) -> Tensor:  # type: ignore[override]
+        conv, bn = self[0], self[1]
+        pool_k = self.spec.pool if pool else None
+        if self.backend == "fused":
+            from soundnet_fast.kernels import conv1d_bn_relu  # torch + triton only; imported on use
+
+            return conv1d_bn_relu(
+                x,
+                conv.weight,
+                conv.bias,
+                bn.weight,
+                bn.bias,
+                bn.running_mean,
+                bn.running_var,
+                stride=self.spec.stride,
+                padding=self.spec.padding,
+                training=bn.training or bn.running_mean is None,
+                momentum=bn.momentum,
+                eps=bn.eps,
+                pool=pool_k,
+                num_batches_tracked=bn.num_batches_tracked,
+            )
+        y = F.relu(bn(conv(x)))
+        return F.max_pool1d(y, pool_k, pool_k) if pool_k is not None else y
+
+
+class SoundNet(nn.Module):
+    """Fully convolutional 1-D CNN on the raw waveform with an object head and a scene head.
+
+    ``model(x)`` takes ``x`` shaped (B, 1, L), the waveform already scaled x256, and returns
+    ``(objects, scenes)`` logits shaped (B, C_obj, T) and (B, C_scene, T).
+    """
+
+    trunk_specs: tuple[ConvSpec, ...] = ()
+    head_specs: tuple[HeadSpec, HeadSpec] = SOUNDNET8_HEADS
+    arch: str = ""
+
+    def __init__(
+        self, num_objects: int = 1000, num_scenes: int = 401, backend: Backend = "reference"
+    ) -> None:
+        super().__init__()
+        if backend not in ("reference", "fused"):
+            raise ValueError(f"backend must be 'reference' or 'fused', got {backend!r}")
+        self.num_objects, self.num_scenes = int(num_objects), int(num_scenes)
+        self.check_inputs = True  # the trainer turns this off: the finiteness check syncs the host
+        in_ch = 1
+        for spec in self.trunk_specs:
+            self.add_module(spec.name, Block(in_ch, spec, backend))
+            in_ch = spec.out_channels
+        obj, scn = self.head_specs
+        # Heads are Sequential(Conv1d) so their keys read conv8.0.weight, as in sound8.pth.
+        self.add_module(obj.name, nn.Sequential(nn.Conv1d(in_ch, num_objects, obj.kernel, obj.stride, obj.padding)))
+        self.add_module(scn.name, nn.Sequential(nn.Conv1d(in_ch, num_scenes, scn.kernel, scn.stride, scn.padding)))
+        self.reset_parameters()
+
+    # ----------------------------------------------------------------------------------- structure
+    @property
+    def backend(self) -> Backend:
+        return self.blocks[0].backend
+
+    def set_backend(self, backend: Backend) -> SoundNet:
+        """Switch every block between the reference ops and the fused kernels (same weights)."""
+        if backend not in ("reference", "fused"):
+            raise ValueError(f"backend must be 'reference' or 'fused', got {backend!r}")
+        for block in self.blocks:
+            block.backend = backend
+        return self
+
+    @property
+    def blocks(self) -> list[Block]:
+        return [getattr(self, s.name) for s in self.trunk_specs]
+
+    @property
+    def objects_head(self) -> nn.Conv1d:
+        return getattr(self, self.head_specs[0].name)[0]
+
+    @property
+    def scenes_head(self) -> nn.Conv1d:
+        return getattr(self, self.head_specs[1].name)[0]
+
+    @classmethod
+    def layer_names(cls) -> list[str]:
+        """Feature layers in forward order: conv1, pool1, conv2, ..."""
+        names: list[str] = []
+        for s in cls.trunk_specs:
+            names.append(s.name)
+            if s.pool_name:
+                names.append(s.pool_name)
+        return names
+
+    @classmethod
+    def geometry(cls, layer: str) -> Geometry:
+        """Hop, offset and receptive field in samples of ``layer`` (a trunk layer or a head name)."""
+        g = Geometry(hop=1, offset=0, receptive_field=1)
+        for s in cls.trunk_specs:
+            g = g.then(s.kernel, s.stride, s.padding)
+            if layer == s.name:
+                return g
+            if s.pool:
+                g = g.then(s.pool, s.pool, 0)
+                if layer == s.pool_name:
+                    return g
+        for h in cls.head_specs:
+            if layer == h.name:
+                return g.then(h.kernel, h.stride, h.padding)
+        raise ValueError(f"unknown layer {layer!r} for {cls.__name__}; choose one of {cls.layer_names()}")
+
+    @classmethod
+    def output_lengths(cls, length: int) -> dict[str, int]:
+        """Length of every layer's output for an input of ``length`` samples."""
+        out: dict[str, int] = {}
+        n = length
+        for s in cls.trunk_specs:
+            n = conv_out_len(n, s.kernel, s.stride, s.padding)
+            out[s.name] = n
+            if s.pool:
+                n = conv_out_len(n, s.pool, s.pool, 0)
+                out[s.pool_name or ""] = n
+        h = cls.head_specs[0]
+        out["heads"] = conv_out_len(n, h.kernel, h.stride, h.padding)
+        return out
+
+    @classmethod
+    def min_length(cls, layer: str = "heads") -> int:
+        """Fewest input samples that give ``layer`` (default: the heads) at least one frame."""
+        lo, hi = 1, 1 << 24
+        while lo < hi:  # output length is monotone in the input length
+            mid = (lo + hi) // 2
+            if min(v for k, v in cls.output_lengths(mid).items() if _upto(cls, k, layer)) >= 1:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    # ------------------------------------------------------------------------------------- weights
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """The original initialisation (DESIGN.md section 1): conv weights N(0, 0.01), biases 0,
+        BN gamma N(1, 0.02), beta 0, fresh running statistics."""
+        with torch.no_grad():
+            for m in self.modules():
+                if isinstance(m, nn.Conv1d):
+                    m.weight.normal_(0.0, 0.01, generator=generator)
+                    m.bias.zero_()
+                elif isinstance(m, nn.BatchNorm1d):
+                    m.weight.normal_(1.0, 0.02, generator=generator)
+                    m.bias.zero_()
+                    m.reset_running_stats()
+
+    # ------------------------------------------------------------------------------------- forward
+    def _check(self, x: Tensor, layer: str) -> None:
+        if x.dim() != 3 or x.shape[1] != 1:
+            raise ValueError(
+                f"{type(self).__name__} expects a waveform shaped (batch, 1, samples), got {tuple(x.shape)}"
+            )
+        if not x.is_floating_point():
+            raise ValueError(f"{type(self).__name__} expects a float waveform (scaled x256), got {x.dtype}")
+        need = self.min_length(layer)
+        if x.shape[-1] < need:
+            raise ValueError(
+                f"input has {x.shape[-1]} samples ({x.shape[-1] / SAMPLE_RATE:.2f} s); {type(self).__name__} "
+                f"needs at least {need} samples ({need / SAMPLE_RATE:.2f} s at {SAMPLE_RATE} Hz) for {layer!r}. "
+                "Tile shorter clips circularly: soundnet_fast.audio.to_input(wave, min_seconds=10.0)."
+            )
+        if self.check_inputs and not bool(torch.isfinite(x).all()):
+            raise ValueError("input waveform holds non-finite samples (NaN or Inf)")
+
+    def _trunk(self, x: Tensor, stop: str | None = None) -> Tensor:
+        for block in self.blocks:
+            s = block.spec
+            if stop == s.name:
+                return block(x, pool=False)
+            x = block(x)
+            if stop is not None and stop == s.pool_name:
+                return x
+        return x
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        self._check(x, "heads")
+        h = self._trunk(x)
+        return getattr(self, self.head_specs[0].name)(h), getattr(self, self.head_specs[1].name)(h)
+
+    def features(self, x: Tensor, layer: str = "pool5") -> Tensor:
+        """Activations of ``layer`` shaped (B, C, T), running only the layers it needs.
+
+        ``type(model).geometry(layer)`` gives each frame's hop and offset in samples.
+        """
+        if layer not in self.layer_names() and layer not in (h.name for h in self.head_specs):
+            raise ValueError(
+                f"unknown layer {layer!r} for {type(self).__name__}; choose one of "
+                f"{self.layer_names() + [h.name for h in self.head_specs]}"
+            )
+        self._check(x, layer)
+        if layer in (h.name for h in self.head_specs):
+            return getattr(self, layer)(self._trunk(x))
+        return self._trunk(x, stop=layer)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def _upto(cls: type[SoundNet], key: str, layer: str) -> bool:
+    """True when ``key`` (an output_lengths key) is computed on the way to ``layer``."""
+    order = cls.layer_names() + ["heads"]
+    target = "heads" if layer in (h.name for h in cls.head_specs) else layer
+    return order.index(key) <= order.index(target)
+
+
+class SoundNet8(SoundNet):
+    """SoundNet-8: conv1..conv7 with pool1, pool2, pool5; object head conv8, scene head conv8_2."""
+
+    trunk_specs = SOUNDNET8_TRUNK
+    head_specs = SOUNDNET8_HEADS
+    arch = "soundnet8"
+
+
+class SoundNet5(SoundNet):
+    """SoundNet-5: conv1..conv4 with pool1..pool3; object head conv5, scene head conv5_2."""
+
+    trunk_specs = SOUNDNET5_TRUNK
+    head_specs = SOUNDNET5_HEADS
+    arch = "soundnet5"
+
+
+ARCHITECTURES: dict[str, type[SoundNet]] = {"soundnet8": SoundNet8, "soundnet5": SoundNet5}
+
+
+def build(arch: str, num_objects: int = 1000, num_scenes: int = 401, backend: Backend = "reference") -> SoundNet:
+    """Build a model by architecture name ('soundnet8' or 'soundnet5')."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
+    return ARCHITECTURES[arch](num_objects, num_scenes, backend)
+
+
+__all__ = [
+    "ARCHITECTURES",
+    "Block",
+    "ConvSpec",
+    "Geometry",
+    "HeadSpec",
+    "SoundNet",
+    "SoundNet5",
+    "SoundNet8",
+    "build",
+    "conv_out_len",
+]

@@ -1,0 +1,250 @@
+"""Released SoundNet weights and the project's own checkpoints (DESIGN.md section 4).
+
+Formats read by :func:`load_pretrained`:
+- ``sound8.npy`` (TF port): pickled dict conv1..conv7, conv8, conv8_2; ``weights`` (k, 1, C_in, C_out),
+  ``biases``; conv1..conv7 also ``gamma``, ``beta``, ``mean``, ``var`` (BN running statistics).
+- ``soundnet8_final.t7`` (original Torch7 nn.Sequential, needs the ``t7`` extra): conv modules at 0-based
+  indices 0, 4, 8, 11, 14, 18, 21, each followed by its BN; index 24 holds the two heads.
+- ``sound8.pth`` (common PyTorch port): a state dict with keys ``conv{n}.{0,1}.*``, ``conv8.0.*``,
+  ``conv8_2.0.*`` (conv weights may be 2-D-conv shaped (C_out, C_in, k, 1)).
+- native checkpoints (:func:`save_native`, and the trainer's): a dict with ``format``, ``arch``, head
+  sizes, sample rate, input scale and ``model`` (the state dict).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from soundnet_fast.fsutil import atomic_torch_save
+from soundnet_fast.model import ARCHITECTURES, SAMPLE_RATE, SoundNet, SoundNet8
+
+NATIVE_FORMAT = "soundnet_fast/1"
+# Original Torch7 model: 0-based module indices of conv1..conv7 (each followed by its BN), heads at 24.
+T7_CONV_INDICES = (0, 4, 8, 11, 14, 18, 21)
+T7_HEADS_INDEX = 24
+
+
+class WeightFileError(ValueError):
+    """A weight file that is missing, truncated, or does not match the architecture."""
+
+
+def load_pretrained(
+    path: str | os.PathLike[str], *, backend: str = "reference", map_location: str | torch.device = "cpu"
+) -> SoundNet:
+    """Load SoundNet weights from ``path`` in any supported format; returns the model in eval mode."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise WeightFileError(f"{path}: no such weight file")
+    state, arch, meta = read_state_dict(path, map_location=map_location)
+    num_objects, num_scenes = _head_sizes(state, arch, path)
+    model = ARCHITECTURES[arch](num_objects, num_scenes, backend=backend)  # type: ignore[arg-type]
+    _load_strict(model, state, path)
+    model.weights_meta = meta  # type: ignore[attr-defined]
+    return model.eval()
+
+
+def read_state_dict(
+    path: str, map_location: str | torch.device = "cpu"
+) -> tuple[dict[str, Tensor], str, dict[str, Any]]:
+    """Read ``path`` into (state dict in this project's key layout, architecture name, metadata)."""
+    lower = path.lower()
+    if lower.endswith(".npy"):
+        return _from_tf_npy(path), "soundnet8", {"source": "sound8.npy"}
+    if lower.endswith(".t7"):
+        return _from_t7(path), "soundnet8", {"source": "t7"}
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as e:
+        raise WeightFileError(f"{path}: not a readable PyTorch file (truncated or corrupt?): {e}") from e
+    if not isinstance(obj, dict):
+        raise WeightFileError(f"{path}: expected a dict (a state dict or a checkpoint), got {type(obj).__name__}")
+    if str(obj.get("format", "")).startswith("soundnet_fast/"):
+        arch = obj.get("arch")
+        if arch not in ARCHITECTURES:
+            raise WeightFileError(f"{path}: checkpoint names unknown architecture {arch!r}")
+        meta = {k: v for k, v in obj.items() if k in ("arch", "num_objects", "num_scenes", "sample_rate",
+                                                       "input_scale", "step", "source")}
+        return dict(obj["model"]), arch, meta
+    if "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    state = {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, Tensor)}
+    arch = "soundnet5" if "conv5_2.0.weight" in state else "soundnet8"
+    for k, v in list(state.items()):
+        if k.endswith("weight") and v.dim() == 4:  # 2-D-conv ports: (C_out, C_in, k, 1) or (.., 1, k)
+            state[k] = v.reshape(v.shape[0], v.shape[1], -1)
+    return state, arch, {"source": "state_dict"}
+
+
+def save_native(
+    path: str | os.PathLike[str], model: SoundNet, *, input_scale: float = 256.0, **extra: Any
+) -> None:
+    """Write ``model`` as a native checkpoint (atomic), with the metadata ``load_pretrained`` needs."""
+    atomic_torch_save(native_dict(model, input_scale=input_scale, **extra), path)
+
+
+def native_dict(model: SoundNet, *, input_scale: float = 256.0, **extra: Any) -> dict[str, Any]:
+    return {
+        "format": NATIVE_FORMAT,
+        "arch": model.arch,
+        "num_objects": model.num_objects,
+        "num_scenes": model.num_scenes,
+        "sample_rate": SAMPLE_RATE,
+        "input_scale": input_scale,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **extra,
+    }
+
+
+def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> SoundNet:
+    """Read any supported weight file and write it as a native checkpoint."""
+    model = load_pretrained(src)
+    save_native(dst, model, source=os.path.basename(os.fspath(src)))
+    return model
+
+
+# --------------------------------------------------------------------------------------- helpers
+def _head_sizes(state: dict[str, Tensor], arch: str, path: str) -> tuple[int, int]:
+    cls = ARCHITECTURES[arch]
+    sizes = []
+    for head in cls.head_specs:
+        key = f"{head.name}.0.weight"
+        if key not in state:
+            raise WeightFileError(f"{path}: missing key {key!r} ({arch} head)")
+        sizes.append(int(state[key].shape[0]))
+    return sizes[0], sizes[1]
+
+
+def _load_strict(model: SoundNet, state: dict[str, Tensor], path: str) -> None:
+    expected = model.state_dict()
+    # Files from before BatchNorm tracked batches have no counter; it does not affect outputs.
+    for k in expected:
+        if k.endswith("num_batches_tracked") and k not in state:
+            state[k] = torch.zeros((), dtype=torch.long)
+    missing = [k for k in expected if k not in state]
+    if missing:
+        raise WeightFileError(f"{path}: missing key(s) {missing[:6]}{' ...' if len(missing) > 6 else ''}")
+    unexpected = [k for k in state if k not in expected]
+    if unexpected:
+        raise WeightFileError(f"{path}: unexpected key(s) {unexpected[:6]} for {model.arch}")
+    for k, v in expected.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise WeightFileError(
+                f"{path}: key {k!r} has shape {tuple(state[k].shape)}, {model.arch} expects {tuple(v.shape)}"
+            )
+    model.load_state_dict({k: state[k].to(v.dtype) for k, v in expected.items()})
+
+
+def _from_tf_npy(path: str) -> dict[str, Tensor]:
+    try:
+        raw = np.load(path, encoding="latin1", allow_pickle=True).item()
+    except Exception as e:  # numpy raises several types for truncated pickles
+        raise WeightFileError(f"{path}: cannot read as the TF port's sound8.npy ({e})") from e
+    if not isinstance(raw, dict):
+        raise WeightFileError(f"{path}: expected a pickled dict of layers, got {type(raw).__name__}")
+    state: dict[str, Tensor] = {}
+    names = [s.name for s in SoundNet8.trunk_specs]
+    for name in names + [h.name for h in SoundNet8.head_specs]:
+        layer = raw.get(name)
+        if not isinstance(layer, dict):
+            raise WeightFileError(f"{path}: missing layer {name!r}")
+        is_head = name not in names
+        needed = ("weights", "biases") if is_head else ("weights", "biases", "gamma", "beta", "mean", "var")
+        for key in needed:
+            if key not in layer:
+                raise WeightFileError(f"{path}: layer {name!r} is missing {key!r}"
+                                      + (" (BN running statistics are required)" if key in ("mean", "var") else ""))
+        w = np.asarray(layer["weights"], dtype=np.float32)
+        if w.ndim != 4 or w.shape[1] != 1:
+            raise WeightFileError(f"{path}: {name}.weights has shape {w.shape}, expected (k, 1, C_in, C_out)")
+        p = f"{name}.0."
+        state[p + "weight"] = torch.from_numpy(np.ascontiguousarray(w[:, 0].transpose(2, 1, 0)))
+        state[p + "bias"] = _t(layer["biases"])
+        if not is_head:
+            b = f"{name}.1."
+            state[b + "weight"], state[b + "bias"] = _t(layer["gamma"]), _t(layer["beta"])
+            state[b + "running_mean"], state[b + "running_var"] = _t(layer["mean"]), _t(layer["var"])
+    return state
+
+
+def _t(a: Any) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(a, dtype=np.float32)).reshape(-1))
+
+
+def _from_t7(path: str) -> dict[str, Tensor]:
+    try:
+        import torchfile
+    except ImportError as e:
+        raise WeightFileError(f"{path}: reading .t7 files needs the 't7' extra: pip install 'soundnet-fast[t7]'") from e
+    try:
+        net = torchfile.load(path)
+    except Exception as e:  # torchfile raises assorted errors on truncated input
+        raise WeightFileError(f"{path}: cannot read as a Torch7 file ({e})") from e
+    modules = _field(net, "modules")
+    if modules is None or len(modules) <= T7_HEADS_INDEX:
+        raise WeightFileError(f"{path}: expected the original nn.Sequential with >= {T7_HEADS_INDEX + 1} modules")
+    state: dict[str, Tensor] = {}
+    for n, idx in enumerate(T7_CONV_INDICES, start=1):
+        conv, bn = modules[idx], modules[idx + 1]
+        state[f"conv{n}.0.weight"] = _t7_conv_weight(conv, path, f"modules[{idx}]")
+        state[f"conv{n}.0.bias"] = _t7_tensor(conv, "bias", path, f"modules[{idx}]")
+        state[f"conv{n}.1.weight"] = _t7_tensor(bn, "weight", path, f"modules[{idx + 1}]")
+        state[f"conv{n}.1.bias"] = _t7_tensor(bn, "bias", path, f"modules[{idx + 1}]")
+        state[f"conv{n}.1.running_mean"] = _t7_tensor(bn, "running_mean", path, f"modules[{idx + 1}]")
+        if _field(bn, "running_var") is not None:
+            state[f"conv{n}.1.running_var"] = _t7_tensor(bn, "running_var", path, f"modules[{idx + 1}]")
+        else:  # Torch7 nn before 2016 stored running_std = 1 / sqrt(var + eps)
+            std = _t7_tensor(bn, "running_std", path, f"modules[{idx + 1}]")
+            eps = float(_field(bn, "eps") or 1e-5)
+            state[f"conv{n}.1.running_var"] = 1.0 / std.double() ** 2 - eps
+    heads = _collect_convs(modules[T7_HEADS_INDEX])
+    if len(heads) != 2:
+        raise WeightFileError(f"{path}: modules[{T7_HEADS_INDEX}] should hold the two heads, found {len(heads)} convs")
+    for name, conv in zip(("conv8", "conv8_2"), heads, strict=True):
+        state[f"{name}.0.weight"] = _t7_conv_weight(conv, path, f"modules[{T7_HEADS_INDEX}] ({name})")
+        state[f"{name}.0.bias"] = _t7_tensor(conv, "bias", path, f"modules[{T7_HEADS_INDEX}] ({name})")
+    return {k: v.float() for k, v in state.items()}
+
+
+def _field(obj: Any, name: str) -> Any:
+    for key in (name, name.encode()):
+        try:
+            return obj[key]
+        except (KeyError, TypeError, IndexError):
+            pass
+        value = getattr(obj, key, None) if isinstance(key, str) else None
+        if value is not None:
+            return value
+    return None
+
+
+def _t7_tensor(module: Any, name: str, path: str, where: str) -> Tensor:
+    value = _field(module, name)
+    if value is None:
+        raise WeightFileError(f"{path}: {where} has no {name!r}")
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(value, dtype=np.float32)))
+
+
+def _t7_conv_weight(module: Any, path: str, where: str) -> Tensor:
+    w = _t7_tensor(module, "weight", path, where)
+    # SpatialConvolution weight (C_out, C_in, kH, kW) with one of kH, kW == 1 (time is the other).
+    if w.dim() != 4:
+        raise WeightFileError(f"{path}: {where}.weight has shape {tuple(w.shape)}, expected 4-D")
+    return w.reshape(w.shape[0], w.shape[1], -1)
+
+
+def _collect_convs(module: Any) -> list[Any]:
+    """Depth-first list of modules holding a 4-D weight (the two head convolutions)."""
+    w = _field(module, "weight")
+    if w is not None and np.asarray(w).ndim == 4:
+        return [module]
+    found: list[Any] = []
+    for child in _field(module, "modules") or []:
+        found.extend(_collect_convs(child))
+    return found

@@ -1,0 +1,44 @@
+"""`soundnet-fast`: thin wiring over the modules; each subcommand lives in the module that does the work.
+
+Every command module exposes ``add_arguments(parser)`` and ``run(args) -> int`` (the exit status).
+Modules import their heavy dependencies (PyAV, scikit-learn, DALI, numba) inside functions, so building
+the parser stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# (subcommand, module, one-line help). Data flows down this list:
+# video -> prepare -> shards -> train -> checkpoint -> extract/evaluate.
+COMMANDS: list[tuple[str, str, str]] = [
+    ("extract", "soundnet_fast.extract", "write SoundNet features of audio/video files as .npy"),
+    ("predict", "soundnet_fast.predict", "print the top-5 object and scene classes per head time step"),
+    ("convert", "soundnet_fast.convert", "convert sound8.npy / .t7 / sound8.pth weights to a native checkpoint"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="soundnet-fast",
+        description="SoundNet: sound representations learned from unlabeled video. "
+        "Extract features, predict classes, prepare video into shards, train by distillation, evaluate.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module, help_text in COMMANDS:
+        p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+        mod = importlib.import_module(module)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -82,6 +82,12 @@ def load(
         lead = (first_pts_s if first_pts_s is not None else start_time) - 0.0
         if lead < 0:
             wave = wave[int(round(-lead * native_rate)) :]
+        # Encoders pad the last frame (AAC: to 1,024 samples); the container's duration says where the
+        # signal ends. Trim only a small excess: some containers estimate durations roughly.
+        if stream.duration is not None and stream.time_base is not None:
+            expected = int(round(float(stream.duration * Fraction(stream.time_base)) * native_rate))
+            if 0 < expected < len(wave) <= expected + native_rate // 10:
+                wave = wave[:expected]
     wave = resample(wave, int(native_rate), sample_rate)
     if start or duration is not None:
         a = int(round(start * sample_rate))

@@ -101,9 +101,7 @@ class Block(nn.Sequential):
     match the reference layout exactly. ``backend`` picks the implementation.
     """
 
-    def __init__(
-        self, in_channels: int, spec: ConvSpec, backend: Backend = "reference", eps: float = 1e-5
-    ) -> None:
+    def __init__(self, in_channels: int, spec: ConvSpec, backend: Backend = "reference", eps: float = 1e-5) -> None:
         layers: list[nn.Module] = [
             nn.Conv1d(in_channels, spec.out_channels, spec.kernel, spec.stride, spec.padding),
             # eps 1e-5, momentum 0.1: DESIGN.md section 1 (torch nn.BatchNormalization defaults).
@@ -153,9 +151,7 @@ class SoundNet(nn.Module):
     head_specs: tuple[HeadSpec, HeadSpec] = SOUNDNET8_HEADS
     arch: str = ""
 
-    def __init__(
-        self, num_objects: int = 1000, num_scenes: int = 401, backend: Backend = "reference"
-    ) -> None:
+    def __init__(self, num_objects: int = 1000, num_scenes: int = 401, backend: Backend = "reference") -> None:
         super().__init__()
         if backend not in ("reference", "fused"):
             raise ValueError(f"backend must be 'reference' or 'fused', got {backend!r}")

@@ -69,8 +69,11 @@ def read_state_dict(
         arch = obj.get("arch")
         if arch not in ARCHITECTURES:
             raise WeightFileError(f"{path}: checkpoint names unknown architecture {arch!r}")
-        meta = {k: v for k, v in obj.items() if k in ("arch", "num_objects", "num_scenes", "sample_rate",
-                                                       "input_scale", "step", "source")}
+        meta = {
+            k: v
+            for k, v in obj.items()
+            if k in ("arch", "num_objects", "num_scenes", "sample_rate", "input_scale", "step", "source")
+        }
         return dict(obj["model"]), arch, meta
     if "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
@@ -82,9 +85,7 @@ def read_state_dict(
     return state, arch, {"source": "state_dict"}
 
 
-def save_native(
-    path: str | os.PathLike[str], model: SoundNet, *, input_scale: float = 256.0, **extra: Any
-) -> None:
+def save_native(path: str | os.PathLike[str], model: SoundNet, *, input_scale: float = 256.0, **extra: Any) -> None:
     """Write ``model`` as a native checkpoint (atomic), with the metadata ``load_pretrained`` needs."""
     atomic_torch_save(native_dict(model, input_scale=input_scale, **extra), path)
 
@@ -158,8 +159,10 @@ def _from_tf_npy(path: str) -> dict[str, Tensor]:
         needed = ("weights", "biases") if is_head else ("weights", "biases", "gamma", "beta", "mean", "var")
         for key in needed:
             if key not in layer:
-                raise WeightFileError(f"{path}: layer {name!r} is missing {key!r}"
-                                      + (" (BN running statistics are required)" if key in ("mean", "var") else ""))
+                raise WeightFileError(
+                    f"{path}: layer {name!r} is missing {key!r}"
+                    + (" (BN running statistics are required)" if key in ("mean", "var") else "")
+                )
         w = np.asarray(layer["weights"], dtype=np.float32)
         if w.ndim != 4 or w.shape[1] != 1:
             raise WeightFileError(f"{path}: {name}.weights has shape {w.shape}, expected (k, 1, C_in, C_out)")

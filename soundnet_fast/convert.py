@@ -1,0 +1,26 @@
+"""`soundnet-fast convert IN OUT`: any supported weight file -> a native checkpoint (DESIGN.md section 4)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", metavar="IN", help="sound8.npy, soundnet8_final.t7, sound8.pth or a native checkpoint")
+    p.add_argument("dst", metavar="OUT", help="native checkpoint to write (.pt)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from soundnet_fast.weights import WeightFileError, convert
+
+    try:
+        model = convert(args.src, args.dst)
+    except WeightFileError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"wrote {args.dst}: {model.arch}, {model.num_objects} object / {model.num_scenes} scene classes, "
+        f"{model.num_parameters():,} parameters"
+    )
+    return 0

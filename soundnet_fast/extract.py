@@ -1,0 +1,219 @@
+"""`soundnet-fast extract`: SoundNet features of audio/video files, one .npy per input.
+
+Long inputs run in chunks whose input windows overlap by at least the layer's receptive field and start on
+multiples of the layer's hop, so every kept frame sees exactly the samples it sees in one pass
+(DESIGN.md section 1: pool5 receptive field 17,438 samples, hop 8,192).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from soundnet_fast.audio import SAMPLE_RATE, AudioDecodeError, load, tile
+from soundnet_fast.fsutil import atomic_np_save
+from soundnet_fast.model import SoundNet
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Input samples [start, stop) of a waveform, producing the layer's frames [first, last)."""
+
+    start: int
+    stop: int
+    first: int
+    last: int
+
+
+def plan_chunks(model: SoundNet | type[SoundNet], length: int, layer: str, chunk_samples: int) -> list[Chunk]:
+    """Split a ``length``-sample input into chunks whose kept frames equal a single pass exactly."""
+    cls = model if isinstance(model, type) else type(model)
+    geo = cls.geometry(layer)
+    n_frames = _layer_len(cls, length, layer)
+    if n_frames <= 0:
+        return []
+    per_chunk = max(1, chunk_samples // geo.hop)
+    chunks: list[Chunk] = []
+    for f0 in range(0, n_frames, per_chunk):
+        f1 = min(n_frames, f0 + per_chunk)
+        # Start on a multiple of the hop so every intermediate grid lines up with the one-pass grid,
+        # at or before the first frame's receptive field.
+        a = max(0, ((geo.offset + f0 * geo.hop) // geo.hop) * geo.hop)
+        b = min(length, geo.offset + (f1 - 1) * geo.hop + geo.receptive_field)
+        while b < length and _layer_len(cls, b - a, layer) < f1 - a // geo.hop:
+            b = min(length, b + geo.hop)
+        chunks.append(Chunk(a, b, f0, f1))
+    return chunks
+
+
+def _layer_len(cls: type[SoundNet], length: int, layer: str) -> int:
+    lengths = cls.output_lengths(length)
+    return lengths["heads"] if layer in (h.name for h in cls.head_specs) else lengths[layer]
+
+
+@torch.no_grad()
+def features(
+    model: SoundNet,
+    wave: np.ndarray | Tensor,
+    layer: str = "pool5",
+    *,
+    scale: float = 256.0,
+    min_seconds: float = 10.0,
+    chunk_seconds: float = 120.0,
+    device: str | torch.device = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features of a [-1, 1] mono waveform as (T, C) float32, and each frame's time in seconds.
+
+    Waves shorter than ``min_seconds`` are tiled circularly (the original scripts' rule); longer ones run
+    in chunks of about ``chunk_seconds`` with bounded memory and the same result as one pass.
+    """
+    return features_many(
+        model, [wave], layer, scale=scale, min_seconds=min_seconds, chunk_seconds=chunk_seconds, device=device
+    )[0]
+
+
+@torch.no_grad()
+def features_many(
+    model: SoundNet,
+    waves: list[np.ndarray] | list[Tensor],
+    layer: str = "pool5",
+    *,
+    batch_size: int = 8,
+    scale: float = 256.0,
+    min_seconds: float = 10.0,
+    chunk_seconds: float = 120.0,
+    device: str | torch.device = "cpu",
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`features` for several waveforms; chunks of equal length run together, ``batch_size`` at a time."""
+    cls = type(model)
+    hop = cls.geometry(layer).hop
+    min_len = max(int(np.ceil(min_seconds * SAMPLE_RATE)), cls.min_length(layer))
+    inputs = [torch.from_numpy(tile(np.asarray(w, dtype=np.float32), min_len) * np.float32(scale)) for w in waves]
+    # (wave index, chunk) work items, grouped by input length so a batch stacks without padding.
+    items = [
+        (i, c) for i, x in enumerate(inputs) for c in plan_chunks(cls, len(x), layer, int(chunk_seconds * SAMPLE_RATE))
+    ]
+    items.sort(key=lambda ic: ic[1].stop - ic[1].start)
+    pieces: dict[tuple[int, int], Tensor] = {}
+    for s in range(0, len(items), max(1, batch_size)):
+        group = items[s : s + batch_size]
+        by_len: dict[int, list[tuple[int, Chunk]]] = {}
+        for i, c in group:
+            by_len.setdefault(c.stop - c.start, []).append((i, c))
+        for same in by_len.values():
+            x = torch.stack([inputs[i][c.start : c.stop] for i, c in same]).unsqueeze(1).to(device)
+            out = model.features(x, layer).float().cpu()
+            for (i, c), f in zip(same, out, strict=True):
+                lo = c.first - c.start // hop
+                pieces[(i, c.first)] = f[:, lo : lo + c.last - c.first]
+    results = []
+    for i in range(len(inputs)):
+        parts = [pieces[k] for k in sorted(k for k in pieces if k[0] == i)]
+        feats = torch.cat(parts, dim=1).T.contiguous().numpy()
+        results.append((feats, cls.geometry(layer).frame_times(feats.shape[0]).numpy()))
+    return results
+
+
+def output_paths(files: list[str], out_dir: str) -> list[str]:
+    """One output per input, mirroring the inputs' folders below their common parent, so inputs with the
+    same stem in different folders (or with different extensions) never overwrite each other."""
+    parents = [os.path.dirname(os.path.abspath(f)) for f in files]
+    root = os.path.commonpath(parents) if parents else ""
+    return [os.path.join(out_dir, os.path.relpath(os.path.abspath(f), root) + ".npy") for f in files]
+
+
+def _pool(feats: np.ndarray, how: str) -> np.ndarray:
+    if how == "mean":
+        return feats.mean(axis=0)
+    if how == "max":
+        return feats.max(axis=0)
+    return feats
+
+
+def iter_waves(files: list[str], mono: str) -> Iterator[tuple[str, np.ndarray | Exception]]:
+    for f in files:
+        try:
+            yield f, load(f, mono=mono)  # type: ignore[arg-type]
+        except (AudioDecodeError, OSError, ValueError) as e:
+            yield f, e
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="+", metavar="FILES", help="audio or video files (anything FFmpeg decodes)")
+    p.add_argument("--weights", required=True, help="sound8.npy, soundnet8_final.t7, sound8.pth or a native checkpoint")
+    p.add_argument("--layer", default="pool5", help="conv1..conv7, pool1, pool2, pool5 (SoundNet-5: its own names)")
+    p.add_argument("--pool", choices=["none", "mean", "max"], default="none", help="pool features over time")
+    p.add_argument("--out", required=True, help="output folder: one .npy (T x C, or C pooled) + .times.npy per input")
+    p.add_argument("--batch-size", type=int, default=1, help="files of equal length run together")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--input-scale", type=float, default=256.0, help="waveform scale (256 training, 512 original eval)")
+    p.add_argument("--mono", choices=["first", "mean"], default="first", help="first channel (original) or mean")
+    p.add_argument("--chunk-seconds", type=float, default=120.0, help="long inputs run in chunks of about this")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from soundnet_fast.weights import load_pretrained
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but no CUDA device is available", file=sys.stderr)
+        return 2
+    model = load_pretrained(args.weights).to(args.device)
+    valid = type(model).layer_names() + [h.name for h in type(model).head_specs]
+    if args.layer not in valid:
+        print(f"error: unknown layer {args.layer!r} for {model.arch}; choose one of {valid}", file=sys.stderr)
+        return 2
+    outs = dict(zip(args.files, output_paths(args.files, args.out), strict=True))
+    failed = 0
+    pending: list[tuple[str, np.ndarray]] = []
+
+    def flush() -> int:
+        try:
+            results = features_many(
+                model,
+                [w for _, w in pending],
+                args.layer,
+                batch_size=args.batch_size,
+                scale=args.input_scale,
+                chunk_seconds=args.chunk_seconds,
+                device=args.device,
+            )
+        except (RuntimeError, ValueError) as e:
+            for path, _ in pending:
+                bar.console.print(f"[red]failed[/red] {path}: {e}")
+            return len(pending)
+        for (path, _), (feats, times) in zip(pending, results, strict=True):
+            atomic_np_save(outs[path], _pool(feats, args.pool))
+            atomic_np_save(outs[path][: -len(".npy")] + ".times.npy", times)
+        return 0
+
+    with Progress(transient=False) as bar:
+        task = bar.add_task(f"extract {args.layer}", total=len(args.files))
+        for path, wave in iter_waves(args.files, args.mono):
+            if isinstance(wave, Exception):
+                failed += 1
+                bar.console.print(f"[red]skipped[/red] {path}: {wave}")
+                bar.advance(task)
+                continue
+            pending.append((path, wave))
+            if len(pending) >= max(1, args.batch_size):
+                failed += flush()
+                bar.advance(task, len(pending))
+                pending.clear()
+        if pending:
+            failed += flush()
+            bar.advance(task, len(pending))
+    ok = len(args.files) - failed
+    print(f"wrote {ok} feature file(s) to {args.out}" + (f"; {failed} failed" if failed else ""))
+    return 1 if ok == 0 else 0

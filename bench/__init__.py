@@ -1,0 +1,1 @@
+"""Benchmark suites (pytest-benchmark), parity-checked, and their report."""

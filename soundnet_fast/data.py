@@ -152,7 +152,8 @@ class ShardWriter:
     """Append clips to a shard folder; each shard's files appear atomically, whole videos per shard.
 
     ``teachers`` maps a teacher name (a file-name-safe word such as ``objects``) to
-    ``{"spec": str, "num_classes": int, "class_names": list[str] | None}``. Opening a folder that already
+    ``{"spec": str, "num_classes": int, "class_names": list[str] | None}`` (none at all gives audio-only
+    shards). Opening a folder that already
     holds a manifest resumes it (the settings must match); index lines of unlisted shards are dropped.
     A shard is cut once it holds ``clips_per_shard`` clips and the next clip belongs to another video.
     """
@@ -184,8 +185,6 @@ class ShardWriter:
                 "num_classes": n,
                 "class_names": list(names) if names is not None else None,
             }
-        if not self.teachers:
-            raise ValueError("at least one teacher is needed")
         self.sample_rate, self.clip_samples, self.steps = int(sample_rate), int(clip_samples), int(steps)
         self.frame_every = float(frame_every)
         self.clips_per_shard = int(clips_per_shard)

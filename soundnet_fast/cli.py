@@ -16,6 +16,8 @@ import sys
 COMMANDS: list[tuple[str, str, str]] = [
     ("extract", "soundnet_fast.extract", "write SoundNet features of audio/video files as .npy"),
     ("predict", "soundnet_fast.predict", "print the top-5 object and scene classes per head time step"),
+    ("prepare", "soundnet_fast.prepare", "turn a folder of videos into training shards (audio + teacher posteriors)"),
+    ("inspect", "soundnet_fast.shardinfo", "print a shard folder's manifest, counts and the teachers' top classes"),
     ("convert", "soundnet_fast.convert", "convert sound8.npy / .t7 / sound8.pth weights to a native checkpoint"),
 ]
 

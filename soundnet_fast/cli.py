@@ -18,6 +18,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("predict", "soundnet_fast.predict", "print the top-5 object and scene classes per head time step"),
     ("prepare", "soundnet_fast.prepare", "turn a folder of videos into training shards (audio + teacher posteriors)"),
     ("inspect", "soundnet_fast.shardinfo", "print a shard folder's manifest, counts and the teachers' top classes"),
+    ("train", "soundnet_fast.train", "distill the teachers' posteriors in shards into SoundNet (DDP via torchrun)"),
     ("convert", "soundnet_fast.convert", "convert sound8.npy / .t7 / sound8.pth weights to a native checkpoint"),
 ]
 

@@ -10,6 +10,8 @@ Built by name from a local weight file (:func:`build_teacher`)::
     resnet18:PATH     torchvision's ResNet-18 layout
     resnet50:PATH     torchvision's ResNet-50 layout
     torchscript:PATH  any architecture saved with torch.jit.save (or a PATH ending in .pt/.ts/.jit)
+    export:PATH       any architecture saved with torch.export.save (or a PATH ending in .pt2); TorchScript
+                      is deprecated in PyTorch 2.13, torch.export is its successor
     uniform:N         N classes, uniform probabilities (no weights; for smoke tests and benchmarks)
 
 The class count comes from the weight file's classifier (1000 for ImageNet, 365 for Places365, 401 for
@@ -187,7 +189,11 @@ class Teacher:
         if outputs not in ("logits", "probs"):
             raise ValueError(f"outputs must be 'logits' or 'probs', got {outputs!r}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.module = module.eval().to(self.device)
+        try:
+            module = module.eval()
+        except (NotImplementedError, RuntimeError):  # torch.export modules refuse .eval(): already inference
+            pass
+        self.module = module.to(self.device)
         self.spec, self.batch_size, self.outputs, self.preprocess = spec, int(batch_size), outputs, preprocess
         self._num_classes = num_classes
         if num_classes is None:
@@ -321,14 +327,16 @@ def build_teacher(
     kind, sep, rest = str(spec).partition(":")
     if not sep and kind.endswith((".pt", ".ts", ".jit")):
         kind, rest = "torchscript", kind
+    elif not sep and kind.endswith(".pt2"):
+        kind, rest = "export", kind
     if kind == "uniform":
         if not rest.isdigit() or int(rest) < 1:
             raise TeacherError(f"teacher spec {spec!r}: 'uniform:N' needs a class count N >= 1")
         return UniformTeacher(int(rest), names)
-    if kind not in ARCHITECTURES and kind != "torchscript":
+    if kind not in ARCHITECTURES and kind not in ("torchscript", "export"):
         raise TeacherError(
             f"teacher spec {spec!r}: unknown kind {kind!r}; use one of "
-            f"{sorted(ARCHITECTURES) + ['torchscript', 'uniform']} as KIND:PATH"
+            f"{sorted(ARCHITECTURES) + ['torchscript', 'export', 'uniform']} as KIND:PATH"
         )
     path = rest
     if not path or not os.path.isfile(path):
@@ -339,6 +347,12 @@ def build_teacher(
             module = torch.jit.load(path, map_location=dev)
         except Exception as e:  # torch.jit raises RuntimeError/ValueError variants for non-TorchScript files
             raise TeacherError(f"{path}: cannot load as TorchScript ({e})") from e
+        return Teacher(module, spec=str(spec), class_names=names, device=dev, batch_size=batch_size)
+    if kind == "export":
+        try:
+            module = torch.export.load(path).module()
+        except Exception as e:  # a wrong or damaged archive raises several error types
+            raise TeacherError(f"{path}: cannot load as a torch.export program ({e})") from e
         return Teacher(module, spec=str(spec), class_names=names, device=dev, batch_size=batch_size)
     module = load_architecture(kind, path)
     num_classes = int(module.state_dict()[ARCHITECTURES[kind][1]].shape[0])

@@ -20,6 +20,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("inspect", "soundnet_fast.shardinfo", "print a shard folder's manifest, counts and the teachers' top classes"),
     ("train", "soundnet_fast.train", "distill the teachers' posteriors in shards into SoundNet (DDP via torchrun)"),
     ("convert", "soundnet_fast.convert", "convert sound8.npy / .t7 / sound8.pth weights to a native checkpoint"),
+    ("evaluate", "soundnet_fast.evaluate", "transfer evaluation: features + linear SVM on ESC-50/10, DCASE 2013"),
 ]
 
 

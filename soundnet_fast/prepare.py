@@ -371,6 +371,7 @@ def _prepare(
 ) -> Summary:
     from soundnet_fast.teachers import TeacherError, build_teacher
 
+    found = find_videos(videos)  # before anything is written: a wrong path leaves no empty output
     built = {
         name: build_teacher(spec, class_names=(class_names or {}).get(name), device=device, batch_size=batch_size)
         for name, spec in teachers.items()
@@ -386,7 +387,6 @@ def _prepare(
         clips_per_shard=clips_per_shard,
         extra={"mono": mono, "source": os.path.abspath(os.fspath(videos))},
     )
-    found = find_videos(videos)
     summary = Summary(videos=len(found))
     done = set(writer.videos)
     failed_before = {str(r.get("video")) for r in data.read_failures(out)}

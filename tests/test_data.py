@@ -281,3 +281,28 @@ def test_auto_backend_is_numpy_on_cpu(tmp_path):
     assert ShardLoader(tmp_path, 4).backend == "numpy"
     with pytest.raises(ValueError, match="backend"):
         ShardLoader(tmp_path, 4, backend="arrow")
+
+
+def test_inspect_summarizes_and_prints(tmp_path, capsys):
+    import argparse
+
+    from soundnet_fast import shardinfo
+
+    write_shards(tmp_path)
+    (tmp_path / data.FAILURES).write_text(
+        json.dumps({"video": "x.mp4", "reason": "x.mp4: empty", "kind": "empty"}) + "\n"
+    )
+    s = shardinfo.summarize(tmp_path, clips=2, top=2)
+    assert s["index_clips"] == 21 and s["num_shards"] == 4 and s["failures"] == {"empty": 1}
+    assert len(s["samples"]) == 2
+    clip = s["samples"][0]
+    _, probs = clip_arrays(clip["clip"])
+    best = int(np.argmax(probs["objects"][0]))
+    assert clip["teachers"]["objects"][0][0] == (f"o{best}", pytest.approx(float(probs["objects"][0, best])))
+    assert clip["teachers"]["scenes"][0][0][0].startswith("#")  # no class names: indices
+    parser = argparse.ArgumentParser()
+    shardinfo.add_arguments(parser)
+    assert shardinfo.run(parser.parse_args([str(tmp_path), "--clips", "1"])) == 0
+    out = capsys.readouterr().out
+    assert "21 clips" in out and "7 videos" in out and "empty: 1" in out and "teacher objects: 5 classes" in out
+    assert shardinfo.run(parser.parse_args([str(tmp_path / "nowhere")])) == 2

@@ -48,12 +48,12 @@ def colour_frames(size=(64, 48)):
     return lambda t: np.broadcast_to(np.array(colour(frame_window(t)), np.uint8), (h, w, 3)).copy()
 
 
-def tone_of(w: int) -> float:
+def tone_of(w):
     return 300.0 + 110.0 * w
 
 
 def window_tones(t: np.ndarray) -> np.ndarray:
-    return 0.4 * np.sin(2 * np.pi * np.array([tone_of(int(w)) for w in np.floor(t / 5)]) * t)
+    return 0.4 * np.sin(2 * np.pi * tone_of(np.floor(t / 5)) * t)  # tone_of is affine: works on arrays
 
 
 def stereo_tones(t: np.ndarray) -> np.ndarray:
@@ -199,7 +199,7 @@ def test_failures_are_recorded_and_the_run_goes_on(tmp_path):
 
     out = tmp_path / "out"
     teacher = Teacher(NanOnBlack(), spec="test:nan", num_classes=NUM_COLOURS, device="cpu")
-    s = prepare.prepare(d, out, {"objects": teacher}, workers=1)
+    s = prepare.prepare(d, out, {"objects": teacher}, workers=1, progress=True)
     assert s.videos == 8 and s.succeeded == 2 and s.failed == 6
     failures = {r["video"]: r for r in data.read_failures(out)}
     assert set(failures) == {"garbage.mp4", "empty.webm", "truncated.mp4", "no_audio.mp4", "no_video.mkv", "nan.mp4"}

@@ -148,12 +148,13 @@ def loader_shards(tmp_path_factory: pytest.TempPathFactory, sizes: Sizes) -> tup
     return out, clips, batch
 
 
-@pytest.mark.parametrize("backend", ["numpy", "dali"])
+@pytest.mark.parametrize("backend", ["numpy", "numpy+prefetch", "dali"])
 def test_loader_throughput(timed, sizes: Sizes, loader_shards, backend: str) -> None:
+    prefetch = 2 if backend.endswith("+prefetch") else 0
     if backend == "dali":
         pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip install 'soundnet-fast[dali]')")
     folder, clips, batch = loader_shards
-    loader = data.ShardLoader(folder, batch, backend=backend, seed=0, num_threads=2)
+    loader = data.ShardLoader(folder, batch, backend=backend.split("+")[0], seed=0, num_threads=2, prefetch=prefetch)
 
     def epoch() -> None:
         n = 0

@@ -394,6 +394,8 @@ class ShardLoader:
     a CPU-only pipeline when ``device`` is the CPU); ``"auto"`` picks DALI for a CUDA device when it imports.
     Every backend yields the same clips in the same order for the same seed (:func:`epoch_order`).
 
+    ``prefetch`` batches are read ahead in a thread by the numpy backend (default: 2 on a GPU, 0 on a CPU).
+
     Epochs: ``len(loader)`` is batches per epoch; iterating resumes at the current position and, at the end
     of an epoch, moves on to the next. ``set_epoch(e)`` switches to epoch ``e`` at its start (a no-op when
     ``e`` is the current epoch, so calling it after ``load_state_dict`` keeps the restored position).
@@ -415,6 +417,7 @@ class ShardLoader:
         teachers: Sequence[str] | None = None,
         scale: float = INPUT_SCALE,
         num_threads: int = 2,
+        prefetch: int | None = None,
     ) -> None:
         import torch
 
@@ -445,6 +448,9 @@ class ShardLoader:
             )
         self._arrays = [self._open_shard(name, int(n)) for name, n in zip(self.shard_names, counts, strict=True)]
         self.backend = self._pick_backend(backend)
+        # A reading thread pays on a GPU (it overlaps the device's step); on a CPU the step needs the same cores,
+        # and on 2 cores the thread measured slower (bench/test_data_bench.py), so it is off there by default.
+        self.prefetch = int(prefetch) if prefetch is not None else (2 if self.device.type == "cuda" else 0)
         self.epoch = 0
         self.position = 0
         if len(self) == 0:
@@ -542,7 +548,10 @@ class ShardLoader:
             self.epoch, self.position = self.epoch + 1, 0
         order = self.order()
         batches = [order[i * self.batch_size : (i + 1) * self.batch_size] for i in range(self.position, len(self))]
-        source = self._numpy_batches(batches) if self.backend == "numpy" else self._dali_batches(batches)
+        if self.backend == "numpy":
+            source = _prefetched(self._numpy_batches(batches), self.prefetch)
+        else:
+            source = self._dali_batches(batches)
         for batch in source:
             self.position += 1  # counted when handed over: state_dict() now says "this batch is consumed"
             yield batch
@@ -551,16 +560,20 @@ class ShardLoader:
     def _numpy_batches(self, batches: list[np.ndarray]) -> Iterator[tuple[Any, dict[str, Any]]]:
         import torch
 
-        pin = self.device.type == "cuda"
+        cuda = self.device.type == "cuda"
         factor = np.float32(self.scale / 32768.0)  # int16 -> [-1, 1) -> x scale
         for clips in batches:
             b = len(clips)
-            audio = torch.empty((b, 1, self.clip_samples), dtype=torch.float32, pin_memory=pin)
+            # On a GPU the int16 rows travel (half the bytes of float32) from pinned memory and are converted on
+            # the device, as the DALI backend does; on the CPU they are converted straight into the batch.
+            audio = torch.empty(
+                (b, 1, self.clip_samples), dtype=torch.int16 if cuda else torch.float32, pin_memory=cuda
+            )
             targets = {
                 t: torch.empty(
                     (b, int(self.manifest["teachers"][t]["num_classes"]), self.steps),
                     dtype=torch.float32,
-                    pin_memory=pin,
+                    pin_memory=cuda,
                 )
                 for t in self.teachers
             }
@@ -569,19 +582,19 @@ class ShardLoader:
             shard, row = self.locate(clips)
             for s in np.unique(shard):
                 pos = np.nonzero(shard == s)[0]
-                rows = row[pos]
                 arrays = self._arrays[s]
-                # Row by row from the memory map: each clip is one contiguous read (fancy indexing would copy
-                # the same bytes twice).
-                for p, r in zip(pos.tolist(), rows.tolist(), strict=True):
-                    np.multiply(arrays["audio"][r], factor, out=a_np[p], dtype=np.float32)
+                # Row by row from the memory map: each clip is one contiguous read straight into the batch
+                # (fancy indexing would copy the same bytes twice).
+                for p, r in zip(pos.tolist(), row[pos].tolist(), strict=True):
+                    if cuda:
+                        a_np[p] = arrays["audio"][r]
+                    else:
+                        np.multiply(arrays["audio"][r], factor, out=a_np[p], dtype=np.float32)
                     for t in self.teachers:
                         t_np[t][p] = arrays[t][r].T
-            if pin:
-                yield (
-                    audio.to(self.device, non_blocking=True),
-                    {t: v.to(self.device, non_blocking=True) for t, v in targets.items()},
-                )
+            if cuda:
+                x = audio.to(self.device, non_blocking=True).float().mul_(float(factor))
+                yield x, {t: v.to(self.device, non_blocking=True) for t, v in targets.items()}
             else:
                 yield audio, targets
 
@@ -639,3 +652,54 @@ class ShardLoader:
         out = torch.empty(dense.shape(), dtype=torch.float32, device=self.device)
         feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(self.device))
         return out
+
+
+class _Raised:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def _prefetched(source: Iterator[Any], depth: int) -> Iterator[Any]:
+    """Run ``source`` in a background thread, ``depth`` items ahead (numpy copies release the GIL, so reading
+    the next batch overlaps the training step). Stopping early stops the thread."""
+    if depth <= 0:
+        yield from source
+        return
+    import queue
+    import threading
+
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in source:
+                if not put(item):
+                    return
+            put(done)
+        except BaseException as e:  # handed to the consumer, raised there
+            put(_Raised(e))
+
+    thread = threading.Thread(target=work, name="ShardLoader-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, _Raised):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=10)

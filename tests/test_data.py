@@ -306,3 +306,26 @@ def test_inspect_summarizes_and_prints(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "21 clips" in out and "7 videos" in out and "empty: 1" in out and "teacher objects: 5 classes" in out
     assert shardinfo.run(parser.parse_args([str(tmp_path / "nowhere")])) == 2
+
+
+def test_prefetch_thread_same_batches_errors_and_early_stop(tmp_path):
+    import threading
+
+    write_shards(tmp_path)
+    a = [x for x, _ in ShardLoader(tmp_path, 4, seed=2, backend="numpy", prefetch=0)]
+    b = [x for x, _ in ShardLoader(tmp_path, 4, seed=2, backend="numpy", prefetch=3)]
+    assert len(a) == len(b) == 5 and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+    def failing():
+        yield 1
+        raise OSError("disk gone")
+
+    it = data._prefetched(failing(), 2)
+    assert next(it) == 1
+    with pytest.raises(OSError, match="disk gone"):
+        next(it)
+    loader = ShardLoader(tmp_path, 2, seed=2, backend="numpy", prefetch=2)
+    for _ in loader:
+        break  # the generator is closed here: its thread must stop
+    assert not any(t.name == "ShardLoader-prefetch" and t.is_alive() for t in threading.enumerate())
+    assert loader.state_dict()["position"] == 1

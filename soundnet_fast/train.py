@@ -246,7 +246,7 @@ class Trainer:
             device=self.device,
             loss=cfg.loss,  # type: ignore[arg-type]
             lam=cfg.lam,
-            backend=cfg.backend,
+            backend=self.loss_backend,
             precision=cfg.precision,
             cuda_graphs=cfg.cuda_graphs,
             world=env.world,
@@ -295,16 +295,23 @@ class Trainer:
         if cfg.cuda_graphs and self.device.type != "cuda":
             self._say(f"note: --cuda-graphs needs a CUDA device; running eager steps on {self.device} instead")
             cfg.cuda_graphs = False
+        self.loss_backend = "reference"
         if cfg.backend == "fused":
-            if self.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-                raise TrainError(
-                    "--backend fused runs Triton kernels: it needs a CUDA device (or TRITON_INTERPRET=1, "
-                    "the slow CPU interpreter); use --backend reference on the CPU"
-                )
             try:
-                from soundnet_fast.kernels import conv1d_bn_relu, kl_div  # noqa: F401
+                from soundnet_fast import kernels
             except ImportError as e:
-                raise TrainError(f"--backend fused: the fused kernels are not available ({e})") from e
+                raise TrainError(f"--backend fused: the fused kernels do not import ({e})") from e
+            if not hasattr(kernels, "conv1d_bn_relu"):
+                raise TrainError("--backend fused: soundnet_fast.kernels has no conv1d_bn_relu")
+            if cfg.loss == "kl" and hasattr(kernels, "kl_div"):
+                self.loss_backend = "fused"
+            elif cfg.loss == "kl":
+                self._say("note: soundnet_fast.kernels has no fused kl_div yet; the loss uses the reference ops")
+            if self.device.type != "cuda":
+                self._say(
+                    f"note: on {self.device} the fused ops run their PyTorch reference (or, with "
+                    "TRITON_INTERPRET=1, the Triton interpreter): use a CUDA device for speed"
+                )
             if cfg.sync_bn and env.world > 1:
                 raise TrainError(
                     "--sync-bn with --backend fused: the fused kernels compute per-rank statistics; "
@@ -474,7 +481,7 @@ class Trainer:
         if run >= self.cfg.max_bad_steps:
             kept = (
                 f"the last good checkpoint is {self.ckpt_path} (step {self.saved_step})"
-                if self.saved_step
+                if self.saved_step is not None
                 else "no checkpoint was written"
             )
             raise TrainError(
@@ -484,7 +491,6 @@ class Trainer:
 
     def _log(self, bar: ProgressBar) -> None:
         values = self.stepper.read()
-        self._check_bad(values)
         now = time.perf_counter()
         steps = self.step - self._step_log
         rate = steps * self.cfg.batch_size / max(now - self._t_log, 1e-9)
@@ -504,6 +510,7 @@ class Trainer:
         )
         bar.update(rate, rec["loss"])
         self._record(rec)
+        self._check_bad(values)  # after the record, so the metrics show the run of skipped steps
         if not bar.enabled and now - self._last_print > 10.0:
             self._last_print = now
             loss = "nan" if rec["loss"] is None else f"{rec['loss']:.4f}"
@@ -541,7 +548,7 @@ class Trainer:
                     targets,
                     kind=cfg.loss,
                     lam=cfg.lam,  # type: ignore[arg-type]
-                    backend=cfg.backend,
+                    backend=self.loss_backend,
                 )
                 acc[0] += audio.shape[0]
                 acc[1] += loss.double() * audio.shape[0]

@@ -206,8 +206,6 @@ class Teacher:
         if names is not None and len(names) != self.num_classes:
             raise TeacherError(f"teacher {spec}: {len(names)} class names for {self.num_classes} classes")
         self.class_names = names
-        self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
 
     @property
     def num_classes(self) -> int:
@@ -219,20 +217,11 @@ class Teacher:
         return {"spec": self.spec, "num_classes": self.num_classes, "class_names": self.class_names}
 
     def transform(self, frame: np.ndarray) -> Tensor:
-        """One (H, W, 3) uint8 frame -> (3, 224, 224) normalised float tensor on the teacher's device."""
-        frame = np.asarray(frame)
-        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-            raise TeacherError(f"teacher {self.spec}: frames must be uint8 (H, W, 3), got {frame.dtype} {frame.shape}")
-        x = torch.from_numpy(np.ascontiguousarray(frame)).to(self.device).permute(2, 0, 1)[None].float() / 255.0
+        """One (H, W, 3) uint8 frame -> (3, 224, 224) normalised float tensor on the teacher's device
+        (:func:`preprocess_frame`; only the scaling to [0, 1] when ``preprocess`` is off)."""
         if self.preprocess:
-            h, w = x.shape[-2:]
-            # torchvision Resize(256): the shorter side to 256, the other scaled (truncated), antialiased.
-            nh, nw = (RESIZE, int(RESIZE * w / h)) if h <= w else (int(RESIZE * h / w), RESIZE)
-            x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
-            top, left = int(round((nh - CROP) / 2.0)), int(round((nw - CROP) / 2.0))  # torchvision CenterCrop
-            x = x[..., top : top + CROP, left : left + CROP]
-            x = (x - self._mean) / self._std
-        return x[0]
+            return preprocess_frame(frame, self.device, who=f"teacher {self.spec}")
+        return _to_tensor(frame, self.device, f"teacher {self.spec}")[0]
 
     @torch.inference_mode()
     def __call__(self, frames: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
@@ -266,6 +255,27 @@ class UniformTeacher(Teacher):
 
     def __call__(self, frames: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         return np.full((len(frames), self.num_classes), 1.0 / self.num_classes, dtype=np.float32)
+
+
+def _to_tensor(frame: np.ndarray, device: str | torch.device, who: str) -> Tensor:
+    frame = np.asarray(frame)
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        raise TeacherError(f"{who}: frames must be uint8 (H, W, 3), got {frame.dtype} {frame.shape}")
+    return torch.from_numpy(np.ascontiguousarray(frame)).to(device).permute(2, 0, 1)[None].float() / 255.0
+
+
+def preprocess_frame(frame: np.ndarray, device: str | torch.device = "cpu", *, who: str = "preprocess") -> Tensor:
+    """torchvision's standard evaluation transform of one uint8 (H, W, 3) RGB frame -> (3, 224, 224):
+    Resize(256) (shorter side to 256, antialiased bilinear), CenterCrop(224), ImageNet mean/std."""
+    x = _to_tensor(frame, device, who)
+    h, w = x.shape[-2:]
+    nh, nw = (RESIZE, int(RESIZE * w / h)) if h <= w else (int(RESIZE * h / w), RESIZE)  # the other side truncated
+    x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+    top, left = int(round((nh - CROP) / 2.0)), int(round((nw - CROP) / 2.0))  # torchvision CenterCrop's rounding
+    x = x[..., top : top + CROP, left : left + CROP]
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return ((x - mean) / std)[0]
 
 
 def default_class_names(num_classes: int) -> list[str] | None:

@@ -113,6 +113,7 @@ def test_preprocessing_resize_crop_normalise():
     flat = np.full((300, 400, 3), 128, np.uint8)
     x = t.transform(flat)
     assert x.shape == (3, 224, 224)
+    torch.testing.assert_close(teachers.preprocess_frame(flat), x)  # the public transform, no teacher needed
     want = (128 / 255 - torch.tensor(teachers.IMAGENET_MEAN)) / torch.tensor(teachers.IMAGENET_STD)
     torch.testing.assert_close(x.mean(dim=(1, 2)), want, atol=1e-5, rtol=0)
     # Resize(256) keeps the aspect ratio (300x400 -> 256x341), CenterCrop(224) keeps the middle: columns

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -49,13 +48,12 @@ def train_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "soundnet_fast.train", *args]
 
 
-def child_env(threads: int = 2) -> dict[str, str]:
-    """Environment for a trainer subprocess: the repo importable, a fixed thread count (bit-identical runs)."""
+def child_env(threads: int | None = None) -> dict[str, str]:
+    """Environment for a trainer subprocess: the repo importable, and by default this process's thread count,
+    so a run in a child and one in this process use the same kernels and round the same way."""
+    import torch
+
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    env["OMP_NUM_THREADS"] = str(threads)
+    env["OMP_NUM_THREADS"] = str(threads if threads is not None else torch.get_num_threads())
     return env
-
-
-def run_cmd(cmd: list[str], timeout: float = 300, **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=child_env(), **kw)

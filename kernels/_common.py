@@ -1,0 +1,57 @@
+"""Dispatch rules and launch-size helpers shared by the kernels (torch + triton only).
+
+Dispatch (one rule for every op in this package):
+
+* CUDA tensors run the Triton kernels.
+* CPU tensors run the plain PyTorch reference, except in a process started with
+  ``TRITON_INTERPRET=1``, where they run the Triton kernels in Triton's interpreter (how CI tests them).
+  The variable is read once, at import, because Triton reads it when a kernel is decorated
+  (DESIGN.md section 5): it holds for the whole process.
+* Fake / functional tensors on the CPU (``torch.library.opcheck``, ``torch.compile`` tracing) and meta
+  tensors take the reference path: the interpreter needs real data pointers. On CUDA the Triton path
+  is traced (``torch.library.wrap_triton``), which is what ``torch.compile`` optimises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+from torch._subclasses.fake_tensor import is_fake
+
+INTERPRET: bool = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def use_triton(t: torch.Tensor) -> bool:
+    """True when ``t`` should run the Triton kernels (see the module docstring)."""
+    if t.device.type == "cuda":
+        return True
+    return INTERPRET and t.device.type == "cpu" and not is_fake(t)
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def clamp_pow2(n: int, lo: int, hi: int) -> int:
+    """The next power of two >= n, clamped to [lo, hi] (both powers of two)."""
+    return max(lo, min(hi, next_pow2(n)))
+
+
+def no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Disable autocast inside a reference kernel: inputs were already cast on entry, and the
+    reference computes in fp32 on purpose (autocast would silently move F.conv1d back to bf16)."""
+    if device.type in ("cpu", "cuda"):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def dot_precision(x: torch.Tensor) -> str:
+    """``tl.dot`` input precision for fp32 operands, following PyTorch's own switch for convolutions:
+    eager fp32 ``F.conv1d`` on CUDA uses TF32 while ``torch.backends.cudnn.allow_tf32`` is True (its
+    default), so the fused op does too; set it to False for IEEE fp32 products. bf16 / fp16 operands
+    ignore the flag. The interpreter computes dots in numpy fp32 ("ieee")."""
+    if x.device.type == "cuda" and x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32:
+        return "tf32"
+    return "ieee"

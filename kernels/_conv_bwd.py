@@ -1,0 +1,288 @@
+"""Backward Triton kernels of ``conv1d_bn_relu`` and their launchers (DESIGN.md section 5).
+
+Nothing unpooled was saved by the forward: the conv output is recomputed tile by tile (the same
+``conv_tile`` and block sizes as the forward), and the pooled gradient goes to the window offset the
+forward recorded in ``code`` (so the recompute need not reproduce the forward's argmax).
+
+1. ``_bwd_reduce_kernel``: per channel, sum(gy) and sum(gy * zhat), where gy is the gradient at the
+   BN output (after the pool and ReLU backward) and zhat the normalised conv output.
+2. ``_bwd_gz_kernel``: the conv-output gradient gz = gamma * invstd * (gy - mean(gy) - zhat *
+   mean(gy * zhat)) in training (BN's backward; with a process group the two sums are all-reduced
+   in between, as SyncBatchNorm's backward does), gamma * invstd * gy in eval. gz is a transient
+   (C_out, N * T) buffer of the backward, freed when it returns.
+3. ``_dw_kernel``: dW = gz x X^T (implicit GEMM over batch x time) and db = sum(gz), split over
+   programs; partials are summed in a fixed order (deterministic) or atomically added.
+4. ``_dx_kernel``: dx as a transposed conv, one output phase (position mod stride) per program so no
+   multiply-adds are wasted on the stride's zeros: dx[ci, ph + s*i] = sum_{co, m} w[co, ci, kk0 + s*m]
+   * gz[co, i + c0 - m], kk0 = (ph + pad) mod s, c0 = (ph + pad - kk0) / s.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import wrap_triton
+
+from ._common import INTERPRET, clamp_pow2, dot_precision
+from ._conv_fwd import _load_bias, cast_out, conv_blocks, conv_tile, stats_tiles
+
+
+@triton.jit
+def _bwd_tile(x_ptr, w_ptr, b_ptr, stats_ptr, go_ptr, code_ptr, out_ptr, co, m, C_OUT, L, R, T, TP, M,
+              sxn, sxc, sxl, sgn, sgc, sgl, stride, pad, HAS_BIAS: tl.constexpr,
+              HAS_POOL: tl.constexpr, POOL: tl.constexpr, K: tl.constexpr, BLOCK_CO: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, INTERP: tl.constexpr,
+              PRECISION: tl.constexpr):
+    """(zhat, gy, valid) of one (channel, batch x time) tile, all fp32."""
+    ok = m < M
+    n = m // T
+    t = m % T
+    c_ok = co < C_OUT
+    z = conv_tile(x_ptr, w_ptr, co, n, t, ok, C_OUT, L, R, sxn, sxc, sxl, stride, pad,
+                  K, BLOCK_CO, BLOCK_M, BLOCK_R, INTERP, PRECISION)
+    z += _load_bias(b_ptr, co, C_OUT, HAS_BIAS, BLOCK_CO)[:, None]
+    mean = tl.load(stats_ptr + co, mask=c_ok, other=0.0)
+    invstd = tl.load(stats_ptr + C_OUT + co, mask=c_ok, other=0.0)
+    valid = c_ok[:, None] & ok[None, :]
+    zhat = tl.where(valid, (z - mean[:, None]) * invstd[:, None], 0.0)
+    n64 = n.to(tl.int64)
+    if HAS_POOL:
+        j = t // POOL
+        hit = valid & (j < TP)[None, :]
+        off = (n64 * C_OUT)[None, :] * TP + co[:, None] * TP + j[None, :]
+        code = tl.load(code_ptr + off, mask=hit, other=-1).to(tl.int32)
+        go = tl.load(go_ptr + (n64 * sgn)[None, :] + co[:, None] * sgc + (j * sgl)[None, :], mask=hit,
+                     other=0.0).to(tl.float32)
+        gy = tl.where(hit & (code == (t % POOL)[None, :]), go, 0.0)
+    else:
+        o = tl.load(out_ptr + (n64 * C_OUT)[None, :] * T + co[:, None] * T + t[None, :], mask=valid,
+                    other=0.0)
+        go = tl.load(go_ptr + (n64 * sgn)[None, :] + co[:, None] * sgc + (t * sgl)[None, :], mask=valid,
+                     other=0.0).to(tl.float32)
+        gy = tl.where(valid & (o > 0), go, 0.0)  # ReLU's backward reads its result, as PyTorch's does
+    return zhat, gy, valid
+
+
+@triton.jit
+def _bwd_reduce_kernel(x_ptr, w_ptr, b_ptr, stats_ptr, go_ptr, code_ptr, out_ptr, sums_ptr, C_OUT, L, R,
+                       T, TP, M, P, sxn, sxc, sxl, sgn, sgc, sgl, stride, pad, HAS_BIAS: tl.constexpr,
+                       HAS_POOL: tl.constexpr, POOL: tl.constexpr, K: tl.constexpr,
+                       BLOCK_CO: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr,
+                       TILES: tl.constexpr, DETERMINISTIC: tl.constexpr, INTERP: tl.constexpr,
+                       PRECISION: tl.constexpr):
+    """sum(gy) and sum(gy * zhat) per channel over TILES tiles; written to sums[:, p, co]
+    (deterministic: summed later in a fixed order) or atomically added to sums[:, 0, co]."""
+    pid_c = tl.program_id(0)
+    pid_p = tl.program_id(1)
+    co = pid_c * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    s_gy = tl.zeros((BLOCK_CO,), dtype=tl.float32)
+    s_gyz = tl.zeros((BLOCK_CO,), dtype=tl.float32)
+    for i in range(TILES):
+        m = (pid_p * TILES + i) * BLOCK_M + tl.arange(0, BLOCK_M)
+        zhat, gy, valid = _bwd_tile(x_ptr, w_ptr, b_ptr, stats_ptr, go_ptr, code_ptr, out_ptr, co, m,
+                                    C_OUT, L, R, T, TP, M, sxn, sxc, sxl, sgn, sgc, sgl, stride, pad,
+                                    HAS_BIAS, HAS_POOL, POOL, K, BLOCK_CO, BLOCK_M, BLOCK_R, INTERP,
+                                    PRECISION)
+        s_gy += tl.sum(gy, axis=1)
+        s_gyz += tl.sum(gy * zhat, axis=1)
+    c_ok = co < C_OUT
+    if DETERMINISTIC:
+        tl.store(sums_ptr + pid_p * C_OUT + co, s_gy, mask=c_ok)
+        tl.store(sums_ptr + (P + pid_p) * C_OUT + co, s_gyz, mask=c_ok)
+    else:
+        tl.atomic_add(sums_ptr + co, s_gy, mask=c_ok)
+        tl.atomic_add(sums_ptr + C_OUT + co, s_gyz, mask=c_ok)
+
+
+@triton.jit
+def _bwd_gz_kernel(x_ptr, w_ptr, b_ptr, stats_ptr, g_ptr, go_ptr, code_ptr, out_ptr, sums_ptr, gz_ptr,
+                   C_OUT, L, R, T, TP, M, sxn, sxc, sxl, sgn, sgc, sgl, stride, pad,
+                   HAS_BIAS: tl.constexpr, HAS_POOL: tl.constexpr, POOL: tl.constexpr,
+                   TRAINING: tl.constexpr, K: tl.constexpr, BLOCK_CO: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, INTERP: tl.constexpr,
+                   PRECISION: tl.constexpr):
+    """gz[co, n * T + t], the gradient at the conv output (BN backward), in gz's dtype."""
+    co = tl.program_id(0) * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    zhat, gy, valid = _bwd_tile(x_ptr, w_ptr, b_ptr, stats_ptr, go_ptr, code_ptr, out_ptr, co, m,
+                                C_OUT, L, R, T, TP, M, sxn, sxc, sxl, sgn, sgc, sgl, stride, pad,
+                                HAS_BIAS, HAS_POOL, POOL, K, BLOCK_CO, BLOCK_M, BLOCK_R, INTERP,
+                                PRECISION)
+    c_ok = co < C_OUT
+    scale = tl.load(stats_ptr + C_OUT + co, mask=c_ok, other=0.0)
+    scale *= tl.load(g_ptr + co, mask=c_ok, other=0.0).to(tl.float32)
+    if TRAINING:
+        count = tl.load(stats_ptr + 3 * C_OUT + co, mask=c_ok, other=1.0)
+        mean_gy = tl.load(sums_ptr + co, mask=c_ok, other=0.0) / count
+        mean_gyz = tl.load(sums_ptr + C_OUT + co, mask=c_ok, other=0.0) / count
+        gz = scale[:, None] * (gy - mean_gy[:, None] - zhat * mean_gyz[:, None])
+    else:
+        gz = scale[:, None] * gy
+    tl.store(gz_ptr + co[:, None].to(tl.int64) * M + m[None, :], cast_out(gz, gz_ptr.dtype.element_ty, INTERP),
+             mask=valid)
+
+
+@triton.jit
+def _dw_kernel(gz_ptr, x_ptr, dw_ptr, db_ptr, C_OUT, L, R, T, M, NUM_MT, SPLIT, sxn, sxc, sxl, stride, pad,
+               K: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr,
+               DETERMINISTIC: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
+    """dW[co, r] = sum_m gz[co, m] x[n_m, r // K, t_m * stride - pad + r % K] over the m-tiles
+    pid_s, pid_s + SPLIT, ...; db[co] = sum_m gz[co, m] from the pid_r == 0 programs."""
+    pid_c = tl.program_id(0)
+    pid_r = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    co = pid_c * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    c_ok = co < C_OUT
+    r_ok = r < R
+    ci = r // K
+    kk = r % K
+    acc = tl.zeros((BLOCK_CO, BLOCK_R), dtype=tl.float32)
+    db = tl.zeros((BLOCK_CO,), dtype=tl.float32)
+    for it in range(pid_s, NUM_MT, SPLIT):
+        m = it * BLOCK_M + tl.arange(0, BLOCK_M)
+        ok = m < M
+        n = m // T
+        t = m % T
+        g = tl.load(gz_ptr + co[:, None].to(tl.int64) * M + m[None, :], mask=c_ok[:, None] & ok[None, :],
+                    other=0.0)
+        pos = (t * stride - pad)[:, None] + kk[None, :]
+        xm = ok[:, None] & r_ok[None, :] & (pos >= 0) & (pos < L)
+        xv = tl.load(x_ptr + (n.to(tl.int64) * sxn)[:, None] + (ci.to(tl.int64) * sxc)[None, :]
+                     + pos.to(tl.int64) * sxl, mask=xm, other=0.0)
+        db += tl.sum(g.to(tl.float32), axis=1)
+        if INTERP:
+            g = g.to(tl.float32)
+            xv = xv.to(tl.float32)
+        acc = tl.dot(g, xv, acc, input_precision=PRECISION)
+    wmask = c_ok[:, None] & r_ok[None, :]
+    bmask = c_ok & ((co * 0 + pid_r) == 0)
+    if DETERMINISTIC:
+        tl.store(dw_ptr + (pid_s * C_OUT + co[:, None]).to(tl.int64) * R + r[None, :], acc, mask=wmask)
+        tl.store(db_ptr + pid_s * C_OUT + co, db, mask=bmask)
+    else:
+        tl.atomic_add(dw_ptr + co[:, None] * R + r[None, :], acc, mask=wmask)
+        tl.atomic_add(db_ptr + co, db, mask=bmask)
+
+
+@triton.jit
+def _dx_kernel(gz_ptr, w_ptr, dx_ptr, C_IN, C_OUT, L, T, M, stride, pad, K: tl.constexpr,
+               KMAX: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_R: tl.constexpr,
+               INTERP: tl.constexpr, PRECISION: tl.constexpr):
+    """dx[n, ci, ph + stride * i] for one phase ph = program_id(2); reduction over (co, m) with
+    kk = kk0 + stride * m < K (KMAX = ceil(K / stride) slots per channel)."""
+    pid_c = tl.program_id(0)
+    pid_q = tl.program_id(1)
+    ph = tl.program_id(2)
+    n_pos = (L - ph + stride - 1) // stride
+    kk0 = (ph + pad) % stride
+    c0 = (ph + pad - kk0) // stride
+    ci = pid_c * BLOCK_CI + tl.arange(0, BLOCK_CI)
+    q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    ci_ok = ci < C_IN
+    q_ok = q < (M // T) * n_pos
+    n = q // n_pos
+    i = q % n_pos
+    R2 = C_OUT * KMAX
+    acc = tl.zeros((BLOCK_CI, BLOCK_Q), dtype=tl.float32)
+    for r0 in range(0, R2, BLOCK_R):
+        r2 = r0 + tl.arange(0, BLOCK_R)
+        co = r2 // KMAX
+        mm = r2 % KMAX
+        kk = kk0 + stride * mm
+        r_ok = (r2 < R2) & (kk < K)
+        wt = tl.load(w_ptr + co[None, :] * (C_IN * K) + ci[:, None] * K + kk[None, :],
+                     mask=ci_ok[:, None] & r_ok[None, :], other=0.0)
+        tt = i[None, :] + c0 - mm[:, None]
+        gm = r_ok[:, None] & q_ok[None, :] & (tt >= 0) & (tt < T)
+        g = tl.load(gz_ptr + co[:, None].to(tl.int64) * M + (n.to(tl.int64) * T)[None, :] + tt, mask=gm,
+                    other=0.0)
+        if INTERP:
+            wt = wt.to(tl.float32)
+            g = g.to(tl.float32)
+        acc = tl.dot(wt, g, acc, input_precision=PRECISION)
+    s = ph + stride * i
+    off = (n.to(tl.int64) * C_IN)[None, :] * L + ci[:, None] * L + s[None, :]
+    tl.store(dx_ptr + off, cast_out(acc, dx_ptr.dtype.element_ty, INTERP), mask=ci_ok[:, None] & q_ok[None, :])
+
+
+# ----------------------------------------------------------------------------------------- launchers
+def _split(programs: int, num_tiles: int) -> int:
+    """Split-K factor of the dW GEMM: enough programs to fill a GPU (~1,024), one under the
+    interpreter (programs run serially there)."""
+    if INTERPRET:
+        return 1
+    return max(1, min(num_tiles, 1024 // max(1, programs)))
+
+
+def conv_bn_relu_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor,
+                          bias: torch.Tensor | None, gamma: torch.Tensor, stats: torch.Tensor,
+                          code: torch.Tensor, out: torch.Tensor | None, K: int, stride: int, padding: int,
+                          T: int, pool: int | None, training: bool, deterministic: bool, input_grad: bool,
+                          all_reduce=None) -> tuple[torch.Tensor | None, ...]:
+    """(dx or None, dw2d fp32, db fp32 or None, local sum(gy * zhat), local sum(gy)).
+
+    ``all_reduce`` (SyncBatchNorm semantics) receives the (2, C) fp32 local sums and returns the
+    global ones; the returned BN gradients stay local, as SyncBatchNorm's do."""
+    N, C_in, L = x.shape
+    C, R = w2d.shape
+    M = N * T
+    p = pool if pool is not None else 1
+    TP = T // p
+    dev = x.device
+    bco, bm, br, warps = conv_blocks(C, R, M, x.dtype)
+    prec = dot_precision(x)
+    b = bias if bias is not None else w2d
+    o = out if out is not None else code
+    go_strides = grad_out.stride()
+    common = (C, L, R, T, TP, M, x.stride(0), x.stride(1), x.stride(2), *go_strides, stride, padding)
+    flags = dict(HAS_BIAS=bias is not None, HAS_POOL=pool is not None, POOL=p, K=K, BLOCK_CO=bco,
+                 BLOCK_M=bm, BLOCK_R=br, INTERP=INTERPRET, PRECISION=prec, num_warps=warps)
+    num_mt = triton.cdiv(M, bm)
+    tiles = stats_tiles(num_mt)
+    P = triton.cdiv(num_mt, tiles)
+    if deterministic:
+        part = torch.empty((2, P, C), device=dev, dtype=torch.float32)
+    else:
+        part = torch.zeros((2, 1, C), device=dev, dtype=torch.float32)
+    wrap_triton(_bwd_reduce_kernel)[(triton.cdiv(C, bco), P)](
+        x, w2d, b, stats, grad_out, code, o, part, C, L, R, T, TP, M, P,
+        x.stride(0), x.stride(1), x.stride(2), *go_strides, stride, padding, TILES=tiles,
+        DETERMINISTIC=deterministic, **flags)
+    local = part.sum(dim=1)  # (2, C): sum(gy), sum(gy * zhat); a fixed-order reduction
+    sums = all_reduce(local) if (training and all_reduce is not None) else local
+    gz = torch.empty((C, M), device=dev, dtype=x.dtype)
+    wrap_triton(_bwd_gz_kernel)[(triton.cdiv(C, bco), num_mt)](
+        x, w2d, b, stats, gamma, grad_out, code, o, sums, gz, *common, TRAINING=training, **flags)
+
+    wco, wr = clamp_pow2(C, 16, 256 if INTERPRET else 64), clamp_pow2(R, 16, 1024 if INTERPRET else 64)
+    wm = clamp_pow2(M, 16, 512) if INTERPRET else 64
+    w_mt = triton.cdiv(M, wm)
+    grid_cr = triton.cdiv(C, wco) * triton.cdiv(R, wr)
+    split = _split(grid_cr, w_mt)
+    if deterministic:
+        dw_part = torch.empty((split, C, R), device=dev, dtype=torch.float32)
+        db_part = torch.empty((split, C), device=dev, dtype=torch.float32)
+    else:
+        dw_part = torch.zeros((1, C, R), device=dev, dtype=torch.float32)
+        db_part = torch.zeros((1, C), device=dev, dtype=torch.float32)
+    wrap_triton(_dw_kernel)[(triton.cdiv(C, wco), triton.cdiv(R, wr), split)](
+        gz, x, dw_part, db_part, C, L, R, T, M, w_mt, split, x.stride(0), x.stride(1), x.stride(2),
+        stride, padding, K=K, BLOCK_CO=wco, BLOCK_M=wm, BLOCK_R=wr, DETERMINISTIC=deterministic,
+        INTERP=INTERPRET, PRECISION=prec, num_warps=4)
+    dw = dw_part.sum(dim=0)
+    db = db_part.sum(dim=0) if bias is not None else None
+
+    dx = None
+    if input_grad:
+        dx = torch.empty((N, C_in, L), device=dev, dtype=x.dtype)
+        kmax = triton.cdiv(K, stride)
+        bci = clamp_pow2(C_in, 16, 256 if INTERPRET else 64)
+        bq = clamp_pow2(N * triton.cdiv(L, stride), 16, 512) if INTERPRET else 128
+        bx = clamp_pow2(C * kmax, 16, 1024 if INTERPRET else 64)
+        grid = (triton.cdiv(C_in, bci), triton.cdiv(N * triton.cdiv(L, stride), bq), stride)
+        wrap_triton(_dx_kernel)[grid](
+            gz, w2d, dx, C_in, C, L, T, M, stride, padding, K=K, KMAX=kmax, BLOCK_CI=bci, BLOCK_Q=bq,
+            BLOCK_R=bx, INTERP=INTERPRET, PRECISION=prec, num_warps=4)
+    return dx, dw, db, local[1].clone(), local[0].clone()

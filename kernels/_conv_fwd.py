@@ -1,0 +1,264 @@
+"""Forward Triton kernels of ``conv1d_bn_relu`` and their launchers (DESIGN.md section 5).
+
+Pass 1 (training only): implicit-GEMM conv tiles whose epilogue emits per-channel partial statistics
+(count, mean, M2), merged inside a program and then across programs with Chan et al.'s pairwise
+formula (not sum / sum-of-squares atomics, which lose precision at 64 x 220,501 values per channel).
+Pass 2: the same conv tile recomputed, normalised, ReLU'd and max-pooled in registers; only the pooled
+tensor is written, with the position of each window's maximum as a small integer (int8 for pools up
+to 127) for the backward. The unpooled conv output never reaches memory.
+
+The conv reduces over C_in x k (64 for conv1, 512 for conv2..conv5), not over C_in only as public
+Triton convs do (they pad C_in = 1 to 16 and waste 16x on conv1): DESIGN.md section 5.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import wrap_triton
+
+from ._common import INTERPRET, clamp_pow2, dot_precision, next_pow2
+
+
+@triton.jit
+def conv_tile(x_ptr, w_ptr, co, n, t, col_ok, C_OUT, L, R, sxn, sxc, sxl, stride, pad,
+              K: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr,
+              INTERP: tl.constexpr, PRECISION: tl.constexpr):
+    """fp32 tile ``acc[co, m] = sum_r w[co, r] * x[n_m, r // K, t_m * stride - pad + r % K]``.
+
+    ``w_ptr`` is the weight viewed as (C_out, C_in * K); columns are output positions (n, t) of a
+    flattened batch x time axis, so small-T layers (conv6: T = 28) still fill the tile.
+    The forward passes and both backward recomputes call this one function with the same block
+    sizes, so a recompute reproduces the forward's accumulation order.
+    """
+    acc = tl.zeros((BLOCK_CO, BLOCK_M), dtype=tl.float32)
+    co_ok = co < C_OUT
+    pos0 = t * stride - pad
+    col = n.to(tl.int64) * sxn
+    for r0 in range(0, R, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)
+        r_ok = r < R
+        ci = r // K
+        kk = r % K
+        w = tl.load(w_ptr + co[:, None] * R + r[None, :], mask=co_ok[:, None] & r_ok[None, :], other=0.0)
+        pos = pos0[None, :] + kk[:, None]
+        ok = r_ok[:, None] & col_ok[None, :] & (pos >= 0) & (pos < L)
+        xv = tl.load(x_ptr + col[None, :] + ci[:, None].to(tl.int64) * sxc + pos.to(tl.int64) * sxl,
+                     mask=ok, other=0.0)
+        if INTERP:  # the interpreter's bf16 tl.dot is wrong (DESIGN.md section 5)
+            w = w.to(tl.float32)
+            xv = xv.to(tl.float32)
+        acc = tl.dot(w, xv, acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def cast_out(v, dtype: tl.constexpr, INTERP: tl.constexpr):
+    """fp32 -> a stored dtype. On GPUs Triton rounds fp32 -> bf16 to nearest even; the interpreter
+    truncates (measured here: twice the rounding error of torch's cast), so there it is rounded to
+    nearest even by hand (add 0x7FFF plus the kept LSB, clear the low 16 bits)."""
+    if INTERP:
+        if dtype == tl.bfloat16:
+            u = v.to(tl.uint32, bitcast=True)
+            v = ((u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
+    return v.to(dtype)
+
+
+@triton.jit
+def _load_bias(b_ptr, co, C_OUT, HAS_BIAS: tl.constexpr, BLOCK_CO: tl.constexpr):
+    if HAS_BIAS:
+        return tl.load(b_ptr + co, mask=co < C_OUT, other=0.0).to(tl.float32)
+    return tl.zeros((BLOCK_CO,), dtype=tl.float32)
+
+
+@triton.jit
+def _conv_stats_kernel(x_ptr, w_ptr, b_ptr, part_ptr, C_OUT, L, R, T, M, P, sxn, sxc, sxl, stride, pad,
+                       HAS_BIAS: tl.constexpr, K: tl.constexpr, BLOCK_CO: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, TILES: tl.constexpr,
+                       INTERP: tl.constexpr, PRECISION: tl.constexpr):
+    """Per program: TILES consecutive conv tiles, each reduced to (count, mean, M2) per channel and
+    merged into a running triple (Chan, Golub, LeVeque 1979: delta = mean_b - mean_a,
+    M2 = M2_a + M2_b + delta^2 n_a n_b / n). Writes part[0, co, p] = mean, part[1, co, p] = M2;
+    the count of program p follows from M and is recomputed by the merge kernel."""
+    pid_c = tl.program_id(0)
+    pid_p = tl.program_id(1)
+    co = pid_c * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    bias = _load_bias(b_ptr, co, C_OUT, HAS_BIAS, BLOCK_CO)
+    n_a = tl.zeros((BLOCK_CO,), dtype=tl.float32)
+    mean_a = tl.zeros((BLOCK_CO,), dtype=tl.float32)
+    m2_a = tl.zeros((BLOCK_CO,), dtype=tl.float32)
+    for i in range(TILES):
+        m = (pid_p * TILES + i) * BLOCK_M + tl.arange(0, BLOCK_M)
+        ok = m < M
+        z = conv_tile(x_ptr, w_ptr, co, m // T, m % T, ok, C_OUT, L, R, sxn, sxc, sxl, stride, pad,
+                      K, BLOCK_CO, BLOCK_M, BLOCK_R, INTERP, PRECISION) + bias[:, None]
+        n_b = tl.sum(ok.to(tl.float32), axis=0)
+        mean_b = tl.sum(tl.where(ok[None, :], z, 0.0), axis=1) / tl.maximum(n_b, 1.0)
+        d = tl.where(ok[None, :], z - mean_b[:, None], 0.0)
+        m2_b = tl.sum(d * d, axis=1)
+        n = n_a + n_b
+        frac = n_b / tl.maximum(n, 1.0)
+        delta = mean_b - mean_a
+        mean_a = mean_a + delta * frac
+        m2_a = m2_a + m2_b + delta * delta * n_a * frac
+        n_a = n
+    c_ok = co < C_OUT
+    tl.store(part_ptr + co * P + pid_p, mean_a, mask=c_ok)
+    tl.store(part_ptr + (C_OUT + co) * P + pid_p, m2_a, mask=c_ok)
+
+
+@triton.jit
+def _merge_stats_kernel(part_ptr, out_ptr, C_OUT, P, M, PER_PROG, BLOCK_C: tl.constexpr,
+                        BLOCK_P: tl.constexpr):
+    """Merge P partial (count, mean, M2) triples per channel, in a fixed order (deterministic):
+    n = sum n_p, mean = sum n_p mean_p / n, M2 = sum M2_p + sum n_p (mean_p - mean)^2 (Chan's
+    formula for many partitions; no cancellation). Writes out[0] = n, out[1] = mean, out[2] = M2."""
+    co = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = co < C_OUT
+    s_n = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    s_nm = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    for p0 in range(0, P, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        cnt = tl.minimum(tl.maximum(M - p.to(tl.int64) * PER_PROG, 0), PER_PROG).to(tl.float32)
+        ok = c_ok[:, None] & (p < P)[None, :]
+        mu = tl.load(part_ptr + co[:, None] * P + p[None, :], mask=ok, other=0.0)
+        s_nm += tl.sum(mu * cnt[None, :], axis=1)
+        s_n += tl.sum(tl.where(ok, cnt[None, :], 0.0), axis=1)
+    mean = s_nm / tl.maximum(s_n, 1.0)
+    m2 = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    for p0 in range(0, P, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        cnt = tl.minimum(tl.maximum(M - p.to(tl.int64) * PER_PROG, 0), PER_PROG).to(tl.float32)
+        ok = c_ok[:, None] & (p < P)[None, :]
+        mu = tl.load(part_ptr + co[:, None] * P + p[None, :], mask=ok, other=0.0)
+        q = tl.load(part_ptr + (C_OUT + co[:, None]) * P + p[None, :], mask=ok, other=0.0)
+        d = mu - mean[:, None]
+        m2 += tl.sum(tl.where(ok, q + cnt[None, :] * d * d, 0.0), axis=1)
+    tl.store(out_ptr + co, s_n, mask=c_ok)
+    tl.store(out_ptr + C_OUT + co, mean, mask=c_ok)
+    tl.store(out_ptr + 2 * C_OUT + co, m2, mask=c_ok)
+
+
+@triton.jit
+def _conv_bn_relu_pool_kernel(x_ptr, w_ptr, b_ptr, g_ptr, beta_ptr, stats_ptr, out_ptr, code_ptr,
+                              C_OUT, L, R, T, TP, Q, sxn, sxc, sxl, stride, pad,
+                              HAS_BIAS: tl.constexpr, HAS_POOL: tl.constexpr, POOL: tl.constexpr,
+                              PP: tl.constexpr, K: tl.constexpr, BLOCK_CO: tl.constexpr,
+                              BLOCK_Q: tl.constexpr, BLOCK_R: tl.constexpr, INTERP: tl.constexpr,
+                              PRECISION: tl.constexpr):
+    """Conv tile over BLOCK_Q pooled outputs x PP window slots (PP = next power of two >= POOL),
+    then BN (stats[0] = mean, stats[1] = invstd), ReLU and max over each window; writes the pooled
+    output and ``code`` = offset of the window's first maximum (PyTorch's tie rule), or -1 where the
+    pooled output is 0 (ReLU passes no gradient there). Without a pool, POOL = PP = 1."""
+    pid_c = tl.program_id(0)
+    pid_q = tl.program_id(1)
+    co = pid_c * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    c_ok = co < C_OUT
+    idx = tl.arange(0, BLOCK_Q * PP)
+    u = idx % PP
+    q = pid_q * BLOCK_Q + idx // PP
+    ok = (q < Q) & (u < POOL)
+    n = q // TP
+    t = (q % TP) * POOL + u
+    z = conv_tile(x_ptr, w_ptr, co, n, t, ok, C_OUT, L, R, sxn, sxc, sxl, stride, pad,
+                  K, BLOCK_CO, BLOCK_Q * PP, BLOCK_R, INTERP, PRECISION)
+    z += _load_bias(b_ptr, co, C_OUT, HAS_BIAS, BLOCK_CO)[:, None]
+    mean = tl.load(stats_ptr + co, mask=c_ok, other=0.0)
+    scale = tl.load(stats_ptr + C_OUT + co, mask=c_ok, other=0.0)
+    scale *= tl.load(g_ptr + co, mask=c_ok, other=0.0).to(tl.float32)
+    shift = tl.load(beta_ptr + co, mask=c_ok, other=0.0).to(tl.float32)
+    y = tl.maximum((z - mean[:, None]) * scale[:, None] + shift[:, None], 0.0)
+    if HAS_POOL:
+        # ReLU outputs are >= 0, so -1 marks the padded slots u >= POOL.
+        y3 = tl.reshape(tl.where((u < POOL)[None, :], y, -1.0), (BLOCK_CO, BLOCK_Q, PP))
+        o = tl.max(y3, axis=2)
+        slot = tl.arange(0, PP)[None, None, :]
+        first = tl.min(tl.where(y3 == o[:, :, None], slot, PP), axis=2)
+        code = tl.where(o > 0.0, first, -1)
+        qq = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+        off = ((qq // TP).to(tl.int64) * C_OUT)[None, :] * TP + co[:, None] * TP + (qq % TP)[None, :]
+        smask = c_ok[:, None] & (qq < Q)[None, :]
+        tl.store(out_ptr + off, cast_out(o, out_ptr.dtype.element_ty, INTERP), mask=smask)
+        tl.store(code_ptr + off, code.to(code_ptr.dtype.element_ty), mask=smask)
+    else:
+        off = (n.to(tl.int64) * C_OUT)[None, :] * T + co[:, None] * T + t[None, :]
+        tl.store(out_ptr + off, cast_out(y, out_ptr.dtype.element_ty, INTERP), mask=c_ok[:, None] & ok[None, :])
+
+
+# ----------------------------------------------------------------------------------------- launchers
+def conv_blocks(c_out: int, r: int, m: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
+    """(BLOCK_CO, BLOCK_M, BLOCK_R, num_warps) of a conv tile. On a GPU every tl.dot dimension is a
+    power of two >= 16 (Triton's minimum); fp32 takes BLOCK_R 32 so a pipelined stage of the gathered
+    input tile stays at 16 KB of shared memory. The interpreter runs programs one after another, so
+    it gets few, large tiles (DESIGN.md section 5)."""
+    if INTERPRET:
+        return clamp_pow2(c_out, 16, 256), clamp_pow2(m, 16, 512), clamp_pow2(r, 16, 1024), 4
+    br = clamp_pow2(r, 16, 32 if dtype == torch.float32 else 64)
+    return clamp_pow2(c_out, 16, 64), 128, br, 4
+
+
+def stats_tiles(num_tiles: int) -> int:
+    """Conv tiles merged per program (stats and backward sums): fewer partials to merge on a GPU; 2
+    under the interpreter when there are several tiles, so the tests exercise the in-program Chan merge
+    (with an empty last tile when the count is odd) as well as the merge across programs."""
+    if INTERPRET:
+        return 2 if num_tiles > 1 else 1
+    return max(1, min(16, num_tiles // 4096))
+
+
+def conv_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, K: int, stride: int,
+                 padding: int, T: int) -> torch.Tensor:
+    """(3, C_out) fp32: count, mean and M2 of the conv output per channel, over batch x time."""
+    N, _, L = x.shape
+    C, R = w2d.shape
+    M = N * T
+    bco, bm, br, warps = conv_blocks(C, R, M, x.dtype)
+    num_tiles = triton.cdiv(M, bm)
+    tiles = stats_tiles(num_tiles)
+    P = triton.cdiv(num_tiles, tiles)
+    part = torch.empty((2, C, P), device=x.device, dtype=torch.float32)
+    b = bias if bias is not None else w2d
+    wrap_triton(_conv_stats_kernel)[(triton.cdiv(C, bco), P)](
+        x, w2d, b, part, C, L, R, T, M, P, x.stride(0), x.stride(1), x.stride(2), stride, padding,
+        HAS_BIAS=bias is not None, K=K, BLOCK_CO=bco, BLOCK_M=bm, BLOCK_R=br, TILES=tiles,
+        INTERP=INTERPRET, PRECISION=dot_precision(x), num_warps=warps)
+    moments = torch.empty((3, C), device=x.device, dtype=torch.float32)
+    bc = clamp_pow2(C, 16, 256 if INTERPRET else 64)
+    bp = clamp_pow2(P, 16, 1024 if INTERPRET else 256)
+    wrap_triton(_merge_stats_kernel)[(triton.cdiv(C, bc),)](
+        part, moments, C, P, M, tiles * bm, BLOCK_C=bc, BLOCK_P=bp, num_warps=4)
+    return moments
+
+
+def code_dtype(pool: int) -> torch.dtype:
+    """Smallest signed integer type holding a window offset in [-1, pool)."""
+    if pool <= 127:
+        return torch.int8
+    return torch.int16 if pool <= 32767 else torch.int32
+
+
+def conv_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None,
+                      gamma: torch.Tensor, beta: torch.Tensor, stats: torch.Tensor, K: int, stride: int,
+                      padding: int, T: int, pool: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pass 2: (pooled output in x.dtype, window-offset codes; an empty int8 tensor without pool)."""
+    N, _, L = x.shape
+    C, R = w2d.shape
+    p = pool if pool is not None else 1
+    pp = next_pow2(p)
+    TP = T // p
+    Q = N * TP
+    bco, bm, br, warps = conv_blocks(C, R, Q * p, x.dtype)
+    bq = max(1, bm // pp) if INTERPRET or pp <= bm else 1
+    if bq * pp < 16:  # tl.dot needs N >= 16
+        bq = 16 // pp
+    out = torch.empty((N, C, TP), device=x.device, dtype=x.dtype)
+    code = torch.empty((N, C, TP) if pool is not None else (0,), device=x.device,
+                       dtype=code_dtype(p))
+    b = bias if bias is not None else w2d
+    wrap_triton(_conv_bn_relu_pool_kernel)[(triton.cdiv(C, bco), triton.cdiv(Q, bq))](
+        x, w2d, b, gamma, beta, stats, out, code, C, L, R, T, TP, Q,
+        x.stride(0), x.stride(1), x.stride(2), stride, padding,
+        HAS_BIAS=bias is not None, HAS_POOL=pool is not None, POOL=p, PP=pp, K=K, BLOCK_CO=bco,
+        BLOCK_Q=bq, BLOCK_R=br, INTERP=INTERPRET, PRECISION=dot_precision(x), num_warps=warps)
+    return out, code

@@ -1,0 +1,344 @@
+"""Fused Conv1d -> BatchNorm1d -> ReLU (-> MaxPool1d, kernel == stride) as one op.
+
+``conv1d_bn_relu(...)`` equals ``F.max_pool1d(F.relu(F.batch_norm(F.conv1d(x, w, b, stride, padding),
+running_mean, running_var, bn_weight, bn_bias, training, momentum, eps)), pool, pool)`` (no pool when
+``pool`` is None), including the in-place running-statistics update (unbiased running variance,
+``num_batches_tracked`` incremented when given), in training (batch statistics) and eval (running
+statistics) mode. The Triton kernels live in ``_conv_fwd.py`` / ``_conv_bwd.py``; this file holds the
+plain PyTorch reference they are tested against, the ``torch.library`` ops and the public function.
+
+Support matrix (``SUPPORT_MATRIX`` below, also exported by the package):
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+from torch.library import triton_op
+
+from ._common import INTERPRET, no_autocast, use_triton
+from ._conv_bwd import conv_bn_relu_backward
+from ._conv_fwd import code_dtype, conv_bn_relu_pool, conv_moments
+
+SUPPORT_MATRIX = """\
+Fused Conv1d -> BatchNorm1d -> ReLU (-> MaxPool1d): `conv1d_bn_relu`, `FusedConv1dBNReLU`, `fuse()`
+
+- Fused: Conv1d (implicit GEMM reducing over C_in x k) + BatchNorm1d + ReLU + optional MaxPool1d
+  (kernel == stride, floor mode) in one op; only the (pooled) output is written to memory.
+- BN modes: training (batch statistics merged with Welford/Chan; running stats updated in place with
+  the unbiased variance, `num_batches_tracked` += 1, `momentum=None` = cumulative average) and eval
+  (running statistics). `process_group=`: SyncBatchNorm semantics (counts, means and M2 gathered
+  across ranks; the backward's two reductions all-reduced).
+- Shapes: any batch, channel count, kernel, stride, zero padding and length (tile and pool remainders
+  included); non-contiguous inputs; conv bias optional.
+- Dtypes: fp32, bf16, fp16 inputs; fp32 accumulation and statistics; output in the input dtype;
+  under `torch.autocast` x and the conv parameters are cast to the autocast dtype on entry.
+  fp32 on CUDA follows `torch.backends.cudnn.allow_tf32` (TF32 products by default, like F.conv1d).
+- Backward: gradients of x, conv weight and bias, BN weight and bias. The conv is recomputed; only
+  the pool's argmax offset (int8) is kept, never the unpooled activations. Max-pool ties go to the
+  first index, as in PyTorch. No double backward.
+- Deterministic: `deterministic=True` (default: `torch.are_deterministic_algorithms_enabled()`) uses
+  no atomics in the backward's reductions; forward statistics never use atomics.
+- Devices: CUDA runs the Triton kernels; CPU runs the PyTorch reference (the Triton kernels in the
+  interpreter when the process starts with `TRITON_INTERPRET=1`). Registered with `torch.library`
+  (`torch.compile`, `opcheck`); `torch.compile` together with `process_group` is not supported.
+- Refused with a clear error (and left alone by `fuse()`): dilation != 1, groups != 1, padding modes
+  other than 'zeros', string padding ('same' / 'valid'). `fuse()` also leaves alone pools whose
+  kernel != stride or with padding, dilation or ceil_mode; BN with affine=False or
+  track_running_stats=False; a BN module used in two places.
+"""
+__doc__ = (__doc__ or "") + "\n" + SUPPORT_MATRIX
+
+# Process groups cannot be op arguments; ops receive a registry key (0 = none).
+_GROUPS: dict[int, dist.ProcessGroup] = {}
+
+
+def _group_key(group: dist.ProcessGroup | None) -> int:
+    if group is None:
+        return 0
+    _GROUPS[id(group)] = group
+    return id(group)
+
+
+# -------------------------------------------------------------------------------- shared statistics
+def finalize_stats(moments: Tensor, eps: float) -> Tensor:
+    """(3, C) count / mean / M2 -> (4, C) fp32: mean, invstd, unbiased variance, count."""
+    n, mean, m2 = moments[0], moments[1], moments[2]
+    invstd = torch.rsqrt(m2 / n + eps)
+    unbiased = m2 / (n - 1).clamp(min=1.0)
+    return torch.stack([mean, invstd, unbiased, n])
+
+
+def eval_stats(running_mean: Tensor, running_var: Tensor, eps: float) -> Tensor:
+    mean = running_mean.float()
+    var = running_var.float()
+    return torch.stack([mean, torch.rsqrt(var + eps), var, torch.zeros_like(mean)])
+
+
+def _sync_moments(moments: Tensor, key: int) -> Tensor:
+    """Merge per-rank (count, mean, M2) with Chan's formula, ranks in a fixed order (SyncBatchNorm
+    gathers mean / invstd / count the same way)."""
+    group = _GROUPS[key]
+    parts = [torch.empty_like(moments) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, moments.contiguous(), group=group)
+    allm = torch.stack(parts)
+    n, mu, m2 = allm[:, 0], allm[:, 1], allm[:, 2]
+    total = n.sum(0)
+    mean = (n * mu).sum(0) / total
+    return torch.stack([total, mean, m2.sum(0) + (n * (mu - mean) ** 2).sum(0)])
+
+
+def _all_reduce(key: int):
+    if key == 0:
+        return None
+
+    def reduce(sums: Tensor) -> Tensor:
+        sums = sums.clone()
+        dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=_GROUPS[key])
+        return sums
+
+    return reduce
+
+
+def _out_len(length: int, kernel: int, stride: int, padding: int) -> int:
+    return (length + 2 * padding - kernel) // stride + 1
+
+
+# -------------------------------------------------------------------------------------- reference
+def reference_forward(x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight: Tensor, bn_bias: Tensor,
+                      running_mean: Tensor | None, running_var: Tensor | None, stride: int, padding: int,
+                      training: bool, eps: float, pool: int | None, deterministic: bool,
+                      group: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Plain PyTorch forward in fp32 with the fused op's outputs (pooled output, window codes, stats)."""
+    with no_autocast(x.device):
+        z = F.conv1d(x.float(), weight.float(), bias.float() if bias is not None else None, stride, padding)
+        if training:
+            var, mean = torch.var_mean(z, dim=(0, 2), correction=0)
+            count = torch.full_like(mean, z.shape[0] * z.shape[2])
+            moments = torch.stack([count, mean, var * count])
+            if group:
+                moments = _sync_moments(moments, group)
+            stats = finalize_stats(moments, eps)
+        else:
+            stats = eval_stats(running_mean, running_var, eps)
+        y = F.relu((z - stats[0, :, None]) * (stats[1] * bn_weight.float())[:, None] + bn_bias.float()[:, None])
+        if pool is None:
+            return y.to(x.dtype), torch.empty(0, dtype=torch.int8, device=x.device), stats
+        out, idx = F.max_pool1d(y, pool, pool, return_indices=True)
+        start = torch.arange(out.shape[-1], device=x.device) * pool
+        code = torch.where(out > 0, idx - start, -1).to(code_dtype(pool))
+        return out.to(x.dtype), code, stats
+
+
+def reference_backward(grad_out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight: Tensor,
+                       stats: Tensor, code: Tensor, out: Tensor | None, stride: int, padding: int,
+                       training: bool, pool: int | None, deterministic: bool, group: int,
+                       input_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Plain PyTorch backward from the same saved tensors as the Triton backward."""
+    with no_autocast(x.device):
+        xf, wf = x.float(), weight.float()
+        z = F.conv1d(xf, wf, bias.float() if bias is not None else None, stride, padding)
+        zhat = (z - stats[0, :, None]) * stats[1, :, None]
+        if pool is None:
+            gy = grad_out.float() * (out > 0)
+        else:
+            tp = code.shape[-1]
+            gy = torch.zeros_like(z)
+            pos = torch.arange(tp, device=x.device) * pool + code.long().clamp(min=0)
+            gy[..., : tp * pool].scatter_(2, pos, grad_out.float() * (code >= 0))
+        local = torch.stack([gy.sum((0, 2)), (gy * zhat).sum((0, 2))])
+        scale = (stats[1] * bn_weight.float())[:, None]
+        if training:
+            reduce = _all_reduce(group)
+            sums = reduce(local) if reduce is not None else local
+            gz = scale * (gy - (sums[0] / stats[3])[:, None] - zhat * (sums[1] / stats[3])[:, None])
+        else:
+            gz = scale * gy
+        dx, dw, db = torch.ops.aten.convolution_backward(
+            gz, xf, wf, [weight.shape[0]] if bias is not None else None, [stride], [padding], [1], False,
+            [0], 1, [input_grad, True, bias is not None])
+        return (dx.to(x.dtype) if input_grad else x.new_empty(0), dw.to(weight.dtype),
+                db.to(bias.dtype) if bias is not None else weight.new_empty(0),
+                local[1].to(bn_weight.dtype, copy=True), local[0].to(bn_weight.dtype, copy=True))
+
+
+# -------------------------------------------------------------------------------------------- ops
+@triton_op("soundnet_fast::conv1d_bn_relu", mutates_args=())
+def _fwd_op(x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight: Tensor, bn_bias: Tensor,
+            running_mean: Tensor | None, running_var: Tensor | None, stride: int, padding: int,
+            training: bool, eps: float, pool: int | None, deterministic: bool,
+            group: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Outputs: pooled (or plain) output, pool window codes (int8; empty without pool) and stats
+    (4, C_out) fp32 rows mean, invstd, unbiased variance, count. ``deterministic`` is for backward."""
+    if not use_triton(x):
+        return reference_forward(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, stride,
+                                 padding, training, eps, pool, deterministic, group)
+    c_out, c_in, k = weight.shape
+    w2d = weight.reshape(c_out, c_in * k).contiguous()
+    t = _out_len(x.shape[-1], k, stride, padding)
+    if training:
+        moments = conv_moments(x, w2d, bias, k, stride, padding, t)
+        if group:
+            moments = _sync_moments(moments, group)
+        stats = finalize_stats(moments, eps)
+    else:
+        stats = eval_stats(running_mean, running_var, eps)
+    out, code = conv_bn_relu_pool(x, w2d, bias, bn_weight, bn_bias, stats, k, stride, padding, t, pool)
+    return out, code, stats
+
+
+@_fwd_op.register_fake
+def _fwd_fake(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, stride, padding, training,
+              eps, pool, deterministic, group):
+    t = _out_len(x.shape[-1], weight.shape[-1], stride, padding)
+    tp = t // pool if pool is not None else t
+    shape = (x.shape[0], weight.shape[0], tp)
+    code = x.new_empty(shape if pool is not None else (0,), dtype=code_dtype(pool or 1))
+    return x.new_empty(shape), code, x.new_empty((4, weight.shape[0]), dtype=torch.float32)
+
+
+@triton_op("soundnet_fast::conv1d_bn_relu_backward", mutates_args=())
+def _bwd_op(grad_out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight: Tensor,
+            stats: Tensor, code: Tensor, out: Tensor | None, stride: int, padding: int, training: bool,
+            pool: int | None, deterministic: bool, group: int,
+            input_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    if not use_triton(x):
+        return reference_backward(grad_out, x, weight, bias, bn_weight, stats, code, out, stride, padding,
+                                  training, pool, deterministic, group, input_grad)
+    c_out, c_in, k = weight.shape
+    w2d = weight.reshape(c_out, c_in * k).contiguous()
+    t = _out_len(x.shape[-1], k, stride, padding)
+    dx, dw, db, dg, dbeta = conv_bn_relu_backward(
+        grad_out, x, w2d, bias, bn_weight, stats, code, out, k, stride, padding, t, pool, training,
+        deterministic, input_grad, _all_reduce(group))
+    return (dx if dx is not None else x.new_empty(0), dw.reshape(weight.shape).to(weight.dtype),
+            db.to(bias.dtype) if db is not None else weight.new_empty(0), dg.to(bn_weight.dtype),
+            dbeta.to(bn_weight.dtype))
+
+
+@_bwd_op.register_fake
+def _bwd_fake(grad_out, x, weight, bias, bn_weight, stats, code, out, stride, padding, training, pool,
+              deterministic, group, input_grad):
+    return (x.new_empty(x.shape if input_grad else (0,)), torch.empty_like(weight),
+            torch.empty_like(bias) if bias is not None else weight.new_empty(0),
+            torch.empty_like(bn_weight), torch.empty_like(bn_weight))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, weight, bias, bn_weight, _, _, _, stride, padding, training, _, pool, deterministic, group = inputs
+    out, code, stats = output
+    ctx.mark_non_differentiable(code, stats)
+    # Saved: the input, parameters, per-channel stats, the pool's int8 argmax offsets, and the output
+    # only without a pool (ReLU's mask; it is the next layer's input anyway). Nothing unpooled.
+    ctx.save_for_backward(x, weight, bias, bn_weight, stats, code, out if pool is None else None)
+    ctx.conf = (stride, padding, training, pool, deterministic, group)
+
+
+def _backward(ctx, grad_out, _grad_code, _grad_stats):
+    x, weight, bias, bn_weight, stats, code, out = ctx.saved_tensors
+    stride, padding, training, pool, deterministic, group = ctx.conf
+    dx, dw, db, dg, dbeta = _bwd_op(grad_out, x, weight, bias, bn_weight, stats, code, out, stride, padding,
+                                    training, pool, deterministic, group, ctx.needs_input_grad[0])
+    return (dx if ctx.needs_input_grad[0] else None, dw, db if bias is not None else None, dg, dbeta,
+            None, None, None, None, None, None, None, None, None)
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+if not INTERPRET:  # CPU tensors run the reference; under TRITON_INTERPRET=1 they run the Triton body
+    _fwd_op.register_kernel("cpu")(reference_forward)
+    _bwd_op.register_kernel("cpu")(reference_backward)
+
+
+@torch.library.custom_op("soundnet_fast::bn_update_running_stats_",
+                         mutates_args=("running_mean", "running_var", "num_batches_tracked"))
+def _update_running_stats(running_mean: Tensor, running_var: Tensor, num_batches_tracked: Tensor | None,
+                          stats: Tensor, momentum: float | None) -> None:
+    """nn.BatchNorm1d's update, with tensor ops only (no host sync): running = (1 - f) running + f batch,
+    the variance unbiased; f = momentum, or 1 / num_batches_tracked (cumulative) when momentum is None."""
+    if num_batches_tracked is not None:
+        num_batches_tracked.add_(1)
+    if momentum is None:
+        f = 1.0 / num_batches_tracked.to(torch.float32)
+    else:
+        f = torch.tensor(momentum, dtype=torch.float32, device=stats.device)
+    new_mean = running_mean.float() * (1 - f) + stats[0] * f
+    new_var = running_var.float() * (1 - f) + stats[2] * f
+    running_mean.copy_(new_mean)
+    running_var.copy_(new_var)
+
+
+@_update_running_stats.register_fake
+def _update_fake(running_mean, running_var, num_batches_tracked, stats, momentum) -> None:
+    return None
+
+
+# ------------------------------------------------------------------------------------ public function
+def _as_int(value: int | tuple[int, ...] | str, name: str) -> int:
+    if isinstance(value, str):
+        raise ValueError(f"conv1d_bn_relu: string {name} {value!r} is not supported; pass an int "
+                         "(see SUPPORT_MATRIX)")
+    if isinstance(value, (tuple, list)):
+        if len(value) != 1:
+            raise ValueError(f"conv1d_bn_relu: {name} must be an int or a 1-tuple, got {value!r}")
+        value = value[0]
+    return int(value)
+
+
+def conv1d_bn_relu(x: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, bn_weight: Tensor | None,
+                   bn_bias: Tensor | None, running_mean: Tensor | None, running_var: Tensor | None, *,
+                   stride: int | tuple[int], padding: int | tuple[int], training: bool,
+                   momentum: float | None = 0.1, eps: float = 1e-5, pool: int | None = None,
+                   process_group: dist.ProcessGroup | None = None, num_batches_tracked: Tensor | None = None,
+                   deterministic: bool | None = None) -> Tensor:
+    """``max_pool1d(relu(batch_norm(conv1d(x, ...))), pool, pool)`` in one fused op (see the module
+    docstring and ``SUPPORT_MATRIX``). ``x`` is (N, C_in, L); ``conv_weight`` (C_out, C_in, k).
+    In training, ``running_mean`` / ``running_var`` (when given) are updated in place and
+    ``num_batches_tracked`` (when given) incremented; with ``process_group`` the batch statistics and
+    the backward's reductions span all its ranks (SyncBatchNorm). ``deterministic=None`` follows
+    ``torch.are_deterministic_algorithms_enabled()``."""
+    stride, padding = _as_int(stride, "stride"), _as_int(padding, "padding")
+    if x.dim() != 3:
+        raise ValueError(f"conv1d_bn_relu expects x shaped (batch, channels, length), got {tuple(x.shape)}")
+    if conv_weight.dim() != 3 or conv_weight.shape[1] != x.shape[1]:
+        raise ValueError(f"conv1d_bn_relu: weight {tuple(conv_weight.shape)} does not match input channels "
+                         f"{x.shape[1]} (groups != 1 is not supported)")
+    if stride < 1 or padding < 0:
+        raise ValueError(f"conv1d_bn_relu: need stride >= 1 and padding >= 0, got {stride}, {padding}")
+    if pool is not None and int(pool) < 1:
+        raise ValueError(f"conv1d_bn_relu: pool must be None or >= 1, got {pool}")
+    c_out, _, k = conv_weight.shape
+    t = _out_len(x.shape[-1], k, stride, padding)
+    if x.shape[0] == 0 or t < 1 or (pool is not None and t // pool < 1):
+        raise ValueError(f"conv1d_bn_relu: input {tuple(x.shape)} is too short or empty for kernel {k}, "
+                         f"stride {stride}, padding {padding}, pool {pool}")
+    if training and x.shape[0] * t == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got conv output size "
+                         f"{(x.shape[0], c_out, t)}")
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError("conv1d_bn_relu: eval mode (training=False) needs running_mean and running_var")
+    if momentum is None and training and running_mean is not None and num_batches_tracked is None:
+        raise ValueError("conv1d_bn_relu: momentum=None (cumulative average) needs num_batches_tracked")
+    dev = x.device.type
+    if dev in ("cpu", "cuda") and torch.is_autocast_enabled(dev):
+        dt = torch.get_autocast_dtype(dev)  # conv runs in autocast's lower precision, as F.conv1d would
+        x, conv_weight = x.to(dt), conv_weight.to(dt)
+        conv_bias = conv_bias.to(dt) if conv_bias is not None else None
+    if conv_weight.dtype != x.dtype or (conv_bias is not None and conv_bias.dtype != x.dtype):
+        raise TypeError(f"conv1d_bn_relu: input dtype {x.dtype} and conv weight/bias dtypes "
+                        f"{conv_weight.dtype} differ (as in F.conv1d; use torch.autocast to mix)")
+    if bn_weight is None:
+        bn_weight = torch.ones(c_out, device=x.device, dtype=torch.float32)
+    if bn_bias is None:
+        bn_bias = torch.zeros(c_out, device=x.device, dtype=torch.float32)
+    if deterministic is None:
+        deterministic = torch.are_deterministic_algorithms_enabled()
+    group = _group_key(process_group) if training else 0
+    out, _, stats = _fwd_op(x, conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var,
+                            stride, padding, bool(training), float(eps), None if pool is None else int(pool),
+                            bool(deterministic), group)
+    if training and running_mean is not None and running_var is not None:
+        _update_running_stats(running_mean, running_var, num_batches_tracked, stats.detach(),
+                              None if momentum is None else float(momentum))
+    return out

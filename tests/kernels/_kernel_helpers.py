@@ -1,0 +1,112 @@
+"""Shared helpers of the kernel tests: the eager composite the fused op must equal, input builders and
+error measures. Tests here run under TRITON_INTERPRET=1 (Makefile), so shapes stay tiny."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from soundnet_fast.kernels import conv1d_bn_relu
+from torch import Tensor
+
+# DESIGN.md section 1: (C_in, C_out, k, s, p, pool) of every SoundNet-8 block, and SoundNet-5's conv3.
+SOUNDNET_LAYERS = {
+    "conv1": (1, 16, 64, 2, 32, 8),
+    "conv2": (16, 32, 32, 2, 16, 8),
+    "conv3": (32, 64, 16, 2, 8, None),
+    "conv4": (64, 128, 8, 2, 4, None),
+    "conv5": (128, 256, 4, 2, 2, 4),
+    "conv6": (256, 512, 4, 2, 2, None),
+    "conv7": (512, 1024, 4, 2, 2, None),
+    "sn5_conv3": (64, 128, 16, 2, 8, 8),
+}
+
+
+def eager_block(x: Tensor, w: Tensor, b: Tensor | None, g: Tensor, beta: Tensor, rm: Tensor | None,
+                rv: Tensor | None, *, stride: int, padding: int, training: bool, pool: int | None,
+                momentum: float | None = 0.1, eps: float = 1e-5) -> Tensor:
+    """The unfused composite, exactly as the issue states it."""
+    y = F.relu(F.batch_norm(F.conv1d(x, w, b, stride, padding), rm, rv, g, beta, training,
+                            0.0 if momentum is None else momentum, eps))
+    return F.max_pool1d(y, pool, pool) if pool is not None else y
+
+
+@dataclass
+class Case:
+    x: Tensor
+    w: Tensor
+    b: Tensor | None
+    g: Tensor
+    beta: Tensor
+    rm: Tensor
+    rv: Tensor
+
+    def params(self) -> list[Tensor | None]:
+        return [self.x, self.w, self.b, self.g, self.beta]
+
+
+def make_case(n: int, c_in: int, c_out: int, k: int, length: int, seed: int = 0, bias: bool = True,
+              quantized: bool = False) -> Case:
+    """float64 inputs; ``quantized`` gives small integers and weights in quarters, so conv outputs are
+    exact in fp32 and pool windows hold genuine ties (plateaus, zeros after ReLU)."""
+    gen = torch.Generator().manual_seed(seed)
+    if quantized:
+        x = torch.randint(-2, 3, (n, c_in, length), generator=gen).double()
+        w = torch.randint(-2, 3, (c_out, c_in, k), generator=gen).double() / 4
+        b = torch.zeros(c_out, dtype=torch.float64) if bias else None
+    else:
+        x = torch.randn(n, c_in, length, generator=gen, dtype=torch.float64)
+        w = torch.randn(c_out, c_in, k, generator=gen, dtype=torch.float64) / (c_in * k) ** 0.5
+        b = torch.randn(c_out, generator=gen, dtype=torch.float64) * 0.5 if bias else None
+    g = 1.0 + 0.2 * torch.randn(c_out, generator=gen, dtype=torch.float64)
+    beta = 0.2 * torch.randn(c_out, generator=gen, dtype=torch.float64)
+    rm = 0.3 * torch.randn(c_out, generator=gen, dtype=torch.float64)
+    rv = 0.5 + torch.rand(c_out, generator=gen, dtype=torch.float64)
+    return Case(x, w, b, g, beta, rm, rv)
+
+
+def max_rel(a: Tensor, ref: Tensor, floor: float = 0.0) -> float:
+    """max |a - ref| / max(max |ref|, floor)."""
+    den = max(ref.abs().max().item(), floor)
+    return (a.double() - ref).abs().max().item() / den if den > 0 else (a.double() - ref).abs().max().item()
+
+
+def norm_rel(a: Tensor, ref: Tensor, floor: float = 0.0) -> float:
+    """||a - ref|| / max(||ref||, floor) (Frobenius): steadier than max-abs at bf16 noise levels."""
+    den = max(ref.norm().item(), floor)
+    return (a.double() - ref).norm().item() / den
+
+
+def run_reference(case: Case, grad: Tensor | None, *, stride: int, padding: int, training: bool,
+                  pool: int | None, dtype: torch.dtype = torch.float64, momentum: float | None = 0.1):
+    """Eager composite in ``dtype`` on ``case`` (cast), with gradients; returns (out, grads, rm, rv, gz_abs)
+    where gz_abs is sum over batch and time of |d loss / d conv output| per channel (the scale the conv
+    bias gradient cancels from in training)."""
+    ps = [p.to(dtype).clone().requires_grad_() if p is not None else None for p in case.params()]
+    rm, rv = case.rm.to(dtype).clone(), case.rv.to(dtype).clone()
+    z = F.conv1d(ps[0], ps[1], ps[2], stride, padding)
+    z.retain_grad()
+    y = F.relu(F.batch_norm(z, rm, rv, ps[3], ps[4], training, 0.1 if momentum is None else momentum, 1e-5))
+    out = F.max_pool1d(y, pool, pool) if pool is not None else y
+    if grad is None:
+        grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(123), dtype=torch.float64)
+    out.backward(grad.to(dtype))
+    grads = [p.grad if p is not None else None for p in ps]
+    return out.detach(), grads, rm, rv, z.grad.abs().sum((0, 2)), grad
+
+
+def run_fused(case: Case, grad: Tensor, *, stride: int, padding: int, training: bool, pool: int | None,
+              dtype: torch.dtype = torch.float32, deterministic: bool | None = None,
+              momentum: float | None = 0.1, nbt: Tensor | None = None, x_transform=None):
+    ps = [p.to(dtype).clone().requires_grad_() if p is not None else None for p in case.params()]
+    # BN parameters and running statistics stay fp32, as in a model under autocast
+    for i in (3, 4):
+        ps[i] = case.params()[i].float().clone().requires_grad_()
+    rm, rv = case.rm.float().clone(), case.rv.float().clone()
+    x = ps[0] if x_transform is None else x_transform(ps[0])
+    out = conv1d_bn_relu(x, ps[1], ps[2], ps[3], ps[4], rm, rv, stride=stride, padding=padding,
+                         training=training, momentum=momentum, pool=pool, num_batches_tracked=nbt,
+                         deterministic=deterministic)
+    out.backward(grad.to(out.dtype))
+    return out.detach(), [p.grad if p is not None else None for p in ps], rm, rv

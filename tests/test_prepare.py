@@ -311,3 +311,27 @@ def test_resumption_after_a_kill(tmp_path):
     assert [r["clip"] for r in index] == list(range(11))
     loader = data.ShardLoader(out, 11, backend="numpy", shuffle=False)
     assert len(loader) == 1 and next(iter(loader))[0].shape == (11, 1, 441000)
+
+
+_ORIGINAL_WORK = prepare._work
+
+
+def _crashing_work(job):
+    """A worker that dies on one video, as an FFmpeg crash on a hostile file would."""
+    import os
+
+    if job[0] == "crash.mp4":
+        os._exit(1)
+    return _ORIGINAL_WORK(job)
+
+
+def test_a_crashing_worker_fails_only_its_video(tmp_path, monkeypatch):
+    d = tmp_path / "in"
+    for name in ("a.mp4", "b.mp4", "crash.mp4", "c.mp4", "d.mp4"):
+        write_video(d / name, 4, size=(32, 32), fps=2)
+    monkeypatch.setattr(prepare, "_work", _crashing_work)  # forked workers inherit the patched module
+    s = prepare.prepare(d, tmp_path / "out", {}, workers=2)
+    assert s.succeeded == 4 and s.failed == 1 and s.failure_kinds == {"crash": 1}
+    (failure,) = data.read_failures(tmp_path / "out")
+    assert failure["video"] == "crash.mp4" and "crashed" in failure["reason"]
+    assert sorted(r["video"] for r in data.read_index(tmp_path / "out")) == ["a.mp4", "b.mp4", "c.mp4", "d.mp4"]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -28,219 +27,19 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from soundnet_fast import data
-
-SAMPLE_RATE = 22050  # DESIGN.md section 1
-VIDEO_EXTENSIONS = frozenset(
-    ".mp4 .m4v .mov .mkv .webm .avi .flv .mpg .mpeg .ts .mts .m2ts .ogv .3gp .wmv .asf .vob".split()
+from soundnet_fast.videodecode import (  # noqa: F401  (re-exported: prepare.decode, prepare.make_clips, ...)
+    FRAME_SHORT_SIDE,
+    SAMPLE_RATE,
+    SILENCE_PEAK,
+    VIDEO_EXTENSIONS,
+    Clip,
+    Decoded,
+    VideoError,
+    decode,
+    find_videos,
+    make_clips,
 )
-FRAME_SHORT_SIDE = 256  # frames are kept at the teachers' Resize(256) size (teachers.py), not full resolution
-SILENCE_PEAK = 10  # int16 units (~ -70 dBFS): a clip whose peak stays below is flagged silent
-
-
-class VideoError(RuntimeError):
-    """One video could not be used; ``kind`` is a short category for the summary."""
-
-    def __init__(self, path: str, kind: str, detail: str) -> None:
-        super().__init__(f"{path}: {detail}")
-        self.kind = kind
-
-
-# ------------------------------------------------------------------------------------------ inputs
-def find_videos(source: str | os.PathLike[str]) -> list[tuple[str, str]]:
-    """(video id, path) pairs: a folder searched recursively for video extensions (ids are paths relative to
-    it), or a text file with one path per line (ids are the lines; relative paths are taken from the file's
-    folder)."""
-    source = os.fspath(source)
-    if os.path.isdir(source):
-        out = []
-        for root, dirs, files in os.walk(source):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for name in sorted(files):
-                if not name.startswith(".") and os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS:
-                    full = os.path.join(root, name)
-                    out.append((os.path.relpath(full, source), full))
-        return out
-    if os.path.isfile(source):
-        base = os.path.dirname(os.path.abspath(source))
-        with open(source, encoding="utf-8") as f:
-            lines = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
-        return [(ln, ln if os.path.isabs(ln) else os.path.join(base, ln)) for ln in lines]
-    raise FileNotFoundError(f"{source}: no such folder or list file")
-
-
-# ------------------------------------------------------------------------------------------ decoding
-@dataclass
-class Decoded:
-    """One video on a common timeline (0 = the start of its first used stream)."""
-
-    audio: np.ndarray  # float32 mono at `sample_rate`, sample 0 at time 0
-    duration: float  # seconds: the longer of the audio and the video
-    frame_times: list[float] = field(default_factory=list)  # per window: the chosen frame's time
-    frames: list[np.ndarray] = field(default_factory=list)  # per window: uint8 RGB (H, W, 3)
-
-
-def decode(
-    path: str,
-    *,
-    sample_rate: int = SAMPLE_RATE,
-    frame_every: float = 5.0,
-    mono: str = "first",
-    need_frames: bool = True,
-) -> Decoded:
-    """Decode the first audio track and, if ``need_frames``, the frame at the middle of each window."""
-    import av
-    import soxr
-
-    if not os.path.exists(path):
-        raise VideoError(path, "missing", "no such file")
-    if os.path.getsize(path) == 0:
-        raise VideoError(path, "empty", "file is empty (0 bytes)")
-    try:
-        container = av.open(path)
-    except Exception as e:  # PyAV raises a family of FFmpeg errors; keep the reason
-        raise VideoError(path, "not media", f"cannot open as a media file ({e})") from e
-    with container:
-        if not container.streams.audio:
-            raise VideoError(path, "no audio", "holds no audio track")
-        if need_frames and not container.streams.video:
-            raise VideoError(path, "no video", "holds no video track")
-        astream = container.streams.audio[0]
-        vstream = container.streams.video[0] if need_frames else None
-        streams = [s for s in (astream, vstream) if s is not None]
-        starts = [float(s.start_time * s.time_base) for s in streams if s.start_time is not None and s.time_base]
-        origin = min(starts) if starts else 0.0
-        if vstream is not None:
-            vstream.thread_type = "AUTO"
-        picker = _FramePicker(frame_every) if vstream is not None else None
-        chunks: list[np.ndarray] = []
-        resampler: Any = None
-        native_rate = drop = 0
-        try:
-            for packet in container.demux(*streams):
-                for frame in packet.decode():
-                    if isinstance(frame, av.AudioFrame):
-                        x = _mono(frame, mono)
-                        if resampler is None:
-                            native_rate = frame.sample_rate
-                            resampler = soxr.ResampleStream(native_rate, sample_rate, 1, dtype="float32", quality="HQ")
-                            first = float(frame.pts * frame.time_base) if frame.pts is not None else origin
-                            shift = int(round((first - origin) * native_rate))
-                            if shift > 0:  # the track starts after the timeline: silence before it
-                                chunks.append(resampler.resample_chunk(np.zeros(shift, np.float32)))
-                            drop = max(0, -shift)
-                        elif frame.sample_rate != native_rate:
-                            raise VideoError(path, "decode error", "audio sample rate changes mid-stream")
-                        if drop:
-                            cut = min(drop, len(x))
-                            x, drop = x[cut:], drop - cut
-                        chunks.append(resampler.resample_chunk(x))
-                    elif picker is not None and frame.pts is not None:
-                        picker.add(frame, float(frame.pts * frame.time_base) - origin)
-        except VideoError:
-            raise
-        except Exception as e:  # FFmpeg decode errors: a corrupt file
-            raise VideoError(path, "decode error", f"cannot decode ({type(e).__name__}: {e})") from e
-        if resampler is None:
-            raise VideoError(path, "no audio", "audio track decoded to no samples")
-        chunks.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
-        audio = np.clip(np.concatenate(chunks), -1.0, 1.0).astype(np.float32, copy=False)
-        duration = len(audio) / sample_rate
-        if picker is not None:
-            if picker.last is None:
-                raise VideoError(path, "no video", "video track decoded to no frames")
-            duration = max(duration, picker.end)
-            windows = max(1, math.ceil(duration / frame_every - 1e-6))
-            times, frames = picker.finish(windows)
-            return Decoded(audio, duration, times, frames)
-        return Decoded(audio, duration)
-
-
-def _mono(frame: Any, mono: str) -> np.ndarray:
-    arr = frame.to_ndarray()
-    if not frame.format.is_planar:  # packed: (1, n * channels)
-        arr = arr.reshape(-1, len(frame.layout.channels)).T
-    if arr.dtype == np.int16:
-        arr = arr.astype(np.float32) / 32768.0
-    elif arr.dtype == np.int32:
-        arr = (arr / 2147483648.0).astype(np.float32)
-    elif arr.dtype == np.uint8:
-        arr = (arr.astype(np.float32) - 128.0) / 128.0
-    arr = arr.astype(np.float32, copy=False)
-    # The original takes the first channel (DESIGN.md section 1); averaging is the documented option.
-    return np.ascontiguousarray(arr[0] if mono == "first" else arr.mean(axis=0))
-
-
-class _FramePicker:
-    """Keeps, for each window w, the frame shown at (w + 0.5) * frame_every: the last frame whose time is
-    at or before it (the first frame when the window's middle precedes every frame)."""
-
-    def __init__(self, frame_every: float) -> None:
-        self.every = frame_every
-        self.last: Any = None
-        self.last_time = 0.0
-        self.end = 0.0
-        self.picked: list[tuple[float, np.ndarray]] = []
-        self._converted: tuple[float, np.ndarray] | None = None
-
-    def _rgb(self, frame: Any, t: float) -> tuple[float, np.ndarray]:
-        if self._converted is None or self._converted[0] != t:
-            w, h = frame.width, frame.height
-            s = FRAME_SHORT_SIDE / min(w, h)
-            if s < 1:  # shrink in FFmpeg (area filter: antialiased); never upscale here
-                w, h = max(1, round(w * s)), max(1, round(h * s))
-            self._converted = (t, frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray())
-        return self._converted
-
-    def add(self, frame: Any, t: float) -> None:
-        while (len(self.picked) + 0.5) * self.every < t:
-            self.picked.append(self._rgb(self.last, self.last_time) if self.last is not None else self._rgb(frame, t))
-        self.last, self.last_time = frame, t
-        dur = float(frame.duration * frame.time_base) if frame.duration and frame.time_base else 0.0
-        self.end = max(self.end, t + dur)
-
-    def finish(self, windows: int) -> tuple[list[float], list[np.ndarray]]:
-        while len(self.picked) < windows:
-            self.picked.append(self._rgb(self.last, self.last_time))
-        picked = self.picked[:windows]
-        return [t for t, _ in picked], [f for _, f in picked]
-
-
-# ------------------------------------------------------------------------------------------ clips
-@dataclass
-class Clip:
-    audio: np.ndarray  # int16 (clip_samples,)
-    windows: list[int]  # teacher row t = window windows[t]
-    start: float
-    frame_times: list[float]
-    silent: bool
-
-
-def make_clips(dec: Decoded, *, clip_seconds: float, frame_every: float, sample_rate: int = SAMPLE_RATE) -> list[Clip]:
-    """Cut clips whose teacher step t is window ``steps * c + t`` (module docstring, DESIGN.md section 2)."""
-    steps = int(round(clip_seconds / frame_every))
-    win = int(round(frame_every * sample_rate))
-    windows = max(1, math.ceil(dec.duration / frame_every - 1e-6))
-    # Zero-pad (or cut) to a whole number of windows: audio shorter than the video becomes silence.
-    audio = np.zeros(windows * win, np.float32)
-    n = min(len(dec.audio), len(audio))
-    audio[:n] = dec.audio[:n]
-    pcm = np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)  # the loader divides by 32768
-    times = dec.frame_times or [frame_every * (w + 0.5) for w in range(windows)]
-    if windows < steps:  # a short video: tile the padded audio to one clip, as the original did
-        rows = [t % windows for t in range(steps)]
-        clips = [(np.resize(pcm, steps * win), rows, 0.0)]
-    else:
-        clips = [
-            (pcm[c * steps * win : (c + 1) * steps * win], list(range(c * steps, (c + 1) * steps)), c * clip_seconds)
-            for c in range(windows // steps)
-        ]
-    return [
-        Clip(a, rows, start, [times[w] for w in rows], bool(np.abs(a.astype(np.int32)).max() < SILENCE_PEAK))
-        for a, rows, start in clips
-    ]
 
 
 def _work(job: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:

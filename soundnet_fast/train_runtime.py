@@ -116,6 +116,8 @@ class Stepper:
         zero_i = lambda: torch.zeros((), dtype=torch.int64, device=device)
         self.counters: dict[str, Tensor] = {"skipped": zero_i(), "bad_run": zero_i(), "max_bad_run": zero_i()}
         self.counters.update({k: zero_f() for k in self.SUMS})
+        # Made here, not in the step: a host-to-device copy is not allowed while a CUDA graph is captured.
+        self._divisor = torch.tensor([world] * 3 + [1], dtype=torch.float32, device=device)
         self.graph: Any = None
         self._capturing = False
         self._static: tuple[Tensor, dict[str, Tensor]] | None = None
@@ -143,7 +145,7 @@ class Stepper:
             # One small all_reduce: the logged loss is the global mean, and a step is skipped on every rank
             # when any rank saw a non-finite value (DDP made the gradients identical; the flags must agree too).
             dist.all_reduce(stats)
-            stats = stats / torch.tensor([self.world] * 3 + [1], dtype=stats.dtype, device=stats.device)
+            stats = stats / self._divisor
         bad = (stats[3] > 0) | self.force_skip
         self.found_inf.copy_(bad.float())
         self.optimizer.step()
@@ -196,7 +198,8 @@ class Stepper:
         # then writes (not accumulates) them.
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: the loader's read-ahead thread may copy the next batch to the GPU meanwhile.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             self._body(s_audio, s_targets)
         self.force_skip.fill_(False)
         for k, v in saved.items():

@@ -1,7 +1,8 @@
 # Every target sets itself up first: a fresh clone needs only `make demo` or `make test`.
 PY      := .venv/bin/python
 STAMP   := .venv/.installed
-# No NVIDIA GPU -> the local CPU build of torch, never the multi-GB CUDA wheels.
+# No NVIDIA GPU -> the local CPU build of torch, never the multi-GB CUDA wheels. The dali extra
+# (~590 MB, no CUDA runtime) runs CPU-only pipelines here, so its loader tests run in CI too.
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 TORCH   := $(if $(HAS_GPU),torch,torch==2.13.0)
 
@@ -13,7 +14,7 @@ $(STAMP): pyproject.toml
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,t7]"
+	$(PY) -m pip install -q -e ".[dev,t7,dali]"
 	touch $(STAMP)
 
 demo: setup

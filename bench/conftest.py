@@ -58,7 +58,8 @@ def timed(benchmark: Any, sizes: Sizes) -> Callable[..., Any]:
     """``timed(fn, group=..., variant=..., items=..., parity_err=..., tol=..., **info)`` times ``fn``.
 
     ``group`` names what is compared (e.g. ``conv1 fwd fp32``); ``variant`` is one of the compared
-    implementations, ``eager`` being the reference the report divides by; ``items`` is clips per call.
+    implementations; the report divides every figure by the group's baseline: the variant timed with
+    ``baseline=True``, else the one named ``eager``. ``items`` is clips (or videos) per call.
     """
 
     def run(
@@ -67,6 +68,7 @@ def timed(benchmark: Any, sizes: Sizes) -> Callable[..., Any]:
         group: str,
         variant: str,
         items: int,
+        baseline: bool = False,
         parity_err: float | None = None,
         tol: float | None = None,
         **info: Any,
@@ -76,6 +78,7 @@ def timed(benchmark: Any, sizes: Sizes) -> Callable[..., Any]:
             group=group,
             variant=variant,
             items=items,
+            baseline=baseline or variant == "eager",
             device=str(DEVICE),
             smoke=sizes.smoke,
             gpu=torch.cuda.get_device_name() if ON_GPU else None,

@@ -124,6 +124,7 @@ def test_prepare_ffmpeg_subprocess_baseline(timed, sizes: Sizes, source_videos) 
             run,
             group="prepare (no teacher network)",
             variant="ffmpeg subprocess per file",
+            baseline=True,
             items=count,
             audio_seconds=count * seconds,
             note="baseline: decode + resample + save, one process per file",
@@ -166,6 +167,7 @@ def test_loader_throughput(timed, sizes: Sizes, loader_shards, backend: str) -> 
         epoch,
         group="loader clips of 20 s",
         variant=backend,
+        baseline=backend == "numpy",
         items=len(loader) * batch,
         clip_seconds=float(data.read_manifest(folder)["clip_seconds"]),
     )

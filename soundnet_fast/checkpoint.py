@@ -172,6 +172,19 @@ def truncate_metrics(run_dir: str | os.PathLike[str], step: int) -> None:
         f.writelines(kept)
 
 
+def set_aside_metrics(run_dir: str | os.PathLike[str]) -> str | None:
+    """A fresh run in a folder whose earlier run died before its first checkpoint: keep that run's records, under
+    ``metrics.jsonl.stale-N``, rather than mixing them into the new curve. Returns the new name, if any."""
+    path = os.path.join(os.fspath(run_dir), METRICS)
+    if not os.path.exists(path):
+        return None
+    n = 0
+    while os.path.exists(f"{path}.stale-{n}"):
+        n += 1
+    os.replace(path, f"{path}.stale-{n}")
+    return f"{path}.stale-{n}"
+
+
 def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     path = os.path.join(os.fspath(run_dir), METRICS)
     if not os.path.exists(path):
@@ -198,6 +211,7 @@ __all__ = [
     "read_metrics",
     "rng_state",
     "save",
+    "set_aside_metrics",
     "set_rng_state",
     "truncate_metrics",
 ]

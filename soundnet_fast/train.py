@@ -265,10 +265,12 @@ class Trainer:
             os.makedirs(cfg.out, exist_ok=True)
             if state is not None:
                 ckpt.truncate_metrics(cfg.out, self.step)  # records a killed run wrote past its checkpoint
+            elif stale := ckpt.set_aside_metrics(cfg.out):
+                self._say(f"note: {cfg.out} held records of a run that left no checkpoint: moved to {stale}")
             atomic_write_text(
                 os.path.join(cfg.out, "config.json"), json.dumps(dataclasses.asdict(cfg), indent=1) + "\n"
             )
-            self.tb = self._tensorboard(resumed=state is not None)
+            self.tb = self._tensorboard()
 
     # ------------------------------------------------------------------------------ checks, setup
     def _check_options(self, state: dict[str, Any] | None) -> None:
@@ -418,7 +420,7 @@ class Trainer:
             teachers=cfg.teachers,
         )
 
-    def _tensorboard(self, resumed: bool) -> Any:
+    def _tensorboard(self) -> Any:
         if not self.cfg.tensorboard:
             return None
         try:
@@ -426,8 +428,9 @@ class Trainer:
         except ImportError as e:
             self._say(f"note: no TensorBoard scalars ({e}); pip install tensorboard")
             return None
-        # purge_step drops events a killed run logged past its checkpoint, as truncate_metrics does.
-        return SummaryWriter(os.path.join(self.cfg.out, "tb"), purge_step=self.step + 1 if resumed else None)
+        # purge_step hides events logged past the checkpoint by a killed run (or by one that left no checkpoint),
+        # as truncate_metrics / set_aside_metrics do for metrics.jsonl.
+        return SummaryWriter(os.path.join(self.cfg.out, "tb"), purge_step=self.step + 1)
 
     # ----------------------------------------------------------------------------------- the loop
     def fit(self) -> int:

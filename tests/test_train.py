@@ -245,13 +245,17 @@ def test_cuda_graphs_fall_back_on_cpu_with_a_message(tmp_path, sn5_shards, capsy
 
 
 # ------------------------------------------------------------------------------------- validation
-def test_validation_reports_the_checkpoint_models_loss_and_agreement(tmp_path, sn5_shards):
+def test_validation_reports_the_checkpoint_models_loss_and_agreement(tmp_path, sn5_shards, capsys):
     val = make_shards(tmp_path / "val", num_clips=3, seed=7)
     run = tmp_path / "run"
-    argv = [sn5_shards, "--out", str(run), "--val", val, "--val-every", "2", "--model", "soundnet5",
-            "--steps", "2", *BASE]  # fmt: skip
+    run.mkdir()
+    (run / ckpt.METRICS).write_text('{"step": 7, "split": "train", "loss": 1.0}\n')  # a run that left no checkpoint
+    argv = [sn5_shards, "--out", str(run), "--val", val, "--val-every", "2", "--model", "soundnet5", "--steps", "2",
+            "--batch-size", "2", "--log-every", "1", "--progress", "on", "--tensorboard"]  # fmt: skip
     assert train.main(argv) == 0
+    assert "moved to" in capsys.readouterr().err and (run / f"{ckpt.METRICS}.stale-0").exists()
     rec = [r for r in ckpt.read_metrics(run) if r["split"] == "val"]
+    assert [r["step"] for r in ckpt.read_metrics(run)] == [1, 2, 2]
     assert [r["step"] for r in rec] == [2]
     model = load_pretrained(run / "checkpoint.pt")  # eval mode: running statistics
     audio, targets = _first_batch(val, batch=3)
@@ -262,6 +266,13 @@ def test_validation_reports_the_checkpoint_models_loss_and_agreement(tmp_path, s
     for h, out in (("objects", objects), ("scenes", scenes)):
         agree, n = top1_agreement(out, targets[h])
         assert rec[0][f"top1_{h}"] == pytest.approx(int(agree) / n)
+    # TensorBoard holds the same scalars as metrics.jsonl.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx([r["loss"] for r in _metrics(run)])
+    assert [e.value for e in events.Scalars("val/top1_objects")] == pytest.approx([rec[0]["top1_objects"]])
 
 
 # ------------------------------------------------------------------------------------ torchrun DDP

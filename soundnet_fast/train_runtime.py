@@ -33,6 +33,25 @@ from soundnet_fast.losses import HEADS, LAMBDA, LossKind, distill_loss
 from soundnet_fast.model import SoundNet
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose backward sums the gradient over ranks (each rank's loss depends on every rank's input).
+
+    torch.distributed.nn.functional.all_reduce does this but is deprecated in favour of functional collectives,
+    which have no autograd formula."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        y = x.clone()
+        dist.all_reduce(y)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        g = grad.contiguous().clone()
+        dist.all_reduce(g)
+        return g
+
+
 class CpuSyncBatchNorm(nn.BatchNorm1d):
     """BatchNorm1d whose training statistics are those of the global batch over all ranks, on CPU (gloo).
 
@@ -45,21 +64,21 @@ class CpuSyncBatchNorm(nn.BatchNorm1d):
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
-        count = torch.full((1,), float(x.shape[0] * x.shape[2]), dtype=x.dtype, device=x.device)
-        sums = all_reduce(torch.cat([x.sum(dim=(0, 2)), count]))
+        # Statistics in fp32 whatever autocast made the conv output (a bf16 count or sum would be inexact).
+        xf = x.float()
+        count = torch.full((1,), float(x.shape[0] * x.shape[2]), dtype=torch.float32, device=x.device)
+        sums = _AllReduceSum.apply(torch.cat([xf.sum(dim=(0, 2)), count]))
         n = sums[-1]
         mean = sums[:-1] / n
-        d = x - mean[None, :, None]
-        var = all_reduce(d.square().sum(dim=(0, 2))) / n
+        d = xf - mean[None, :, None]
+        var = _AllReduceSum.apply(d.square().sum(dim=(0, 2))) / n
         y = d * torch.rsqrt(var + self.eps)[None, :, None] * self.weight[None, :, None] + self.bias[None, :, None]
         with torch.no_grad():
             m = float(self.momentum if self.momentum is not None else 0.1)
             self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
             self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1), alpha=m)
             self.num_batches_tracked.add_(1)
-        return y
+        return y.to(x.dtype)
 
 
 def convert_sync_bn(model: SoundNet, device: torch.device) -> SoundNet:
@@ -119,7 +138,6 @@ class Stepper:
         # Made here, not in the step: a host-to-device copy is not allowed while a CUDA graph is captured.
         self._divisor = torch.tensor([world] * 3 + [1], dtype=torch.float32, device=device)
         self.graph: Any = None
-        self._capturing = False
         self._static: tuple[Tensor, dict[str, Tensor]] | None = None
 
     # ---------------------------------------------------------------------------------- the body

@@ -182,8 +182,9 @@ def _dx_kernel(gz_ptr, w_ptr, dx_ptr, C_IN, C_OUT, L, T, M, stride, pad, K: tl.c
     q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
     ci_ok = ci < C_IN
     q_ok = q < (M // T) * n_pos
-    n = q // n_pos
-    i = q % n_pos
+    n_div = tl.maximum(n_pos, 1)  # a phase can be empty (L < stride): no division by zero
+    n = q // n_div
+    i = q % n_div
     R2 = C_OUT * KMAX
     acc = tl.zeros((BLOCK_CI, BLOCK_Q), dtype=tl.float32)
     for r0 in range(0, R2, BLOCK_R):

@@ -63,6 +63,7 @@ class TrainConfig:
     backend: str = "reference"
     cuda_graphs: bool = False
     compile: bool = False
+    deterministic: bool = False
     sync_bn: bool = False
     device: str = "auto"
     seed: int = 0
@@ -102,6 +103,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="capture forward+backward+Adam in one CUDA graph (CUDA only)",
     )
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile the model")
+    p.add_argument(
+        "--deterministic",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="deterministic kernels (torch.use_deterministic_algorithms; the fused backward then uses no atomics): "
+        "for GPU runs that must repeat bit for bit, at some cost in speed (CPU runs repeat bit for bit anyway)",
+    )
     p.add_argument(
         "--sync-bn",
         action=argparse.BooleanOptionalAction,
@@ -162,6 +170,8 @@ def run(args: argparse.Namespace) -> int:
     except (TrainError, ckpt.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if cfg.deterministic:  # read when cuBLAS makes its handle: before any CUDA work (CUDA reproducibility notes)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     try:
         env = init_distributed(cfg.device, cfg.cuda_graphs)
     except ValueError as e:
@@ -198,6 +208,11 @@ class Trainer:
 
         self.cfg, self.env, self.device = cfg, env, env.device
         self.ckpt_path = ckpt.checkpoint_path(cfg.out)
+        self._was_deterministic = torch.are_deterministic_algorithms_enabled()
+        if cfg.deterministic:
+            # The fused kernels follow this flag too (conv1d_bn_relu's deterministic=None). warn_only: an op
+            # without a deterministic version warns rather than stopping a long run.
+            torch.use_deterministic_algorithms(True, warn_only=True)
         self._check_options(state)
         self.manifest = self._manifest(cfg.shards, "training shards")
         heads = self._head_sizes(state)
@@ -608,6 +623,8 @@ class Trainer:
         if self.tb is not None:
             self.tb.close()
             self.tb = None
+        if self.cfg.deterministic:
+            torch.use_deterministic_algorithms(self._was_deterministic)
 
 
 __all__ = ["TrainConfig", "TrainError", "Trainer", "add_arguments", "main", "run"]

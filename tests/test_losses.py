@@ -109,3 +109,21 @@ def test_top1_agreement_counts_positions():
     logits[1, 2, :] = 5.0  # agrees at (1, 0) and (1, 1)
     agree, n = top1_agreement(logits, probs)
     assert (int(agree), n) == (3, 4)
+
+
+def test_fused_kl_sum_matches_the_reference():
+    pytest.importorskip("triton")
+    from soundnet_fast import kernels
+
+    if not hasattr(kernels, "kl_div"):
+        pytest.skip("soundnet_fast.kernels has no kl_div")
+    logits, probs = _batch(seed=4)
+    z_ref = {k: v.clone().requires_grad_(True) for k, v in logits.items()}
+    z_fused = {k: v.clone().requires_grad_(True) for k, v in logits.items()}
+    ref, _ = distill_loss(z_ref, probs, backend="reference")
+    fused, _ = distill_loss(z_fused, probs, backend="fused")
+    assert float(fused.detach()) == pytest.approx(float(ref.detach()), rel=1e-5)
+    ref.backward()
+    fused.backward()
+    for h in probs:
+        torch.testing.assert_close(z_fused[h].grad, z_ref[h].grad, rtol=1e-5, atol=1e-7)

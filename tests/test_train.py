@@ -251,8 +251,10 @@ def test_validation_reports_the_checkpoint_models_loss_and_agreement(tmp_path, s
     run.mkdir()
     (run / ckpt.METRICS).write_text('{"step": 7, "split": "train", "loss": 1.0}\n')  # a run that left no checkpoint
     argv = [sn5_shards, "--out", str(run), "--val", val, "--val-every", "2", "--model", "soundnet5", "--steps", "2",
-            "--batch-size", "2", "--log-every", "1", "--progress", "on", "--tensorboard"]  # fmt: skip
+            "--batch-size", "2", "--log-every", "1", "--progress", "on", "--tensorboard",
+            "--deterministic"]  # fmt: skip
     assert train.main(argv) == 0
+    assert not torch.are_deterministic_algorithms_enabled()  # the process-wide flag is restored
     assert "moved to" in capsys.readouterr().err and (run / f"{ckpt.METRICS}.stale-0").exists()
     rec = [r for r in ckpt.read_metrics(run) if r["split"] == "val"]
     assert [r["step"] for r in ckpt.read_metrics(run)] == [1, 2, 2]

@@ -43,21 +43,22 @@ class FrameNet(nn.Module):
 
 
 def _preprocess(frames: np.ndarray) -> Tensor:
-    """uint8 (N, H, W, 3) -> (N, 3, 32, 32): the registry's transform followed by the module's pooling."""
-    from soundnet_fast.teachers import UniformTeacher
+    """uint8 (N, H, W, 3) -> (N, 3, 32, 32) as the saved module sees them after the registry's transform.
 
-    tf = UniformTeacher(1)  # only its transform is used; the preprocessing is the registry's own code
-    tf.preprocess = True
-    from soundnet_fast import teachers as T
+    The registry (``teachers.Teacher.transform``) resizes the short side to 256, centre-crops 224 and
+    normalises; the module then average-pools 7x. For square frames that is, up to the interpolation
+    kernel, the central 224/256 of the frame resized to 32 pixels, which this computes directly (upsampling
+    thousands of frames to 256 pixels first costs more than training the network).
+    """
+    from soundnet_fast.teachers import CROP, IMAGENET_MEAN, IMAGENET_STD, RESIZE
 
-    mean = torch.tensor(T.IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(T.IMAGENET_STD).view(1, 3, 1, 1)
-    tf._mean, tf._std = mean, std
-    out = []
-    with torch.no_grad():
-        for f in frames:
-            out.append(F.avg_pool2d(tf.transform(f)[None], POOL))
-    return torch.cat(out)
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
+    h = x.shape[-1]
+    c = int(round(h * CROP / RESIZE))
+    top = (h - c) // 2
+    x = x[..., top : top + c, top : top + c]
+    x = F.interpolate(x, size=(CROP // POOL, CROP // POOL), mode="bilinear", antialias=True, align_corners=False)
+    return (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
 
 def labeled_frames(seed: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -102,7 +103,7 @@ def make_teachers(
     out_dir: str,
     *,
     seed: int = 0,
-    num_frames: int = 2400,
+    num_frames: int = 2000,
     epochs: int = 8,
     log: Callable[[str], None] = print,
 ) -> dict[str, dict]:
@@ -115,6 +116,29 @@ def make_teachers(
     names = {"objects": [s for s, _ in synth.OBJECTS], "scenes": [s for s, _ in synth.SCENES]}
     paths = {k: os.path.join(out_dir, f"teacher-{k}.pt") for k in names}
     result: dict[str, dict] = {}
+    threads = torch.get_num_threads()
+    # One thread: ops this small gain little from a second one, and on a busy CPU OpenMP's waiting made
+    # training 6x slower with two threads than with one (measured here).
+    torch.set_num_threads(1)
+    try:
+        _train_missing(paths, names, seed, num_frames, epochs, result, log)
+    finally:
+        torch.set_num_threads(threads)
+    for key, path in paths.items():
+        result.setdefault(key, {})
+        result[key].update({"path": path, "spec": f"torchscript:{path}", "class_names": names[key]})
+    return result
+
+
+def _train_missing(
+    paths: dict[str, str],
+    names: dict[str, list[str]],
+    seed: int,
+    num_frames: int,
+    epochs: int,
+    result: dict[str, dict],
+    log: Callable[[str], None],
+) -> None:
     if not all(os.path.exists(p) for p in paths.values()):
         t0 = time.time()
         frames, objs, scenes = labeled_frames(seed, num_frames)
@@ -129,7 +153,3 @@ def make_teachers(
             os.replace(tmp, paths[key])
             result[key] = {"accuracy": acc}
             log(f"teacher {key}: {acc:.1%} on {n_test} held-out frames ({time.time() - t0:.0f} s)")
-    for key, path in paths.items():
-        result.setdefault(key, {})
-        result[key].update({"path": path, "spec": f"torchscript:{path}", "class_names": names[key]})
-    return result

@@ -149,3 +149,38 @@ def test_labeled_set_has_the_esc50_layout(tmp_path) -> None:
 
         with wave.open(os.path.join(out, "audio", r["filename"])) as w:
             assert (w.getframerate(), w.getnchannels(), w.getnframes()) == (44100, 1, 44100)
+
+
+def test_teacher_preprocessing_matches_the_registry_transform() -> None:
+    """The teachers train on a direct resize that must stand in for the registry's 256/224 transform + 7x pool."""
+    import torch
+    import torch.nn.functional as F
+
+    from soundnet_fast.synth_teachers import POOL, _preprocess, labeled_frames
+    from soundnet_fast.teachers import Teacher
+
+    frames, _, _ = labeled_frames(0, 6)
+    ours = _preprocess(frames)
+    registry = Teacher(torch.nn.Identity(), num_classes=3)
+    theirs = torch.stack([F.avg_pool2d(registry.transform(f)[None], POOL)[0] for f in frames])
+    assert ours.shape == theirs.shape == (6, 3, 32, 32)
+    assert float((ours - theirs).abs().mean()) < 0.03  # normalised units (ImageNet std ~0.22)
+
+
+def test_demo_teachers_load_through_the_registry(tmp_path) -> None:
+    from soundnet_fast.synth_teachers import labeled_frames, make_teachers
+    from soundnet_fast.teachers import build_teacher
+
+    info = make_teachers(str(tmp_path), seed=0, num_frames=300, epochs=4, log=lambda s: None)
+    assert info["scenes"]["accuracy"] >= 0.8  # backgrounds are learned in a few steps
+    frames, _, scenes = labeled_frames(99, 16)
+    for key in ("objects", "scenes"):
+        teacher = build_teacher(info[key]["spec"], class_names=info[key]["class_names"], device="cpu")
+        assert teacher.num_classes == len(info[key]["class_names"])
+        probs = teacher(frames)
+        assert probs.shape == (16, teacher.num_classes)
+        np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    # Files that exist are reused, not retrained (the demo resumes).
+    again = make_teachers(str(tmp_path), seed=0, num_frames=300, epochs=4, log=lambda s: None)
+    assert "accuracy" not in again["objects"] and again["objects"]["path"] == info["objects"]["path"]
+    assert (teacher(frames).argmax(1) == scenes).mean() >= 0.75

@@ -21,6 +21,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("train", "soundnet_fast.train", "distill the teachers' posteriors in shards into SoundNet (DDP via torchrun)"),
     ("convert", "soundnet_fast.convert", "convert sound8.npy / .t7 / sound8.pth weights to a native checkpoint"),
     ("evaluate", "soundnet_fast.evaluate", "transfer evaluation: features + linear SVM on ESC-50/10, DCASE 2013"),
+    ("demo", "soundnet_fast.demo", "end to end on a synthetic world: videos, prepare, distil, evaluate"),
 ]
 
 

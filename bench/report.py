@@ -63,6 +63,8 @@ def rows(data: dict[str, Any]) -> list[dict[str, Any]]:
             "parity_ok": info.get("parity_ok"), "flops": info.get("flops"), "dtype": info.get("dtype"),
             "unit": info.get("unit", "clips/s"),
             "baseline": bool(info.get("baseline", info["variant"] == "eager")),
+            "saved_mb": info.get("saved_mb_per_clip"),
+            "peak_mb": info.get("peak_mb_per_clip"),
         })  # fmt: skip
     for r in out:
         eager = next((e for e in out if e["group"] == r["group"] and e["baseline"]), None)
@@ -107,6 +109,14 @@ def markdown(data: dict[str, Any], table: list[dict[str, Any]], machine: str) ->
             f"| {r['group']} | {r['variant']} | {r['median'] * 1e3:.2f} | {spread} "
             f"| {r['throughput']:,.1f} {r['unit']} | {ratio} | {roof} | {parity} |"
         )
+    mem = [r for r in table if r["saved_mb"] is not None]
+    if mem:
+        lines += ["", "Memory per 20 s clip (SoundNet-8 trunk, fp32): storages the autograd graph keeps for the",
+                  "backward (counted on the meta device), and on a GPU the peak allocated during forward + backward.",
+                  "", "| variant | saved for backward MB/clip | peak MB/clip |", "|---|---|---|"]  # fmt: skip
+        for r in sorted(mem, key=lambda r: r["variant"]):
+            peak = "" if r["peak_mb"] is None else f"{r['peak_mb']:.1f}"
+            lines.append(f"| {r['variant']} | {r['saved_mb']:.2f} | {peak} |")
     return "\n".join(lines) + "\n"
 
 

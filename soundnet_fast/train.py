@@ -208,11 +208,6 @@ class Trainer:
 
         self.cfg, self.env, self.device = cfg, env, env.device
         self.ckpt_path = ckpt.checkpoint_path(cfg.out)
-        self._was_deterministic = torch.are_deterministic_algorithms_enabled()
-        if cfg.deterministic:
-            # The fused kernels follow this flag too (conv1d_bn_relu's deterministic=None). warn_only: an op
-            # without a deterministic version warns rather than stopping a long run.
-            torch.use_deterministic_algorithms(True, warn_only=True)
         self._check_options(state)
         self.manifest = self._manifest(cfg.shards, "training shards")
         heads = self._head_sizes(state)
@@ -286,6 +281,12 @@ class Trainer:
                 os.path.join(cfg.out, "config.json"), json.dumps(dataclasses.asdict(cfg), indent=1) + "\n"
             )
             self.tb = self._tensorboard()
+        # Last, so a run that fails its checks leaves the process-wide flag alone; close() restores it.
+        self._was_deterministic = torch.are_deterministic_algorithms_enabled()
+        if cfg.deterministic:
+            # The fused kernels follow this flag too (conv1d_bn_relu's deterministic=None). warn_only: an op
+            # without a deterministic version warns rather than stopping a long run.
+            torch.use_deterministic_algorithms(True, warn_only=True)
 
     # ------------------------------------------------------------------------------ checks, setup
     def _check_options(self, state: dict[str, Any] | None) -> None:

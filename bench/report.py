@@ -112,11 +112,13 @@ def markdown(data: dict[str, Any], table: list[dict[str, Any]], machine: str) ->
     mem = [r for r in table if r["saved_mb"] is not None]
     if mem:
         lines += ["", "Memory per 20 s clip (SoundNet-8 trunk, fp32): storages the autograd graph keeps for the",
-                  "backward (counted on the meta device), and on a GPU the peak allocated during forward + backward.",
-                  "", "| variant | saved for backward MB/clip | peak MB/clip |", "|---|---|---|"]  # fmt: skip
-        for r in sorted(mem, key=lambda r: r["variant"]):
-            peak = "" if r["peak_mb"] is None else f"{r['peak_mb']:.1f}"
-            lines.append(f"| {r['variant']} | {r['saved_mb']:.2f} | {peak} |")
+                  "backward (counted on the meta device, both backends), and on a GPU the peak allocated during",
+                  "forward + backward of the variant that ran.", "",
+                  "| backend | saved for backward MB/clip | peak MB/clip |", "|---|---|---|"]  # fmt: skip
+        counted = mem[0]["saved_mb"]
+        for backend, mb in sorted(counted.items()):
+            peak = next((r["peak_mb"] for r in mem if r["variant"] == backend and r["peak_mb"] is not None), None)
+            lines.append(f"| {backend} | {mb:.2f} | {'' if peak is None else f'{peak:.1f}'} |")
     return "\n".join(lines) + "\n"
 
 

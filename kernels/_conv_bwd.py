@@ -73,8 +73,8 @@ def _bwd_reduce_kernel(x_ptr, w_ptr, b_ptr, stats_ptr, go_ptr, code_ptr, out_ptr
                        PRECISION: tl.constexpr):
     """sum(gy) and sum(gy * zhat) per channel over TILES tiles; written to sums[:, p, co]
     (deterministic: summed later in a fixed order) or atomically added to sums[:, 0, co]."""
-    pid_c = tl.program_id(0)
-    pid_p = tl.program_id(1)
+    pid_p = tl.program_id(0)  # the long axis first: CUDA caps grid axes 1 and 2 at 65,535
+    pid_c = tl.program_id(1)
     co = pid_c * BLOCK_CO + tl.arange(0, BLOCK_CO)
     s_gy = tl.zeros((BLOCK_CO,), dtype=tl.float32)
     s_gyz = tl.zeros((BLOCK_CO,), dtype=tl.float32)
@@ -103,8 +103,8 @@ def _bwd_gz_kernel(x_ptr, w_ptr, b_ptr, stats_ptr, g_ptr, go_ptr, code_ptr, out_
                    BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, INTERP: tl.constexpr,
                    PRECISION: tl.constexpr):
     """gz[co, n * T + t], the gradient at the conv output (BN backward), in gz's dtype."""
-    co = tl.program_id(0) * BLOCK_CO + tl.arange(0, BLOCK_CO)
-    m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
     zhat, gy, valid = _bwd_tile(x_ptr, w_ptr, b_ptr, stats_ptr, go_ptr, code_ptr, out_ptr, co, m,
                                 C_OUT, L, R, T, TP, M, sxn, sxc, sxl, sgn, sgc, sgl, stride, pad,
                                 HAS_BIAS, HAS_POOL, POOL, K, BLOCK_CO, BLOCK_M, BLOCK_R, INTERP,
@@ -172,8 +172,8 @@ def _dx_kernel(gz_ptr, w_ptr, dx_ptr, C_IN, C_OUT, L, T, M, stride, pad, K: tl.c
                INTERP: tl.constexpr, PRECISION: tl.constexpr):
     """dx[n, ci, ph + stride * i] for one phase ph = program_id(2); reduction over (co, m) with
     kk = kk0 + stride * m < K (KMAX = ceil(K / stride) slots per channel)."""
-    pid_c = tl.program_id(0)
-    pid_q = tl.program_id(1)
+    pid_q = tl.program_id(0)
+    pid_c = tl.program_id(1)
     ph = tl.program_id(2)
     n_pos = (L - ph + stride - 1) // stride
     kk0 = (ph + pad) % stride
@@ -247,14 +247,14 @@ def conv_bn_relu_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Te
         part = torch.empty((2, P, C), device=dev, dtype=torch.float32)
     else:
         part = torch.zeros((2, 1, C), device=dev, dtype=torch.float32)
-    wrap_triton(_bwd_reduce_kernel)[(triton.cdiv(C, bco), P)](
+    wrap_triton(_bwd_reduce_kernel)[(P, triton.cdiv(C, bco))](
         x, w2d, b, stats, grad_out, code, o, part, C, L, R, T, TP, M, P,
         x.stride(0), x.stride(1), x.stride(2), *go_strides, stride, padding, TILES=tiles,
         DETERMINISTIC=deterministic, **flags)
     local = part.sum(dim=1)  # (2, C): sum(gy), sum(gy * zhat); a fixed-order reduction
     sums = all_reduce(local) if (training and all_reduce is not None) else local
     gz = torch.empty((C, M), device=dev, dtype=x.dtype)
-    wrap_triton(_bwd_gz_kernel)[(triton.cdiv(C, bco), num_mt)](
+    wrap_triton(_bwd_gz_kernel)[(num_mt, triton.cdiv(C, bco))](
         x, w2d, b, stats, gamma, grad_out, code, o, sums, gz, *common, TRAINING=training, **flags)
 
     wco, wr = clamp_pow2(C, 16, 256 if INTERPRET else 64), clamp_pow2(R, 16, 1024 if INTERPRET else 64)
@@ -282,7 +282,7 @@ def conv_bn_relu_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Te
         bci = clamp_pow2(C_in, 16, 256 if INTERPRET else 64)
         bq = clamp_pow2(N * triton.cdiv(L, stride), 16, 512) if INTERPRET else 128
         bx = clamp_pow2(C * kmax, 16, 1024 if INTERPRET else 64)
-        grid = (triton.cdiv(C_in, bci), triton.cdiv(N * triton.cdiv(L, stride), bq), stride)
+        grid = (triton.cdiv(N * triton.cdiv(L, stride), bq), triton.cdiv(C_in, bci), stride)
         wrap_triton(_dx_kernel)[grid](
             gz, w2d, dx, C_in, C, L, T, M, stride, padding, K=K, KMAX=kmax, BLOCK_CI=bci, BLOCK_Q=bq,
             BLOCK_R=bx, INTERP=INTERPRET, PRECISION=prec, num_warps=4)

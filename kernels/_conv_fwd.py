@@ -81,8 +81,8 @@ def _conv_stats_kernel(x_ptr, w_ptr, b_ptr, part_ptr, C_OUT, L, R, T, M, P, sxn,
     merged into a running triple (Chan, Golub, LeVeque 1979: delta = mean_b - mean_a,
     M2 = M2_a + M2_b + delta^2 n_a n_b / n). Writes part[0, co, p] = mean, part[1, co, p] = M2;
     the count of program p follows from M and is recomputed by the merge kernel."""
-    pid_c = tl.program_id(0)
-    pid_p = tl.program_id(1)
+    pid_p = tl.program_id(0)  # the long axis first: CUDA caps grid axes 1 and 2 at 65,535
+    pid_c = tl.program_id(1)
     co = pid_c * BLOCK_CO + tl.arange(0, BLOCK_CO)
     bias = _load_bias(b_ptr, co, C_OUT, HAS_BIAS, BLOCK_CO)
     n_a = tl.zeros((BLOCK_CO,), dtype=tl.float32)
@@ -151,8 +151,8 @@ def _conv_bn_relu_pool_kernel(x_ptr, w_ptr, b_ptr, g_ptr, beta_ptr, stats_ptr, o
     then BN (stats[0] = mean, stats[1] = invstd), ReLU and max over each window; writes the pooled
     output and ``code`` = offset of the window's first maximum (PyTorch's tie rule), or -1 where the
     pooled output is 0 (ReLU passes no gradient there). Without a pool, POOL = PP = 1."""
-    pid_c = tl.program_id(0)
-    pid_q = tl.program_id(1)
+    pid_q = tl.program_id(0)
+    pid_c = tl.program_id(1)
     co = pid_c * BLOCK_CO + tl.arange(0, BLOCK_CO)
     c_ok = co < C_OUT
     idx = tl.arange(0, BLOCK_Q * PP)
@@ -219,7 +219,7 @@ def conv_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
     P = triton.cdiv(num_tiles, tiles)
     part = torch.empty((2, C, P), device=x.device, dtype=torch.float32)
     b = bias if bias is not None else w2d
-    wrap_triton(_conv_stats_kernel)[(triton.cdiv(C, bco), P)](
+    wrap_triton(_conv_stats_kernel)[(P, triton.cdiv(C, bco))](
         x, w2d, b, part, C, L, R, T, M, P, x.stride(0), x.stride(1), x.stride(2), stride, padding,
         HAS_BIAS=bias is not None, K=K, BLOCK_CO=bco, BLOCK_M=bm, BLOCK_R=br, TILES=tiles,
         INTERP=INTERPRET, PRECISION=dot_precision(x), num_warps=warps)
@@ -256,7 +256,7 @@ def conv_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | N
     code = torch.empty((N, C, TP) if pool is not None else (0,), device=x.device,
                        dtype=code_dtype(p))
     b = bias if bias is not None else w2d
-    wrap_triton(_conv_bn_relu_pool_kernel)[(triton.cdiv(C, bco), triton.cdiv(Q, bq))](
+    wrap_triton(_conv_bn_relu_pool_kernel)[(triton.cdiv(Q, bq), triton.cdiv(C, bco))](
         x, w2d, b, gamma, beta, stats, out, code, C, L, R, T, TP, Q,
         x.stride(0), x.stride(1), x.stride(2), stride, padding,
         HAS_BIAS=bias is not None, HAS_POOL=pool is not None, POOL=p, PP=pp, K=K, BLOCK_CO=bco,

@@ -308,6 +308,8 @@ def conv1d_bn_relu(x: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, bn_
         raise ValueError(f"conv1d_bn_relu: need stride >= 1 and padding >= 0, got {stride}, {padding}")
     if pool is not None and int(pool) < 1:
         raise ValueError(f"conv1d_bn_relu: pool must be None or >= 1, got {pool}")
+    if pool is not None and int(pool) == 1:
+        pool = None  # max_pool1d(y, 1, 1) is y
     c_out, _, k = conv_weight.shape
     t = _out_len(x.shape[-1], k, stride, padding)
     if x.shape[0] == 0 or t < 1 or (pool is not None and t // pool < 1):

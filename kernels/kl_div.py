@@ -31,23 +31,24 @@ REDUCTIONS = ("mean", "batchmean", "sum", "none")
 
 
 @triton.jit
-def _kl_kernel(z_ptr, p_ptr, loss_ptr, grad_ptr, part_ptr, C, INNER, scale,
+def _kl_kernel(z_ptr, p_ptr, loss_ptr, grad_ptr, part_ptr, C, INNER, s_o, s_c, s_i, scale,
                BLOCK_C: tl.constexpr, BLOCK_I: tl.constexpr, NONE: tl.constexpr, GRAD: tl.constexpr):
-    """Program (o, ib): the classes of positions i in [ib * BLOCK_I, ...) of outer index o, for
-    contiguous (outer, C, inner) inputs. Writes the per-element loss (NONE) or this program's partial
-    sum, and the gradient (GRAD)."""
-    o = tl.program_id(0)
-    ib = tl.program_id(1)
+    """Program o * n_ib + ib: the C classes of positions i in [ib * BLOCK_I, ...) of outer index o; element
+    (o, c, i) sits at o * s_o + c * s_c + i * s_i in every (contiguous) tensor. Writes the per-element
+    loss (NONE) or this program's partial sum, and the gradient (GRAD)."""
+    n_ib = tl.cdiv(INNER, BLOCK_I)
+    ib = tl.program_id(0) % n_ib  # one grid axis: CUDA caps axes 1 and 2 at 65,535
+    o = tl.program_id(0) // n_ib
     i = ib * BLOCK_I + tl.arange(0, BLOCK_I)
     i_ok = i < INNER
-    base = o.to(tl.int64) * C * INNER
+    base = o.to(tl.int64) * s_o
     run_max = tl.full((BLOCK_I,), float("-inf"), dtype=tl.float32)
     run_sum = tl.zeros((BLOCK_I,), dtype=tl.float32)
     p_sum = tl.zeros((BLOCK_I,), dtype=tl.float32)
     for c0 in range(0, C, BLOCK_C):  # pass 1: log-sum-exp (online) and sum(p)
         c = c0 + tl.arange(0, BLOCK_C)
         ok = (c < C)[:, None] & i_ok[None, :]
-        off = base + c[:, None] * INNER + i[None, :]
+        off = base + c[:, None] * s_c + i[None, :].to(tl.int64) * s_i
         z = tl.load(z_ptr + off, mask=ok, other=float("-inf")).to(tl.float32)
         p = tl.load(p_ptr + off, mask=ok, other=0.0).to(tl.float32)
         new_max = tl.maximum(run_max, tl.max(z, axis=0))
@@ -60,7 +61,7 @@ def _kl_kernel(z_ptr, p_ptr, loss_ptr, grad_ptr, part_ptr, C, INNER, scale,
     for c0 in range(0, C, BLOCK_C):  # pass 2: loss terms and gradient
         c = c0 + tl.arange(0, BLOCK_C)
         ok = (c < C)[:, None] & i_ok[None, :]
-        off = base + c[:, None] * INNER + i[None, :]
+        off = base + c[:, None] * s_c + i[None, :].to(tl.int64) * s_i
         z = tl.load(z_ptr + off, mask=ok, other=0.0).to(tl.float32)
         p = tl.load(p_ptr + off, mask=ok, other=0.0).to(tl.float32)
         logq = z - lse[None, :]
@@ -77,7 +78,7 @@ def _kl_kernel(z_ptr, p_ptr, loss_ptr, grad_ptr, part_ptr, C, INNER, scale,
             else:
                 tl.store(grad_ptr + off, (tl.exp(logq) * p_sum[None, :] - p) * scale, mask=ok)
     if not NONE:
-        tl.store(part_ptr + o * tl.num_programs(1) + ib, tl.sum(acc, axis=0))
+        tl.store(part_ptr + tl.program_id(0), tl.sum(acc, axis=0))
 
 
 def _scale(shape: tuple[int, ...], reduction: str) -> float:
@@ -120,15 +121,18 @@ def _kl_op(z: Tensor, p: Tensor, dim: int, reduction: str, compute_grad: bool) -
     c = shape[dim]
     outer = math.prod(shape[:dim])
     inner = math.prod(shape[dim + 1:])
-    bi = clamp_pow2(inner, 1, 1024 if INTERPRET else 64)
+    strides = (c * inner, inner, 1)
+    if inner == 1:  # classes last, e.g. (N, C): the rows become the positions, read class-contiguous
+        outer, inner, strides = 1, outer, (0, 1, c)
+    bi = clamp_pow2(inner, 2, 1024 if INTERPRET else 64)
     bc = clamp_pow2(c, 16, 4096 if INTERPRET else max(16, 4096 // bi))
-    grid = (outer, triton.cdiv(inner, bi))
+    grid = (triton.cdiv(inner, bi) * outer,)
     none = reduction == "none"
     loss = torch.empty(shape if none else (0,), device=z.device, dtype=torch.float32)
     grad = torch.empty(shape if compute_grad else (0,), device=z.device, dtype=torch.float32)
-    part = torch.empty((0,) if none else (grid[0] * grid[1],), device=z.device, dtype=torch.float32)
+    part = torch.empty((0,) if none else grid, device=z.device, dtype=torch.float32)
     scale = _scale(shape, reduction)
-    wrap_triton(_kl_kernel)[grid](z, p, loss, grad, part, c, inner, scale, BLOCK_C=bc, BLOCK_I=bi,
+    wrap_triton(_kl_kernel)[grid](z, p, loss, grad, part, c, inner, *strides, scale, BLOCK_C=bc, BLOCK_I=bi,
                                   NONE=none, GRAD=compute_grad, num_warps=4)
     if not none:
         loss = part.sum() * scale  # a fixed-order torch reduction: deterministic, no host sync

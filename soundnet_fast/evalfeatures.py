@@ -216,8 +216,8 @@ def extract_mfcc(
 
 
 def random_model(like: SoundNet, seed: int = 0) -> SoundNet:
-    """The same architecture with the original's initialisation (DESIGN.md section 1), seeded."""
-    model = build(like.arch, like.num_objects, like.num_scenes)
+    """The same architecture and backend with the original's initialisation (DESIGN.md section 1), seeded."""
+    model = build(like.arch, like.num_objects, like.num_scenes, backend=like.backend)
     model.reset_parameters(torch.Generator().manual_seed(seed))
     return model.eval()
 
@@ -245,10 +245,11 @@ def reestimate_bn(
     batch), via ``torch.optim.swa_utils.update_bn``. The reference backend runs: momentum is None here."""
     from torch.optim.swa_utils import update_bn
 
+    backend = model.backend
     model = model.to(device).set_backend("reference")
     inputs = (to_input(w, min_seconds=0.0, scale=input_scale) for w in waves)
     update_bn(inputs, _UpTo(model, layer), device=torch.device(device))
-    return model.eval()
+    return model.set_backend(backend).eval()
 
 
 def model_bytes_key(*parts: object) -> str:

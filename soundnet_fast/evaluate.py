@@ -66,6 +66,7 @@ def evaluate(
     seed: int = 0,
     bn_clips: int = 256,
     plots: bool = True,
+    n_jobs: int | None = 1,
     console: Any = None,
 ) -> dict:
     """Run the transfer evaluation; write ``results.json`` and the plots into ``out_dir``; return the results.
@@ -76,6 +77,7 @@ def evaluate(
     given, ``window_seconds`` defaulting to 1 s for ESC and 5 s for DCASE as in the original scripts).
     ``baselines`` adds MFCC statistics (librosa) and the same network with random weights, as initialised
     and with BN statistics re-estimated (label-free) on up to ``bn_clips`` development clips.
+    ``n_jobs`` parallelises the search for C (joblib; -1 uses every core).
     """
     from rich.console import Console
 
@@ -163,6 +165,10 @@ def evaluate(
         shown = "; ".join(f"{e['file']} ({e['reason']})" for e in excluded[:5])
         console.log(f"[yellow]{len(excluded)} file(s) excluded[/yellow]: {shown}{' ...' if len(excluded) > 5 else ''}")
     _check_usable(ds, dev)
+    shortest = min(methods["soundnet"][1][c.path].shape[-1] for c in dev + test)
+    if protocol == "windows" and shortest < window:
+        raise EvaluationError(f"the windows protocol needs {window} frames of {layer} per window, but the shortest "
+                              f"clip gives {shortest}; pass a shorter --window-seconds or an earlier layer")
     y = np.asarray([c.label for c in dev])
     folds = np.asarray([c.fold for c in dev])
     groups = np.asarray([c.group for c in dev])
@@ -196,13 +202,14 @@ def evaluate(
         proto = "pooled" if key == "mfcc" else protocol
         X = [feats[c.path] for c in dev]
         console.log(f"{label}: {proto} SVM, {results['num_folds']} folds")
-        fold_results = cross_validate(proto, X, y, folds, groups, C=C, Cs=Cs, window=window)  # type: ignore[arg-type]
+        fold_results = cross_validate(proto, X, y, folds, groups, C=C, Cs=Cs, window=window,  # type: ignore[arg-type]
+                                      n_jobs=n_jobs)
         entry: dict[str, Any] = {"label": label, "protocol": proto, **info,
                                  "features": {"extracted": stats.extracted, "cached": stats.cached}}
         entry.update(summarize(fold_results, y, names, ds.classes))
         if test:
             pred, used_C, _ = train_and_predict(proto, X, y, folds, groups, [feats[c.path] for c in test],  # type: ignore[arg-type]
-                                                C=C, Cs=Cs, window=window)
+                                                C=C, Cs=Cs, window=window, n_jobs=n_jobs)
             y_test = np.asarray([c.label for c in test])
             entry["test_set"] = {"accuracy": float(np.mean(pred == y_test)), "C": used_C, "num_clips": len(test)}
         if plots:
@@ -300,6 +307,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bn-clips", type=int, default=256,
                    help="development clips used to re-estimate BN statistics for the random baseline")
     p.add_argument("--no-plots", action="store_true", help="skip the confusion-matrix and t-SNE PNGs")
+    p.add_argument("--jobs", type=int, default=1, help="parallel fits in the search for C (-1: every core)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -315,7 +323,7 @@ def run(args: argparse.Namespace) -> int:
             input_scale=args.input_scale, baselines=args.baselines, out_dir=out, cache_dir=args.cache_dir,
             mono=args.mono, num_folds=args.folds, test_dir=args.test_dir, test_key=args.test_key, C=args.C,
             window_seconds=args.window_seconds, batch_size=args.batch_size, device=args.device,
-            backend=args.backend, seed=args.seed, bn_clips=args.bn_clips, plots=not args.no_plots,
+            backend=args.backend, seed=args.seed, bn_clips=args.bn_clips, plots=not args.no_plots, n_jobs=args.jobs,
         )
     except (DatasetLayoutError, EvaluationError, WeightFileError) as e:
         print(f"soundnet-fast evaluate: error: {e}", file=sys.stderr)

@@ -13,7 +13,7 @@ from soundnet_fast import evalfeatures
 from soundnet_fast.cli import main
 from soundnet_fast.evaluate import EvaluationError, evaluate
 from soundnet_fast.model import SoundNet, SoundNet8
-from soundnet_fast.protocols import window_frames
+from soundnet_fast.protocols import DEFAULT_CS, window_frames
 from tests.evaldata import make_dcase, make_esc50, make_weights
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -70,7 +70,7 @@ def test_esc50_whole_command_with_baselines_then_cached(esc, weights8, tmp_path,
     assert (out / "tsne-soundnet.png").read_bytes().startswith(PNG)
     assert r["methods"]["mfcc"]["mean_accuracy"] >= 0.8  # pitch classes: MFCCs separate them
     assert r["methods"]["random_bn"]["bn_clips"] == 30 and not r["methods"]["random_bn"]["labels_used"]
-    assert all(f["C"] in [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0] for f in r["methods"]["soundnet"]["folds"])
+    assert all(f["C"] in DEFAULT_CS for f in r["methods"]["soundnet"]["folds"])
 
     # Second run: every feature comes from the cache; neither the network nor BN re-estimation runs.
     def refuse(*a, **k):
@@ -111,6 +111,9 @@ def test_esc10_windows_protocol_x512_soundnet5(esc, tmp_path, monkeypatch):
                      cache_dir=tmp_path / "c", plots=False)
     assert again["methods"]["soundnet"]["features"]["extracted"] == 20  # the cache is keyed by the input scale
     assert 128 < max(peaks[done:]) <= 256
+    with pytest.raises(EvaluationError, match=r"needs 54 frames of conv4 per window.*shorter --window-seconds"):
+        evaluate("esc10", root, weights5, protocol="windows", window_seconds=20.0, out_dir=tmp_path / "o",
+                 cache_dir=tmp_path / "c", plots=False)
     with pytest.raises(EvaluationError, match=r"unknown layer 'pool5' for SoundNet5"):
         evaluate("esc10", root, weights5, layer="pool5", out_dir=tmp_path / "o", cache_dir=tmp_path / "c")
 

@@ -135,9 +135,22 @@ class Block(nn.Sequential):
                 eps=bn.eps,
                 pool=pool_k,
                 num_batches_tracked=bn.num_batches_tracked,
+                process_group=_sync_group(bn),
             )
         y = F.relu(bn(conv(x)))
         return F.max_pool1d(y, pool_k, pool_k) if pool_k is not None else y
+
+
+def _sync_group(bn: nn.Module):  # -> torch.distributed.ProcessGroup | None
+    """The group whose batch statistics a synchronised BN (``nn.SyncBatchNorm``, or any BN that carries a
+    ``process_group`` attribute) spans in training; None for a plain per-rank BatchNorm."""
+    if not bn.training or not hasattr(bn, "process_group"):
+        return None
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+        return None
+    return bn.process_group or dist.group.WORLD  # None means the default group, as in nn.SyncBatchNorm
 
 
 class SoundNet(nn.Module):

@@ -330,11 +330,6 @@ class Trainer:
                     f"note: on {self.device} the fused ops run their PyTorch reference (or, with "
                     "TRITON_INTERPRET=1, the Triton interpreter): use a CUDA device for speed"
                 )
-            if cfg.sync_bn and env.world > 1:
-                raise TrainError(
-                    "--sync-bn with --backend fused: the fused kernels compute per-rank statistics; "
-                    "use --backend reference with --sync-bn"
-                )
         if cfg.sync_bn and env.world == 1:
             self._say("note: --sync-bn has no effect in a single process")
 

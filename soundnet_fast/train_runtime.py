@@ -61,6 +61,10 @@ class CpuSyncBatchNorm(nn.BatchNorm1d):
     ``nn.BatchNorm1d``: momentum 0.1, unbiased variance, ``num_batches_tracked`` incremented.
     """
 
+    # As in nn.SyncBatchNorm (None = the default group); the fused blocks read it to reduce their
+    # statistics across ranks inside the kernel op (soundnet_fast.model.Block).
+    process_group = None
+
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)

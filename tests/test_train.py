@@ -303,8 +303,10 @@ def one_thread():
     torch.set_num_threads(old)
 
 
-def test_torchrun_gloo_sync_bn_matches_one_process_on_the_global_batch(tmp_path, sn5_shards, one_thread):
-    state, losses = _torchrun(sn5_shards, tmp_path / "ddp", "--sync-bn")
+@pytest.mark.parametrize("backend", ["reference", "fused"])
+def test_torchrun_gloo_sync_bn_matches_one_process_on_the_global_batch(tmp_path, sn5_shards, one_thread, backend):
+    # fused: the blocks pass the synchronised BN's group to the fused op, which gathers the statistics.
+    state, losses = _torchrun(sn5_shards, tmp_path / "ddp", "--sync-bn", "--backend", backend)
     model, _, st = _stepper()
     ref = []
     for (a0, t0), (a1, t1) in _rank_batches(sn5_shards):

@@ -127,6 +127,8 @@ def print_table(results: dict, console: Any = None) -> None:
         if has_test:
             row.append(f"{100 * m['test_set']['accuracy']:.1f}" if "test_set" in m else "")
         table.add_row(*row)
+    if PAPER_ROWS.get(name):
+        table.add_section()
     for label, acc in PAPER_ROWS.get(name, []):
         table.add_row(f"[dim]{label}[/dim]", f"[dim]{acc:.1f}[/dim]", "", *([""] if has_test else []))
     console.print(table)

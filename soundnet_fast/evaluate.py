@@ -12,8 +12,9 @@ From Python (the demo calls this)::
 :func:`evaluate` returns the content of ``out_dir/results.json``: per method (``soundnet``, and with
 ``baselines`` also ``mfcc``, ``random_init``, ``random_bn``) the mean, standard deviation and per-fold
 accuracy, per-class accuracy, the confusion matrix, the C used per fold and each fold's test clips; the
-excluded files with their reasons; the input scale, layer, protocol and fold scheme. Confusion-matrix and
-t-SNE PNGs are written next to it (``confusion-<method>.png``, ``tsne-<method>.png``).
+excluded files with their reasons; the input scale, layer, protocol and fold scheme. A confusion-matrix PNG per
+method (``confusion-<method>.png``, over every held-out clip) and a t-SNE PNG of the weights' pooled (mean+max)
+features coloured by class (``tsne-soundnet.png``) are written next to it.
 """
 
 from __future__ import annotations

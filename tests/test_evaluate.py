@@ -124,8 +124,11 @@ def test_dcase2013_layout_with_test_set_and_layout_errors(weights8, tmp_path, ca
     os.rename(os.path.join(test, "bus01.wav"), os.path.join(test, "x.wav"))
     key = tmp_path / "key.txt"
     key.write_text("x.wav bus\noffice01.wav office\npark01.wav park\n")
-    r = evaluate("dcase2013", tmp_path / "dcase", weights8, test_dir=test, test_key=key, protocol="windows",
-                 out_dir=tmp_path / "o", cache_dir=tmp_path / "c", plots=False)
+    assert main(["evaluate", "dcase2013", str(tmp_path / "dcase"), "--weights", weights8, "--test-dir", test,
+                 "--test-key", str(key), "--protocol", "windows", "--out", str(tmp_path / "o"),
+                 "--cache-dir", str(tmp_path / "c"), "--no-plots"]) == 0
+    assert "Test set (%)" in capsys.readouterr().out
+    r = json.loads((tmp_path / "o" / "results.json").read_text())
     assert os.path.isdir(dev) and r["classes"] == ["bus", "office", "park"] and r["num_clips"] == 18
     m = r["methods"]["soundnet"]
     for f in m["folds"]:  # 5 recordings per class: recording NN is in fold NN

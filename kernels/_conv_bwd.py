@@ -11,7 +11,9 @@ forward recorded in ``code`` (so the recompute need not reproduce the forward's 
    in between, as SyncBatchNorm's backward does), gamma * invstd * gy in eval. gz is a transient
    (C_out, N * T) buffer of the backward, freed when it returns.
 3. ``_dw_kernel``: dW = gz x X^T (implicit GEMM over batch x time) and db = sum(gz), split over
-   programs; partials are summed in a fixed order (deterministic) or atomically added.
+   programs; partials are summed in a fixed order (deterministic) or atomically added. When the input
+   needs no gradient and C_in x k is small (conv1: the waveform, 64), ``_bwd_gz_dw_kernel`` does
+   steps 2 and 3 in one pass and gz never reaches memory (conv1 is ~70 % of the bytes, DESIGN.md 6).
 4. ``_dx_kernel``: dx as a transposed conv, one output phase (position mod stride) per program so no
    multiply-adds are wasted on the stride's zeros: dx[ci, ph + s*i] = sum_{co, m} w[co, ci, kk0 + s*m]
    * gz[co, i + c0 - m], kk0 = (ph + pad) mod s, c0 = (ph + pad - kk0) / s.
@@ -96,6 +98,20 @@ def _bwd_reduce_kernel(x_ptr, w_ptr, b_ptr, stats_ptr, go_ptr, code_ptr, out_ptr
 
 
 @triton.jit
+def _bn_grad(zhat, gy, stats_ptr, g_ptr, sums_ptr, co, C_OUT, TRAINING: tl.constexpr):
+    """BN's backward for one tile: the conv-output gradient gz (fp32)."""
+    c_ok = co < C_OUT
+    scale = tl.load(stats_ptr + C_OUT + co, mask=c_ok, other=0.0)
+    scale *= tl.load(g_ptr + co, mask=c_ok, other=0.0).to(tl.float32)
+    if TRAINING:
+        count = tl.load(stats_ptr + 3 * C_OUT + co, mask=c_ok, other=1.0)
+        mean_gy = tl.load(sums_ptr + co, mask=c_ok, other=0.0) / count
+        mean_gyz = tl.load(sums_ptr + C_OUT + co, mask=c_ok, other=0.0) / count
+        return scale[:, None] * (gy - mean_gy[:, None] - zhat * mean_gyz[:, None])
+    return scale[:, None] * gy
+
+
+@triton.jit
 def _bwd_gz_kernel(x_ptr, w_ptr, b_ptr, stats_ptr, g_ptr, go_ptr, code_ptr, out_ptr, sums_ptr, gz_ptr,
                    C_OUT, L, R, T, TP, M, sxn, sxc, sxl, sgn, sgc, sgl, stride, pad,
                    HAS_BIAS: tl.constexpr, HAS_POOL: tl.constexpr, POOL: tl.constexpr,
@@ -109,18 +125,58 @@ def _bwd_gz_kernel(x_ptr, w_ptr, b_ptr, stats_ptr, g_ptr, go_ptr, code_ptr, out_
                                 C_OUT, L, R, T, TP, M, sxn, sxc, sxl, sgn, sgc, sgl, stride, pad,
                                 HAS_BIAS, HAS_POOL, POOL, K, BLOCK_CO, BLOCK_M, BLOCK_R, INTERP,
                                 PRECISION)
-    c_ok = co < C_OUT
-    scale = tl.load(stats_ptr + C_OUT + co, mask=c_ok, other=0.0)
-    scale *= tl.load(g_ptr + co, mask=c_ok, other=0.0).to(tl.float32)
-    if TRAINING:
-        count = tl.load(stats_ptr + 3 * C_OUT + co, mask=c_ok, other=1.0)
-        mean_gy = tl.load(sums_ptr + co, mask=c_ok, other=0.0) / count
-        mean_gyz = tl.load(sums_ptr + C_OUT + co, mask=c_ok, other=0.0) / count
-        gz = scale[:, None] * (gy - mean_gy[:, None] - zhat * mean_gyz[:, None])
-    else:
-        gz = scale[:, None] * gy
+    gz = _bn_grad(zhat, gy, stats_ptr, g_ptr, sums_ptr, co, C_OUT, TRAINING)
     tl.store(gz_ptr + co[:, None].to(tl.int64) * M + m[None, :], cast_out(gz, gz_ptr.dtype.element_ty, INTERP),
              mask=valid)
+
+
+@triton.jit
+def _bwd_gz_dw_kernel(x_ptr, w_ptr, b_ptr, stats_ptr, g_ptr, go_ptr, code_ptr, out_ptr, sums_ptr, dw_ptr,
+                      db_ptr, C_OUT, L, R, T, TP, M, P, sxn, sxc, sxl, sgn, sgc, sgl, stride, pad,
+                      HAS_BIAS: tl.constexpr, HAS_POOL: tl.constexpr, POOL: tl.constexpr,
+                      TRAINING: tl.constexpr, K: tl.constexpr, BLOCK_CO: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_RW: tl.constexpr,
+                      TILES: tl.constexpr, DETERMINISTIC: tl.constexpr, INTERP: tl.constexpr,
+                      PRECISION: tl.constexpr):
+    """gz and dW in one pass, for a layer whose input needs no gradient (conv1: the waveform) and
+    whose whole C_in x k fits one tile (BLOCK_RW >= R): gz never goes to memory. dW and db partials
+    of TILES m-tiles go to dw[p] / db[p] (deterministic) or are atomically added to dw[0] / db[0]."""
+    pid_p = tl.program_id(0)
+    co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    c_ok = co < C_OUT
+    r = tl.arange(0, BLOCK_RW)
+    r_ok = r < R
+    ci = r // K
+    kk = r % K
+    acc = tl.zeros((BLOCK_CO, BLOCK_RW), dtype=tl.float32)
+    db = tl.zeros((BLOCK_CO,), dtype=tl.float32)
+    for i in range(TILES):
+        m = (pid_p * TILES + i) * BLOCK_M + tl.arange(0, BLOCK_M)
+        zhat, gy, valid = _bwd_tile(x_ptr, w_ptr, b_ptr, stats_ptr, go_ptr, code_ptr, out_ptr, co, m,
+                                    C_OUT, L, R, T, TP, M, sxn, sxc, sxl, sgn, sgc, sgl, stride, pad,
+                                    HAS_BIAS, HAS_POOL, POOL, K, BLOCK_CO, BLOCK_M, BLOCK_R, INTERP,
+                                    PRECISION)
+        gz = tl.where(valid, _bn_grad(zhat, gy, stats_ptr, g_ptr, sums_ptr, co, C_OUT, TRAINING), 0.0)
+        # rounded to the input dtype, as the unfused path stores it, for a same-dtype tensor-core dot
+        gzc = cast_out(gz, x_ptr.dtype.element_ty, INTERP)
+        db += tl.sum(gzc.to(tl.float32), axis=1)
+        ok = m < M
+        t = m % T
+        pos = (t * stride - pad)[:, None] + kk[None, :]
+        xm = ok[:, None] & r_ok[None, :] & (pos >= 0) & (pos < L)
+        xv = tl.load(x_ptr + ((m // T).to(tl.int64) * sxn)[:, None] + (ci.to(tl.int64) * sxc)[None, :]
+                     + pos.to(tl.int64) * sxl, mask=xm, other=0.0)
+        if INTERP:
+            gzc = gzc.to(tl.float32)
+            xv = xv.to(tl.float32)
+        acc = tl.dot(gzc, xv, acc, input_precision=PRECISION)
+    wmask = c_ok[:, None] & r_ok[None, :]
+    if DETERMINISTIC:
+        tl.store(dw_ptr + (pid_p * C_OUT + co[:, None]).to(tl.int64) * R + r[None, :], acc, mask=wmask)
+        tl.store(db_ptr + pid_p * C_OUT + co, db, mask=c_ok)
+    else:
+        tl.atomic_add(dw_ptr + co[:, None] * R + r[None, :], acc, mask=wmask)
+        tl.atomic_add(db_ptr + co, db, mask=c_ok)
 
 
 @triton.jit
@@ -209,6 +265,10 @@ def _dx_kernel(gz_ptr, w_ptr, dx_ptr, C_IN, C_OUT, L, T, M, stride, pad, K: tl.c
 
 
 # ----------------------------------------------------------------------------------------- launchers
+# Largest C_in x k for the one-pass gz + dW kernel (its dW accumulator is BLOCK_CO x next_pow2(R) fp32).
+FUSED_DW_MAX_R = 1024 if INTERPRET else 128
+
+
 def _split(programs: int, num_tiles: int) -> int:
     """Split-K factor of the dW GEMM: enough programs to fill a GPU (~1,024), one under the
     interpreter (programs run serially there)."""
@@ -253,6 +313,18 @@ def conv_bn_relu_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Te
         DETERMINISTIC=deterministic, **flags)
     local = part.sum(dim=1)  # (2, C): sum(gy), sum(gy * zhat); a fixed-order reduction
     sums = all_reduce(local) if (training and all_reduce is not None) else local
+    if not input_grad and R <= FUSED_DW_MAX_R:  # conv1: gz stays in registers
+        rw = clamp_pow2(R, 16, FUSED_DW_MAX_R)
+        shape = (P, C, R) if deterministic else (1, C, R)
+        dw_part = (torch.empty if deterministic else torch.zeros)(shape, device=dev, dtype=torch.float32)
+        db_part = (torch.empty if deterministic else torch.zeros)(shape[:2], device=dev, dtype=torch.float32)
+        wrap_triton(_bwd_gz_dw_kernel)[(P, triton.cdiv(C, bco))](
+            x, w2d, b, stats, gamma, grad_out, code, o, sums, dw_part, db_part, C, L, R, T, TP, M, P,
+            x.stride(0), x.stride(1), x.stride(2), *go_strides, stride, padding, TRAINING=training,
+            BLOCK_RW=rw, TILES=tiles, DETERMINISTIC=deterministic, **flags)
+        db = db_part.sum(dim=0) if bias is not None else None
+        return None, dw_part.sum(dim=0), db, local[1].clone(), local[0].clone()
+
     gz = torch.empty((C, M), device=dev, dtype=x.dtype)
     wrap_triton(_bwd_gz_kernel)[(num_mt, triton.cdiv(C, bco))](
         x, w2d, b, stats, gamma, grad_out, code, o, sums, gz, *common, TRAINING=training, **flags)

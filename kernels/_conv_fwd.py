@@ -29,8 +29,9 @@ def conv_tile(x_ptr, w_ptr, co, n, t, col_ok, C_OUT, L, R, sxn, sxc, sxl, stride
 
     ``w_ptr`` is the weight viewed as (C_out, C_in * K); columns are output positions (n, t) of a
     flattened batch x time axis, so small-T layers (conv6: T = 28) still fill the tile.
-    The forward passes and both backward recomputes call this one function with the same block
-    sizes, so a recompute reproduces the forward's accumulation order.
+    Both forward passes and both backward recomputes call this one function with the same reduction
+    blocking. Correctness does not rest on a bitwise-equal recompute, though: the backward routes the
+    pooled gradient through the argmax offsets the forward stored (DESIGN.md section 5 allows either).
     """
     acc = tl.zeros((BLOCK_CO, BLOCK_M), dtype=tl.float32)
     co_ok = co < C_OUT

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from soundnet_fast.kernels import conv1d_bn_relu
 from torch import Tensor
+
+from soundnet_fast.kernels import conv1d_bn_relu
 
 # DESIGN.md section 1: (C_in, C_out, k, s, p, pool) of every SoundNet-8 block, and SoundNet-5's conv3.
 SOUNDNET_LAYERS = {
@@ -79,11 +80,13 @@ def norm_rel(a: Tensor, ref: Tensor, floor: float = 0.0) -> float:
 
 
 def run_reference(case: Case, grad: Tensor | None, *, stride: int, padding: int, training: bool,
-                  pool: int | None, dtype: torch.dtype = torch.float64, momentum: float | None = 0.1):
+                  pool: int | None, dtype: torch.dtype = torch.float64, momentum: float | None = 0.1,
+                  x_grad: bool = True):
     """Eager composite in ``dtype`` on ``case`` (cast), with gradients; returns (out, grads, rm, rv, gz_abs)
     where gz_abs is sum over batch and time of |d loss / d conv output| per channel (the scale the conv
     bias gradient cancels from in training)."""
     ps = [p.to(dtype).clone().requires_grad_() if p is not None else None for p in case.params()]
+    ps[0].requires_grad_(x_grad)
     rm, rv = case.rm.to(dtype).clone(), case.rv.to(dtype).clone()
     z = F.conv1d(ps[0], ps[1], ps[2], stride, padding)
     z.retain_grad()
@@ -98,8 +101,9 @@ def run_reference(case: Case, grad: Tensor | None, *, stride: int, padding: int,
 
 def run_fused(case: Case, grad: Tensor, *, stride: int, padding: int, training: bool, pool: int | None,
               dtype: torch.dtype = torch.float32, deterministic: bool | None = None,
-              momentum: float | None = 0.1, nbt: Tensor | None = None, x_transform=None):
+              momentum: float | None = 0.1, nbt: Tensor | None = None, x_transform=None, x_grad: bool = True):
     ps = [p.to(dtype).clone().requires_grad_() if p is not None else None for p in case.params()]
+    ps[0].requires_grad_(x_grad)  # False: a first layer (the waveform), the one-pass gz + dW backward
     # BN parameters and running statistics stay fp32, as in a model under autocast
     for i in (3, 4):
         ps[i] = case.params()[i].float().clone().requires_grad_()

@@ -12,7 +12,6 @@ import sys
 import textwrap
 
 import pytest
-import soundnet_fast.kernels.conv_bn_relu as cbr
 import torch
 from _kernel_helpers import (
     SOUNDNET_LAYERS,
@@ -23,6 +22,8 @@ from _kernel_helpers import (
     run_fused,
     run_reference,
 )
+
+import soundnet_fast.kernels.conv_bn_relu as cbr
 from soundnet_fast.kernels import conv1d_bn_relu
 
 NAMES = ["x", "weight", "bias", "bn_weight", "bn_bias"]
@@ -48,12 +49,16 @@ def _check_fp32(case, ref, fused, training: bool, tol: float = 1e-5) -> None:
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("layer", list(SOUNDNET_LAYERS))
+@pytest.mark.parametrize("layer", [*SOUNDNET_LAYERS, "conv1_dx"])
 def test_soundnet_layers_fp32(layer: str, training: bool) -> None:
-    c_in, c_out, k, s, p, pool = SOUNDNET_LAYERS[layer]
-    case = make_case(2, c_in, c_out, k, LENGTHS[layer], seed=hash(layer) % 1000)
-    ref = run_reference(case, None, stride=s, padding=p, training=training, pool=pool)
-    fused = run_fused(case, ref[5], stride=s, padding=p, training=training, pool=pool)
+    """Every SoundNet block; conv1 as in the model (the waveform needs no gradient: one-pass gz + dW)
+    and once more with an input gradient."""
+    name = "conv1" if layer == "conv1_dx" else layer
+    c_in, c_out, k, s, p, pool = SOUNDNET_LAYERS[name]
+    case = make_case(2, c_in, c_out, k, LENGTHS[name], seed=sum(map(ord, layer)))
+    x_grad = layer != "conv1"
+    ref = run_reference(case, None, stride=s, padding=p, training=training, pool=pool, x_grad=x_grad)
+    fused = run_fused(case, ref[5], stride=s, padding=p, training=training, pool=pool, x_grad=x_grad)
     _check_fp32(case, ref, fused, training)
 
 
@@ -148,14 +153,18 @@ def test_half_precision_vs_eager(layer: str, training: bool, dtype: torch.dtype)
     case = make_case(2, c_in, c_out, k, LENGTHS[layer], seed=17)
     for f in ("x", "w", "b", "g", "beta"):
         setattr(case, f, getattr(case, f).to(dtype).double())
-    ref = run_reference(case, None, stride=s, padding=p, training=training, pool=pool)
+    kw = dict(stride=s, padding=p, training=training, pool=pool, x_grad=layer != "conv1")  # as in the model
+    ref = run_reference(case, None, **kw)
     grad = ref[5].to(dtype).double()
-    ref = run_reference(case, grad, stride=s, padding=p, training=training, pool=pool)
-    eager = run_reference(case, grad, stride=s, padding=p, training=training, pool=pool, dtype=dtype)
-    fused = run_fused(case, grad, stride=s, padding=p, training=training, pool=pool, dtype=dtype)
+    ref = run_reference(case, grad, **kw)
+    eager = run_reference(case, grad, dtype=dtype, **kw)
+    fused = run_fused(case, grad, dtype=dtype, **kw)
     assert fused[0].dtype == dtype
     assert norm_rel(fused[0], ref[0]) <= 2 * norm_rel(eager[0], ref[0])
     for name, gf, ge, gr in zip(NAMES, fused[1], eager[1], ref[1], strict=True):
+        if gr is None:  # conv1's waveform needs no gradient
+            assert gf is None
+            continue
         if name == "bias" and training:
             floor = ref[4].norm().item()  # cancels to ~0: against the scale it cancels from
             assert norm_rel(gf, gr, floor) <= max(2 * norm_rel(ge, gr, floor), 1e-2), name
@@ -171,6 +180,14 @@ def test_deterministic_modes(monkeypatch: pytest.MonkeyPatch) -> None:
     for a, b in zip(runs[0][1], runs[1][1], strict=True):
         assert torch.equal(a, b)  # bitwise reproducible
     _check_fp32(case, ref, runs[2], True)  # the atomics path is correct too
+    # the same for the one-pass gz + dW backward (input without gradient)
+    ref = run_reference(case, None, stride=2, padding=4, training=True, pool=4, x_grad=False)
+    runs = [run_fused(case, ref[5], stride=2, padding=4, training=True, pool=4, deterministic=d, x_grad=False)
+            for d in (True, True, False)]
+    for a, b in zip(runs[0][1], runs[1][1], strict=True):
+        assert (a is None and b is None) or torch.equal(a, b)
+    _check_fp32(case, ref, runs[0], True)
+    _check_fp32(case, ref, runs[2], True)
     seen = []
     real = cbr.conv_bn_relu_backward
 
@@ -285,3 +302,34 @@ def test_opcheck_cpu_reference() -> None:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert "OPCHECK-OK" in res.stdout, res.stderr[-3000:]
+
+
+def test_torch_compile_traces_both_ops() -> None:
+    """torch.compile(fullgraph=True) through the public functions, autograd and the running-stats update.
+    On CPU tensors the traced body is the reference branch (the interpreter needs real data pointers,
+    DESIGN.md section 5); bench/gpu_check.py compiles the Triton branch on a GPU."""
+    from soundnet_fast.kernels import kl_div
+
+    def fn(x, w, b, g, beta, rm, rv, z, p):
+        y = conv1d_bn_relu(x, w, b, g, beta, rm, rv, stride=2, padding=3, training=True, pool=4)
+        return y, kl_div(z, p, reduction="batchmean")
+
+    def inputs():
+        gen = torch.Generator().manual_seed(0)
+        t = [torch.randn(2, 3, 100, generator=gen), torch.randn(8, 3, 7, generator=gen) * 0.3,
+             torch.randn(8, generator=gen), torch.rand(8, generator=gen) + 0.5, torch.randn(8, generator=gen)]
+        t = [a.requires_grad_() for a in t]
+        z = (torch.randn(2, 10, 4, generator=gen) * 2).requires_grad_()
+        return [*t, torch.zeros(8), torch.ones(8), z, torch.softmax(torch.randn(2, 10, 4, generator=gen), 1)]
+
+    eager_in, comp_in = inputs(), inputs()
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True)
+    for f, args in ((fn, eager_in), (compiled, comp_in)):
+        y, loss = f(*args)
+        (y.square().sum() + loss).backward()
+    for i, (a, b) in enumerate(zip(eager_in, comp_in, strict=True)):
+        assert max_rel(b, a.detach().double()) <= 1e-5  # includes the updated running statistics
+        if a.grad is not None:  # the conv bias gradient cancels to ~0: judged on dW's scale
+            floor = eager_in[1].grad.abs().max().item() if i == 2 else 0.0
+            assert max_rel(b.grad, a.grad.double(), floor) <= 1e-4, i

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _kernel_helpers import max_rel, norm_rel
+
 from soundnet_fast.kernels import kl_div
 from soundnet_fast.kernels.kl_div import _kl_op
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _kernel_helpers import max_rel
-from soundnet_fast.kernels import kl_div
 
+from soundnet_fast.kernels import kl_div
 from soundnet_fast.model import SoundNet5, SoundNet8
 
 

@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from _kernel_helpers import make_case, max_rel, run_reference
+
 from soundnet_fast.kernels import conv1d_bn_relu
 from soundnet_fast.kernels._common import use_triton
 

@@ -33,7 +33,8 @@ Fused Conv1d -> BatchNorm1d -> ReLU (-> MaxPool1d): `conv1d_bn_relu`, `FusedConv
   across ranks; the backward's two reductions all-reduced).
 - Shapes: any batch, channel count, kernel, stride, zero padding and length (tile and pool remainders
   included); non-contiguous inputs; conv bias optional.
-- Dtypes: fp32, bf16, fp16 inputs; fp32 accumulation and statistics; output in the input dtype;
+- Dtypes: fp32, bf16, fp16 inputs; fp32 accumulation and statistics; output in the input dtype
+  (fp64 inputs take the PyTorch reference, in fp64);
   under `torch.autocast` x and the conv parameters are cast to the autocast dtype on entry.
   fp32 on CUDA follows `torch.backends.cudnn.allow_tf32` (TF32 products by default, like F.conv1d).
 - Backward: gradients of x, conv weight and bias, BN weight and bias. The conv is recomputed; only
@@ -71,9 +72,14 @@ def finalize_stats(moments: Tensor, eps: float) -> Tensor:
     return torch.stack([mean, invstd, unbiased, n])
 
 
-def eval_stats(running_mean: Tensor, running_var: Tensor, eps: float) -> Tensor:
-    mean = running_mean.float()
-    var = running_var.float()
+def acc_dtype(x: Tensor) -> torch.dtype:
+    """Accumulation / statistics dtype: fp32, or fp64 for fp64 inputs (which take the reference)."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def eval_stats(running_mean: Tensor, running_var: Tensor, eps: float, dtype: torch.dtype = torch.float32) -> Tensor:
+    mean = running_mean.to(dtype)
+    var = running_var.to(dtype)
     return torch.stack([mean, torch.rsqrt(var + eps), var, torch.zeros_like(mean)])
 
 
@@ -111,9 +117,11 @@ def reference_forward(x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight:
                       running_mean: Tensor | None, running_var: Tensor | None, stride: int, padding: int,
                       training: bool, eps: float, pool: int | None, deterministic: bool,
                       group: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Plain PyTorch forward in fp32 with the fused op's outputs (pooled output, window codes, stats)."""
+    """Plain PyTorch forward in fp32 (fp64 for fp64 inputs) with the fused op's outputs (pooled output,
+    window codes, stats)."""
+    acc = acc_dtype(x)
     with no_autocast(x.device):
-        z = F.conv1d(x.float(), weight.float(), bias.float() if bias is not None else None, stride, padding)
+        z = F.conv1d(x.to(acc), weight.to(acc), bias.to(acc) if bias is not None else None, stride, padding)
         if training:
             var, mean = torch.var_mean(z, dim=(0, 2), correction=0)
             count = torch.full_like(mean, z.shape[0] * z.shape[2])
@@ -122,8 +130,8 @@ def reference_forward(x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight:
                 moments = _sync_moments(moments, group)
             stats = finalize_stats(moments, eps)
         else:
-            stats = eval_stats(running_mean, running_var, eps)
-        y = F.relu((z - stats[0, :, None]) * (stats[1] * bn_weight.float())[:, None] + bn_bias.float()[:, None])
+            stats = eval_stats(running_mean, running_var, eps, acc)
+        y = F.relu((z - stats[0, :, None]) * (stats[1] * bn_weight.to(acc))[:, None] + bn_bias.to(acc)[:, None])
         if pool is None:
             return y.to(x.dtype), torch.empty(0, dtype=torch.int8, device=x.device), stats
         out, idx = F.max_pool1d(y, pool, pool, return_indices=True)
@@ -137,19 +145,20 @@ def reference_backward(grad_out: Tensor, x: Tensor, weight: Tensor, bias: Tensor
                        training: bool, pool: int | None, deterministic: bool, group: int,
                        input_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Plain PyTorch backward from the same saved tensors as the Triton backward."""
+    acc = acc_dtype(x)
     with no_autocast(x.device):
-        xf, wf = x.float(), weight.float()
-        z = F.conv1d(xf, wf, bias.float() if bias is not None else None, stride, padding)
+        xf, wf = x.to(acc), weight.to(acc)
+        z = F.conv1d(xf, wf, bias.to(acc) if bias is not None else None, stride, padding)
         zhat = (z - stats[0, :, None]) * stats[1, :, None]
         if pool is None:
-            gy = grad_out.float() * (out > 0)
+            gy = grad_out.to(acc) * (out > 0)
         else:
             tp = code.shape[-1]
             gy = torch.zeros_like(z)
             pos = torch.arange(tp, device=x.device) * pool + code.long().clamp(min=0)
-            gy[..., : tp * pool].scatter_(2, pos, grad_out.float() * (code >= 0))
+            gy[..., : tp * pool].scatter_(2, pos, grad_out.to(acc) * (code >= 0))
         local = torch.stack([gy.sum((0, 2)), (gy * zhat).sum((0, 2))])
-        scale = (stats[1] * bn_weight.float())[:, None]
+        scale = (stats[1] * bn_weight.to(acc))[:, None]
         if training:
             reduce = _all_reduce(group)
             sums = reduce(local) if reduce is not None else local
@@ -172,7 +181,7 @@ def _fwd_op(x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight: Tensor, b
             group: int) -> tuple[Tensor, Tensor, Tensor]:
     """Outputs: pooled (or plain) output, pool window codes (int8; empty without pool) and stats
     (4, C_out) fp32 rows mean, invstd, unbiased variance, count. ``deterministic`` is for backward."""
-    if not use_triton(x):
+    if not use_triton(x) or x.dtype == torch.float64:  # the kernels accumulate in fp32
         return reference_forward(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, stride,
                                  padding, training, eps, pool, deterministic, group)
     c_out, c_in, k = weight.shape
@@ -196,7 +205,7 @@ def _fwd_fake(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, st
     tp = t // pool if pool is not None else t
     shape = (x.shape[0], weight.shape[0], tp)
     code = x.new_empty(shape if pool is not None else (0,), dtype=code_dtype(pool or 1))
-    return x.new_empty(shape), code, x.new_empty((4, weight.shape[0]), dtype=torch.float32)
+    return x.new_empty(shape), code, x.new_empty((4, weight.shape[0]), dtype=acc_dtype(x))
 
 
 @triton_op("soundnet_fast::conv1d_bn_relu_backward", mutates_args=())
@@ -204,7 +213,7 @@ def _bwd_op(grad_out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, bn
             stats: Tensor, code: Tensor, out: Tensor | None, stride: int, padding: int, training: bool,
             pool: int | None, deterministic: bool, group: int,
             input_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    if not use_triton(x):
+    if not use_triton(x) or x.dtype == torch.float64:
         return reference_backward(grad_out, x, weight, bias, bn_weight, stats, code, out, stride, padding,
                                   training, pool, deterministic, group, input_grad)
     c_out, c_in, k = weight.shape
@@ -259,12 +268,14 @@ def _update_running_stats(running_mean: Tensor, running_var: Tensor, num_batches
     the variance unbiased; f = momentum, or 1 / num_batches_tracked (cumulative) when momentum is None."""
     if num_batches_tracked is not None:
         num_batches_tracked.add_(1)
-    if momentum is None:
-        f = 1.0 / num_batches_tracked.to(torch.float32)
+    dt = stats.dtype
+    if momentum is None:  # a device tensor: no host read, no host-to-device copy (CUDA-graph safe)
+        f = num_batches_tracked.to(dt).reciprocal()
+        new_mean = running_mean.to(dt) * (1 - f) + stats[0] * f
+        new_var = running_var.to(dt) * (1 - f) + stats[2] * f
     else:
-        f = torch.tensor(momentum, dtype=torch.float32, device=stats.device)
-    new_mean = running_mean.float() * (1 - f) + stats[0] * f
-    new_var = running_var.float() * (1 - f) + stats[2] * f
+        new_mean = running_mean.to(dt) * (1 - momentum) + stats[0] * momentum
+        new_var = running_var.to(dt) * (1 - momentum) + stats[2] * momentum
     running_mean.copy_(new_mean)
     running_var.copy_(new_var)
 

@@ -24,12 +24,28 @@ SOUNDNET_LAYERS = {
 }
 
 
-def eager_block(x: Tensor, w: Tensor, b: Tensor | None, g: Tensor, beta: Tensor, rm: Tensor | None,
-                rv: Tensor | None, *, stride: int, padding: int, training: bool, pool: int | None,
-                momentum: float | None = 0.1, eps: float = 1e-5) -> Tensor:
+def eager_block(
+    x: Tensor,
+    w: Tensor,
+    b: Tensor | None,
+    g: Tensor,
+    beta: Tensor,
+    rm: Tensor | None,
+    rv: Tensor | None,
+    *,
+    stride: int,
+    padding: int,
+    training: bool,
+    pool: int | None,
+    momentum: float | None = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
     """The unfused composite, exactly as the issue states it."""
-    y = F.relu(F.batch_norm(F.conv1d(x, w, b, stride, padding), rm, rv, g, beta, training,
-                            0.0 if momentum is None else momentum, eps))
+    y = F.relu(
+        F.batch_norm(
+            F.conv1d(x, w, b, stride, padding), rm, rv, g, beta, training, 0.0 if momentum is None else momentum, eps
+        )
+    )
     return F.max_pool1d(y, pool, pool) if pool is not None else y
 
 
@@ -47,8 +63,9 @@ class Case:
         return [self.x, self.w, self.b, self.g, self.beta]
 
 
-def make_case(n: int, c_in: int, c_out: int, k: int, length: int, seed: int = 0, bias: bool = True,
-              quantized: bool = False) -> Case:
+def make_case(
+    n: int, c_in: int, c_out: int, k: int, length: int, seed: int = 0, bias: bool = True, quantized: bool = False
+) -> Case:
     """float64 inputs; ``quantized`` gives small integers and weights in quarters, so conv outputs are
     exact in fp32 and pool windows hold genuine ties (plateaus, zeros after ReLU)."""
     gen = torch.Generator().manual_seed(seed)
@@ -79,9 +96,18 @@ def norm_rel(a: Tensor, ref: Tensor, floor: float = 0.0) -> float:
     return (a.double() - ref).norm().item() / den
 
 
-def run_reference(case: Case, grad: Tensor | None, *, stride: int, padding: int, training: bool,
-                  pool: int | None, dtype: torch.dtype = torch.float64, momentum: float | None = 0.1,
-                  x_grad: bool = True):
+def run_reference(
+    case: Case,
+    grad: Tensor | None,
+    *,
+    stride: int,
+    padding: int,
+    training: bool,
+    pool: int | None,
+    dtype: torch.dtype = torch.float64,
+    momentum: float | None = 0.1,
+    x_grad: bool = True,
+):
     """Eager composite in ``dtype`` on ``case`` (cast), with gradients; returns (out, grads, rm, rv, gz_abs)
     where gz_abs is sum over batch and time of |d loss / d conv output| per channel (the scale the conv
     bias gradient cancels from in training)."""
@@ -99,18 +125,44 @@ def run_reference(case: Case, grad: Tensor | None, *, stride: int, padding: int,
     return out.detach(), grads, rm, rv, z.grad.abs().sum((0, 2)), grad
 
 
-def run_fused(case: Case, grad: Tensor, *, stride: int, padding: int, training: bool, pool: int | None,
-              dtype: torch.dtype = torch.float32, deterministic: bool | None = None,
-              momentum: float | None = 0.1, nbt: Tensor | None = None, x_transform=None, x_grad: bool = True):
+def run_fused(
+    case: Case,
+    grad: Tensor,
+    *,
+    stride: int,
+    padding: int,
+    training: bool,
+    pool: int | None,
+    dtype: torch.dtype = torch.float32,
+    deterministic: bool | None = None,
+    momentum: float | None = 0.1,
+    nbt: Tensor | None = None,
+    x_transform=None,
+    x_grad: bool = True,
+):
     ps = [p.to(dtype).clone().requires_grad_() if p is not None else None for p in case.params()]
     ps[0].requires_grad_(x_grad)  # False: a first layer (the waveform), the one-pass gz + dW backward
     # BN parameters and running statistics stay fp32, as in a model under autocast
+    bn_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     for i in (3, 4):
-        ps[i] = case.params()[i].float().clone().requires_grad_()
-    rm, rv = case.rm.float().clone(), case.rv.float().clone()
+        ps[i] = case.params()[i].to(bn_dtype).clone().requires_grad_()
+    rm, rv = case.rm.to(bn_dtype).clone(), case.rv.to(bn_dtype).clone()
     x = ps[0] if x_transform is None else x_transform(ps[0])
-    out = conv1d_bn_relu(x, ps[1], ps[2], ps[3], ps[4], rm, rv, stride=stride, padding=padding,
-                         training=training, momentum=momentum, pool=pool, num_batches_tracked=nbt,
-                         deterministic=deterministic)
+    out = conv1d_bn_relu(
+        x,
+        ps[1],
+        ps[2],
+        ps[3],
+        ps[4],
+        rm,
+        rv,
+        stride=stride,
+        padding=padding,
+        training=training,
+        momentum=momentum,
+        pool=pool,
+        num_batches_tracked=nbt,
+        deterministic=deterministic,
+    )
     out.backward(grad.to(out.dtype))
     return out.detach(), [p.grad if p is not None else None for p in ps], rm, rv

@@ -28,14 +28,13 @@ from soundnet_fast.kernels import conv1d_bn_relu
 
 NAMES = ["x", "weight", "bias", "bn_weight", "bn_bias"]
 # Short lengths per SoundNet layer: a few pool windows plus a remainder (DESIGN.md section 1 shapes).
-LENGTHS = {"conv1": 700, "conv2": 300, "conv3": 60, "conv4": 30, "conv5": 42, "conv6": 10, "conv7": 8,
-           "sn5_conv3": 150}
+LENGTHS = {"conv1": 700, "conv2": 300, "conv3": 60, "conv4": 30, "conv5": 42, "conv6": 10, "conv7": 8, "sn5_conv3": 150}
 
 
-def _check_fp32(case, ref, fused, training: bool, tol: float = 1e-5) -> None:
+def _check_fp32(case, ref, fused, training: bool, tol: float = 1e-5, dtype: torch.dtype = torch.float32) -> None:
     out_r, grads_r, rm_r, rv_r, gz_abs, _ = ref
     out_f, grads_f, rm_f, rv_f = fused
-    assert out_f.dtype == torch.float32
+    assert out_f.dtype == dtype
     assert max_rel(out_f, out_r) <= tol
     for name, gf, gr in zip(NAMES, grads_f, grads_r, strict=True):
         if gr is None:
@@ -92,8 +91,19 @@ def test_pool_ties_go_to_first_index(training: bool) -> None:
     # A constant input makes every window one tie: the gradient goes to each window's first slot.
     x = torch.ones(1, 1, 40, requires_grad=True)
     w = torch.ones(2, 1, 1)
-    out = conv1d_bn_relu(x, w, None, torch.ones(2), torch.ones(2), torch.zeros(2), torch.ones(2), stride=1,
-                         padding=0, training=False, pool=4)
+    out = conv1d_bn_relu(
+        x,
+        w,
+        None,
+        torch.ones(2),
+        torch.ones(2),
+        torch.zeros(2),
+        torch.ones(2),
+        stride=1,
+        padding=0,
+        training=False,
+        pool=4,
+    )
     out.sum().backward()
     expect = torch.zeros(40)
     expect[::4] = 2 / (1 + 1e-5) ** 0.5
@@ -128,16 +138,52 @@ def test_running_stats_and_num_batches_tracked(momentum: float | None) -> None:
         x = case.x * (1 + step)
         z = torch.nn.functional.conv1d(x, case.w, case.b, 2, 1)
         bn.train()(z)
-        conv1d_bn_relu(x.float(), case.w.float(), case.b.float(), case.g.float(), case.beta.float(), rm, rv,
-                       stride=2, padding=1, training=True, momentum=momentum, pool=2, num_batches_tracked=nbt)
+        conv1d_bn_relu(
+            x.float(),
+            case.w.float(),
+            case.b.float(),
+            case.g.float(),
+            case.beta.float(),
+            rm,
+            rv,
+            stride=2,
+            padding=1,
+            training=True,
+            momentum=momentum,
+            pool=2,
+            num_batches_tracked=nbt,
+        )
     assert int(nbt) == 5 == int(bn.num_batches_tracked)
     assert max_rel(rm, bn.running_mean) <= 1e-5 and max_rel(rv, bn.running_var) <= 1e-5
     # eval mode reads the running statistics and leaves them alone
     before = rm.clone()
-    out = conv1d_bn_relu(case.x.float(), case.w.float(), None, case.g.float(), case.beta.float(), rm, rv,
-                         stride=2, padding=1, training=False, pool=2, num_batches_tracked=nbt)
-    ref = eager_block(case.x, case.w, None, case.g, case.beta, bn.running_mean, bn.running_var, stride=2,
-                      padding=1, training=False, pool=2)
+    out = conv1d_bn_relu(
+        case.x.float(),
+        case.w.float(),
+        None,
+        case.g.float(),
+        case.beta.float(),
+        rm,
+        rv,
+        stride=2,
+        padding=1,
+        training=False,
+        pool=2,
+        num_batches_tracked=nbt,
+    )
+    ref = eager_block(
+        case.x,
+        case.w,
+        None,
+        case.g,
+        case.beta,
+        bn.running_mean,
+        bn.running_var,
+        stride=2,
+        padding=1,
+        training=False,
+        pool=2,
+    )
     assert max_rel(out, ref) <= 1e-5 and torch.equal(before, rm) and int(nbt) == 5
 
 
@@ -175,15 +221,19 @@ def test_half_precision_vs_eager(layer: str, training: bool, dtype: torch.dtype)
 def test_deterministic_modes(monkeypatch: pytest.MonkeyPatch) -> None:
     case = make_case(2, 4, 16, 8, 80, seed=2)
     ref = run_reference(case, None, stride=2, padding=4, training=True, pool=4)
-    runs = [run_fused(case, ref[5], stride=2, padding=4, training=True, pool=4, deterministic=d)
-            for d in (True, True, False)]
+    runs = [
+        run_fused(case, ref[5], stride=2, padding=4, training=True, pool=4, deterministic=d)
+        for d in (True, True, False)
+    ]
     for a, b in zip(runs[0][1], runs[1][1], strict=True):
         assert torch.equal(a, b)  # bitwise reproducible
     _check_fp32(case, ref, runs[2], True)  # the atomics path is correct too
     # the same for the one-pass gz + dW backward (input without gradient)
     ref = run_reference(case, None, stride=2, padding=4, training=True, pool=4, x_grad=False)
-    runs = [run_fused(case, ref[5], stride=2, padding=4, training=True, pool=4, deterministic=d, x_grad=False)
-            for d in (True, True, False)]
+    runs = [
+        run_fused(case, ref[5], stride=2, padding=4, training=True, pool=4, deterministic=d, x_grad=False)
+        for d in (True, True, False)
+    ]
     for a, b in zip(runs[0][1], runs[1][1], strict=True):
         assert (a is None and b is None) or torch.equal(a, b)
     _check_fp32(case, ref, runs[0], True)
@@ -214,8 +264,17 @@ def test_autocast_casts_on_entry() -> None:
         out = conv1d_bn_relu(x, w, b, g, beta, None, None, stride=2, padding=4, training=True, pool=4)
         eager = eager_block(x, w, b, g, beta, None, None, stride=2, padding=4, training=True, pool=4)
     assert out.dtype == torch.bfloat16 == eager.dtype
-    ref = eager_block(*[t.bfloat16().double() for t in (x, w, b)], case.g, case.beta, None, None, stride=2,
-                      padding=4, training=True, pool=4)
+    ref = eager_block(
+        *[t.bfloat16().double() for t in (x, w, b)],
+        case.g,
+        case.beta,
+        None,
+        None,
+        stride=2,
+        padding=4,
+        training=True,
+        pool=4,
+    )
     assert norm_rel(out, ref) <= 2 * norm_rel(eager, ref)
 
 
@@ -228,8 +287,7 @@ def test_reference_path_matches(monkeypatch: pytest.MonkeyPatch) -> None:
         fused = run_fused(case, ref[5], stride=2, padding=3, training=training, pool=3)
         _check_fp32(case, ref, fused, training)
         ref = run_reference(case, None, stride=1, padding=0, training=training, pool=None)
-        _check_fp32(case, ref, run_fused(case, ref[5], stride=1, padding=0, training=training, pool=None),
-                    training)
+        _check_fp32(case, ref, run_fused(case, ref[5], stride=1, padding=0, training=training, pool=None), training)
 
 
 def test_refusals() -> None:
@@ -269,8 +327,9 @@ def test_opcheck_interpreter() -> None:
         torch.library.opcheck(cbr._fwd_op, args)
     x, w, b, g, beta, rm, rv = (a.detach() for a in _opcheck_samples()[0][:7])
     out, code, stats = cbr._fwd_op(x, w, b, g, beta, rm, rv, 2, 1, True, 1e-5, 4, True, 0)
-    torch.library.opcheck(cbr._bwd_op, (torch.randn_like(out), x, w, b, g, stats, code, None, 2, 1, True, 4,
-                                        True, 0, True))
+    torch.library.opcheck(
+        cbr._bwd_op, (torch.randn_like(out), x, w, b, g, stats, code, None, 2, 1, True, 4, True, 0, True)
+    )
     torch.library.opcheck(cbr._update_running_stats, (rm.clone(), rv.clone(), torch.tensor(0), stats, 0.1))
 
 
@@ -316,8 +375,13 @@ def test_torch_compile_traces_both_ops() -> None:
 
     def inputs():
         gen = torch.Generator().manual_seed(0)
-        t = [torch.randn(2, 3, 100, generator=gen), torch.randn(8, 3, 7, generator=gen) * 0.3,
-             torch.randn(8, generator=gen), torch.rand(8, generator=gen) + 0.5, torch.randn(8, generator=gen)]
+        t = [
+            torch.randn(2, 3, 100, generator=gen),
+            torch.randn(8, 3, 7, generator=gen) * 0.3,
+            torch.randn(8, generator=gen),
+            torch.rand(8, generator=gen) + 0.5,
+            torch.randn(8, generator=gen),
+        ]
         t = [a.requires_grad_() for a in t]
         z = (torch.randn(2, 10, 4, generator=gen) * 2).requires_grad_()
         return [*t, torch.zeros(8), torch.ones(8), z, torch.softmax(torch.randn(2, 10, 4, generator=gen), 1)]
@@ -333,3 +397,11 @@ def test_torch_compile_traces_both_ops() -> None:
         if a.grad is not None:  # the conv bias gradient cancels to ~0: judged on dW's scale
             floor = eager_in[1].grad.abs().max().item() if i == 2 else 0.0
             assert max_rel(b.grad, a.grad.double(), floor) <= 1e-4, i
+
+
+def test_float64_takes_the_reference_in_float64() -> None:
+    case = make_case(2, 3, 8, 5, 40, seed=12)
+    ref = run_reference(case, None, stride=2, padding=2, training=True, pool=2)
+    fused = run_fused(case, ref[5], stride=2, padding=2, training=True, pool=2, dtype=torch.float64)
+    assert fused[0].dtype == torch.float64
+    _check_fp32(case, ref, fused, True, tol=1e-10, dtype=torch.float64)

@@ -48,8 +48,9 @@ def test_nothing_unpooled_is_saved() -> None:
     x = torch.randn(2, c_in, 600)
     w = torch.randn(c_out, c_in, k, requires_grad=True)
     g = torch.ones(c_out, requires_grad=True)
-    out = conv1d_bn_relu(x, w, None, g, torch.zeros(c_out, requires_grad=True), None, None, stride=s,
-                         padding=p, training=True, pool=pool)
+    out = conv1d_bn_relu(
+        x, w, None, g, torch.zeros(c_out, requires_grad=True), None, None, stride=s, padding=p, training=True, pool=pool
+    )
     unpooled = out.shape[0] * c_out * ((600 + 2 * p - k) // s + 1)
     saved = saved_tensors(out)
     assert saved and max(t.numel() for t in saved) < unpooled

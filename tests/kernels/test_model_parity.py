@@ -78,8 +78,10 @@ def test_soundnet5_heads_with_kl_loss() -> None:
     for model in (ref64, ref):
         obj, scn = model(x.to(next(model.parameters()).dtype))
         p_o, p_s = p_obj.to(obj.dtype), p_scn.to(obj.dtype)
-        losses.append(F.kl_div(F.log_softmax(obj, 1), p_o, reduction="sum")
-                      + F.kl_div(F.log_softmax(scn, 1), p_s, reduction="sum"))
+        losses.append(
+            F.kl_div(F.log_softmax(obj, 1), p_o, reduction="sum")
+            + F.kl_div(F.log_softmax(scn, 1), p_s, reduction="sum")
+        )
         logits.append(torch.cat([obj, scn], 1))
     obj, scn = fused(x.float())
     losses.append(kl_div(obj, p_obj.float(), reduction="sum") + kl_div(scn, p_scn.float(), reduction="sum"))

@@ -28,12 +28,23 @@ class TinyAudioNet(nn.Module):
         self.body = nn.Sequential(
             *_block(8, 8, 5, 1, 2),  # run inside a longer container (slots 0-2)
             *_block(8, 8, 3, 1, 1, pool=2),  # with pool (slots 3-6)
-            nn.Conv1d(8, 8, 3, 1, 2, dilation=2), nn.BatchNorm1d(8), nn.ReLU(),  # dilation: untouched
-            nn.Conv1d(8, 8, 3, 1, 1, groups=2), nn.BatchNorm1d(8), nn.ReLU(),  # groups: untouched
-            nn.Conv1d(8, 8, 3, 1, 1), nn.BatchNorm1d(8, affine=False), nn.ReLU(),  # affine=False: untouched
-            nn.Conv1d(8, 8, 3, 1, 1), shared_bn, nn.ReLU(),  # shared BN: untouched
-            nn.Conv1d(8, 8, 3, 1, 1), shared_bn, nn.ReLU(),  # (its second use)
-            *_block(8, 16, 3, 1, 1), nn.MaxPool1d(3, 2),  # pool kernel != stride: pool stays as it is
+            nn.Conv1d(8, 8, 3, 1, 2, dilation=2),
+            nn.BatchNorm1d(8),
+            nn.ReLU(),  # dilation: untouched
+            nn.Conv1d(8, 8, 3, 1, 1, groups=2),
+            nn.BatchNorm1d(8),
+            nn.ReLU(),  # groups: untouched
+            nn.Conv1d(8, 8, 3, 1, 1),
+            nn.BatchNorm1d(8, affine=False),
+            nn.ReLU(),  # affine=False: untouched
+            nn.Conv1d(8, 8, 3, 1, 1),
+            shared_bn,
+            nn.ReLU(),  # shared BN: untouched
+            nn.Conv1d(8, 8, 3, 1, 1),
+            shared_bn,
+            nn.ReLU(),  # (its second use)
+            *_block(8, 16, 3, 1, 1),
+            nn.MaxPool1d(3, 2),  # pool kernel != stride: pool stays as it is
         )
         self.head = nn.Conv1d(16, 4, 1)
 
@@ -71,7 +82,10 @@ def test_state_dict_matches_sequential() -> None:
 @pytest.mark.parametrize(
     "bad",
     [
-        dict(dilation=2), dict(groups=2), dict(padding_mode="reflect"), dict(padding="same"),
+        dict(dilation=2),
+        dict(groups=2),
+        dict(padding_mode="reflect"),
+        dict(padding="same"),
     ],
     ids=["dilation", "groups", "padding_mode", "string_padding"],
 )
@@ -116,8 +130,7 @@ def test_fuse_small_audio_cnn() -> None:
             floor = grads_r[wname].abs().max().item() if (mode == "train" and is_conv_bias) else 0.0
             assert max_rel(grads_f[_fused_name(name)], g.double(), floor) <= 1e-4, name
     for key, value in reference.state_dict().items():
-        assert torch.allclose(model.state_dict()[_fused_name(key)].double(), value.double(), rtol=1e-4,
-                              atol=1e-5), key
+        assert torch.allclose(model.state_dict()[_fused_name(key)].double(), value.double(), rtol=1e-4, atol=1e-5), key
     assert unfuse(model) == 4
     assert list(model.state_dict()) == keys
     assert [type(m) for m in model.modules()] == [type(m) for m in reference.modules()]

@@ -37,11 +37,28 @@ def _worker(rank: int, port: int, out_dir: str, deterministic: bool) -> None:
         ps[0] = ps[0][half].contiguous()
         ps = [p.requires_grad_() for p in ps]
         rm, rv, nbt = case.rm.float().clone(), case.rv.float().clone(), torch.tensor(0)
-        out = conv1d_bn_relu(*ps, rm, rv, training=True, process_group=dist.group.WORLD,
-                             num_batches_tracked=nbt, deterministic=deterministic, **CONF)
+        out = conv1d_bn_relu(
+            *ps,
+            rm,
+            rv,
+            training=True,
+            process_group=dist.group.WORLD,
+            num_batches_tracked=nbt,
+            deterministic=deterministic,
+            **CONF,
+        )
         out.backward(grad[half].float())
-        torch.save({"out": out.detach(), "grads": [p.grad for p in ps], "rm": rm, "rv": rv, "nbt": nbt,
-                    "triton": use_triton(ps[0])}, os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save(
+            {
+                "out": out.detach(),
+                "grads": [p.grad for p in ps],
+                "rm": rm,
+                "rv": rv,
+                "nbt": nbt,
+                "triton": use_triton(ps[0]),
+            },
+            os.path.join(out_dir, f"rank{rank}.pt"),
+        )
     finally:
         dist.destroy_process_group()
 

@@ -29,6 +29,10 @@ from torch.library import wrap_triton
 from ._common import INTERPRET, clamp_pow2, dot_precision
 from ._conv_fwd import _load_bias, cast_out, conv_blocks, conv_tile, stats_tiles
 
+# fmt: off
+# Hand-wrapped on purpose: Triton kernels and launches take 15-30 arguments, and one per line (the
+# formatter's layout) would triple these files' length without making them clearer.
+
 
 @triton.jit
 def _bwd_tile(x_ptr, w_ptr, b_ptr, stats_ptr, go_ptr, code_ptr, out_ptr, co, m, C_OUT, L, R, T, TP, M,

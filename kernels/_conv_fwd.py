@@ -20,6 +20,10 @@ from torch.library import wrap_triton
 
 from ._common import INTERPRET, clamp_pow2, dot_precision, next_pow2
 
+# fmt: off
+# Hand-wrapped on purpose: Triton kernels and launches take 15-30 arguments, and one per line (the
+# formatter's layout) would triple these files' length without making them clearer.
+
 
 @triton.jit
 def conv_tile(x_ptr, w_ptr, co, n, t, col_ok, C_OUT, L, R, sxn, sxc, sxl, stride, pad,

@@ -22,6 +22,10 @@ from ._common import INTERPRET, no_autocast, use_triton
 from ._conv_bwd import conv_bn_relu_backward
 from ._conv_fwd import code_dtype, conv_bn_relu_pool, conv_moments
 
+# fmt: off
+# Hand-wrapped on purpose: Triton kernels and launches take 15-30 arguments, and one per line (the
+# formatter's layout) would triple these files' length without making them clearer.
+
 SUPPORT_MATRIX = """\
 Fused Conv1d -> BatchNorm1d -> ReLU (-> MaxPool1d): `conv1d_bn_relu`, `FusedConv1dBNReLU`, `fuse()`
 

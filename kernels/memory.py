@@ -68,4 +68,3 @@ def saved_activation_bytes(output: Tensor | Iterable[Tensor], exclude: Iterable[
         if k not in skip:
             sizes[k] = t.untyped_storage().nbytes()
     return sum(sizes.values())
-

@@ -62,8 +62,10 @@ def pool_refusal(pool: nn.Module) -> str | None:
     k = _one(pool.kernel_size)
     s = _one(pool.stride) if pool.stride is not None else k
     if k != s or _one(pool.padding) != 0 or _one(pool.dilation) != 1 or pool.ceil_mode or pool.return_indices:
-        return ("only MaxPool1d with kernel == stride, no padding, dilation 1, floor mode and no indices is "
-                f"fused, got {pool}")
+        return (
+            "only MaxPool1d with kernel == stride, no padding, dilation 1, floor mode and no indices is "
+            f"fused, got {pool}"
+        )
     return None
 
 
@@ -79,11 +81,22 @@ class FusedConv1dBNReLU(nn.Sequential):
     ``torch.are_deterministic_algorithms_enabled()``) picks the atomics-free backward.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 padding: int = 0, bias: bool = True, pool: int | None = None, eps: float = 1e-5,
-                 momentum: float | None = 0.1, process_group: torch.distributed.ProcessGroup | None = None,
-                 deterministic: bool | None = None, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        bias: bool = True,
+        pool: int | None = None,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        process_group: torch.distributed.ProcessGroup | None = None,
+        deterministic: bool | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         kw = {"device": device, "dtype": dtype}
         layers: list[nn.Module] = [
             nn.Conv1d(in_channels, out_channels, kernel_size, stride, padding, bias=bias, **kw),
@@ -98,9 +111,15 @@ class FusedConv1dBNReLU(nn.Sequential):
         self.deterministic = deterministic
 
     @classmethod
-    def from_modules(cls, conv: nn.Conv1d, bn: nn.BatchNorm1d, relu: nn.ReLU | None = None,
-                     pool: nn.MaxPool1d | None = None, process_group: torch.distributed.ProcessGroup | None = None,
-                     deterministic: bool | None = None) -> FusedConv1dBNReLU:
+    def from_modules(
+        cls,
+        conv: nn.Conv1d,
+        bn: nn.BatchNorm1d,
+        relu: nn.ReLU | None = None,
+        pool: nn.MaxPool1d | None = None,
+        process_group: torch.distributed.ProcessGroup | None = None,
+        deterministic: bool | None = None,
+    ) -> FusedConv1dBNReLU:
         """Wrap existing modules (their parameters and buffers are shared, not copied)."""
         self = cls.__new__(cls)
         mods = [conv, bn, relu if relu is not None else nn.ReLU()] + ([pool] if pool is not None else [])
@@ -127,10 +146,23 @@ class FusedConv1dBNReLU(nn.Sequential):
         conv, bn = self[0], self[1]
         update = bn.training and bn.track_running_stats
         return conv1d_bn_relu(
-            x, conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var,
-            stride=_one(conv.stride), padding=_one(conv.padding), training=bn.training,
-            momentum=bn.momentum, eps=bn.eps, pool=self.pool, process_group=self.process_group,
-            num_batches_tracked=bn.num_batches_tracked if update else None, deterministic=self.deterministic)
+            x,
+            conv.weight,
+            conv.bias,
+            bn.weight,
+            bn.bias,
+            bn.running_mean,
+            bn.running_var,
+            stride=_one(conv.stride),
+            padding=_one(conv.padding),
+            training=bn.training,
+            momentum=bn.momentum,
+            eps=bn.eps,
+            pool=self.pool,
+            process_group=self.process_group,
+            num_batches_tracked=bn.num_batches_tracked if update else None,
+            deterministic=self.deterministic,
+        )
 
 
 def _is_plain_sequential(m: nn.Module) -> bool:
@@ -210,8 +242,19 @@ def unfuse(model: nn.Module) -> int:
 def _folded(conv: nn.Conv1d, bn: nn.BatchNorm1d) -> nn.Conv1d:
     scale = bn.weight.double() * torch.rsqrt(bn.running_var.double() + bn.eps)
     bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
-    new = nn.Conv1d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                    conv.dilation, conv.groups, True, conv.padding_mode, conv.weight.device, conv.weight.dtype)
+    new = nn.Conv1d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        True,
+        conv.padding_mode,
+        conv.weight.device,
+        conv.weight.dtype,
+    )
     new.weight.copy_(conv.weight.double() * scale[:, None, None])
     new.bias.copy_((bias - bn.running_mean.double()) * scale + bn.bias.double())
     return new
@@ -225,8 +268,15 @@ def fold(model: nn.Module) -> int:
     uses = collections.Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
 
     def foldable(conv: nn.Module, bn: nn.Module) -> bool:
-        ok = (isinstance(conv, nn.Conv1d) and isinstance(bn, nn.BatchNorm1d) and bn.track_running_stats
-              and bn.affine and bn.num_features == conv.out_channels and uses[id(bn)] == 1 and uses[id(conv)] == 1)
+        ok = (
+            isinstance(conv, nn.Conv1d)
+            and isinstance(bn, nn.BatchNorm1d)
+            and bn.track_running_stats
+            and bn.affine
+            and bn.num_features == conv.out_channels
+            and uses[id(bn)] == 1
+            and uses[id(conv)] == 1
+        )
         if ok and bn.training:
             raise ValueError("fold() is for inference: BatchNorm1d in training mode (call model.eval() first)")
         return ok

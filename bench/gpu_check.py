@@ -5,7 +5,8 @@
 Needs only PyTorch and Triton (>= 3.6) on a CUDA machine (no DALI, PyAV, pytest or soundnet_fast
 install: ``kernels/`` is loaded straight from this checkout). Writes one Markdown report (device, torch /
 triton versions, date, git commit) and exits 1 if any check failed, 2 without CUDA. ``--smoke`` runs the
-same code on the CPU under TRITON_INTERPRET=1 at toy sizes, to check the script itself.
+same code on the CPU under TRITON_INTERPRET=1 at toy sizes, to check the script itself; without a GPU,
+``python -m soundnet_fast.kernels.aot_check`` compiles every kernel specialisation for sm_90.
 
 Parity rule (as in tests/kernels): against a float64 computation on the same inputs, the fused op's error
 (relative Frobenius norm) is at most twice eager PyTorch's in the same dtype (fp32 follows

@@ -357,7 +357,7 @@ def conv_bn_relu_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Te
         kmax = triton.cdiv(K, stride)
         bci = clamp_pow2(C_in, 16, 256 if INTERPRET else 64)
         bq = clamp_pow2(N * triton.cdiv(L, stride), 16, 512) if INTERPRET else 128
-        bx = clamp_pow2(C * kmax, 16, 1024 if INTERPRET else 64)
+        bx = clamp_pow2(C * kmax, 16, 1024 if INTERPRET else (32 if x.dtype == torch.float32 else 64))
         grid = (triton.cdiv(N * triton.cdiv(L, stride), bq), triton.cdiv(C_in, bci), stride)
         wrap_triton(_dx_kernel)[grid](
             gz, w2d, dx, C_in, C, L, T, M, stride, padding, K=K, KMAX=kmax, BLOCK_CI=bci, BLOCK_Q=bq,

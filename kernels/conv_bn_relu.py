@@ -338,7 +338,7 @@ def conv1d_bn_relu(x: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, bn_
     if momentum is None and training and running_mean is not None and num_batches_tracked is None:
         raise ValueError("conv1d_bn_relu: momentum=None (cumulative average) needs num_batches_tracked")
     dev = x.device.type
-    if dev in ("cpu", "cuda") and torch.is_autocast_enabled(dev):
+    if dev in ("cpu", "cuda") and torch.is_autocast_enabled(dev) and x.dtype != torch.float64:
         dt = torch.get_autocast_dtype(dev)  # conv runs in autocast's lower precision, as F.conv1d would
         x, conv_weight = x.to(dt), conv_weight.to(dt)
         conv_bias = conv_bias.to(dt) if conv_bias is not None else None

@@ -120,15 +120,22 @@ def _kl_op(z: Tensor, p: Tensor, dim: int, reduction: str, compute_grad: bool) -
     empty without compute_grad)."""
     if not use_triton(z):
         return reference_kl(z, p, dim, reduction, compute_grad)
+    return triton_kl(z, p, dim, reduction, compute_grad)
+
+
+def triton_kl(z: Tensor, p: Tensor, dim: int, reduction: str, compute_grad: bool) -> tuple[Tensor, Tensor]:
+    """The Triton path of the op (launcher)."""
     z, p = z.contiguous(), p.contiguous()
     shape = tuple(z.shape)
     c = shape[dim]
     outer = math.prod(shape[:dim])
     inner = math.prod(shape[dim + 1:])
     strides = (c * inner, inner, 1)
-    if inner == 1:  # classes last, e.g. (N, C): the rows become the positions, read class-contiguous
+    rows = inner == 1
+    if rows:  # classes last, e.g. (N, C): the rows become the positions, read class-contiguous
         outer, inner, strides = 1, outer, (0, 1, c)
-    bi = clamp_pow2(inner, 2, 1024 if INTERPRET else 64)
+    # GPU: 64 contiguous positions per program, or 4 rows (a few programs per SM) when classes are last
+    bi = clamp_pow2(inner, 2, 1024 if INTERPRET else (4 if rows else 64))
     bc = clamp_pow2(c, 16, 4096 if INTERPRET else max(16, 4096 // bi))
     grid = (triton.cdiv(inner, bi) * outer,)
     none = reduction == "none"

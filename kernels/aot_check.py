@@ -1,0 +1,169 @@
+"""Compile every Triton kernel launch of the SoundNet-8 trunk for a GPU target, without a GPU.
+
+    python -m soundnet_fast.kernels.aot_check [--arch 90] [--batch 64] [--seconds 20]
+
+The launchers run on meta tensors with ``wrap_triton`` replaced by a recorder, so the exact
+specialisations a training step uses (block sizes, constexprs, dtypes, grids) are captured; each one is
+then compiled with Triton's bundled ``ptxas`` for ``sm_<arch>``. Catches what the interpreter cannot:
+code that does not lower, grid axes over CUDA's limits (65,535 on axes 1 and 2), and shared memory over
+the device's limit. Must run WITHOUT ``TRITON_INTERPRET=1`` (kernels are then interpreter objects).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from collections.abc import Iterator
+
+import torch
+import triton
+
+from . import _conv_bwd, _conv_fwd
+
+_KL = sys.modules[__package__ + ".kl_div"]  # the package's ``kl_div`` attribute is the function
+_TYPES = {
+    torch.float32: "*fp32",
+    torch.bfloat16: "*bf16",
+    torch.float16: "*fp16",
+    torch.int8: "*i8",
+    torch.int16: "*i16",
+    torch.int32: "*i32",
+}
+# DESIGN.md section 1: SoundNet-8 trunk (C_out, k, s, p, pool)
+_TRUNK = [
+    (16, 64, 2, 32, 8),
+    (32, 32, 2, 16, 8),
+    (64, 16, 2, 8, None),
+    (128, 8, 2, 4, None),
+    (256, 4, 2, 2, 4),
+    (512, 4, 2, 2, None),
+    (1024, 4, 2, 2, None),
+]
+
+
+@contextlib.contextmanager
+def record_launches(precision: str) -> Iterator[list[tuple]]:
+    """Replace ``wrap_triton`` in the launcher modules by a recorder of (kernel, grid, args, kwargs)."""
+    launches: list[tuple] = []
+
+    class Recorder:
+        def __init__(self, kernel) -> None:
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append((self.kernel, grid, args, kwargs))
+
+    mods = (_conv_fwd, _conv_bwd, _KL)
+    saved = [(m, m.wrap_triton, getattr(m, "dot_precision", None)) for m in mods]
+    for m in mods:
+        m.wrap_triton = Recorder
+        if hasattr(m, "dot_precision"):
+            m.dot_precision = lambda x: precision if x.dtype == torch.float32 else "ieee"
+    try:
+        yield launches
+    finally:
+        for m, wrap, prec in saved:
+            m.wrap_triton = wrap
+            if prec is not None:
+                m.dot_precision = prec
+
+
+def soundnet8_launches(batch: int, samples: int, precision: str = "tf32", blocks: int = len(_TRUNK)) -> list[tuple]:
+    """Launches of a training step (forward, deterministic and atomics backward, eval backward) of the
+    first ``blocks`` trunk blocks in fp32 and bf16, plus the KL loss of both heads."""
+    with record_launches(precision) as launches:
+        for dtype in (torch.float32, torch.bfloat16):
+            c_in, length = 1, samples
+            for i, (c_out, k, s, p, pool) in enumerate(_TRUNK[:blocks]):
+                t = (length + 2 * p - k) // s + 1
+                x = torch.empty(batch, c_in, length, dtype=dtype, device="meta")
+                w2d = torch.empty(c_out, c_in * k, dtype=dtype, device="meta")
+                b = torch.empty(c_out, dtype=dtype, device="meta")
+                g = torch.empty(c_out, device="meta")
+                stats = torch.empty(4, c_out, device="meta")
+                _conv_fwd.conv_moments(x, w2d, b, k, s, p, t)
+                out, code = _conv_fwd.conv_bn_relu_pool(x, w2d, b, g, g, stats, k, s, p, t, pool)
+                go = torch.empty(out.shape, dtype=dtype, device="meta")
+                saved_out = out if pool is None else None
+                for training, det in ((True, False), (True, True), (False, False)):
+                    _conv_bwd.conv_bn_relu_backward(
+                        go, x, w2d, b, g, stats, code, saved_out, k, s, p, t, pool, training, det, i > 0
+                    )
+                length, c_in = (t // pool if pool else t), c_out
+        for shape in [(batch, 1000, 4), (batch, 401, 4), (batch, 1000)]:
+            z = torch.empty(shape, device="meta")
+            for red in ("batchmean", "none"):
+                _KL.triton_kl(z, z, 1, red, True)
+    return launches
+
+
+def _signature(kernel, args: tuple, kwargs: dict) -> tuple[dict, dict]:
+    sig, const = {}, {}
+    for i, name in enumerate(kernel.arg_names):
+        v = args[i] if i < len(args) else kwargs[name]
+        if kernel.params[i].is_constexpr:
+            sig[name], const[name] = "constexpr", v
+        elif isinstance(v, torch.Tensor):
+            sig[name] = _TYPES[v.dtype]
+        elif isinstance(v, bool):
+            sig[name] = "i1"
+        elif isinstance(v, int):
+            sig[name] = "i64" if abs(v) >= 2**31 else "i32"
+        else:
+            sig[name] = "fp32"
+    return sig, const
+
+
+def compile_launches(launches: list[tuple], arch: int = 90, smem_limit: int = 227 * 1024) -> list[tuple]:
+    """Compile each distinct specialisation; returns (kernel name, constexprs, shared bytes). Raises on a
+    compile error, a grid axis over CUDA's limits or shared memory over ``smem_limit``."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    target = GPUTarget("cuda", arch, 32)
+    done: dict[tuple, tuple] = {}
+    for kernel, grid, args, kwargs in launches:
+        grid = tuple(int(g) for g in grid)
+        limits = (2**31 - 1, 65535, 65535)
+        if any(g > lim for g, lim in zip(grid, limits, strict=False)):
+            raise ValueError(f"{kernel.__name__}: grid {grid} exceeds CUDA's limits {limits}")
+        sig, const = _signature(kernel, args, kwargs)
+        key = (kernel.__name__, tuple(sorted(sig.items())), tuple(sorted((k, str(v)) for k, v in const.items())))
+        if key in done:
+            continue
+        compiled = triton.compile(
+            ASTSource(kernel, sig, const), target=target, options={"num_warps": kwargs.get("num_warps", 4)}
+        )
+        shared = compiled.metadata.shared
+        if shared > smem_limit:
+            raise ValueError(f"{kernel.__name__} {const}: {shared} B of shared memory > {smem_limit}")
+        done[key] = (kernel.__name__, {k: v for k, v in const.items() if k.isupper()}, shared)
+    return list(done.values())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100 / H200)")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    args = ap.parse_args(argv)
+    if _conv_fwd.INTERPRET:
+        print("aot_check compiles real kernels: run it without TRITON_INTERPRET=1", file=sys.stderr)
+        return 2
+    t0 = time.time()
+    results = []
+    for precision in ("tf32", "ieee"):
+        results += compile_launches(soundnet8_launches(args.batch, int(args.seconds * 22_050), precision), args.arch)
+    for name, const, shared in results:
+        print(f"{name:26s} {shared / 1024:6.1f} KB smem  {const}")
+    print(
+        f"{len(results)} specialisations compiled for sm_{args.arch} in {time.time() - t0:.0f} s; "
+        f"max shared memory {max(r[2] for r in results) / 1024:.1f} KB"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,8 +10,6 @@ plain PyTorch reference they are tested against, the ``torch.library`` ops and t
 Support matrix (``SUPPORT_MATRIX`` below, also exported by the package):
 """
 
-from __future__ import annotations
-
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -57,10 +55,10 @@ Fused Conv1d -> BatchNorm1d -> ReLU (-> MaxPool1d): `conv1d_bn_relu`, `FusedConv
 __doc__ = (__doc__ or "") + "\n" + SUPPORT_MATRIX
 
 # Process groups cannot be op arguments; ops receive a registry key (0 = none).
-_GROUPS: dict[int, dist.ProcessGroup] = {}
+_GROUPS: "dict[int, dist.ProcessGroup]" = {}
 
 
-def _group_key(group: dist.ProcessGroup | None) -> int:
+def _group_key(group: "dist.ProcessGroup | None") -> int:
     if group is None:
         return 0
     _GROUPS[id(group)] = group
@@ -305,7 +303,7 @@ def conv1d_bn_relu(x: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, bn_
                    bn_bias: Tensor | None, running_mean: Tensor | None, running_var: Tensor | None, *,
                    stride: int | tuple[int], padding: int | tuple[int], training: bool,
                    momentum: float | None = 0.1, eps: float = 1e-5, pool: int | None = None,
-                   process_group: dist.ProcessGroup | None = None, num_batches_tracked: Tensor | None = None,
+                   process_group: "dist.ProcessGroup | None" = None, num_batches_tracked: Tensor | None = None,
                    deterministic: bool | None = None) -> Tensor:
     """``max_pool1d(relu(batch_norm(conv1d(x, ...))), pool, pool)`` in one fused op (see the module
     docstring and ``SUPPORT_MATRIX``). ``x`` is (N, C_in, L); ``conv_weight`` (C_out, C_in, k).

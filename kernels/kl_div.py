@@ -15,8 +15,6 @@ backward can be captured in a CUDA graph. The teacher probabilities are a consta
 must not require grad.
 """
 
-from __future__ import annotations
-
 import math
 
 import torch

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from soundnet_fast.fsutil import atomic_open, atomic_torch_save
+from soundnet_fast.fsutil import atomic_open, atomic_torch_save, read_jsonl
 from soundnet_fast.weights import native_dict
 
 CHECKPOINT = "checkpoint.pt"
@@ -186,17 +186,7 @@ def set_aside_metrics(run_dir: str | os.PathLike[str]) -> str | None:
 
 
 def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    path = os.path.join(os.fspath(run_dir), METRICS)
-    if not os.path.exists(path):
-        return []
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return out
+    return read_jsonl(os.path.join(os.fspath(run_dir), METRICS))
 
 
 __all__ = [

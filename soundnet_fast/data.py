@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from soundnet_fast.fsutil import atomic_np_save, atomic_open, atomic_write_text
+from soundnet_fast.fsutil import atomic_np_save, atomic_open, atomic_write_text, read_jsonl
 
 FORMAT = "soundnet_fast.shards/1"
 MANIFEST = "manifest.json"
@@ -107,17 +107,7 @@ def read_index(path: str | os.PathLike[str], manifest: Mapping[str, Any] | None 
 def read_failures(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Records of ``failures.jsonl`` (empty when there is none); a torn last line is skipped."""
     folder = os.fspath(path) if os.path.isdir(path) else os.path.dirname(os.fspath(path))
-    fpath = os.path.join(folder, FAILURES)
-    if not os.path.exists(fpath):
-        return []
-    out = []
-    with open(fpath, encoding="utf-8") as f:
-        for line in f:
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return out
+    return read_jsonl(os.path.join(folder, FAILURES))
 
 
 def shard_files(folder: str | os.PathLike[str], shard: str, teachers: Sequence[str]) -> dict[str, str]:

@@ -63,3 +63,20 @@ def atomic_np_save(path: str | os.PathLike[str], array: Any) -> None:
     import numpy as np
 
     atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[Any]:
+    """Records of a JSON-lines file (empty when it does not exist). A torn line, as a killed writer can
+    leave at the end, is skipped rather than failing the reader."""
+    import json
+
+    if not os.path.exists(path):
+        return []
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out

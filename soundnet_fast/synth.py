@@ -264,6 +264,15 @@ def _wav_bytes(x: np.ndarray, sr: int) -> bytes:
     return buf.getvalue()
 
 
+def _write_labeled_clip(job: tuple[str, int, int, int, int, str, float]) -> None:
+    from soundnet_fast.fsutil import atomic_write
+
+    path, seed, target, fold, k, name, seconds = job
+    if not os.path.exists(path):  # resumable: a finished clip is never rewritten
+        x = labeled_clip(seeded(seed, 30, target, fold, k), name, seconds, ESC50_RATE)
+        atomic_write(path, lambda f: f.write(_wav_bytes(x, ESC50_RATE)))
+
+
 def write_labeled_set(
     out_dir: str,
     *,
@@ -272,6 +281,7 @@ def write_labeled_set(
     folds: int = 5,
     seconds: float = 5.0,
     classes: tuple[str, ...] = LABELED_CLASSES,
+    workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
 ) -> str:
     """Write the labeled sound set in the ESC-50 layout (DESIGN.md section 3) and return ``out_dir``.
@@ -282,24 +292,30 @@ def write_labeled_set(
     Each clip draws its own generator from (seed, class, fold, index), so the set is the same however it
     is produced; existing files are kept (resumable).
     """
-    from soundnet_fast.fsutil import atomic_write, atomic_write_text
+    from soundnet_fast.fsutil import atomic_write_text
 
     os.makedirs(os.path.join(out_dir, "audio"), exist_ok=True)
-    rows = []
-    total, done = len(classes) * folds * per_fold, 0
+    rows, jobs = [], []
     for target, name in enumerate(classes):
         for fold in range(1, folds + 1):
             for k in range(per_fold):
                 clip = 1000 * target + 100 * fold + k  # the ESC-50 "src_file" id, unique per clip
                 fname = f"{fold}-{clip}-A-{target}.wav"
-                path = os.path.join(out_dir, "audio", fname)
-                if not os.path.exists(path):
-                    x = labeled_clip(seeded(seed, 30, target, fold, k), name, seconds, ESC50_RATE)
-                    atomic_write(path, lambda f, x=x: f.write(_wav_bytes(x, ESC50_RATE)))
+                # esc10: ESC-50 marks a 10-class subset; here the first 10 classes are that subset.
                 rows.append([fname, fold, target, name, target < 10, clip, "A"])
-                done += 1
+                jobs.append((os.path.join(out_dir, "audio", fname), seed, target, fold, k, name, seconds))
+    if workers > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(workers) as pool:
+            for done, _ in enumerate(pool.imap_unordered(_write_labeled_clip, jobs, chunksize=8), 1):
                 if progress:
-                    progress(done, total)
+                    progress(done, len(jobs))
+    else:
+        for done, job in enumerate(jobs, 1):
+            _write_labeled_clip(job)
+            if progress:
+                progress(done, len(jobs))
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["filename", "fold", "target", "category", "esc10", "src_file", "take"])

@@ -93,3 +93,11 @@ def test_miniature_world_through_every_stage(tmp_path, capsys) -> None:
     assert 0.0 <= saved["teacher_agreement"] <= 1.0
     results = json.loads(open(os.path.join(cfg.out, "eval", "results.json")).read())
     assert results["num_clips"] == 5 * len(synth.LABELED_CLASSES)
+
+
+def test_a_rerun_with_another_world_in_the_same_folder_is_refused(tmp_path) -> None:
+    cfg = demo.DemoConfig(out=str(tmp_path), videos=5)
+    demo._check_same_world(cfg)
+    demo._check_same_world(demo.DemoConfig(out=str(tmp_path), videos=5, train_seed=3))  # training may differ
+    with pytest.raises(ValueError, match=r"demo_world.json: .* another world \(videos 5 -> 6\)"):
+        demo._check_same_world(demo.DemoConfig(out=str(tmp_path), videos=6))

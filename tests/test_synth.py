@@ -118,7 +118,8 @@ def test_write_videos_mp4_decodes_with_the_project_reader(tmp_path) -> None:
     lines = (tmp_path / "world.jsonl").read_text().splitlines()
     assert [json.loads(x)["objects"] for x in lines] == [r["objects"] for r in recs]
     wave = load(tmp_path / "video-00000.mp4")
-    assert abs(len(wave) - 2 * SR) < 0.05 * SR
+    # The track ends ~93 ms early so AAC's padding never makes it outlast the video (one clip per segment).
+    assert 2 * SR - 2048 - 1024 <= len(wave) <= 2 * SR
     _, expected = video_content(
         __import__("soundnet_fast.synth_video", fromlist=["plan_video"]).plan_video(1, 0, 1, 2.0, 0.08, 4), 0
     )

@@ -1,0 +1,104 @@
+"""The demo's table: distilled student vs random weights (as initialised, BN re-estimated) vs MFCC + SVM,
+the issue's margins checked, per-stage timings and where the results and plots are (issue 8)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+# The issue's margins: distilled beats the better random baseline by >= 10 points and by more than twice the
+# standard deviation across folds, and MFCC + SVM by >= 20 points.
+MARGIN_RANDOM, MARGIN_MFCC = 10.0, 20.0
+
+
+def summarize(
+    ev: dict[str, Any],
+    cfg: Any,
+    steps: int,
+    agreement: float,
+    teachers: dict[str, dict],
+    paths: dict[str, str],
+) -> dict[str, Any]:
+    m = ev["methods"]
+
+    def row(key: str) -> dict[str, Any]:
+        e = m[key]
+        return {
+            "label": e["label"],
+            "mean": 100 * float(e["mean_accuracy"]),
+            "std": 100 * float(e["std_accuracy"]),
+            "folds": [100 * float(a) for a in e["fold_accuracy"].values()],
+            "per_class": {c: (None if a is None else 100 * a) for c, a in e["per_class_accuracy"].items()},
+        }
+
+    rows = {k: row(k) for k in ("soundnet", "random_init", "random_bn", "mfcc")}
+    best_random = max(("random_init", "random_bn"), key=lambda k: rows[k]["mean"])
+    d = rows["soundnet"]
+    gap_random = d["mean"] - rows[best_random]["mean"]
+    gap_mfcc = d["mean"] - rows["mfcc"]["mean"]
+    two_std = 2 * max(d["std"], rows[best_random]["std"])
+    verdict = {
+        "random_by_10": gap_random >= MARGIN_RANDOM,
+        "random_by_2std": gap_random > two_std,
+        "mfcc_by_20": gap_mfcc >= MARGIN_MFCC,
+    }
+    verdict["all"] = all(verdict.values())
+    return {
+        "config": {k: v for k, v in vars(cfg).items() if k != "timings"},
+        "rows": rows,
+        "best_random": best_random,
+        "gap_random": gap_random,
+        "gap_mfcc": gap_mfcc,
+        "two_std": two_std,
+        "verdict": verdict,
+        "train_steps": steps,
+        "teacher_agreement": agreement,
+        "teacher_accuracy": {k: v.get("accuracy") for k, v in teachers.items()},
+        "layer": ev["layer"],
+        "timings": dict(cfg.timings),
+        "paths": {
+            "run": paths["run"],
+            "checkpoint": os.path.join(paths["run"], "checkpoint.pt"),
+            "results": os.path.join(paths["eval"], "results.json"),
+            "plots": sorted(
+                os.path.join(paths["eval"], p) for e in m.values() for p in (e.get("plots") or {}).values()
+            ),
+        },
+    }
+
+
+def print_table(res: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()  # the table goes to stdout; progress went to stderr
+    c = res["config"]
+    t = Table(title=f"Transfer to the labeled set: 5-fold accuracy, {c['arch']} layer {res['layer']}, linear SVM")
+    t.add_column("features")
+    t.add_column("mean", justify="right")
+    t.add_column("std", justify="right")
+    t.add_column("per fold", justify="right")
+    names = {"soundnet": "distilled student", "random_init": "random weights, as initialised",
+             "random_bn": "random weights, BN re-estimated", "mfcc": "MFCC + SVM"}  # fmt: skip
+    for key, r in res["rows"].items():
+        mark = " (better random)" if key == res["best_random"] else ""
+        t.add_row(names[key] + mark, f"{r['mean']:.1f} %", f"{r['std']:.1f}", " ".join(f"{a:.0f}" for a in r["folds"]))
+    console.print(t)
+    v = res["verdict"]
+    ok = lambda b: "[green]yes[/green]" if b else "[red]no[/red]"
+    console.print(
+        f"distilled - better random = {res['gap_random']:+.1f} points (>= {MARGIN_RANDOM:g}: {ok(v['random_by_10'])}; "
+        f"> 2 std = {res['two_std']:.1f}: {ok(v['random_by_2std'])});  "
+        f"distilled - MFCC = {res['gap_mfcc']:+.1f} points (>= {MARGIN_MFCC:g}: {ok(v['mfcc_by_20'])})"
+    )
+    acc = ", ".join(f"{k} {a:.0%}" for k, a in res["teacher_accuracy"].items() if a is not None)
+    console.print(
+        f"{c['arch']}, {c['clip_seconds']:g} s clips, {res['train_steps']} steps of batch {c['batch_size']}; "
+        f"objects teacher agrees with the world's ground truth on {res['teacher_agreement']:.0%} of clips"
+        + (f" (held-out frames: {acc})" if acc else "")
+    )
+    console.print("timings: " + ", ".join(f"{k} {s / 60:.1f} min" for k, s in res["timings"].items()))
+    p = res["paths"]
+    console.print(f"run: {p['run']}  results: {p['results']}")
+    if p["plots"]:
+        console.print("plots: " + "  ".join(p["plots"]))

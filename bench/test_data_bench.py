@@ -77,6 +77,7 @@ def test_prepare_throughput(timed, sizes: Sizes, source_videos, variant: str) ->
             variant=variant,
             items=count,
             audio_seconds=count * seconds,
+            unit="videos/s",
             note="videos per call; 44.1/48 kHz stereo AAC in MP4",
         )
     finally:
@@ -127,6 +128,7 @@ def test_prepare_ffmpeg_subprocess_baseline(timed, sizes: Sizes, source_videos) 
             baseline=True,
             items=count,
             audio_seconds=count * seconds,
+            unit="videos/s",
             note="baseline: decode + resample + save, one process per file",
         )
     finally:

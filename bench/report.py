@@ -143,16 +143,30 @@ def plot(table: list[dict[str, Any]], path: str, title: str) -> None:
     plt.close(fig)
 
 
-def update_readme(report_md: str, report_path: str, readme: str = "README.md") -> bool:
+def readme_table(table: list[dict[str, Any]]) -> str:
+    """One line per group: its baseline and its fastest other variant (the full table is in the report)."""
+    lines = ["| group | baseline | fastest other variant | x baseline |", "|---|---|---|---|"]
+    for group in sorted({r["group"] for r in table}):
+        rows_ = [r for r in table if r["group"] == group]
+        base = next((r for r in rows_ if r["baseline"]), None)
+        others = [r for r in rows_ if not r["baseline"]]
+        best = max(others, key=lambda r: r["throughput"]) if others else None
+        fmt = lambda r: f"{r['variant']}: {r['throughput']:,.1f} {r['unit']}" if r else ""  # noqa: E731
+        ratio = f"{best['ratio']:.2f}x" if best and best["ratio"] else ""
+        lines.append(f"| {group} | {fmt(base)} | {fmt(best)} | {ratio} |")
+    return "\n".join(lines)
+
+
+def update_readme(table: list[dict[str, Any]], machine: str, report_path: str, readme: str = "README.md") -> bool:
     if not os.path.exists(readme):
         return False
     text = open(readme, encoding="utf-8").read()
     if README_BEGIN not in text or README_END not in text:
         return False
-    head = report_md.split("\n| group")[0].splitlines()
-    table = "\n".join(line for line in report_md.splitlines() if line.startswith("|"))
-    where = head[0].removeprefix("# soundnet_fast benchmarks: ")
-    block = f"{README_BEGIN}\nFrom `{report_path}` ({where}):\n\n{table}\n{README_END}"
+    block = (
+        f"{README_BEGIN}\nMeasured on {machine}; generated from `{report_path}` (full table, spread, parity and "
+        f"plot there).\n\n{readme_table(table)}\n{README_END}"
+    )
     text = text[: text.index(README_BEGIN)] + block + text[text.index(README_END) + len(README_END) :]
     with open(readme, "w", encoding="utf-8") as f:
         f.write(text)
@@ -184,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     plot(table, stem + ".png", machine)
     smoke = any(b["extra_info"].get("smoke") for b in data["benchmarks"])
     if not args.no_readme and not smoke:
-        update_readme(md, stem + ".md")
+        update_readme(table, machine, stem + ".md")
     print(f"wrote {stem}.md, {stem}.png, {stem}.json")
     return 0
 

@@ -101,3 +101,13 @@ def test_a_rerun_with_another_world_in_the_same_folder_is_refused(tmp_path) -> N
     demo._check_same_world(demo.DemoConfig(out=str(tmp_path), videos=5, train_seed=3))  # training may differ
     with pytest.raises(ValueError, match=r"demo_world.json: .* another world \(videos 5 -> 6\)"):
         demo._check_same_world(demo.DemoConfig(out=str(tmp_path), videos=6))
+
+
+def test_exit_status_reports_the_margin_only_with_check(monkeypatch) -> None:
+    from soundnet_fast.cli import build_parser
+
+    monkeypatch.setattr(demo, "run_demo", lambda cfg: {"verdict": {"all": False}})
+    assert demo.run(build_parser().parse_args(["demo"])) == 0  # the pipeline ran; the table says the verdict
+    assert demo.run(build_parser().parse_args(["demo", "--check"])) == 3
+    monkeypatch.setattr(demo, "run_demo", lambda cfg: {"verdict": {"all": True}})
+    assert demo.run(build_parser().parse_args(["demo", "--check"])) == 0

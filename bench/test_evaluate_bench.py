@@ -34,16 +34,28 @@ def test_svm_cross_validation(benchmark, sizes: Sizes, protocol: str, n_jobs: in
     maps, y, folds, groups = _esc50_like(sizes.smoke)
     variant = protocol if protocol == "windows" else f"pooled, search over {len(DEFAULT_CS)} C, n_jobs={n_jobs}"
     benchmark.group = "evaluate: 5-fold linear SVM"
-    benchmark.extra_info.update(group=benchmark.group, variant=variant, items=len(y), device="cpu",
-                                smoke=sizes.smoke, baseline=protocol == "windows", unit="clips/s")
+    benchmark.extra_info.update(
+        group=benchmark.group,
+        variant=variant,
+        items=len(y),
+        device="cpu",
+        smoke=sizes.smoke,
+        baseline=protocol == "windows",
+        unit="clips/s",
+    )
     out: list = []
     cpu0 = time.process_time()
-    benchmark.pedantic(lambda: out.append(cross_validate(protocol, maps, y, folds, groups, window=3, n_jobs=n_jobs)),
-                       rounds=1, iterations=1, warmup_rounds=0)
+    benchmark.pedantic(
+        lambda: out.append(cross_validate(protocol, maps, y, folds, groups, window=3, n_jobs=n_jobs)),
+        rounds=1,
+        iterations=1,
+        warmup_rounds=0,
+    )
     # This process's CPU seconds: on a shared machine a steadier figure than wall time (joblib workers excluded).
     benchmark.extra_info["process_cpu_s"] = time.process_time() - cpu0
     results = out[-1]
     acc = float(np.mean([np.mean(r.y_pred == y[r.test_index]) for r in results]))
-    benchmark.extra_info.update(accuracy=acc, chosen_C=[r.C for r in results],
-                                convergence_warnings=sum(r.convergence_warnings for r in results))
+    benchmark.extra_info.update(
+        accuracy=acc, chosen_C=[r.C for r in results], convergence_warnings=sum(r.convergence_warnings for r in results)
+    )
     assert len(results) == 5

@@ -88,8 +88,10 @@ def load_esc50(root: str, *, esc10: bool = False) -> Dataset:
     The official folds keep all clips cut from one Freesound recording (``src_file``) in one fold;
     ``src_file`` is the clip's group, so that holds here even for an edited metadata file.
     """
-    expected = (f"ESC-50 layout expected: {root}/meta/esc50.csv with columns {','.join(ESC50_COLUMNS)} "
-                f"and the clips in {root}/audio/")
+    expected = (
+        f"ESC-50 layout expected: {root}/meta/esc50.csv with columns {','.join(ESC50_COLUMNS)} "
+        f"and the clips in {root}/audio/"
+    )
     meta = os.path.join(root, "meta", "esc50.csv")
     audio_dir = os.path.join(root, "audio")
     if not os.path.isfile(meta):
@@ -152,8 +154,10 @@ _DCASE_NAME = re.compile(r"^([a-z]+)(\d+)\.wav$")
 
 def _dcase_files(folder: str, what: str) -> list[tuple[str, str, int]]:
     """(file name, class, number) for every `<class><NN>.wav` in ``folder``; errors name any other .wav."""
-    expected = (f"DCASE 2013 scenes layout expected: {what} holding `<class><NN>.wav` files "
-                f"(e.g. bus01.wav), class one of {', '.join(DCASE2013_CLASSES)}")
+    expected = (
+        f"DCASE 2013 scenes layout expected: {what} holding `<class><NN>.wav` files "
+        f"(e.g. bus01.wav), class one of {', '.join(DCASE2013_CLASSES)}"
+    )
     found, bad = [], []
     for entry in sorted(os.listdir(folder)):
         if not entry.lower().endswith(".wav"):
@@ -196,8 +200,9 @@ def load_dcase2013(
     labels = [classes.index(f[1]) for f in files]
     counts = {c: labels.count(i) for i, c in enumerate(classes)}
     if min(counts.values()) < 5:
-        raise DatasetLayoutError(f"{folder}: 5-fold cross-validation needs at least 5 recordings per class, "
-                                 f"found {counts}")
+        raise DatasetLayoutError(
+            f"{folder}: 5-fold cross-validation needs at least 5 recordings per class, found {counts}"
+        )
     folds = [0] * len(files)
     for k, (_, test) in enumerate(StratifiedKFold(n_splits=5).split(files, labels), start=1):
         for i in test:
@@ -221,8 +226,9 @@ def load_dcase2013(
     )
 
 
-def _dcase_test_set(test_dir: str | os.PathLike[str], test_key: str | os.PathLike[str] | None,
-                    classes: list[str]) -> list[Clip]:
+def _dcase_test_set(
+    test_dir: str | os.PathLike[str], test_key: str | os.PathLike[str] | None, classes: list[str]
+) -> list[Clip]:
     test_dir = os.path.abspath(os.fspath(test_dir))
     if not os.path.isdir(test_dir):
         raise DatasetLayoutError(f"{test_dir}: no such folder (expected the DCASE 2013 test set)")
@@ -258,8 +264,10 @@ def load_folder(root: str, *, num_folds: int = 5, seed: int = 0) -> Dataset:
     """
     from sklearn.model_selection import StratifiedKFold
 
-    expected = (f"folder layout expected: {root}/<class>/... with audio files "
-                f"({', '.join(AUDIO_EXTENSIONS)}) in at least two class sub-folders")
+    expected = (
+        f"folder layout expected: {root}/<class>/... with audio files "
+        f"({', '.join(AUDIO_EXTENSIONS)}) in at least two class sub-folders"
+    )
     if num_folds < 2:
         raise ValueError(f"num_folds must be >= 2, got {num_folds}")
     per_class: dict[str, list[str]] = {}
@@ -279,8 +287,9 @@ def load_folder(root: str, *, num_folds: int = 5, seed: int = 0) -> Dataset:
         raise DatasetLayoutError(f"{root}: found {len(per_class)} class sub-folder(s) with audio. {expected}")
     small = {c: len(f) for c, f in per_class.items() if len(f) < num_folds}
     if small:
-        raise DatasetLayoutError(f"{root}: {num_folds}-fold cross-validation needs at least {num_folds} files "
-                                 f"per class; too few in {small}")
+        raise DatasetLayoutError(
+            f"{root}: {num_folds}-fold cross-validation needs at least {num_folds} files per class; too few in {small}"
+        )
     classes = sorted(per_class)
     items = [(path, classes.index(c)) for c in classes for path in per_class[c]]
     labels = [lab for _, lab in items]

@@ -12,10 +12,18 @@ from soundnet_fast.protocols import FoldResult
 
 # The paper's reference rows (DESIGN.md section 3; arXiv 1610.09001 Tables 3 and 4), in percent.
 PAPER_ROWS: dict[str, list[tuple[str, float]]] = {
-    "esc50": [("SVM on MFCC (paper)", 39.6), ("Conv. autoencoder (paper)", 39.9),
-              ("SoundNet, pool5, best teachers (paper)", 74.2), ("Human (paper)", 81.3)],
-    "esc10": [("SVM on MFCC (paper)", 67.5), ("Conv. autoencoder (paper)", 74.3),
-              ("SoundNet, pool5 (paper)", 92.2), ("Human (paper)", 95.7)],
+    "esc50": [
+        ("SVM on MFCC (paper)", 39.6),
+        ("Conv. autoencoder (paper)", 39.9),
+        ("SoundNet, pool5, best teachers (paper)", 74.2),
+        ("Human (paper)", 81.3),
+    ],
+    "esc10": [
+        ("SVM on MFCC (paper)", 67.5),
+        ("Conv. autoencoder (paper)", 74.3),
+        ("SoundNet, pool5 (paper)", 92.2),
+        ("Human (paper)", 95.7),
+    ],
     "dcase2013": [("SoundNet (paper)", 88.0)],
 }
 DATASET_TITLES = {"esc50": "ESC-50", "esc10": "ESC-10", "dcase2013": "DCASE 2013 scenes", "folder": "folder"}
@@ -40,9 +48,15 @@ def summarize(folds: Sequence[FoldResult], y: np.ndarray, names: Sequence[str], 
             c: (float(cm[i, i] / support[i]) if support[i] else None) for i, c in enumerate(classes)
         },
         "folds": [
-            {"fold": f.fold, "C": f.C, "num_train": f.num_train, "num_test": int(len(f.test_index)),
-             "dropped_shared_source": f.num_dropped, "convergence_warnings": f.convergence_warnings,
-             "test_clips": [names[i] for i in f.test_index]}
+            {
+                "fold": f.fold,
+                "C": f.C,
+                "num_train": f.num_train,
+                "num_test": int(len(f.test_index)),
+                "dropped_shared_source": f.num_dropped,
+                "convergence_warnings": f.convergence_warnings,
+                "test_clips": [names[i] for i in f.test_index],
+            }
             for f in folds
         ],
         "confusion_matrix": cm.tolist(),
@@ -111,9 +125,11 @@ def print_table(results: dict, console: Any = None) -> None:
 
     console = console or Console()
     name = results["dataset"]
-    title = (f"{DATASET_TITLES.get(name, name)}: layer {results['layer']}, {results['protocol']} protocol, "
-             f"input x{results['input_scale']:g}, {results['num_folds']} folds, {results['num_clips']} clips "
-             f"({results['num_excluded']} excluded)")
+    title = (
+        f"{DATASET_TITLES.get(name, name)}: layer {results['layer']}, {results['protocol']} protocol, "
+        f"input x{results['input_scale']:g}, {results['num_folds']} folds, {results['num_clips']} clips "
+        f"({results['num_excluded']} excluded)"
+    )
     table = Table(title=title)
     table.add_column("Method")
     table.add_column("Accuracy (%)", justify="right")
@@ -122,8 +138,11 @@ def print_table(results: dict, console: Any = None) -> None:
     if has_test:
         table.add_column("Test set (%)", justify="right")
     for m in results["methods"].values():
-        row = [m["label"], f"{100 * m['mean_accuracy']:.1f} ± {100 * m['std_accuracy']:.1f}",
-               " ".join(f"{100 * a:.0f}" for a in m["fold_accuracy"].values())]
+        row = [
+            m["label"],
+            f"{100 * m['mean_accuracy']:.1f} ± {100 * m['std_accuracy']:.1f}",
+            " ".join(f"{100 * a:.0f}" for a in m["fold_accuracy"].values()),
+        ]
         if has_test:
             row.append(f"{100 * m['test_set']['accuracy']:.1f}" if "test_set" in m else "")
         table.add_row(*row)

@@ -34,8 +34,10 @@ from soundnet_fast.protocols import DEFAULT_CS, PROTOCOLS, cross_validate, pool_
 
 RESULTS_FORMAT = "soundnet_fast.evaluate/1"
 DEFAULT_LAYER = {"soundnet8": "pool5", "soundnet5": "conv4"}  # pool5: the paper's best ESC layer (section 3)
-SCALE_NOTE = ("x256 is the training scale; x512 (2^-22 of int32 samples) is what the original evaluation scripts "
-              "used for the paper's numbers (DESIGN.md section 3)")
+SCALE_NOTE = (
+    "x256 is the training scale; x512 (2^-22 of int32 samples) is what the original evaluation scripts "
+    "used for the paper's numbers (DESIGN.md section 3)"
+)
 
 
 class EvaluationError(ValueError):
@@ -114,8 +116,9 @@ def evaluate(
     paths = list(dict.fromkeys(c.path for c in clips))
     hashes, failed = ef.audio_hashes(paths)
     variant = f"{layer}-x{input_scale:g}-{mono}-{min_seconds:g}s"
-    extract = dict(layer=layer, input_scale=input_scale, mono=mono, min_seconds=min_seconds,
-                   batch_size=batch_size, device=device)
+    extract = dict(
+        layer=layer, input_scale=input_scale, mono=mono, min_seconds=min_seconds, batch_size=batch_size, device=device
+    )
 
     def maps_for(net: Any, key: str, what: str) -> tuple[dict[str, np.ndarray], ef.ExtractStats]:
         store = ef.FeatureStore(cache_root, key, variant, {"model": what, "layer": layer, "scale": input_scale})
@@ -128,11 +131,16 @@ def evaluate(
     arch_title = {"soundnet8": "SoundNet-8", "soundnet5": "SoundNet-5"}[model.arch]
     methods: dict[str, tuple[str, dict[str, np.ndarray], ef.ExtractStats, dict]] = {}
     feats, stats = maps_for(model, wkey, os.path.basename(weights))
-    methods["soundnet"] = (f"{arch_title} {layer} ({os.path.basename(weights)})", feats, stats,
-                           {"weights": weights, "sha256": wkey})
+    methods["soundnet"] = (
+        f"{arch_title} {layer} ({os.path.basename(weights)})",
+        feats,
+        stats,
+        {"weights": weights, "sha256": wkey},
+    )
     if baselines:
-        store = ef.FeatureStore(cache_root, "mfcc", f"{ef.MFCC_VERSION.replace('/', '_')}-{mono}",
-                                {"model": ef.MFCC_VERSION})
+        store = ef.FeatureStore(
+            cache_root, "mfcc", f"{ef.MFCC_VERSION.replace('/', '_')}-{mono}", {"model": ef.MFCC_VERSION}
+        )
         with _progress(console, "MFCC statistics (librosa)", len(hashes)) as advance:
             feats, stats = ef.extract_mfcc(store, paths, hashes, mono=mono, progress=advance)  # type: ignore[arg-type]
         failed.update(stats.failed)
@@ -151,11 +159,20 @@ def evaluate(
         if any(not os.path.isfile(bn_store.path(hashes[p])) for p in paths if p in hashes and p not in failed):
             by_hash = {hashes[c.path]: c.path for c in ds.clips if c.path in hashes}
             console.log(f"re-estimating BN statistics on {len(chosen)} development clips")
-            ef.reestimate_bn(bn_net, _waves([by_hash[h] for h in chosen], mono, min_seconds),
-                             layer=layer, input_scale=input_scale, device=device)
+            ef.reestimate_bn(
+                bn_net,
+                _waves([by_hash[h] for h in chosen], mono, min_seconds),
+                layer=layer,
+                input_scale=input_scale,
+                device=device,
+            )
         feats, stats = maps_for(bn_net, bkey, "random init, BN re-estimated")
-        methods["random_bn"] = (f"{arch_title}, random init, BN re-estimated", feats, stats,
-                                {"seed": seed, "bn_clips": len(chosen), "labels_used": False})
+        methods["random_bn"] = (
+            f"{arch_title}, random init, BN re-estimated",
+            feats,
+            stats,
+            {"seed": seed, "bn_clips": len(chosen), "labels_used": False},
+        )
 
     # A file any method could not read is left out of every method, so all rows see the same clips.
     dev = [c for c in ds.clips if c.path not in failed and all(c.path in m[1] for m in methods.values())]
@@ -168,8 +185,10 @@ def evaluate(
     _check_usable(ds, dev)
     shortest = min(methods["soundnet"][1][c.path].shape[-1] for c in dev + test)
     if protocol == "windows" and shortest < window:
-        raise EvaluationError(f"the windows protocol needs {window} frames of {layer} per window, but the shortest "
-                              f"clip gives {shortest}; pass a shorter --window-seconds or an earlier layer")
+        raise EvaluationError(
+            f"the windows protocol needs {window} frames of {layer} per window, but the shortest "
+            f"clip gives {shortest}; pass a shorter --window-seconds or an earlier layer"
+        )
     y = np.asarray([c.label for c in dev])
     folds = np.asarray([c.fold for c in dev])
     groups = np.asarray([c.group for c in dev])
@@ -203,14 +222,37 @@ def evaluate(
         proto = "pooled" if key == "mfcc" else protocol
         X = [feats[c.path] for c in dev]
         console.log(f"{label}: {proto} SVM, {results['num_folds']} folds")
-        fold_results = cross_validate(proto, X, y, folds, groups, C=C, Cs=Cs, window=window,  # type: ignore[arg-type]
-                                      n_jobs=n_jobs)
-        entry: dict[str, Any] = {"label": label, "protocol": proto, **info,
-                                 "features": {"extracted": stats.extracted, "cached": stats.cached}}
+        fold_results = cross_validate(
+            proto,
+            X,
+            y,
+            folds,
+            groups,
+            C=C,
+            Cs=Cs,
+            window=window,  # type: ignore[arg-type]
+            n_jobs=n_jobs,
+        )
+        entry: dict[str, Any] = {
+            "label": label,
+            "protocol": proto,
+            **info,
+            "features": {"extracted": stats.extracted, "cached": stats.cached},
+        }
         entry.update(summarize(fold_results, y, names, ds.classes))
         if test:
-            pred, used_C, _ = train_and_predict(proto, X, y, folds, groups, [feats[c.path] for c in test],  # type: ignore[arg-type]
-                                                C=C, Cs=Cs, window=window, n_jobs=n_jobs)
+            pred, used_C, _ = train_and_predict(
+                proto,
+                X,
+                y,
+                folds,
+                groups,
+                [feats[c.path] for c in test],  # type: ignore[arg-type]
+                C=C,
+                Cs=Cs,
+                window=window,
+                n_jobs=n_jobs,
+            )
             y_test = np.asarray([c.label for c in test])
             entry["test_set"] = {"accuracy": float(np.mean(pred == y_test)), "C": used_C, "num_clips": len(test)}
         if plots:
@@ -240,17 +282,23 @@ def _check_usable(ds: Dataset, dev: list[Clip]) -> None:
         raise EvaluationError(f"{ds.root}: fewer than two classes have readable clips")
 
 
-def _plots(out_dir: str, key: str, label: str, entry: dict, X: np.ndarray, y: np.ndarray, ds: Dataset,
-           seed: int) -> dict[str, str]:
+def _plots(
+    out_dir: str, key: str, label: str, entry: dict, X: np.ndarray, y: np.ndarray, ds: Dataset, seed: int
+) -> dict[str, str]:
     from soundnet_fast.evalreport import output_path, plot_confusion, plot_tsne
 
     acc = 100 * entry["mean_accuracy"]
-    cm = plot_confusion(entry["confusion_matrix"], ds.classes, output_path(out_dir, "confusion", key),
-                        f"{label}\n{ds.name}, mean accuracy {acc:.1f} %")
+    cm = plot_confusion(
+        entry["confusion_matrix"],
+        ds.classes,
+        output_path(out_dir, "confusion", key),
+        f"{label}\n{ds.name}, mean accuracy {acc:.1f} %",
+    )
     out = {"confusion": os.path.basename(cm)}
     if key == "soundnet":  # t-SNE of 2,000 ESC-50 clips takes about a minute on CPU: the weights' features only
         out["tsne"] = os.path.basename(
-            plot_tsne(X, y, ds.classes, output_path(out_dir, "tsne", key), f"t-SNE: {label}", seed=seed))
+            plot_tsne(X, y, ds.classes, output_path(out_dir, "tsne", key), f"t-SNE: {label}", seed=seed)
+        )
     return out
 
 
@@ -283,30 +331,58 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="dataset folder (ESC-50: with meta/ and audio/; DCASE 2013: the .wav files)")
     p.add_argument("--weights", required=True, help="sound8.npy, .t7, sound8.pth or a native checkpoint")
     p.add_argument("--layer", default=None, help="feature layer (default pool5 for SoundNet-8, conv4 for SoundNet-5)")
-    p.add_argument("--protocol", choices=PROTOCOLS, default="pooled",
-                   help="pooled: mean+max over time, linear SVM, C by inner CV; windows: the original protocol")
-    p.add_argument("--input-scale", type=float, default=None,
-                   help="waveform scale: 256 (training) or 512 (the original evaluation); default: the checkpoint's")
-    p.add_argument("--baselines", action="store_true",
-                   help="also evaluate MFCC statistics and the same network with random weights (with and "
-                        "without re-estimated BN statistics)")
+    p.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="pooled",
+        help="pooled: mean+max over time, linear SVM, C by inner CV; windows: the original protocol",
+    )
+    p.add_argument(
+        "--input-scale",
+        type=float,
+        default=None,
+        help="waveform scale: 256 (training) or 512 (the original evaluation); default: the checkpoint's",
+    )
+    p.add_argument(
+        "--baselines",
+        action="store_true",
+        help="also evaluate MFCC statistics and the same network with random weights (with and "
+        "without re-estimated BN statistics)",
+    )
     p.add_argument("--out", default=None, help="output folder (default: evaluation/<dataset>)")
     p.add_argument("--cache-dir", default=None, help="feature cache (default: ~/.cache/soundnet_fast/features)")
-    p.add_argument("--mono", choices=("first", "mean"), default="first",
-                   help="stereo to mono: first channel (the original) or the mean")
+    p.add_argument(
+        "--mono",
+        choices=("first", "mean"),
+        default="first",
+        help="stereo to mono: first channel (the original) or the mean",
+    )
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds for the folder dataset")
     p.add_argument("--test-dir", default=None, help="dcase2013: the challenge's test set folder")
     p.add_argument("--test-key", default=None, help="dcase2013: the test set's key file (<file> <class> lines)")
-    p.add_argument("--C", type=float, default=None, dest="C",
-                   help="fix the SVM's C (default: inner-CV search for pooled, 0.01 for windows)")
-    p.add_argument("--window-seconds", type=float, default=None,
-                   help="windows protocol: window length (default 1 s for ESC, 5 s for DCASE, as the original)")
+    p.add_argument(
+        "--C",
+        type=float,
+        default=None,
+        dest="C",
+        help="fix the SVM's C (default: inner-CV search for pooled, 0.01 for windows)",
+    )
+    p.add_argument(
+        "--window-seconds",
+        type=float,
+        default=None,
+        help="windows protocol: window length (default 1 s for ESC, 5 s for DCASE, as the original)",
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu")
     p.add_argument("--backend", choices=("reference", "fused"), default="reference")
     p.add_argument("--seed", type=int, default=0, help="seed of the random-weight baselines and of t-SNE")
-    p.add_argument("--bn-clips", type=int, default=256,
-                   help="development clips used to re-estimate BN statistics for the random baseline")
+    p.add_argument(
+        "--bn-clips",
+        type=int,
+        default=256,
+        help="development clips used to re-estimate BN statistics for the random baseline",
+    )
     p.add_argument("--no-plots", action="store_true", help="skip the confusion-matrix and t-SNE PNGs")
     p.add_argument("--jobs", type=int, default=1, help="parallel fits in the search for C (-1: every core)")
 
@@ -320,18 +396,37 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or os.path.join("evaluation", args.dataset)
     try:
         results = evaluate(
-            args.dataset, args.data, args.weights, layer=args.layer, protocol=args.protocol,
-            input_scale=args.input_scale, baselines=args.baselines, out_dir=out, cache_dir=args.cache_dir,
-            mono=args.mono, num_folds=args.folds, test_dir=args.test_dir, test_key=args.test_key, C=args.C,
-            window_seconds=args.window_seconds, batch_size=args.batch_size, device=args.device,
-            backend=args.backend, seed=args.seed, bn_clips=args.bn_clips, plots=not args.no_plots, n_jobs=args.jobs,
+            args.dataset,
+            args.data,
+            args.weights,
+            layer=args.layer,
+            protocol=args.protocol,
+            input_scale=args.input_scale,
+            baselines=args.baselines,
+            out_dir=out,
+            cache_dir=args.cache_dir,
+            mono=args.mono,
+            num_folds=args.folds,
+            test_dir=args.test_dir,
+            test_key=args.test_key,
+            C=args.C,
+            window_seconds=args.window_seconds,
+            batch_size=args.batch_size,
+            device=args.device,
+            backend=args.backend,
+            seed=args.seed,
+            bn_clips=args.bn_clips,
+            plots=not args.no_plots,
+            n_jobs=args.jobs,
         )
     except (DatasetLayoutError, EvaluationError, WeightFileError) as e:
         print(f"soundnet-fast evaluate: error: {e}", file=sys.stderr)
         return 2
     print_table(results, Console())
-    print(f"input scale x{results['input_scale']:g} ({SCALE_NOTE}); {results['num_excluded']} file(s) excluded; "
-          f"results in {os.path.join(out, 'results.json')}")
+    print(
+        f"input scale x{results['input_scale']:g} ({SCALE_NOTE}); {results['num_excluded']} file(s) excluded; "
+        f"results in {os.path.join(out, 'results.json')}"
+    )
     return 0
 
 

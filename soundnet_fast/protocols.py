@@ -94,8 +94,9 @@ def inner_splits(folds: np.ndarray, groups: np.ndarray) -> list[tuple[np.ndarray
     """Leave-one-fold-out splits of a training set (positions into it), leak-free by group."""
     splits = [(train, val) for _, train, val, _ in outer_splits(folds, groups) if len(train) and len(val)]
     if not splits:
-        raise ValueError("choosing C by inner cross-validation needs at least two training folds; "
-                         "use more folds or fix C")
+        raise ValueError(
+            "choosing C by inner cross-validation needs at least two training folds; use more folds or fix C"
+        )
     return splits
 
 
@@ -105,8 +106,7 @@ def _svc(C: float, *, dual: bool | str) -> Any:
 
     # LinearSVC is liblinear; squared hinge + L2 penalty is its `-s 1` (dual) / `-s 2` (primal) solver, and
     # fit_intercept with intercept_scaling=1 is liblinear's `-B 1` (the bias is a regularised feature).
-    return LinearSVC(C=C, loss="squared_hinge", penalty="l2", dual=dual, intercept_scaling=1.0,
-                     max_iter=MAX_ITER)
+    return LinearSVC(C=C, loss="squared_hinge", penalty="l2", dual=dual, intercept_scaling=1.0, max_iter=MAX_ITER)
 
 
 def fit_pooled(
@@ -127,8 +127,15 @@ def fit_pooled(
     pipe = Pipeline([("scale", StandardScaler()), ("svc", _svc(1.0 if C is None else C, dual="auto"))])
     if C is not None:
         return pipe.fit(X, y), float(C)
-    search = GridSearchCV(pipe, {"svc__C": list(Cs)}, cv=inner_splits(folds, groups), scoring="accuracy",
-                          refit=True, n_jobs=n_jobs, error_score="raise")
+    search = GridSearchCV(
+        pipe,
+        {"svc__C": list(Cs)},
+        cv=inner_splits(folds, groups),
+        scoring="accuracy",
+        refit=True,
+        n_jobs=n_jobs,
+        error_score="raise",
+    )
     search.fit(X, y)
     return search.best_estimator_, float(search.best_params_["svc__C"])
 
@@ -177,8 +184,9 @@ def train_and_predict(
         warnings.simplefilter("always", ConvergenceWarning)
         if protocol == "pooled":
             X = np.stack([pool_map(f) for f in train_feats])
-            model, used_C = fit_pooled(X, np.asarray(y_train), np.asarray(folds_train), np.asarray(groups_train),
-                                       C=C, Cs=Cs, n_jobs=n_jobs)
+            model, used_C = fit_pooled(
+                X, np.asarray(y_train), np.asarray(folds_train), np.asarray(groups_train), C=C, Cs=Cs, n_jobs=n_jobs
+            )
             pred = model.predict(np.stack([pool_map(f) for f in test_feats]))
         elif protocol == "windows":
             used_C = WINDOWS_C if C is None else float(C)
@@ -210,8 +218,16 @@ def cross_validate(
     results = []
     for k, train, test, dropped in outer_splits(folds, groups):
         pred, used_C, n_warn = train_and_predict(
-            protocol, [feats[i] for i in train], y[train], folds[train], groups[train],
-            [feats[i] for i in test], C=C, Cs=Cs, window=window, n_jobs=n_jobs,
+            protocol,
+            [feats[i] for i in train],
+            y[train],
+            folds[train],
+            groups[train],
+            [feats[i] for i in test],
+            C=C,
+            Cs=Cs,
+            window=window,
+            n_jobs=n_jobs,
         )
         results.append(FoldResult(k, test, pred, used_C, len(train), dropped, n_warn))
     return results

@@ -63,8 +63,9 @@ def test_esc50_layout_errors_say_what_was_expected(tmp_path, esc):
 
 
 def test_dcase_fold_split_is_the_documented_one(tmp_path):
-    root = make_dcase(tmp_path / "dcase", classes=("bus", "busystreet", "tube", "tubestation"), recordings=10,
-                      seconds=0.01, rate=8000)
+    root = make_dcase(
+        tmp_path / "dcase", classes=("bus", "busystreet", "tube", "tubestation"), recordings=10, seconds=0.01, rate=8000
+    )
     ds = load_dataset("dcase2013", root)
     assert ds.classes == ["bus", "busystreet", "tube", "tubestation"]  # the official order, not alphabetical
     for c in ds.clips:
@@ -100,7 +101,9 @@ def test_dcase_test_set_from_key_file_or_names(tmp_path):
     key.write_text("a.wav\tpark\nb.wav bus\n\n")
     ds = load_dataset("dcase2013", dev, test_dir=test, test_key=key)
     assert [(os.path.basename(c.path), ds.classes[c.label], c.fold) for c in ds.test_clips] == [
-        ("a.wav", "park", 0), ("b.wav", "bus", 0)]
+        ("a.wav", "park", 0),
+        ("b.wav", "bus", 0),
+    ]
     key.write_text("a.wav kitchen\n")
     with pytest.raises(DatasetLayoutError, match="kitchen"):
         load_dataset("dcase2013", dev, test_dir=test, test_key=key)

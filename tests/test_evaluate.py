@@ -44,8 +44,18 @@ def weights8(tmp_path_factory):
 def test_esc50_whole_command_with_baselines_then_cached(esc, weights8, tmp_path, capsys, monkeypatch):
     root, straddler = esc
     out, cache = tmp_path / "out", tmp_path / "cache"
-    argv = ["evaluate", "esc50", root, "--weights", weights8, "--baselines", "--out", str(out),
-            "--cache-dir", str(cache)]
+    argv = [
+        "evaluate",
+        "esc50",
+        root,
+        "--weights",
+        weights8,
+        "--baselines",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(cache),
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "ESC-50" in printed and "74.2" in printed and "1 excluded" in printed  # Table 4 rows from the paper
@@ -79,8 +89,7 @@ def test_esc50_whole_command_with_baselines_then_cached(esc, weights8, tmp_path,
     monkeypatch.setattr(SoundNet, "features", refuse)
     monkeypatch.setattr(evalfeatures, "reestimate_bn", refuse)
     monkeypatch.setattr(evalfeatures, "mfcc_stats", refuse)
-    again = evaluate("esc50", root, weights8, baselines=True, out_dir=tmp_path / "again", cache_dir=cache,
-                     plots=False)
+    again = evaluate("esc50", root, weights8, baselines=True, out_dir=tmp_path / "again", cache_dir=cache, plots=False)
     for key, m in again["methods"].items():
         assert m["features"] == {"extracted": 0, "cached": 30}
         assert m["fold_accuracy"] == r["methods"][key]["fold_accuracy"]
@@ -98,8 +107,16 @@ def test_esc10_windows_protocol_x512_soundnet5(esc, tmp_path, monkeypatch):
         return features(self, x, layer)
 
     monkeypatch.setattr(SoundNet, "features", spy)
-    r = evaluate("esc10", root, weights5, protocol="windows", input_scale=512, out_dir=tmp_path / "o",
-                 cache_dir=tmp_path / "c", plots=False)
+    r = evaluate(
+        "esc10",
+        root,
+        weights5,
+        protocol="windows",
+        input_scale=512,
+        out_dir=tmp_path / "o",
+        cache_dir=tmp_path / "c",
+        plots=False,
+    )
     assert r["classes"] == ["dog", "clock_tick"] and r["num_clips"] == 20 and r["num_excluded"] == 0
     assert r["arch"] == "soundnet5" and r["layer"] == "conv4" and r["input_scale"] == 512
     assert r["window_frames"] == 3 and r["methods"]["soundnet"]["protocol"] == "windows"
@@ -107,13 +124,29 @@ def test_esc10_windows_protocol_x512_soundnet5(esc, tmp_path, monkeypatch):
     # x512 reached the network: generated clips peak near 0.5-0.75 of full scale
     assert max(peaks) > 256 and max(peaks) <= 512
     done = len(peaks)
-    again = evaluate("esc10", root, weights5, protocol="windows", input_scale=256, out_dir=tmp_path / "o",
-                     cache_dir=tmp_path / "c", plots=False)
+    again = evaluate(
+        "esc10",
+        root,
+        weights5,
+        protocol="windows",
+        input_scale=256,
+        out_dir=tmp_path / "o",
+        cache_dir=tmp_path / "c",
+        plots=False,
+    )
     assert again["methods"]["soundnet"]["features"]["extracted"] == 20  # the cache is keyed by the input scale
     assert 128 < max(peaks[done:]) <= 256
     with pytest.raises(EvaluationError, match=r"needs 54 frames of conv4 per window.*shorter --window-seconds"):
-        evaluate("esc10", root, weights5, protocol="windows", window_seconds=20.0, out_dir=tmp_path / "o",
-                 cache_dir=tmp_path / "c", plots=False)
+        evaluate(
+            "esc10",
+            root,
+            weights5,
+            protocol="windows",
+            window_seconds=20.0,
+            out_dir=tmp_path / "o",
+            cache_dir=tmp_path / "c",
+            plots=False,
+        )
     with pytest.raises(EvaluationError, match=r"unknown layer 'pool5' for SoundNet5"):
         evaluate("esc10", root, weights5, layer="pool5", out_dir=tmp_path / "o", cache_dir=tmp_path / "c")
 
@@ -124,9 +157,29 @@ def test_dcase2013_layout_with_test_set_and_layout_errors(weights8, tmp_path, ca
     os.rename(os.path.join(test, "bus01.wav"), os.path.join(test, "x.wav"))
     key = tmp_path / "key.txt"
     key.write_text("x.wav bus\noffice01.wav office\npark01.wav park\n")
-    assert main(["evaluate", "dcase2013", str(tmp_path / "dcase"), "--weights", weights8, "--test-dir", test,
-                 "--test-key", str(key), "--protocol", "windows", "--out", str(tmp_path / "o"),
-                 "--cache-dir", str(tmp_path / "c"), "--no-plots"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "dcase2013",
+                str(tmp_path / "dcase"),
+                "--weights",
+                weights8,
+                "--test-dir",
+                test,
+                "--test-key",
+                str(key),
+                "--protocol",
+                "windows",
+                "--out",
+                str(tmp_path / "o"),
+                "--cache-dir",
+                str(tmp_path / "c"),
+                "--no-plots",
+            ]
+        )
+        == 0
+    )
     assert "Test set (%)" in capsys.readouterr().out
     r = json.loads((tmp_path / "o" / "results.json").read_text())
     assert os.path.isdir(dev) and r["classes"] == ["bus", "office", "park"] and r["num_clips"] == 18

@@ -76,7 +76,7 @@ def test_no_fit_sees_a_test_clip_or_its_source(protocol, monkeypatch):
     results = cross_validate(protocol, maps, y, folds, groups, window=3)
     per_fold = 1 + (len(DEFAULT_CS) * 3 if protocol == "pooled" else 0)  # (inner search: 3 folds x Cs) + refit
     assert len(seen) == 4 * per_fold
-    for r, fits in zip(results, (seen[i * per_fold:(i + 1) * per_fold] for i in range(4)), strict=True):
+    for r, fits in zip(results, (seen[i * per_fold : (i + 1) * per_fold] for i in range(4)), strict=True):
         banned = set(r.test_index.tolist()) | {i for i in range(24) if groups[i] in set(groups[r.test_index])}
         assert all(not (s & banned) for s in fits), f"fold {r.fold} leaked"
         assert fits[-1] == set(range(24)) - banned  # the final fit uses every allowed clip
@@ -99,7 +99,7 @@ def test_windows_of_and_pool_map():
     w = windows_of(m, 3)
     assert w.shape == (3, 6)
     for i in range(3):
-        assert np.array_equal(w[i], m[:, i:i + 3].reshape(-1))  # channel-major, as torch's view(-1) of (C, w)
+        assert np.array_equal(w[i], m[:, i : i + 3].reshape(-1))  # channel-major, as torch's view(-1) of (C, w)
     assert np.array_equal(pool_map(m), [2, 7, 4, 9])
     assert np.array_equal(pool_map(np.array([1.0, 2.0])), [1.0, 2.0])
     with pytest.raises(ValueError, match="fewer than the 6-frame window"):
@@ -125,8 +125,9 @@ def test_fixed_C_and_separate_test_set():
     rng = np.random.default_rng(2)
     y = np.repeat([0, 1], 10)
     X = [rng.normal(size=3) + 4 * lab for lab in y]
-    pred, C, _ = train_and_predict("pooled", X, y, np.tile([1, 2], 10), np.arange(20).astype(str),
-                                   [np.full(3, 4.0), np.zeros(3)], C=0.5)
+    pred, C, _ = train_and_predict(
+        "pooled", X, y, np.tile([1, 2], 10), np.arange(20).astype(str), [np.full(3, 4.0), np.zeros(3)], C=0.5
+    )
     assert C == 0.5 and pred.tolist() == [1, 0]
     pred, C, _ = train_and_predict("pooled", X, y, np.tile([1, 2], 10), np.arange(20).astype(str), [np.zeros(3)])
     assert C in DEFAULT_CS and pred.tolist() == [0]

@@ -135,7 +135,7 @@ def plot(table: list[dict[str, Any]], path: str, title: str) -> None:
     ax.barh(range(len(shown)), [r["ratio"] for r in shown], color=colors)
     ax.set_yticks(range(len(shown)), labels, fontsize=7)
     ax.axvline(1.0, color="k", lw=0.8)
-    ax.set_xlabel("speed relative to the group's baseline (eager PyTorch) in the same run; higher is faster")
+    ax.set_xlabel("speed vs the group's baseline in the same run (higher is faster)")
     ax.set_title(title, fontsize=9)
     ax.invert_yaxis()
     fig.tight_layout()

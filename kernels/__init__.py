@@ -8,12 +8,13 @@ fused conv op supports and refuses.
 from .conv_bn_relu import SUPPORT_MATRIX, conv1d_bn_relu
 from .kl_div import kl_div
 from .memory import saved_activation_bytes
-from .modules import FusedConv1dBNReLU, fold, fuse, unfuse
+from .modules import FusedConv1dBNReLU, conv_bn_relu_modules, fold, fuse, unfuse
 
 __all__ = [
     "SUPPORT_MATRIX",
     "FusedConv1dBNReLU",
     "conv1d_bn_relu",
+    "conv_bn_relu_modules",
     "fold",
     "fuse",
     "kl_div",

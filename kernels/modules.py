@@ -73,6 +73,39 @@ def _one(v: int | tuple[int, ...]) -> int:
     return int(v[0]) if isinstance(v, (tuple, list)) else int(v)
 
 
+def conv_bn_relu_modules(
+    x: Tensor,
+    conv: nn.Conv1d,
+    bn: nn.BatchNorm1d,
+    *,
+    pool: int | None = None,
+    process_group: torch.distributed.ProcessGroup | None = None,
+    deterministic: bool | None = None,
+) -> Tensor:
+    """:func:`conv1d_bn_relu` on the parameters and buffers of existing ``conv`` and ``bn`` modules, with
+    ``bn``'s mode: batch statistics in training (or without running statistics), running ones in eval.
+    The one place that maps modules to the op's arguments (``FusedConv1dBNReLU`` and model blocks use it)."""
+    update = bn.training and bn.running_mean is not None
+    return conv1d_bn_relu(
+        x,
+        conv.weight,
+        conv.bias,
+        bn.weight,
+        bn.bias,
+        bn.running_mean,
+        bn.running_var,
+        stride=_one(conv.stride),
+        padding=_one(conv.padding),
+        training=bn.training or bn.running_mean is None,
+        momentum=bn.momentum,
+        eps=bn.eps,
+        pool=pool,
+        process_group=process_group,
+        num_batches_tracked=bn.num_batches_tracked if update else None,
+        deterministic=deterministic,
+    )
+
+
 class FusedConv1dBNReLU(nn.Sequential):
     """Conv1d -> BatchNorm1d -> ReLU (-> MaxPool1d, kernel == stride) in one fused op.
 
@@ -143,25 +176,8 @@ class FusedConv1dBNReLU(nn.Sequential):
         return _one(self[3].kernel_size) if len(self) > 3 else None
 
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
-        conv, bn = self[0], self[1]
-        update = bn.training and bn.track_running_stats
-        return conv1d_bn_relu(
-            x,
-            conv.weight,
-            conv.bias,
-            bn.weight,
-            bn.bias,
-            bn.running_mean,
-            bn.running_var,
-            stride=_one(conv.stride),
-            padding=_one(conv.padding),
-            training=bn.training,
-            momentum=bn.momentum,
-            eps=bn.eps,
-            pool=self.pool,
-            process_group=self.process_group,
-            num_batches_tracked=bn.num_batches_tracked if update else None,
-            deterministic=self.deterministic,
+        return conv_bn_relu_modules(
+            x, self[0], self[1], pool=self.pool, process_group=self.process_group, deterministic=self.deterministic
         )
 
 

@@ -118,25 +118,9 @@ class Block(nn.Sequential):
         conv, bn = self[0], self[1]
         pool_k = self.spec.pool if pool else None
         if self.backend == "fused":
-            from soundnet_fast.kernels import conv1d_bn_relu  # torch + triton only; imported on use
+            from soundnet_fast.kernels import conv_bn_relu_modules  # torch + triton only; imported on use
 
-            return conv1d_bn_relu(
-                x,
-                conv.weight,
-                conv.bias,
-                bn.weight,
-                bn.bias,
-                bn.running_mean,
-                bn.running_var,
-                stride=self.spec.stride,
-                padding=self.spec.padding,
-                training=bn.training or bn.running_mean is None,
-                momentum=bn.momentum,
-                eps=bn.eps,
-                pool=pool_k,
-                num_batches_tracked=bn.num_batches_tracked,
-                process_group=_sync_group(bn),
-            )
+            return conv_bn_relu_modules(x, conv, bn, pool=pool_k, process_group=_sync_group(bn))
         y = F.relu(bn(conv(x)))
         return F.max_pool1d(y, pool_k, pool_k) if pool_k is not None else y
 

@@ -183,14 +183,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"error{env.tag}: {e}", file=sys.stderr)
         env.close()
         return 2
+    clean = False
     try:
-        return trainer.fit()
+        code = trainer.fit()
+        clean = True
+        return code
     except TrainError as e:
         print(f"error{env.tag}: {e}", file=sys.stderr)
         return 1
     finally:
+        # DDP holds the process group and gloo's workers hold tensors: both must go while the interpreter is
+        # whole, or a rank can abort at exit ("terminate called without an active exception").
         trainer.close()
-        env.close()
+        del trainer
+        env.close(wait_for_peers=clean)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -390,19 +396,26 @@ class Trainer:
     def _wrap(self, core: SoundNet) -> nn.Module:
         net: nn.Module = core
         if self.env.world > 1:
+            import inspect
+
             from torch.nn.parallel import DistributedDataParallel as DDP
 
+            # Running statistics follow rank 0 before every forward; newer torch names the option
+            # forward_sync_buffers and deprecates broadcast_buffers (PyTorch 2.11 on the GPU machine knows only it).
+            sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters else None
+            sync_buffers = {sync or "broadcast_buffers": True}
+
             ids = [self.device.index] if self.device.type == "cuda" else None
-            # Per-rank batch statistics by default; running statistics follow rank 0 (broadcast_buffers),
+            # Per-rank batch statistics by default; running statistics follow rank 0 (buffer sync),
             # so every rank evaluates and resumes with the same ones.
             if self.cfg.cuda_graphs:  # DDP must be built on a side stream before capture (CUDA graphs notes)
                 side = torch.cuda.Stream(self.device)
                 side.wait_stream(torch.cuda.current_stream(self.device))
                 with torch.cuda.stream(side):
-                    net = DDP(core, device_ids=ids, broadcast_buffers=True)
+                    net = DDP(core, device_ids=ids, **sync_buffers)
                 torch.cuda.current_stream(self.device).wait_stream(side)
             else:
-                net = DDP(core, device_ids=ids, broadcast_buffers=True)
+                net = DDP(core, device_ids=ids, **sync_buffers)
         if self.cfg.compile:
             net = torch.compile(net)  # type: ignore[assignment]
         return net
@@ -619,6 +632,8 @@ class Trainer:
         if self.tb is not None:
             self.tb.close()
             self.tb = None
+        # Drop the DDP wrapper (it references the process group) and the loaders (their prefetch threads).
+        self.net = self.stepper = self.loader = self.val_loader = None  # type: ignore[assignment]
         if self.cfg.deterministic:
             torch.use_deterministic_algorithms(self._was_deterministic)
 

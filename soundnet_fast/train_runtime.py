@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import os
 import signal
 import sys
@@ -263,8 +264,13 @@ class DistEnv:
     def tag(self) -> str:
         return f" [rank {self.rank}]" if self.world > 1 else ""
 
-    def close(self) -> None:
+    def close(self, wait_for_peers: bool = True) -> None:
+        """Leave the process group. After a clean finish every rank meets first, so none tears down its
+        connections while a peer still talks to it; after an error it leaves at once (a barrier could hang)."""
         if self.world > 1 and dist.is_initialized():
+            if wait_for_peers:
+                dist.barrier()
+            gc.collect()  # DDP and pending work objects hold the group: free them before it is destroyed
             dist.destroy_process_group()
 
 

@@ -10,7 +10,7 @@ Layout of a shard folder (the contract between ``prepare``, the loader, the trai
       shard-000000.audio.npy       int16 (n, clip_samples)
       shard-000000.<teacher>.npy   float32 (n, steps, num_classes), each row sums to 1
       index.jsonl                  one line per clip: {"clip", "video", "start", "frame_times", "shard",
-                                    "row", "silent"}
+                                    "row", "silent", "frame_decoder" (pyav | dali; absent when audio only)}
       failures.jsonl               one line per failed video: {"video", "reason", ...} (written by prepare)
 
 The manifest is the source of truth: a shard exists once the manifest lists it. Shard files are written

@@ -10,6 +10,13 @@ ShardWriter`). Clip c of a long video covers [20c, 20c + 20) s and its teacher r
 tiled to 20 s, as the original did, so its row t is window t mod W. A long video's last clip is zero-padded
 by less than 5 s; windows left over after the last whole clip are dropped.
 
+Frames come from PyAV in the workers, or (``--frames dali``, or ``auto`` on a GPU with DALI installed) from
+DALI's video decoder in the main process (:mod:`~soundnet_fast.videoframes_dali`): the workers then still
+decode the audio and read the video's packets (its timeline and end, and which frame each window shows),
+without decoding the video. A video DALI cannot decode (H.264 on DALI's CPU backend) takes its frames from
+PyAV instead; the summary counts those fallbacks with their reasons, and each index row says which decoder
+made its frames (``frame_decoder``).
+
 Bad input loses nothing: a file that fails is recorded in ``failures.jsonl`` with its reason and the run
 goes on; a rerun skips every video already in the index or in ``failures.jsonl`` (``--retry-failed``
 retries the latter).
@@ -41,25 +48,32 @@ from soundnet_fast.videodecode import (  # noqa: F401  (re-exported: prepare.dec
     make_clips,
 )
 
+FRAME_DECODERS = ("auto", "pyav", "dali")
+
 
 def _work(job: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
-    """Worker: decode one video and cut its clips; failures come back as records, never as exceptions."""
+    """Worker: decode one video and cut its clips; failures come back as records, never as exceptions.
+
+    With ``opts["frame_decoder"] == "dali"`` the video is only demuxed: the result carries, per used
+    window, the frame's index for DALI (``indices``) instead of the frame."""
     vid, path, opts = job
     t0 = time.perf_counter()
     try:
+        dali = opts["need_frames"] and opts["frame_decoder"] == "dali"
         dec = decode(
             path,
             sample_rate=opts["sample_rate"],
             frame_every=opts["frame_every"],
             mono=opts["mono"],
             need_frames=opts["need_frames"],
+            decode_frames=not dali,
         )
         clips = make_clips(
             dec, clip_seconds=opts["clip_seconds"], frame_every=opts["frame_every"], sample_rate=opts["sample_rate"]
         )
         used = sorted({w for c in clips for w in c.windows})
         frames = {w: dec.frames[w] for w in used} if dec.frames else {}
-        return {
+        res = {
             "video": vid,
             "ok": True,
             "clips": clips,
@@ -67,6 +81,12 @@ def _work(job: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
             "duration": dec.duration,
             "seconds": time.perf_counter() - t0,
         }
+        if opts["need_frames"]:
+            res["frame_decoder"] = "pyav"
+        if dali:
+            res.update(indices={w: dec.frame_indices[w] for w in used}, frame_size=dec.frame_size,
+                       codec=dec.video_codec, frame_decoder="dali")  # fmt: skip
+        return res
     except VideoError as e:
         return {"video": vid, "ok": False, "kind": e.kind, "reason": str(e)}
     except Exception as e:  # anything else is still this video's failure, not the run's
@@ -86,15 +106,22 @@ class Summary:
     audio_hours: float = 0.0  # of source video decoded this run
     seconds: float = 0.0
     total_videos: int = 0  # in the shards after the run
+    frame_decoder: str = "none"  # the run's frames: "pyav", "dali-cpu", "dali-gpu" ("none": audio only)
+    frame_fallbacks: Counter = field(default_factory=Counter)  # "codec: reason" -> videos DALI left to PyAV
 
     def line(self) -> str:
         rate = self.succeeded / self.seconds if self.seconds else 0.0
         kinds = ", ".join(f"{k}: {n}" for k, n in sorted(self.failure_kinds.items()))
+        frames = ""
+        if self.frame_decoder.startswith("dali"):
+            falls = "; ".join(f"{k}: {n}" for k, n in sorted(self.frame_fallbacks.items()))
+            frames = f"; frames by DALI ({self.frame_decoder[5:]}), by PyAV for {sum(self.frame_fallbacks.values())}"
+            frames += f" videos DALI could not decode ({falls})" if falls else " videos"
         return (
             f"{self.succeeded} videos -> {self.clips} clips ({self.silent_clips} silent), "
             f"{self.failed} failed{f' ({kinds})' if kinds else ''}, {self.skipped} already done; "
             f"{self.audio_hours:.3f} h of audio in {self.seconds:.1f} s ({rate:.2f} videos/s, "
-            f"{self.audio_hours / (self.seconds / 3600) if self.seconds else 0:.0f} audio h per wall h)"
+            f"{self.audio_hours / (self.seconds / 3600) if self.seconds else 0:.0f} audio h per wall h){frames}"
         )
 
 
@@ -114,18 +141,25 @@ def prepare(
     retry_failed: bool = False,
     progress: bool = False,
     sample_rate: int = SAMPLE_RATE,
+    frames: str = "auto",
 ) -> Summary:
     """Turn the videos of ``videos`` (a folder or a list file) into shards in ``out``.
 
     ``teachers`` maps a head name (``objects``, ``scenes``) to a spec string, a
     :class:`~soundnet_fast.teachers.Teacher` or any ``torch.nn.Module`` (:func:`~soundnet_fast.teachers.
     build_teacher`); an empty mapping writes audio-only shards without decoding frames.
+
+    ``frames`` picks the teacher frames' decoder: ``pyav``; ``dali`` (DALI on the GPU when CUDA is
+    available, else DALI's CPU backend; raises :class:`~soundnet_fast.videoframes_dali.DaliUnavailable`
+    without DALI); ``auto``: DALI on the GPU when CUDA is available and DALI imports, else PyAV.
     """
     steps = clip_seconds / frame_every
     if abs(steps - round(steps)) > 1e-9 or steps < 1:
         raise ValueError(f"clip_seconds ({clip_seconds}) must be a whole multiple of frame_every ({frame_every})")
     if mono not in ("first", "mean"):
         raise ValueError(f"mono must be 'first' or 'mean', got {mono!r}")
+    if frames not in FRAME_DECODERS:
+        raise ValueError(f"frames must be one of {', '.join(FRAME_DECODERS)}, got {frames!r}")
     steps = int(round(steps))
     pool = _Workers(workers)  # before any teacher exists (see _Workers)
     try:
@@ -145,6 +179,7 @@ def prepare(
             retry_failed=retry_failed,
             progress=progress,
             sample_rate=sample_rate,
+            frames=frames,
         )
     finally:
         pool.close()
@@ -167,14 +202,18 @@ def _prepare(
     retry_failed: bool,
     progress: bool,
     sample_rate: int,
+    frames: str,
 ) -> Summary:
     from soundnet_fast.teachers import TeacherError, build_teacher
+    from soundnet_fast.videoframes_dali import open_frame_decoder
 
     found = find_videos(videos)  # before anything is written: a wrong path leaves no empty output
     built = {
         name: build_teacher(spec, class_names=(class_names or {}).get(name), device=device, batch_size=batch_size)
         for name, spec in teachers.items()
     }
+    # Before the writer, so a missing DALI leaves no empty output; after the pool forked (DALI starts threads).
+    dali = open_frame_decoder(frames, device) if built else None
     clip_samples = int(round(clip_seconds * sample_rate))
     writer = data.ShardWriter(
         out,
@@ -187,6 +226,7 @@ def _prepare(
         extra={"mono": mono, "source": os.path.abspath(os.fspath(videos))},
     )
     summary = Summary(videos=len(found))
+    summary.frame_decoder = "none" if not built else f"dali-{dali.device}" if dali is not None else "pyav"
     done = set(writer.videos)
     failed_before = {str(r.get("video")) for r in data.read_failures(out)}
     if not retry_failed:
@@ -199,12 +239,16 @@ def _prepare(
         "clip_seconds": clip_seconds,
         "mono": mono,
         "need_frames": bool(built),
+        "frame_decoder": "dali" if dali is not None else "pyav",
     }
+    paths = dict(todo)
     t0 = time.perf_counter()
     bar = _Progress(len(todo), enabled=progress)
     fail_path = os.path.join(os.fspath(out), data.FAILURES)
     try:
         for res in pool.results([(vid, path, opts) for vid, path in todo]):
+            if res["ok"] and res.get("frame_decoder") == "dali" and dali is not None:
+                res = _dali_frames(res, paths[res["video"]], dali, pool, opts, summary)
             if res["ok"]:
                 try:
                     probs = {n: t([res["frames"][w] for w in sorted(res["frames"])]) for n, t in built.items()}
@@ -226,6 +270,8 @@ def _prepare(
                     "windows": clip.windows,
                     "silent": clip.silent,
                 }
+                if "frame_decoder" in res:
+                    meta["frame_decoder"] = res["frame_decoder"]
                 writer.add(clip.audio, clip_probs, meta)
                 summary.clips += 1
                 summary.silent_clips += clip.silent
@@ -240,6 +286,23 @@ def _prepare(
     summary.seconds = time.perf_counter() - t0
     summary.total_videos = len(writer.videos)
     return summary
+
+
+def _dali_frames(
+    res: dict[str, Any], path: str, dali: Any, pool: _Workers, opts: dict[str, Any], summary: Summary
+) -> dict[str, Any]:
+    """Fill a worker's result with DALI's frames; when DALI cannot decode the file, redo the whole video with
+    PyAV in a worker (so its shards are exactly the PyAV path's, and an FFmpeg crash stays in a worker) and
+    count the fallback."""
+    from soundnet_fast.videoframes_dali import DaliError
+
+    windows = sorted(res["indices"])
+    try:
+        got = dali(path, [res["indices"][w] for w in windows], res["frame_size"])
+    except DaliError as e:
+        summary.frame_fallbacks[f"{res['codec'] or 'unknown codec'}: {e.reason}"] += 1
+        return pool.run_one((res["video"], path, {**opts, "frame_decoder": "pyav"}))
+    return {**res, "frames": dict(zip(windows, got, strict=True))}
 
 
 class _Workers:
@@ -291,6 +354,18 @@ class _Workers:
                 self.pool = self._new(self.workers)
                 continue
             yield res
+
+    def run_one(self, job: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
+        """One job outside the ordered stream (a DALI fallback), in the pool when there is one. If it breaks
+        the pool, the job is rerun alone; :meth:`results` then reruns its own jobs in flight and renews it."""
+        from concurrent.futures.process import BrokenProcessPool
+
+        if self.pool is None:
+            return _work(job)
+        try:
+            return self.pool.submit(_work, job).result()
+        except BrokenProcessPool:
+            return self._isolated(job)
 
     def _isolated(self, job: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
         from concurrent.futures.process import BrokenProcessPool
@@ -397,11 +472,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default=None, help="teacher device (default: cuda when available)")
     p.add_argument("--batch-size", type=int, default=32, help="teacher batch size")
+    p.add_argument(
+        "--frames",
+        choices=FRAME_DECODERS,
+        default="auto",
+        help="teacher frames' decoder: PyAV, or DALI (GPU when CUDA is available, else its CPU backend: VP8/VP9/"
+        "MJPEG only; videos it cannot decode fall back to PyAV); auto: DALI on a GPU when installed, else PyAV",
+    )
     p.add_argument("--retry-failed", action="store_true", help="retry videos recorded in failures.jsonl")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
+    from soundnet_fast.videoframes_dali import DaliUnavailable
+
     teachers = _pairs(args.teacher, "--teacher")
     if not teachers:
         print("prepare: no --teacher given: writing audio-only shards", file=sys.stderr)
@@ -420,8 +504,9 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             retry_failed=args.retry_failed,
             progress=not args.no_progress and sys.stderr.isatty(),
+            frames=args.frames,
         )
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, DaliUnavailable) as e:
         print(f"prepare: {e}", file=sys.stderr)
         return 2
     print(summary.line())

@@ -6,13 +6,16 @@ soxr and numpy only (never torch), which is what lets ``prepare`` fork its worke
 Timeline: 0 is the start of the earliest stream used; an audio track that starts later is preceded by
 silence, one that ends early is followed by it (codec priming is already dropped by FFmpeg: AAC in MP4 and
 Opus pre-skip decode to the exact sample count). Frame w is the frame shown at (w + 0.5) * frame_every s:
-the last frame whose timestamp is at or before it, so variable frame rates are handled.
+the last frame whose timestamp is at or before it, so variable frame rates are handled (one rule,
+:func:`pick_frames`, for the frames decoded here and for the frame indices handed to DALI,
+:mod:`soundnet_fast.videoframes_dali`).
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +69,11 @@ class Decoded:
     duration: float  # seconds: the longer of the audio and the video
     frame_times: list[float] = field(default_factory=list)  # per window: the chosen frame's time
     frames: list[np.ndarray] = field(default_factory=list)  # per window: uint8 RGB (H, W, 3)
+    # Filled instead of `frames` by decode(..., decode_frames=False): per window, the chosen frame's index in
+    # presentation order (what DALI's decoder takes), the source frame size (width, height), the codec name.
+    frame_indices: list[int] = field(default_factory=list)
+    frame_size: tuple[int, int] | None = None
+    video_codec: str = ""
 
 
 def decode(
@@ -75,8 +83,14 @@ def decode(
     frame_every: float = 5.0,
     mono: str = "first",
     need_frames: bool = True,
+    decode_frames: bool = True,
 ) -> Decoded:
-    """Decode the first audio track and, if ``need_frames``, the frame at the middle of each window."""
+    """Decode the first audio track and, if ``need_frames``, the frame at the middle of each window.
+
+    With ``decode_frames=False`` the video is demuxed but not decoded: the result holds the chosen frames'
+    indices and times (``frame_indices``, ``frame_times``) for another decoder (DALI), and the same timeline
+    and duration as a full decode, since the video stream's start and end count either way.
+    """
     import av
     import soxr
 
@@ -96,16 +110,19 @@ def decode(
         astream = container.streams.audio[0]
         vstream = container.streams.video[0] if need_frames else None
         streams = [s for s in (astream, vstream) if s is not None]
-        starts = [float(s.start_time * s.time_base) for s in streams if s.start_time is not None and s.time_base]
-        origin = min(starts) if starts else 0.0
-        if vstream is not None:
+        origin = stream_origin(streams)
+        clock = _PacketTimes(origin) if vstream is not None and not decode_frames else None
+        if vstream is not None and clock is None:
             vstream.thread_type = "AUTO"
-        picker = _FramePicker(frame_every) if vstream is not None else None
+        picker = _FramePicker(frame_every) if vstream is not None and clock is None else None
         chunks: list[np.ndarray] = []
         resampler: Any = None
         native_rate = drop = 0
         try:
             for packet in container.demux(*streams):
+                if clock is not None and vstream is not None and packet.stream_index == vstream.index:
+                    clock.add(packet)  # timestamps only: the frames are decoded elsewhere (DALI)
+                    continue
                 for frame in packet.decode():
                     if isinstance(frame, av.AudioFrame):
                         x = _mono(frame, mono)
@@ -138,10 +155,86 @@ def decode(
             if picker.last is None:
                 raise VideoError(path, "no video", "video track decoded to no frames")
             duration = max(duration, picker.end)
-            windows = max(1, math.ceil(duration / frame_every - 1e-6))
-            times, frames = picker.finish(windows)
+            times, frames = picker.finish(num_windows(duration, frame_every))
             return Decoded(audio, duration, times, frames)
+        if clock is not None and vstream is not None:
+            if not clock.times:
+                raise VideoError(path, "no video", "video track holds no frames")
+            duration = max(duration, clock.end)
+            indices, times = clock.finish(num_windows(duration, frame_every), frame_every)
+            cc = vstream.codec_context
+            size = (int(cc.width), int(cc.height)) if cc.width and cc.height else None
+            return Decoded(audio, duration, times, [], indices, size, str(cc.name))
         return Decoded(audio, duration)
+
+
+def stream_origin(streams: Sequence[Any]) -> float:
+    """Time 0 of the common timeline: the earliest start of the streams used (seconds)."""
+    starts = [float(s.start_time * s.time_base) for s in streams if s.start_time is not None and s.time_base]
+    return min(starts) if starts else 0.0
+
+
+def num_windows(duration: float, frame_every: float) -> int:
+    """Windows of a video: its duration rounded up to whole windows (at least one)."""
+    return max(1, math.ceil(duration / frame_every - 1e-6))
+
+
+def windows_before(t: float, decided: int, frame_every: float) -> int:
+    """How many windows are decided once a frame at time ``t`` arrives (frames come in presentation order):
+    ``decided`` plus every later window whose middle, (w + 0.5) * frame_every, precedes ``t`` and so shows an
+    earlier frame. The one step both pickers take (:class:`_FramePicker`, :func:`pick_frames`)."""
+    while (decided + 0.5) * frame_every < t:
+        decided += 1
+    return decided
+
+
+def pick_frames(times: Sequence[float], windows: int, frame_every: float) -> list[int]:
+    """For each window, the index into ``times`` (sorted: presentation order) of the frame shown at its
+    middle: the last frame at or before it, the first frame when the middle precedes every frame; windows
+    after the last frame repeat it."""
+    picked: list[int] = []
+    for i, t in enumerate(times):
+        n = windows_before(t, len(picked), frame_every)
+        picked += [max(i - 1, 0)] * (n - len(picked))
+        if len(picked) >= windows:
+            break
+    picked += [len(times) - 1] * (windows - len(picked))
+    return picked[:windows]
+
+
+def scaled_size(width: int, height: int) -> tuple[int, int]:
+    """(width, height) of a kept frame: the short side shrunk to FRAME_SHORT_SIDE, never enlarged."""
+    s = FRAME_SHORT_SIDE / min(width, height)
+    if s < 1:
+        return max(1, round(width * s)), max(1, round(height * s))
+    return width, height
+
+
+class _PacketTimes:
+    """A video's frame times from its packets alone (no decoding), on the common timeline.
+
+    Mirrors the frame index DALI's video decoder builds: one frame per packet of the stream, at its pts (its
+    dts when the pts is missing), sorted into presentation order; frame i of DALI is times[i] here.
+    """
+
+    def __init__(self, origin: float) -> None:
+        self.origin = origin
+        self.times: list[float] = []
+        self.end = 0.0
+
+    def add(self, packet: Any) -> None:
+        ts = packet.pts if packet.pts is not None else packet.dts
+        if ts is None or packet.time_base is None:  # the demuxer's empty flush packet
+            return
+        t = float(ts * packet.time_base) - self.origin
+        self.times.append(t)
+        dur = float(packet.duration * packet.time_base) if packet.duration else 0.0
+        self.end = max(self.end, t + dur)
+
+    def finish(self, windows: int, frame_every: float) -> tuple[list[int], list[float]]:
+        order = sorted(self.times)
+        indices = pick_frames(order, windows, frame_every)
+        return indices, [order[i] for i in indices]
 
 
 def _mono(frame: Any, mono: str) -> np.ndarray:
@@ -173,15 +266,12 @@ class _FramePicker:
 
     def _rgb(self, frame: Any, t: float) -> tuple[float, np.ndarray]:
         if self._converted is None or self._converted[0] != t:
-            w, h = frame.width, frame.height
-            s = FRAME_SHORT_SIDE / min(w, h)
-            if s < 1:  # shrink in FFmpeg (area filter: antialiased); never upscale here
-                w, h = max(1, round(w * s)), max(1, round(h * s))
+            w, h = scaled_size(frame.width, frame.height)  # shrunk in FFmpeg (area filter: antialiased)
             self._converted = (t, frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray())
         return self._converted
 
     def add(self, frame: Any, t: float) -> None:
-        while (len(self.picked) + 0.5) * self.every < t:
+        for _ in range(windows_before(t, len(self.picked), self.every) - len(self.picked)):
             self.picked.append(self._rgb(self.last, self.last_time) if self.last is not None else self._rgb(frame, t))
         self.last, self.last_time = frame, t
         dur = float(frame.duration * frame.time_base) if frame.duration and frame.time_base else 0.0
@@ -213,7 +303,7 @@ def make_clips(dec: Decoded, *, clip_seconds: float, frame_every: float, sample_
     """
     steps = int(round(clip_seconds / frame_every))
     win = int(round(frame_every * sample_rate))
-    windows = max(1, math.ceil(dec.duration / frame_every - 1e-6))
+    windows = num_windows(dec.duration, frame_every)
     # Zero-pad (or cut) to a whole number of windows: audio shorter than the video becomes silence.
     audio = np.zeros(windows * win, np.float32)
     n = min(len(dec.audio), len(audio))

@@ -12,7 +12,8 @@ follows the suffix: ``.mp4`` H.264 + AAC, ``.webm`` VP9 + Opus (48 kHz only: Opu
 ``.mkv`` H.264 + FLAC, ``.mov`` H.264 + AAC, ``.ogg`` audio-only Opus; codecs can be overridden.
 ``frame_times`` (seconds) gives a variable frame rate; ``audio_seconds`` a track shorter (or longer) than
 the video; ``audio_offset`` starts the audio track that many seconds after the video (the stream's start offset);
-``video=False`` / ``audio=False`` leave a stream out.
+``video=False`` / ``audio=False`` leave a stream out; ``video_options`` overrides the encoder's options (e.g.
+``{"preset": "medium", "bf": "2"}`` for H.264 with B-frames: packets stored out of presentation order).
 
 Also: ``tone(freq)``, a sine helper, and the broken files ``write_garbage`` / ``write_truncated``.
 """
@@ -66,6 +67,7 @@ def write_video(
     audio: bool = True,
     gop: int | None = None,
     audio_offset: float = 0.0,
+    video_options: dict[str, str] | None = None,
 ) -> Path:
     """Write a test video (module docstring); ``size`` is (width, height), even numbers for H.264."""
     import av
@@ -93,6 +95,8 @@ def write_video(
                 vs.options = {"preset": "ultrafast"}
             elif vcodec.startswith("libvpx"):
                 vs.options = {"deadline": "realtime", "cpu-used": "8"}
+            if video_options:
+                vs.options = {**vs.options, **video_options}
         if audio and acodec is not None:
             as_ = out.add_stream(acodec, rate=sample_rate)
             as_.layout = "mono" if channels == 1 else "stereo"

@@ -49,6 +49,9 @@ LABELED_CLASSES: tuple[str, ...] = tuple(p for _, p in OBJECTS) + ("stutter", "t
 
 
 # ----------------------------------------------------------------------------------------- carriers
+PITCH_RANGE = (130.0, 1300.0)  # Hz, carrier fundamental, log-uniform, the same for every class
+
+
 def _band_noise(rng: np.random.Generator, n: int, lo: float, hi: float, sr: int) -> np.ndarray:
     """White noise band-limited to [lo, hi] Hz (FFT mask), unit RMS."""
     spec = np.fft.rfft(rng.standard_normal(n))
@@ -66,7 +69,7 @@ def carrier(rng: np.random.Generator, freq_mult: np.ndarray, sr: int = SAMPLE_RA
     timbre says nothing about the class (issue 8 design rules).
     """
     n = len(freq_mult)
-    f0 = float(np.exp(rng.uniform(np.log(130.0), np.log(1300.0))))
+    f0 = float(np.exp(rng.uniform(np.log(PITCH_RANGE[0]), np.log(PITCH_RANGE[1]))))
     n_harm = int(rng.integers(1, 9))
     tilt = rng.uniform(0.5, 2.0)
     stretch = rng.uniform(0.0, 0.01)  # mild inharmonicity

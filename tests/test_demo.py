@@ -78,8 +78,8 @@ def test_miniature_world_through_every_stage(tmp_path, capsys) -> None:
 
     shards = os.path.join(cfg.out, "shards")
     manifest = data.read_manifest(shards)
-    # SoundNet-5 on 5 s clips: one head step, one teacher frame per clip (DESIGN.md sections 1, 2).
-    assert (manifest["steps"], manifest["clip_samples"]) == (1, 5 * 22050)
+    # SoundNet-5 on 3 s clips: one head step, one teacher frame per clip (DESIGN.md sections 1, 2).
+    assert (manifest["steps"], manifest["clip_samples"]) == (1, 3 * 22050)
     assert manifest["num_clips"] == 3 * 2  # segments line up with clips: no padded extra clip
     assert manifest["teachers"]["objects"]["class_names"] == [s for s, _ in synth.OBJECTS]
     assert manifest["teachers"]["scenes"]["num_classes"] == len(synth.SCENES)
@@ -111,3 +111,10 @@ def test_exit_status_reports_the_margin_only_with_check(monkeypatch) -> None:
     assert demo.run(build_parser().parse_args(["demo", "--check"])) == 3
     monkeypatch.setattr(demo, "run_demo", lambda cfg: {"verdict": {"all": True}})
     assert demo.run(build_parser().parse_args(["demo", "--check"])) == 0
+
+
+def test_a_clip_too_short_for_the_student_is_refused_before_any_work(tmp_path) -> None:
+    cfg = demo.DemoConfig(out=str(tmp_path / "demo"), clip_seconds=2.0)  # SoundNet-5 needs 2.6 s
+    with pytest.raises(ValueError, match=r"--clip-seconds 2 is too short for soundnet5: .*56,798 samples"):
+        demo.run_demo(cfg)
+    assert not os.path.exists(cfg.out)

@@ -10,7 +10,7 @@ APIs, on a synthetic world (``synth``):
 3. train     distillation (``train.Trainer``) for a wall-clock budget (``--minutes``)
 4. evaluate  5-fold SVM transfer on the labeled set with the baselines (``evaluate.evaluate``)
 
-The defaults fit 2 CPU cores: SoundNet-5 on 5 s clips (one teacher frame per clip, T = 1 head step;
+The defaults fit 2 CPU cores: SoundNet-5 on 3 s clips (one teacher frame per clip, T = 1 head step;
 DESIGN.md sections 1 and 2: SoundNet-5's heads give one step per ~4.5 s, SoundNet-8 needs >= 9.5 s), said in
 the output. Every stage is resumable: rerunning with the same ``--out`` reuses what is finished.
 """
@@ -68,7 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--arch",
         choices=sorted(CLIP_SECONDS),
         default=d.arch,
-        help="student network: soundnet5 on 5 s clips (default) or soundnet8 on 10 s clips",
+        help="student network: soundnet5 on 3 s clips (default) or soundnet8 on 10 s clips",
     )
     p.add_argument(
         "--clip-seconds",

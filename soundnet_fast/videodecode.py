@@ -76,6 +76,20 @@ class Decoded:
     video_codec: str = ""
 
 
+def open_media(path: str) -> Any:
+    """``av.open(path)``, with a missing, empty or unreadable file as a VideoError naming it."""
+    import av
+
+    if not os.path.exists(path):
+        raise VideoError(path, "missing", "no such file")
+    if os.path.getsize(path) == 0:
+        raise VideoError(path, "empty", "file is empty (0 bytes)")
+    try:
+        return av.open(path)
+    except Exception as e:  # PyAV raises a family of FFmpeg errors; keep the reason
+        raise VideoError(path, "not media", f"cannot open as a media file ({e})") from e
+
+
 def decode(
     path: str,
     *,
@@ -94,15 +108,7 @@ def decode(
     import av
     import soxr
 
-    if not os.path.exists(path):
-        raise VideoError(path, "missing", "no such file")
-    if os.path.getsize(path) == 0:
-        raise VideoError(path, "empty", "file is empty (0 bytes)")
-    try:
-        container = av.open(path)
-    except Exception as e:  # PyAV raises a family of FFmpeg errors; keep the reason
-        raise VideoError(path, "not media", f"cannot open as a media file ({e})") from e
-    with container:
+    with open_media(path) as container:
         if not container.streams.audio:
             raise VideoError(path, "no audio", "holds no audio track")
         if need_frames and not container.streams.video:

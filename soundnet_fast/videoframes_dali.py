@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from soundnet_fast.videodecode import VideoError, _PacketTimes, scaled_size, stream_origin
+from soundnet_fast.videodecode import VideoError, _PacketTimes, open_media, scaled_size, stream_origin
 
 
 class DaliUnavailable(ImportError):
@@ -48,14 +48,8 @@ def frame_indices(path: str | os.PathLike[str], frame_every: float, windows: int
     frame at or before (w + 0.5) * frame_every, the first frame when that precedes every frame; windows past
     the end repeat the last frame.
     """
-    import av
-
     path = os.fspath(path)
-    try:
-        container = av.open(path)
-    except Exception as e:  # PyAV raises a family of FFmpeg errors; keep the reason
-        raise VideoError(path, "not media", f"cannot open as a media file ({e})") from e
-    with container:
+    with open_media(path) as container:
         if not container.streams.video:
             raise VideoError(path, "no video", "holds no video track")
         vstream = container.streams.video[0]

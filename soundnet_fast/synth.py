@@ -4,7 +4,7 @@ demo teachers (``synth_teachers``). Everything is deterministic by seed.
 Design rules (issue 8; measured in a throwaway trial before this was written): with timbre-rich classes,
 random convolutional features already separate the classes and distillation adds little. So every sound
 class here is a *modulation pattern* on the 0.1-1 s scale (gating, pulsing, click rates, vibrato, gallops,
-trills, swells, chirps) imposed on a carrier whose pitch, harmonic count, spectral tilt and noisiness are
+trills, warbles, swells) imposed on a carrier whose pitch, harmonic count, spectral tilt and noisiness are
 drawn afresh for every instance from one distribution shared by all classes: timbre never gives the class
 away, only the temporal pattern does. In the world each visual object has one pattern; distractor patterns
 sound with no visual object (the paper's "sneezing" case), scene ambiences and noise are mixed in, and a
@@ -28,12 +28,12 @@ SAMPLE_RATE = 22050  # DESIGN.md section 1
 OBJECTS: tuple[tuple[str, str], ...] = (
     ("disc", "gate"),
     ("square", "decay"),
-    ("triangle", "fall"),
+    ("triangle", "warble"),
     ("plus", "vibrato"),
     ("ring", "gallop"),
     ("diamond", "trill"),
     ("bar", "swell"),
-    ("cross", "chirp"),
+    ("cross", "yodel"),
 )
 # Patterns heard in the world with no visual object.
 DISTRACTORS: tuple[str, ...] = ("stutter", "tremolo", "siren", "clicks", "pulse")
@@ -145,18 +145,13 @@ def pattern(name: str, rng: np.random.Generator, n: int, sr: int = SAMPLE_RATE) 
         period = rng.uniform(0.7, 1.1)
         ph = ((t / period) + rng.uniform(0, 1)) % 1.0
         env = ph ** rng.uniform(1.5, 3.0) * np.clip((1.0 - ph) / 0.02, 0, 1)
-    elif name == "chirp":  # short upward sweeps
-        period = 1.0 / rng.uniform(2.0, 3.2)
-        length = period * rng.uniform(0.5, 0.7)
-        ph = ((t / period) + rng.uniform(0, 1)) % 1.0 * period
-        fm = 1.0 + rng.uniform(0.5, 1.0) * np.clip(ph / length, 0, 1)
-        env = np.clip(np.minimum(ph, length - ph) / 0.005, 0, 1)
-    elif name == "fall":  # short downward sweeps; "chirp" played backwards
-        period = 1.0 / rng.uniform(2.0, 3.2)
-        length = period * rng.uniform(0.5, 0.7)
-        ph = ((t / period) + rng.uniform(0, 1)) % 1.0 * period
-        fm = 1.0 + rng.uniform(0.5, 1.0) * np.clip(1.0 - ph / length, 0, 1)
-        env = np.clip(np.minimum(ph, length - ph) / 0.005, 0, 1)
+    elif name == "warble":  # slow, deep sinusoidal pitch wobble (vibrato's slow, wide cousin)
+        fm = 1.0 + rng.uniform(0.08, 0.15) * np.sin(2 * np.pi * rng.uniform(1.5, 2.5) * t + rng.uniform(0, 6.3))
+    elif name == "yodel":  # slow alternation between two pitches a wide step apart (trill's slow cousin)
+        rate = rng.uniform(3.0, 4.5)
+        sq = np.sign(np.sin(2 * np.pi * rate * t + rng.uniform(0, 6.3)))
+        fm = np.where(sq > 0, rng.uniform(1.25, 1.5), 1.0)
+        fm = np.convolve(fm, np.ones(64) / 64, mode="same")  # ~3 ms glide, no phase jumps
     elif name == "stutter":  # irregular (Poisson) bursts
         onsets = np.cumsum(rng.exponential(1.0 / rng.uniform(5.0, 8.0), int(dur * 12) + 4)) - 0.3
         env = _ramp_gate(t, onsets, rng.uniform(0.03, 0.06))

@@ -69,6 +69,19 @@ def test_patterns_differ_in_modulation_rate() -> None:
         assert lo <= peak <= hi, (name, peak)
 
 
+def test_pitch_patterns_differ_in_rate_and_keep_a_steady_level() -> None:
+    """The four pitch-modulation classes (warble, yodel, vibrato, trill) are told apart only by the rate
+    and shape of their pitch movement: each puts its pitch-modulation peak in its own band, and none
+    modulates the level (so level-envelope features cannot separate them)."""
+    n = 4 * SR
+    for name, lo, hi in (("warble", 1.4, 2.6), ("yodel", 2.9, 4.6), ("vibrato", 4.9, 7.1), ("trill", 8.9, 13.1)):
+        env, fm = synth.pattern(name, synth.seeded(6, len(name)), n)
+        assert np.all(env == 1.0), name
+        spec = np.abs(np.fft.rfft(fm - fm.mean()))
+        peak = float(np.fft.rfftfreq(n, 1 / SR)[int(np.argmax(spec))])
+        assert lo <= peak <= hi, (name, peak)
+
+
 def test_unknown_names_raise() -> None:
     with pytest.raises(ValueError, match="unknown sound pattern"):
         synth.pattern("bagpipe", synth.seeded(0), 100)

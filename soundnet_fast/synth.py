@@ -107,6 +107,16 @@ def _periodic_onsets(rng: np.random.Generator, dur: float, period: float, jitter
     return onsets + rng.normal(0, jitter * period, len(onsets)) if jitter else onsets
 
 
+def _two_pitches(
+    rng: np.random.Generator, t: np.ndarray, rate: tuple[float, float], step: tuple[float, float]
+) -> np.ndarray:
+    """Pitch multiplier alternating between 1 and a step up (both drawn from their ranges) at ``rate`` Hz."""
+    f = rng.uniform(*rate)
+    sq = np.sign(np.sin(2 * np.pi * f * t + rng.uniform(0, 6.3)))
+    fm = np.where(sq > 0, rng.uniform(*step), 1.0)
+    return np.convolve(fm, np.ones(64) / 64, mode="same")  # ~3 ms glide, no phase jumps
+
+
 def pattern(name: str, rng: np.random.Generator, n: int, sr: int = SAMPLE_RATE) -> tuple[np.ndarray, np.ndarray]:
     """(amplitude envelope, pitch multiplier) of a modulation pattern, each shaped (n,).
 
@@ -137,10 +147,7 @@ def pattern(name: str, rng: np.random.Generator, n: int, sr: int = SAMPLE_RATE) 
         step = rng.uniform(0.08, 0.11)
         env = _ramp_gate(t, np.concatenate([base, base + step, base + 2 * step]), 0.05)
     elif name == "trill":  # rapid alternation between two pitches
-        rate = rng.uniform(9.0, 13.0)
-        sq = np.sign(np.sin(2 * np.pi * rate * t + rng.uniform(0, 6.3)))
-        fm = np.where(sq > 0, rng.uniform(1.15, 1.35), 1.0)
-        fm = np.convolve(fm, np.ones(64) / 64, mode="same")  # ~3 ms glide, no phase jumps
+        fm = _two_pitches(rng, t, (9.0, 13.0), (1.15, 1.35))
     elif name == "swell":  # slow crescendo then cut, repeating
         period = rng.uniform(0.7, 1.1)
         ph = ((t / period) + rng.uniform(0, 1)) % 1.0
@@ -148,10 +155,7 @@ def pattern(name: str, rng: np.random.Generator, n: int, sr: int = SAMPLE_RATE) 
     elif name == "warble":  # slow, deep sinusoidal pitch wobble (vibrato's slow, wide cousin)
         fm = 1.0 + rng.uniform(0.08, 0.15) * np.sin(2 * np.pi * rng.uniform(1.5, 2.5) * t + rng.uniform(0, 6.3))
     elif name == "yodel":  # slow alternation between two pitches a wide step apart (trill's slow cousin)
-        rate = rng.uniform(3.0, 4.5)
-        sq = np.sign(np.sin(2 * np.pi * rate * t + rng.uniform(0, 6.3)))
-        fm = np.where(sq > 0, rng.uniform(1.25, 1.5), 1.0)
-        fm = np.convolve(fm, np.ones(64) / 64, mode="same")  # ~3 ms glide, no phase jumps
+        fm = _two_pitches(rng, t, (3.0, 4.5), (1.25, 1.5))
     elif name == "stutter":  # irregular (Poisson) bursts
         onsets = np.cumsum(rng.exponential(1.0 / rng.uniform(5.0, 8.0), int(dur * 12) + 4)) - 0.3
         env = _ramp_gate(t, onsets, rng.uniform(0.03, 0.06))

@@ -28,8 +28,10 @@ from typing import Any
 from soundnet_fast.demo_report import MARGIN_MFCC, MARGIN_RANDOM, print_table, summarize
 
 EVAL_CS = (1e-3, 1e-2, 1e-1)
-# Clip length per student: the shortest whole number of 5 s teacher windows giving one head step
-# (SoundNet-5: 56,798 samples = 2.6 s; SoundNet-8: 209,374 samples = 9.5 s; DESIGN.md section 1).
+# Clip (= world segment, one teacher frame at its middle) per student: at least one head step, SoundNet-5
+# 56,798 samples = 2.6 s, SoundNet-8 209,374 samples = 9.5 s (DESIGN.md section 1). SoundNet-5 takes 3 s
+# over 5 s: 1.7x the steps and twice the distinct sound instances in the same budget (measured on the
+# earlier chirp/fall world, 2-core CPU, seed 0: distilled 78.5 % vs 77.2 %).
 CLIP_SECONDS = {"soundnet5": 3.0, "soundnet8": 10.0}
 
 
@@ -40,10 +42,7 @@ class DemoConfig:
     seed: int = 0  # the world's seed; also training's unless train_seed is given
     train_seed: int | None = None  # initialisation, data order and the random baselines
     arch: str = "soundnet5"
-    # One head step per clip: SoundNet-5 needs >= 2.6 s, SoundNet-8 >= 9.5 s (DESIGN.md section 1). 3 s clips
-    # over 5 s ones: 1.7x the steps and twice the distinct sound instances in the same budget (measured:
-    # distilled 78.5 % vs 77.2 %, 2-core CPU, seed 0).
-    clip_seconds: float = 3.0
+    clip_seconds: float = CLIP_SECONDS["soundnet5"]  # must match arch: see CLIP_SECONDS
     videos: int = 400
     segments: int = 8  # segments (= clips) per video
     per_fold: int = 8  # labeled clips per class per fold (ESC-50 has 8)

@@ -402,8 +402,8 @@ class Trainer:
 
             # Running statistics follow rank 0 before every forward; newer torch names the option
             # forward_sync_buffers and deprecates broadcast_buffers (PyTorch 2.11 on the GPU machine knows only it).
-            sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters else None
-            sync_buffers = {sync or "broadcast_buffers": True}
+            option = "forward_sync_buffers"
+            sync_buffers = {option if option in inspect.signature(DDP).parameters else "broadcast_buffers": True}
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             # Per-rank batch statistics by default; running statistics follow rank 0 (buffer sync),

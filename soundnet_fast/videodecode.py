@@ -117,17 +117,18 @@ def decode(
         vstream = container.streams.video[0] if need_frames else None
         streams = [s for s in (astream, vstream) if s is not None]
         origin = stream_origin(streams)
+        # Video packets only (their timestamps) when another decoder (DALI) makes the frames.
         clock = _PacketTimes(origin) if vstream is not None and not decode_frames else None
-        if vstream is not None and clock is None:
+        picker = _FramePicker(frame_every) if vstream is not None and decode_frames else None
+        if picker is not None:
             vstream.thread_type = "AUTO"
-        picker = _FramePicker(frame_every) if vstream is not None and clock is None else None
         chunks: list[np.ndarray] = []
         resampler: Any = None
         native_rate = drop = 0
         try:
             for packet in container.demux(*streams):
                 if clock is not None and vstream is not None and packet.stream_index == vstream.index:
-                    clock.add(packet)  # timestamps only: the frames are decoded elsewhere (DALI)
+                    clock.add(packet)
                     continue
                 for frame in packet.decode():
                     if isinstance(frame, av.AudioFrame):

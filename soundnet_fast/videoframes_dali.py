@@ -1,14 +1,15 @@
 """Teacher frames through NVIDIA DALI's video decoder (``prepare --frames dali``; DESIGN.md section 7).
 
-PyAV still demuxes: :func:`frame_indices` reads the video's packets (never decoding them) and applies the
-same rule as the PyAV path (:func:`~soundnet_fast.videodecode.pick_frames`: the frame shown at the middle
-of each window, by timestamp, so variable frame rates are handled) to turn windows into frame indices.
-:class:`DaliFrames` then decodes just those frames with ``fn.decoders.video`` from the file's bytes and
-shrinks them like the PyAV path (short side FRAME_SHORT_SIDE, antialiased, never enlarged).
+PyAV still demuxes: ``videodecode.decode(..., decode_frames=False)`` reads the video's packets (never
+decoding them) and applies the same rule as the PyAV path (:func:`~soundnet_fast.videodecode.pick_frames`:
+the frame shown at the middle of each window, by timestamp, so variable frame rates are handled) to turn
+windows into frame indices (``Decoded.frame_indices``). :class:`DaliFrames` then decodes just those frames
+with ``fn.decoders.video`` from the file's bytes and shrinks them like the PyAV path (short side
+FRAME_SHORT_SIDE, antialiased, never enlarged).
 
 Why indices and not timestamps: DALI's decoder takes frame indices; it numbers the frames as its own index
 does, one per packet of the first video stream, sorted by pts (dts where a packet has no pts), which is
-exactly the order :func:`frame_indices` builds.
+exactly the order ``decode(..., decode_frames=False)`` builds.
 
 Codecs: DALI's CPU backend decodes VP8, VP9 and MJPEG only; H.264, HEVC, AV1 and MPEG-4 need the GPU
 ("mixed") backend (NVDEC). A file DALI cannot decode raises :class:`DaliError` naming the file, and the
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from soundnet_fast.videodecode import VideoError, _PacketTimes, open_media, scaled_size, stream_origin
+from soundnet_fast.videodecode import VideoError, open_media, scaled_size
 
 
 class DaliUnavailable(ImportError):
@@ -38,28 +39,6 @@ class DaliError(RuntimeError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
-
-
-def frame_indices(path: str | os.PathLike[str], frame_every: float, windows: int) -> tuple[list[int], list[float]]:
-    """Per window, the index (presentation order) of the frame shown at its middle, and that frame's time.
-
-    Packets only (no decoding), on the timeline :func:`~soundnet_fast.videodecode.decode` uses (0 = the
-    earliest start of the first audio and the first video stream); the rule is the PyAV path's: the last
-    frame at or before (w + 0.5) * frame_every, the first frame when that precedes every frame; windows past
-    the end repeat the last frame.
-    """
-    path = os.fspath(path)
-    with open_media(path) as container:
-        if not container.streams.video:
-            raise VideoError(path, "no video", "holds no video track")
-        vstream = container.streams.video[0]
-        used = [container.streams.audio[0], vstream] if container.streams.audio else [vstream]
-        clock = _PacketTimes(stream_origin(used))
-        for packet in container.demux(vstream):
-            clock.add(packet)
-    if not clock.times:
-        raise VideoError(path, "no video", "video track holds no frames")
-    return clock.finish(windows, frame_every)
 
 
 def _short_reason(exc: BaseException) -> str:
@@ -123,7 +102,7 @@ class DaliFrames:
     def __call__(
         self, path: str | os.PathLike[str], indices: list[int], size: tuple[int, int] | None = None
     ) -> list[np.ndarray]:
-        """The frames ``indices`` (presentation order, as :func:`frame_indices` gives) of the file ``path``.
+        """The frames ``indices`` (presentation order, as ``Decoded.frame_indices``) of the file ``path``.
 
         ``size`` is the source frame size (width, height); read from the file with PyAV when not given.
         Raises :class:`DaliError` (naming the file) when DALI cannot decode it.
@@ -157,13 +136,11 @@ class DaliFrames:
 
 
 def _source_size(path: str) -> tuple[int, int]:
-    import av
-
     try:
-        with av.open(path) as c:
+        with open_media(path) as c:
             cc = c.streams.video[0].codec_context
             return int(cc.width), int(cc.height)
-    except Exception as e:
+    except (VideoError, IndexError) as e:
         raise DaliError(path, f"cannot read the video's frame size ({e})") from e
 
 

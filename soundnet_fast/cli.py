@@ -41,8 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; a weight file that cannot be used (any command's ``--weights`` / ``--init`` /
+    ``IN``) is reported as ``error: <file>: <why>`` with exit status 2, not a traceback."""
+    from soundnet_fast.tf_npy import WeightFileError
+
     args = build_parser().parse_args(argv)
-    return int(args._run(args) or 0)
+    try:
+        return int(args._run(args) or 0)
+    except WeightFileError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -12,13 +11,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from soundnet_fast.weights import WeightFileError, convert
+    from soundnet_fast.weights import convert
 
-    try:
-        model = convert(args.src, args.dst)
-    except WeightFileError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    model = convert(args.src, args.dst)  # a WeightFileError becomes "error: ..." and exit 2 in cli.main
     print(
         f"wrote {args.dst}: {model.arch}, {model.num_objects} object / {model.num_scenes} scene classes, "
         f"{model.num_parameters():,} parameters"

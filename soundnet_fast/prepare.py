@@ -451,8 +451,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         metavar="NAME=SPEC",
         help="a teacher per head, e.g. objects=vgg16:vgg16_imagenet.pth scenes=vgg16:places.pth; SPEC is "
-        "vgg16|resnet18|resnet50:WEIGHTS (torchvision layout), torchscript:FILE, export:FILE (torch.export) "
-        "or uniform:N",
+        "vgg16|resnet18|resnet50:WEIGHTS (torchvision layout, loaded weights-only), torchscript:FILE, "
+        "export:FILE (torch.export; these two carry code: use only files you trust) or uniform:N",
     )
     p.add_argument(
         "--class-names",

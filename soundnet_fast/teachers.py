@@ -14,6 +14,10 @@ Built by name from a local weight file (:func:`build_teacher`)::
                       is deprecated in PyTorch 2.13, torch.export is its successor
     uniform:N         N classes, uniform probabilities (no weights; for smoke tests and benchmarks)
 
+TorchScript and torch.export files are programs, not data: loading one runs the code it carries, so use
+only files you trust. The vgg16/resnet specs read state dicts with ``torch.load(weights_only=True)``,
+which builds tensors and plain containers only and never runs code from the file.
+
 The class count comes from the weight file's classifier (1000 for ImageNet, 365 for Places365, 401 for
 the original Places2 teacher, anything else), so head sizes downstream follow the teachers. The
 architectures are defined here with torchvision's state-dict keys (no CPU build of torchvision installs

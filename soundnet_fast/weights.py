@@ -1,47 +1,59 @@
 """Released SoundNet weights and the project's own checkpoints (DESIGN.md section 4).
 
-Formats read by :func:`load_pretrained`:
+Formats read by :func:`load_pretrained`, recognised by their first bytes (not by the file name):
 - ``sound8.npy`` (TF port): pickled dict conv1..conv7, conv8, conv8_2; ``weights`` (k, 1, C_in, C_out),
-  ``biases``; conv1..conv7 also ``gamma``, ``beta``, ``mean``, ``var`` (BN running statistics).
+  ``biases``; conv1..conv7 also ``gamma``, ``beta``, ``mean``, ``var`` (BN running statistics). Read by
+  :mod:`soundnet_fast.tf_npy`'s restricted unpickler, never by ``np.load(allow_pickle=True)``.
 - ``soundnet8_final.t7`` (original Torch7 nn.Sequential, needs the ``t7`` extra): conv modules at 0-based
   indices 0, 4, 8, 11, 14, 18, 21, each followed by its BN; index 24 holds the two heads.
 - ``sound8.pth`` (common PyTorch port): a state dict with keys ``conv{n}.{0,1}.*``, ``conv8.0.*``,
   ``conv8_2.0.*`` (conv weights may be 2-D-conv shaped (C_out, C_in, k, 1)).
 - native checkpoints (:func:`save_native`, and the trainer's): a dict with ``format``, ``arch``, head
   sizes, sample rate, input scale and ``model`` (the state dict).
+
+Loading never runs code from the file: PyTorch files go through ``torch.load(weights_only=True)`` (tensors
+and plain containers only), ``.npy`` through the restricted unpickler, ``.t7`` through ``torchfile`` (a
+reader of Torch7's data format that constructs no Python objects by name). Anything else, and any file a
+reader refuses, ends in a :class:`WeightFileError` that names the file and the formats tried.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from soundnet_fast import tf_npy
 from soundnet_fast.fsutil import atomic_torch_save
 from soundnet_fast.model import ARCHITECTURES, SAMPLE_RATE, SoundNet, SoundNet8
+from soundnet_fast.tf_npy import WeightFileError
 
 NATIVE_FORMAT = "soundnet_fast/1"
 # Original Torch7 model: 0-based module indices of conv1..conv7 (each followed by its BN), heads at 24.
 T7_CONV_INDICES = (0, 4, 8, 11, 14, 18, 21)
 T7_HEADS_INDEX = 24
+FORMATS = "TF-port sound8.npy, PyTorch checkpoint or state dict (zip or legacy pickle), Torch7 .t7"
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
+_PICKLE_PROTO = b"\x80"  # torch.save(_use_new_zipfile_serialization=False): a pickle, protocol >= 2
+_T7_TYPES = (3, 4)  # Torch7 binary files start with an int32 type code: 3 table, 4 torch object (torchfile)
 
-
-class WeightFileError(ValueError):
-    """A weight file that is missing, truncated, or does not match the architecture."""
+__all__ = ["WeightFileError", "load_pretrained", "read_state_dict", "save_native", "convert", "detect_format"]
 
 
 def load_pretrained(
     path: str | os.PathLike[str], *, backend: str = "reference", map_location: str | torch.device = "cpu"
 ) -> SoundNet:
-    """Load SoundNet weights from ``path`` in any supported format; returns the model in eval mode."""
+    """Load SoundNet weights from ``path`` in any supported format; returns the model in eval mode.
+
+    ``backend`` is the blocks' implementation, "reference" (PyTorch ops) or "fused" (Triton). Raises
+    :class:`WeightFileError` naming ``path`` for a missing, empty, truncated or unrecognised file, a file
+    whose unpickling would need anything but tensors / numpy arrays (refused, nothing run), and weights that
+    do not match the architecture (missing or unexpected keys, wrong shapes).
+    """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise WeightFileError(f"{path}: no such weight file")
     state, arch, meta = read_state_dict(path, map_location=map_location)
     num_objects, num_scenes = _head_sizes(state, arch, path)
     model = ARCHITECTURES[arch](num_objects, num_scenes, backend=backend)  # type: ignore[arg-type]
@@ -53,16 +65,23 @@ def load_pretrained(
 def read_state_dict(
     path: str, map_location: str | torch.device = "cpu"
 ) -> tuple[dict[str, Tensor], str, dict[str, Any]]:
-    """Read ``path`` into (state dict in this project's key layout, architecture name, metadata)."""
-    lower = path.lower()
-    if lower.endswith(".npy"):
+    """Read ``path`` into (state dict in this project's key layout, architecture name, metadata).
+
+    The format comes from the file's first bytes (:func:`detect_format`). Raises :class:`WeightFileError`.
+    """
+    kind = detect_format(path)
+    if kind == "npy":
         return _from_tf_npy(path), "soundnet8", {"source": "sound8.npy"}
-    if lower.endswith(".t7"):
+    if kind == "t7":
         return _from_t7(path), "soundnet8", {"source": "t7"}
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as e:
-        raise WeightFileError(f"{path}: not a readable PyTorch file (truncated or corrupt?): {e}") from e
+    except Exception as e:  # zip, pickle and weights-only refusals raise many types; all mean "not weights"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WeightFileError(
+            f"{path}: starts like a PyTorch file ({kind}) but torch.load(weights_only=True) refused it "
+            f"({type(e).__name__}: {first[:300]}); nothing from the file was run"
+        ) from e
     if not isinstance(obj, dict):
         raise WeightFileError(f"{path}: expected a dict (a state dict or a checkpoint), got {type(obj).__name__}")
     if str(obj.get("format", "")).startswith("soundnet_fast/"):
@@ -110,6 +129,34 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> SoundNe
     return model
 
 
+def detect_format(path: str | os.PathLike[str]) -> str:
+    """``"npy"``, ``"zip"`` (torch.save), ``"pickle"`` (legacy torch.save) or ``"t7"`` from the first bytes
+    of ``path`` (a ``.t7`` name also counts for Torch7, whose files have no magic number).
+
+    Raises :class:`WeightFileError` for a missing, unreadable or empty file and for one in no known format,
+    naming the formats tried and the file's first bytes.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except FileNotFoundError:
+        raise WeightFileError(f"{path}: no such weight file") from None
+    except OSError as e:
+        raise WeightFileError(f"{path}: cannot read ({e.strerror or e})") from e
+    if not head:
+        raise WeightFileError(f"{path}: empty file, not a weight file (formats tried: {FORMATS})")
+    if head.startswith(tf_npy.NPY_MAGIC):
+        return "npy"
+    if head.startswith(_ZIP_MAGIC):
+        return "zip"
+    if head.startswith(_PICKLE_PROTO):
+        return "pickle"
+    if path.lower().endswith(".t7") or (len(head) >= 4 and int.from_bytes(head[:4], "little") in _T7_TYPES):
+        return "t7"
+    raise WeightFileError(f"{path}: not a weight file in any supported format (tried: {FORMATS}); starts with {head!r}")
+
+
 # --------------------------------------------------------------------------------------- helpers
 def _head_sizes(state: dict[str, Tensor], arch: str, path: str) -> tuple[int, int]:
     cls = ARCHITECTURES[arch]
@@ -143,12 +190,7 @@ def _load_strict(model: SoundNet, state: dict[str, Tensor], path: str) -> None:
 
 
 def _from_tf_npy(path: str) -> dict[str, Tensor]:
-    try:
-        raw = np.load(path, encoding="latin1", allow_pickle=True).item()
-    except Exception as e:  # numpy raises several types for truncated pickles
-        raise WeightFileError(f"{path}: cannot read as the TF port's sound8.npy ({e})") from e
-    if not isinstance(raw, dict):
-        raise WeightFileError(f"{path}: expected a pickled dict of layers, got {type(raw).__name__}")
+    raw = tf_npy.read(path)
     state: dict[str, Tensor] = {}
     names = [s.name for s in SoundNet8.trunk_specs]
     for name in names + [h.name for h in SoundNet8.head_specs]:

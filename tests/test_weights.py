@@ -22,6 +22,10 @@ EPS = 1e-5
 
 @pytest.fixture(scope="module")
 def truth() -> dict[str, dict[str, np.ndarray]]:
+    return random_layers()
+
+
+def random_layers() -> dict[str, dict[str, np.ndarray]]:
     """Random SoundNet-8 weights with non-trivial BN running statistics, as plain numpy."""
     rng = np.random.default_rng(0)
     layers: dict[str, dict[str, np.ndarray]] = {}

@@ -31,7 +31,7 @@ def _worker(rank: int, port: int, out_dir: str, deterministic: bool) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
         case = make_case(4, 3, 8, 7, 50, seed=21)
-        grad = torch.load(os.path.join(out_dir, "grad.pt"))
+        grad = torch.load(os.path.join(out_dir, "grad.pt"), weights_only=True)
         half = slice(2 * rank, 2 * rank + 2)  # rank r holds batch items 2r, 2r + 1
         ps = [t.float().clone() for t in case.params()]
         ps[0] = ps[0][half].contiguous()
@@ -69,7 +69,7 @@ def test_two_gloo_ranks_match_full_batch(tmp_path) -> None:
     torch.save(grad, tmp_path / "grad.pt")
     # the default (atomics) backward; the all-reduce sits between its two passes either way
     mp.spawn(_worker, args=(_free_port(), str(tmp_path), False), nprocs=WORLD, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     # the ranks ran the same kernels as this process (Triton's interpreter under TRITON_INTERPRET=1)
     assert all(r["triton"] == use_triton(case.x) for r in ranks)
     assert max_rel(torch.cat([r["out"] for r in ranks]), out_r) <= 1e-5

@@ -16,12 +16,22 @@ which resolves exactly the globals the format needs and nothing else:
 Each resolves to a stand-in object that checks its arguments and builds the one thing it stands for, so
 no other object is constructed and no other callable is called; any other global ends the load with a
 :class:`WeightFileError` naming the file and the refused global. The stand-ins have no ``__dict__`` and no
-slots, so the pickle's BUILD opcode cannot modify them. The result is checked to be a dict of dicts of
-numeric arrays, strings and numbers.
+slots, so the pickle's BUILD opcode cannot modify them.
+
+Memory safety is checked as well, since numpy's own unpickling trusts its input:
+
+- before unpickling, :func:`soundnet_fast.pickle_scan.scan` walks the opcodes and refuses any outside
+  :data:`ALLOWED_OPCODES` (no object-building opcodes, no extension registry, no out-of-band buffers, no
+  huge ints), pickles of more than :data:`MAX_OPCODES` opcodes (the genuine file has ~1,500) and deep
+  nesting (a million nested tuples would overflow the C stack when hashed);
+- the arrays are filled through :class:`_CheckedArray.__setstate__`, which checks shape, dtype and data
+  length before numpy sees them (numpy 2.4 leaves object slots uninitialised when the list is short);
+- the result is checked to be a dict of dicts of plain numeric arrays, strings and numbers.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import re
@@ -29,10 +39,21 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from soundnet_fast import pickle_scan
+
 __all__ = ["WeightFileError", "RestrictedUnpickler", "read"]
 
 NPY_MAGIC = b"\x93NUMPY"  # the .npy format's first six bytes (numpy.lib.format)
-_DTYPE_OK = re.compile(r"^[<>|=]?([biufcO]\d{0,2}|\?)$")  # numeric or object dtype strings, e.g. 'f4', '<f4', 'O8'
+# Plain numeric or object dtype strings as numpy pickles them: 'f4', '<f8', 'i8', 'b1', 'O8'.
+_DTYPE_OK = re.compile(r"^[<>|=]?([biuf]\d{1,2}|O\d{0,2}|\?)$")
+MAX_OPCODES = 20_000  # the genuine sound8.npy has ~1,500 (9 layers x <= 6 arrays x ~25 opcodes)
+ALLOWED_OPCODES = frozenset(
+    "PROTO FRAME STOP GLOBAL STACK_GLOBAL REDUCE BUILD MARK POP POP_MARK DUP "
+    "EMPTY_TUPLE TUPLE TUPLE1 TUPLE2 TUPLE3 EMPTY_LIST LIST APPEND APPENDS EMPTY_DICT DICT SETITEM SETITEMS "
+    "PUT BINPUT LONG_BINPUT MEMOIZE GET BINGET LONG_BINGET NONE NEWTRUE NEWFALSE "
+    "INT BININT BININT1 BININT2 LONG LONG1 FLOAT BINFLOAT "
+    "STRING BINSTRING SHORT_BINSTRING UNICODE BINUNICODE SHORT_BINUNICODE BINBYTES SHORT_BINBYTES".split()
+)
 
 
 class WeightFileError(ValueError):
@@ -54,18 +75,51 @@ class _NdarrayClass(_Stub):
         return "numpy.ndarray"
 
 
+def _plain(dtype: object) -> bool:
+    """A dtype whose elements are plain numbers or (kind O) object references: no fields, no sub-arrays."""
+    return (
+        isinstance(dtype, np.dtype)
+        and dtype.fields is None
+        and dtype.subdtype is None
+        and (dtype.kind in "biuf" and not dtype.hasobject or dtype.kind == "O" and dtype.itemsize == 8)
+    )
+
+
+class _CheckedArray(np.ndarray):
+    """The array ``_reconstruct`` returns: its ``__setstate__`` (the pickle's BUILD) checks the state before
+    numpy's does, which trusts it. State: ``(version, shape, dtype, is_fortran, data)``, version optional;
+    ``data`` is the raw bytes (a latin1 ``str`` in Python 2 files) or, for object arrays, a list."""
+
+    def __setstate__(self, state: object) -> None:
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise pickle.UnpicklingError("array state is not numpy's (version, shape, dtype, order, data)")
+        shape, dtype, fortran, data = state[-4:]
+        if not isinstance(shape, tuple) or not all(type(n) is int and n >= 0 for n in shape) or len(shape) > 8:
+            raise pickle.UnpicklingError(f"array shape of type {type(shape).__name__} is not a tuple of sizes")
+        if not _plain(dtype) or not isinstance(fortran, bool):
+            raise pickle.UnpicklingError("array dtype is not a plain numeric or object dtype")
+        count = math.prod(shape)
+        if dtype.kind == "O":
+            ok = isinstance(data, list) and len(data) == count
+        else:
+            ok = isinstance(data, (bytes, str)) and len(data) == count * dtype.itemsize
+        if not ok:
+            raise pickle.UnpicklingError(f"array data does not match shape {shape} and dtype {dtype}")
+        super().__setstate__(state)
+
+
 class _Reconstruct(_Stub):
     """Stands for numpy's ``_reconstruct(ndarray, (0,), b'b')``: returns the empty array that the pickle's
-    BUILD then fills through ``ndarray.__setstate__`` (numpy checks shape against data there)."""
+    BUILD then fills through :meth:`_CheckedArray.__setstate__`."""
 
     __slots__ = ()
 
     def __call__(self, cls: object, shape: object, typecode: object) -> np.ndarray:
         if not isinstance(cls, _NdarrayClass):
-            raise pickle.UnpicklingError(f"_reconstruct of {cls!r}: only numpy.ndarray is allowed")
+            raise pickle.UnpicklingError(f"_reconstruct of a {type(cls).__name__}: only numpy.ndarray is allowed")
         if shape != (0,) or typecode not in (b"b", "b"):
-            raise pickle.UnpicklingError(f"_reconstruct{(shape, typecode)!r}: not numpy's array pickle")
-        return np.ndarray((0,), dtype=np.int8)
+            raise pickle.UnpicklingError("_reconstruct arguments are not numpy's array pickle")
+        return _CheckedArray((0,), dtype=np.int8)
 
 
 class _Dtype(_Stub):
@@ -75,9 +129,11 @@ class _Dtype(_Stub):
 
     def __call__(self, spec: object, align: object = False, copy: object = False) -> np.dtype:
         if not isinstance(spec, str) or not _DTYPE_OK.match(spec):
-            raise pickle.UnpicklingError(f"dtype {spec!r}: only numeric and object dtypes are allowed")
+            raise pickle.UnpicklingError(f"dtype {spec[:20]!r}: only plain numeric and object dtypes are allowed"
+                                         if isinstance(spec, str) else "dtype spec is not a string")  # fmt: skip
         if not isinstance(align, (bool, int)) or not isinstance(copy, (bool, int)):
-            raise pickle.UnpicklingError(f"dtype{(spec, align, copy)!r}: unexpected arguments")
+            raise pickle.UnpicklingError("dtype arguments are not numpy's dtype pickle")
+        # A copy, as numpy's own pickle asks, so BUILD can set the byte order; _CheckedArray re-checks it.
         return np.dtype(spec)
 
 
@@ -116,6 +172,18 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"persistent id {pid!r}: not part of the format")
 
 
+def _prescan(f: BinaryIO) -> None:
+    """Walk the pickle's opcodes from ``f``'s position (which is restored) without executing any."""
+    start = f.tell()
+    pickle_scan.scan(f, allowed=ALLOWED_OPCODES, max_opcodes=MAX_OPCODES)
+    f.seek(start)
+
+
+def _as_plain(obj: Any) -> Any:
+    """``obj`` with checked arrays viewed as plain ``np.ndarray``."""
+    return obj.view(np.ndarray) if isinstance(obj, _CheckedArray) else obj
+
+
 def read(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     """Read a TF-port ``sound8.npy`` into ``{layer: {key: value}}`` without running code from the file.
 
@@ -138,6 +206,7 @@ def read(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
                 raise WeightFileError(
                     f"{path}: holds a plain {dtype} array of shape {shape}, not the TF port's pickled dict of layers"
                 )
+            _prescan(f)
             obj = RestrictedUnpickler(f).load()
     except WeightFileError:
         raise
@@ -153,13 +222,21 @@ def read(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
         obj = obj.item()
     if not isinstance(obj, dict):
         raise WeightFileError(f"{path}: expected a pickled dict of layers, got {type(obj).__name__}")
+    out: dict[str, dict[str, Any]] = {}
     for layer, params in obj.items():
         if not isinstance(layer, str) or not isinstance(params, dict):
-            raise WeightFileError(f"{path}: entry {layer!r} is not a layer name with a dict of parameters")
+            raise WeightFileError(
+                f"{path}: an entry of type {type(layer).__name__} -> {type(params).__name__} is not a layer name "
+                "with a dict of parameters"
+            )
+        out[layer] = {}
         for key, value in params.items():
-            numeric = isinstance(value, np.ndarray) and value.dtype.kind in "biufc"
+            value = _as_plain(value)
+            numeric = isinstance(value, np.ndarray) and _plain(value.dtype) and value.dtype.kind != "O"
             if not isinstance(key, str) or not (numeric or isinstance(value, (str, int, float))):
                 raise WeightFileError(
-                    f"{path}: {layer}.{key} holds {type(value).__name__}, not a numeric array, string or number"
+                    f"{path}: {layer}.{key if isinstance(key, str) else type(key).__name__} holds "
+                    f"{type(value).__name__}, not a plain numeric array, string or number"
                 )
-    return obj
+            out[layer][key] = value
+    return out

@@ -19,14 +19,19 @@ reader refuses, ends in a :class:`WeightFileError` that names the file and the f
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
+import re
+import zipfile
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from soundnet_fast import tf_npy
+from soundnet_fast import pickle_scan, tf_npy
 from soundnet_fast.fsutil import atomic_torch_save
 from soundnet_fast.model import ARCHITECTURES, SAMPLE_RATE, SoundNet, SoundNet8
 from soundnet_fast.tf_npy import WeightFileError
@@ -55,9 +60,10 @@ def load_pretrained(
     """
     path = os.fspath(path)
     state, arch, meta = read_state_dict(path, map_location=map_location)
-    num_objects, num_scenes = _head_sizes(state, arch, path)
-    model = ARCHITECTURES[arch](num_objects, num_scenes, backend=backend)  # type: ignore[arg-type]
-    _load_strict(model, state, path)
+    with _weight_errors(path):
+        num_objects, num_scenes = _head_sizes(state, arch, path)
+        model = ARCHITECTURES[arch](num_objects, num_scenes, backend=backend)  # type: ignore[arg-type]
+        _load_strict(model, state, path)
     model.weights_meta = meta  # type: ignore[attr-defined]
     return model.eval()
 
@@ -67,20 +73,26 @@ def read_state_dict(
 ) -> tuple[dict[str, Tensor], str, dict[str, Any]]:
     """Read ``path`` into (state dict in this project's key layout, architecture name, metadata).
 
-    The format comes from the file's first bytes (:func:`detect_format`). Raises :class:`WeightFileError`.
+    The format comes from the file's first bytes (:func:`detect_format`). Raises :class:`WeightFileError`,
+    also for a file whose contents are malformed in any other way.
     """
     kind = detect_format(path)
-    if kind == "npy":
-        return _from_tf_npy(path), "soundnet8", {"source": "sound8.npy"}
-    if kind == "t7":
-        return _from_t7(path), "soundnet8", {"source": "t7"}
+    with _weight_errors(path):
+        if kind == "npy":
+            return _from_tf_npy(path), "soundnet8", {"source": "sound8.npy"}
+        if kind == "t7":
+            return _from_t7(path), "soundnet8", {"source": "t7"}
+        return _from_torch(path, kind, map_location)
+
+
+def _from_torch(path: str, kind: str, map_location: str | torch.device) -> tuple[dict[str, Tensor], str, dict]:
+    _prescan_torch(path, kind)
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # zip, pickle and weights-only refusals raise many types; all mean "not weights"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise WeightFileError(
-            f"{path}: starts like a PyTorch file ({kind}) but torch.load(weights_only=True) refused it "
-            f"({type(e).__name__}: {first[:300]}); nothing from the file was run"
+            f"{path}: starts like a PyTorch file ({kind}) but torch.load(weights_only=True) refused it: "
+            f"{_torch_refusal(e)}; nothing from the file was run"
         ) from e
     if not isinstance(obj, dict):
         raise WeightFileError(f"{path}: expected a dict (a state dict or a checkpoint), got {type(obj).__name__}")
@@ -93,10 +105,13 @@ def read_state_dict(
             for k, v in obj.items()
             if k in ("arch", "num_objects", "num_scenes", "sample_rate", "input_scale", "step", "source")
         }
-        return dict(obj["model"]), arch, meta
+        model = obj.get("model")
+        if not isinstance(model, dict) or not all(isinstance(v, Tensor) for v in model.values()):
+            raise WeightFileError(f"{path}: checkpoint's 'model' is not a state dict of tensors")
+        return dict(model), arch, meta
     if "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
-    state = {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, Tensor)}
+    state = {k.removeprefix("module."): v for k, v in obj.items() if isinstance(k, str) and isinstance(v, Tensor)}
     arch = "soundnet5" if "conv5_2.0.weight" in state else "soundnet8"
     for k, v in list(state.items()):
         if k.endswith("weight") and v.dim() == 4:  # 2-D-conv ports: (C_out, C_in, k, 1) or (.., 1, k)
@@ -158,6 +173,55 @@ def detect_format(path: str | os.PathLike[str]) -> str:
 
 
 # --------------------------------------------------------------------------------------- helpers
+@contextlib.contextmanager
+def _weight_errors(path: str) -> Iterator[None]:
+    """Any error while reading or checking ``path`` as weights becomes a :class:`WeightFileError` naming it
+    (a malformed file fails in many places: a str where an array belongs, a self-referencing table, ...)."""
+    try:
+        yield
+    except WeightFileError:
+        raise
+    except Exception as e:
+        text = next((line.strip() for line in str(e).splitlines() if line.strip()), "")[:300]
+        raise WeightFileError(f"{path}: not usable as SoundNet weights ({type(e).__name__}: {text})") from e
+
+
+def _prescan_torch(path: str, kind: str) -> None:
+    """Refuse what would crash ``torch.load`` rather than raise: compressed zip entries (torch.save never
+    compresses; a small file could expand to gigabytes) and deeply nested pickles (:mod:`pickle_scan`)."""
+    try:
+        if kind == "zip":
+            with zipfile.ZipFile(path) as z:
+                infos = z.infolist()
+                packed = [i.filename for i in infos if i.compress_type != zipfile.ZIP_STORED]
+                if packed:
+                    raise WeightFileError(
+                        f"{path}: zip entry {packed[0]!r} is compressed, which torch.save never does: refused"
+                    )
+                for info in infos:
+                    if info.filename.endswith(".pkl"):  # the object pickle(s): data.pkl, and constants.pkl
+                        with z.open(info) as f:
+                            pickle_scan.scan(f)
+        else:  # legacy torch.save: magic number, protocol, sys info, the object, storage keys; then raw data
+            with open(path, "rb") as f:
+                for _ in range(5):
+                    pickle_scan.scan(f)
+    except WeightFileError:
+        raise
+    except (pickle.UnpicklingError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise WeightFileError(f"{path}: not a readable PyTorch file ({type(e).__name__}: {e})") from e
+
+
+def _torch_refusal(e: Exception) -> str:
+    """The reason in torch.load's error, without its advice to retry with weights_only=False."""
+    text = str(e)
+    refused = re.search(r"unsupported GLOBAL ([\w.]+)|Unsupported global: GLOBAL ([\w.]+)", text)
+    if refused:
+        return f"its pickle names the global {(refused.group(1) or refused.group(2))!r}, which weights never need"
+    lines = [line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line]
+    return f"{type(e).__name__}: {lines[0][:300]}" if lines else type(e).__name__
+
+
 def _head_sizes(state: dict[str, Tensor], arch: str, path: str) -> tuple[int, int]:
     cls = ARCHITECTURES[arch]
     sizes = []
@@ -273,7 +337,26 @@ def _t7_tensor(module: Any, name: str, path: str, where: str) -> Tensor:
     value = _field(module, name)
     if value is None:
         raise WeightFileError(f"{path}: {where} has no {name!r}")
+    if isinstance(value, np.ndarray) and not _within_storage(value):
+        raise WeightFileError(f"{path}: {where}.{name}: its sizes and strides reach outside its storage")
     return torch.from_numpy(np.ascontiguousarray(np.asarray(value, dtype=np.float32)))
+
+
+def _within_storage(a: np.ndarray) -> bool:
+    """Whether the strided view ``a`` stays inside the array it views. torchfile builds tensors with
+    ``as_strided`` from the file's sizes, strides and offset without checking them; reading outside the
+    storage would read (or crash on) other memory. Computed from shapes and strides only: nothing is read."""
+    root: Any = a
+    while True:  # as_strided's view holds a helper object whose .base is the array it views
+        base = root.base if isinstance(root.base, np.ndarray) else getattr(root.base, "base", None)
+        if not isinstance(base, np.ndarray):
+            break
+        root = base
+    if a.size == 0:
+        return True
+    bounds = getattr(np.lib, "array_utils", np).byte_bounds  # numpy >= 2 moved it
+    (lo, hi), (root_lo, root_hi) = bounds(a), bounds(root)
+    return root_lo <= lo and hi <= root_hi
 
 
 def _t7_conv_weight(module: Any, path: str, where: str) -> Tensor:

@@ -136,14 +136,17 @@ def test_python2_protocol2_file_loads_like_the_numpy_one(truth: dict, tmp_path) 
         assert ka == kb and torch.equal(va, vb)
 
 
-def test_build_on_a_stand_in_cannot_modify_it(tmp_path) -> None:
-    # GLOBAL numpy.dtype; EMPTY_DICT; 'x': 1; SETITEM; BUILD; STOP: tries to set attributes on the stand-in
-    crafted = b"\x80\x02cnumpy\ndtype\n}X\x01\x00\x00\x00xK\x01sb."
-    path = tmp_path / "build.npy"
+def npy_with_pickle(path: Path, payload: bytes) -> Path:
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(header, {"descr": "|O", "fortran_order": False, "shape": ()})
-    path.write_bytes(b"\x93NUMPY\x01\x00" + header.getvalue() + crafted)
-    with pytest.raises(WeightFileError, match=r"build\.npy"):
+    path.write_bytes(header.getvalue() + payload)
+    return path
+
+
+def test_build_on_a_stand_in_cannot_modify_it(tmp_path) -> None:
+    # GLOBAL numpy.dtype; EMPTY_DICT; 'x': 1; SETITEM; BUILD; STOP: tries to set attributes on the stand-in
+    path = npy_with_pickle(tmp_path / "build.npy", b"\x80\x02cnumpy\ndtype\n}X\x01\x00\x00\x00xK\x01sb.")
+    with pytest.raises(WeightFileError, match=r"build\.npy: not a readable TF-port sound8\.npy \(AttributeError"):
         read(path)
     assert ALLOWED_GLOBALS[("numpy", "dtype")]("f4") == np.dtype("f4")  # still the checking stand-in
     assert not hasattr(ALLOWED_GLOBALS[("numpy", "dtype")], "x")
@@ -207,3 +210,38 @@ def test_legacy_torch_state_dict_still_loads(truth: dict, tmp_path) -> None:
     torch.save(sd, path, _use_new_zipfile_serialization=False)
     model = load_pretrained(path)
     assert (model.num_objects, model.num_scenes) == (N_OBJ, N_SCN)
+
+
+def test_short_object_list_is_refused_before_numpy_fills_the_array(tmp_path) -> None:
+    # numpy 2.4's ndarray.__setstate__ leaves object slots uninitialised when the list is shorter than the
+    # shape (reading one segfaults); here with only the allowed globals: shape (3,), a list of one item.
+    payload = (b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85C\x01b\x87R"
+               b"(K\x01K\x03\x85cnumpy\ndtype\nX\x02\x00\x00\x00O8\x89\x88\x87R\x89]K\x01atb.")  # fmt: skip
+    path = npy_with_pickle(tmp_path / "short.npy", payload)
+    with pytest.raises(WeightFileError, match=r"short\.npy.*array data does not match shape \(3,\)"):
+        read(path)
+
+
+def test_deeply_nested_pickle_is_refused(tmp_path) -> None:
+    path = npy_with_pickle(tmp_path / "deep.npy", b"\x80\x02}" + b"K\x00" + b"\x85" * 1_000_000 + b"}s.")
+    with pytest.raises(WeightFileError, match=r"deep\.npy.*nests deeper than"):
+        load_pretrained(path)
+    path = npy_with_pickle(tmp_path / "long.npy", b"\x80\x02]" + b"K\x00a" * 30_000 + b".")
+    with pytest.raises(WeightFileError, match=r"long\.npy.*more than 20,000 pickle opcodes"):
+        load_pretrained(path)
+
+
+@pytest.mark.parametrize("spec", ["c", "c8", "V8", "S4", "U2", "M8", "[('a', 'O')]"])
+def test_dtypes_outside_plain_numbers_are_refused(spec: str) -> None:
+    with pytest.raises(pickle.UnpicklingError, match="only plain numeric and object dtypes"):
+        ALLOWED_GLOBALS[("numpy", "dtype")](spec, False, True)
+
+
+def test_malformed_contents_end_in_weight_file_errors(truth: dict, tmp_path) -> None:
+    for name, value in (("str", "abc"), ("huge-int", 10**300), ("scalar", 1.5)):
+        d = {n: {"weights": p["w"].transpose(2, 1, 0)[:, None], "biases": p["b"]} for n, p in truth.items()}
+        d["conv1"]["weights"] = value
+        path = tmp_path / f"{name}.npy"
+        np.save(path, np.array(d, dtype=object), allow_pickle=True)
+        with pytest.raises(WeightFileError, match=re.escape(f"{name}.npy: ")):
+            load_pretrained(path)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pickle
+import re
 import struct
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -277,3 +279,57 @@ def test_pickle_of_wrong_object_is_refused(tmp_path) -> None:
     np.save(path, np.array(pickle.dumps([1, 2]), dtype=object), allow_pickle=True)
     with pytest.raises(WeightFileError, match="x.npy"):
         load_pretrained(path)
+
+
+def test_t7_tensor_reaching_outside_its_storage_is_refused(tmp_path) -> None:
+    # torchfile builds tensors with as_strided from the file's sizes and strides, unchecked: this weight
+    # views 1,024 floats through a 1-float storage (reading it returns other memory, or segfaults).
+    w = T7Writer()
+    w._int(4), w._index(), w._str("V 1"), w._str("nn.Sequential")
+    w._int(3), w._index(), w._int(1), w.obj("modules")
+    w._int(3), w._index(), w._int(25)
+    w.obj(1), w._int(4), w._index(), w._str("V 1"), w._str("nn.SpatialConvolution")
+    w._int(3), w._index(), w._int(1), w.obj("weight")
+    w._int(4), w._index(), w._str("V 1"), w._str("torch.FloatTensor"), w._int(4)
+    for n in (16, 1, 64, 1, 64, 64, 1, 1, 1):  # sizes, strides (in floats), 1-based storage offset
+        w._long(n)
+    w._int(4), w._index(), w._str("V 1"), w._str("torch.FloatStorage"), w._long(1)
+    w.buf += b"\0" * 4
+    for i in range(2, 26):
+        w.obj(i), w.obj(0)
+    path = tmp_path / "oob.t7"
+    path.write_bytes(bytes(w.buf))
+    with pytest.raises(WeightFileError, match=r"oob\.t7: modules\[0\]\.weight: .*outside its storage"):
+        load_pretrained(path)
+
+
+def test_malformed_t7_and_torch_contents_end_in_weight_file_errors(truth: dict, tmp_path) -> None:
+    cases: dict[str, Any] = {
+        "no-model.pt": {"format": "soundnet_fast/1", "arch": "soundnet8"},
+        "arch-list.pt": {"format": "soundnet_fast/1", "arch": ["soundnet8"], "model": {}},
+        "int-keys.pt": {1: torch.zeros(3)},
+        "0d-head.pt": {"conv8.0.weight": torch.tensor(1.0), "conv8_2.0.weight": torch.tensor(1.0)},
+    }
+    for name, obj in cases.items():
+        torch.save(obj, tmp_path / name)
+    w = T7Writer()
+    w.obj(("nn.Sequential", {"modules": 5}))
+    (tmp_path / "modules-number.t7").write_bytes(bytes(w.buf))
+    for name in [*cases, "modules-number.t7"]:
+        with pytest.raises(WeightFileError, match=re.escape(f"{name}: ")):
+            load_pretrained(tmp_path / name)
+
+
+def test_compressed_or_deeply_nested_torch_files_are_refused(truth: dict, tmp_path) -> None:
+    src = tmp_path / "sound8.pth"
+    write_pth(truth, str(src))
+    packed = tmp_path / "packed.pth"
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as zout:
+        for info in zin.infolist():  # the same checkpoint, its entries deflated (a zip bomb's shape)
+            zout.writestr(info.filename, zin.read(info))
+    with pytest.raises(WeightFileError, match=r"packed\.pth: zip entry .* is compressed"):
+        load_pretrained(packed)
+    deep = tmp_path / "deep.pt"  # legacy torch.save layout: its first pickle a million-deep tuple key
+    deep.write_bytes(b"\x80\x02}" + b"K\x00" + b"\x85" * 1_000_000 + b"}s.")
+    with pytest.raises(WeightFileError, match=r"deep\.pt: .*nests deeper than"):
+        load_pretrained(deep)

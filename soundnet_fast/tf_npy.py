@@ -22,7 +22,7 @@ Memory safety is checked as well, since numpy's own unpickling trusts its input:
 
 - before unpickling, :func:`soundnet_fast.pickle_scan.scan` walks the opcodes and refuses any outside
   :data:`ALLOWED_OPCODES` (no object-building opcodes, no extension registry, no out-of-band buffers, no
-  huge ints), pickles of more than :data:`MAX_OPCODES` opcodes (the genuine file has ~1,500) and deep
+  huge ints), pickles of more than :data:`MAX_OPCODES` opcodes (the layout needs ~1,250) and deep
   nesting (a million nested tuples would overflow the C stack when hashed);
 - the arrays are filled through :class:`_CheckedArray.__setstate__`, which checks shape, dtype and data
   length before numpy sees them (numpy 2.4 leaves object slots uninitialised when the list is short);
@@ -46,7 +46,7 @@ __all__ = ["WeightFileError", "RestrictedUnpickler", "read"]
 NPY_MAGIC = b"\x93NUMPY"  # the .npy format's first six bytes (numpy.lib.format)
 # Plain numeric or object dtype strings as numpy pickles them: 'f4', '<f8', 'i8', 'b1', 'O8'.
 _DTYPE_OK = re.compile(r"^[<>|=]?([biuf]\d{1,2}|O\d{0,2}|\?)$")
-MAX_OPCODES = 20_000  # the genuine sound8.npy has ~1,500 (9 layers x <= 6 arrays x ~25 opcodes)
+MAX_OPCODES = 20_000  # the layout's 46 arrays take ~1,250 (np.save and Python 2 protocol 2 alike)
 ALLOWED_OPCODES = frozenset(
     "PROTO FRAME STOP GLOBAL STACK_GLOBAL REDUCE BUILD MARK POP POP_MARK DUP "
     "EMPTY_TUPLE TUPLE TUPLE1 TUPLE2 TUPLE3 EMPTY_LIST LIST APPEND APPENDS EMPTY_DICT DICT SETITEM SETITEMS "

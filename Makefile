@@ -21,7 +21,7 @@ demo: setup
 	$(PY) -m soundnet_fast.cli demo
 
 # Kernel tests run in their own process: TRITON_INTERPRET is read when a kernel is decorated
-# (DESIGN.md section 5), so it must hold for the whole process.
+# (docs/design.md#interpreter-and-process-rules), so it must hold for the whole process.
 test: setup
 	$(PY) -m pytest -q tests --ignore=tests/kernels
 	$(PY) -m pytest -q bench --benchmark-disable

@@ -37,7 +37,7 @@ class Sizes:
 def sizes(request: pytest.FixtureRequest) -> Sizes:
     if request.config.getoption("benchmark_disable") or os.environ.get("BENCH_SMOKE") == "1":
         return Sizes(smoke=True, seconds=1.0, batch=1, rounds=1, warmup=0)
-    if ON_GPU:  # the original recipe: batch 64 of 20 s clips (DESIGN.md section 2)
+    if ON_GPU:  # the original recipe: batch 64 of 20 s clips (docs/design.md#distillation)
         return Sizes(smoke=False, seconds=20.0, batch=64, rounds=20, warmup=5)
     return Sizes(smoke=False, seconds=20.0, batch=2, rounds=5, warmup=1)
 

@@ -1,10 +1,10 @@
 """`python -m bench.report RESULTS.json`: pytest-benchmark JSON -> bench/results/<machine>-<date>.md + PNG.
 
 Each figure is shown as throughput and as a ratio to the eager reference measured in the same run (same
-group); on a GPU also as a fraction of the roofline of DESIGN.md section 6 (790 TFLOP/s bf16 measured on an
-H100; ~3.3 TB/s, the bandwidth implied by its 165 MB/clip at ~20 K clips/s). The machine (CPU model and
-cores, or the GPU's name), versions, git commit and date head the report; the raw JSON is copied beside
-it, and README.md's performance table (between its perf markers) is regenerated from the report.
+group); on a GPU also as a fraction of the roofline of docs/design.md#performance-ceiling (790 TFLOP/s
+bf16 measured on an H100; ~3.3 TB/s, the bandwidth implied by its 165 MB/clip at ~20 K clips/s). The
+machine (CPU model and cores, or the GPU's name), versions, git commit and date head the report; the raw
+JSON is copied beside it, and README.md's performance table (between its perf markers) is regenerated from the report.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import subprocess
 import sys
 from typing import Any
 
-PEAK_BF16_FLOPS = 790e12  # DESIGN.md section 6, measured on an H100
+PEAK_BF16_FLOPS = 790e12  # docs/design.md#performance-ceiling, measured on an H100
 README_BEGIN, README_END = "<!-- perf:begin -->", "<!-- perf:end -->"
 
 

@@ -1,4 +1,4 @@
-"""Data path throughput (DESIGN.md sections 6 and 7).
+"""Data path throughput (docs/design.md#performance-ceiling, #data-path).
 
 prepare without teachers (videos/s and audio hours per wall hour) from 44.1 and 48 kHz MP4 (H.264 + AAC)
 sources, side by side with the usual per-file baseline: one ``ffmpeg`` subprocess per video decoding its
@@ -97,7 +97,7 @@ def test_prepare_ffmpeg_subprocess_baseline(timed, sizes: Sizes, source_videos) 
         out = _fresh_dir()
         outs.append(out)
         for f in files:
-            # The first channel at 22,050 Hz, as prepare keeps it (DESIGN.md section 1).
+            # The first channel at 22,050 Hz, as prepare keeps it (docs/design.md#input).
             pcm = subprocess.run(
                 [
                     exe,

@@ -18,7 +18,7 @@ from torch import Tensor
 from bench.conftest import DEVICE, ON_GPU, Sizes, max_rel_err
 from soundnet_fast.model import SOUNDNET8_TRUNK, SoundNet8, conv_out_len
 
-# Input channels and input length of each block for a 20 s clip (DESIGN.md section 1).
+# Input channels and input length of each block for a 20 s clip (docs/design.md#model).
 _LEN20 = SoundNet8.output_lengths(441_000)
 _INPUTS = {"conv1": (1, 441_000)}
 _prev = "conv1"
@@ -102,8 +102,8 @@ def test_conv_block(timed, sizes: Sizes, layer: str, variant: str, mode: str, dt
         ref.backward(gy)
         out.backward(gy.to(out.dtype))
         errs = [max_rel_err(a.grad, r.grad) for a, r in zip(args[:5], ref_args[:5], strict=True)]
-        # The conv bias cancels under batch statistics (DESIGN.md section 5): its true gradient is ~0, so
-        # measure its error against the scale of the BN bias gradient instead of its own.
+        # The conv bias cancels under batch statistics (docs/design.md#backward-by-recompute): its true
+        # gradient is ~0, so measure its error against the scale of the BN bias gradient instead of its own.
         errs[2] = float((args[2].grad.double().cpu() - ref_args[2].grad.cpu()).abs().max()
                         / ref_args[4].grad.abs().max().cpu())  # fmt: skip
         err = max(err, *errs)

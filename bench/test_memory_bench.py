@@ -2,7 +2,7 @@
 GPU the peak device memory of a training forward + backward.
 
 The saved-storage count is device-independent: it walks the graph (built-in nodes' saved tensors, custom
-Functions' saved tensors and ctx attributes, each storage once; DESIGN.md section 5) on the meta device,
+Functions' saved tensors and ctx attributes, each storage once; docs/design.md#memory-accounting) on the meta device,
 where the fused op's autograd registration saves exactly what it saves on a GPU.
 """
 

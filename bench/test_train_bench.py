@@ -24,7 +24,7 @@ from soundnet_fast.losses import LAMBDA
 from soundnet_fast.model import SoundNet8
 from soundnet_fast.train_runtime import Stepper
 
-TRAIN_FLOP_PER_20S_CLIP = 3.3e9  # DESIGN.md section 6
+TRAIN_FLOP_PER_20S_CLIP = 3.3e9  # docs/design.md#performance-ceiling
 VARIANTS = ["eager", "eager-bf16", "reference", "compile", "fused", "fused+graphs"]
 GPU_ONLY = {"compile", "fused", "fused+graphs"}
 
@@ -34,7 +34,7 @@ def _batch(sizes: Sizes) -> tuple[Tensor, dict[str, Tensor], int]:
     t = SoundNet8.output_lengths(length)["heads"]
     g = torch.Generator().manual_seed(0)
     b = sizes.batch
-    audio = (torch.rand(b, 1, length, generator=g) * 2 - 1) * 256  # x256, DESIGN.md section 1
+    audio = (torch.rand(b, 1, length, generator=g) * 2 - 1) * 256  # x256, docs/design.md#input
     targets = {
         h: F.softmax(torch.randn(b, c, t, generator=g) * 3, dim=1) for h, c in (("objects", 1000), ("scenes", 401))
     }
@@ -49,7 +49,7 @@ def _model() -> SoundNet8:
 
 
 def _plain_step(bf16: bool, audio: Tensor, targets: dict[str, Tensor]) -> tuple[Callable[[], Tensor], SoundNet8]:
-    """What a user would write: forward, the loss of DESIGN.md section 2 spelled out, backward, Adam."""
+    """What a user would write: forward, the loss of docs/design.md#loss spelled out, backward, Adam."""
     model = _model()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999))
 

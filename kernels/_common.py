@@ -6,7 +6,7 @@ Dispatch (one rule for every op in this package):
 * CPU tensors run the plain PyTorch reference, except in a process started with
   ``TRITON_INTERPRET=1``, where they run the Triton kernels in Triton's interpreter (how CI tests them).
   The variable is read once, at import, because Triton reads it when a kernel is decorated
-  (DESIGN.md section 5): it holds for the whole process.
+  (docs/design.md#interpreter-and-process-rules): it holds for the whole process.
 * Fake / functional tensors on the CPU (``torch.library.opcheck``, ``torch.compile`` tracing) and meta
   tensors take the reference path: the interpreter needs real data pointers. On CUDA the Triton path
   is traced (``torch.library.wrap_triton``), which is what ``torch.compile`` optimises.

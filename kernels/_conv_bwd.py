@@ -1,4 +1,4 @@
-"""Backward Triton kernels of ``conv1d_bn_relu`` and their launchers (DESIGN.md section 5).
+"""Backward Triton kernels of ``conv1d_bn_relu`` and their launchers (docs/design.md#kernels).
 
 Nothing unpooled was saved by the forward: the conv output is recomputed tile by tile (the same
 ``conv_tile`` and block sizes as the forward), and the pooled gradient goes to the window offset the
@@ -13,7 +13,8 @@ forward recorded in ``code`` (so the recompute need not reproduce the forward's 
 3. ``_dw_kernel``: dW = gz x X^T (implicit GEMM over batch x time) and db = sum(gz), split over
    programs; partials are summed in a fixed order (deterministic) or atomically added. When the input
    needs no gradient and C_in x k is small (conv1: the waveform, 64), ``_bwd_gz_dw_kernel`` does
-   steps 2 and 3 in one pass and gz never reaches memory (conv1 is ~70 % of the bytes, DESIGN.md 6).
+   steps 2 and 3 in one pass and gz never reaches memory (conv1 is ~70 % of the bytes,
+   docs/design.md#performance-ceiling).
 4. ``_dx_kernel``: dx as a transposed conv, one output phase (position mod stride) per program so no
    multiply-adds are wasted on the stride's zeros: dx[ci, ph + s*i] = sum_{co, m} w[co, ci, kk0 + s*m]
    * gz[co, i + c0 - m], kk0 = (ph + pad) mod s, c0 = (ph + pad - kk0) / s.

@@ -1,4 +1,4 @@
-"""Forward Triton kernels of ``conv1d_bn_relu`` and their launchers (DESIGN.md section 5).
+"""Forward Triton kernels of ``conv1d_bn_relu`` and their launchers (docs/design.md#kernels).
 
 Pass 1 (training only): implicit-GEMM conv tiles whose epilogue emits per-channel partial statistics
 (count, mean, M2), merged inside a program and then across programs with Chan et al.'s pairwise
@@ -8,7 +8,7 @@ tensor is written, with the position of each window's maximum as a small integer
 to 127) for the backward. The unpooled conv output never reaches memory.
 
 The conv reduces over C_in x k (64 for conv1, 512 for conv2..conv5), not over C_in only as public
-Triton convs do (they pad C_in = 1 to 16 and waste 16x on conv1): DESIGN.md section 5.
+Triton convs do (they pad C_in = 1 to 16 and waste 16x on conv1): docs/design.md#kernels.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def conv_tile(x_ptr, w_ptr, co, n, t, col_ok, C_OUT, L, R, sxn, sxc, sxl, stride
     flattened batch x time axis, so small-T layers (conv6: T = 28) still fill the tile.
     Both forward passes and both backward recomputes call this one function with the same reduction
     blocking. Correctness does not rest on a bitwise-equal recompute, though: the backward routes the
-    pooled gradient through the argmax offsets the forward stored (DESIGN.md section 5 allows either).
+    pooled gradient through the argmax offsets the forward stored (docs/design.md#backward-by-recompute allows either).
     """
     acc = tl.zeros((BLOCK_CO, BLOCK_M), dtype=tl.float32)
     co_ok = co < C_OUT
@@ -51,7 +51,7 @@ def conv_tile(x_ptr, w_ptr, co, n, t, col_ok, C_OUT, L, R, sxn, sxc, sxl, stride
         ok = r_ok[:, None] & col_ok[None, :] & (pos >= 0) & (pos < L)
         xv = tl.load(x_ptr + col[None, :] + ci[:, None].to(tl.int64) * sxc + pos.to(tl.int64) * sxl,
                      mask=ok, other=0.0)
-        if INTERP:  # the interpreter's bf16 tl.dot is wrong (DESIGN.md section 5)
+        if INTERP:  # the interpreter's bf16 tl.dot is wrong (docs/design.md#interpreter-and-process-rules)
             w = w.to(tl.float32)
             xv = xv.to(tl.float32)
         acc = tl.dot(w, xv, acc, input_precision=PRECISION)
@@ -196,7 +196,7 @@ def conv_blocks(c_out: int, r: int, m: int, dtype: torch.dtype) -> tuple[int, in
     """(BLOCK_CO, BLOCK_M, BLOCK_R, num_warps) of a conv tile. On a GPU every tl.dot dimension is a
     power of two >= 16 (Triton's minimum); fp32 takes BLOCK_R 32 so a pipelined stage of the gathered
     input tile stays at 16 KB of shared memory. The interpreter runs programs one after another, so
-    it gets few, large tiles (DESIGN.md section 5)."""
+    it gets few, large tiles (docs/design.md#kernels)."""
     if INTERPRET:
         return clamp_pow2(c_out, 16, 256), clamp_pow2(m, 16, 512), clamp_pow2(r, 16, 1024), 4
     br = clamp_pow2(r, 16, 32 if dtype == torch.float32 else 64)

@@ -1,9 +1,9 @@
-"""KL(teacher || softmax(student)) with its gradient computed in the forward pass (DESIGN.md section 5).
+"""KL(teacher || softmax(student)) with its gradient computed in the forward pass (docs/design.md#loss-kernel).
 
 ``kl_div(z, p, dim=1, reduction=...)`` equals ``F.kl_div(F.log_softmax(z, dim), p, reduction=...)`` with
 today's PyTorch meaning of each reduction: "mean" divides the sum by the number of elements,
 "batchmean" by the batch size (``z.shape[0]``), "sum" and "none" as named; 0 * log 0 = 0 where p == 0.
-DESIGN.md section 2: the distillation loss needs its scale spelled out (sums divided by counts), which
+docs/design.md#loss: the distillation loss needs its scale spelled out (sums divided by counts), which
 is what these reductions are; "mean" is NOT the per-time-step batchmean.
 
 One fp32 Triton kernel computes, per position along ``dim``, the log-softmax (online max / sum-exp),

@@ -1,4 +1,4 @@
-"""What an autograd graph keeps alive for its backward (DESIGN.md section 5).
+"""What an autograd graph keeps alive for its backward (docs/design.md#memory-accounting).
 
 ``saved_activation_bytes(output)`` walks ``output.grad_fn`` and its ``next_functions`` and adds up the
 storages of every tensor the graph holds for the backward: the ``_saved_*`` attributes of built-in

@@ -1,6 +1,6 @@
 """Audio in: decode any file PyAV (FFmpeg) reads, resample properly, scale and tile for SoundNet.
 
-DESIGN.md sections 1 and 7: 22,050 Hz mono; the original takes the first channel; inputs are scaled x256
+docs/design.md#input, #data-path: 22,050 Hz mono; the original takes the first channel; inputs are scaled x256
 and short clips are tiled circularly to 10 s. AAC adds priming samples: trimmed by the stream's start time.
 """
 
@@ -135,7 +135,7 @@ def to_input(
     """Scale a [-1, 1] waveform x``scale`` and tile it circularly to at least ``min_seconds``.
 
     Returns a float32 tensor shaped (1, 1, L), ready for ``model(x)`` / ``model.features(x)``.
-    x256 is the training scale; the original evaluation scripts used x512 (DESIGN.md section 3).
+    x256 is the training scale; the original evaluation scripts used x512 (docs/design.md#transfer-evaluation).
     """
     import torch
 

@@ -1,4 +1,4 @@
-"""`soundnet-fast convert IN OUT`: any supported weight file -> a native checkpoint (DESIGN.md section 4)."""
+"""`soundnet-fast convert IN OUT`: any supported weight file -> a native checkpoint (docs/design.md#weight-formats)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Training shards: the format, the writer, and the loader (DESIGN.md sections 2 and 7).
+"""Training shards: the format, the writer, and the loader (docs/design.md#distillation, #data-path).
 
 Layout of a shard folder (the contract between ``prepare``, the loader, the trainer and the demo)::
 
@@ -20,7 +20,7 @@ writer truncates. Shards hold whole videos (a shard is cut only between videos),
 is simply "this video is in the index".
 
 Why one large ``.npy`` per shard rather than a file per clip: numpy memory-maps crops of one large file at
-~1,250 clips/s per core while per-clip files read at ~216 clips/s (DESIGN.md section 7), and DALI's
+~1,250 clips/s per core while per-clip files read at ~216 clips/s (docs/design.md#data-path), and DALI's
 ``fn.readers.numpy`` reads row crops of the same files (``roi_start`` / ``roi_end``).
 """
 
@@ -41,7 +41,7 @@ FORMAT = "soundnet_fast.shards/1"
 MANIFEST = "manifest.json"
 INDEX = "index.jsonl"
 FAILURES = "failures.jsonl"
-INPUT_SCALE = 256.0  # waveform in [-1, 1] times 256, DESIGN.md section 1
+INPUT_SCALE = 256.0  # waveform in [-1, 1] times 256, docs/design.md#input
 ROW_SUM_TOLERANCE = 1e-3  # float32 softmax rows over 1000 classes sum to 1 within ~1e-6; 1e-3 flags real errors
 _NAME = re.compile(r"^[A-Za-z0-9_]+$")  # teacher names become file names
 
@@ -122,7 +122,7 @@ def shard_files(folder: str | os.PathLike[str], shard: str, teachers: Sequence[s
 def check_model_steps(manifest: Mapping[str, Any], model: Any) -> int:
     """Raise when the model's head length T at the manifest's clip length differs from its teacher steps.
 
-    Head step t is matched to teacher step t by index (DESIGN.md section 2), so a mismatch would silently
+    Head step t is matched to teacher step t by index (docs/design.md#distillation), so a mismatch would silently
     train against the wrong frames. ``model`` is a SoundNet instance or class. Returns T.
     """
     cls = model if isinstance(model, type) else type(model)
@@ -377,8 +377,8 @@ def epoch_order(
 class ShardLoader:
     """Batches ``(audio, targets)`` from a shard folder, in an order the project owns.
 
-    ``audio`` is float32 (B, 1, clip_samples), the int16 PCM scaled to [-1, 1] times ``scale`` (x256, DESIGN.md
-    section 1), on ``device``; ``targets`` maps each teacher name to float32 (B, C, steps), the model's
+    ``audio`` is float32 (B, 1, clip_samples), the int16 PCM scaled to [-1, 1] times ``scale`` (x256,
+    docs/design.md#input), on ``device``; ``targets`` maps each teacher name to float32 (B, C, steps), the model's
     (B, C, T) layout. Backends: ``"numpy"`` memory-maps the shards (the CPU default, the faster one there);
     ``"dali"`` reads them with DALI's numpy reader and converts int16 on the device (the GPU default;
     a CPU-only pipeline when ``device`` is the CPU); ``"auto"`` picks DALI for a CUDA device when it imports.

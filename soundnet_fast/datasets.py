@@ -1,4 +1,4 @@
-"""Transfer-evaluation datasets in their published layouts (DESIGN.md section 3).
+"""Transfer-evaluation datasets in their published layouts (docs/design.md#datasets).
 
 Every loader returns a :class:`Dataset`: the class names, and one :class:`Clip` per audio file with its label,
 its cross-validation fold (1-based) and its *group*, the source recording it was cut from. Clips that share a
@@ -16,9 +16,9 @@ import os
 import re
 from dataclasses import dataclass, field
 
-# DESIGN.md section 3: `meta/esc50.csv` columns.
+# docs/design.md#datasets: `meta/esc50.csv` columns.
 ESC50_COLUMNS = ("filename", "fold", "target", "category", "esc10", "src_file", "take")
-# DESIGN.md section 3: the ten DCASE 2013 scene classes, file names `<class><NN>.wav`.
+# docs/design.md#datasets: the ten DCASE 2013 scene classes, file names `<class><NN>.wav`.
 DCASE2013_CLASSES = (
     "bus", "busystreet", "office", "openairmarket", "park",
     "quietstreet", "restaurant", "supermarket", "tube", "tubestation",

@@ -1,4 +1,4 @@
-"""`soundnet-fast demo`: the whole idea, end to end, on a laptop CPU in under 15 minutes (issue 8).
+"""`soundnet-fast demo`: the whole idea, end to end, on a laptop CPU in under 15 minutes.
 
 Teachers that only see frames teach a student that only hears sound, and the student's features beat random
 features on sounds it was never labeled with. The stages are the project's own, called through their Python
@@ -11,7 +11,8 @@ APIs, on a synthetic world (``synth``):
 4. evaluate  5-fold SVM transfer on the labeled set with the baselines (``evaluate.evaluate``)
 
 The defaults fit 2 CPU cores: SoundNet-5 on 3 s clips (one teacher frame per clip, T = 1 head step;
-DESIGN.md sections 1 and 2: SoundNet-5's heads give one step per ~4.5 s, SoundNet-8 needs >= 9.5 s), said in
+docs/design.md#lengths-receptive-field-and-hop, #distillation: SoundNet-5's heads give one step per ~4.5 s,
+SoundNet-8 needs >= 9.5 s), said in
 the output. Every stage is resumable: rerunning with the same ``--out`` reuses what is finished.
 """
 
@@ -29,9 +30,9 @@ from soundnet_fast.demo_report import MARGIN_MFCC, MARGIN_RANDOM, print_table, s
 
 EVAL_CS = (1e-3, 1e-2, 1e-1)
 # Clip (= world segment, one teacher frame at its middle) per student: at least one head step, SoundNet-5
-# 56,798 samples = 2.6 s, SoundNet-8 209,374 samples = 9.5 s (DESIGN.md section 1). SoundNet-5 takes 3 s
-# over 5 s: 1.7x the steps and twice the distinct sound instances in the same budget (measured on the
-# earlier chirp/fall world, 2-core CPU, seed 0: distilled 78.5 % vs 77.2 %).
+# 56,798 samples = 2.6 s, SoundNet-8 209,374 samples = 9.5 s (docs/design.md#lengths-receptive-field-and-hop).
+# SoundNet-5 takes 3 s over 5 s: 1.7x the steps and twice the distinct sound instances in the same budget
+# (measured on the earlier chirp/fall world, 2-core CPU, seed 0: distilled 78.5 % vs 77.2 %).
 CLIP_SECONDS = {"soundnet5": 3.0, "soundnet8": 10.0}
 
 
@@ -86,7 +87,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--check",
         action="store_true",
-        help="exit with status 3 when the distilled student misses the issue's margins (acceptance runs)",
+        help="exit with status 3 when the distilled student misses the demo's margins (acceptance runs)",
     )
 
 
@@ -135,7 +136,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     if cfg.clip_seconds * SAMPLE_RATE < need:
         raise ValueError(
             f"--clip-seconds {cfg.clip_seconds:g} is too short for {cfg.arch}: one head step needs "
-            f"{need:,} samples ({need / SAMPLE_RATE:.2f} s, DESIGN.md section 1)"
+            f"{need:,} samples ({need / SAMPLE_RATE:.2f} s, docs/design.md#input)"
         )
     console = _console()
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -269,7 +270,7 @@ def _prepare(cfg: DemoConfig, paths: dict[str, str], teachers: dict[str, dict], 
         paths["shards"],
         {k: v["spec"] for k, v in teachers.items()},
         clip_seconds=cfg.clip_seconds,
-        frame_every=cfg.clip_seconds,  # one frame per clip: its middle (DESIGN.md section 2)
+        frame_every=cfg.clip_seconds,  # one frame per clip: its middle (docs/design.md#distillation)
         workers=cfg.workers,
         class_names={k: v["class_names"] for k, v in teachers.items()},
         device=device,
@@ -384,10 +385,11 @@ def _evaluate(cfg: DemoConfig, paths: dict[str, str], device: str, console: Any)
         out_dir=paths["eval"],
         cache_dir=os.path.join(cfg.out, "cache"),
         # The labeled clips are 5 s: SoundNet-5 takes them as they are (>= 2.6 s), SoundNet-8 gets them tiled
-        # to its training clip length (the original scripts tile to 10 s, DESIGN.md section 1).
+        # to its training clip length (the original scripts tile to 10 s, docs/design.md#input).
         min_seconds=cfg.clip_seconds,
-        # C from the inner search over three decades around the original's 0.01 (DESIGN.md section 3): the
-        # default six-value grid with C up to 10 costs minutes of liblinear iterations on a small CPU.
+        # C from the inner search over three decades around the original's 0.01
+        # (docs/design.md#transfer-evaluation): the default six-value grid with C up to 10 costs minutes of
+        # liblinear iterations on a small CPU.
         Cs=EVAL_CS,
         device=device,
         seed=cfg.seed if cfg.train_seed is None else cfg.train_seed,

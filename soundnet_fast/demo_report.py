@@ -1,5 +1,5 @@
 """The demo's table: distilled student vs random weights (as initialised, BN re-estimated) vs MFCC + SVM,
-the issue's margins checked, per-stage timings and where the results and plots are (issue 8)."""
+the demo's margins checked, per-stage timings and where the results and plots are."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Features for the transfer evaluation, cached on disk (DESIGN.md section 3).
+"""Features for the transfer evaluation, cached on disk (docs/design.md#transfer-evaluation).
 
 SoundNet features come from ``model.features(x, layer)`` on clips tiled to 10 s (the original scripts tile
 circularly past 10 s and cut at exactly 10 s; longer clips, e.g. DCASE's 30 s, are used whole). The cache key
@@ -216,7 +216,8 @@ def extract_mfcc(
 
 
 def random_model(like: SoundNet, seed: int = 0) -> SoundNet:
-    """The same architecture and backend with the original's initialisation (DESIGN.md section 1), seeded."""
+    """The same architecture and backend with the original's initialisation, seeded
+    (docs/design.md#batchnorm-and-init)."""
     model = build(like.arch, like.num_objects, like.num_scenes, backend=like.backend)
     model.reset_parameters(torch.Generator().manual_seed(seed))
     return model.eval()

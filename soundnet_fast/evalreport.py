@@ -10,7 +10,7 @@ import numpy as np
 
 from soundnet_fast.protocols import FoldResult
 
-# The paper's reference rows (DESIGN.md section 3; arXiv 1610.09001 Tables 3 and 4), in percent.
+# The paper's reference rows (docs/design.md#transfer-evaluation; arXiv 1610.09001 Tables 3 and 4), in percent.
 PAPER_ROWS: dict[str, list[tuple[str, float]]] = {
     "esc50": [
         ("SVM on MFCC (paper)", 39.6),

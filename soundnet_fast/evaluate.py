@@ -1,4 +1,5 @@
-"""`soundnet-fast evaluate`: the paper's transfer evaluation of any SoundNet weights (DESIGN.md section 3).
+"""`soundnet-fast evaluate`: the paper's transfer evaluation of any SoundNet weights
+(docs/design.md#transfer-evaluation).
 
     soundnet-fast evaluate esc50|esc10|dcase2013|folder DATA --weights P [--layer pool5]
         [--protocol pooled|windows] [--input-scale 256|512] [--baselines] [--out DIR]
@@ -36,7 +37,7 @@ RESULTS_FORMAT = "soundnet_fast.evaluate/1"
 DEFAULT_LAYER = {"soundnet8": "pool5", "soundnet5": "conv4"}  # pool5: the paper's best ESC layer (section 3)
 SCALE_NOTE = (
     "x256 is the training scale; x512 (2^-22 of int32 samples) is what the original evaluation scripts "
-    "used for the paper's numbers (DESIGN.md section 3)"
+    "used for the paper's numbers (docs/design.md#transfer-evaluation)"
 )
 
 
@@ -327,7 +328,7 @@ def _json(obj: Any) -> str:
 
 # ---------------------------------------------------------------------------------------------- CLI
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("dataset", choices=DATASETS, help="dataset layout (DESIGN.md section 3)")
+    p.add_argument("dataset", choices=DATASETS, help="dataset layout (docs/design.md#datasets)")
     p.add_argument("data", help="dataset folder (ESC-50: with meta/ and audio/; DCASE 2013: the .wav files)")
     p.add_argument("--weights", required=True, help="sound8.npy, .t7, sound8.pth or a native checkpoint")
     p.add_argument("--layer", default=None, help="feature layer (default pool5 for SoundNet-8, conv4 for SoundNet-5)")

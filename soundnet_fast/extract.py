@@ -2,7 +2,7 @@
 
 Long inputs run in chunks whose input windows overlap by at least the layer's receptive field and start on
 multiples of the layer's hop, so every kept frame sees exactly the samples it sees in one pass
-(DESIGN.md section 1: pool5 receptive field 17,438 samples, hop 8,192).
+(docs/design.md#lengths-receptive-field-and-hop: pool5 receptive field 17,438 samples, hop 8,192).
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""The distillation loss (DESIGN.md section 2) and the teacher-agreement metric.
+"""The distillation loss (docs/design.md#loss) and the teacher-agreement metric.
 
 For each active head h and each head step t, a term is the per-element divergence between the teacher's
 probabilities and the student's, averaged over batch x classes (Torch7's ``DistKLDivCriterion`` with
 ``sizeAverage``). The total is ``lambda / n_terms`` times the sum of the terms, where ``n_terms`` is the number
 of (head, step) terms: main_train.lua scales by ``opt.lambda / #labels`` with 8 labels (2 heads x 4 steps), so
-the recipe's total is (250 / 8) x sum of 8 terms = 125 x (mean_obj + mean_scene) (lambda = 250, DESIGN.md
-section 2). An ablation with one teacher, or a head with T = 2, has fewer terms and keeps the original's
+the recipe's total is (250 / 8) x sum of 8 terms = 125 x (mean_obj + mean_scene) (lambda = 250,
+docs/design.md#loss). An ablation with one teacher, or a head with T = 2, has fewer terms and keeps the original's
 ``/ #labels`` normalisation.
 
 The scale is computed explicitly from sums and counts, never through ``reduction="mean"`` (which averages
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 LossKind = Literal["kl", "l2"]
-LAMBDA = 250.0  # DESIGN.md section 2 (main_train.lua opt.lambda)
+LAMBDA = 250.0  # docs/design.md#loss (main_train.lua opt.lambda)
 HEADS = ("objects", "scenes")  # teacher name -> model head, in the model's output order
 
 
@@ -32,7 +32,7 @@ def head_sum(logits: Tensor, probs: Tensor, kind: LossKind = "kl", backend: str 
     """Sum over (B, C, T) of the per-element loss between student ``logits`` and teacher ``probs``.
 
     Both are (B, C, T) with classes on dim 1. ``kl``: p * (log p - log_softmax(logits)), with 0 log 0 = 0 as
-    Torch7's DistKLDivCriterion skips zero targets. ``l2``: (softmax(logits) - p) ** 2 (DESIGN.md section 2's
+    Torch7's DistKLDivCriterion skips zero targets. ``l2``: (softmax(logits) - p) ** 2 (docs/design.md#loss's
     L2 ablation). Computed in fp32 whatever the autocast dtype of ``logits``.
     """
     if logits.shape != probs.shape:

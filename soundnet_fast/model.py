@@ -1,4 +1,4 @@
-"""SoundNet-8 and SoundNet-5 as layer tables (DESIGN.md section 1).
+"""SoundNet-8 and SoundNet-5 as layer tables (docs/design.md#model).
 
 Each table row is one block: conv1d -> BatchNorm -> ReLU, optionally followed by a max-pool whose
 kernel equals its stride. Blocks keep the state-dict keys of ``nn.Sequential(Conv1d, BatchNorm1d, ReLU)``
@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 Backend = Literal["reference", "fused"]
-SAMPLE_RATE = 22050  # Hz, DESIGN.md section 1
-INPUT_SCALE = 256.0  # waveform in [-1, 1] times 256 (training scale), DESIGN.md section 1
+SAMPLE_RATE = 22050  # Hz, docs/design.md#input
+INPUT_SCALE = 256.0  # waveform in [-1, 1] times 256 (training scale), docs/design.md#input
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class Geometry:
         return (self.offset + j * self.hop + self.receptive_field / 2) / sample_rate
 
 
-# DESIGN.md section 1, SoundNet-8 table (T at 441,000 samples in the comments).
+# docs/design.md#soundnet-8: the SoundNet-8 table (T at 441,000 samples in the comments).
 SOUNDNET8_TRUNK: tuple[ConvSpec, ...] = (
     ConvSpec("conv1", 16, 64, 2, 32, pool=8, pool_name="pool1"),  # 220,501 -> pool1 27,562
     ConvSpec("conv2", 32, 32, 2, 16, pool=8, pool_name="pool2"),  # 13,782 -> pool2 1,722
@@ -79,7 +79,7 @@ SOUNDNET8_TRUNK: tuple[ConvSpec, ...] = (
 # conv8 (objects) and conv8_2 (scenes): k8 s2 p0, T = 4.
 SOUNDNET8_HEADS: tuple[HeadSpec, HeadSpec] = (HeadSpec("conv8", 8, 2, 0), HeadSpec("conv8_2", 8, 2, 0))
 
-# DESIGN.md section 1, SoundNet-5 (the original main_train_small.lua).
+# docs/design.md#soundnet-5: SoundNet-5 (the original main_train_small.lua).
 SOUNDNET5_TRUNK: tuple[ConvSpec, ...] = (
     ConvSpec("conv1", 32, 64, 2, 32, pool=8, pool_name="pool1"),
     ConvSpec("conv2", 64, 32, 2, 16, pool=8, pool_name="pool2"),
@@ -104,7 +104,7 @@ class Block(nn.Sequential):
     def __init__(self, in_channels: int, spec: ConvSpec, backend: Backend = "reference", eps: float = 1e-5) -> None:
         layers: list[nn.Module] = [
             nn.Conv1d(in_channels, spec.out_channels, spec.kernel, spec.stride, spec.padding),
-            # eps 1e-5, momentum 0.1: DESIGN.md section 1 (torch nn.BatchNormalization defaults).
+            # eps 1e-5, momentum 0.1: docs/design.md#batchnorm-and-init (torch nn.BatchNormalization defaults).
             nn.BatchNorm1d(spec.out_channels, eps=eps, momentum=0.1),
             nn.ReLU(),
         ]
@@ -245,7 +245,7 @@ class SoundNet(nn.Module):
 
     # ------------------------------------------------------------------------------------- weights
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """The original initialisation (DESIGN.md section 1): conv weights N(0, 0.01), biases 0,
+        """The original initialisation (docs/design.md#batchnorm-and-init): conv weights N(0, 0.01), biases 0,
         BN gamma N(1, 0.02), beta 0, fresh running statistics."""
         with torch.no_grad():
             for m in self.modules():

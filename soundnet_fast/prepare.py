@@ -1,4 +1,5 @@
-"""`soundnet-fast prepare`: a folder of ordinary videos -> training shards (DESIGN.md sections 2, 6, 7).
+"""`soundnet-fast prepare`: a folder of ordinary videos -> training shards (docs/design.md#distillation,
+#performance-ceiling, #data-path).
 
 For each video (in worker processes): decode the audio track with PyAV to 22,050 Hz mono (stream start
 offsets placed on the container's timeline, codec priming already dropped by FFmpeg, audio shorter than the
@@ -6,7 +7,7 @@ video zero-padded) and pick the frame shown at the middle of every 5 s window by
 frame rates are handled). In the main process: run every teacher on those frames, cut 20 s clips whose
 teacher steps line up with the head steps, and append them to the shards (:class:`~soundnet_fast.data.
 ShardWriter`). Clip c of a long video covers [20c, 20c + 20) s and its teacher row t is the frame at
-20c + 5t + 2.5 s (DESIGN.md section 2); a video shorter than a clip is zero-padded to a multiple of 5 s and
+20c + 5t + 2.5 s (docs/design.md#distillation); a video shorter than a clip is zero-padded to a multiple of 5 s and
 tiled to 20 s, as the original did, so its row t is window t mod W. A long video's last clip is zero-padded
 by less than 5 s; windows left over after the last whole clip are dropped.
 

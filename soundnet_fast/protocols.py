@@ -1,4 +1,4 @@
-"""Linear-SVM protocols on frozen features, cross-validated without leaks (DESIGN.md section 3).
+"""Linear-SVM protocols on frozen features, cross-validated without leaks (docs/design.md#transfer-evaluation).
 
 - ``pooled``: each clip's feature map (C, T) becomes [mean over T, max over T] (2C values), standardised,
   then a linear SVM whose C is chosen by an inner cross-validation on the training folds only.

@@ -1,7 +1,7 @@
 """The synthetic audio-visual world of the demo: sounds (this file), frames and videos (``synth_video``),
 demo teachers (``synth_teachers``). Everything is deterministic by seed.
 
-Design rules (issue 8; measured in a throwaway trial before this was written): with timbre-rich classes,
+Design rules (the demo's; measured in a throwaway trial before this was written): with timbre-rich classes,
 random convolutional features already separate the classes and distillation adds little. So every sound
 class here is a *modulation pattern* on the 0.1-1 s scale (gating, pulsing, click rates, vibrato, gallops,
 trills, warbles, swells) imposed on a carrier whose pitch, harmonic count, spectral tilt and noisiness are
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SAMPLE_RATE = 22050  # DESIGN.md section 1
+SAMPLE_RATE = 22050  # docs/design.md#input
 
 # Object class -> (shape drawn in the frame, modulation pattern of its sound).
 OBJECTS: tuple[tuple[str, str], ...] = (
@@ -66,7 +66,7 @@ def carrier(rng: np.random.Generator, freq_mult: np.ndarray, sr: int = SAMPLE_RA
 
     Pitch (130-1300 Hz, log-uniform), number of harmonics (1-8), spectral tilt, a little inharmonicity and
     a breath of band noise are drawn per instance from the same distribution for every class, so that
-    timbre says nothing about the class (issue 8 design rules).
+    timbre says nothing about the class (the design rules above).
     """
     n = len(freq_mult)
     f0 = float(np.exp(rng.uniform(np.log(PITCH_RANGE[0]), np.log(PITCH_RANGE[1]))))
@@ -253,7 +253,7 @@ def seeded(seed: int, *keys: int) -> np.random.Generator:
 
 
 # ------------------------------------------------------------------------------------- labeled set
-ESC50_RATE = 44100  # ESC-50 clips are 44.1 kHz mono, 5 s (DESIGN.md section 3)
+ESC50_RATE = 44100  # ESC-50 clips are 44.1 kHz mono, 5 s (docs/design.md#datasets)
 
 
 def _wav_bytes(x: np.ndarray, sr: int) -> bytes:
@@ -286,7 +286,7 @@ def write_labeled_set(
     workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
 ) -> str:
-    """Write the labeled sound set in the ESC-50 layout (DESIGN.md section 3) and return ``out_dir``.
+    """Write the labeled sound set in the ESC-50 layout (docs/design.md#datasets) and return ``out_dir``.
 
     ``audio/{fold}-{clip}-{take}-{target}.wav`` (44.1 kHz mono 16-bit, ``seconds`` long) and
     ``meta/esc50.csv`` (filename, fold, target, category, esc10, src_file, take); ``per_fold`` clips per

@@ -1,4 +1,4 @@
-"""Demo teachers: small CNNs trained on labeled frames of the synthetic world (issue 8).
+"""Demo teachers: small CNNs trained on labeled frames of the synthetic world.
 
 They are saved with ``torch.jit.save`` and used through the project's teacher registry exactly as a real
 teacher would be (``torchscript:PATH``): the registry resizes frames to 256, centre-crops 224 and applies
@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from soundnet_fast import synth
 from soundnet_fast.synth_video import ObjectTrack, background, render_frame
 
-LABEL_SMOOTHING = 0.1  # issue 8: teacher outputs sharp, label smoothing at most 0.1
+LABEL_SMOOTHING = 0.1  # demo design rule: teacher outputs sharp, label smoothing at most 0.1
 POOL = 7  # 224 -> 32 pixels inside the module
 
 

@@ -1,10 +1,10 @@
 """Frames and videos of the synthetic world (sounds: ``synth``; teachers: ``synth_teachers``).
 
 A video is a sequence of segments (``segment_seconds`` each, aligned with the clip grid that ``prepare``
-cuts, so every training clip has one dominant, persistent object, as issue 8's design rules ask). Each
+cuts, so every training clip has one dominant, persistent object, as the demo's design rules in ``synth`` ask). Each
 segment shows one object (shape = class; colour, size, texture and motion random) moving over the video's
 scene (background = class; lighting random) and sounds that object's pattern. Written as MP4 (H.264 +
-AAC) with PyAV, so the demo exercises the same decode path as real video (DESIGN.md section 7).
+AAC) with PyAV, so the demo exercises the same decode path as real video (docs/design.md#data-path).
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def write_mp4(path: str, frames: np.ndarray, audio: np.ndarray, fps: int, sr: in
             vs.width, vs.height = frames.shape[2], frames.shape[1]
             vs.pix_fmt = "yuv420p"
             vs.options = {"crf": "18", "preset": "veryfast"}
-            # AAC at the model's rate: prepare then decodes with no resampling (DESIGN.md section 6).
+            # AAC at the model's rate: prepare then decodes with no resampling (docs/design.md#performance-ceiling).
             a_s = c.add_stream("aac", rate=sr, layout="mono")
             for img in frames:
                 for p in vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
@@ -227,7 +227,7 @@ def write_videos(
 ) -> list[dict]:
     """Write ``num_videos`` world videos into ``out_dir`` plus ``world.jsonl`` (their ground truth).
 
-    ``silent_prob`` (<= 0.1, issue 8) is the chance that a segment's object makes no sound.
+    ``silent_prob`` (<= 0.1, a demo design rule) is the chance that a segment's object makes no sound.
     ``progress(done, total)`` is called as videos finish. Returns the ground-truth records.
     """
     os.makedirs(out_dir, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Visual teachers: frame classifiers whose posteriors SoundNet learns to match (DESIGN.md section 2).
+"""Visual teachers: frame classifiers whose posteriors SoundNet learns to match (docs/design.md#distillation).
 
 A :class:`Teacher` takes RGB frames (uint8, H x W x 3) and returns class probabilities (float32 rows that
 sum to 1). It applies the standard ImageNet preprocessing (shorter side to 256, centre crop 224,

@@ -1,4 +1,4 @@
-"""`soundnet-fast train SHARDS --out RUN`: distill the teachers' posteriors into SoundNet (DESIGN.md section 2).
+"""`soundnet-fast train SHARDS --out RUN`: distill the teachers' posteriors into SoundNet (docs/design.md#distillation).
 
 Defaults are the original recipe (main_train.lua): SoundNet-8 on 20 s clips, batch 64, Adam lr 1e-3 beta1 0.9,
 the KL loss with lambda = 250 over the (head, step) terms (soundnet_fast.losses). Head sizes come from the shards'
@@ -8,7 +8,7 @@ Pieces, top to bottom:
 - ``train_runtime.Stepper`` does one optimizer step on the device with no host synchronisation; a non-finite
   step is skipped by predication and counted on the device. The same code runs eagerly (CPU or GPU) or captured
   whole - forward, backward, optimizer - in one CUDA graph (``--cuda-graphs``).
-- :class:`Trainer` (this file, the trainer top to bottom: DESIGN.md section 8) checks every option before any
+- :class:`Trainer` (this file, the trainer top to bottom: docs/design.md#layout) checks every option before any
   work, then owns the loop: data (``data.ShardLoader``), logging (rich progress bar, ``metrics.jsonl``,
   TensorBoard), validation on held-out shards, atomic checkpoints every N steps and on SIGTERM/SIGINT, ``--resume``.
 - Scale-out: ``torchrun --nproc-per-node N -m soundnet_fast.train ...`` runs DDP (nccl on GPUs, gloo on CPU);
@@ -38,7 +38,7 @@ from soundnet_fast.losses import HEADS, LAMBDA, distill_loss, top1_agreement
 from soundnet_fast.model import ARCHITECTURES, SoundNet, build
 from soundnet_fast.train_runtime import DistEnv, ProgressBar, Stepper, StopSignals, convert_sync_bn, init_distributed
 
-DEFAULT_HEADS = {"objects": 1000, "scenes": 401}  # VGG16 ImageNet / Places2 teachers, DESIGN.md section 2
+DEFAULT_HEADS = {"objects": 1000, "scenes": 401}  # VGG16 ImageNet / Places2 teachers, docs/design.md#distillation
 
 
 class TrainError(RuntimeError):
@@ -58,7 +58,7 @@ class TrainConfig:
     lr: float = 1e-3
     beta1: float = 0.9
     beta2: float = 0.999  # optim.adam's default, which main_train.lua keeps
-    steps: int = 100_000  # "about 100 K iterations", DESIGN.md section 2
+    steps: int = 100_000  # "about 100 K iterations", docs/design.md#optimiser
     precision: str = "fp32"
     backend: str = "reference"
     cuda_graphs: bool = False
@@ -88,7 +88,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val", default=None, help="held-out shard folder for validation")
     p.add_argument("--model", choices=sorted(ARCHITECTURES), default=None, help="default soundnet8")
     p.add_argument("--teachers", default=None, help="comma list of teachers to distill: objects,scenes (default)")
-    p.add_argument("--loss", choices=("kl", "l2"), default=None, help="default kl (DESIGN.md section 2)")
+    p.add_argument("--loss", choices=("kl", "l2"), default=None, help="default kl (docs/design.md#loss)")
     p.add_argument("--lambda", dest="lam", type=float, default=None, help=f"loss scale (default {LAMBDA:g})")
     p.add_argument("--batch-size", type=int, default=None, help="global batch over all ranks (default 64)")
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3)")
@@ -354,7 +354,7 @@ class Trainer:
         return manifest
 
     def _head_sizes(self, state: dict[str, Any] | None) -> dict[str, int]:
-        """Head sizes follow the teachers in the manifest (DESIGN.md section 2); a head without a teacher there
+        """Head sizes follow the teachers in the manifest (docs/design.md#distillation); a head without a teacher there
         keeps the size of the checkpoint, the --init weights or the released model."""
         sizes = dict(DEFAULT_HEADS)
         source, where = None, ""

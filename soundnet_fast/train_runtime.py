@@ -58,7 +58,7 @@ class CpuSyncBatchNorm(nn.BatchNorm1d):
 
     ``nn.SyncBatchNorm`` runs on GPUs only. This computes the same thing with autograd-aware all_reduces
     (their backward all_reduces the gradient): the global mean first, then the global sum of squared deviations -
-    two passes, so no sum-of-squares cancellation (DESIGN.md section 5). Running statistics follow
+    two passes, so no sum-of-squares cancellation (docs/design.md#batchnorm-statistics). Running statistics follow
     ``nn.BatchNorm1d``: momentum 0.1, unbiased variance, ``num_batches_tracked`` incremented.
     """
 

@@ -1,6 +1,6 @@
 """Video in: find the videos, decode their audio and the frame at the middle of every window, cut clips.
 
-The decoding half of ``prepare`` (DESIGN.md sections 2 and 7), run in its worker processes; it uses PyAV,
+The decoding half of ``prepare`` (docs/design.md#distillation, #data-path), run in its worker processes; it uses PyAV,
 soxr and numpy only (never torch), which is what lets ``prepare`` fork its workers safely.
 
 Timeline: 0 is the start of the earliest stream used; an audio track that starts later is preceded by
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-SAMPLE_RATE = 22050  # DESIGN.md section 1
+SAMPLE_RATE = 22050  # docs/design.md#input
 VIDEO_EXTENSIONS = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .flv .mpg .mpeg .ts .mts .m2ts .ogv .3gp .wmv .asf .vob".split()
 )
@@ -255,7 +255,7 @@ def _mono(frame: Any, mono: str) -> np.ndarray:
     elif arr.dtype == np.uint8:
         arr = (arr.astype(np.float32) - 128.0) / 128.0
     arr = arr.astype(np.float32, copy=False)
-    # The original takes the first channel (DESIGN.md section 1); averaging is the documented option.
+    # The original takes the first channel (docs/design.md#input); averaging is the documented option.
     return np.ascontiguousarray(arr[0] if mono == "first" else arr.mean(axis=0))
 
 
@@ -302,7 +302,7 @@ class Clip:
 
 
 def make_clips(dec: Decoded, *, clip_seconds: float, frame_every: float, sample_rate: int = SAMPLE_RATE) -> list[Clip]:
-    """Cut clips whose teacher step t is window ``steps * c + t`` (DESIGN.md section 2).
+    """Cut clips whose teacher step t is window ``steps * c + t`` (docs/design.md#distillation).
 
     The audio is zero-padded to a whole number of windows. A video of W >= steps windows gives W // steps
     clips (the last one padded by less than a window; windows after the last whole clip are dropped); a

@@ -1,4 +1,4 @@
-"""Teacher frames through NVIDIA DALI's video decoder (``prepare --frames dali``; DESIGN.md section 7).
+"""Teacher frames through NVIDIA DALI's video decoder (``prepare --frames dali``; docs/design.md#data-path).
 
 PyAV still demuxes: ``videodecode.decode(..., decode_frames=False)`` reads the video's packets (never
 decoding them) and applies the same rule as the PyAV path (:func:`~soundnet_fast.videodecode.pick_frames`:

@@ -1,4 +1,4 @@
-"""Released SoundNet weights and the project's own checkpoints (DESIGN.md section 4).
+"""Released SoundNet weights and the project's own checkpoints (docs/design.md#weight-formats).
 
 Formats read by :func:`load_pretrained`, recognised by their first bytes (not by the file name):
 - ``sound8.npy`` (TF port): pickled dict conv1..conv7, conv8, conv8_2; ``weights`` (k, 1, C_in, C_out),

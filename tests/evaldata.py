@@ -53,7 +53,7 @@ def make_esc50(
     esc10: tuple[bool, ...] = (True, False, True, True),
     seed: int = 0,
 ) -> str:
-    """ESC-50 layout (DESIGN.md section 3): audio/{fold}-{clip}-{take}-{target}.wav and meta/esc50.csv.
+    """ESC-50 layout (docs/design.md#datasets): audio/{fold}-{clip}-{take}-{target}.wav and meta/esc50.csv.
 
     Each source recording gives two takes (A, B) that sit in the same fold, as in the official data.
     """

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 # container extension -> (codec, sample format). FFmpeg's native Vorbis encoder is experimental and
-# stereo only, so OGG fixtures are stereo Vorbis or Opus (DESIGN.md section 7).
+# stereo only, so OGG fixtures are stereo Vorbis or Opus (docs/design.md#data-path).
 CODECS = {
     ".wav": ("pcm_s16le", "s16"),
     ".flac": ("flac", "s16"),

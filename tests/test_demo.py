@@ -78,7 +78,7 @@ def test_miniature_world_through_every_stage(tmp_path, capsys) -> None:
 
     shards = os.path.join(cfg.out, "shards")
     manifest = data.read_manifest(shards)
-    # SoundNet-5 on 3 s clips: one head step, one teacher frame per clip (DESIGN.md sections 1, 2).
+    # SoundNet-5 on 3 s clips: one head step, one teacher frame per clip (docs/design.md#model, #distillation).
     assert (manifest["steps"], manifest["clip_samples"]) == (1, 3 * 22050)
     assert manifest["num_clips"] == 3 * 2  # segments line up with clips: no padded extra clip
     assert manifest["teachers"]["objects"]["class_names"] == [s for s, _ in synth.OBJECTS]

@@ -1,4 +1,4 @@
-"""The distillation loss against a hand computation of DESIGN.md section 2's formula."""
+"""The distillation loss against a hand computation of docs/design.md#loss's formula."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def test_loss_equals_hand_computed_sum_over_the_eight_terms(kind):
     assert float(total) == pytest.approx(want, rel=1e-5)
     assert float(sum(shares.values())) == pytest.approx(want, rel=1e-5)
     if kind == "kl":
-        # DESIGN.md section 2: equivalently 125 x (mean_obj + mean_scene), means over (B, C, T), for T = 4;
+        # docs/design.md#loss: equivalently 125 x (mean_obj + mean_scene), means over (B, C, T), for T = 4;
         # one reduction="mean" per head alone would be 1/T of that.
         means = [
             (torch.special.xlogy(probs[h], probs[h]) - probs[h] * F.log_softmax(logits[h], 1)).double().mean()

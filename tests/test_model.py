@@ -1,4 +1,4 @@
-"""The layer tables against DESIGN.md section 1: lengths, parameter counts, init, geometry, errors."""
+"""The layer tables against docs/design.md#model: lengths, parameter counts, init, geometry, errors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from torch import nn
 from soundnet_fast import SoundNet5, SoundNet8
 from soundnet_fast.model import build
 
-# T column of DESIGN.md section 1 for a 20 s input (441,000 samples).
+# T column of docs/design.md#model for a 20 s input (441,000 samples).
 DESIGN_T8 = {
     "conv1": 220_501,
     "pool1": 27_562,
@@ -83,7 +83,7 @@ def test_state_dict_keys_match_plain_sequential_layout() -> None:
 
 
 def test_minimum_lengths_and_geometry() -> None:
-    assert SoundNet8.min_length() == 209_374  # DESIGN.md section 1 (9.5 s)
+    assert SoundNet8.min_length() == 209_374  # docs/design.md#lengths-receptive-field-and-hop (9.5 s)
     assert SoundNet5.min_length() == 56_798  # (2.6 s)
     g = SoundNet8.geometry("pool5")
     assert (g.receptive_field, g.hop) == (17_438, 8_192)
@@ -140,7 +140,7 @@ def test_non_finite_and_dtype_rejected(net8: SoundNet8) -> None:
 
 def test_too_short_names_minimum_and_tiling(net8: SoundNet8) -> None:
     with pytest.raises(ValueError) as e:
-        net8(torch.zeros(1, 1, 110_250))  # a 5 s clip: fails at conv8 without tiling (DESIGN.md section 1)
+        net8(torch.zeros(1, 1, 110_250))  # a 5 s clip: fails at conv8 without tiling (docs/design.md#model)
     msg = str(e.value)
     assert "209374" in msg and "9.50 s" in msg and "to_input" in msg
     with pytest.raises(ValueError, match="unknown layer"):

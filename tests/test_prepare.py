@@ -128,7 +128,7 @@ def test_clip_counts_and_manifest(shards):
 
 def test_teacher_rows_and_tones_align_with_windows(shards):
     """Row t of every clip is the frame of window 4c + t (tiled for short videos), and the audio of step t
-    carries that window's tone (DESIGN.md section 2)."""
+    carries that window's tone (docs/design.md#distillation)."""
     expect = {"long.mp4": (9, 0), "vp9.webm": (3, 0), "sub/flac.mkv": (5, 0), "short.mp4": (1, 0)}
     for video, (windows, _) in expect.items():
         for c, rec in enumerate(clips_by_video(shards)[video]):

@@ -318,7 +318,7 @@ def test_torchrun_gloo_sync_bn_matches_one_process_on_the_global_batch(tmp_path,
     for k, v in model.state_dict().items():
         got = state["model"][k]
         if _is_trunk_conv_bias(k):
-            # Batch-statistics BN cancels the conv bias before it (DESIGN.md section 5): its true gradient is 0, so
+            # Batch-statistics BN cancels the conv bias before it (docs/design.md#kernels): its true gradient is 0, so
             # Adam normalises rounding noise into steps of ~lr in either direction. Bound it, do not compare it.
             assert got.abs().max() <= lr_steps * 1.01 and v.abs().max() <= lr_steps * 1.01, k
         elif k.endswith("running_mean"):  # includes that bias (times momentum 0.1)

@@ -1,4 +1,5 @@
-"""Released-weight layouts (DESIGN.md section 4) load and give the features of an independent numpy forward."""
+"""Released-weight layouts (docs/design.md#weight-formats) load and give the features of an independent numpy
+forward."""
 
 from __future__ import annotations
 
@@ -175,7 +176,7 @@ def write_t7(layers: dict[str, dict[str, np.ndarray]], path: str) -> None:
         mods.append(("nn.ReLU", {"inplace": 1}))
         if s.pool:
             mods.append(("nn.SpatialMaxPooling", {"kH": s.pool, "dH": s.pool}))
-    assert len(mods) == 24  # conv modules at 0, 4, 8, 11, 14, 18, 21 (DESIGN.md section 4)
+    assert len(mods) == 24  # conv modules at 0, 4, 8, 11, 14, 18, 21 (docs/design.md#weight-formats)
     heads = [("nn.SpatialConvolution", {"weight": layers[h.name]["w"][:, :, :, None], "bias": layers[h.name]["b"]})
              for h in SOUNDNET8_HEADS]  # fmt: skip
     mods.append(("nn.ConcatTable", {"modules": heads}))

@@ -12,7 +12,7 @@ from soundnet_fast.data import ShardWriter
 from soundnet_fast.model import SoundNet5, SoundNet8
 
 # The shortest clips that give one head step (T = 1): SoundNet-5 56,798 samples, SoundNet-8 209,374
-# (DESIGN.md section 1). Short clips keep a CPU step well under a second.
+# (docs/design.md#model). Short clips keep a CPU step well under a second.
 SN5_CLIP = SoundNet5.min_length()
 SN8_CLIP = SoundNet8.min_length()
 CLASSES = {"objects": 10, "scenes": 7}

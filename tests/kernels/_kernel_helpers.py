@@ -11,7 +11,7 @@ from torch import Tensor
 
 from soundnet_fast.kernels import conv1d_bn_relu
 
-# DESIGN.md section 1: (C_in, C_out, k, s, p, pool) of every SoundNet-8 block, and SoundNet-5's conv3.
+# docs/design.md#model: (C_in, C_out, k, s, p, pool) of every SoundNet-8 block, and SoundNet-5's conv3.
 SOUNDNET_LAYERS = {
     "conv1": (1, 16, 64, 2, 32, 8),
     "conv2": (16, 32, 32, 2, 16, 8),
@@ -40,7 +40,7 @@ def eager_block(
     momentum: float | None = 0.1,
     eps: float = 1e-5,
 ) -> Tensor:
-    """The unfused composite, exactly as the issue states it."""
+    """The unfused composite, exactly as PyTorch users write it."""
     y = F.relu(
         F.batch_norm(
             F.conv1d(x, w, b, stride, padding), rm, rv, g, beta, training, 0.0 if momentum is None else momentum, eps

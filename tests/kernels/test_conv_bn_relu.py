@@ -27,7 +27,7 @@ import soundnet_fast.kernels.conv_bn_relu as cbr
 from soundnet_fast.kernels import conv1d_bn_relu
 
 NAMES = ["x", "weight", "bias", "bn_weight", "bn_bias"]
-# Short lengths per SoundNet layer: a few pool windows plus a remainder (DESIGN.md section 1 shapes).
+# Short lengths per SoundNet layer: a few pool windows plus a remainder (docs/design.md#model shapes).
 LENGTHS = {"conv1": 700, "conv2": 300, "conv3": 60, "conv4": 30, "conv5": 42, "conv6": 10, "conv7": 8, "sn5_conv3": 150}
 
 
@@ -366,7 +366,7 @@ def test_opcheck_cpu_reference() -> None:
 def test_torch_compile_traces_both_ops() -> None:
     """torch.compile(fullgraph=True) through the public functions, autograd and the running-stats update.
     On CPU tensors the traced body is the reference branch (the interpreter needs real data pointers,
-    DESIGN.md section 5); bench/gpu_check.py compiles the Triton branch on a GPU."""
+    docs/design.md#kernels); bench/gpu_check.py compiles the Triton branch on a GPU."""
     from soundnet_fast.kernels import kl_div
 
     def fn(x, w, b, g, beta, rm, rv, z, p):

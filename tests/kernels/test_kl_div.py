@@ -13,7 +13,7 @@ from soundnet_fast.kernels.kl_div import _kl_op
 SHAPES = {  # (shape, dim)
     "NCT": ((3, 7, 5), 1),
     "NC": ((4, 10), 1),
-    "soundnet_head": ((2, 1000, 4), 1),  # C > one block under GPU sizes, T = 4 (DESIGN.md section 1)
+    "soundnet_head": ((2, 1000, 4), 1),  # C > one block under GPU sizes, T = 4 (docs/design.md#model)
     "dim_last": ((2, 3, 33), 2),
     "dim0": ((5, 6), 0),
     "negative_dim": ((2, 6, 3), -2),

@@ -1,4 +1,4 @@
-"""What the autograd graph keeps alive after the forward (DESIGN.md section 5), counted by storages
+"""What the autograd graph keeps alive after the forward (docs/design.md#memory-accounting), counted by storages
 reachable from grad_fn: saved tensors of built-in nodes, custom-Function saved_tensors and ctx attributes.
 
 A 20 s clip is too slow for the Triton interpreter, so the full-size figure runs the model on the meta
@@ -14,7 +14,7 @@ from soundnet_fast.kernels import conv1d_bn_relu, saved_activation_bytes
 from soundnet_fast.kernels.memory import saved_tensors
 from soundnet_fast.model import SoundNet8
 
-EAGER_MB_PER_CLIP = 41.2  # DESIGN.md / the issue: fp32 eager nn.Sequential, SoundNet-8 trunk, 20 s clip
+EAGER_MB_PER_CLIP = 41.2  # docs/design.md#memory-accounting: fp32 eager nn.Sequential, SoundNet-8 trunk, 20 s clip
 
 
 def _trunk_bytes(backend: str, length: int, batch: int, device: str, seed: int = 0) -> int:

@@ -1,6 +1,6 @@
 """Model-level parity of SoundNet's "fused" and "reference" backends: outputs, every parameter gradient
-and the BN running statistics (DESIGN.md section 5: under the interpreter, the SoundNet-8 trunk at a
-short length and SoundNet-5 at its minimum length, batch 1)."""
+and the BN running statistics (docs/design.md#interpreter-and-process-rules: under the interpreter, the
+SoundNet-8 trunk at a short length and SoundNet-5 at its minimum length, batch 1)."""
 
 from __future__ import annotations
 

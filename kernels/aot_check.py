@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 import triton
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from . import _conv_bwd, _conv_fwd
 
@@ -31,7 +34,7 @@ _TYPES = {
     torch.int16: "*i16",
     torch.int32: "*i32",
 }
-# DESIGN.md section 1: SoundNet-8 trunk (C_out, k, s, p, pool)
+# docs/design.md#soundnet-8: SoundNet-8 trunk (C_out, k, s, p, pool)
 _TRUNK = [
     (16, 64, 2, 32, 8),
     (32, 32, 2, 16, 8),
@@ -97,6 +100,118 @@ def soundnet8_launches(batch: int, samples: int, precision: str = "tf32", blocks
             for red in ("batchmean", "none"):
                 _KL.triton_kl(z, z, 1, red, True)
     return launches
+
+
+@dataclasses.dataclass
+class Launch:
+    """One recorded kernel launch of a training step, labelled with its layer and phase."""
+
+    layer: str  # "conv1".. or the head name for the loss
+    phase: str  # "forward" | "backward" (the KL loss computes its gradient in the forward: "forward")
+    kernel: Any  # the JITFunction
+    grid: tuple[int, ...]
+    args: tuple
+    kwargs: dict
+
+
+class _OpCounter(TorchDispatchMode):
+    """Names of the aten ops that launch a device kernel (views, allocations and metadata ops excluded)."""
+
+    _FREE = {
+        "empty",
+        "empty_strided",
+        "empty_like",
+        "new_empty",
+        "new_empty_strided",
+        "detach",
+        "lift_fresh",
+        "promote_types",
+        "sym_size",
+        "sym_stride",
+        "sym_numel",
+        "sym_storage_offset",
+    }
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        schema = func._schema
+        is_view = any(r.alias_info is not None and not r.alias_info.is_write for r in schema.returns)
+        name = schema.name.split("::")[-1]
+        if not is_view and name not in self._FREE:
+            self.ops.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def train_step_launches(
+    trunk: Sequence[tuple],
+    batch: int,
+    samples: int,
+    dtype: torch.dtype,
+    *,
+    precision: str = "tf32",
+    deterministic: bool = False,
+    heads: Sequence[tuple[str, int, int]] = (),
+) -> tuple[list[Launch], dict[tuple, list]]:
+    """Every Triton launch of one training step (forward with batch statistics, training backward) of a
+    trunk given as rows (name, C_out, k, s, p, pool or None), plus the fused KL loss (reduction "sum",
+    fp32 logits (batch, classes, T), gradient in the forward) of each head (name, classes, T).
+
+    Returns (launches in issue order, {(layer, phase): names of the other device ops (torch) the fused
+    path runs beside them}): the launchers' own torch ops (zero fills, partial sums, clones), BN's
+    statistics finalisation and running-statistics update. Not included: autocast casts, gradient
+    accumulation, the heads' convs, the optimizer."""
+    from .conv_bn_relu import _update_running_stats, finalize_stats
+
+    out: list[Launch] = []
+    torch_ops: dict[tuple, list] = {}
+    with record_launches(precision) as rec:
+
+        def section(layer: str, phase: str, fn) -> None:
+            start = len(rec)
+            counter = _OpCounter()
+            with counter:
+                fn()
+            torch_ops.setdefault((layer, phase), []).extend(counter.ops)
+            out.extend(Launch(layer, phase, k, tuple(int(g) for g in grid), a, kw) for k, grid, a, kw in rec[start:])
+
+        c_in, length = 1, samples
+        for i, (name, c_out, k, s, p, pool) in enumerate(trunk):
+            t = (length + 2 * p - k) // s + 1
+            x = torch.empty(batch, c_in, length, dtype=dtype, device="meta")
+            w2d = torch.empty(c_out, c_in * k, dtype=dtype, device="meta")
+            b = torch.empty(c_out, dtype=dtype, device="meta")
+            g = torch.empty(c_out, device="meta")
+            running = (torch.empty(c_out, device="meta"), torch.empty(c_out, device="meta"))
+            res: dict[str, Any] = {}
+
+            def fwd(x=x, w2d=w2d, b=b, g=g, k=k, s=s, p=p, t=t, pool=pool, res=res, running=running):
+                moments = _conv_fwd.conv_moments(x, w2d, b, k, s, p, t)
+                stats = finalize_stats(moments, 1e-5)
+                res["out"], res["code"] = _conv_fwd.conv_bn_relu_pool(x, w2d, b, g, g, stats, k, s, p, t, pool)
+                res["stats"] = stats
+                _update_running_stats._init_fn(*running, None, stats, 0.1)
+
+            section(name, "forward", fwd)
+            out_t, code, stats = res["out"], res["code"], res["stats"]
+            go = torch.empty(out_t.shape, dtype=dtype, device="meta")
+            saved = out_t if pool is None else None
+
+            def bwd(
+                go=go, x=x, w2d=w2d, b=b, g=g, stats=stats, code=code, saved=saved, k=k, s=s, p=p, t=t, pool=pool, i=i
+            ):
+                _conv_bwd.conv_bn_relu_backward(
+                    go, x, w2d, b, g, stats, code, saved, k, s, p, t, pool, True, deterministic, i > 0
+                )
+
+            section(name, "backward", bwd)
+            length, c_in = (t // pool if pool else t), c_out
+        for name, classes, steps in heads:
+            z = torch.empty(batch, classes, steps, device="meta")
+            section(name, "forward", lambda z=z: _KL.triton_kl(z, z, 1, "sum", True))
+    return out, torch_ops
 
 
 def _signature(kernel, args: tuple, kwargs: dict) -> tuple[dict, dict]:

@@ -1,0 +1,101 @@
+"""Analytic figures, independent of the SASS: tensor-core FLOPs each kernel must issue (its tl.dot shapes,
+padded to the blocks, times how often the source calls them) and the useful conv FLOPs; and the bytes
+moved by eager PyTorch and by torch.compile on the same shapes (the baselines).
+
+The padded MMA FLOPs are the invariant the SASS model must reproduce exactly: a SASS loop counted with
+the wrong trip count (ptxas unrolled, peeled or split it) changes the dynamic MMA count.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def padded_mma_flops(name: str, v: dict[str, Any], grid: tuple[int, ...]) -> float:
+    """FLOPs of the tl.dot calls of one launch, with every dot dimension padded to its block."""
+    progs = math.prod(grid)
+    if name in ("_merge_stats_kernel", "_kl_kernel"):
+        return 0.0
+    if name in ("_conv_stats_kernel", "_bwd_reduce_kernel", "_bwd_gz_kernel", "_bwd_gz_dw_kernel"):
+        tiles = v.get("TILES", 1)
+        conv = 2.0 * v["BLOCK_CO"] * v["BLOCK_M"] * _cdiv(v["R"], v["BLOCK_R"]) * v["BLOCK_R"]
+        dw = 2.0 * v["BLOCK_CO"] * v["BLOCK_M"] * v["BLOCK_RW"] if name == "_bwd_gz_dw_kernel" else 0.0
+        return progs * tiles * (conv + dw)
+    if name == "_conv_bn_relu_pool_kernel":
+        return progs * 2.0 * v["BLOCK_CO"] * v["BLOCK_Q"] * v["PP"] * _cdiv(v["R"], v["BLOCK_R"]) * v["BLOCK_R"]
+    if name == "_dw_kernel":
+        split, nmt = v["SPLIT"], v["NUM_MT"]
+        iters = sum(len(range(s, nmt, split)) for s in range(grid[2]))
+        return grid[0] * grid[1] * iters * 2.0 * v["BLOCK_CO"] * v["BLOCK_M"] * v["BLOCK_R"]
+    if name == "_dx_kernel":
+        r2 = v["C_OUT"] * v["KMAX"]
+        return progs * _cdiv(r2, v["BLOCK_R"]) * 2.0 * v["BLOCK_CI"] * v["BLOCK_Q"] * v["BLOCK_R"]
+    raise KeyError(f"no analytic FLOP formula for {name}")
+
+
+def useful_flops(name: str, v: dict[str, Any]) -> float:
+    """Multiply-adds x 2 the launch needs without padding (one conv pass = 2 * C_out * M * R)."""
+    if name in ("_merge_stats_kernel", "_kl_kernel"):
+        return 0.0
+    if name == "_conv_bn_relu_pool_kernel":
+        return 2.0 * v["C_OUT"] * v["Q"] * v["POOL"] * v["R"]
+    if name in ("_conv_stats_kernel", "_bwd_reduce_kernel", "_bwd_gz_kernel", "_dw_kernel"):
+        return 2.0 * v["C_OUT"] * v["M"] * v["R"]
+    if name == "_bwd_gz_dw_kernel":
+        return 2 * 2.0 * v["C_OUT"] * v["M"] * v["R"]
+    if name == "_dx_kernel":
+        return 2.0 * v["C_OUT"] * v["M"] * v["C_IN"] * v["K"]
+    raise KeyError(name)
+
+
+# ------------------------------------------------------------------------------------------ baselines
+def layer_tensors(rows: list[tuple], samples: int, batch: int, elem: int) -> list[dict[str, float]]:
+    """Per trunk layer: bytes of input X, conv output Z, pooled output P (per batch), in ``elem`` bytes."""
+    out = []
+    c_in, length = 1, samples
+    for name, c_out, k, s, p, pool in rows:
+        t = (length + 2 * p - k) // s + 1
+        tp = t // pool if pool else t
+        out.append({"layer": name, "X": batch * c_in * length * elem, "Z": batch * c_out * t * elem,
+                    "P": batch * c_out * tp * elem, "n_pool": batch * c_out * tp if pool else 0,
+                    "W": c_out * c_in * k * elem, "first": name == rows[0][0]})  # fmt: skip
+        length, c_in = tp, c_out
+    return out
+
+
+def eager_bytes(t: dict[str, float]) -> float:
+    """Eager PyTorch, one block fwd + bwd (bf16 activations): conv reads X writes Z; BN training reads Z
+    twice (statistics, normalise) and writes Z; ReLU reads and writes Z; max-pool reads Z, writes P and int64
+    indices. Backward: pool reads dP and the indices and writes dZ; ReLU backward reads dZ and its output,
+    writes dZ; BN backward reads dZ and Z twice each and writes dZ; conv backward reads dZ and X (dW) and,
+    except for conv1, dZ and writes dX. Weights and per-channel vectors ignored."""
+    x, z, p, idx = t["X"], t["Z"], t["P"], 8 * t["n_pool"]
+    fwd = x + z + 3 * z + 2 * z + ((z + p + idx) if idx else 0)
+    bwd = ((p + idx + z) if idx else 0) + 3 * z + 5 * z + (z + x) + (0 if t["first"] else z + x)
+    return fwd + bwd
+
+
+def compile_bytes(t: dict[str, float]) -> float:
+    """torch.compile (Inductor), conv in cuDNN, BN / ReLU / pool fused: conv reads X writes Z; one pass
+    reads Z for the statistics; one reads Z and writes P and int8 window offsets. Backward: one pass reads Z
+    (+ dP, offsets) for BN's sums, one reads them again and writes dZ; cuDNN reads dZ and X (dW) and, except
+    for conv1, dZ and writes dX. Z is saved by the forward (Inductor's default partitioner keeps the conv
+    output rather than recomputing a cuDNN conv)."""
+    x, z, p, off = t["X"], t["Z"], t["P"], t["n_pool"]
+    fwd = x + z + z + z + p + off
+    bwd = (z + p + off) + (z + p + off + z) + (z + x) + (0 if t["first"] else z + x)
+    return fwd + bwd
+
+
+def conv_flops(t: dict[str, float], rows_row: tuple, elem: int) -> float:
+    """Useful conv FLOPs of one block fwd + bwd (forward, dW, and dX except conv1)."""
+    _, c_out, k, s, p, pool = rows_row
+    z_elems = t["Z"] / elem
+    c_in = t["W"] / elem / c_out / k
+    one = 2.0 * z_elems * c_in * k
+    return one * (2 if t["first"] else 3)

@@ -6,7 +6,7 @@ STAMP   := .venv/.installed
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 TORCH   := $(if $(HAS_GPU),torch,torch==2.13.0)
 
-.PHONY: setup demo test bench bench-smoke lint clean
+.PHONY: setup demo test bench bench-smoke sass-report lint clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,12 @@ bench: setup
 	$(PY) -m pytest -q bench --benchmark-json=.benchmarks/latest.json --benchmark-save-data
 	$(PY) -m bench.report .benchmarks/latest.json
 
+# Static model of the fused kernels on H100 / H200 from their SASS, on a CPU (predicted, not measured): the
+# project's Triton, then Triton 3.6 (the GPU machine's) from a side install in .cache/.
+sass-report: setup
+	$(PY) -m bench.sass_report
+	$(PY) -m bench.sass_report --triton 3.6.0
+
 # One call of each benchmark at small sizes, parity still checked: the suites cannot rot.
 bench-smoke: setup
 	$(PY) -m pytest -q bench --benchmark-disable
@@ -42,4 +48,4 @@ lint: setup
 	$(PY) -m ruff format --check soundnet_fast kernels bench tests
 
 clean:
-	rm -rf .venv build *.egg-info
+	rm -rf .venv .cache build *.egg-info

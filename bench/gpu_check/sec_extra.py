@@ -20,7 +20,6 @@ from typing import Any
 from .common import clock_snapshot, time_abab
 from .records import FAIL, INFO, PASS
 
-VGG16_D = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 VGG16_GFLOP = 30.95  # per 224 x 224 frame (15.47 G multiply-adds)
 
 
@@ -163,32 +162,11 @@ def opcheck(ctx: Any) -> None:
             w.row("torch.library.opcheck on CUDA tensors", row, PASS if not bad else FAIL)
 
 
-def vgg16_model(torch: Any) -> tuple[Any, str]:
-    try:
-        import torchvision
+def vgg16_model() -> tuple[Any, str]:
+    """The teachers' VGG16 (config D, torchvision's layout): the product's own module, random weights."""
+    from soundnet_fast.teachers import VGG16
 
-        return torchvision.models.vgg16(weights=None), f"torchvision {torchvision.__version__}"
-    except ImportError:
-        pass
-    nn = torch.nn
-    layers, c = [], 3
-    for v in VGG16_D:
-        if v == "M":
-            layers.append(nn.MaxPool2d(2, 2))
-        else:
-            layers += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU(inplace=True)]
-            c = v
-    head = [
-        nn.Linear(512 * 7 * 7, 4096),
-        nn.ReLU(True),
-        nn.Dropout(),
-        nn.Linear(4096, 4096),
-        nn.ReLU(True),
-        nn.Dropout(),
-        nn.Linear(4096, 1000),
-    ]
-    model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d((7, 7)), nn.Flatten(), *head)
-    return model, "built from torch.nn (torchvision not installed): config D, 13 conv + 3 linear"
+    return VGG16(1000), "soundnet_fast.teachers.VGG16 (torchvision's config D layout), random weights"
 
 
 def vgg16(ctx: Any) -> None:
@@ -198,7 +176,7 @@ def vgg16(ctx: Any) -> None:
     torch.backends.cudnn.benchmark = True
     batch, side = (2, 32) if sz.smoke else (64, 224)
     with w.part("vgg16"):
-        model, how = vgg16_model(torch)
+        model, how = vgg16_model()
         model = model.to(dev, torch.bfloat16).eval().to(memory_format=torch.channels_last)
         frames = torch.randn(batch, 3, side, side, generator=torch.Generator().manual_seed(0))
         frames = frames.to(dev, torch.bfloat16).contiguous(memory_format=torch.channels_last)

@@ -11,6 +11,11 @@ the source loops' trip counts, MMA FLOPs, bytes, occupancy, and the binding time
 ``bench/results/sass_report-triton<version>-<date>.md`` and ``.json``. Everything it reports is a static
 prediction, not a measurement. The pieces live in ``bench/sass/``.
 
+A run over part of the configurations (``--archs``, ``--batches``, ``--dtypes``, ``--no-deterministic``)
+writes to ``.cache/sass_report/`` unless ``--out-dir`` says otherwise, so it never replaces the committed
+full report that ``bench.gpu_check`` reads its predictions from. ``--spills-only`` exits 1 while any launch
+spills (today it does).
+
 ``--triton X`` installs ``triton==X`` with pip into ``.cache/triton-X`` (once) and re-runs this command
 with that directory first on PYTHONPATH, so it shadows the venv's Triton (torch's CPU wheel does not pin
 Triton).
@@ -146,42 +151,73 @@ def dumps(o, depth: int = 0, inline_at: int = 4) -> str:
     return "[\n" + ",\n".join(items) + "\n" + pad + "]"
 
 
+ARCHS, DTYPES, BATCHES = "soundnet8,soundnet5", "bf16,fp32", "64,256"  # the full report's selection
+RESULTS = ROOT / "bench" / "results"
+
+
+def _csv(choices: tuple[str, ...] | None = None, positive_int: bool = False):
+    """An argparse type: a comma-separated list of ``choices`` (or of positive integers)."""
+
+    def parse(text: str) -> list:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError("empty list")
+        if positive_int:
+            if not all(t.isdigit() and int(t) > 0 for t in items):
+                raise argparse.ArgumentTypeError(f"{text!r}: expected positive integers, e.g. 64,256")
+            return [int(t) for t in items]
+        bad = [t for t in items if t not in (choices or ())]
+        if bad:
+            raise argparse.ArgumentTypeError(f"{', '.join(bad)}: choose from {', '.join(choices or ())}")
+        return items
+
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.sass_report", description=__doc__.splitlines()[0])
     ap.add_argument("--triton", help="model under this Triton version (side-installed into .cache/)")
-    ap.add_argument("--archs", default="soundnet8,soundnet5")
-    ap.add_argument("--batches", default="64,256")
-    ap.add_argument("--dtypes", default="bf16,fp32")
+    ap.add_argument("--archs", type=_csv(("soundnet8", "soundnet5")), default=ARCHS,
+                    help=f"comma-separated (default {ARCHS})")  # fmt: skip
+    ap.add_argument("--batches", type=_csv(positive_int=True), default=BATCHES,
+                    help=f"comma-separated batch sizes (default {BATCHES})")  # fmt: skip
+    ap.add_argument("--dtypes", type=_csv(("bf16", "fp32")), default=DTYPES, help=f"comma-separated (default {DTYPES})")
     ap.add_argument("--no-deterministic", action="store_true", help="skip the deterministic backward")
     ap.add_argument("--workers", type=int, default=2, help="compile processes")
-    ap.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
-    ap.add_argument("--date", default=dt.datetime.now(dt.timezone.utc).date().isoformat())
+    ap.add_argument("--out-dir", default=None,
+                    help="where the report goes (default bench/results/ for the full selection, .cache/sass_report/ "
+                         "for a partial one, so a partial run never replaces the committed report)")  # fmt: skip
+    ap.add_argument("--date", default=dt.datetime.now(dt.timezone.utc).date().isoformat(), help="in the file name")
     ap.add_argument("--no-write", action="store_true", help="print the summary only")
     ap.add_argument("--dump-sass", action="store_true",
                     help="write every kernel's SASS to .cache/sass/triton-<version>/<kernel>-<hash>.sass")  # fmt: skip
     ap.add_argument("--spills-only", action="store_true",
                     help="compile and list register / stack use; exit 1 if any launch spills")  # fmt: skip
     args = ap.parse_args(argv)
+    full = [args.archs, args.batches, args.dtypes] == [ARCHS.split(","), [64, 256], DTYPES.split(",")]
+    full = full and not args.no_deterministic  # argparse ran the string defaults through their types too
+    if args.out_dir is None:
+        args.out_dir = str(RESULTS if full else CACHE / "sass_report")
+    if Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
+        ap.error(f"--out-dir {args.out_dir}: exists and is not a folder")
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        print("note: TRITON_INTERPRET=1 ignored: the model compiles the real kernels", file=sys.stderr)
     if args.triton:
         rc = _side_env(args.triton, argv)
         if rc is not None:
             return rc
-    os.environ.pop("TRITON_INTERPRET", None)
+    os.environ.pop("TRITON_INTERPRET", None)  # read when kernels are decorated: before the imports below
+    import torch
+    import triton
+
     from bench.sass import launches as L
     from bench.sass import report
     from bench.sass.compile import compile_all
     from bench.sass.run import baselines, evaluate, prepare
 
-    if os.environ.get("TRITON_INTERPRET") == "1" or L.aot_check._conv_fwd.INTERPRET:
-        print("the SASS model compiles real kernels: run it without TRITON_INTERPRET=1", file=sys.stderr)
-        return 2
-    import torch
-    import triton
-
     t0 = time.time()
-    cfgs = L.configs(args.archs.split(","), [int(b) for b in args.batches.split(",")], args.dtypes.split(","),
-                     deterministic=not args.no_deterministic)  # fmt: skip
+    cfgs = L.configs(args.archs, args.batches, args.dtypes, deterministic=not args.no_deterministic)
     if args.spills_only:
         prepared = prepare(cfgs)
         specs = list(dict.fromkeys(s for _, ls, _ in prepared for _, s, _ in ls))
@@ -230,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             "side_env": bool(args.triton),
         },
         "configs": main_cfgs,
-        "baselines": {f"{a}-{L.SECONDS[a]:g}s": baselines(a, L.SECONDS[a]) for a in args.archs.split(",")},
+        "baselines": {f"{a}-{L.SECONDS[a]:g}s": baselines(a, L.SECONDS[a]) for a in args.archs},
         "deterministic": det_cfgs,
     }
     ref = next((s for s in main_cfgs if s["arch"] == "soundnet8" and s["batch"] == 64 and s["dtype"] == "bf16"),

@@ -188,3 +188,34 @@ def test_ncu_raw_csv_is_parsed_into_a_table(tmp_path: Path) -> None:
     assert row["us"] == 250.3 and row["DRAM MB"] == 56.5 and row["L2 MB"] == 180.2
     assert row["warp-instr"] == 12_345_678 and row["top pipes (warp-instr)"] == "lsu 2e+06, alu 1e+06"
     assert row["top stalls (cycles per issue)"] == "long_scoreboard 3.1, wait 0.8"
+
+
+def _gpu_check(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.run([sys.executable, "-m", "bench.gpu_check", *args], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=300)  # fmt: skip
+
+
+def test_without_cuda_nothing_is_run_or_written(tmp_path: Path) -> None:
+    earlier = tmp_path / "run"  # a folder holding an earlier run's report: it must stay as it is
+    earlier.mkdir()
+    (earlier / "report.md").write_text("an earlier GPU run")
+    res = _gpu_check("--out", str(earlier))
+    assert res.returncode == 2 and "needs a CUDA GPU" in res.stderr and "nothing was run" in res.stderr
+    assert [p.name for p in earlier.iterdir()] == ["report.md"]
+    assert (earlier / "report.md").read_text() == "an earlier GPU run"
+
+
+def test_usage_errors_exit_2_before_any_folder_is_made(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for args, message in [
+        (["--sections", "environment,bogus"], "unknown section 'bogus'"),
+        (["--section-timeout", "parity"], "expected NAME=SECONDS"),
+        (["--section-timeout", "nope=5"], "expected NAME=SECONDS"),
+        (["--out", str(afile)], "exists and is not a folder"),
+    ]:
+        out = ["--out", str(tmp_path / "new")] if "--out" not in args else []
+        res = _gpu_check("--smoke", *args, *out)
+        assert res.returncode == 2 and message in res.stderr, (args, res.stderr[-500:])
+        assert not (tmp_path / "new").exists()

@@ -4,6 +4,8 @@ on a real compiled kernel (which must fail when a loop's trip count is wrong).""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -204,3 +206,15 @@ def test_mma_invariant_on_a_compiled_kernel(monkeypatch, tmp_path) -> None:
 
     monkeypatch.setattr(model_mod, "loop_trips", doubled)
     assert run.model_launch(lc, spec, bound, comp, st)["mma"]["invariant"] == "FAIL"
+
+
+def test_bad_arguments_are_usage_errors() -> None:
+    for args, message in [
+        (["--archs", "soundnet9"], "choose from soundnet8, soundnet5"),
+        (["--dtypes", "fp16"], "choose from bf16, fp32"),
+        (["--batches", "0"], "expected positive integers"),
+        (["--out-dir", __file__], "exists and is not a folder"),
+    ]:
+        res = subprocess.run([sys.executable, "-m", "bench.sass_report", *args], capture_output=True, text=True,
+                             timeout=120)  # fmt: skip
+        assert res.returncode == 2 and message in res.stderr, (args, res.stderr[-300:])

@@ -44,8 +44,29 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def check_usage(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage errors end here, with argparse's message and exit 2, before any folder is touched."""
+    for name in (args.sections or "").split(",") if args.sections else []:
+        try:
+            plan.by_name(name.strip())
+        except KeyError as e:
+            ap.error(f"--sections: {e.args[0]}")
+    for text in args.section_timeout or []:
+        name, sep, secs = text.partition("=")
+        try:
+            plan.by_name(name)
+            ok = bool(sep) and float(secs) > 0
+        except (KeyError, ValueError):
+            ok = False
+        if not ok:
+            ap.error(f"--section-timeout {text!r}: expected NAME=SECONDS with a known section and SECONDS > 0")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        ap.error(f"--out {args.out}: exists and is not a folder")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    ap = parser()
+    args = ap.parse_args(argv)
     from . import runner
 
     if args.ncu_child is not None:
@@ -54,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         return sec_ncu.child(args)
     if args.section:
         return runner.section_main(args)
+    check_usage(ap, args)
     return runner.parent_main(args)
 
 

@@ -111,6 +111,15 @@ def _prepare_out(out: Path | None, smoke: bool) -> Path:
     return out
 
 
+def _cuda_in_child() -> bool:
+    """torch.cuda.is_available() in a child process (the parent imports no torch: its sections do)."""
+    code = "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)"
+    try:
+        return subprocess.run([sys.executable, "-c", code], timeout=180).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
 def _cuda_available(out: Path) -> bool | None:
     recs, _ = read_records(out)
     for r in recs:
@@ -157,12 +166,20 @@ def _kill(p: subprocess.Popen) -> None:
 def parent_main(args: Any) -> int:
     t0 = time.time()
     sizes = sizes_from(args)
+    if not args.smoke and not _cuda_in_child():  # before any folder is made or an earlier run is moved aside
+        print(
+            "bench.gpu_check needs a CUDA GPU (torch.cuda.is_available() is False); nothing was run or written. "
+            "Use --smoke to check the script on a CPU.",
+            file=sys.stderr,
+        )
+        return 2
     out = _prepare_out(args.out, args.smoke)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("TRITON_INTERPRET", None)
     if args.smoke:
         env["TRITON_INTERPRET"] = "1"
-    if not env.get("TRITON_CACHE_DIR"):  # one fresh cache for the whole run: section 1 fills it, the rest read it
+    own_cache = not env.get("TRITON_CACHE_DIR")
+    if own_cache:  # one fresh cache for the whole run: section 1 fills it, the rest read it; removed at the end
         env["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="gpu_check-triton-cache-")
     wanted = [s.strip() for s in args.sections.split(",")] if args.sections else None
     for name in wanted or []:
@@ -245,13 +262,17 @@ def parent_main(args: Any) -> int:
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)
+        if own_cache:
+            shutil.rmtree(env["TRITON_CACHE_DIR"], ignore_errors=True)
     records, _ = read_records(out)
     fails = failures(records)
     run.write("finish", elapsed=round(time.time() - t0, 2), failures=fails, exit=code or (1 if fails else 0))
     run.close()
     report = write_report(out)
     print(report.read_text())
-    print(f"report: {report}\nrecords: {out}/*.jsonl\n" + ("ALL PASS" if not fails else f"{len(fails)} FAILURE(S)"))
+    verdict = f"{len(fails)} FAILURE(S)" if fails else "ALL PASS"
+    verdict = "NOTHING CHECKED (no CUDA device)" if code == 2 else verdict
+    print(f"report: {report}\nrecords: {out}/*.jsonl\n{verdict}")
     return code if code is not None else (1 if fails else 0)
 
 

@@ -13,7 +13,7 @@
 The newest file made with the running Triton's major.minor is used (else the newest of any version; the report
 says which). A measured launch is matched by (layer, kernel, constexprs): constexprs agree on every key both sides
 name (a prediction may leave out keys such as INTERP), the candidate sharing the most keys wins, and the phase
-must agree where both give one. No file, or no match, reads "no prediction on file"; nothing here raises on a
+must agree where both give one. No file, or no match, reads "no matching prediction"; nothing here raises on a
 malformed file (it is reported instead).
 """
 
@@ -27,7 +27,7 @@ from typing import Any
 from .common import ROOT
 
 RESULTS = ROOT / "bench" / "results"
-NO_PREDICTION = "no prediction on file"
+NO_PREDICTION = "no matching prediction"  # no file, or no launch in it with these constexprs
 _NAME = re.compile(r"^sass_report-triton(?P<ver>[0-9][0-9A-Za-z.+_]*?)-(?P<date>\d{4}-\d{2}-\d{2})(?:[-_].*)?\.json$")
 
 

@@ -7,6 +7,12 @@ from typing import Any
 from .report import LABEL
 
 
+def _head(w, header: str) -> None:
+    """A table's header row and its separator, one ``---`` per column."""
+    w(header)
+    w("|" + "---|" * (header.count("|") - 1))
+
+
 def _m(x: float) -> str:
     return f"{x / 1e6:,.2f}"
 
@@ -75,8 +81,7 @@ def markdown(data: dict[str, Any]) -> str:
     w("")
     w("### Constants")
     w("")
-    w("| constant | value | source |")
-    w("|---|---|---|")
+    _head(w, "| constant | value | source |")
     for d, dev in meta["constants"]["devices"].items():
         w(
             f"| {d} | {dev['sms']} SMs, {dev['clock_hz'] / 1e9:.2f} GHz, HBM {dev['dram_bps'] / 1e12:.2f} TB/s, "
@@ -133,11 +138,11 @@ def _headline(data: dict, w) -> None:
         "eager / compile = HBM bytes-bound only (bf16, see Baselines), same shapes."
     )
     w("")
-    w(
+    _head(
+        w,
         "| config | warp-inst / clip (M) | fused H100 | fused H200 | binds (H200, time share) | eager H200 | "
-        "compile H200 | spills (launches with stack > 0) |"
+        "compile H200 | spills (launches with stack > 0) |",
     )
-    w("|---|---|---|---|---|---|---|---|")
     for c in data["configs"]:
         pc = c["per_clip"]
         bt = pc["binding_time_us"]["H200"]
@@ -199,11 +204,11 @@ def _layers(data: dict, w) -> None:
         b = c["batch"]
         w(f"**{_cfg_name(c)}**")
         w("")
-        w(
+        _head(
+            w,
             "| layer | fwd M inst | bwd M inst | fwd us H100 / H200 | bwd us H100 / H200 | bound (H200, by time) | "
-            "MMA / clip |"
+            "MMA / clip |",
         )
-        w("|---|---|---|---|---|---|---|")
         layers: dict[str, list] = {}
         for r in c["launches"]:
             layers.setdefault(r["layer"], []).append(r)
@@ -245,11 +250,11 @@ def _regs(data: dict, w) -> None:
     for arch in ("soundnet8", "soundnet5"):
         w(f"**{arch}, batch 64** (bf16 | fp32)")
         w("")
-        w(
+        _head(
+            w,
             "| layer | phase | kernel | bf16 regs | bf16 stack B | bf16 smem KB | bf16 CTAs/SM | fp32 regs | "
-            "fp32 stack B | fp32 smem KB |"
+            "fp32 stack B | fp32 smem KB |",
         )
-        w("|---|---|---|---|---|---|---|---|---|---|")
         cb = next((c for c in data["configs"] if c["arch"] == arch and c["batch"] == 64 and c["dtype"] == "bf16"),
                   None)  # fmt: skip
         cf = next((c for c in data["configs"] if c["arch"] == arch and c["batch"] == 64 and c["dtype"] == "fp32"),
@@ -279,11 +284,11 @@ def _launch_table(data: dict, w) -> None:
             "resource on the H200 (pipe:alu / pipe:imad = integer pipes)."
         )
         w("")
-        w(
+        _head(
+            w,
             "| layer | phase | kernel | grid | waves | warp-inst/clip (M) | inst/thr | MMA GFLOP/clip | L2 MB/clip | "
-            "local MB/clip | DRAM MB/clip | H100 us | H200 us | bound |"
+            "local MB/clip | DRAM MB/clip | H100 us | H200 us | bound |",
         )
-        w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for r in c["launches"]:
             d = r["detail"]
             w(
@@ -309,8 +314,7 @@ def _calibration(data: dict, w) -> None:
         return
     w(f"## Against the earlier static review ({LABEL})")
     w("")
-    w("| figure | review | this model |")
-    w("|---|---|---|")
+    _head(w, "| figure | review | this model |")
     for row in cal["rows"]:
         w(f"| {row[0]} | {row[1]} | {row[2]} |")
     w("")
@@ -331,8 +335,7 @@ def _cross(data: dict, w) -> None:
         "thread in the innermost loop's body."
     )
     w("")
-    w(f"| layer | phase | kernel | M warp-inst/clip {a} / {b} | regs | stack B | inner step |")
-    w("|---|---|---|---|---|---|---|")
+    _head(w, f"| layer | phase | kernel | M warp-inst/clip {a} / {b} | regs | stack B | inner step |")
     for r in x["rows"]:
         wi, rg, sp, st = r["warp_instructions_per_clip"], r["regs"], r["spill_bytes"], r["inner_step_instructions"]
         w(
@@ -389,8 +392,7 @@ def _baselines(data: dict, w) -> None:
         "TFLOP/s shown beside). Fused = DRAM compulsory bytes of this model."
     )
     w("")
-    w("| arch | layer | eager MB/clip | compile MB/clip | fused MB/clip (b64 bf16) |")
-    w("|---|---|---|---|---|")
+    _head(w, "| arch | layer | eager MB/clip | compile MB/clip | fused MB/clip (b64 bf16) |")
     for key, b in data["baselines"].items():
         fused = next((c for c in data["configs"] if f"{c['arch']}-{c['seconds']:g}s" == key and c["batch"] == 64
                       and c["dtype"] == "bf16"), None)  # fmt: skip
@@ -409,8 +411,7 @@ def _baselines(data: dict, w) -> None:
             f"{b['compile']['bytes_per_clip'] / 1e6:.1f} | {fz / 1e6:.1f} |"
         )
     w("")
-    w("| arch | eager clips/s H100 / H200 | compile clips/s H100 / H200 | conv FLOP bound (790 TFLOP/s) |")
-    w("|---|---|---|---|")
+    _head(w, "| arch | eager clips/s H100 / H200 | compile clips/s H100 / H200 | conv FLOP bound (790 TFLOP/s) |")
     for b in data["baselines"].values():
         e, m = b["eager"]["predicted_clips_per_s"], b["compile"]["predicted_clips_per_s"]
         w(
@@ -425,8 +426,7 @@ def _det(data: dict, w) -> None:
         return
     w(f"## Deterministic backward (no atomics) ({LABEL})")
     w("")
-    w("| config | warp-inst / clip (M) | clips/s H100 | clips/s H200 | invariants |")
-    w("|---|---|---|---|---|")
+    _head(w, "| config | warp-inst / clip (M) | clips/s H100 | clips/s H200 | invariants |")
     for c in data["deterministic"]:
         w(
             f"| {_cfg_name(c)} | {_m(c['per_clip']['warp_instructions'])} | "

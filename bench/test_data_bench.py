@@ -22,8 +22,9 @@ import numpy as np
 import pytest
 
 from bench.conftest import Sizes
-from soundnet_fast import data, prepare
-from tests.media import write_video
+from soundnet_fast.data import shards as data
+from soundnet_fast.prepare import run as prepare
+from tests.helpers.media import write_video
 
 
 def _ffmpeg() -> str | None:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from bench.conftest import Sizes
-from soundnet_fast.protocols import DEFAULT_CS, cross_validate
+from soundnet_fast.evaluation.protocols import DEFAULT_CS, cross_validate
 
 
 def _esc50_like(smoke: bool) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:

@@ -8,7 +8,7 @@ import torch
 
 from bench.conftest import DEVICE, Sizes, max_rel_err
 from soundnet_fast import SoundNet8
-from soundnet_fast.extract import features_many
+from soundnet_fast.inference.extract import features_many
 
 
 @pytest.mark.parametrize("variant", ["eager", "fused"])

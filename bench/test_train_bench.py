@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bench.conftest import DEVICE, ON_GPU, Sizes
-from soundnet_fast.losses import LAMBDA
 from soundnet_fast.model import SoundNet8
-from soundnet_fast.train_runtime import Stepper
+from soundnet_fast.train.losses import LAMBDA
+from soundnet_fast.train.runtime import Stepper
 
 TRAIN_FLOP_PER_20S_CLIP = 3.3e9  # docs/design.md#performance-ceiling
 VARIANTS = ["eager", "eager-bf16", "reference", "compile", "fused", "fused+graphs"]

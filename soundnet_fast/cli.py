@@ -14,14 +14,14 @@ import sys
 # (subcommand, module, one-line help). Data flows down this list:
 # video -> prepare -> shards -> train -> checkpoint -> extract/evaluate.
 COMMANDS: list[tuple[str, str, str]] = [
-    ("extract", "soundnet_fast.extract", "write SoundNet features of audio/video files as .npy"),
-    ("predict", "soundnet_fast.predict", "print the top-5 object and scene classes per head time step"),
-    ("prepare", "soundnet_fast.prepare", "turn a folder of videos into training shards (audio + teacher posteriors)"),
-    ("inspect", "soundnet_fast.shardinfo", "print a shard folder's manifest, counts and the teachers' top classes"),
-    ("train", "soundnet_fast.train", "distill the teachers' posteriors in shards into SoundNet (DDP via torchrun)"),
-    ("convert", "soundnet_fast.convert", "convert sound8.npy / .t7 / sound8.pth weights to a native checkpoint"),
-    ("evaluate", "soundnet_fast.evaluate", "transfer evaluation: features + linear SVM on ESC-50/10, DCASE 2013"),
-    ("demo", "soundnet_fast.demo", "end to end on a synthetic world: videos, prepare, distil, evaluate"),
+    ("extract", "soundnet_fast.inference.extract", "write SoundNet features of audio/video files as .npy"),
+    ("predict", "soundnet_fast.inference.predict", "print the top-5 object and scene classes per head time step"),
+    ("prepare", "soundnet_fast.prepare.run", "turn videos into training shards (audio + teacher posteriors)"),
+    ("inspect", "soundnet_fast.data.inspect", "print a shard folder's manifest, counts and the teachers' top classes"),
+    ("train", "soundnet_fast.train.trainer", "distill the teachers' posteriors in shards (DDP via torchrun)"),
+    ("convert", "soundnet_fast.inference.convert", "convert sound8.npy / .t7 / .pth weights to a native checkpoint"),
+    ("evaluate", "soundnet_fast.evaluation.evaluate", "transfer evaluation: features + linear SVM, ESC-50/10, DCASE"),
+    ("demo", "soundnet_fast.demo.run", "end to end on a synthetic world: videos, prepare, distil, evaluate"),
 ]
 
 

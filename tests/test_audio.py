@@ -8,7 +8,7 @@ import torch
 
 from soundnet_fast import audio
 from soundnet_fast.audio import AudioDecodeError
-from tests.sounds import sine, write_audio, write_video_only, write_video_with_audio
+from tests.helpers.sounds import sine, write_audio, write_video_only, write_video_with_audio
 
 SR = audio.SAMPLE_RATE
 

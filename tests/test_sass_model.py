@@ -178,9 +178,9 @@ def test_mma_invariant_on_a_compiled_kernel(monkeypatch, tmp_path) -> None:
     FLOPs; doubling the reduction loop's trip count (as a missed ptxas unroll would) breaks the check."""
     import torch
 
+    from bench import aot_check
     from bench.sass import run
     from bench.sass.compile import CACHE, compile_spec, specialise
-    from soundnet_fast.kernels import aot_check
 
     monkeypatch.setenv("TRITON_CACHE_DIR", str(CACHE / "triton" / triton.__version__))
     rows = [("conv1", 16, 64, 2, 32, 8), ("conv2", 32, 32, 2, 16, 8), ("conv3", 64, 16, 2, 8, None)]

@@ -21,7 +21,7 @@ import torch
 from soundnet_fast import load_pretrained
 from soundnet_fast.cli import main as cli_main
 from soundnet_fast.tf_npy import ALLOWED_GLOBALS, WeightFileError, read
-from tests.sounds import sine, write_audio
+from tests.helpers.sounds import sine, write_audio
 from tests.test_weights import N_OBJ, N_SCN, random_layers, write_pth, write_tf_npy
 
 

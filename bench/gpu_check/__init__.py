@@ -27,7 +27,7 @@ Sections (full size: batch 64 of 20 s clips, bf16, training, SoundNet-8):
 
 0. environment: device, SM count, L2, clocks, power limit, other GPU processes, versions, git commit, date, and
    that the checkout imports without av / DALI / librosa / sklearn.
-1. precompile: the bf16 training launches (recorded on meta tensors with ``kernels/aot_check.py``'s recorder),
+1. precompile: the bf16 training launches (recorded on meta tensors with ``bench/aot_check.py``'s recorder),
    compiled per distinct specialisation in a process pool; seconds, registers, spills, shared memory.
 2. parity: each SoundNet-8 block in bf16 at full size, fused vs eager vs a float64 reference; PASS when the fused
    op's error is at most twice eager's.
@@ -45,6 +45,6 @@ Sections (full size: batch 64 of 20 s clips, bf16, training, SoundNet-8):
 ``--smoke`` runs all of it on the CPU under ``TRITON_INTERPRET=1`` at toy sizes (CUDA-only parts record "skipped:
 no CUDA"), to check the script itself (tests/kernels/test_gpu_check.py); its output goes to a temporary folder
 unless ``--out`` is given. ``--sections a,b`` runs a subset and ``--section-timeout NAME=S`` overrides one timeout
-(the tests use it to force an overrun). Without a GPU, ``python -m soundnet_fast.kernels.aot_check`` compiles
+(the tests use it to force an overrun). Without a GPU, ``python -m bench.aot_check`` compiles
 every kernel specialisation for sm_90.
 """

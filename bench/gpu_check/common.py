@@ -3,7 +3,7 @@
 Import chain: the GPU machine has the checkout but not the project installed (and no PyAV, DALI, librosa or
 scikit-learn). :func:`load_checkout` puts the repository root first on ``sys.path`` and installs a meta-path
 finder that maps the package ``soundnet_fast.kernels`` to ``ROOT/kernels`` (what setuptools' ``package-dir`` in
-pyproject.toml does for an install), so ``soundnet_fast.model``, ``soundnet_fast.train_runtime`` and the kernels
+pyproject.toml does for an install), so ``soundnet_fast.model``, ``soundnet_fast.train.runtime`` and the kernels
 import from this checkout. Nothing on that chain imports av / nvidia.dali / librosa / sklearn (a test checks it
 with those modules blocked); numpy is imported by ``soundnet_fast/__init__.py`` (weights), and when numpy is
 missing the package is registered without running its ``__init__`` (model, losses and train_runtime need no numpy).

@@ -1,12 +1,12 @@
 """The Triton launches of one bf16 SoundNet-8 training step, recorded without running anything.
 
-``kernels/aot_check.py``'s ``record_launches`` replaces ``wrap_triton`` in the launcher modules by a recorder, and
+``bench/aot_check.py``'s ``record_launches`` replaces ``wrap_triton`` in the launcher modules by a recorder, and
 the launchers run on meta tensors: the exact specialisations a step uses (block sizes, constexprs, dtypes, grids)
 come out at full size in well under a second, on any machine. Recorded here per block and phase, as the model
 runs them under bf16 autocast in training: forward ``conv_moments`` + ``conv_bn_relu_pool``, backward
 ``conv_bn_relu_backward`` (atomics, the default: ``torch.are_deterministic_algorithms_enabled()`` is False; no input
 gradient for conv1, whose input is the waveform), and the KL loss of both heads (``reduction="sum"``, as
-``soundnet_fast.losses`` calls it with the fused backend), labelled with the head's layer name (conv8, conv8_2) as
+``soundnet_fast.train.losses`` calls it with the fused backend), labelled with the head's layer name (conv8, conv8_2) as
 ``bench/sass_report.py`` labels them.
 
 A launch is described as JSON (tensors as shape / stride / dtype) so sections can hand it to a process pool or a

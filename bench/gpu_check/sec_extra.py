@@ -27,7 +27,7 @@ def determinism(ctx: Any) -> None:
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before the first cuBLAS handle
     import torch
 
-    from soundnet_fast.losses import distill_loss
+    from soundnet_fast.train.losses import distill_loss
 
     from .sec_throughput import batch_for, toy_arch
 
@@ -164,9 +164,9 @@ def opcheck(ctx: Any) -> None:
 
 def vgg16_model() -> tuple[Any, str]:
     """The teachers' VGG16 (config D, torchvision's layout): the product's own module, random weights."""
-    from soundnet_fast.teachers import VGG16
+    from soundnet_fast.prepare.teachers import VGG16
 
-    return VGG16(1000), "soundnet_fast.teachers.VGG16 (torchvision's config D layout), random weights"
+    return VGG16(1000), "soundnet_fast.prepare.teachers.VGG16 (torchvision's config D layout), random weights"
 
 
 def vgg16(ctx: Any) -> None:

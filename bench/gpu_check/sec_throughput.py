@@ -1,6 +1,6 @@
 """Sections 3 and 6e: clips/s of the trunk forward + backward and of the product's own train step.
 
-The step is ``soundnet_fast.train_runtime.Stepper`` - what ``soundnet-fast train`` runs - around
+The step is ``soundnet_fast.train.runtime.Stepper`` - what ``soundnet-fast train`` runs - around
 ``soundnet_fast.model.SoundNet8`` (both heads, 1000 objects / 401 scenes), the KL loss, backward and
 ``torch.optim.Adam(fused=True)``, bf16 autocast, on a batch of random clips x256 with softmax targets. Variants,
 built from the same seed: ``eager`` (backend "reference", ``torch.backends.cudnn.benchmark = True``), ``fused``
@@ -57,8 +57,8 @@ def batch_for(torch: Any, arch: type, n_obj: int, n_scn: int, batch: int, sample
 
 
 def make_stepper(torch: Any, arch: type, classes: tuple[int, int], variant: str, device: str, audio, targets):
-    """A Stepper for one variant, as the trainer builds it (soundnet_fast/train.py)."""
-    from soundnet_fast.train_runtime import Stepper
+    """A Stepper for one variant, as the trainer builds it (soundnet_fast/train/trainer.py)."""
+    from soundnet_fast.train.runtime import Stepper
 
     torch.manual_seed(0)
     model = arch(*classes).to(device)

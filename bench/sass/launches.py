@@ -1,7 +1,7 @@
 """The launches a training step makes, per configuration (architecture, batch, clip length, dtype).
 
 Layer tables come from ``soundnet_fast.model`` (SOUNDNET8_TRUNK / SOUNDNET5_TRUNK, head lengths from
-``output_lengths``); the launches themselves are recorded by ``kernels/aot_check.train_step_launches``,
+``output_lengths``); the launches themselves are recorded by ``bench/aot_check.train_step_launches``,
 which runs the real launchers on meta tensors with ``wrap_triton`` replaced by a recorder.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from soundnet_fast.kernels import aot_check
+from bench import aot_check
 from soundnet_fast.model import SAMPLE_RATE, SoundNet5, SoundNet8
 
 ARCHS = {"soundnet8": SoundNet8, "soundnet5": SoundNet5}

@@ -43,7 +43,7 @@ def markdown(data: dict[str, Any]) -> str:
     w("## Method")
     w("")
     w(
-        "1. Launches: `kernels/aot_check.train_step_launches` runs the real launchers of one training step "
+        "1. Launches: `bench/aot_check.train_step_launches` runs the real launchers of one training step "
         "(forward with batch statistics, training backward, KL loss of both heads, reduction 'sum', fp32 logits) "
         "on meta tensors; layer tables from `soundnet_fast.model`. Torch ops beside them (zero fills, partial "
         "sums, BN finalisation, running-statistics update) are counted by a dispatch mode."

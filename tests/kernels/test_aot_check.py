@@ -18,7 +18,7 @@ PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
 @pytest.mark.skipif(not PTXAS.exists(), reason="this Triton build ships no NVIDIA backend (ptxas)")
 def test_conv1_conv2_and_kl_compile_for_sm90() -> None:
     code = (
-        "from soundnet_fast.kernels.aot_check import compile_launches, soundnet8_launches\n"
+        "from bench.aot_check import compile_launches, soundnet8_launches\n"
         "res = compile_launches(soundnet8_launches(64, 441_000, 'tf32', blocks=2), arch=90)\n"
         "print('AOT-OK', len(res), max(r[2] for r in res))\n"
     )

@@ -10,10 +10,14 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
-from _kernel_helpers import (
+
+import soundnet_fast.kernels.conv_bn_relu as cbr
+from soundnet_fast.kernels import conv1d_bn_relu
+from tests.helpers.kernels import (
     SOUNDNET_LAYERS,
     eager_block,
     make_case,
@@ -22,9 +26,6 @@ from _kernel_helpers import (
     run_fused,
     run_reference,
 )
-
-import soundnet_fast.kernels.conv_bn_relu as cbr
-from soundnet_fast.kernels import conv1d_bn_relu
 
 NAMES = ["x", "weight", "bias", "bn_weight", "bn_bias"]
 # Short lengths per SoundNet layer: a few pool windows plus a remainder (docs/design.md#model shapes).
@@ -339,7 +340,7 @@ def test_opcheck_cpu_reference() -> None:
         """
         import torch, sys
         sys.path.insert(0, %r)
-        from test_conv_bn_relu import _opcheck_samples
+        from tests.kernels.test_conv_bn_relu import _opcheck_samples
         import soundnet_fast.kernels.conv_bn_relu as cbr
         from soundnet_fast.kernels import kl_div  # noqa: F401
         from soundnet_fast.kernels.kl_div import _kl_op
@@ -357,7 +358,7 @@ def test_opcheck_cpu_reference() -> None:
             torch.library.opcheck(_kl_op, (z, p, 1, red, True))
         print("OPCHECK-OK")
         """
-    ) % os.path.dirname(__file__)
+    ) % str(Path(__file__).resolve().parents[2])
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert "OPCHECK-OK" in res.stdout, res.stderr[-3000:]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from _kernel_helpers import max_rel, norm_rel
 
 from soundnet_fast.kernels import kl_div
 from soundnet_fast.kernels.kl_div import _kl_op
+from tests.helpers.kernels import max_rel, norm_rel
 
 SHAPES = {  # (shape, dim)
     "NCT": ((3, 7, 5), 1),

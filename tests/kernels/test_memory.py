@@ -8,11 +8,11 @@ short real run checks that meta and interpreter counts agree."""
 from __future__ import annotations
 
 import torch
-from _kernel_helpers import SOUNDNET_LAYERS
 
 from soundnet_fast.kernels import conv1d_bn_relu, saved_activation_bytes
 from soundnet_fast.kernels.memory import saved_tensors
 from soundnet_fast.model import SoundNet8
+from tests.helpers.kernels import SOUNDNET_LAYERS
 
 EAGER_MB_PER_CLIP = 41.2  # docs/design.md#memory-accounting: fp32 eager nn.Sequential, SoundNet-8 trunk, 20 s clip
 

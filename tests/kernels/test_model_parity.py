@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from _kernel_helpers import max_rel
 
 from soundnet_fast.kernels import kl_div
 from soundnet_fast.model import SoundNet5, SoundNet8
+from tests.helpers.kernels import max_rel
 
 
 def _models(cls, seed: int):

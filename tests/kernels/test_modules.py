@@ -6,11 +6,11 @@ import copy
 
 import pytest
 import torch
-from _kernel_helpers import max_rel
 from torch import nn
 
 from soundnet_fast.kernels import FusedConv1dBNReLU, fold, fuse, unfuse
 from soundnet_fast.kernels.modules import FusedAway
+from tests.helpers.kernels import max_rel
 
 
 def _block(c_in: int, c_out: int, k: int, s: int, p: int, pool: int | None = None) -> list[nn.Module]:

@@ -6,14 +6,15 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from _kernel_helpers import make_case, max_rel, run_reference
 
 from soundnet_fast.kernels import conv1d_bn_relu
 from soundnet_fast.kernels._common import use_triton
+from tests.helpers.kernels import make_case, max_rel, run_reference
 
 WORLD = 2
 CONF = dict(stride=2, padding=3, pool=3)
@@ -26,7 +27,7 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, port: int, out_dir: str, deterministic: bool) -> None:
-    sys.path.insert(0, os.path.dirname(__file__))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:

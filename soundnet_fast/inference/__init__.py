@@ -1,0 +1,1 @@
+"""Using trained weights: ``extract`` (features as .npy), ``predict`` (top classes), ``convert`` (weight files)."""

@@ -1,0 +1,2 @@
+"""Video -> shards: ``video`` (audio and frame decoding with PyAV), ``frames_dali`` (frames on the GPU through
+DALI), ``teachers`` (the visual teacher CNNs), ``run`` (the resumable ``soundnet-fast prepare`` run)."""

@@ -1,0 +1,517 @@
+"""`soundnet-fast prepare`: a folder of ordinary videos -> training shards (docs/design.md#distillation,
+#performance-ceiling, #data-path).
+
+For each video (in worker processes): decode the audio track with PyAV to 22,050 Hz mono (stream start
+offsets placed on the container's timeline, codec priming already dropped by FFmpeg, audio shorter than the
+video zero-padded) and pick the frame shown at the middle of every 5 s window by timestamp (so variable
+frame rates are handled). In the main process: run every teacher on those frames, cut 20 s clips whose
+teacher steps line up with the head steps, and append them to the shards (:class:`~soundnet_fast.data.shards.
+ShardWriter`). Clip c of a long video covers [20c, 20c + 20) s and its teacher row t is the frame at
+20c + 5t + 2.5 s (docs/design.md#distillation); a video shorter than a clip is zero-padded to a multiple of 5 s and
+tiled to 20 s, as the original did, so its row t is window t mod W. A long video's last clip is zero-padded
+by less than 5 s; windows left over after the last whole clip are dropped.
+
+Frames come from PyAV in the workers, or (``--frames dali``, or ``auto`` on a GPU with DALI installed) from
+DALI's video decoder in the main process (:mod:`~soundnet_fast.prepare.frames_dali`): the workers then still
+decode the audio and read the video's packets (its timeline and end, and which frame each window shows),
+without decoding the video. A video DALI cannot decode (H.264 on DALI's CPU backend) takes its frames from
+PyAV instead; the summary counts those fallbacks with their reasons, and each index row says which decoder
+made its frames (``frame_decoder``).
+
+Bad input loses nothing: a file that fails is recorded in ``failures.jsonl`` with its reason and the run
+goes on; a rerun skips every video already in the index or in ``failures.jsonl`` (``--retry-failed``
+retries the latter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from soundnet_fast.data import shards as data
+from soundnet_fast.prepare.video import (  # noqa: F401  (re-exported: prepare.decode, prepare.make_clips, ...)
+    FRAME_SHORT_SIDE,
+    SAMPLE_RATE,
+    SILENCE_PEAK,
+    VIDEO_EXTENSIONS,
+    Clip,
+    Decoded,
+    VideoError,
+    decode,
+    find_videos,
+    make_clips,
+)
+
+FRAME_DECODERS = ("auto", "pyav", "dali")
+
+
+def _work(job: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
+    """Worker: decode one video and cut its clips; failures come back as records, never as exceptions.
+
+    With ``opts["frame_decoder"] == "dali"`` the video is only demuxed: the result carries, per used
+    window, the frame's index for DALI (``indices``) instead of the frame."""
+    vid, path, opts = job
+    t0 = time.perf_counter()
+    try:
+        dali = opts["need_frames"] and opts["frame_decoder"] == "dali"
+        dec = decode(
+            path,
+            sample_rate=opts["sample_rate"],
+            frame_every=opts["frame_every"],
+            mono=opts["mono"],
+            need_frames=opts["need_frames"],
+            decode_frames=not dali,
+        )
+        clips = make_clips(
+            dec, clip_seconds=opts["clip_seconds"], frame_every=opts["frame_every"], sample_rate=opts["sample_rate"]
+        )
+        used = sorted({w for c in clips for w in c.windows})
+        frames = {w: dec.frames[w] for w in used} if dec.frames else {}
+        res = {
+            "video": vid,
+            "ok": True,
+            "clips": clips,
+            "frames": frames,
+            "duration": dec.duration,
+            "seconds": time.perf_counter() - t0,
+        }
+        if opts["need_frames"]:
+            res["frame_decoder"] = "pyav"
+        if dali:
+            res.update(indices={w: dec.frame_indices[w] for w in used}, frame_size=dec.frame_size,
+                       codec=dec.video_codec, frame_decoder="dali")  # fmt: skip
+        return res
+    except VideoError as e:
+        return {"video": vid, "ok": False, "kind": e.kind, "reason": str(e)}
+    except Exception as e:  # anything else is still this video's failure, not the run's
+        return {"video": vid, "ok": False, "kind": "error", "reason": f"{path}: {type(e).__name__}: {e}"}
+
+
+# ------------------------------------------------------------------------------------------ the run
+@dataclass
+class Summary:
+    videos: int = 0  # found in VIDEOS
+    skipped: int = 0  # already done (in the index or in failures.jsonl)
+    succeeded: int = 0
+    failed: int = 0
+    failure_kinds: Counter = field(default_factory=Counter)
+    clips: int = 0
+    silent_clips: int = 0
+    audio_hours: float = 0.0  # of source video decoded this run
+    seconds: float = 0.0
+    total_videos: int = 0  # in the shards after the run
+    frame_decoder: str = "none"  # the run's frames: "pyav", "dali-cpu", "dali-gpu" ("none": audio only)
+    frame_fallbacks: Counter = field(default_factory=Counter)  # "codec: reason" -> videos DALI left to PyAV
+
+    def line(self) -> str:
+        rate = self.succeeded / self.seconds if self.seconds else 0.0
+        kinds = ", ".join(f"{k}: {n}" for k, n in sorted(self.failure_kinds.items()))
+        frames = ""
+        if self.frame_decoder.startswith("dali"):
+            falls = "; ".join(f"{k}: {n}" for k, n in sorted(self.frame_fallbacks.items()))
+            frames = f"; frames by DALI ({self.frame_decoder[5:]}), by PyAV for {sum(self.frame_fallbacks.values())}"
+            frames += f" videos DALI could not decode ({falls})" if falls else " videos"
+        return (
+            f"{self.succeeded} videos -> {self.clips} clips ({self.silent_clips} silent), "
+            f"{self.failed} failed{f' ({kinds})' if kinds else ''}, {self.skipped} already done; "
+            f"{self.audio_hours:.3f} h of audio in {self.seconds:.1f} s ({rate:.2f} videos/s, "
+            f"{self.audio_hours / (self.seconds / 3600) if self.seconds else 0:.0f} audio h per wall h){frames}"
+        )
+
+
+def prepare(
+    videos: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    teachers: Mapping[str, Any],
+    *,
+    clip_seconds: float = 20.0,
+    frame_every: float = 5.0,
+    workers: int = 1,
+    clips_per_shard: int = 256,
+    mono: str = "first",
+    class_names: Mapping[str, Any] | None = None,
+    device: str | None = None,
+    batch_size: int = 32,
+    retry_failed: bool = False,
+    progress: bool = False,
+    sample_rate: int = SAMPLE_RATE,
+    frames: str = "auto",
+) -> Summary:
+    """Turn the videos of ``videos`` (a folder or a list file) into shards in ``out``.
+
+    ``teachers`` maps a head name (``objects``, ``scenes``) to a spec string, a
+    :class:`~soundnet_fast.prepare.teachers.Teacher` or any ``torch.nn.Module`` (:func:`~soundnet_fast.prepare.teachers.
+    build_teacher`); an empty mapping writes audio-only shards without decoding frames.
+
+    ``frames`` picks the teacher frames' decoder: ``pyav``; ``dali`` (DALI on the GPU when CUDA is
+    available, else DALI's CPU backend; raises :class:`~soundnet_fast.prepare.frames_dali.DaliUnavailable`
+    without DALI); ``auto``: DALI on the GPU when CUDA is available and DALI imports, else PyAV.
+    """
+    steps = clip_seconds / frame_every
+    if abs(steps - round(steps)) > 1e-9 or steps < 1:
+        raise ValueError(f"clip_seconds ({clip_seconds}) must be a whole multiple of frame_every ({frame_every})")
+    if mono not in ("first", "mean"):
+        raise ValueError(f"mono must be 'first' or 'mean', got {mono!r}")
+    if frames not in FRAME_DECODERS:
+        raise ValueError(f"frames must be one of {', '.join(FRAME_DECODERS)}, got {frames!r}")
+    steps = int(round(steps))
+    pool = _Workers(workers)  # before any teacher exists (see _Workers)
+    try:
+        return _prepare(
+            videos,
+            out,
+            teachers,
+            pool,
+            clip_seconds=clip_seconds,
+            frame_every=frame_every,
+            steps=steps,
+            clips_per_shard=clips_per_shard,
+            mono=mono,
+            class_names=class_names,
+            device=device,
+            batch_size=batch_size,
+            retry_failed=retry_failed,
+            progress=progress,
+            sample_rate=sample_rate,
+            frames=frames,
+        )
+    finally:
+        pool.close()
+
+
+def _prepare(
+    videos: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    teachers: Mapping[str, Any],
+    pool: _Workers,
+    *,
+    clip_seconds: float,
+    frame_every: float,
+    steps: int,
+    clips_per_shard: int,
+    mono: str,
+    class_names: Mapping[str, Any] | None,
+    device: str | None,
+    batch_size: int,
+    retry_failed: bool,
+    progress: bool,
+    sample_rate: int,
+    frames: str,
+) -> Summary:
+    from soundnet_fast.prepare.frames_dali import open_frame_decoder
+    from soundnet_fast.prepare.teachers import TeacherError, build_teacher
+
+    found = find_videos(videos)  # before anything is written: a wrong path leaves no empty output
+    built = {
+        name: build_teacher(spec, class_names=(class_names or {}).get(name), device=device, batch_size=batch_size)
+        for name, spec in teachers.items()
+    }
+    # Before the writer, so a missing DALI leaves no empty output; after the pool forked (DALI starts threads).
+    dali = open_frame_decoder(frames, device) if built else None
+    clip_samples = int(round(clip_seconds * sample_rate))
+    writer = data.ShardWriter(
+        out,
+        {n: t.describe() for n, t in built.items()},
+        sample_rate,
+        clip_samples,
+        steps,
+        frame_every,
+        clips_per_shard=clips_per_shard,
+        extra={"mono": mono, "source": os.path.abspath(os.fspath(videos))},
+    )
+    summary = Summary(videos=len(found))
+    summary.frame_decoder = "none" if not built else f"dali-{dali.device}" if dali is not None else "pyav"
+    done = set(writer.videos)
+    failed_before = {str(r.get("video")) for r in data.read_failures(out)}
+    if not retry_failed:
+        done |= failed_before
+    todo = [(vid, path) for vid, path in found if vid not in done]
+    summary.skipped = len(found) - len(todo)
+    opts = {
+        "sample_rate": sample_rate,
+        "frame_every": frame_every,
+        "clip_seconds": clip_seconds,
+        "mono": mono,
+        "need_frames": bool(built),
+        "frame_decoder": "dali" if dali is not None else "pyav",
+    }
+    paths = dict(todo)
+    t0 = time.perf_counter()
+    bar = _Progress(len(todo), enabled=progress)
+    fail_path = os.path.join(os.fspath(out), data.FAILURES)
+    try:
+        for res in pool.results([(vid, path, opts) for vid, path in todo]):
+            if res["ok"] and res.get("frame_decoder") == "dali" and dali is not None:
+                res = _dali_frames(res, paths[res["video"]], dali, pool, opts, summary)
+            if res["ok"]:
+                try:
+                    probs = {n: t([res["frames"][w] for w in sorted(res["frames"])]) for n, t in built.items()}
+                except TeacherError as e:
+                    res = {"video": res["video"], "ok": False, "kind": "teacher", "reason": f"{res['video']}: {e}"}
+            if not res["ok"]:
+                _append_failure(fail_path, {"video": res["video"], "reason": res["reason"], "kind": res["kind"]})
+                summary.failed += 1
+                summary.failure_kinds[res["kind"]] += 1
+                bar.advance(0.0)
+                continue
+            row_of = {w: i for i, w in enumerate(sorted(res["frames"]))}
+            for clip in res["clips"]:
+                clip_probs = {n: p[[row_of[w] for w in clip.windows]] for n, p in probs.items()}
+                meta = {
+                    "video": res["video"],
+                    "start": clip.start,
+                    "frame_times": clip.frame_times,
+                    "windows": clip.windows,
+                    "silent": clip.silent,
+                }
+                if "frame_decoder" in res:
+                    meta["frame_decoder"] = res["frame_decoder"]
+                writer.add(clip.audio, clip_probs, meta)
+                summary.clips += 1
+                summary.silent_clips += clip.silent
+            summary.succeeded += 1
+            summary.audio_hours += res["duration"] / 3600.0
+            bar.advance(res["duration"])
+        failures = {str(r.get("video")) for r in data.read_failures(out)} - writer.videos
+        writer.extra["num_failures"] = len(failures)
+        writer.close()
+    finally:
+        bar.stop()
+    summary.seconds = time.perf_counter() - t0
+    summary.total_videos = len(writer.videos)
+    return summary
+
+
+def _dali_frames(
+    res: dict[str, Any], path: str, dali: Any, pool: _Workers, opts: dict[str, Any], summary: Summary
+) -> dict[str, Any]:
+    """Fill a worker's result with DALI's frames; when DALI cannot decode the file, redo the whole video with
+    PyAV in a worker (so its shards are exactly the PyAV path's, and an FFmpeg crash stays in a worker) and
+    count the fallback."""
+    from soundnet_fast.prepare.frames_dali import DaliError
+
+    windows = sorted(res["indices"])
+    try:
+        got = dali(path, [res["indices"][w] for w in windows], res["frame_size"])
+    except DaliError as e:
+        summary.frame_fallbacks[f"{res['codec'] or 'unknown codec'}: {e.reason}"] += 1
+        return pool.run_one((res["video"], path, {**opts, "frame_decoder": "pyav"}))
+    return {**res, "frames": dict(zip(windows, got, strict=True))}
+
+
+class _Workers:
+    """Decoding processes; results come back in input order with a bounded number in flight.
+
+    fork, not spawn: spawn re-imports the caller's ``__main__`` (a script without the ``if __name__`` guard
+    would fail), and the workers only use PyAV, soxr and numpy, never torch. The pool is started before any
+    teacher is built or run, so the forked parent holds no torch thread pool or CUDA context yet.
+    A worker that dies (an FFmpeg crash on a hostile file) breaks the pool: the jobs in flight are then rerun
+    one at a time in fresh single-worker pools, so only the video that crashes again is recorded as failed.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.pool = self._new(workers) if workers > 1 else None
+
+    @staticmethod
+    def _new(workers: int) -> Any:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        methods = multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        pool = ProcessPoolExecutor(workers, mp_context=ctx)
+        pool.submit(int).result()  # with fork, the first submit starts every worker
+        return pool
+
+    def results(self, jobs: list[tuple[str, str, dict[str, Any]]]) -> Iterator[dict[str, Any]]:
+        from concurrent.futures.process import BrokenProcessPool
+
+        if self.pool is None:
+            yield from map(_work, jobs)
+            return
+        it = iter(jobs)
+        pending: list[tuple[Any, Any]] = []
+        while True:
+            while len(pending) < 2 * self.workers and (job := next(it, None)) is not None:
+                pending.append((job, self.pool.submit(_work, job)))
+            if not pending:
+                return
+            job, fut = pending.pop(0)
+            try:
+                res = fut.result()
+            except BrokenProcessPool:
+                self.pool.shutdown(wait=False, cancel_futures=True)
+                for retry in [job] + [j for j, _ in pending]:
+                    yield self._isolated(retry)
+                pending = []
+                self.pool = self._new(self.workers)
+                continue
+            yield res
+
+    def run_one(self, job: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
+        """One job outside the ordered stream (a DALI fallback), in the pool when there is one. If it breaks
+        the pool, the job is rerun alone; :meth:`results` then reruns its own jobs in flight and renews it."""
+        from concurrent.futures.process import BrokenProcessPool
+
+        if self.pool is None:
+            return _work(job)
+        try:
+            return self.pool.submit(_work, job).result()
+        except BrokenProcessPool:
+            return self._isolated(job)
+
+    def _isolated(self, job: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
+        from concurrent.futures.process import BrokenProcessPool
+
+        solo = self._new(1)
+        try:
+            return solo.submit(_work, job).result()
+        except BrokenProcessPool:
+            return {"video": job[0], "ok": False, "kind": "crash", "reason": f"{job[1]}: the decoder crashed"}
+        finally:
+            solo.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+
+
+def _append_failure(path: str, record: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class _Progress:
+    """A rich progress bar with videos/s and hours of audio (no-op when disabled)."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.bar: Any = None
+        self.hours = 0.0
+        self.t0 = time.perf_counter()
+        self.done = 0
+        if not enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(
+            TextColumn("prepare"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn(),
+            console=_stderr_console(),
+        )
+        self.task = self.bar.add_task("prepare", total=total, info="")
+        self.bar.start()
+
+    def advance(self, seconds_of_video: float) -> None:
+        self.done += 1
+        self.hours += seconds_of_video / 3600.0
+        if self.bar is not None:
+            dt = max(time.perf_counter() - self.t0, 1e-9)
+            self.bar.update(self.task, advance=1, info=f"{self.done / dt:.2f} videos/s, {self.hours:.2f} h audio")
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for v in values or []:
+        name, sep, spec = v.partition("=")
+        if not sep or not name or not spec:
+            raise SystemExit(f"{what} must look like NAME=VALUE (e.g. objects=vgg16:vgg16.pth), got {v!r}")
+        out[name] = spec
+    return out
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("videos", help="a folder of videos (searched recursively) or a text file with one path a line")
+    p.add_argument("out", help="the shard folder (created; a rerun resumes it)")
+    p.add_argument(
+        "--teacher",
+        action="append",
+        metavar="NAME=SPEC",
+        help="a teacher per head, e.g. objects=vgg16:vgg16_imagenet.pth scenes=vgg16:places.pth; SPEC is "
+        "vgg16|resnet18|resnet50:WEIGHTS (torchvision layout, loaded weights-only), torchscript:FILE, "
+        "export:FILE (torch.export; these two carry code: use only files you trust) or uniform:N",
+    )
+    p.add_argument(
+        "--class-names",
+        action="append",
+        metavar="NAME=FILE",
+        help="class names for a teacher, one a line (default: ImageNet names for 1000 classes)",
+    )
+    p.add_argument("--clip-seconds", type=float, default=20.0, help="training clip length (default 20)")
+    p.add_argument("--frame-every", type=float, default=5.0, help="one teacher frame per this many seconds (5)")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decoding processes")
+    p.add_argument("--clips-per-shard", type=int, default=256, help="clips per shard file (default 256)")
+    p.add_argument(
+        "--mono",
+        choices=("first", "mean"),
+        default="first",
+        help="first channel (the original) or the mean of the channels",
+    )
+    p.add_argument("--device", default=None, help="teacher device (default: cuda when available)")
+    p.add_argument("--batch-size", type=int, default=32, help="teacher batch size")
+    p.add_argument(
+        "--frames",
+        choices=FRAME_DECODERS,
+        default="auto",
+        help="teacher frames' decoder: PyAV, or DALI (GPU when CUDA is available, else its CPU backend: VP8/VP9/"
+        "MJPEG only; videos it cannot decode fall back to PyAV); auto: DALI on a GPU when installed, else PyAV",
+    )
+    p.add_argument("--retry-failed", action="store_true", help="retry videos recorded in failures.jsonl")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from soundnet_fast.prepare.frames_dali import DaliUnavailable
+
+    teachers = _pairs(args.teacher, "--teacher")
+    if not teachers:
+        print("prepare: no --teacher given: writing audio-only shards", file=sys.stderr)
+    try:
+        summary = prepare(
+            args.videos,
+            args.out,
+            teachers,
+            clip_seconds=args.clip_seconds,
+            frame_every=args.frame_every,
+            workers=args.workers,
+            clips_per_shard=args.clips_per_shard,
+            mono=args.mono,
+            class_names=_pairs(args.class_names, "--class-names"),
+            device=args.device,
+            batch_size=args.batch_size,
+            retry_failed=args.retry_failed,
+            progress=not args.no_progress and sys.stderr.isatty(),
+            frames=args.frames,
+        )
+    except (FileNotFoundError, ValueError, DaliUnavailable) as e:
+        print(f"prepare: {e}", file=sys.stderr)
+        return 2
+    print(summary.line())
+    if summary.failed:
+        print(f"failures recorded in {os.path.join(args.out, data.FAILURES)}")
+    # Non-zero only when nothing usable exists: no video succeeded, now or before.
+    return 0 if summary.total_videos > 0 else 1

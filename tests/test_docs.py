@@ -12,13 +12,18 @@ SCANNED = ["soundnet_fast", "kernels", "bench", "tests", "README.md", "Makefile"
 SUFFIXES = {".py", ".md", ".toml", ""}
 
 
-def scanned_files() -> list[Path]:
+def scanned_files(suffixes: set[str] | None = SUFFIXES) -> list[Path]:
+    """Files under SCANNED (every file when ``suffixes`` is None), caches left out."""
     files: list[Path] = []
     for name in SCANNED:
         path = ROOT / name
         candidates = [path] if path.is_file() else sorted(path.rglob("*"))
         files += [
-            p for p in candidates if p.is_file() and p.suffix in SUFFIXES and "results" not in p.relative_to(ROOT).parts
+            p
+            for p in candidates
+            if p.is_file()
+            and (suffixes is None or p.suffix in suffixes)
+            and "__pycache__" not in p.relative_to(ROOT).parts
         ]
     return files
 
@@ -50,11 +55,11 @@ def test_every_cited_anchor_exists() -> None:
 
 
 def test_no_citation_points_outside_the_repository() -> None:
-    bad = re.compile(r"DESIGN\.md|\.\./shared|shared/DESIGN|\bissue #?\d+|\bthe issue\b(?! slot| rate)")
+    # The same search as `grep -rnE` over SCANNED, this file and the committed reports included; the pattern is
+    # spelled so that it does not match itself.
+    bad = re.compile(r"DESIGN\.md|shared[/]|issue #?[0-9]|the[ ]issue")
     hits = []
-    for path in scanned_files():
-        if path == Path(__file__):
-            continue
+    for path in scanned_files(None):
         for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
             if bad.search(line):
                 hits.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()[:100]}")

@@ -12,7 +12,7 @@ launch - the predicted time, warp-instructions and the warp-IPC they imply:
     warp-IPC = predicted warp-instructions / (time_s x SMs x 4 schedulers x SM clock Hz)
 
 (528 = 132 SMs x 4 on an H100 SXM / H200; the SM clock is read with nvidia-smi right after the measurement, at
-most every 2 s), i.e. the fraction of the issue rate the kernel would use if the prediction's instruction count is
+most every 2 s), i.e. the fraction of the SM's issue rate the kernel would use if the predicted instruction count is
 right. Sums per phase give a kernels-only step time and clips/s beside the prediction file's. Last, each block
 alone, forward + backward, eager (cuDNN) vs fused, in A/B/B/A order: which layers the fusion pays on.
 """

@@ -6,6 +6,9 @@ from typing import Any
 
 from .report import LABEL
 
+# "issue" (total instruction issue) is shown as "issue-slots": a bare issue share reads like a tracker reference.
+_BINDS = {"issue": "issue-slots"}
+
 
 def _head(w, header: str) -> None:
     """A table's header row and its separator, one ``---`` per column."""
@@ -147,7 +150,7 @@ def _headline(data: dict, w) -> None:
         pc = c["per_clip"]
         bt = pc["binding_time_us"]["H200"]
         tot = sum(bt.values())
-        binds = ", ".join(f"{k} {v / tot:.0%}" for k, v in sorted(bt.items(), key=lambda kv: -kv[1])[:3])
+        binds = ", ".join(f"{_BINDS.get(k, k)} {v / tot:.0%}" for k, v in sorted(bt.items(), key=lambda kv: -kv[1])[:3])
         base = data["baselines"].get(f"{c['arch']}-{c['seconds']:g}s", {})
         e = base.get("eager", {}).get("predicted_clips_per_s", {}).get("H200", float("nan"))
         m = base.get("compile", {}).get("predicted_clips_per_s", {}).get("H200", float("nan"))

@@ -30,7 +30,7 @@ RATES = {
     "xu": 0.125,
     "mio": 0.25,  # LSU / MIO queue (LDG/STG/LDS/STS/LDSM/LDGSTS/SHFL/LDC/S2R): ASSUMPTION (same as shuffles)
     "uniform": 1.0,  # uniform datapath: ASSUMPTION (not documented; only its issue slot is counted)
-    "control": 1.0,  # branches, barriers, NOPs: only the issue slot is counted (ASSUMPTION)
+    "control": 1.0,  # branches, barriers, NOPs: only its issue slot is counted (ASSUMPTION)
 }
 PIPE_LABEL = {
     "fp32": "issue",

@@ -8,13 +8,14 @@ TORCH   := $(if $(HAS_GPU),torch,torch==2.13.0)
 
 .PHONY: setup demo test bench bench-smoke sass-report lint clean
 
+# Every extra (pyproject.toml's "all"): the base install needs only torch, triton and numpy.
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,t7,dali]"
+	$(PY) -m pip install -q -e ".[all]"
 	touch $(STAMP)
 
 demo: setup

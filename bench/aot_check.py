@@ -24,7 +24,9 @@ import triton
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import soundnet_fast.kernels  # noqa: F401  (registers the ops; its ``kl_div`` attribute is the function)
+from soundnet_fast.constants import HEAD_CLASSES, SAMPLE_RATE
 from soundnet_fast.kernels import _conv_bwd, _conv_fwd
+from soundnet_fast.model import SOUNDNET8_TRUNK
 
 _KL = sys.modules["soundnet_fast.kernels.kl_div"]
 _TYPES = {
@@ -35,16 +37,8 @@ _TYPES = {
     torch.int16: "*i16",
     torch.int32: "*i32",
 }
-# docs/design.md#soundnet-8: SoundNet-8 trunk (C_out, k, s, p, pool)
-_TRUNK = [
-    (16, 64, 2, 32, 8),
-    (32, 32, 2, 16, 8),
-    (64, 16, 2, 8, None),
-    (128, 8, 2, 4, None),
-    (256, 4, 2, 2, 4),
-    (512, 4, 2, 2, None),
-    (1024, 4, 2, 2, None),
-]
+# docs/design.md#soundnet-8: SoundNet-8 trunk (C_out, k, s, p, pool), from the one layer table in soundnet_fast.model
+_TRUNK = [(s.out_channels, s.kernel, s.stride, s.padding, s.pool) for s in SOUNDNET8_TRUNK]
 
 
 @contextlib.contextmanager
@@ -96,7 +90,8 @@ def soundnet8_launches(batch: int, samples: int, precision: str = "tf32", blocks
                         go, x, w2d, b, g, stats, code, saved_out, k, s, p, t, pool, training, det, i > 0
                     )
                 length, c_in = (t // pool if pool else t), c_out
-        for shape in [(batch, 1000, 4), (batch, 401, 4), (batch, 1000)]:
+        n_obj, n_scn = HEAD_CLASSES["objects"], HEAD_CLASSES["scenes"]
+        for shape in [(batch, n_obj, 4), (batch, n_scn, 4), (batch, n_obj)]:
             z = torch.empty(shape, device="meta")
             for red in ("batchmean", "none"):
                 _KL.triton_kl(z, z, 1, red, True)
@@ -271,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     results = []
     for precision in ("tf32", "ieee"):
-        results += compile_launches(soundnet8_launches(args.batch, int(args.seconds * 22_050), precision), args.arch)
+        results += compile_launches(
+            soundnet8_launches(args.batch, int(args.seconds * SAMPLE_RATE), precision), args.arch
+        )
     for name, const, shared in results:
         print(f"{name:26s} {shared / 1024:6.1f} KB smem  {const}")
     print(

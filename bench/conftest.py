@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import torch
 
+from soundnet_fast.constants import SAMPLE_RATE
+
 ON_GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
 
@@ -30,7 +32,7 @@ class Sizes:
 
     @property
     def samples(self) -> int:
-        return int(self.seconds * 22050)
+        return int(self.seconds * SAMPLE_RATE)
 
 
 @pytest.fixture(scope="session")

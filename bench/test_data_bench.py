@@ -22,7 +22,9 @@ import numpy as np
 import pytest
 
 from bench.conftest import Sizes
-from soundnet_fast.data import shards as data
+from soundnet_fast.constants import HEAD_CLASSES, SAMPLE_RATE
+from soundnet_fast.data.loader import ShardLoader
+from soundnet_fast.data.shards import ShardWriter, read_manifest
 from soundnet_fast.prepare import run as prepare
 from tests.helpers.media import write_video
 
@@ -111,7 +113,7 @@ def test_prepare_ffmpeg_subprocess_baseline(timed, sizes: Sizes, source_videos) 
                     "-af",
                     "pan=mono|c0=c0",
                     "-ar",
-                    "22050",
+                    str(SAMPLE_RATE),
                     "-f",
                     "s16le",
                     "-",
@@ -142,10 +144,10 @@ def loader_shards(tmp_path_factory: pytest.TempPathFactory, sizes: Sizes) -> tup
     """Random int16 clips of 20 s (1 s in smoke mode) with two teachers of the released sizes."""
     out = tmp_path_factory.mktemp("bench_shards")
     seconds, clips, batch = (1.0, 8, 4) if sizes.smoke else (20.0, 96, 16)
-    samples = int(seconds * 22050)
-    teachers = {"objects": {"num_classes": 1000}, "scenes": {"num_classes": 401}}
+    samples = int(seconds * SAMPLE_RATE)
+    teachers = {name: {"num_classes": n} for name, n in HEAD_CLASSES.items()}
     rng = np.random.default_rng(0)
-    with data.ShardWriter(out, teachers, 22050, samples, 4, 5.0, clips_per_shard=32) as w:
+    with ShardWriter(out, teachers, SAMPLE_RATE, samples, 4, 5.0, clips_per_shard=32) as w:
         for i in range(clips):
             probs = {t: np.full((4, v["num_classes"]), 1.0 / v["num_classes"], np.float32) for t, v in teachers.items()}
             w.add(rng.integers(-2000, 2000, samples, dtype=np.int16), probs, {"video": f"v{i}"})
@@ -158,7 +160,7 @@ def test_loader_throughput(timed, sizes: Sizes, loader_shards, backend: str) -> 
     if backend == "dali":
         pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip install 'soundnet-fast[dali]')")
     folder, clips, batch = loader_shards
-    loader = data.ShardLoader(folder, batch, backend=backend.split("+")[0], seed=0, num_threads=2, prefetch=prefetch)
+    loader = ShardLoader(folder, batch, backend=backend.split("+")[0], seed=0, num_threads=2, prefetch=prefetch)
 
     def epoch() -> None:
         n = 0
@@ -172,5 +174,5 @@ def test_loader_throughput(timed, sizes: Sizes, loader_shards, backend: str) -> 
         variant=backend,
         baseline=backend == "numpy",
         items=len(loader) * batch,
-        clip_seconds=float(data.read_manifest(folder)["clip_seconds"]),
+        clip_seconds=float(read_manifest(folder)["clip_seconds"]),
     )

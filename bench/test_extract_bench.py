@@ -8,6 +8,7 @@ import torch
 
 from bench.conftest import DEVICE, Sizes, max_rel_err
 from soundnet_fast import SoundNet8
+from soundnet_fast.constants import SAMPLE_RATE
 from soundnet_fast.inference.extract import features_many
 
 
@@ -19,7 +20,7 @@ def test_extract_pool5(timed, sizes: Sizes, variant: str) -> None:
     model = SoundNet8().eval().to(DEVICE)
     n = 2 if sizes.smoke else (64 if DEVICE.type == "cuda" else 8)
     rng = np.random.default_rng(0)
-    waves = [rng.uniform(-0.5, 0.5, 5 * 22050).astype(np.float32) for _ in range(n)]  # ESC-50-like 5 s clips
+    waves = [rng.uniform(-0.5, 0.5, 5 * SAMPLE_RATE).astype(np.float32) for _ in range(n)]  # ESC-50-like 5 s clips
     ref = features_many(model, waves[:1], "pool5", device=DEVICE)[0][0]
     model.set_backend("reference" if variant == "eager" else "fused")
     got = features_many(model, waves[:1], "pool5", device=DEVICE)[0][0]

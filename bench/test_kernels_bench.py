@@ -16,11 +16,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bench.conftest import DEVICE, ON_GPU, Sizes, max_rel_err
+from soundnet_fast.constants import HEAD_CLASSES, SAMPLE_RATE
 from soundnet_fast.model import SOUNDNET8_TRUNK, SoundNet8, conv_out_len
 
 # Input channels and input length of each block for a 20 s clip (docs/design.md#model).
-_LEN20 = SoundNet8.output_lengths(441_000)
-_INPUTS = {"conv1": (1, 441_000)}
+_LEN20 = SoundNet8.output_lengths(20 * SAMPLE_RATE)
+_INPUTS = {"conv1": (1, 20 * SAMPLE_RATE)}
 _prev = "conv1"
 for _s in SOUNDNET8_TRUNK[1:]:
     _p = next(p for p in SOUNDNET8_TRUNK if p.name == _prev)
@@ -140,7 +141,7 @@ def kl_liger(z: Tensor, p: Tensor) -> Tensor:
     return LigerKLDIVLoss(reduction="sum")(logq, p.transpose(1, 2).reshape(-1, z.shape[1])) / z.numel()
 
 
-@pytest.mark.parametrize("head", [("objects", 1000), ("scenes", 401)])
+@pytest.mark.parametrize("head", list(HEAD_CLASSES.items()))
 @pytest.mark.parametrize("variant", ["eager", "fused", "liger"])
 def test_kl_loss(timed, sizes: Sizes, head: tuple[str, int], variant: str) -> None:
     if variant in ("fused", "liger") and not ON_GPU:

@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from bench.conftest import DEVICE, ON_GPU, Sizes
+from soundnet_fast.constants import SAMPLE_RATE
 from soundnet_fast.kernels import saved_activation_bytes
 from soundnet_fast.model import SoundNet8
 
 
-def saved_bytes_per_clip(backend: str, samples: int = 441_000) -> int:
+def saved_bytes_per_clip(backend: str, samples: int = 20 * SAMPLE_RATE) -> int:
     with torch.device("meta"):
         model = SoundNet8(backend=backend)
         x = torch.randn(1, 1, samples)

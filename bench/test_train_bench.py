@@ -3,7 +3,7 @@
 Variants, all from the same initialisation on the same batch, in one run so the ratios are fair:
 ``eager`` is plain PyTorch (model, the loss written out, ``torch.optim.Adam`` with its default foreach path) - the
 figure every ratio divides by; ``eager-bf16`` the same under bf16 autocast; ``reference`` the trainer's own step
-(``train_runtime.Stepper``: fused Adam, grad norm, device-side skip of non-finite steps) with the reference ops.
+(``train.step.Stepper``: fused Adam, grad norm, device-side skip of non-finite steps) with the reference ops.
 On a GPU also ``compile`` (the trainer's step around ``torch.compile(model)``, bf16), ``fused`` (the Triton kernels,
 bf16) and ``fused+graphs`` (the same captured whole in one CUDA graph). Parity: the first step's loss against
 ``eager``'s. Sizes: the recipe's batch 64 of 20 s clips on a GPU, batch 2 on a CPU (bench/conftest.py); clips are
@@ -20,9 +20,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bench.conftest import DEVICE, ON_GPU, Sizes
+from soundnet_fast.constants import SAMPLE_RATE
 from soundnet_fast.model import SoundNet8
 from soundnet_fast.train.losses import LAMBDA
-from soundnet_fast.train.runtime import Stepper
+from soundnet_fast.train.step import Stepper
 
 TRAIN_FLOP_PER_20S_CLIP = 3.3e9  # docs/design.md#performance-ceiling
 VARIANTS = ["eager", "eager-bf16", "reference", "compile", "fused", "fused+graphs"]
@@ -110,7 +111,7 @@ def test_train_step(timed, sizes: Sizes, variant: str) -> None:
         first = float(step())  # the counters sum the losses: after one call, the first step's loss
     err = abs(first - ref_loss) / abs(ref_loss)
     tol = 1e-4 if variant in ("eager", "reference") else 3e-2
-    flops = TRAIN_FLOP_PER_20S_CLIP * length / 441_000 * sizes.batch
-    timed(step, group=f"train step {length / 22050:.1f}s", variant=variant, items=sizes.batch, parity_err=err,
+    flops = TRAIN_FLOP_PER_20S_CLIP * length / (20 * SAMPLE_RATE) * sizes.batch
+    timed(step, group=f"train step {length / SAMPLE_RATE:.1f}s", variant=variant, items=sizes.batch, parity_err=err,
           tol=tol, flops=flops, dtype="fp32" if variant in ("eager", "reference") else "bf16")  # fmt: skip
     assert err <= tol, (first, ref_loss)

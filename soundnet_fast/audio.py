@@ -12,7 +12,8 @@ from typing import Literal
 
 import numpy as np
 
-SAMPLE_RATE = 22050
+from soundnet_fast.constants import INPUT_SCALE, SAMPLE_RATE
+
 Mono = Literal["first", "mean"]
 
 
@@ -129,7 +130,7 @@ def tile(wave: np.ndarray, min_samples: int) -> np.ndarray:
 def to_input(
     wave: np.ndarray,
     min_seconds: float = 10.0,
-    scale: float = 256.0,
+    scale: float = INPUT_SCALE,
     sample_rate: int = SAMPLE_RATE,
 ):
     """Scale a [-1, 1] waveform x``scale`` and tile it circularly to at least ``min_seconds``.

@@ -67,11 +67,12 @@ class Progress:
         self.console: Any = _PlainConsole()
         if not enabled:
             return
+        from rich.markup import escape
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
         from rich.progress import Progress as RichProgress
 
         self._bar = RichProgress(
-            TextColumn(label),
+            TextColumn("{task.description}"),  # the label is data (a file name may hold '{' or '['), not a format
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[text]}"),
@@ -79,7 +80,7 @@ class Progress:
             console=console or stderr_console(),
             transient=transient,
         )
-        self._task = self._bar.add_task(label, total=total, completed=completed, text="")
+        self._task = self._bar.add_task(escape(label), total=total, completed=completed, text="")
         self.console = self._bar.console
 
     def start(self) -> Progress:

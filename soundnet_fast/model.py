@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from soundnet_fast.constants import HEAD_CLASSES, SAMPLE_RATE
+
 Backend = Literal["reference", "fused"]
-SAMPLE_RATE = 22050  # Hz, docs/design.md#input
-INPUT_SCALE = 256.0  # waveform in [-1, 1] times 256 (training scale), docs/design.md#input
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,12 @@ class SoundNet(nn.Module):
     head_specs: tuple[HeadSpec, HeadSpec] = SOUNDNET8_HEADS
     arch: str = ""
 
-    def __init__(self, num_objects: int = 1000, num_scenes: int = 401, backend: Backend = "reference") -> None:
+    def __init__(
+        self,
+        num_objects: int = HEAD_CLASSES["objects"],
+        num_scenes: int = HEAD_CLASSES["scenes"],
+        backend: Backend = "reference",
+    ) -> None:
         super().__init__()
         if backend not in ("reference", "fused"):
             raise ValueError(f"backend must be 'reference' or 'fused', got {backend!r}")
@@ -335,7 +340,12 @@ class SoundNet5(SoundNet):
 ARCHITECTURES: dict[str, type[SoundNet]] = {"soundnet8": SoundNet8, "soundnet5": SoundNet5}
 
 
-def build(arch: str, num_objects: int = 1000, num_scenes: int = 401, backend: Backend = "reference") -> SoundNet:
+def build(
+    arch: str,
+    num_objects: int = HEAD_CLASSES["objects"],
+    num_scenes: int = HEAD_CLASSES["scenes"],
+    backend: Backend = "reference",
+) -> SoundNet:
     """Build a model by architecture name ('soundnet8' or 'soundnet5')."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")

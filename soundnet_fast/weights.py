@@ -32,8 +32,9 @@ import torch
 from torch import Tensor
 
 from soundnet_fast import pickle_scan, tf_npy
+from soundnet_fast.constants import INPUT_SCALE, SAMPLE_RATE
 from soundnet_fast.fsutil import atomic_torch_save
-from soundnet_fast.model import ARCHITECTURES, SAMPLE_RATE, SoundNet, SoundNet8
+from soundnet_fast.model import ARCHITECTURES, SoundNet, SoundNet8
 from soundnet_fast.tf_npy import WeightFileError
 
 NATIVE_FORMAT = "soundnet_fast/1"
@@ -119,12 +120,14 @@ def _from_torch(path: str, kind: str, map_location: str | torch.device) -> tuple
     return state, arch, {"source": "state_dict"}
 
 
-def save_native(path: str | os.PathLike[str], model: SoundNet, *, input_scale: float = 256.0, **extra: Any) -> None:
+def save_native(
+    path: str | os.PathLike[str], model: SoundNet, *, input_scale: float = INPUT_SCALE, **extra: Any
+) -> None:
     """Write ``model`` as a native checkpoint (atomic), with the metadata ``load_pretrained`` needs."""
     atomic_torch_save(native_dict(model, input_scale=input_scale, **extra), path)
 
 
-def native_dict(model: SoundNet, *, input_scale: float = 256.0, **extra: Any) -> dict[str, Any]:
+def native_dict(model: SoundNet, *, input_scale: float = INPUT_SCALE, **extra: Any) -> dict[str, Any]:
     return {
         "format": NATIVE_FORMAT,
         "arch": model.arch,

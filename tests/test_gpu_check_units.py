@@ -125,7 +125,7 @@ sys.meta_path.insert(0, Block())
 sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__module__.lower()]
 from bench.gpu_check.common import ROOT, load_checkout
 how = load_checkout()
-import soundnet_fast.kernels, soundnet_fast.train.losses, soundnet_fast.model, soundnet_fast.train.runtime
+import soundnet_fast.kernels, soundnet_fast.train.losses, soundnet_fast.model, soundnet_fast.train.step
 from soundnet_fast.kernels import conv1d_bn_relu, kl_div
 assert soundnet_fast.kernels.__file__ == str(ROOT / "kernels" / "__init__.py"), soundnet_fast.kernels.__file__
 assert soundnet_fast.model.__file__ == str(ROOT / "soundnet_fast" / "model.py")

@@ -7,9 +7,11 @@ import torch
 from torch import nn
 
 from soundnet_fast import SoundNet5, SoundNet8
-from soundnet_fast.model import build
+from soundnet_fast.constants import SAMPLE_RATE
+from soundnet_fast.model import SOUNDNET8_TRUNK, build
 
 # T column of docs/design.md#model for a 20 s input (441,000 samples).
+CLIP20 = 20 * SAMPLE_RATE
 DESIGN_T8 = {
     "conv1": 220_501,
     "pool1": 27_562,
@@ -28,8 +30,8 @@ CHANNELS8 = {"conv1": 16, "pool1": 16, "conv2": 32, "pool2": 32, "conv3": 64, "c
 
 
 def test_layer_lengths_match_design_table_by_formula() -> None:
-    assert SoundNet8.output_lengths(441_000) == DESIGN_T8
-    assert SoundNet5.output_lengths(441_000)["heads"] == 4
+    assert SoundNet8.output_lengths(CLIP20) == DESIGN_T8
+    assert SoundNet5.output_lengths(CLIP20)["heads"] == 4
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +41,7 @@ def net8() -> SoundNet8:
 
 
 def test_layer_lengths_match_design_table_by_running(net8: SoundNet8) -> None:
-    x = torch.randn(1, 1, 441_000)
+    x = torch.randn(1, 1, CLIP20)
     seen: dict[str, tuple[int, ...]] = {}
     for name in DESIGN_T8:
         if name == "heads":
@@ -76,7 +78,10 @@ def test_original_initialisation_statistics() -> None:
 
 def test_state_dict_keys_match_plain_sequential_layout() -> None:
     m = SoundNet8()
-    ref = nn.Sequential(nn.Conv1d(1, 16, 64, 2, 32), nn.BatchNorm1d(16), nn.ReLU())
+    s = SOUNDNET8_TRUNK[0]  # conv1
+    ref = nn.Sequential(
+        nn.Conv1d(1, s.out_channels, s.kernel, s.stride, s.padding), nn.BatchNorm1d(s.out_channels), nn.ReLU()
+    )
     assert [k for k in m.state_dict() if k.startswith("conv1.")] == ["conv1." + k for k in ref.state_dict()]
     assert "conv8.0.weight" in m.state_dict() and "conv8_2.0.bias" in m.state_dict()
     assert "conv5.0.weight" in SoundNet5().state_dict() and "conv5_2.0.weight" in SoundNet5().state_dict()
@@ -114,7 +119,7 @@ def test_conv_layer_feature_is_pre_pool(net8: SoundNet8) -> None:
 def test_soundnet5_layers() -> None:
     m = SoundNet5(num_objects=5, num_scenes=3).eval()
     assert SoundNet5.layer_names() == ["conv1", "pool1", "conv2", "pool2", "conv3", "pool3", "conv4"]
-    x = torch.randn(1, 1, 220_500)
+    x = torch.randn(1, 1, 10 * SAMPLE_RATE)
     obj, scn = m(x)
     assert obj.shape == (1, 5, 2) and scn.shape == (1, 3, 2)  # T = 2 at 10 s
     assert m.features(x, "pool3").shape[1] == 128
@@ -122,7 +127,7 @@ def test_soundnet5_layers() -> None:
 
 @pytest.mark.parametrize(
     ("shape", "match"),
-    [((1, 441_000), "batch, 1, samples"), ((1, 2, 441_000), "batch, 1, samples"), ((441_000,), "batch, 1")],
+    [((1, CLIP20), "batch, 1, samples"), ((1, 2, CLIP20), "batch, 1, samples"), ((CLIP20,), "batch, 1")],
 )
 def test_bad_shapes(net8: SoundNet8, shape: tuple[int, ...], match: str) -> None:
     with pytest.raises(ValueError, match=match):
@@ -140,7 +145,7 @@ def test_non_finite_and_dtype_rejected(net8: SoundNet8) -> None:
 
 def test_too_short_names_minimum_and_tiling(net8: SoundNet8) -> None:
     with pytest.raises(ValueError) as e:
-        net8(torch.zeros(1, 1, 110_250))  # a 5 s clip: fails at conv8 without tiling (docs/design.md#model)
+        net8(torch.zeros(1, 1, 5 * SAMPLE_RATE))  # a 5 s clip: fails at conv8 without tiling (docs/design.md#model)
     msg = str(e.value)
     assert "209374" in msg and "9.50 s" in msg and "to_input" in msg
     with pytest.raises(ValueError, match="unknown layer"):

@@ -181,10 +181,12 @@ def test_mma_invariant_on_a_compiled_kernel(monkeypatch, tmp_path) -> None:
     from bench import aot_check
     from bench.sass import run
     from bench.sass.compile import CACHE, compile_spec, specialise
+    from bench.sass.launches import trunk_rows
+    from soundnet_fast.constants import SAMPLE_RATE
 
     monkeypatch.setenv("TRITON_CACHE_DIR", str(CACHE / "triton" / triton.__version__))
-    rows = [("conv1", 16, 64, 2, 32, 8), ("conv2", 32, 32, 2, 16, 8), ("conv3", 64, 16, 2, 8, None)]
-    launches, _ = aot_check.train_step_launches(rows, 8, 441_000, torch.bfloat16, precision="ieee")
+    rows = trunk_rows("soundnet8")[:3]  # conv1..conv3
+    launches, _ = aot_check.train_step_launches(rows, 8, 20 * SAMPLE_RATE, torch.bfloat16, precision="ieee")
     lc = next(x for x in launches if x.layer == "conv3" and x.kernel.__name__ == "_conv_bn_relu_pool_kernel")
     spec, bound = specialise(lc.kernel, lc.args, lc.kwargs)
     comp = compile_spec(spec, lc.kernel)

@@ -20,9 +20,10 @@ import torch
 
 from soundnet_fast import load_pretrained
 from soundnet_fast.cli import main as cli_main
+from soundnet_fast.constants import SAMPLE_RATE
 from soundnet_fast.tf_npy import ALLOWED_GLOBALS, WeightFileError, read
 from tests.helpers.sounds import sine, write_audio
-from tests.test_weights import N_OBJ, N_SCN, random_layers, write_pth, write_tf_npy
+from tests.helpers.weights import N_OBJ, N_SCN, random_layers, write_pth, write_tf_npy
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def test_payload_through_the_cli_is_refused(truth: dict, tmp_path, capsys) -> No
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.npy"
     evil_npy(evil, payloads(marker)["posix.system"], truth)
-    wav = write_audio(str(tmp_path / "a.wav"), sine(440.0, 1.0, 22_050), 22_050)
+    wav = write_audio(str(tmp_path / "a.wav"), sine(440.0, 1.0, SAMPLE_RATE), SAMPLE_RATE)
     assert cli_main(["predict", wav, "--weights", str(evil)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {evil}: refused") and "'posix.system'" in err

@@ -32,7 +32,7 @@ Sections (full size: batch 64 of 20 s clips, bf16, training, SoundNet-8):
 2. parity: each SoundNet-8 block in bf16 at full size, fused vs eager vs a float64 reference; PASS when the fused
    op's error is at most twice eager's.
 3. throughput: clips/s of the trunk forward + backward and of the product's own train step
-   (``train_runtime.Stepper``, SoundNet8, KL loss, fused Adam): eager (cuDNN benchmark), fused, fused + CUDA
+   (``train.step.Stepper``, SoundNet8, KL loss, fused Adam): eager (cuDNN benchmark), fused, fused + CUDA
    graphs, in A/B/A order with the SM clock before and after; the CUDA-graph capture checks of the KL loss and
    of a conv training step. 3b (compile): torch.compile of the ops and of the train step, compile time reported.
 4. kernels: ``triton.testing.do_bench`` of every launch of section 1 (L2 flushed before each call), TFLOP/s,

@@ -3,10 +3,10 @@
 Import chain: the GPU machine has the checkout but not the project installed (and no PyAV, DALI, librosa or
 scikit-learn). :func:`load_checkout` puts the repository root first on ``sys.path`` and installs a meta-path
 finder that maps the package ``soundnet_fast.kernels`` to ``ROOT/kernels`` (what setuptools' ``package-dir`` in
-pyproject.toml does for an install), so ``soundnet_fast.model``, ``soundnet_fast.train.runtime`` and the kernels
+pyproject.toml does for an install), so ``soundnet_fast.model``, ``soundnet_fast.train.step`` and the kernels
 import from this checkout. Nothing on that chain imports av / nvidia.dali / librosa / sklearn (a test checks it
 with those modules blocked); numpy is imported by ``soundnet_fast/__init__.py`` (weights), and when numpy is
-missing the package is registered without running its ``__init__`` (model, losses and train_runtime need no numpy).
+missing the package is registered without running its ``__init__`` (model, losses and train.step need no numpy).
 """
 
 from __future__ import annotations
@@ -26,7 +26,21 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-SAMPLE_RATE = 22_050
+
+
+def _load_constants() -> types.ModuleType:
+    """``soundnet_fast/constants.py`` of this checkout, loaded by path: the parent process imports no torch, and
+    the package's ``__init__`` would (the module itself imports only the standard library)."""
+    spec = importlib.util.spec_from_file_location("_checkout_constants", ROOT / "soundnet_fast" / "constants.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_CONSTANTS = _load_constants()
+SAMPLE_RATE: int = _CONSTANTS.SAMPLE_RATE  # Hz, docs/design.md#input
+HEAD_CLASSES: dict[str, int] = dict(_CONSTANTS.HEAD_CLASSES)  # objects, scenes: docs/design.md#teachers-and-targets
 FORBIDDEN = ("av", "nvidia.dali", "librosa", "sklearn")  # never on the import chain of the checks
 
 

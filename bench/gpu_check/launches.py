@@ -21,7 +21,9 @@ import inspect
 import math
 from typing import Any
 
-KL_HEADS_CLASSES = (1000, 401)  # objects head (conv8), scenes head (conv8_2)
+from .common import HEAD_CLASSES
+
+KL_HEADS_CLASSES = tuple(HEAD_CLASSES.values())  # objects head (conv8), scenes head (conv8_2)
 
 
 def constexpr_names(kernel: Any) -> list[str]:
@@ -71,7 +73,8 @@ def bf16_training_launches(batch: int, samples: int) -> list[dict[str, Any]]:
     """Every Triton launch of one bf16 training step of SoundNet-8 (trunk + KL of both heads), in order."""
     import torch
 
-    from soundnet_fast.kernels import _conv_bwd, _conv_fwd, aot_check
+    from bench import aot_check
+    from soundnet_fast.kernels import _conv_bwd, _conv_fwd
     from soundnet_fast.model import SOUNDNET8_TRUNK, SoundNet8, conv_out_len
 
     kl = importlib.import_module("soundnet_fast.kernels.kl_div")

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from . import plan
-from .common import ROOT, Sizes, load_checkout, smoke_sizes
+from .common import ROOT, SAMPLE_RATE, Sizes, load_checkout, smoke_sizes
 from .records import Writer, failures, read_records, write_report
 
 RESERVE_S = 3.0  # kept back for the final report
@@ -64,7 +64,7 @@ class Ctx:
     def launch_sizes(self) -> tuple[int, int]:
         """(batch, samples) of the recorded kernel launches: the run's sizes, or on the smoke run the recipe's
         (meta tensors cost nothing; nothing is launched there)."""
-        return (64, 441_000) if self.sizes.smoke else (self.sizes.batch, self.sizes.samples)
+        return (64, 20 * SAMPLE_RATE) if self.sizes.smoke else (self.sizes.batch, self.sizes.samples)
 
 
 def sizes_from(args: Any) -> Sizes:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .common import clock_snapshot, nrel, sync, time_abab
+from .common import HEAD_CLASSES, clock_snapshot, nrel, sync, time_abab
 from .records import FAIL, INFO, PASS
 from .sec_throughput import LOSS_TOL, batch_for, first_loss, make_stepper, timing_row
 
@@ -32,7 +32,9 @@ def run_second_batch(ctx: Any) -> None:
     compile_step(ctx, torch, max(2, ctx.sizes.batch // 2))
 
 
-def compile_step(ctx: Any, torch: Any, batch: int, arch: Any = None, classes: tuple[int, int] = (1000, 401)) -> None:
+def compile_step(
+    ctx: Any, torch: Any, batch: int, arch: Any = None, classes: tuple[int, ...] = tuple(HEAD_CLASSES.values())
+) -> None:
     """Compile time and clips/s of the train step around ``torch.compile(model)`` (SoundNet-8 by default)."""
     if arch is None:
         from soundnet_fast.model import SoundNet8 as arch

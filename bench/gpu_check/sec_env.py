@@ -87,7 +87,7 @@ def run(ctx: Any) -> None:
         how = ctx.import_how or load_checkout()
         import soundnet_fast.kernels
         import soundnet_fast.model
-        import soundnet_fast.train.runtime  # noqa: F401
+        import soundnet_fast.train.step  # noqa: F401
 
         pulled = [m for m in FORBIDDEN if m in sys.modules]
         kfile = os.path.relpath(soundnet_fast.kernels.__file__, ROOT)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .common import clock_snapshot, time_abab
+from .common import HEAD_CLASSES, clock_snapshot, time_abab
 from .records import FAIL, INFO, PASS
 
 VGG16_GFLOP = 30.95  # per 224 x 224 frame (15.47 G multiply-adds)
@@ -37,7 +37,7 @@ def determinism(ctx: Any) -> None:
     else:
         from soundnet_fast.model import SoundNet8 as arch
 
-        n_obj, n_scn = 1000, 401
+        n_obj, n_scn = HEAD_CLASSES["objects"], HEAD_CLASSES["scenes"]
     audio, targets, length = batch_for(torch, arch, n_obj, n_scn, sz.batch, 0 if sz.smoke else sz.samples, dev)
     blocks = {s.name for s in arch.trunk_specs}
 

@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from . import launches as L
-from .common import ClockReader
+from .common import SAMPLE_RATE, ClockReader
 from .predictions import NO_PREDICTION, Predictions, device_key, predicted_us
 from .records import INFO, SKIP
 
@@ -37,7 +37,7 @@ def run(ctx: Any) -> None:
     w = ctx.w
     batch, samples = ctx.launch_sizes
     launches = L.bf16_training_launches(batch, samples)
-    pred = Predictions(triton.__version__, batch, samples / 22_050, ctx.args.predictions)
+    pred = Predictions(triton.__version__, batch, samples / SAMPLE_RATE, ctx.args.predictions)
     w.note(f"Predictions: {pred.source}.")
     if ctx.device != "cuda":
         _smoke(ctx, torch, launches, pred)

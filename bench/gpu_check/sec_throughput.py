@@ -1,6 +1,6 @@
 """Sections 3 and 6e: clips/s of the trunk forward + backward and of the product's own train step.
 
-The step is ``soundnet_fast.train.runtime.Stepper`` - what ``soundnet-fast train`` runs - around
+The step is ``soundnet_fast.train.step.Stepper`` - what ``soundnet-fast train`` runs - around
 ``soundnet_fast.model.SoundNet8`` (both heads, 1000 objects / 401 scenes), the KL loss, backward and
 ``torch.optim.Adam(fused=True)``, bf16 autocast, on a batch of random clips x256 with softmax targets. Variants,
 built from the same seed: ``eager`` (backend "reference", ``torch.backends.cudnn.benchmark = True``), ``fused``
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .common import clock_snapshot, time_abab
+from .common import HEAD_CLASSES, clock_snapshot, time_abab
 from .predictions import NO_PREDICTION, Predictions, device_key
 from .records import FAIL, INFO, PASS, SKIP
 
@@ -32,11 +32,11 @@ LOSS_TOL = 3e-2
 def toy_arch(base: str = "soundnet8") -> tuple[type, int, int]:
     """(model class, objects, scenes) of the smoke run's toy model: the first two blocks of SoundNet-8 (or -5) with
     small heads, fed its minimum length (2,014 samples; one head frame)."""
-    from soundnet_fast.model import SOUNDNET5_TRUNK, SOUNDNET8_TRUNK, HeadSpec, SoundNet
+    from soundnet_fast.model import SOUNDNET5_TRUNK, SOUNDNET8_HEADS, SOUNDNET8_TRUNK, SoundNet
 
     class ToyNet(SoundNet):
         trunk_specs = (SOUNDNET8_TRUNK if base == "soundnet8" else SOUNDNET5_TRUNK)[:2]
-        head_specs = (HeadSpec("conv8", 8, 2, 0), HeadSpec("conv8_2", 8, 2, 0))
+        head_specs = SOUNDNET8_HEADS
         arch = "toy"
 
     ToyNet.__name__ = f"Toy{'SoundNet8' if base == 'soundnet8' else 'SoundNet5'}(conv1-conv2)"
@@ -58,7 +58,7 @@ def batch_for(torch: Any, arch: type, n_obj: int, n_scn: int, batch: int, sample
 
 def make_stepper(torch: Any, arch: type, classes: tuple[int, int], variant: str, device: str, audio, targets):
     """A Stepper for one variant, as the trainer builds it (soundnet_fast/train/trainer.py)."""
-    from soundnet_fast.train.runtime import Stepper
+    from soundnet_fast.train.step import Stepper
 
     torch.manual_seed(0)
     model = arch(*classes).to(device)
@@ -110,7 +110,7 @@ def run(ctx: Any) -> None:
     else:
         from soundnet_fast.model import SoundNet8 as arch
 
-        n_obj, n_scn = 1000, 401
+        n_obj, n_scn = HEAD_CLASSES["objects"], HEAD_CLASSES["scenes"]
     throughput(ctx, torch, arch, (n_obj, n_scn), trunk=True)
     from . import sec_graphs
 
@@ -126,7 +126,7 @@ def run_soundnet5(ctx: Any) -> None:
     else:
         from soundnet_fast.model import SoundNet5 as arch
 
-        n_obj, n_scn = 1000, 401
+        n_obj, n_scn = HEAD_CLASSES["objects"], HEAD_CLASSES["scenes"]
     throughput(ctx, torch, arch, (n_obj, n_scn), trunk=False)
 
 

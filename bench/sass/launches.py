@@ -13,12 +13,14 @@ from typing import Any
 import torch
 
 from bench import aot_check
-from soundnet_fast.model import SAMPLE_RATE, SoundNet5, SoundNet8
+from soundnet_fast import constants
+from soundnet_fast.constants import SAMPLE_RATE
+from soundnet_fast.model import SoundNet5, SoundNet8
 
 ARCHS = {"soundnet8": SoundNet8, "soundnet5": SoundNet5}
 SECONDS = {"soundnet8": 20.0, "soundnet5": 3.0}  # clip lengths modelled: the 20 s training clips; 3 s for SoundNet-5
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-HEAD_CLASSES = (1000, 401)  # docs/design.md#teachers-and-targets: VGG16 ImageNet and Places2 teachers
+HEAD_CLASSES = tuple(constants.HEAD_CLASSES.values())  # docs/design.md#teachers-and-targets: objects, scenes
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,22 +10,30 @@ from typing import Any
 
 import numpy as np
 
-from soundnet_fast.data import shards as data
+from soundnet_fast.console import stdout_console
+from soundnet_fast.data.shards import (
+    ShardFormatError,
+    manifest_path,
+    read_failures,
+    read_index,
+    read_manifest,
+    shard_files,
+)
 
 
-def summarize(path: str | os.PathLike[str], clips: int = 3, top: int = 3, seed: int = 0) -> dict[str, Any]:
+def summarize_shards(path: str | os.PathLike[str], clips: int = 3, top: int = 3, seed: int = 0) -> dict[str, Any]:
     """Everything `inspect` prints, as a dict: manifest settings, counts, failures by kind, sample clips."""
-    manifest = data.read_manifest(path)
-    folder = os.path.dirname(os.path.abspath(data._manifest_path(path)))
-    index = data.read_index(folder, manifest)
-    failures = data.read_failures(folder)
+    manifest = read_manifest(path)
+    folder = os.path.dirname(os.path.abspath(manifest_path(path)))
+    index = read_index(folder, manifest)
+    failures = read_failures(folder)
     teachers = list(manifest["teachers"])
     rng = np.random.default_rng(seed)
     picks = sorted(rng.choice(len(index), size=min(clips, len(index)), replace=False).tolist()) if index else []
     samples = []
     for i in picks:
         rec = index[i]
-        files = data.shard_files(folder, rec["shard"], teachers)
+        files = shard_files(folder, rec["shard"], teachers)
         audio = np.load(files["audio"], mmap_mode="r")[rec["row"]]
         entry: dict[str, Any] = {
             "clip": rec["clip"],
@@ -58,21 +66,20 @@ def summarize(path: str | os.PathLike[str], clips: int = 3, top: int = 3, seed: 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("shards", help="a shard folder written by `soundnet-fast prepare`")
-    p.add_argument("--clips", type=int, default=3, help="how many clips to show (default 3)")
-    p.add_argument("--top", type=int, default=3, help="top classes per teacher step (default 3)")
-    p.add_argument("--seed", type=int, default=0, help="which clips: a seeded random pick")
+    p.add_argument("--clips", type=int, default=3, help="how many clips to show (default %(default)s)")
+    p.add_argument("--top", type=int, default=3, help="top classes per teacher step (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="which clips: a seeded random pick (default %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     try:
-        s = summarize(args.shards, clips=args.clips, top=args.top, seed=args.seed)
-    except (data.ShardFormatError, OSError) as e:
+        s = summarize_shards(args.shards, clips=args.clips, top=args.top, seed=args.seed)
+    except (ShardFormatError, OSError) as e:
         print(f"inspect: {e}", file=sys.stderr)
         return 2
-    console = Console()
+    console = stdout_console()
     m = s["manifest"]
     console.print(f"[bold]{s['folder']}[/bold]  ({m.get('format')})")
     console.print(

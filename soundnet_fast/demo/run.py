@@ -26,7 +26,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from soundnet_fast.demo.report import MARGIN_MFCC, MARGIN_RANDOM, print_table, summarize
+from soundnet_fast.console import stderr_console
+from soundnet_fast.demo.report import MARGIN_MFCC, MARGIN_RANDOM, print_table, summarize_demo
 
 EVAL_CS = (1e-3, 1e-2, 1e-1)
 # Clip (= world segment, one teacher frame at its middle) per student: at least one head step, SoundNet-5
@@ -60,28 +61,35 @@ class DemoConfig:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = DemoConfig()
-    p.add_argument("--out", default=d.out, help=f"working folder (default {d.out}/; rerun to resume)")
-    p.add_argument("--minutes", type=float, default=d.minutes, help=f"training budget (default {d.minutes:g})")
-    p.add_argument("--seed", type=int, default=d.seed, help="the world's seed, and training's by default (default 0)")
-    p.add_argument("--train-seed", type=int, default=None, help="initialisation, data order, random baselines")
+    clips = " or ".join(f"{arch} on {s:g} s clips" for arch, s in CLIP_SECONDS.items())
+    p.add_argument("--out", default=d.out, help="working folder (default %(default)s/; rerun to resume)")
+    p.add_argument("--minutes", type=float, default=d.minutes, help="training budget (default %(default)s)")
+    p.add_argument(
+        "--seed", type=int, default=d.seed, help="the world's seed, and training's by default (default %(default)s)"
+    )
+    p.add_argument("--train-seed", type=int, default=d.train_seed, help="initialisation, data order, random baselines")
     p.add_argument(
         "--arch",
         choices=sorted(CLIP_SECONDS),
         default=d.arch,
-        help="student network: soundnet5 on 3 s clips (default) or soundnet8 on 10 s clips",
+        help=f"student network: {clips} (default %(default)s)",
     )
     p.add_argument(
         "--clip-seconds",
         type=float,
         default=None,
-        help="training clip (= world segment) length: default 3 for soundnet5, 10 for soundnet8; one frame each",
+        help="training clip (= world segment) length, one frame each (default: the --arch's, as above)",
     )
-    p.add_argument("--videos", type=int, default=d.videos, help=f"world videos (default {d.videos})")
-    p.add_argument("--segments", type=int, default=d.segments, help=f"clips per video (default {d.segments})")
-    p.add_argument("--per-fold", type=int, default=d.per_fold, help="labeled clips per class per fold (default 8)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
-    p.add_argument("--workers", type=int, default=d.workers, help="processes for the world and prepare")
-    p.add_argument("--device", default=d.device, help="auto (a GPU when there is one), cpu, cuda")
+    p.add_argument("--videos", type=int, default=d.videos, help="world videos (default %(default)s)")
+    p.add_argument("--segments", type=int, default=d.segments, help="clips per video (default %(default)s)")
+    p.add_argument(
+        "--per-fold", type=int, default=d.per_fold, help="labeled clips per class per fold (default %(default)s)"
+    )
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="training batch (default %(default)s)")
+    p.add_argument(
+        "--workers", type=int, default=d.workers, help="processes for the world and prepare (default %(default)s)"
+    )
+    p.add_argument("--device", default=d.device, help="auto (a GPU when there is one), cpu, cuda (default %(default)s)")
     p.add_argument("--teacher-frames", type=int, default=d.teacher_frames, help=argparse.SUPPRESS)
     p.add_argument("--max-steps", type=int, default=d.max_steps, help=argparse.SUPPRESS)
     p.add_argument(
@@ -119,12 +127,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------ stages
-def _console() -> Any:
-    from rich.console import Console
-
-    return Console(stderr=True)
-
-
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run every stage; return (and write to OUT/demo.json) the table's numbers and the timings."""
     import torch
@@ -138,7 +140,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             f"--clip-seconds {cfg.clip_seconds:g} is too short for {cfg.arch}: one head step needs "
             f"{need:,} samples ({need / SAMPLE_RATE:.2f} s, docs/design.md#input)"
         )
-    console = _console()
+    console = stderr_console()
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     paths = {k: os.path.join(cfg.out, k) for k in ("teachers", "videos", "labeled", "shards", "run", "eval")}
     os.makedirs(cfg.out, exist_ok=True)
@@ -162,7 +164,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         ev = _evaluate(cfg, paths, device, console)
     cfg.timings["total"] = time.perf_counter() - t_all
 
-    results = summarize(ev, cfg, steps, agreement, teachers, paths)
+    results = summarize_demo(ev, cfg, steps, agreement, teachers, paths)
     from soundnet_fast.fsutil import atomic_write_text
 
     atomic_write_text(os.path.join(cfg.out, "demo.json"), json.dumps(results, indent=1) + "\n")
@@ -307,15 +309,36 @@ def teacher_agreement(shards: str, videos: str, data: Any) -> float:
 
 
 def _train(cfg: DemoConfig, paths: dict[str, str], device: str, console: Any) -> int:
-    """Distil for ``cfg.minutes`` of wall clock: the trainer runs in short rounds, each resuming the last
-    checkpoint exactly (``train.Trainer`` with its state), until the budget is spent. Returns the steps."""
-    import dataclasses
+    """Distil for ``cfg.minutes`` of wall clock: one ``train.Trainer``, ``fit(max_seconds=<budget left>)``.
 
+    It checkpoints every ``every`` steps and when the budget runs out; after each checkpoint the seconds spent so
+    far go to RUN/demo_train_seconds.json and a progress line is printed. A rerun with the same --out (after a
+    kill, say) resumes the last checkpoint exactly, with what is left of the budget. Returns the steps.
+    """
+    from soundnet_fast.fsutil import atomic_write_text
     from soundnet_fast.train import checkpoint as ckpt
-    from soundnet_fast.train.runtime import init_distributed
-    from soundnet_fast.train.trainer import TrainConfig, Trainer
+    from soundnet_fast.train.distributed import init_distributed
+    from soundnet_fast.train.trainer import DONE, TIME_UP, TrainConfig, Trainer
 
-    base = TrainConfig(
+    # Steps between checkpoints: what a kill can lose. ~30 s on a 2-core CPU (0.6-1.2 steps/s of batch 16, measured
+    # with bench/demo_train_budget.py), as the rounds of the loop before fit(max_seconds); one costs ~30 ms.
+    every = 30
+    first = 5  # a fresh run with no budget still takes these steps, so there is a student to evaluate
+    path = ckpt.checkpoint_path(paths["run"])
+    spent_path = os.path.join(paths["run"], "demo_train_seconds.json")
+    state, spent = None, 0.0
+    if os.path.exists(path):
+        state = ckpt.load(path)
+        if os.path.exists(spent_path):  # a rerun spends only what is left of the budget
+            with open(spent_path, encoding="utf-8") as f:
+                spent = float(json.load(f)["seconds"])
+        console.print(f"resuming {path} at step {int(state['step'])} ({spent / 60:.1f} min of the budget spent)")
+    step = 0 if state is None else int(state["step"])
+    t0 = time.perf_counter()
+    deadline = t0 + cfg.minutes * 60.0 - spent
+    if step >= cfg.max_steps or (step > 0 and deadline <= t0):
+        return step
+    train_cfg = TrainConfig(
         shards=paths["shards"],
         out=paths["run"],
         model=cfg.arch,
@@ -323,60 +346,42 @@ def _train(cfg: DemoConfig, paths: dict[str, str], device: str, console: Any) ->
         lr=cfg.lr,
         seed=cfg.seed if cfg.train_seed is None else cfg.train_seed,
         device=device,
-        checkpoint_every=10**9,
+        steps=cfg.max_steps if deadline > t0 else min(first, cfg.max_steps),
+        checkpoint_every=every,
         log_every=10,
         progress="off",
         tensorboard=False,
     )
-    from soundnet_fast.fsutil import atomic_write_text
+    last = {"step": step, "t": t0}
 
-    path = ckpt.checkpoint_path(paths["run"])
-    spent_path = os.path.join(paths["run"], "demo_train_seconds.json")
-    step, rate, spent = 0, None, 0.0
-    if os.path.exists(path):
-        step = int(ckpt.load(path)["step"])
-        if os.path.exists(spent_path):  # a rerun spends only what is left of the budget
-            with open(spent_path, encoding="utf-8") as f:
-                spent = float(json.load(f)["seconds"])
-        console.print(f"resuming {path} at step {step} ({spent / 60:.1f} min of the budget spent)")
-    deadline = time.perf_counter() + cfg.minutes * 60.0 - spent
+    def checkpointed(at: int) -> None:
+        now = time.perf_counter()
+        atomic_write_text(spent_path, json.dumps({"seconds": spent + now - t0}) + "\n")
+        rate = (at - last["step"]) * cfg.batch_size / max(now - last["t"], 1e-6)
+        last.update(step=at, t=now)
+        console.print(f"train: step {at}, {rate:.1f} clips/s, {max(deadline - now, 0) / 60:.1f} min left")
+
     env = init_distributed(device)
     try:
-        while step < cfg.max_steps:
-            left = deadline - time.perf_counter()
-            if left <= 0 and (rate is not None or step > 0):
-                break
-            # Rounds of ~30 s (at the measured rate) keep the overshoot of the budget small.
-            chunk = 5 if rate is None else max(min(10, int(rate * left) + 1), int(rate * min(left, 30.0)))
-            chunk = min(chunk, cfg.max_steps - step)
-            state = ckpt.load(path) if os.path.exists(path) else None
-            t0 = time.perf_counter()
-            trainer = Trainer(dataclasses.replace(base, steps=step + chunk), env, state)
-            try:
-                code = trainer.fit()
-            finally:
-                trainer.close()
-            dt = time.perf_counter() - t0
-            spent += dt
-            atomic_write_text(spent_path, json.dumps({"seconds": spent}) + "\n")
-            if code != 0:  # stopped by a signal: the checkpoint holds the step it reached
-                raise RuntimeError(f"training stopped (exit {code}); rerun the demo with the same --out to resume")
-            rate = chunk / max(dt, 1e-6)
-            step += chunk
-            console.print(
-                f"train: step {step}, {rate * cfg.batch_size:.1f} clips/s, "
-                f"{max(deadline - time.perf_counter(), 0) / 60:.1f} min left"
-            )
+        trainer = Trainer(train_cfg, env, state)
+        try:
+            left = deadline - time.perf_counter() if deadline > t0 else None
+            code = trainer.fit(max_seconds=left, on_checkpoint=checkpointed)
+            step = trainer.step
+        finally:
+            trainer.close()
     finally:
         env.close()
+    if code not in (DONE, TIME_UP):  # stopped by a signal: the checkpoint holds the step it reached
+        raise RuntimeError(f"training stopped (exit {code}); rerun the demo with the same --out to resume")
     return step
 
 
 def _evaluate(cfg: DemoConfig, paths: dict[str, str], device: str, console: Any) -> dict[str, Any]:
-    from soundnet_fast.evaluation.evaluate import evaluate
+    from soundnet_fast.evaluation.evaluate import EvalConfig, evaluate
     from soundnet_fast.train import checkpoint as ckpt
 
-    return evaluate(
+    cfg_eval = EvalConfig(
         "esc50",
         paths["labeled"],
         ckpt.checkpoint_path(paths["run"]),
@@ -394,8 +399,17 @@ def _evaluate(cfg: DemoConfig, paths: dict[str, str], device: str, console: Any)
         device=device,
         seed=cfg.seed if cfg.train_seed is None else cfg.train_seed,
         plots=cfg.plots,
-        console=console,
     )
+    return evaluate(cfg_eval, console)
 
 
-__all__ = ["MARGIN_MFCC", "MARGIN_RANDOM", "DemoConfig", "add_arguments", "print_table", "run", "run_demo", "summarize"]
+__all__ = [
+    "MARGIN_MFCC",
+    "MARGIN_RANDOM",
+    "DemoConfig",
+    "add_arguments",
+    "print_table",
+    "run",
+    "run_demo",
+    "summarize_demo",
+]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SAMPLE_RATE = 22050  # docs/design.md#input
+from soundnet_fast.constants import SAMPLE_RATE
 
 # Object class -> (shape drawn in the frame, modulation pattern of its sound).
 OBJECTS: tuple[tuple[str, str], ...] = (

@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from soundnet_fast.constants import SAMPLE_RATE
+
 Protocol = Literal["pooled", "windows"]
 PROTOCOLS: tuple[str, ...] = ("pooled", "windows")
 # Standardised SoundNet features are high-dimensional (512 for pool5 mean+max) and nearly separable: liblinear
@@ -54,7 +56,7 @@ def pool_map(feature: np.ndarray) -> np.ndarray:
     return np.concatenate([feature.mean(axis=1), feature.max(axis=1)])
 
 
-def window_frames(window_seconds: float, hop: int, sample_rate: int = 22050) -> int:
+def window_frames(window_seconds: float, hop: int, sample_rate: int = SAMPLE_RATE) -> int:
     """Frames per window: the original's ceil(window / clip_length * T), with T = clip_length * rate / hop."""
     return max(1, math.ceil(window_seconds * sample_rate / hop - 1e-9))
 

@@ -1,4 +1,5 @@
-"""Reporting for the transfer evaluation: summaries, plots (matplotlib, Agg) and the Table-4-style table (rich)."""
+"""Reporting for the transfer evaluation: per-method fold summaries (:func:`summarize_folds`), plots
+(matplotlib, Agg) and the Table-4-style table (rich)."""
 
 from __future__ import annotations
 
@@ -29,8 +30,15 @@ PAPER_ROWS: dict[str, list[tuple[str, float]]] = {
 DATASET_TITLES = {"esc50": "ESC-50", "esc10": "ESC-10", "dcase2013": "DCASE 2013 scenes", "folder": "folder"}
 
 
-def summarize(folds: Sequence[FoldResult], y: np.ndarray, names: Sequence[str], classes: Sequence[str]) -> dict:
-    """Mean and per-fold accuracy, per-class accuracy and the confusion matrix over every held-out clip."""
+def summarize_folds(
+    folds: Sequence[FoldResult], y: np.ndarray, names: Sequence[str], classes: Sequence[str]
+) -> dict[str, Any]:
+    """One method's cross-validation as results.json records it: mean, standard deviation and per-fold accuracy
+    (fractions), pooled accuracy, per-class accuracy (None for a class with no held-out clip), each fold's C,
+    sizes and test clips, and the (classes x classes) confusion matrix over every held-out clip.
+
+    ``y``: (N,) labels of the clips ``folds`` index; ``names``: the clips' names, aligned with ``y``.
+    """
     from sklearn.metrics import accuracy_score, confusion_matrix
 
     y = np.asarray(y)
@@ -73,6 +81,7 @@ def _pyplot() -> Any:
 
 
 def plot_confusion(cm: np.ndarray | list, classes: Sequence[str], path: str, title: str) -> str:
+    """Write the (classes x classes) confusion matrix ``cm`` (rows: true class) as a PNG at ``path``; return it."""
     from sklearn.metrics import ConfusionMatrixDisplay
 
     plt = _pyplot()
@@ -119,11 +128,13 @@ def plot_tsne(X: np.ndarray, y: np.ndarray, classes: Sequence[str], path: str, t
 
 
 def print_table(results: dict, console: Any = None) -> None:
-    """Accuracy per method, as in the paper's Table 4, with the paper's rows for reference."""
-    from rich.console import Console
+    """Accuracy per method, as in the paper's Table 4, with the paper's rows for reference; ``console``: a rich
+    Console (default: stdout)."""
     from rich.table import Table
 
-    console = console or Console()
+    from soundnet_fast.console import stdout_console
+
+    console = console or stdout_console()
     name = results["dataset"]
     title = (
         f"{DATASET_TITLES.get(name, name)}: layer {results['layer']}, {results['protocol']} protocol, "
@@ -154,4 +165,5 @@ def print_table(results: dict, console: Any = None) -> None:
 
 
 def output_path(out_dir: str, kind: str, method: str) -> str:
+    """``out_dir/<kind>-<method>.png`` (kind: confusion or tsne)."""
     return os.path.join(out_dir, f"{kind}-{method}.png")

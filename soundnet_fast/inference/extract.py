@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from soundnet_fast.audio import SAMPLE_RATE, AudioDecodeError, load, tile
+from soundnet_fast.audio import AudioDecodeError, load, tile
+from soundnet_fast.constants import INPUT_SCALE, SAMPLE_RATE
 from soundnet_fast.fsutil import atomic_np_save
 from soundnet_fast.model import SoundNet
 
@@ -64,7 +65,7 @@ def features(
     wave: np.ndarray | Tensor,
     layer: str = "pool5",
     *,
-    scale: float = 256.0,
+    scale: float = INPUT_SCALE,
     min_seconds: float = 10.0,
     chunk_seconds: float = 120.0,
     device: str | torch.device = "cpu",
@@ -86,7 +87,7 @@ def features_many(
     layer: str = "pool5",
     *,
     batch_size: int = 8,
-    scale: float = 256.0,
+    scale: float = INPUT_SCALE,
     min_seconds: float = 10.0,
     chunk_seconds: float = 120.0,
     device: str | torch.device = "cpu",
@@ -154,14 +155,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="files of equal length run together")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    p.add_argument("--input-scale", type=float, default=256.0, help="waveform scale (256 training, 512 original eval)")
+    p.add_argument(
+        "--input-scale",
+        type=float,
+        default=INPUT_SCALE,
+        help="waveform scale (default %(default)s, as in training; 512 as in the original evaluation scripts)",
+    )
     p.add_argument("--mono", choices=["first", "mean"], default="first", help="first channel (original) or mean")
     p.add_argument("--chunk-seconds", type=float, default=120.0, help="long inputs run in chunks of about this")
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.progress import Progress
-
+    from soundnet_fast.console import Progress, progress_enabled
     from soundnet_fast.weights import load_pretrained
 
     if args.threads:
@@ -198,22 +203,22 @@ def run(args: argparse.Namespace) -> int:
             atomic_np_save(outs[path][: -len(".npy")] + ".times.npy", times)
         return 0
 
-    with Progress(transient=False) as bar:
-        task = bar.add_task(f"extract {args.layer}", total=len(args.files))
+    # The bar and the per-file failures go to stderr (soundnet_fast.console); the summary line to stdout.
+    with Progress(f"extract {args.layer}", len(args.files), enabled=progress_enabled("auto")) as bar:
         for path, wave in iter_waves(args.files, args.mono):
             if isinstance(wave, Exception):
                 failed += 1
                 bar.console.print(f"[red]skipped[/red] {path}: {wave}")
-                bar.advance(task)
+                bar.advance()
                 continue
             pending.append((path, wave))
             if len(pending) >= max(1, args.batch_size):
                 failed += flush()
-                bar.advance(task, len(pending))
+                bar.advance(len(pending))
                 pending.clear()
         if pending:
             failed += flush()
-            bar.advance(task, len(pending))
+            bar.advance(len(pending))
     ok = len(args.files) - failed
     print(f"wrote {ok} feature file(s) to {args.out}" + (f"; {failed} failed" if failed else ""))
     return 1 if ok == 0 else 0

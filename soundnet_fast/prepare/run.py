@@ -32,10 +32,11 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from soundnet_fast.data import shards as data
+from soundnet_fast.console import Progress, progress_enabled
+from soundnet_fast.data.shards import FAILURES, ShardWriter, read_failures
 from soundnet_fast.prepare.video import (  # noqa: F401  (re-exported: prepare.decode, prepare.make_clips, ...)
     FRAME_SHORT_SIDE,
     SAMPLE_RATE,
@@ -126,23 +127,41 @@ class Summary:
         )
 
 
+@dataclass(frozen=True)
+class PrepareConfig:
+    """A run's settings besides its inputs, outputs, teachers and device: the one home of their defaults
+    (:func:`prepare`'s keyword defaults and the CLI's; ``prepare(..., **asdict(cfg))`` runs a config)."""
+
+    clip_seconds: float = 20.0  # training clips: main_train.lua's fineSize (docs/design.md#input)
+    frame_every: float = 5.0  # video_frame_time = 5 in main_train.lua (docs/design.md#teachers-and-targets)
+    workers: int = 1  # decoding processes (the CLI's default: min(8, CPUs))
+    clips_per_shard: int = 256  # 256 clips of 20 s int16 mono: 226 MB of audio per shard file
+    mono: str = "first"  # "first" channel, as the original, or the "mean" of the channels
+    batch_size: int = 32  # teacher frames per forward
+    frames: str = "auto"  # the frames' decoder, one of FRAME_DECODERS
+    retry_failed: bool = False  # redo the videos recorded in failures.jsonl
+
+
+_DEFAULTS = PrepareConfig()
+
+
 def prepare(
     videos: str | os.PathLike[str],
     out: str | os.PathLike[str],
     teachers: Mapping[str, Any],
     *,
-    clip_seconds: float = 20.0,
-    frame_every: float = 5.0,
-    workers: int = 1,
-    clips_per_shard: int = 256,
-    mono: str = "first",
+    clip_seconds: float = _DEFAULTS.clip_seconds,
+    frame_every: float = _DEFAULTS.frame_every,
+    workers: int = _DEFAULTS.workers,
+    clips_per_shard: int = _DEFAULTS.clips_per_shard,
+    mono: str = _DEFAULTS.mono,
     class_names: Mapping[str, Any] | None = None,
     device: str | None = None,
-    batch_size: int = 32,
-    retry_failed: bool = False,
+    batch_size: int = _DEFAULTS.batch_size,
+    retry_failed: bool = _DEFAULTS.retry_failed,
     progress: bool = False,
     sample_rate: int = SAMPLE_RATE,
-    frames: str = "auto",
+    frames: str = _DEFAULTS.frames,
 ) -> Summary:
     """Turn the videos of ``videos`` (a folder or a list file) into shards in ``out``.
 
@@ -216,7 +235,7 @@ def _prepare(
     # Before the writer, so a missing DALI leaves no empty output; after the pool forked (DALI starts threads).
     dali = open_frame_decoder(frames, device) if built else None
     clip_samples = int(round(clip_seconds * sample_rate))
-    writer = data.ShardWriter(
+    writer = ShardWriter(
         out,
         {n: t.describe() for n, t in built.items()},
         sample_rate,
@@ -229,7 +248,7 @@ def _prepare(
     summary = Summary(videos=len(found))
     summary.frame_decoder = "none" if not built else f"dali-{dali.device}" if dali is not None else "pyav"
     done = set(writer.videos)
-    failed_before = {str(r.get("video")) for r in data.read_failures(out)}
+    failed_before = {str(r.get("video")) for r in read_failures(out)}
     if not retry_failed:
         done |= failed_before
     todo = [(vid, path) for vid, path in found if vid not in done]
@@ -244,8 +263,8 @@ def _prepare(
     }
     paths = dict(todo)
     t0 = time.perf_counter()
-    bar = _Progress(len(todo), enabled=progress)
-    fail_path = os.path.join(os.fspath(out), data.FAILURES)
+    bar = Progress("prepare", len(todo), enabled=progress).start()
+    fail_path = os.path.join(os.fspath(out), FAILURES)
     try:
         for res in pool.results([(vid, path, opts) for vid, path in todo]):
             if res["ok"] and res.get("frame_decoder") == "dali" and dali is not None:
@@ -259,7 +278,7 @@ def _prepare(
                 _append_failure(fail_path, {"video": res["video"], "reason": res["reason"], "kind": res["kind"]})
                 summary.failed += 1
                 summary.failure_kinds[res["kind"]] += 1
-                bar.advance(0.0)
+                bar.advance(1, text=_rates(summary, t0))
                 continue
             row_of = {w: i for i, w in enumerate(sorted(res["frames"]))}
             for clip in res["clips"]:
@@ -278,8 +297,8 @@ def _prepare(
                 summary.silent_clips += clip.silent
             summary.succeeded += 1
             summary.audio_hours += res["duration"] / 3600.0
-            bar.advance(res["duration"])
-        failures = {str(r.get("video")) for r in data.read_failures(out)} - writer.videos
+            bar.advance(1, text=_rates(summary, t0))
+        failures = {str(r.get("video")) for r in read_failures(out)} - writer.videos
         writer.extra["num_failures"] = len(failures)
         writer.close()
     finally:
@@ -392,45 +411,11 @@ def _append_failure(path: str, record: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-class _Progress:
-    """A rich progress bar with videos/s and hours of audio (no-op when disabled)."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.bar: Any = None
-        self.hours = 0.0
-        self.t0 = time.perf_counter()
-        self.done = 0
-        if not enabled:
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(
-            TextColumn("prepare"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeRemainingColumn(),
-            console=_stderr_console(),
-        )
-        self.task = self.bar.add_task("prepare", total=total, info="")
-        self.bar.start()
-
-    def advance(self, seconds_of_video: float) -> None:
-        self.done += 1
-        self.hours += seconds_of_video / 3600.0
-        if self.bar is not None:
-            dt = max(time.perf_counter() - self.t0, 1e-9)
-            self.bar.update(self.task, advance=1, info=f"{self.done / dt:.2f} videos/s, {self.hours:.2f} h audio")
-
-    def stop(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
-def _stderr_console() -> Any:
-    from rich.console import Console
-
-    return Console(stderr=True)
+def _rates(summary: Summary, t0: float) -> str:
+    """The progress bar's text: videos done (succeeded or failed) per second since ``t0``
+    (``time.perf_counter``), and hours of audio decoded so far."""
+    dt = max(time.perf_counter() - t0, 1e-9)
+    return f"{(summary.succeeded + summary.failed) / dt:.2f} videos/s, {summary.audio_hours:.2f} h audio"
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -461,24 +446,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="NAME=FILE",
         help="class names for a teacher, one a line (default: ImageNet names for 1000 classes)",
     )
-    p.add_argument("--clip-seconds", type=float, default=20.0, help="training clip length (default 20)")
-    p.add_argument("--frame-every", type=float, default=5.0, help="one teacher frame per this many seconds (5)")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="decoding processes")
-    p.add_argument("--clips-per-shard", type=int, default=256, help="clips per shard file (default 256)")
+    d = PrepareConfig()
+    p.add_argument(
+        "--clip-seconds", type=float, default=d.clip_seconds, help="training clip length (default %(default)s)"
+    )
+    p.add_argument(
+        "--frame-every",
+        type=float,
+        default=d.frame_every,
+        help="one teacher frame per this many seconds (default %(default)s)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        help="decoding processes (default: the CPUs, at most 8; here %(default)s)",
+    )
+    p.add_argument(
+        "--clips-per-shard", type=int, default=d.clips_per_shard, help="clips per shard file (default %(default)s)"
+    )
     p.add_argument(
         "--mono",
         choices=("first", "mean"),
-        default="first",
-        help="first channel (the original) or the mean of the channels",
+        default=d.mono,
+        help="first channel (the original) or the mean of the channels (default %(default)s)",
     )
     p.add_argument("--device", default=None, help="teacher device (default: cuda when available)")
-    p.add_argument("--batch-size", type=int, default=32, help="teacher batch size")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="teacher batch size (default %(default)s)")
     p.add_argument(
         "--frames",
         choices=FRAME_DECODERS,
-        default="auto",
+        default=d.frames,
         help="teacher frames' decoder: PyAV, or DALI (GPU when CUDA is available, else its CPU backend: VP8/VP9/"
-        "MJPEG only; videos it cannot decode fall back to PyAV); auto: DALI on a GPU when installed, else PyAV",
+        "MJPEG only; videos it cannot decode fall back to PyAV); auto: DALI on a GPU when installed, else PyAV "
+        "(default %(default)s)",
     )
     p.add_argument("--retry-failed", action="store_true", help="retry videos recorded in failures.jsonl")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -488,6 +489,7 @@ def run(args: argparse.Namespace) -> int:
     from soundnet_fast.prepare.frames_dali import DaliUnavailable
 
     teachers = _pairs(args.teacher, "--teacher")
+    cfg = PrepareConfig(**{f.name: getattr(args, f.name) for f in fields(PrepareConfig)})
     if not teachers:
         print("prepare: no --teacher given: writing audio-only shards", file=sys.stderr)
     try:
@@ -495,23 +497,16 @@ def run(args: argparse.Namespace) -> int:
             args.videos,
             args.out,
             teachers,
-            clip_seconds=args.clip_seconds,
-            frame_every=args.frame_every,
-            workers=args.workers,
-            clips_per_shard=args.clips_per_shard,
-            mono=args.mono,
             class_names=_pairs(args.class_names, "--class-names"),
             device=args.device,
-            batch_size=args.batch_size,
-            retry_failed=args.retry_failed,
-            progress=not args.no_progress and sys.stderr.isatty(),
-            frames=args.frames,
+            progress=progress_enabled("off" if args.no_progress else "auto"),
+            **asdict(cfg),
         )
     except (FileNotFoundError, ValueError, DaliUnavailable) as e:
         print(f"prepare: {e}", file=sys.stderr)
         return 2
     print(summary.line())
     if summary.failed:
-        print(f"failures recorded in {os.path.join(args.out, data.FAILURES)}")
+        print(f"failures recorded in {os.path.join(args.out, FAILURES)}")
     # Non-zero only when nothing usable exists: no video succeeded, now or before.
     return 0 if summary.total_videos > 0 else 1

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-SAMPLE_RATE = 22050  # docs/design.md#input
+from soundnet_fast.constants import SAMPLE_RATE
+
 VIDEO_EXTENSIONS = frozenset(
     ".mp4 .m4v .mov .mkv .webm .avi .flv .mpg .mpeg .ts .mts .m2ts .ogv .3gp .wmv .asf .vob".split()
 )

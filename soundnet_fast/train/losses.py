@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from soundnet_fast.constants import HEADS  # teacher name -> model head, in the model's output order
+
 LossKind = Literal["kl", "l2"]
 LAMBDA = 250.0  # docs/design.md#loss (main_train.lua opt.lambda)
-HEADS = ("objects", "scenes")  # teacher name -> model head, in the model's output order
 
 
 def head_sum(logits: Tensor, probs: Tensor, kind: LossKind = "kl", backend: str = "reference") -> Tensor:

@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 
+from soundnet_fast.constants import SAMPLE_RATE
 from soundnet_fast.demo import run as demo
 
 
@@ -29,7 +30,7 @@ def _ev(means: dict[str, float], stds: dict[str, float]) -> dict:
 
 
 def _summary(means: dict[str, float], stds: dict[str, float]) -> dict:
-    return demo.summarize(_ev(means, stds), demo.DemoConfig(), 10, 1.0, {}, {"run": "r", "eval": "e"})
+    return demo.summarize_demo(_ev(means, stds), demo.DemoConfig(), 10, 1.0, {}, {"run": "r", "eval": "e"})
 
 
 def test_verdict_needs_ten_points_two_std_and_twenty_over_mfcc() -> None:
@@ -80,7 +81,7 @@ def test_miniature_world_through_every_stage(tmp_path, capsys) -> None:
     shards = os.path.join(cfg.out, "shards")
     manifest = data.read_manifest(shards)
     # SoundNet-5 on 3 s clips: one head step, one teacher frame per clip (docs/design.md#model, #distillation).
-    assert (manifest["steps"], manifest["clip_samples"]) == (1, 3 * 22050)
+    assert (manifest["steps"], manifest["clip_samples"]) == (1, 3 * SAMPLE_RATE)
     assert manifest["num_clips"] == 3 * 2  # segments line up with clips: no padded extra clip
     assert manifest["teachers"]["objects"]["class_names"] == [s for s, _ in synth.OBJECTS]
     assert manifest["teachers"]["scenes"]["num_classes"] == len(synth.SCENES)

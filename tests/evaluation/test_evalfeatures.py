@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from soundnet_fast.constants import SAMPLE_RATE
 from soundnet_fast.evaluation import features as ef
 from soundnet_fast.model import SoundNet8, build
 from tests.helpers.evaldata import class_sound, write_wav
@@ -24,9 +25,9 @@ def clips(tmp_path_factory):
 
 def test_short_clips_are_tiled_and_cut_at_exactly_ten_seconds(clips):
     wave = ef.load_clip(clips[0])
-    assert len(wave) == 10 * 22050  # eval_esc50.lua: repeat, then keep the first 10 s
-    assert np.array_equal(wave[:110250], wave[110250:])
-    assert len(ef.load_clip(clips[0], min_seconds=2.0)) == 110250  # longer clips are used whole
+    assert len(wave) == 10 * SAMPLE_RATE  # eval_esc50.lua: repeat, then keep the first 10 s
+    assert np.array_equal(wave[: 5 * SAMPLE_RATE], wave[5 * SAMPLE_RATE :])
+    assert len(ef.load_clip(clips[0], min_seconds=2.0)) == 5 * SAMPLE_RATE  # longer clips are used whole
 
 
 def test_cache_second_pass_extracts_nothing_and_broken_files_are_named(clips, tmp_path, monkeypatch):
@@ -45,9 +46,10 @@ def test_cache_second_pass_extracts_nothing_and_broken_files_are_named(clips, tm
     first, stats = ef.extract_maps(model, store, clips, hashes, layer="pool5", input_scale=512.0, batch_size=2)
     assert (stats.extracted, stats.cached) == (3, 0)
     assert list(stats.failed) == [clips[3]] and "cannot" in stats.failed[clips[3]]
-    assert set(first) == set(clips[:3]) and first[clips[0]].shape == (256, SoundNet8.output_lengths(220500)["pool5"])
+    t10 = SoundNet8.output_lengths(10 * SAMPLE_RATE)["pool5"]
+    assert set(first) == set(clips[:3]) and first[clips[0]].shape == (256, t10)
     x = torch.cat(seen)
-    assert x.shape == (3, 1, 220500)
+    assert x.shape == (3, 1, 10 * SAMPLE_RATE)
     raw = torch.from_numpy(ef.load_clip(clips[0]))
     assert torch.allclose(x[0, 0], raw * 512)  # the scale asked for reaches the model
 
@@ -86,7 +88,7 @@ def test_bn_reestimation_uses_the_clips_statistics():
     torch.manual_seed(0)
     model = ef.random_model(build("soundnet8", 2, 2), seed=3)
     rng = np.random.default_rng(1)
-    waves = [rng.uniform(-0.5, 0.5, 220500).astype(np.float32) * (i + 1) for i in range(3)]
+    waves = [rng.uniform(-0.5, 0.5, 10 * SAMPLE_RATE).astype(np.float32) * (i + 1) for i in range(3)]
     ef.reestimate_bn(model, waves, layer="pool1", input_scale=256.0)
     conv = model.conv1[0]
     means = []

@@ -11,7 +11,7 @@ import pytest
 
 from soundnet_fast.cli import main
 from soundnet_fast.evaluation import features as evalfeatures
-from soundnet_fast.evaluation.evaluate import EvaluationError, evaluate
+from soundnet_fast.evaluation.evaluate import EvalConfig, EvaluationError, evaluate
 from soundnet_fast.evaluation.protocols import DEFAULT_CS, window_frames
 from soundnet_fast.model import SoundNet, SoundNet8
 from tests.helpers.evaldata import make_dcase, make_esc50, make_weights
@@ -89,7 +89,9 @@ def test_esc50_whole_command_with_baselines_then_cached(esc, weights8, tmp_path,
     monkeypatch.setattr(SoundNet, "features", refuse)
     monkeypatch.setattr(evalfeatures, "reestimate_bn", refuse)
     monkeypatch.setattr(evalfeatures, "mfcc_stats", refuse)
-    again = evaluate("esc50", root, weights8, baselines=True, out_dir=tmp_path / "again", cache_dir=cache, plots=False)
+    again = evaluate(
+        EvalConfig("esc50", root, weights8, baselines=True, out_dir=tmp_path / "again", cache_dir=cache, plots=False)
+    )
     for key, m in again["methods"].items():
         assert m["features"] == {"extracted": 0, "cached": 30}
         assert m["fold_accuracy"] == r["methods"][key]["fold_accuracy"]
@@ -108,14 +110,16 @@ def test_esc10_windows_protocol_x512_soundnet5(esc, tmp_path, monkeypatch):
 
     monkeypatch.setattr(SoundNet, "features", spy)
     r = evaluate(
-        "esc10",
-        root,
-        weights5,
-        protocol="windows",
-        input_scale=512,
-        out_dir=tmp_path / "o",
-        cache_dir=tmp_path / "c",
-        plots=False,
+        EvalConfig(
+            "esc10",
+            root,
+            weights5,
+            protocol="windows",
+            input_scale=512,
+            out_dir=tmp_path / "o",
+            cache_dir=tmp_path / "c",
+            plots=False,
+        )
     )
     assert r["classes"] == ["dog", "clock_tick"] and r["num_clips"] == 20 and r["num_excluded"] == 0
     assert r["arch"] == "soundnet5" and r["layer"] == "conv4" and r["input_scale"] == 512
@@ -125,30 +129,34 @@ def test_esc10_windows_protocol_x512_soundnet5(esc, tmp_path, monkeypatch):
     assert max(peaks) > 256 and max(peaks) <= 512
     done = len(peaks)
     again = evaluate(
-        "esc10",
-        root,
-        weights5,
-        protocol="windows",
-        input_scale=256,
-        out_dir=tmp_path / "o",
-        cache_dir=tmp_path / "c",
-        plots=False,
+        EvalConfig(
+            "esc10",
+            root,
+            weights5,
+            protocol="windows",
+            input_scale=256,
+            out_dir=tmp_path / "o",
+            cache_dir=tmp_path / "c",
+            plots=False,
+        )
     )
     assert again["methods"]["soundnet"]["features"]["extracted"] == 20  # the cache is keyed by the input scale
     assert 128 < max(peaks[done:]) <= 256
     with pytest.raises(EvaluationError, match=r"needs 54 frames of conv4 per window.*shorter --window-seconds"):
         evaluate(
-            "esc10",
-            root,
-            weights5,
-            protocol="windows",
-            window_seconds=20.0,
-            out_dir=tmp_path / "o",
-            cache_dir=tmp_path / "c",
-            plots=False,
+            EvalConfig(
+                "esc10",
+                root,
+                weights5,
+                protocol="windows",
+                window_seconds=20.0,
+                out_dir=tmp_path / "o",
+                cache_dir=tmp_path / "c",
+                plots=False,
+            )
         )
     with pytest.raises(EvaluationError, match=r"unknown layer 'pool5' for SoundNet5"):
-        evaluate("esc10", root, weights5, layer="pool5", out_dir=tmp_path / "o", cache_dir=tmp_path / "c")
+        evaluate(EvalConfig("esc10", root, weights5, layer="pool5", out_dir=tmp_path / "o", cache_dir=tmp_path / "c"))
 
 
 def test_dcase2013_layout_with_test_set_and_layout_errors(weights8, tmp_path, capsys):
@@ -194,3 +202,18 @@ def test_dcase2013_layout_with_test_set_and_layout_errors(weights8, tmp_path, ca
     assert "holds no .wav files. DCASE 2013 scenes layout expected" in capsys.readouterr().err
     assert main(["evaluate", "esc50", str(tmp_path / "dcase"), "--weights", weights8]) == 2
     assert "meta/esc50.csv: not found" in capsys.readouterr().err
+
+
+def test_cli_options_set_the_config_fields_and_default_to_theirs():
+    from soundnet_fast.cli import build_parser
+    from soundnet_fast.evaluation.evaluate import config_from_args
+
+    parse = build_parser().parse_args
+    assert config_from_args(parse(["evaluate", "esc50", "d", "--weights", "w"])) == EvalConfig("esc50", "d", "w")
+    assert EvalConfig("esc50", "d", "w").output_folder() == os.path.join("evaluation", "esc50")
+    argv = ["evaluate", "folder", "d", "--weights", "w", "--out", "o", "--folds", "3", "--jobs", "-1", "--no-plots"]
+    cfg = config_from_args(parse([*argv, "--C", "0.1", "--mono", "mean", "--layer", "conv5", "--bn-clips", "7"]))
+    assert (cfg.out_dir, cfg.num_folds, cfg.n_jobs, cfg.plots) == ("o", 3, -1, False)
+    assert (cfg.C, cfg.mono, cfg.layer, cfg.bn_clips, cfg.Cs) == (0.1, "mean", "conv5", 7, DEFAULT_CS)
+    with pytest.raises(EvaluationError, match="unknown protocol 'svm'"):
+        evaluate(EvalConfig("esc50", "d", "w", protocol="svm"))

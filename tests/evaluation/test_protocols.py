@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from sklearn.pipeline import Pipeline
 from sklearn.svm import LinearSVC
 
+from soundnet_fast.constants import SAMPLE_RATE
 from soundnet_fast.evaluation.protocols import (
     DEFAULT_CS,
     cross_validate,
@@ -87,8 +88,8 @@ def test_no_fit_sees_a_test_clip_or_its_source(protocol, monkeypatch):
 
 def test_window_frames_match_the_original_scripts():
     hop = SoundNet8.geometry("pool5").hop
-    t10 = SoundNet8.output_lengths(10 * 22050)["pool5"]
-    t30 = SoundNet8.output_lengths(30 * 22050)["pool5"]
+    t10 = SoundNet8.output_lengths(10 * SAMPLE_RATE)["pool5"]
+    t30 = SoundNet8.output_lengths(30 * SAMPLE_RATE)["pool5"]
     # eval_esc50.lua / eval_dcase.lua: ceil(window / sound_length * T)
     assert window_frames(1.0, hop) == math.ceil(1 / 10 * t10) == 3
     assert window_frames(5.0, hop) == math.ceil(5 / 30 * t30)

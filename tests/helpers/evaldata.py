@@ -13,6 +13,8 @@ import wave
 import numpy as np
 import torch
 
+from soundnet_fast.constants import INPUT_SCALE
+
 ESC_CATEGORIES = ("dog", "rain", "clock_tick", "crow")
 
 
@@ -95,7 +97,7 @@ def make_dcase(
 
 
 def make_weights(
-    path: str | os.PathLike[str], arch: str = "soundnet8", seed: int = 0, input_scale: float = 256.0
+    path: str | os.PathLike[str], arch: str = "soundnet8", seed: int = 0, input_scale: float = INPUT_SCALE
 ) -> str:
     """A random-weight native checkpoint with small heads (the trunk is what the evaluation uses)."""
     from soundnet_fast.model import build

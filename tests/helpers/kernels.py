@@ -10,18 +10,21 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from soundnet_fast.kernels import conv1d_bn_relu
+from soundnet_fast.model import SOUNDNET5_TRUNK, SOUNDNET8_TRUNK, ConvSpec
 
-# docs/design.md#model: (C_in, C_out, k, s, p, pool) of every SoundNet-8 block, and SoundNet-5's conv3.
-SOUNDNET_LAYERS = {
-    "conv1": (1, 16, 64, 2, 32, 8),
-    "conv2": (16, 32, 32, 2, 16, 8),
-    "conv3": (32, 64, 16, 2, 8, None),
-    "conv4": (64, 128, 8, 2, 4, None),
-    "conv5": (128, 256, 4, 2, 2, 4),
-    "conv6": (256, 512, 4, 2, 2, None),
-    "conv7": (512, 1024, 4, 2, 2, None),
-    "sn5_conv3": (64, 128, 16, 2, 8, 8),
-}
+
+def _layer_shapes(trunk: tuple[ConvSpec, ...]) -> dict[str, tuple[int, int, int, int, int, int | None]]:
+    """(C_in, C_out, k, s, p, pool) of each block of a trunk, by block name; C_in is the previous block's C_out."""
+    c_in = [1, *(spec.out_channels for spec in trunk[:-1])]
+    return {
+        spec.name: (c, spec.out_channels, spec.kernel, spec.stride, spec.padding, spec.pool)
+        for c, spec in zip(c_in, trunk, strict=True)
+    }
+
+
+# docs/design.md#model: (C_in, C_out, k, s, p, pool) of every SoundNet-8 block, and SoundNet-5's conv3, read from
+# the one layer table (soundnet_fast.model).
+SOUNDNET_LAYERS = {**_layer_shapes(SOUNDNET8_TRUNK), "sn5_conv3": _layer_shapes(SOUNDNET5_TRUNK)["conv3"]}
 
 
 def eager_block(
@@ -166,3 +169,20 @@ def run_fused(
     )
     out.backward(grad.to(out.dtype))
     return out.detach(), [p.grad if p is not None else None for p in ps], rm, rv
+
+
+def opcheck_samples() -> list[tuple]:
+    """Argument tuples of ``conv_bn_relu._fwd_op`` for ``torch.library.opcheck``: (x, w, b, bn_w, bn_b,
+    running_mean, running_var, stride, padding, training, eps, pool, deterministic, group) with a pool and
+    gradients, without a pool in eval mode, and without a conv bias; tiny (2 x 3 x 20) for the interpreter."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 20, generator=gen)
+    w = torch.randn(8, 3, 4, generator=gen) * 0.3
+    b, g, beta = torch.randn(8, generator=gen), torch.rand(8, generator=gen) + 0.5, torch.randn(8, generator=gen)
+    rm, rv = torch.zeros(8), torch.ones(8)
+    req = [t.clone().requires_grad_() for t in (x, w, b, g, beta)]
+    return [
+        (*req, rm, rv, 2, 1, True, 1e-5, 4, True, 0),
+        (*req, rm, rv, 1, 2, False, 1e-5, None, False, 0),
+        (x, w, None, g, beta, rm, rv, 3, 0, True, 1e-5, 2, True, 0),
+    ]

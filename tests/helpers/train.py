@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from soundnet_fast.constants import SAMPLE_RATE
 from soundnet_fast.data.shards import ShardWriter
 from soundnet_fast.model import SoundNet5, SoundNet8
 
@@ -32,7 +33,7 @@ def make_shards(
     classes = CLASSES if classes is None else classes
     teachers = {k: {"spec": f"test:{k}", "num_classes": c, "class_names": None} for k, c in classes.items()}
     rng = np.random.default_rng(seed)
-    with ShardWriter(out, teachers, 22050, clip_samples, steps, 5.0, clips_per_shard=clips_per_shard) as w:
+    with ShardWriter(out, teachers, SAMPLE_RATE, clip_samples, steps, 5.0, clips_per_shard=clips_per_shard) as w:
         for i in range(num_clips):
             audio = (rng.standard_normal(clip_samples) * 3000).clip(-32768, 32767).astype(np.int16)
             probs = {}

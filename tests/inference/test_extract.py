@@ -36,8 +36,8 @@ def media(tmp_path_factory) -> dict[str, str]:
     (d / "x").mkdir()
     (d / "y").mkdir()
     return {
-        "wav": write_audio(str(d / "x" / "clip.wav"), sine(440, 3.0, 22_050), 22_050),
-        "same_stem": write_audio(str(d / "y" / "clip.wav"), sine(660, 2.0, 22_050), 22_050),
+        "wav": write_audio(str(d / "x" / "clip.wav"), sine(440, 3.0, SR), SR),
+        "same_stem": write_audio(str(d / "y" / "clip.wav"), sine(660, 2.0, SR), SR),
         "ogg": write_audio(str(d / "x" / "tone.ogg"), np.stack([noise, noise]), 48_000),  # stereo Vorbis, 48 kHz
         "flac": write_audio(str(d / "x" / "short.flac"), sine(300, 0.6, 44_100), 44_100),  # under one second
         "mp4": write_video_with_audio(str(d / "x" / "movie.mp4"), sine(440, 2.0, 48_000), 48_000, 2.0),
@@ -72,8 +72,8 @@ def test_pooled_output_and_failures(weights: str, media: dict[str, str], tmp_pat
     out = tmp_path / "pooled"
     assert cli_main(["extract", media["wav"], str(bad), "--weights", weights, "--layer", "conv5",
                      "--pool", "mean", "--out", str(out)]) == 0  # fmt: skip
-    printed = capsys.readouterr().out
-    assert "bad.wav" in printed and "1 failed" in printed
+    printed = capsys.readouterr()
+    assert "bad.wav" in printed.err and "1 failed" in printed.out  # per-file failures on stderr, the summary on stdout
     p = output_paths([media["wav"], str(bad)], str(out))[0]
     assert np.load(p).shape == (256,)
     assert cli_main(["extract", str(bad), "--weights", weights, "--out", str(out)]) == 1  # every file failed

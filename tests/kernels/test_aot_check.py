@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import triton
 
+from soundnet_fast.constants import SAMPLE_RATE
+
 PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
 
 
@@ -19,7 +21,7 @@ PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
 def test_conv1_conv2_and_kl_compile_for_sm90() -> None:
     code = (
         "from bench.aot_check import compile_launches, soundnet8_launches\n"
-        "res = compile_launches(soundnet8_launches(64, 441_000, 'tf32', blocks=2), arch=90)\n"
+        f"res = compile_launches(soundnet8_launches(64, {20 * SAMPLE_RATE}, 'tf32', blocks=2), arch=90)\n"
         "print('AOT-OK', len(res), max(r[2] for r in res))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

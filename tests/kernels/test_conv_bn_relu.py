@@ -23,6 +23,7 @@ from tests.helpers.kernels import (
     make_case,
     max_rel,
     norm_rel,
+    opcheck_samples,
     run_fused,
     run_reference,
 )
@@ -307,26 +308,12 @@ def test_refusals() -> None:
         conv1d_bn_relu(x[:1, :, :3], w, None, *args, stride=1, padding=0, training=True)
 
 
-def _opcheck_samples():
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 3, 20, generator=gen)
-    w = torch.randn(8, 3, 4, generator=gen) * 0.3
-    b, g, beta = torch.randn(8, generator=gen), torch.rand(8, generator=gen) + 0.5, torch.randn(8, generator=gen)
-    rm, rv = torch.zeros(8), torch.ones(8)
-    req = [t.clone().requires_grad_() for t in (x, w, b, g, beta)]
-    return [
-        (*req, rm, rv, 2, 1, True, 1e-5, 4, True, 0),
-        (*req, rm, rv, 1, 2, False, 1e-5, None, False, 0),
-        (x, w, None, g, beta, rm, rv, 3, 0, True, 1e-5, 2, True, 0),
-    ]
-
-
 def test_opcheck_interpreter() -> None:
     """opcheck with the Triton kernels (interpreter) as the eager implementation; its traced variant
     (test_aot_dispatch_dynamic) runs the reference on fake CPU tensors."""
-    for args in _opcheck_samples():
+    for args in opcheck_samples():
         torch.library.opcheck(cbr._fwd_op, args)
-    x, w, b, g, beta, rm, rv = (a.detach() for a in _opcheck_samples()[0][:7])
+    x, w, b, g, beta, rm, rv = (a.detach() for a in opcheck_samples()[0][:7])
     out, code, stats = cbr._fwd_op(x, w, b, g, beta, rm, rv, 2, 1, True, 1e-5, 4, True, 0)
     torch.library.opcheck(
         cbr._bwd_op, (torch.randn_like(out), x, w, b, g, stats, code, None, 2, 1, True, 4, True, 0, True)
@@ -340,14 +327,14 @@ def test_opcheck_cpu_reference() -> None:
         """
         import torch, sys
         sys.path.insert(0, %r)
-        from tests.kernels.test_conv_bn_relu import _opcheck_samples
+        from tests.helpers.kernels import opcheck_samples
         import soundnet_fast.kernels.conv_bn_relu as cbr
         from soundnet_fast.kernels import kl_div  # noqa: F401
         from soundnet_fast.kernels.kl_div import _kl_op
         assert not cbr.INTERPRET
-        for args in _opcheck_samples():
+        for args in opcheck_samples():
             torch.library.opcheck(cbr._fwd_op, args)
-        x, w, b, g, beta, rm, rv = (a.detach() for a in _opcheck_samples()[0][:7])
+        x, w, b, g, beta, rm, rv = (a.detach() for a in opcheck_samples()[0][:7])
         out, code, stats = cbr._fwd_op(x, w, b, g, beta, rm, rv, 2, 1, True, 1e-5, 4, True, 0)
         torch.library.opcheck(cbr._bwd_op, (torch.randn_like(out), x, w, b, g, stats, code, None, 2, 1,
                                             True, 4, True, 0, True))

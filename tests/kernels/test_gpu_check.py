@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from bench.gpu_check import plan
+from bench.gpu_check.common import SAMPLE_RATE
 from bench.gpu_check.records import read_records
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,7 +138,7 @@ def test_kernels_section_puts_the_prediction_beside_each_launch(tmp_path: Path) 
         "from bench.gpu_check.common import load_checkout\n"
         "load_checkout()\n"
         "from bench.gpu_check.launches import bf16_training_launches\n"
-        "print(json.dumps(bf16_training_launches(64, 441000)))\n"
+        f"print(json.dumps(bf16_training_launches(64, {20 * SAMPLE_RATE})))\n"
     )
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)

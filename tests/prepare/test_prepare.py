@@ -10,66 +10,34 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
-from soundnet_fast.data import shards as data
+from soundnet_fast.constants import SAMPLE_RATE
+from soundnet_fast.data.loader import ShardLoader
+from soundnet_fast.data.shards import read_failures, read_index, read_manifest
 from soundnet_fast.prepare import run as prepare
 from soundnet_fast.prepare.teachers import IMAGENET_MEAN, IMAGENET_STD, Teacher
 from tests.helpers.media import write_garbage, write_truncated, write_video
+from tests.helpers.prepare import (
+    NUM_COLOURS,
+    ColourTeacher,
+    clips_by_video,
+    colour_frames,
+    colour_teacher,
+    frame_window,
+    load_clip,
+    stereo_tones,
+    tone_of,
+    window_tones,
+)
 
-SR = 22050
+SR = SAMPLE_RATE
 WIN = 5 * SR  # samples per 5 s window
-NUM_COLOURS = 10
-
-
-def colour(w: int) -> tuple[int, int, int]:
-    """The colour of 5 s window ``w``: far apart in RGB so H.264/VP9 cannot blur one into another."""
-    return ((w * 97) % 256, (40 + w * 53) % 256, (200 + w * 131) % 256)
-
-
-PALETTE = torch.tensor([colour(w) for w in range(NUM_COLOURS)], dtype=torch.float32) / 255.0
-
-
-class ColourTeacher(nn.Module):
-    """Colour -> class: logits are minus the distance of the frame's mean colour to each window colour."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        rgb = (x * std + mean).mean(dim=(2, 3))  # undo the ImageNet normalisation
-        return -torch.cdist(rgb, PALETTE) * 60.0
-
-
-def frame_window(t: float) -> int:
-    return int(t // 5)
-
-
-def colour_frames(size=(64, 48)):
-    w, h = size
-    return lambda t: np.broadcast_to(np.array(colour(frame_window(t)), np.uint8), (h, w, 3)).copy()
-
-
-def tone_of(w):
-    return 300.0 + 110.0 * w
-
-
-def window_tones(t: np.ndarray) -> np.ndarray:
-    return 0.4 * np.sin(2 * np.pi * tone_of(np.floor(t / 5)) * t)  # tone_of is affine: works on arrays
-
-
-def stereo_tones(t: np.ndarray) -> np.ndarray:
-    """Left: the window tone; right: a fixed 3 kHz tone (prepare keeps the first channel)."""
-    return np.stack([window_tones(t), 0.4 * np.sin(2 * np.pi * 3000.0 * t)])
 
 
 def dominant_freq(x: np.ndarray) -> float:
     x = x[len(x) // 8 : -len(x) // 8].astype(np.float64)  # away from the window edges
     spec = np.abs(np.fft.rfft(x * np.hanning(len(x))))
     return float(np.argmax(spec) * SR / len(x))
-
-
-def colour_teacher() -> Teacher:
-    return Teacher(ColourTeacher(), spec="test:colour", num_classes=NUM_COLOURS, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -99,30 +67,18 @@ def shards(videos, tmp_path_factory) -> Path:
     return out
 
 
-def clips_by_video(out: Path) -> dict[str, list[dict]]:
-    grouped: dict[str, list[dict]] = {}
-    for r in data.read_index(out):
-        grouped.setdefault(r["video"], []).append(r)
-    return grouped
-
-
-def load_clip(out: Path, rec: dict) -> tuple[np.ndarray, np.ndarray]:
-    files = data.shard_files(out, rec["shard"], ["objects"])
-    return np.load(files["audio"], mmap_mode="r")[rec["row"]], np.load(files["objects"])[rec["row"]]
-
-
 def test_clip_counts_and_manifest(shards):
-    m = data.read_manifest(shards)
+    m = read_manifest(shards)
     # long 45 s -> 9 windows -> 2 clips; 12 s, 3 s, 20 s -> 1 (padded/tiled); 23 s -> 1; 22 s -> 1
     counts = {v: len(c) for v, c in clips_by_video(shards).items()}
     assert counts == {"long.mp4": 2, "vp9.webm": 1, "sub/flac.mkv": 1, "short.mp4": 1, "vfr.mp4": 1,
                       "late_audio.mp4": 1}  # fmt: skip
     assert m["num_clips"] == 7 and m["num_videos"] == 6 and m["silent_clips"] == 0
-    assert m["clip_samples"] == 441000 and m["steps"] == 4 and m["sample_rate"] == SR
+    assert m["clip_samples"] == 20 * SR and m["steps"] == 4 and m["sample_rate"] == SR
     assert m["teachers"]["objects"] == {"spec": "test:colour", "num_classes": NUM_COLOURS, "class_names": None}
-    for r in data.read_index(shards):
+    for r in read_index(shards):
         audio, probs = load_clip(shards, r)
-        assert audio.dtype == np.int16 and audio.shape == (441000,)
+        assert audio.dtype == np.int16 and audio.shape == (20 * SR,)
         assert probs.dtype == np.float32 and probs.shape == (4, NUM_COLOURS)
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
 
@@ -202,7 +158,7 @@ def test_failures_are_recorded_and_the_run_goes_on(tmp_path):
     teacher = Teacher(NanOnBlack(), spec="test:nan", num_classes=NUM_COLOURS, device="cpu")
     s = prepare.prepare(d, out, {"objects": teacher}, workers=1, progress=True)
     assert s.videos == 8 and s.succeeded == 2 and s.failed == 6
-    failures = {r["video"]: r for r in data.read_failures(out)}
+    failures = {r["video"]: r for r in read_failures(out)}
     assert set(failures) == {"garbage.mp4", "empty.webm", "truncated.mp4", "no_audio.mp4", "no_video.mkv", "nan.mp4"}
     assert failures["empty.webm"]["kind"] == "empty" and "0 bytes" in failures["empty.webm"]["reason"]
     assert failures["garbage.mp4"]["kind"] == "not media"
@@ -210,16 +166,16 @@ def test_failures_are_recorded_and_the_run_goes_on(tmp_path):
     assert failures["no_audio.mp4"]["kind"] == "no audio" and "no_audio.mp4" in failures["no_audio.mp4"]["reason"]
     assert failures["no_video.mkv"]["kind"] == "no video"
     assert failures["nan.mp4"]["kind"] == "teacher" and "non-finite" in failures["nan.mp4"]["reason"]
-    m = data.read_manifest(out)
+    m = read_manifest(out)
     assert m["num_videos"] == 2 and m["silent_clips"] == 1 and m["num_failures"] == 6
-    silent = [r for r in data.read_index(out) if r["video"] == "silent.mp4"]
+    silent = [r for r in read_index(out) if r["video"] == "silent.mp4"]
     assert len(silent) == 1 and silent[0]["silent"] is True
     # A rerun skips both the done and the failed videos; --retry-failed retries only the failed ones.
     again = prepare.prepare(d, out, {"objects": teacher}, workers=1)
     assert again.skipped == 8 and again.succeeded == again.failed == 0
     retry = prepare.prepare(d, out, {"objects": teacher}, workers=1, retry_failed=True)
     assert retry.skipped == 2 and retry.failed == 6
-    assert data.read_manifest(out)["num_clips"] == 2
+    assert read_manifest(out)["num_clips"] == 2
 
 
 def cli_main(argv: list[str]) -> int:
@@ -247,8 +203,8 @@ def test_cli_exit_status_and_audio_only_shards(tmp_path, capsys):
     listing = tmp_path / "list.txt"
     listing.write_text("in/a.mp4\n# a comment\nin/b.mkv\n")
     assert cli_main(["prepare", str(listing), str(tmp_path / "o2"), "--workers", "1", "--clip-seconds", "10"]) == 0
-    m = data.read_manifest(tmp_path / "o2")
-    assert m["teachers"] == {} and m["num_clips"] == 1 and m["steps"] == 2 and m["clip_samples"] == 220500
+    m = read_manifest(tmp_path / "o2")
+    assert m["teachers"] == {} and m["num_clips"] == 1 and m["steps"] == 2 and m["clip_samples"] == 10 * SR
     assert "1 videos -> 1 clips" in capsys.readouterr().out
     assert cli_main(["prepare", str(tmp_path / "nowhere"), str(tmp_path / "o3")]) == 2
 
@@ -256,9 +212,9 @@ def test_cli_exit_status_and_audio_only_shards(tmp_path, capsys):
 def test_parallel_workers_write_the_same_shards(videos, shards, tmp_path):
     out = tmp_path / "par"
     prepare.prepare(videos, out, {"objects": colour_teacher()}, workers=2, clips_per_shard=2)
-    a, b = data.read_index(shards), data.read_index(out)
+    a, b = read_index(shards), read_index(out)
     assert a == b
-    for name in [s["name"] for s in data.read_manifest(out)["shards"]]:
+    for name in [s["name"] for s in read_manifest(out)["shards"]]:
         for f in ("audio", "objects"):
             np.testing.assert_array_equal(np.load(out / f"{name}.{f}.npy"), np.load(shards / f"{name}.{f}.npy"))
 
@@ -294,8 +250,8 @@ def test_resumption_after_a_kill(tmp_path):
     proc = subprocess.run([sys.executable, str(script), str(d), str(out), "6"], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[1])  # fmt: skip
     assert proc.returncode == -9, proc.stderr
-    m = data.read_manifest(out)
-    index = data.read_index(out)
+    m = read_manifest(out)
+    index = read_index(out)
     assert 0 < m["num_clips"] == len(index) < 11  # some shards made it, not all
     for s in m["shards"]:
         assert np.load(out / f"{s['name']}.audio.npy", mmap_mode="r").shape[0] == s["num_clips"]
@@ -304,14 +260,14 @@ def test_resumption_after_a_kill(tmp_path):
 
     s = prepare.prepare(d, out, {"objects": UniformTeacher(5)}, workers=1, clips_per_shard=3)
     assert s.skipped == len(done_before) and s.succeeded == 7 - len(done_before)
-    index = data.read_index(out)
+    index = read_index(out)
     counts: dict[str, int] = {}
     for r in index:
         counts[r["video"]] = counts.get(r["video"], 0) + 1
     assert counts == {f"v{i}.mp4": 1 if i % 2 else 2 for i in range(7)}  # every clip once, none twice
     assert [r["clip"] for r in index] == list(range(11))
-    loader = data.ShardLoader(out, 11, backend="numpy", shuffle=False)
-    assert len(loader) == 1 and next(iter(loader))[0].shape == (11, 1, 441000)
+    loader = ShardLoader(out, 11, backend="numpy", shuffle=False)
+    assert len(loader) == 1 and next(iter(loader))[0].shape == (11, 1, 20 * SR)
 
 
 _ORIGINAL_WORK = prepare._work
@@ -333,6 +289,6 @@ def test_a_crashing_worker_fails_only_its_video(tmp_path, monkeypatch):
     monkeypatch.setattr(prepare, "_work", _crashing_work)  # forked workers inherit the patched module
     s = prepare.prepare(d, tmp_path / "out", {}, workers=2)
     assert s.succeeded == 4 and s.failed == 1 and s.failure_kinds == {"crash": 1}
-    (failure,) = data.read_failures(tmp_path / "out")
+    (failure,) = read_failures(tmp_path / "out")
     assert failure["video"] == "crash.mp4" and "crashed" in failure["reason"]
-    assert sorted(r["video"] for r in data.read_index(tmp_path / "out")) == ["a.mp4", "b.mp4", "c.mp4", "d.mp4"]
+    assert sorted(r["video"] for r in read_index(tmp_path / "out")) == ["a.mp4", "b.mp4", "c.mp4", "d.mp4"]

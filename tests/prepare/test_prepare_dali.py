@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from soundnet_fast.data import shards as data
+from soundnet_fast.data.shards import read_index, read_manifest
 from soundnet_fast.prepare import run as prepare
 from soundnet_fast.prepare.frames_dali import DaliError, DaliUnavailable
 from soundnet_fast.prepare.video import decode, pick_frames
 from tests.helpers.media import write_video
-from tests.prepare.test_prepare import (
+from tests.helpers.prepare import (
     clips_by_video,
     colour_frames,
     colour_teacher,
@@ -158,7 +158,7 @@ def test_prepare_with_dali_aligns_teacher_rows_with_windows(media, tmp_path):
     # The same run with PyAV frames: the same clips, audio and teacher classes.
     ref = tmp_path / "pyav"
     prepare.prepare(media / "vp9", ref, teachers, frames="pyav", workers=1, clips_per_shard=2)
-    a, b = data.read_index(out), data.read_index(ref)
+    a, b = read_index(out), read_index(ref)
     assert [{**r, "frame_decoder": "-"} for r in a] == [{**r, "frame_decoder": "-"} for r in b]
     assert {r["frame_decoder"] for r in b} == {"pyav"}
     for rec in a:
@@ -180,9 +180,9 @@ def test_h264_on_cpu_dali_falls_back_to_pyav_and_matches_it(media, tmp_path):
     import torch
 
     assert r.frame_decoder == "pyav" or torch.cuda.is_available()  # auto on a machine without CUDA: PyAV
-    assert data.read_index(out) == data.read_index(ref)
-    assert {rec["frame_decoder"] for rec in data.read_index(out)} == {"pyav"}
-    for shard in data.read_manifest(out)["shards"]:
+    assert read_index(out) == read_index(ref)
+    assert {rec["frame_decoder"] for rec in read_index(out)} == {"pyav"}
+    for shard in read_manifest(out)["shards"]:
         for f in ("audio", "objects"):
             name = f"{shard['name']}.{f}.npy"
             np.testing.assert_array_equal(np.load(out / name), np.load(ref / name))

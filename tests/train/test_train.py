@@ -12,13 +12,13 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from soundnet_fast.data import shards as data
-from soundnet_fast.data.shards import ShardLoader
+from soundnet_fast.data import loader as data
+from soundnet_fast.data.loader import ShardLoader
 from soundnet_fast.model import SoundNet5, build
 from soundnet_fast.train import checkpoint as ckpt
 from soundnet_fast.train import trainer as train
 from soundnet_fast.train.losses import distill_loss, top1_agreement
-from soundnet_fast.train.runtime import Stepper
+from soundnet_fast.train.step import Stepper
 from soundnet_fast.weights import load_pretrained, save_native
 from tests.helpers.train import CLASSES, SN8_CLIP, child_env, make_shards
 

@@ -131,7 +131,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run every stage; return (and write to OUT/demo.json) the table's numbers and the timings."""
     import torch
 
-    from soundnet_fast.demo.world import SAMPLE_RATE
+    from soundnet_fast.constants import SAMPLE_RATE
     from soundnet_fast.model import ARCHITECTURES
 
     need = ARCHITECTURES[cfg.arch].min_length()

@@ -190,7 +190,7 @@ def write_mp4(path: str, frames: np.ndarray, audio: np.ndarray, fps: int, sr: in
                 c.mux(p)
             # AAC pads its last frame (up to 1,024 samples): a track that long would outlast the video, and
             # prepare would cut one more, nearly silent, clip. Ending the track 2,048 samples (93 ms) early keeps
-            # the decoded audio within the video; prepare zero-pads the gap (prepare.make_clips).
+            # the decoded audio within the video; prepare zero-pads the gap (prepare.video.make_clips).
             audio = audio[: max(len(audio) - 2048, 1)]
             af = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio[None], np.float32), format="fltp", layout="mono")
             af.sample_rate, af.pts = sr, 0

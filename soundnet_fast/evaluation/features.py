@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from soundnet_fast.audio import AudioDecodeError, Mono, load, tile, to_input
+from soundnet_fast.constants import SAMPLE_RATE
 from soundnet_fast.fsutil import atomic_np_save, atomic_write_text
-from soundnet_fast.model import SAMPLE_RATE, SoundNet, build
+from soundnet_fast.model import SoundNet, build
 
 MFCC_VERSION = "mfcc13-c1..12-meanstd+zcr-meanstd/1"  # bump when the MFCC recipe changes
 

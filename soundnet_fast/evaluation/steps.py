@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from soundnet_fast.constants import INPUT_SCALE
 from soundnet_fast.evaluation import features as ef
 from soundnet_fast.evaluation.config import (
     DEFAULT_LAYER,
@@ -43,7 +44,7 @@ def load_setup(cfg: EvalConfig, ds: Dataset) -> Setup:
         raise EvaluationError(f"{weights}: {e}") from e
     input_scale = cfg.input_scale
     if input_scale is None:  # the checkpoint's scale, else the training scale (docs/design.md#input)
-        input_scale = float(getattr(model, "weights_meta", {}).get("input_scale", 256.0))
+        input_scale = float(getattr(model, "weights_meta", {}).get("input_scale", INPUT_SCALE))
     if input_scale <= 0:
         raise EvaluationError(f"input_scale must be positive, got {input_scale}")
     out_dir = cfg.output_folder()

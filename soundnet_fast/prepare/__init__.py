@@ -1,2 +1,3 @@
 """Video -> shards: ``video`` (audio and frame decoding with PyAV), ``frames_dali`` (frames on the GPU through
-DALI), ``teachers`` (the visual teacher CNNs), ``run`` (the resumable ``soundnet-fast prepare`` run)."""
+DALI), ``teachers`` (the visual teacher CNNs), ``workers`` (the decoding processes), ``run`` (the resumable
+``soundnet-fast prepare`` run)."""

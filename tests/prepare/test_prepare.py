@@ -15,6 +15,7 @@ from soundnet_fast.constants import SAMPLE_RATE
 from soundnet_fast.data.loader import ShardLoader
 from soundnet_fast.data.shards import read_failures, read_index, read_manifest
 from soundnet_fast.prepare import run as prepare
+from soundnet_fast.prepare import workers
 from soundnet_fast.prepare.teachers import IMAGENET_MEAN, IMAGENET_STD, Teacher
 from tests.helpers.media import write_garbage, write_truncated, write_video
 from tests.helpers.prepare import (
@@ -270,7 +271,7 @@ def test_resumption_after_a_kill(tmp_path):
     assert len(loader) == 1 and next(iter(loader))[0].shape == (11, 1, 20 * SR)
 
 
-_ORIGINAL_WORK = prepare._work
+_ORIGINAL_WORK = workers.decode_job
 
 
 def _crashing_work(job):
@@ -286,7 +287,7 @@ def test_a_crashing_worker_fails_only_its_video(tmp_path, monkeypatch):
     d = tmp_path / "in"
     for name in ("a.mp4", "b.mp4", "crash.mp4", "c.mp4", "d.mp4"):
         write_video(d / name, 4, size=(32, 32), fps=2)
-    monkeypatch.setattr(prepare, "_work", _crashing_work)  # forked workers inherit the patched module
+    monkeypatch.setattr(workers, "decode_job", _crashing_work)  # forked workers inherit the patched module
     s = prepare.prepare(d, tmp_path / "out", {}, workers=2)
     assert s.succeeded == 4 and s.failed == 1 and s.failure_kinds == {"crash": 1}
     (failure,) = read_failures(tmp_path / "out")

@@ -58,3 +58,24 @@ def child_env(threads: int | None = None) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     env["OMP_NUM_THREADS"] = str(threads if threads is not None else torch.get_num_threads())
     return env
+
+
+def assert_same_run(ref: Path, run: Path, steps: int) -> None:
+    """Two finished runs are the same run: weights, Adam state, loader position, and every logged step, loss and
+    gradient norm (the comparison the exact-resume tests make)."""
+    import torch
+
+    from soundnet_fast.train import checkpoint as ckpt
+
+    a, b = ckpt.load(ref / ckpt.CHECKPOINT), ckpt.load(run / ckpt.CHECKPOINT)
+    assert a["step"] == b["step"] == steps and a["finished"] and b["finished"]
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    for (pa, sa), sb in zip(a["optimizer"]["state"].items(), b["optimizer"]["state"].values(), strict=True):
+        for k in sa:
+            assert torch.equal(sa[k], sb[k]), (pa, k)
+    assert a["loader"] == b["loader"]
+    ra, rb = ckpt.read_metrics(ref), ckpt.read_metrics(run)
+    assert [r["step"] for r in rb] == list(range(1, steps + 1))  # no step twice, none missing
+    assert [r["loss"] for r in ra] == [r["loss"] for r in rb]
+    assert [r["grad_norm"] for r in ra] == [r["grad_norm"] for r in rb]

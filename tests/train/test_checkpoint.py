@@ -17,7 +17,7 @@ import torch
 from soundnet_fast.train import checkpoint as ckpt
 from soundnet_fast.train import trainer as train
 from soundnet_fast.weights import save_native
-from tests.helpers.train import REPO, child_env, make_shards, train_cmd
+from tests.helpers.train import REPO, assert_same_run, child_env, make_shards, train_cmd
 
 STEPS = 15
 ARGS = ["--model", "soundnet5", "--batch-size", "2", "--steps", str(STEPS), "--checkpoint-every", "3",
@@ -73,18 +73,7 @@ def test_killed_and_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_pat
     # Resume to the end (in this process, as the reference ran).
     assert train.main(["--out", str(run), "--resume"]) == 0
 
-    a, b = ckpt.load(ref / ckpt.CHECKPOINT), ckpt.load(run / ckpt.CHECKPOINT)
-    assert a["step"] == b["step"] == STEPS and a["finished"] and b["finished"]
-    for k, v in a["model"].items():
-        assert torch.equal(v, b["model"][k]), k
-    for (pa, sa), sb in zip(a["optimizer"]["state"].items(), b["optimizer"]["state"].values(), strict=True):
-        for k in sa:
-            assert torch.equal(sa[k], sb[k]), (pa, k)
-    assert a["loader"] == b["loader"]
-    ra, rb = ckpt.read_metrics(ref), ckpt.read_metrics(run)
-    assert [r["step"] for r in rb] == list(range(1, STEPS + 1))  # no step twice, none missing
-    assert [r["loss"] for r in ra] == [r["loss"] for r in rb]
-    assert [r["grad_norm"] for r in ra] == [r["grad_norm"] for r in rb]
+    assert_same_run(ref, run, STEPS)
 
 
 def test_resume_at_the_end_does_nothing_and_more_steps_continue(tmp_path, capsys):

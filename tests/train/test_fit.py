@@ -11,7 +11,7 @@ import torch
 
 from soundnet_fast.train import checkpoint as ckpt
 from soundnet_fast.train import trainer as train
-from tests.helpers.train import make_shards
+from tests.helpers.train import assert_same_run, make_shards
 
 STEPS = 6
 ARGS = ["--model", "soundnet5", "--batch-size", "2", "--steps", str(STEPS), "--checkpoint-every", "4",
@@ -41,22 +41,6 @@ def _step_clock(monkeypatch, tr):
     monkeypatch.setattr(train, "_clock", lambda: float(tr.step))
 
 
-def _assert_same_run(ref, run):
-    """As the kill-and-resume test compares: weights, Adam state, loader position and every logged loss."""
-    a, b = ckpt.load(ref / ckpt.CHECKPOINT), ckpt.load(run / ckpt.CHECKPOINT)
-    assert a["step"] == b["step"] == STEPS and a["finished"] and b["finished"]
-    for k, v in a["model"].items():
-        assert torch.equal(v, b["model"][k]), k
-    for (pa, sa), sb in zip(a["optimizer"]["state"].items(), b["optimizer"]["state"].values(), strict=True):
-        for k in sa:
-            assert torch.equal(sa[k], sb[k]), (pa, k)
-    assert a["loader"] == b["loader"]
-    ra, rb = ckpt.read_metrics(ref), ckpt.read_metrics(run)
-    assert [r["step"] for r in rb] == list(range(1, STEPS + 1))  # no step twice, none missing
-    assert [r["loss"] for r in ra] == [r["loss"] for r in rb]
-    assert [r["grad_norm"] for r in ra] == [r["grad_norm"] for r in rb]
-
-
 def test_a_spent_budget_stops_after_that_step_and_the_checkpoint_resumes_bit_exactly(
     shards, reference, tmp_path, monkeypatch, capsys
 ):
@@ -73,7 +57,7 @@ def test_a_spent_budget_stops_after_that_step_and_the_checkpoint_resumes_bit_exa
     assert [r["step"] for r in ckpt.read_metrics(run)] == [1, 2, 3]
     # Resumed as a signal-stopped run is: from the command line.
     assert train.main(["--out", str(run), "--resume"]) == 0
-    _assert_same_run(reference, run)
+    assert_same_run(reference, run, STEPS)
 
 
 def test_fit_again_after_a_spent_budget_continues_the_same_run(shards, reference, tmp_path, monkeypatch):
@@ -84,7 +68,7 @@ def test_fit_again_after_a_spent_budget_continues_the_same_run(shards, reference
     assert tr.fit(max_seconds=0.0) == train.TIME_UP and tr.step == 3  # a budget already spent: one step
     assert tr.fit() == train.DONE and tr.step == STEPS
     tr.close()
-    _assert_same_run(reference, run)
+    assert_same_run(reference, run, STEPS)
 
 
 def test_without_a_budget_or_within_it_fit_runs_to_the_end(shards, tmp_path, monkeypatch):

@@ -12,7 +12,8 @@ replaced whole, which keeps every state_dict key; a run inside a longer containe
 first slot and the other slots become ``FusedAway`` placeholders (an ``nn.Identity``), the
 convention of ``torch.ao.quantization.fuse_modules``, so later children keep their indices.
 ``unfuse(model)`` restores the plain modules exactly. ``fold(model)`` (inference) folds eval-mode
-BatchNorm into the preceding conv's weight and bias.
+BatchNorm into the preceding conv's weight and bias, and asks modules that know how to fold themselves (a
+``fold_bn_for_inference()`` method, as SoundNet's blocks have) to do so.
 """
 
 from __future__ import annotations
@@ -277,10 +278,28 @@ def _folded(conv: nn.Conv1d, bn: nn.BatchNorm1d) -> nn.Conv1d:
 
 
 def fold(model: nn.Module) -> int:
-    """For inference: fold each eval-mode BatchNorm1d into the Conv1d before it (in FusedConv1dBNReLU
-    modules and consecutive Conv1d -> BatchNorm1d children of plain nn.Sequential containers). The BN
-    becomes an nn.Identity and the conv a new nn.Conv1d; a FusedConv1dBNReLU becomes a plain
-    nn.Sequential(conv, Identity, ReLU[, MaxPool1d]). Returns how many BNs were folded."""
+    """For inference: fold each eval-mode BatchNorm1d into the Conv1d before it; returns how many were folded.
+
+    - Modules that fold themselves: a module with a callable ``fold_bn_for_inference()`` (duck-typed; SoundNet's
+      blocks, ``soundnet_fast.model.Block``) is asked to. It returns True when it folded now and False when
+      there was nothing to fold (already folded, say), keeps its own state dict, and decides how it runs folded;
+      fold() leaves its children alone. On SoundNet this folds every block (the count is the number of blocks;
+      0 on a second call).
+    - FusedConv1dBNReLU modules and consecutive Conv1d -> BatchNorm1d children of plain nn.Sequential
+      containers: the BN becomes an nn.Identity and the conv a new nn.Conv1d; a FusedConv1dBNReLU becomes a
+      plain nn.Sequential(conv, Identity, ReLU[, MaxPool1d]). These rewrites change the state dict's keys.
+
+    Raises ValueError when a module it would fold is in training mode (every self-folding module is checked
+    before any of them folds)."""
+    own: list[nn.Module] = []  # outermost self-folding modules; everything inside them is theirs
+    inside: set[int] = set()
+    for m in model.modules():
+        if id(m) not in inside and callable(getattr(m, "fold_bn_for_inference", None)):
+            own.append(m)
+            inside.update(id(sub) for sub in m.modules())
+    if any(m.training for m in own):
+        raise ValueError("fold() is for inference: a module is in training mode (call model.eval() first)")
+    count = sum(bool(m.fold_bn_for_inference()) for m in own)
     uses = collections.Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
 
     def foldable(conv: nn.Module, bn: nn.Module) -> bool:
@@ -297,14 +316,13 @@ def fold(model: nn.Module) -> int:
             raise ValueError("fold() is for inference: BatchNorm1d in training mode (call model.eval() first)")
         return ok
 
-    count = 0
-    for parent in list(model.modules()):
+    for parent in [m for m in model.modules() if id(m) not in inside]:
         for name, child in list(parent._modules.items()):
             if isinstance(child, FusedConv1dBNReLU) and foldable(child[0], child[1]):
                 kids = list(child.children())
                 parent._modules[name] = nn.Sequential(_folded(kids[0], kids[1]), nn.Identity(), *kids[2:])
                 count += 1
-    for container in [m for m in model.modules() if _is_plain_sequential(m)]:
+    for container in [m for m in model.modules() if _is_plain_sequential(m) and id(m) not in inside]:
         names = list(container._modules.keys())
         for a, b in zip(names, names[1:], strict=False):
             conv, bn = container._modules[a], container._modules[b]

@@ -3,8 +3,8 @@
 Each table row is one block: conv1d -> BatchNorm -> ReLU, optionally followed by a max-pool whose
 kernel equals its stride. Blocks keep the state-dict keys of ``nn.Sequential(Conv1d, BatchNorm1d, ReLU)``
 (``conv1.0.weight``, ``conv1.1.running_mean``, ...), the layout of the common PyTorch port's
-``sound8.pth``. Which implementation runs a block (PyTorch reference ops or the fused Triton kernels)
-is decided in exactly one place: :meth:`Block.forward`.
+``sound8.pth``. Which implementation runs a block (PyTorch reference ops, the fused Triton kernels, or the
+inference form with BN folded into the conv) is decided in exactly one place: :meth:`Block.forward`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from soundnet_fast.constants import HEAD_CLASSES, SAMPLE_RATE
 
@@ -99,6 +100,10 @@ class Block(nn.Sequential):
 
     Children are indexed like ``nn.Sequential(Conv1d, BatchNorm1d, ReLU[, MaxPool1d])`` so state dicts
     match the reference layout exactly. ``backend`` picks the implementation.
+
+    Inference form (:meth:`fold_bn_for_inference`): eval-mode BN folded into the conv's weight and bias, and
+    max-pool before ReLU (ReLU is monotonic: ``max(relu(a), relu(b)) == relu(max(a, b))``). The folded tensors
+    are non-persistent buffers, so state dicts are unchanged; ``load_state_dict`` refolds; ``train()`` unfolds.
     """
 
     def __init__(self, in_channels: int, spec: ConvSpec, backend: Backend = "reference", eps: float = 1e-5) -> None:
@@ -113,16 +118,66 @@ class Block(nn.Sequential):
         super().__init__(*layers)
         self.spec = spec
         self.backend: Backend = backend
+        self.folded = False  # the inference form runs (fold_bn_for_inference)
+        self.register_buffer("folded_weight", None, persistent=False)
+        self.register_buffer("folded_bias", None, persistent=False)
+        self.register_load_state_dict_post_hook(_refold_after_load)
 
     def forward(self, x: Tensor, pool: bool = True) -> Tensor:  # type: ignore[override]
         conv, bn = self[0], self[1]
         pool_k = self.spec.pool if pool else None
-        if self.backend == "fused":
+        if self.backend == "fused":  # the Triton kernel applies BN itself (running statistics in eval mode)
             from soundnet_fast.kernels import conv_bn_relu_modules  # torch + triton only; imported on use
 
             return conv_bn_relu_modules(x, conv, bn, pool=pool_k, process_group=_sync_group(bn))
+        if self.folded:  # BN inside the conv; max-pool, then ReLU (they commute); conv layer features: relu(y)
+            y = _folded_conv(x, self.folded_weight, self.folded_bias, conv.stride[0], conv.padding[0])
+            return F.relu(F.max_pool1d(y, pool_k, pool_k) if pool_k is not None else y)
         y = F.relu(bn(conv(x)))
         return F.max_pool1d(y, pool_k, pool_k) if pool_k is not None else y
+
+    @torch.no_grad()
+    def fold_bn_for_inference(self) -> bool:
+        """Switch to the inference form (the protocol ``soundnet_fast.kernels.fold`` calls). Returns True when
+        it folded now, False when the block was already folded or its BN keeps no running statistics (then the
+        plain ops keep running). Raises ValueError in training mode: batch statistics cannot be folded."""
+        conv, bn = self[0], self[1]
+        if self.training or bn.training:
+            raise ValueError("fold is for inference: the block is in training mode (call model.eval() first)")
+        if self.folded or bn.running_mean is None or bn.running_var is None:
+            return False
+        d = lambda t: None if t is None else t.double()  # fold in fp64, round once to the conv's dtype
+        w, b = fuse_conv_bn_weights(d(conv.weight), d(conv.bias), d(bn.running_mean), d(bn.running_var), bn.eps,
+                                    d(bn.weight), d(bn.bias))  # fmt: skip
+        self.folded_weight = w.detach().to(conv.weight.dtype)
+        self.folded_bias = b.detach().to(conv.weight.dtype)
+        self.folded = True
+        return True
+
+    def unfold(self) -> bool:
+        """Back to the plain conv -> BN -> ReLU ops (the modules were never changed); True when it was folded."""
+        was = self.folded
+        self.folded, self.folded_weight, self.folded_bias = False, None, None
+        return was
+
+    def train(self, mode: bool = True) -> Block:
+        """``nn.Module.train``; going back to training first drops the inference form (:meth:`unfold`)."""
+        if mode:
+            self.unfold()
+        return super().train(mode)
+
+
+def _folded_conv(x: Tensor, weight: Tensor, bias: Tensor, stride: int, padding: int) -> Tensor:
+    """The folded block's convolution (BN already inside ``weight`` (C_out, C_in, k) and ``bias`` (C_out,)):
+    ``F.conv1d`` (cuDNN on CUDA). The one call through which a faster inference conv plugs in."""
+    return F.conv1d(x, weight, bias, stride, padding)
+
+
+def _refold_after_load(block: nn.Module, incompatible_keys: object) -> None:
+    """``load_state_dict`` post-hook: a folded block folds again from the weights just loaded."""
+    if getattr(block, "folded", False):
+        block.unfold()
+        block.fold_bn_for_inference()
 
 
 def _sync_group(bn: nn.Module):  # -> torch.distributed.ProcessGroup | None
@@ -181,6 +236,21 @@ class SoundNet(nn.Module):
         for block in self.blocks:
             block.backend = backend
         return self
+
+    def inference(self) -> SoundNet:
+        """The inference form, in place (eval mode, :meth:`Block.fold_bn_for_inference` on every block); returns
+        the model. Outputs equal the eval-mode model's within rounding (max|a - b| <= 1e-5 max|b| per layer, tested);
+        the state dict is unchanged; ``train()`` restores the original. ``load_state_dict`` refolds; after an
+        in-place weight edit call ``train()`` (or ``Block.unfold()``), then ``inference()`` again."""
+        self.eval()
+        for block in self.blocks:
+            block.fold_bn_for_inference()
+        return self
+
+    @property
+    def folded(self) -> bool:
+        """True when every block runs its inference form (:meth:`inference`)."""
+        return all(b.folded for b in self.blocks)
 
     @property
     def blocks(self) -> list[Block]:

@@ -63,6 +63,9 @@ class EvalConfig:
     batch_size: int = 8  # clips per forward pass: memory only, the features do not depend on it
     device: str = "cpu"  # where the network runs (torch device string)
     backend: str = "reference"  # reference or fused (the Triton kernels, docs/design.md#kernels)
+    # The networks run their inference form, BN folded into the convs (SoundNet.inference). Its features equal
+    # the plain path's within 1e-5 of their largest value (tests/test_fold.py), so both share one feature cache.
+    fold: bool = True
     seed: int = 0  # the random-weight baselines' initialisation, the BN clip sample and t-SNE
     bn_clips: int = 256  # development clips (labels unused) that re-estimate the random baseline's BN statistics
     plots: bool = True  # confusion-matrix PNG per method and the weights' t-SNE PNG

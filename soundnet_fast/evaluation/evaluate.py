@@ -165,6 +165,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--backend", choices=("reference", "fused"), default=d["backend"], help="network backend (default %(default)s)"
     )
     p.add_argument(
+        "--no-fold",
+        dest="fold",
+        action="store_false",
+        default=d["fold"],
+        help="run BN as its own op instead of folded into the convs (the plain path, for comparison)",
+    )
+    p.add_argument(
         "--seed",
         type=int,
         default=d["seed"],

@@ -131,6 +131,8 @@ def random_bn_features(ctx: FeatureContext) -> MethodFeatures:
 def _network_maps(ctx: FeatureContext, net: Any, key: str, what: str) -> tuple[dict[str, np.ndarray], ef.ExtractStats]:
     """``net``'s feature maps of every hashed clip, cached under ``key``; ``what`` names the network."""
     cfg, setup = ctx.cfg, ctx.setup
+    if cfg.fold:  # same features within rounding, so the cache key leaves it out (EvalConfig.fold)
+        net.inference()
     store = ef.FeatureStore(
         setup.cache_root, key, ctx.variant, {"model": what, "layer": setup.layer, "scale": setup.input_scale}
     )

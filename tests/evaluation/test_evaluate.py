@@ -102,10 +102,12 @@ def test_esc10_windows_protocol_x512_soundnet5(esc, tmp_path, monkeypatch):
     root, _ = esc
     weights5 = make_weights(tmp_path / "student5.pt", "soundnet5", input_scale=256.0)
     peaks = []
+    folded = []
     features = SoundNet.features
 
     def spy(self, x, layer="pool5"):
         peaks.append(float(x.abs().max()))
+        folded.append(self.folded)
         return features(self, x, layer)
 
     monkeypatch.setattr(SoundNet, "features", spy)
@@ -127,6 +129,7 @@ def test_esc10_windows_protocol_x512_soundnet5(esc, tmp_path, monkeypatch):
     assert all(f["C"] == 0.01 for f in r["methods"]["soundnet"]["folds"])  # the original's fixed C
     # x512 reached the network: generated clips peak near 0.5-0.75 of full scale
     assert max(peaks) > 256 and max(peaks) <= 512
+    assert folded and all(folded)  # EvalConfig.fold (default): the inference form extracts the features
     done = len(peaks)
     again = evaluate(
         EvalConfig(
@@ -215,5 +218,6 @@ def test_cli_options_set_the_config_fields_and_default_to_theirs():
     cfg = config_from_args(parse([*argv, "--C", "0.1", "--mono", "mean", "--layer", "conv5", "--bn-clips", "7"]))
     assert (cfg.out_dir, cfg.num_folds, cfg.n_jobs, cfg.plots) == ("o", 3, -1, False)
     assert (cfg.C, cfg.mono, cfg.layer, cfg.bn_clips, cfg.Cs) == (0.1, "mean", "conv5", 7, DEFAULT_CS)
+    assert cfg.fold and not config_from_args(parse([*argv, "--no-fold"])).fold
     with pytest.raises(EvaluationError, match="unknown protocol 'svm'"):
         evaluate(EvalConfig("esc50", "d", "w", protocol="svm"))

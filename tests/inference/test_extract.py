@@ -133,3 +133,40 @@ def test_cli_help_for_every_command(capsys) -> None:
         with pytest.raises(SystemExit):
             cli_main([name, "--help"])
         assert "usage" in capsys.readouterr().out
+
+
+def test_extract_and_predict_fold_by_default_and_no_fold_agrees(
+    weights: str, media: dict[str, str], tmp_path, capsys, monkeypatch
+) -> None:
+    """The commands run the folded inference form (SoundNet.inference) unless --no-fold; both give the same
+    features, frame times and printed predictions."""
+    from soundnet_fast import model as model_module
+
+    calls: list[int] = []
+    conv = model_module._folded_conv
+
+    def spy(*a):
+        calls.append(1)
+        return conv(*a)
+
+    monkeypatch.setattr(model_module, "_folded_conv", spy)
+    files = [media["wav"], media["long"]]
+    outs = {}
+    for flag in ([], ["--no-fold"]):
+        out = tmp_path / ("plain" if flag else "folded")
+        del calls[:]
+        assert cli_main(["extract", *files, "--weights", weights, "--layer", "conv5", "--out", str(out),
+                         "--chunk-seconds", "15", *flag]) == 0  # fmt: skip
+        assert bool(calls) == (not flag)  # the folded conv ran, or not at all
+        outs[bool(flag)] = [(np.load(p), np.load(p[:-4] + ".times.npy")) for p in output_paths(files, str(out))]
+    for (f_fold, t_fold), (f_plain, t_plain) in zip(outs[False], outs[True], strict=True):
+        np.testing.assert_array_equal(t_fold, t_plain)
+        assert f_fold.shape == f_plain.shape and np.abs(f_fold - f_plain).max() <= 1e-5 * np.abs(f_plain).max()
+    capsys.readouterr()
+    printed = {}
+    for flag in ([], ["--no-fold"]):
+        del calls[:]
+        assert cli_main(["predict", media["wav"], "--weights", weights, *flag]) == 0
+        assert bool(calls) == (not flag)
+        printed[bool(flag)] = capsys.readouterr().out
+    assert printed[False] == printed[True] and "objects:" in printed[False]

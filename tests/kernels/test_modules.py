@@ -163,3 +163,28 @@ def test_fold_for_inference() -> None:
     assert fold(fused) == 6
     assert not any(isinstance(m, (nn.BatchNorm1d, FusedConv1dBNReLU)) for m in fused.front.modules())
     assert max_rel(fused(x), expect.double()) <= 1e-4
+
+
+class SelfFolding(nn.Sequential):
+    """A plain-Sequential-looking module (forward not overridden) that folds itself: fold() must ask it and
+    leave its Conv1d -> BatchNorm1d children alone."""
+
+    def __init__(self) -> None:
+        super().__init__(nn.Conv1d(4, 4, 3, 1, 1), nn.BatchNorm1d(4), nn.ReLU())
+        self.asked = 0
+
+    def fold_bn_for_inference(self) -> bool:
+        self.asked += 1
+        return self.asked == 1  # folded on the first call only
+
+
+def test_fold_asks_modules_that_fold_themselves() -> None:
+    torch.manual_seed(3)
+    own = SelfFolding()
+    model = nn.Sequential(own, nn.Conv1d(4, 4, 3, 1, 1), nn.BatchNorm1d(4)).eval()
+    assert fold(model) == 2  # its own fold + the plain Conv1d -> BatchNorm1d pair
+    assert own.asked == 1 and isinstance(own[1], nn.BatchNorm1d)  # its children untouched
+    assert isinstance(model[2], nn.Identity)
+    assert fold(model) == 0 and own.asked == 2
+    with pytest.raises(ValueError, match="eval"):
+        fold(nn.Sequential(SelfFolding()).train())

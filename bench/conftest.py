@@ -8,7 +8,11 @@ small sizes, so the suites cannot rot; no test asserts a timing.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
+import platform
+import resource
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +48,65 @@ def sizes(request: pytest.FixtureRequest) -> Sizes:
     return Sizes(smoke=False, seconds=20.0, batch=2, rounds=5, warmup=1)
 
 
+# Vector extensions worth naming in a report, in /proc/cpuinfo's spelling (x86 "flags", Arm "Features").
+VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve", "sve2")  # fmt: skip
+
+
+@functools.cache
+def cpu_info() -> dict[str, Any]:
+    """The CPU's model name, logical core count and vector extensions (from /proc/cpuinfo where it exists)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and value.strip():
+                    model = value.strip()
+                elif key in ("flags", "Features") and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    return {
+        "cpu_model": model,
+        "cpu_cores": os.cpu_count(),
+        "cpu_vector_extensions": [f for f in VECTOR_FLAGS if f in flags],
+    }
+
+
+def peak_rss_growth(fn: Callable[[], Any]) -> tuple[float, str]:
+    """Bytes the process's resident set grew to at its peak during ``fn()``, and how that was measured.
+
+    torch's CPU tensors come from malloc, outside tracemalloc's view, so this reads the kernel's counters: free
+    memory is first returned to the OS (glibc ``malloc_trim``), then the peak RSS is reset (Linux
+    ``/proc/self/clear_refs`` 5) and ``VmHWM - VmRSS`` read after the call. Where that reset is refused, the
+    growth of ``getrusage`` maxrss: 0 unless ``fn`` sets a new process-wide peak (a lower bound).
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = _status_kib("VmRSS")
+        fn()
+        return 1024.0 * (_status_kib("VmHWM") - before), "VmHWM - VmRSS (clear_refs reset)"
+    except OSError:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        fn()
+        return 1024.0 * (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before), "getrusage maxrss delta"
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"{field} not in /proc/self/status")
+
+
 def sync() -> None:
     if ON_GPU:
         torch.cuda.synchronize()
@@ -59,6 +122,9 @@ def max_rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
 def timed(benchmark: Any, sizes: Sizes) -> Callable[..., Any]:
     """``timed(fn, group=..., variant=..., items=..., parity_err=..., tol=..., **info)`` times ``fn``.
 
+    Every benchmark's ``extra_info`` also records the CPU (:func:`cpu_info`: model, cores, vector extensions).
+    ``device`` names where a CPU benchmark ran on a GPU machine; ``rounds`` overrides the timed rounds (not in
+    the smoke run).
     ``group`` names what is compared (e.g. ``conv1 fwd fp32``); ``variant`` is one of the compared
     implementations; the report divides every figure by the group's baseline: the variant timed with
     ``baseline=True``, else the one named ``eager``. ``items`` is clips (or videos) per call.
@@ -73,6 +139,8 @@ def timed(benchmark: Any, sizes: Sizes) -> Callable[..., Any]:
         baseline: bool = False,
         parity_err: float | None = None,
         tol: float | None = None,
+        device: str | None = None,
+        rounds: int | None = None,
         **info: Any,
     ) -> Any:
         benchmark.group = group
@@ -81,9 +149,10 @@ def timed(benchmark: Any, sizes: Sizes) -> Callable[..., Any]:
             variant=variant,
             items=items,
             baseline=baseline or variant == "eager",
-            device=str(DEVICE),
+            device=device or str(DEVICE),  # a CPU benchmark on a GPU machine names the CPU
             smoke=sizes.smoke,
             gpu=torch.cuda.get_device_name() if ON_GPU else None,
+            **cpu_info(),
             **info,
         )
         if parity_err is not None:
@@ -93,6 +162,7 @@ def timed(benchmark: Any, sizes: Sizes) -> Callable[..., Any]:
             fn()
             sync()
 
-        return benchmark.pedantic(call, rounds=sizes.rounds, warmup_rounds=sizes.warmup, iterations=1)
+        rounds = sizes.rounds if sizes.smoke or rounds is None else rounds  # more rounds for short calls
+        return benchmark.pedantic(call, rounds=rounds, warmup_rounds=sizes.warmup, iterations=1)
 
     return run

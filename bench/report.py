@@ -44,6 +44,21 @@ def machine_line(data: dict[str, Any]) -> tuple[str, str]:
     return f"CPU: {brand}, {cores} cores (no GPU)", f"cpu{cores}"
 
 
+def cpu_line(data: dict[str, Any]) -> str:
+    """The CPU model and its vector extensions, from the benchmarks' ``extra_info`` (bench.conftest.cpu_info),
+    else from pytest-benchmark's ``machine_info`` (py-cpuinfo's flags)."""
+    info = next((b["extra_info"] for b in data["benchmarks"] if "cpu_vector_extensions" in b["extra_info"]), None)
+    if info is not None:
+        model, cores, ext = info.get("cpu_model"), info.get("cpu_cores"), info["cpu_vector_extensions"]
+    else:
+        cpu = data.get("machine_info", {}).get("cpu", {})
+        model, cores = cpu.get("brand_raw") or platform.processor(), cpu.get("count")
+        flags = set(cpu.get("flags") or [])
+        ext = [f for f in ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
+                           "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]  # fmt: skip
+    return f"{model or 'unknown'}, {cores or '?'} logical cores; vector extensions: {' '.join(ext) or 'none recorded'}"
+
+
 def _pct(sorted_samples: list[float], q: float) -> float:
     return sorted_samples[min(len(sorted_samples) - 1, int(q * len(sorted_samples)))]
 
@@ -65,6 +80,7 @@ def rows(data: dict[str, Any]) -> list[dict[str, Any]]:
             "baseline": bool(info.get("baseline", info["variant"] == "eager")),
             "saved_mb": info.get("saved_mb_per_clip"),
             "peak_mb": info.get("peak_mb_per_clip"),
+            "peak_rss_mb": info.get("peak_rss_mb"),
         })  # fmt: skip
     for r in out:
         eager = next((e for e in out if e["group"] == r["group"] and e["baseline"]), None)
@@ -91,6 +107,7 @@ def markdown(data: dict[str, Any], table: list[dict[str, Any]], machine: str) ->
         f"# soundnet_fast benchmarks: {machine}",
         "",
         f"- machine: {machine}",
+        f"- CPU: {cpu_line(data)}",
         f"- versions: {versions}",
         f"- git commit: {data.get('commit_info', {}).get('id', '')[:10] or _git_commit()}",
         f"- date: {data.get('datetime', dt.datetime.now(dt.timezone.utc).isoformat())}",
@@ -119,6 +136,15 @@ def markdown(data: dict[str, Any], table: list[dict[str, Any]], machine: str) ->
         for backend, mb in sorted(counted.items()):
             peak = next((r["peak_mb"] for r in mem if r["variant"] == backend and r["peak_mb"] is not None), None)
             lines.append(f"| {backend} | {mb:.2f} | {'' if peak is None else f'{peak:.1f}'} |")
+    rss = [r for r in table if r["peak_rss_mb"] is not None]
+    if rss:
+        lines += ["", "Peak memory per call on the CPU: resident-set growth during one call",
+                  "(bench.conftest.peak_rss_growth).",
+                  "", "| group | variant | peak MB per call | per clip |", "|---|---|---|---|"]  # fmt: skip
+        for r in sorted(rss, key=lambda r: (r["group"], not r["baseline"], r["variant"])):
+            lines.append(
+                f"| {r['group']} | {r['variant']} | {r['peak_rss_mb']:.1f} | {r['peak_rss_mb'] / r['items']:.1f} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -9,6 +9,7 @@ inference form with BN folded into the conv) is decided in exactly one place: :m
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -131,8 +132,7 @@ class Block(nn.Sequential):
 
             return conv_bn_relu_modules(x, conv, bn, pool=pool_k, process_group=_sync_group(bn))
         if self.folded:  # BN inside the conv; max-pool, then ReLU (they commute); conv layer features: relu(y)
-            y = _folded_conv(x, self.folded_weight, self.folded_bias, conv.stride[0], conv.padding[0])
-            return F.relu(F.max_pool1d(y, pool_k, pool_k) if pool_k is not None else y)
+            return _folded_conv(x, self.folded_weight, self.folded_bias, conv.stride[0], conv.padding[0], pool_k)
         y = F.relu(bn(conv(x)))
         return F.max_pool1d(y, pool_k, pool_k) if pool_k is not None else y
 
@@ -167,10 +167,15 @@ class Block(nn.Sequential):
         return super().train(mode)
 
 
-def _folded_conv(x: Tensor, weight: Tensor, bias: Tensor, stride: int, padding: int) -> Tensor:
-    """The folded block's convolution (BN already inside ``weight`` (C_out, C_in, k) and ``bias`` (C_out,)):
-    ``F.conv1d`` (cuDNN on CUDA). The one call through which a faster inference conv plugs in."""
-    return F.conv1d(x, weight, bias, stride, padding)
+def _folded_conv(x: Tensor, weight: Tensor, bias: Tensor, stride: int, padding: int, pool: int | None) -> Tensor:
+    """``relu(max_pool1d(conv1d(x, weight, bias, stride, padding), pool, pool))`` of a folded block (pool None: no
+    pool): CPU float32 through :func:`soundnet_fast.inference.cpu_conv.conv_pool_relu`, else ``F.conv1d`` (cuDNN)."""
+    if x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32:
+        from soundnet_fast.inference.cpu_conv import conv_pool_relu  # torch only; imported on first use
+
+        return conv_pool_relu(x, weight, bias, stride, padding, pool)
+    y = F.conv1d(x, weight, bias, stride, padding)
+    return F.relu(F.max_pool1d(y, pool, pool) if pool is not None else y)
 
 
 def _refold_after_load(block: nn.Module, incompatible_keys: object) -> None:
@@ -309,6 +314,10 @@ class SoundNet(nn.Module):
     @classmethod
     def min_length(cls, layer: str = "heads") -> int:
         """Fewest input samples that give ``layer`` (default: the heads) at least one frame."""
+        return _min_length(cls, layer)
+
+    @classmethod
+    def _min_length_search(cls, layer: str) -> int:
         lo, hi = 1, 1 << 24
         while lo < hi:  # output length is monotone in the input length
             mid = (lo + hi) // 2
@@ -347,7 +356,7 @@ class SoundNet(nn.Module):
                 f"needs at least {need} samples ({need / SAMPLE_RATE:.2f} s at {SAMPLE_RATE} Hz) for {layer!r}. "
                 "Tile shorter clips circularly: soundnet_fast.audio.to_input(wave, min_seconds=10.0)."
             )
-        if self.check_inputs and not bool(torch.isfinite(x).all()):
+        if self.check_inputs and bool(torch.isnan((x * 0).sum())):  # 0 * (NaN or +-Inf) is NaN: one pass
             raise ValueError("input waveform holds non-finite samples (NaN or Inf)")
 
     def _trunk(self, x: Tensor, stop: str | None = None) -> Tensor:
@@ -382,6 +391,11 @@ class SoundNet(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+@functools.cache
+def _min_length(cls: type[SoundNet], layer: str) -> int:
+    return cls._min_length_search(layer)
 
 
 def _upto(cls: type[SoundNet], key: str, layer: str) -> bool:

@@ -143,9 +143,9 @@ def test_the_folded_branch_has_one_conv_call(monkeypatch: pytest.MonkeyPatch) ->
     calls: list[tuple[int, int]] = []
     conv = model_module._folded_conv
 
-    def spy(x: Tensor, w: Tensor, b: Tensor, stride: int, padding: int) -> Tensor:
+    def spy(x: Tensor, w: Tensor, b: Tensor, stride: int, padding: int, pool: int | None) -> Tensor:
         calls.append((stride, padding))
-        return conv(x, w, b, stride, padding)
+        return conv(x, w, b, stride, padding, pool)
 
     monkeypatch.setattr(model_module, "_folded_conv", spy)
     net = random_net(SoundNet5, 6)

@@ -297,7 +297,7 @@ def fold(model: nn.Module) -> int:
         if id(m) not in inside and callable(getattr(m, "fold_bn_for_inference", None)):
             own.append(m)
             inside.update(id(sub) for sub in m.modules())
-    if any(m.training for m in own):
+    if any(sub.training for m in own for sub in m.modules()):  # checked before any folds: all or nothing
         raise ValueError("fold() is for inference: a module is in training mode (call model.eval() first)")
     count = sum(bool(m.fold_bn_for_inference()) for m in own)
     uses = collections.Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))

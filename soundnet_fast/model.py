@@ -131,7 +131,8 @@ class Block(nn.Sequential):
             from soundnet_fast.kernels import conv_bn_relu_modules  # torch + triton only; imported on use
 
             return conv_bn_relu_modules(x, conv, bn, pool=pool_k, process_group=_sync_group(bn))
-        if self.folded:  # BN inside the conv; max-pool, then ReLU (they commute); conv layer features: relu(y)
+        if self.folded and not _wants_param_grads(conv, bn):  # BN inside the conv; max-pool, then ReLU (they
+            self._refold_if_stale()  # commute); conv layer features: relu(y). Gradients for the weights: plain ops
             return _folded_conv(x, self.folded_weight, self.folded_bias, conv.stride[0], conv.padding[0], pool_k)
         y = F.relu(bn(conv(x)))
         return F.max_pool1d(y, pool_k, pool_k) if pool_k is not None else y
@@ -147,12 +148,22 @@ class Block(nn.Sequential):
         if self.folded or bn.running_mean is None or bn.running_var is None:
             return False
         d = lambda t: None if t is None else t.double()  # fold in fp64, round once to the conv's dtype
-        w, b = fuse_conv_bn_weights(d(conv.weight), d(conv.bias), d(bn.running_mean), d(bn.running_var), bn.eps,
-                                    d(bn.weight), d(bn.bias))  # fmt: skip
-        self.folded_weight = w.detach().to(conv.weight.dtype)
-        self.folded_bias = b.detach().to(conv.weight.dtype)
+        with torch.inference_mode(False):  # folded inside inference_mode: still plain tensors, usable by autograd
+            w, b = fuse_conv_bn_weights(d(conv.weight), d(conv.bias), d(bn.running_mean), d(bn.running_var),
+                                        bn.eps, d(bn.weight), d(bn.bias))  # fmt: skip
+            self.folded_weight = w.detach().to(conv.weight.dtype)
+            self.folded_bias = b.detach().to(conv.weight.dtype)
+        self._folded_from = _sources(conv, bn)
         self.folded = True
         return True
+
+    @torch.no_grad()
+    def _refold_if_stale(self) -> None:
+        """Fold again when a conv / BN tensor changed since the fold: replaced (``load_state_dict(assign=True)``,
+        ``torch.func.functional_call``) or edited in place (an optimizer step, ``reset_parameters``, ``copy_``)."""
+        if self._folded_from != _sources(self[0], self[1]):
+            self.folded = False
+            self.fold_bn_for_inference()
 
     def unfold(self) -> bool:
         """Back to the plain conv -> BN -> ReLU ops (the modules were never changed); True when it was folded."""
@@ -167,10 +178,35 @@ class Block(nn.Sequential):
         return super().train(mode)
 
 
+def _sources(conv: nn.Module, bn: nn.Module) -> tuple:
+    """What a fold was computed from: each conv / BN tensor's identity and in-place version counter."""
+    ts = (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+    return tuple((id(t), t._version) if t is not None else None for t in ts)
+
+
+def _wants_param_grads(conv: nn.Module, bn: nn.Module) -> bool:
+    """True when autograd would reach the conv / BN weights: the folded copies are detached, so such a forward
+    (eval-mode fine-tuning with frozen BN statistics) runs the plain ops instead."""
+    if not torch.is_grad_enabled():
+        return False
+    return any(p is not None and p.requires_grad for p in (conv.weight, conv.bias, bn.weight, bn.bias))
+
+
+def _fast_cpu_path(x: Tensor, weight: Tensor) -> bool:
+    """CPU float32, no autocast, no gradient for ``x``, not being traced / scripted / exported: the polyphase GEMM
+    (its Python loop over chunks would be unrolled by tracing, and it keeps float32 under autocast)."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
+        return False
+    if torch.is_autocast_enabled("cpu") or (torch.is_grad_enabled() and x.requires_grad):
+        return False
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
+    return not (torch.jit.is_tracing() or torch.jit.is_scripting() or exporting)
+
+
 def _folded_conv(x: Tensor, weight: Tensor, bias: Tensor, stride: int, padding: int, pool: int | None) -> Tensor:
     """``relu(max_pool1d(conv1d(x, weight, bias, stride, padding), pool, pool))`` of a folded block (pool None: no
     pool): CPU float32 through :func:`soundnet_fast.inference.cpu_conv.conv_pool_relu`, else ``F.conv1d`` (cuDNN)."""
-    if x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32:
+    if _fast_cpu_path(x, weight):
         from soundnet_fast.inference.cpu_conv import conv_pool_relu  # torch only; imported on first use
 
         return conv_pool_relu(x, weight, bias, stride, padding, pool)
@@ -246,7 +282,8 @@ class SoundNet(nn.Module):
         """The inference form, in place (eval mode, :meth:`Block.fold_bn_for_inference` on every block); returns
         the model. Outputs equal the eval-mode model's within rounding (max|a - b| <= 1e-5 max|b| per layer, tested);
         the state dict is unchanged; ``train()`` restores the original. ``load_state_dict`` refolds; after an
-        in-place weight edit call ``train()`` (or ``Block.unfold()``), then ``inference()`` again."""
+        in-place weight edit or a swap of tensors refolds on the next forward. Under ``torch.no_grad`` /
+        ``inference_mode`` it runs the folded form; where autograd would reach the weights, the plain ops."""
         self.eval()
         for block in self.blocks:
             block.fold_bn_for_inference()

@@ -150,9 +150,10 @@ def test_the_folded_branch_has_one_conv_call(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(model_module, "_folded_conv", spy)
     net = random_net(SoundNet5, 6)
     x = torch.randn(1, 1, 20_000)
-    net.features(x, "conv4")
-    assert calls == []  # not folded: the plain ops
-    net.inference().features(x, "conv4")
+    with torch.no_grad():  # (with autograd reaching the weights a folded block runs the plain ops)
+        net.features(x, "conv4")
+        assert calls == []  # not folded: the plain ops
+        net.inference().features(x, "conv4")
     assert calls == [(s.stride, s.padding) for s in SoundNet5.trunk_specs]
 
 
@@ -168,3 +169,63 @@ def test_fused_backend_keeps_its_kernel_when_folded(monkeypatch: pytest.MonkeyPa
 
         monkeypatch.setattr(model_module, "_folded_conv", refuse)
         assert rel(net.features(x, "pool3"), expect) <= 1e-4  # the fused op (its CPU reference here)
+
+
+# ---------------------------------------------------------------------------- what a user does next to a fold
+def _pair(seed: int = 0) -> tuple[SoundNet5, SoundNet5, torch.Tensor]:
+    torch.manual_seed(seed)
+    plain = SoundNet5().eval()
+    with torch.no_grad():
+        for block in plain.blocks:
+            block[1].running_mean.uniform_(-0.1, 0.1)
+            block[1].running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 1, SoundNet5.min_length()) * 256
+    return plain, copy.deepcopy(plain).inference(), x
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
+
+
+def test_folded_model_under_cpu_autocast_and_tracing_at_another_batch() -> None:
+    plain, folded, x = _pair(1)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        a, b = folded(x)[0], plain(x)[0]
+    assert a.dtype == b.dtype == torch.bfloat16 and _rel(a, b) < 0.05  # bf16 rounding, as the plain model
+    with torch.no_grad():
+        traced = torch.jit.trace(folded, x[:1], check_trace=False)
+        assert _rel(traced(x)[0], plain(x)[0]) <= 1e-5  # the GEMM's Python loop is not unrolled into the trace
+
+
+def test_edits_and_swaps_of_the_weights_refold() -> None:
+    plain, folded, x = _pair(2)
+    gen = torch.Generator().manual_seed(5)
+    folded.reset_parameters(gen)  # in place: the fold must follow
+    plain.reset_parameters(torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert _rel(folded(x)[0], plain(x)[0]) <= 1e-5
+        other = SoundNet5().eval()
+        swapped = torch.func.functional_call(folded, dict(other.state_dict()), (x,))[0]
+        assert _rel(swapped, other(x)[0]) <= 1e-5
+
+
+def test_gradients_reach_the_weights_and_inference_mode_folds_stay_usable() -> None:
+    plain, folded, x = _pair(3)
+    folded(x)[0].sum().backward()  # eval-mode fine-tuning: the plain ops run, so the trunk learns
+    plain(x)[0].sum().backward()
+    assert folded.conv1[0].weight.grad is not None
+    assert _rel(folded.conv1[0].weight.grad, plain.conv1[0].weight.grad) <= 1e-4
+    late = copy.deepcopy(plain)
+    with torch.inference_mode():
+        late.inference()
+    xx = x.clone().requires_grad_()
+    late(xx)[0].sum().backward()  # a saliency map after folding inside inference_mode
+    assert xx.grad is not None and bool(xx.grad.abs().sum() > 0)
+
+
+def test_fold_is_all_or_nothing_when_one_bn_trains() -> None:
+    net = SoundNet5().eval()
+    net.conv3[1].train()
+    with pytest.raises(ValueError, match="training mode"):
+        fold(net)
+    assert not any(b.folded for b in net.blocks)

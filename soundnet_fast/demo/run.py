@@ -118,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         results = run_demo(cfg)
+    except ModuleNotFoundError:  # a missing extra: soundnet_fast.cli names what to install (one line, exit 2)
+        raise
     except Exception as e:  # each stage's errors name the file; _stage said which stage stopped
         print(f"error: demo stopped: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

@@ -8,10 +8,12 @@ multiples of the layer's hop, so every kept frame sees exactly the samples it se
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -162,15 +164,31 @@ def iter_waves(files: list[str], mono: str) -> Iterator[tuple[str, np.ndarray | 
             yield f, e
 
 
+def _positive(kind: type) -> Any:
+    """An argparse type: a finite number above zero (``--batch-size 0`` or ``--chunk-seconds nan`` is a usage
+    error, exit 2, not a failure of every file)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"must be above zero, got {text!r}")
+        return value
+
+    return parse
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", metavar="FILES", help="audio or video files (anything FFmpeg decodes)")
     p.add_argument("--weights", required=True, help="sound8.npy, soundnet8_final.t7, sound8.pth or a native checkpoint")
     p.add_argument("--layer", default="pool5", help="conv1..conv7, pool1, pool2, pool5 (SoundNet-5: its own names)")
     p.add_argument("--pool", choices=["none", "mean", "max"], default="none", help="pool features over time")
     p.add_argument("--out", required=True, help="output folder: one .npy (T x C, or C pooled) + .times.npy per input")
-    p.add_argument("--batch-size", type=int, default=1, help="files of equal length run together")
+    p.add_argument("--batch-size", type=_positive(int), default=1, help="files of equal length run together")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--threads", type=_positive(int), default=None, help="CPU threads for torch")
     p.add_argument(
         "--input-scale",
         type=float,
@@ -178,7 +196,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="waveform scale (default %(default)s, as in training; 512 as in the original evaluation scripts)",
     )
     p.add_argument("--mono", choices=["first", "mean"], default="first", help="first channel (original) or mean")
-    p.add_argument("--chunk-seconds", type=float, default=120.0, help="long inputs run in chunks of about this")
+    p.add_argument(
+        "--chunk-seconds", type=_positive(float), default=120.0, help="long inputs run in chunks of about this"
+    )
     p.add_argument(
         "--no-fold",
         dest="fold",

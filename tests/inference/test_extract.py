@@ -170,3 +170,15 @@ def test_extract_and_predict_fold_by_default_and_no_fold_agrees(
         assert bool(calls) == (not flag)
         printed[bool(flag)] = capsys.readouterr().out
     assert printed[False] == printed[True] and "objects:" in printed[False]
+
+
+@pytest.mark.parametrize(
+    "args", [["--batch-size", "0"], ["--batch-size", "-3"], ["--threads", "-1"], ["--chunk-seconds", "nan"]]
+)
+def test_bad_numbers_are_usage_errors(args: list[str], capsys) -> None:
+    from soundnet_fast.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["extract", *args, "x.wav"])
+    assert e.value.code == 2
+    assert "must be above zero" in capsys.readouterr().err

@@ -289,6 +289,12 @@ class SoundNet(nn.Module):
             block.fold_bn_for_inference()
         return self
 
+    def unfold(self) -> SoundNet:
+        """Back to the plain conv -> BN -> ReLU ops on every block (in place; the mode is kept); returns the model."""
+        for block in self.blocks:
+            block.unfold()
+        return self
+
     @property
     def folded(self) -> bool:
         """True when every block runs its inference form (:meth:`inference`)."""

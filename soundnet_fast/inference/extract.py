@@ -108,9 +108,12 @@ def features_many(
 
     ``fold`` (default): a model in eval mode runs its inference form, BN folded into the convs
     (:meth:`SoundNet.inference`, applied in place; the state dict is unchanged and the features equal the
-    plain path's within 1e-5 of their largest value); a model in training mode runs as it is."""
+    plain path's within 1e-5 of their largest value); a model in training mode runs as it is. ``fold=False``:
+    the plain ops (a folded model is unfolded in place, :meth:`SoundNet.unfold`)."""
     if fold and not model.training:
         model.inference()
+    elif not fold:
+        model.unfold()
     cls = type(model)
     hop = cls.geometry(layer).hop
     min_len = max(int(np.ceil(min_seconds * SAMPLE_RATE)), cls.min_length(layer))

@@ -47,9 +47,12 @@ def top_k(
     """Top-k (indices, probabilities) per head time step for objects and scenes: each (T, k).
 
     ``fold`` (default): a model in eval mode runs its inference form (:meth:`SoundNet.inference`, in place; the
-    state dict is unchanged, the logits equal the plain path's within rounding)."""
+    state dict is unchanged, the logits equal the plain path's within rounding); ``fold=False``: the plain ops
+    (a folded model is unfolded in place)."""
     if fold and not model.training:
         model.inference()
+    elif not fold:
+        model.unfold()
     obj, scn = model(to_input(wave, min_seconds=10.0).to(next(model.parameters()).device))
     po, ps = obj[0].softmax(0).T.cpu(), scn[0].softmax(0).T.cpu()  # softmax over classes per step
     (vo, io), (vs, is_) = po.topk(min(k, po.shape[1]), dim=1), ps.topk(min(k, ps.shape[1]), dim=1)

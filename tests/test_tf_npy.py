@@ -80,7 +80,7 @@ def test_payload_through_the_cli_is_refused(truth: dict, tmp_path, capsys) -> No
     wav = write_audio(str(tmp_path / "a.wav"), sine(440.0, 1.0, SAMPLE_RATE), SAMPLE_RATE)
     assert cli_main(["predict", wav, "--weights", str(evil)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {evil}: refused") and "'posix.system'" in err
+    assert err.startswith(f"soundnet-fast predict: error: {evil}: refused") and "'posix.system'" in err
     assert cli_main(["convert", str(evil), str(tmp_path / "out.pt")]) == 2
     assert not marker.exists() and not (tmp_path / "out.pt").exists()
 
@@ -186,7 +186,7 @@ def test_non_weight_files_name_the_file_and_formats(name: str, content: bytes, t
     with pytest.raises(WeightFileError, match=re.escape(name) + r": .*tried: TF-port sound8\.npy, PyTorch"):
         load_pretrained(path)
     assert cli_main(["convert", str(path), str(tmp_path / "out.pt")]) == 2
-    assert capsys.readouterr().err.startswith(f"error: {path}: ")
+    assert capsys.readouterr().err.startswith(f"soundnet-fast convert: error: {path}: ")
 
 
 def test_truncated_pickle_and_foreign_zip(truth: dict, tmp_path) -> None:

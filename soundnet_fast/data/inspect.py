@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections import Counter
 from typing import Any
 
@@ -19,6 +18,7 @@ from soundnet_fast.data.shards import (
     read_manifest,
     shard_files,
 )
+from soundnet_fast.errors import UsageError
 
 
 def summarize_shards(path: str | os.PathLike[str], clips: int = 3, top: int = 3, seed: int = 0) -> dict[str, Any]:
@@ -76,9 +76,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         s = summarize_shards(args.shards, clips=args.clips, top=args.top, seed=args.seed)
-    except (ShardFormatError, OSError) as e:
-        print(f"inspect: {e}", file=sys.stderr)
-        return 2
+    except (ShardFormatError, OSError) as e:  # soundnet_fast.cli: one line, exit status 2
+        raise UsageError(str(e)) from e
     console = stdout_console()
     m = s["manifest"]
     console.print(f"[bold]{s['folder']}[/bold]  ({m.get('format')})")

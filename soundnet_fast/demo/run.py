@@ -28,6 +28,7 @@ from typing import Any
 
 from soundnet_fast.console import stderr_console
 from soundnet_fast.demo.report import MARGIN_MFCC, MARGIN_RANDOM, print_table, summarize_demo
+from soundnet_fast.errors import UsageError
 
 EVAL_CS = (1e-3, 1e-2, 1e-1)
 # Clip (= world segment, one teacher frame at its middle) per student: at least one head step, SoundNet-5
@@ -116,9 +117,11 @@ def run(args: argparse.Namespace) -> int:
         teacher_frames=args.teacher_frames,
         max_steps=args.max_steps,
     )
+    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+        raise UsageError(f"{cfg.out}: not a folder (--out is the demo's working folder)")
     try:
         results = run_demo(cfg)
-    except ModuleNotFoundError:  # a missing extra: soundnet_fast.cli names what to install (one line, exit 2)
+    except (ModuleNotFoundError, UsageError):  # soundnet_fast.cli reports these: one line, exit status 2
         raise
     except Exception as e:  # each stage's errors name the file; _stage said which stage stopped
         print(f"error: demo stopped: {type(e).__name__}: {e}", file=sys.stderr)

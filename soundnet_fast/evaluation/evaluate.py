@@ -12,10 +12,12 @@ From Python (the demo calls this)::
 
 :func:`evaluate` returns the content of ``out_dir/results.json``: per method (``soundnet``, and with
 ``baselines`` also ``mfcc``, ``random_init``, ``random_bn``) the mean, standard deviation and per-fold
-accuracy, per-class accuracy, the confusion matrix, the C used per fold and each fold's test clips; the
-excluded files with their reasons; the input scale, layer, protocol and fold scheme. A confusion-matrix PNG per
-method (``confusion-<method>.png``, over every held-out clip) and a t-SNE PNG of the weights' pooled (mean+max)
-features coloured by class (``tsne-soundnet.png``) are written next to it.
+accuracy, per-class accuracy, the confusion matrix, the C used per fold and each fold's test and excluded clips;
+the excluded files with their reasons and folds (a file that cannot be decoded, is empty or holds NaN / Inf is
+left out of every method and its fold is scored on the clips it has left: :mod:`soundnet_fast.evaluation.steps`)
+and the warnings on kept clips (digital silence); the input scale, layer, protocol and fold scheme. A
+confusion-matrix PNG per method (``confusion-<method>.png``, over every held-out clip) and a t-SNE PNG of the
+weights' pooled (mean+max) features coloured by class (``tsne-soundnet.png``) are written next to it.
 
 The options and their defaults are :class:`~soundnet_fast.evaluation.config.EvalConfig`'s; the steps are in
 :mod:`soundnet_fast.evaluation.steps`, the methods in :mod:`soundnet_fast.evaluation.methods`.
@@ -26,7 +28,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import sys
 import time
 from typing import Any
 
@@ -82,6 +83,8 @@ _DEFAULTS = {f.name: f.default for f in dataclasses.fields(EvalConfig)}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from soundnet_fast.releases import add_weights_argument
+
     """The ``evaluate`` command's options; each ``dest`` is the :class:`EvalConfig` field it sets, each default
     that field's."""
     d = _DEFAULTS
@@ -91,7 +94,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="data",
         help="dataset folder (ESC-50: with meta/ and audio/; DCASE 2013: the .wav files)",
     )
-    p.add_argument("--weights", required=True, help="sound8.npy, .t7, sound8.pth or a native checkpoint")
+    add_weights_argument(p)
     layers = ", ".join(
         f"{layer} for {ARCH_TITLES[arch]}" for arch, layer in sorted(DEFAULT_LAYER.items(), reverse=True)
     )
@@ -208,17 +211,17 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``soundnet-fast evaluate``: the table on stdout; exit status 2 for data, weights or options it cannot use."""
+    """``soundnet-fast evaluate``: the table (and the excluded files) on stdout. Data, weights or options it cannot
+    use raise ``UsageError`` / ``WeightFileError`` (``soundnet_fast.cli``: one line, exit status 2)."""
     from soundnet_fast.console import stdout_console
+    from soundnet_fast.errors import UsageError
     from soundnet_fast.evaluation.report import print_table
-    from soundnet_fast.weights import WeightFileError
 
     cfg = config_from_args(args)
     try:
         results = evaluate(cfg)
-    except (DatasetLayoutError, EvaluationError, WeightFileError) as e:
-        print(f"soundnet-fast evaluate: error: {e}", file=sys.stderr)
-        return 2
+    except (DatasetLayoutError, EvaluationError) as e:
+        raise UsageError(str(e)) from e
     print_table(results, stdout_console())
     print(
         f"input scale x{results['input_scale']:g} ({SCALE_NOTE}); {results['num_excluded']} file(s) excluded; "

@@ -4,7 +4,13 @@ SoundNet features come from ``model.features(x, layer)`` on clips tiled to 10 s 
 circularly past 10 s and cut at exactly 10 s; longer clips, e.g. DCASE's 30 s, are used whole). The cache key
 is (model key, layer, input scale, channel mix, minimum length, audio file content hash): the model key is the
 weight file's SHA-256 (or a hash of the state dict for the random baselines), so a second run with the same
-weights extracts nothing. A file that cannot be decoded is reported by name and reason and left out.
+weights extracts nothing.
+
+One bad clip never takes good ones down: each file is decoded and checked on its own
+(:func:`soundnet_fast.audio.check_wave`: empty or non-finite audio fails the file, digital silence is a warning)
+before it joins a batch, and a batch the network fails on runs again one clip at a time
+(``errors.each_alone_on_failure``). A file that fails is reported by name and reason (``ExtractStats.failed``)
+and left out of every method (``steps.common_clips``).
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from soundnet_fast.audio import AudioDecodeError, Mono, load, tile, to_input
+from soundnet_fast.audio import AudioDecodeError, Mono, check_wave, load, tile, to_input
 from soundnet_fast.constants import SAMPLE_RATE
+from soundnet_fast.errors import each_alone_on_failure, reason
 from soundnet_fast.fsutil import atomic_np_save, atomic_write_text
 from soundnet_fast.model import SoundNet, build
 
@@ -99,19 +106,26 @@ class FeatureStore:
 class ExtractStats:
     extracted: int = 0
     cached: int = 0
-    failed: dict[str, str] = field(default_factory=dict)  # path -> reason
+    failed: dict[str, str] = field(default_factory=dict)  # path -> reason (no features: left out)
+    warnings: dict[str, list[str]] = field(default_factory=dict)  # path -> notes on a clip that was used
 
 
-def load_clip(path: str, *, mono: Mono = "first", min_seconds: float = 10.0) -> np.ndarray:
-    """Decode at 22,050 Hz; a clip shorter than ``min_seconds`` is tiled circularly and cut at exactly
-    ``min_seconds`` (eval_esc50.lua: repeat to 11 s, keep the first 10 s)."""
+def decode_clip(path: str, *, mono: Mono = "first", min_seconds: float = 10.0) -> tuple[np.ndarray, list[str]]:
+    """Decode at 22,050 Hz and check (:func:`soundnet_fast.audio.check_wave`); a clip shorter than
+    ``min_seconds`` is tiled circularly and cut at exactly ``min_seconds`` (eval_esc50.lua: repeat to 11 s, keep
+    the first 10 s). Returns the (n,) waveform and the check's warnings; raises ``AudioDecodeError`` naming the
+    file for one that cannot be decoded, is empty or holds NaN / Inf."""
     wave = load(path, SAMPLE_RATE, mono=mono)
-    if len(wave) == 0:
-        raise AudioDecodeError(f"{path}: decoded to no samples")
+    warnings = check_wave(path, wave)
     need = int(round(min_seconds * SAMPLE_RATE))
     if len(wave) < need:
         wave = tile(wave, need)[:need]
-    return wave
+    return wave, warnings
+
+
+def load_clip(path: str, *, mono: Mono = "first", min_seconds: float = 10.0) -> np.ndarray:
+    """:func:`decode_clip`'s waveform (the warnings dropped)."""
+    return decode_clip(path, mono=mono, min_seconds=min_seconds)[0]
 
 
 def extract_maps(
@@ -128,19 +142,28 @@ def extract_maps(
     device: str = "cpu",
     progress: Callable[[int], None] | None = None,
 ) -> tuple[dict[str, np.ndarray], ExtractStats]:
-    """Feature maps (C, T) of ``layer`` for every path with a hash; cached ones are read, not computed."""
+    """Feature maps (C, T) of ``layer`` for every path with a hash; cached ones are read, not computed.
+
+    A file that cannot be decoded, is empty or holds NaN / Inf (:func:`decode_clip`), or that the network fails
+    on when it runs alone (a failed batch runs again one clip at a time), is left out: ``stats.failed`` gives
+    its reason; the other clips' maps are those they have without it."""
     stats = ExtractStats()
     out: dict[str, np.ndarray] = {}
     todo: list[tuple[str, np.ndarray]] = []
     model = model.to(device).eval()
 
+    def run(batch: list[tuple[str, np.ndarray]]) -> np.ndarray:
+        x = torch.cat([to_input(w, min_seconds=0.0, scale=input_scale) for _, w in batch]).to(device)
+        with torch.inference_mode():
+            return model.features(x, layer).float().cpu().numpy()
+
     def flush() -> None:
         if not todo:
             return
-        x = torch.cat([to_input(w, min_seconds=0.0, scale=input_scale) for _, w in todo]).to(device)
-        with torch.inference_mode():
-            feats = model.features(x, layer).float().cpu().numpy()
-        for (p, _), f in zip(todo, feats, strict=True):
+        for (p, _), f in zip(todo, each_alone_on_failure(run, todo), strict=True):
+            if isinstance(f, Exception):
+                stats.failed[p] = reason(p, f)
+                continue
             out[p] = f
             store.put(hashes[p], f)
             stats.extracted += 1
@@ -159,12 +182,14 @@ def extract_maps(
                 progress(1)
             continue
         try:
-            wave = load_clip(p, mono=mono, min_seconds=min_seconds)
+            wave, warnings = decode_clip(p, mono=mono, min_seconds=min_seconds)
         except (AudioDecodeError, ValueError) as e:
-            stats.failed[p] = str(e).removeprefix(f"{p}: ")
+            stats.failed[p] = reason(p, e)
             if progress:
                 progress(1)
             continue
+        if warnings:
+            stats.warnings[p] = warnings
         if todo and len(todo[0][1]) != len(wave):  # a batch holds clips of one length only
             flush()
         todo.append((p, wave))
@@ -202,9 +227,14 @@ def extract_mfcc(
         if cached is None:
             try:
                 wave = load(p, SAMPLE_RATE, mono=mono)
+                warnings = check_wave(p, wave)
             except AudioDecodeError as e:
-                stats.failed[p] = str(e).removeprefix(f"{p}: ")
+                stats.failed[p] = reason(p, e)
+                if progress:
+                    progress(1)
                 continue
+            if warnings:
+                stats.warnings[p] = warnings
             cached = mfcc_stats(wave)
             store.put(hashes[p], cached)
             stats.extracted += 1
@@ -265,6 +295,7 @@ __all__ = [
     "ExtractStats",
     "FeatureStore",
     "audio_hashes",
+    "decode_clip",
     "default_cache_dir",
     "extract_maps",
     "extract_mfcc",

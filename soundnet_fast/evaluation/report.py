@@ -27,6 +27,7 @@ PAPER_ROWS: dict[str, list[tuple[str, float]]] = {
     ],
     "dcase2013": [("SoundNet (paper)", 88.0)],
 }
+EXCLUDED_SHOWN = 20  # excluded files the printed report names one by one (results.json lists them all)
 DATASET_TITLES = {"esc50": "ESC-50", "esc10": "ESC-10", "dcase2013": "DCASE 2013 scenes", "folder": "folder"}
 
 
@@ -128,8 +129,9 @@ def plot_tsne(X: np.ndarray, y: np.ndarray, classes: Sequence[str], path: str, t
 
 
 def print_table(results: dict, console: Any = None) -> None:
-    """Accuracy per method, as in the paper's Table 4, with the paper's rows for reference; ``console``: a rich
-    Console (default: stdout)."""
+    """Accuracy per method, as in the paper's Table 4, with the paper's rows for reference, then one line per
+    excluded file (name, fold, reason; the first :data:`EXCLUDED_SHOWN`); ``console``: a rich Console (default:
+    stdout)."""
     from rich.table import Table
 
     from soundnet_fast.console import stdout_console
@@ -162,6 +164,12 @@ def print_table(results: dict, console: Any = None) -> None:
     for label, acc in PAPER_ROWS.get(name, []):
         table.add_row(f"[dim]{label}[/dim]", f"[dim]{acc:.1f}[/dim]", "", *([""] if has_test else []))
     console.print(table)
+    excluded = results.get("excluded", [])
+    for e in excluded[:EXCLUDED_SHOWN]:  # left out of every method; their folds scored on the clips left
+        where = "test set" if e.get("fold") == 0 else f"fold {e['fold']}" if "fold" in e else ""
+        console.print(f"excluded {e['file']}" + (f" ({where})" if where else "") + f": {e['reason']}", markup=False)
+    if len(excluded) > EXCLUDED_SHOWN:
+        console.print(f"... and {len(excluded) - EXCLUDED_SHOWN} more excluded file(s): see results.json")
 
 
 def output_path(out_dir: str, kind: str, method: str) -> str:

@@ -1,13 +1,21 @@
 """The steps of one transfer evaluation, in the order :func:`soundnet_fast.evaluation.evaluate.evaluate` runs
 them: resolve the setup, hash the audio, keep the clips every method has features for, score each method by
 cross-validation (and on a test set), plot, write ``results.json`` (docs/design.md#transfer-evaluation).
+
+A clip some method has no features for (it cannot be decoded, is empty, holds NaN / Inf, or the network fails on
+it alone: ``features.extract_maps``) is excluded from every method, so all rows score the same clips
+(:func:`common_clips`). Its fold is scored on the clips it has left: the fold's accuracy is over those, the mean
+accuracy stays the unweighted mean over folds (the ESC-50 score, docs/design.md#esc-50-and-esc-10), and
+results.json lists the clip under ``excluded`` (file, reason, fold; 0 for the test set) and under its fold's
+``excluded_clips``. Training sets simply lack it. A fold left with no clips, or fewer than two classes left,
+stops the evaluation (:func:`check_split`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -73,14 +81,20 @@ class Split:
 
     dev: list[Clip]
     test: list[Clip]
-    excluded: list[dict[str, str]]  # {"file": name, "reason": why}, in dataset order
+    excluded: list[dict[str, Any]]  # {"file": name, "reason": why, "fold": its fold, 0 for the test set}
+    warnings: list[dict[str, str]] = field(default_factory=list)  # {"file": name, "warning": what}: kept clips
 
     def labels(self) -> np.ndarray:
         return np.asarray([c.label for c in self.dev])
 
+    def excluded_in(self, fold: int) -> list[str]:
+        """Names of the excluded clips of ``fold`` (0: the test set), in dataset order."""
+        return [e["file"] for e in self.excluded if e["fold"] == fold]
+
 
 def common_clips(ds: Dataset, features: dict[str, MethodFeatures], failed: dict[str, str], console: Any) -> Split:
-    """Leave a file any method could not read out of every method, so all rows see the same clips."""
+    """Leave a file any method could not read out of every method, so all rows see the same clips; note (log and
+    ``Split.warnings``) the kept clips whose check warned, e.g. digital silence."""
 
     def kept(clips: list[Clip]) -> list[Clip]:
         return [c for c in clips if c.path not in failed and all(c.path in f.maps for f in features.values())]
@@ -88,14 +102,22 @@ def common_clips(ds: Dataset, features: dict[str, MethodFeatures], failed: dict[
     dev, test = kept(ds.clips), kept(ds.test_clips)
     paths = {c.path for c in dev} | {c.path for c in test}
     excluded = [
-        {"file": c.name, "reason": failed.get(c.path, "no features")}
+        {"file": c.name, "reason": failed.get(c.path, "no features"), "fold": c.fold}
         for c in ds.clips + ds.test_clips
         if c.path not in paths
     ]
     if excluded:
         shown = "; ".join(f"{e['file']} ({e['reason']})" for e in excluded[:5])
         console.log(f"[yellow]{len(excluded)} file(s) excluded[/yellow]: {shown}{' ...' if len(excluded) > 5 else ''}")
-    return Split(dev, test, excluded)
+    notes: dict[str, list[str]] = {}
+    for f in features.values():
+        for path, said in f.stats.warnings.items():
+            notes.setdefault(path, [])
+            notes[path] += [w for w in said if w not in notes[path]]
+    warned = [{"file": c.name, "warning": w} for c in dev + test for w in notes.get(c.path, [])]
+    for w in warned:
+        console.log(f"[yellow]warning[/yellow] {w['file']}: {w['warning']}")
+    return Split(dev, test, excluded, warned)
 
 
 def check_split(ds: Dataset, split: Split, maps: dict[str, np.ndarray], cfg: EvalConfig, setup: Setup) -> None:
@@ -128,6 +150,7 @@ def results_header(cfg: EvalConfig, ds: Dataset, setup: Setup, split: Split) -> 
         "num_clips": len(split.dev) + len(split.test),
         "num_excluded": len(split.excluded),
         "excluded": split.excluded,
+        "warnings": split.warnings,
         "num_folds": len({c.fold for c in split.dev}),
         "fold_scheme": ds.fold_scheme,
         "weights": setup.weights,
@@ -168,11 +191,18 @@ def score_method(
         "features": {"extracted": feats.stats.extracted, "cached": feats.stats.cached},
     }
     entry.update(summarize_folds(fold_results, y, [c.name for c in dev], ds.classes))
+    for f in entry["folds"]:  # scored on the clips it has left (module docstring)
+        f["excluded_clips"] = split.excluded_in(f["fold"])
     if split.test:
         X_test = [feats.maps[c.path] for c in split.test]
         pred, used_C, _ = train_and_predict(proto, X, y, folds, groups, X_test, **svm)  # type: ignore[arg-type]
         y_test = np.asarray([c.label for c in split.test])
-        entry["test_set"] = {"accuracy": float(np.mean(pred == y_test)), "C": used_C, "num_clips": len(split.test)}
+        entry["test_set"] = {
+            "accuracy": float(np.mean(pred == y_test)),
+            "C": used_C,
+            "num_clips": len(split.test),
+            "excluded_clips": split.excluded_in(0),
+        }
     return entry
 
 

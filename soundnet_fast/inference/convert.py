@@ -6,7 +6,9 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("src", metavar="IN", help="sound8.npy, soundnet8_final.t7, sound8.pth or a native checkpoint")
+    p.add_argument(
+        "src", metavar="IN", help="soundnet8 (the cached release), sound8.npy, .t7, sound8.pth or a native checkpoint"
+    )
     p.add_argument("dst", metavar="OUT", help="native checkpoint to write (.pt)")
 
 

@@ -3,6 +3,11 @@
 Long inputs run in chunks whose input windows overlap by at least the layer's receptive field and start on
 multiples of the layer's hop, so every kept frame sees exactly the samples it sees in one pass
 (docs/design.md#lengths-receptive-field-and-hop: pool5 receptive field 17,438 samples, hop 8,192).
+
+One bad input never takes good ones down: every file is decoded and checked on its own
+(:func:`soundnet_fast.audio.check_wave`: empty or non-finite audio is a failure, digital silence a warning) before
+it joins a batch, and a batch the model fails on runs again one file at a time (:func:`features_by_file`), so
+only the files that fail alone are reported, by name and reason, and skipped.
 """
 
 from __future__ import annotations
@@ -10,7 +15,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,8 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from soundnet_fast.audio import AudioDecodeError, load, tile
+from soundnet_fast.audio import AudioDecodeError, check_wave, load, tile
 from soundnet_fast.constants import INPUT_SCALE, SAMPLE_RATE
+from soundnet_fast.errors import UsageError, each_alone_on_failure, reason
 from soundnet_fast.fsutil import atomic_np_save
 from soundnet_fast.model import SoundNet
 
@@ -159,12 +164,35 @@ def _pool(feats: np.ndarray, how: str) -> np.ndarray:
     return feats
 
 
-def iter_waves(files: list[str], mono: str) -> Iterator[tuple[str, np.ndarray | Exception]]:
+def iter_waves(files: list[str], mono: str) -> Iterator[tuple[str, np.ndarray | Exception, list[str]]]:
+    """Each file decoded (:func:`soundnet_fast.audio.load`) and checked (:func:`soundnet_fast.audio.check_wave`)
+    on its own: (path, waveform, warnings), or (path, the error, []) for a file that cannot be used."""
     for f in files:
         try:
-            yield f, load(f, mono=mono)  # type: ignore[arg-type]
+            wave = load(f, mono=mono)  # type: ignore[arg-type]
+            yield f, wave, check_wave(f, wave)
         except (AudioDecodeError, OSError, ValueError) as e:
-            yield f, e
+            yield f, e, []
+
+
+def features_by_file(
+    model: SoundNet, items: list[tuple[str, np.ndarray]], layer: str, **kwargs: Any
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, str]]:
+    """:func:`features_many` over ``items`` (name, [-1, 1] mono waveform), isolating failures.
+
+    Returns ({name: (features (T, C), frame times (T,) in s)}, {name: reason}). When the batched call raises
+    anything (an input check, out of memory, ...), each file runs again alone, so a file only fails for its
+    own sake (:func:`soundnet_fast.errors.each_alone_on_failure`). ``kwargs``: :func:`features_many`'s.
+    """
+    results = each_alone_on_failure(lambda batch: features_many(model, [w for _, w in batch], layer, **kwargs), items)
+    done: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    failed: dict[str, str] = {}
+    for (name, _), r in zip(items, results, strict=True):
+        if isinstance(r, Exception):
+            failed[name] = reason(name, r)
+        else:
+            done[name] = r
+    return done, failed
 
 
 def _positive(kind: type) -> Any:
@@ -184,8 +212,10 @@ def _positive(kind: type) -> Any:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from soundnet_fast.releases import add_weights_argument
+
     p.add_argument("files", nargs="+", metavar="FILES", help="audio or video files (anything FFmpeg decodes)")
-    p.add_argument("--weights", required=True, help="sound8.npy, soundnet8_final.t7, sound8.pth or a native checkpoint")
+    add_weights_argument(p)
     p.add_argument("--layer", default="pool5", help="conv1..conv7, pool1, pool2, pool5 (SoundNet-5: its own names)")
     p.add_argument("--pool", choices=["none", "mean", "max"], default="none", help="pool features over time")
     p.add_argument("--out", required=True, help="output folder: one .npy (T x C, or C pooled) + .times.npy per input")
@@ -211,62 +241,59 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``soundnet-fast extract``: exit status 0 when at least one file was written, 1 when none was; a file that
+    cannot be used is reported (stderr) and skipped. Raises ``UsageError`` / ``WeightFileError`` for options and
+    weights it cannot use (``soundnet_fast.cli``: one line, exit status 2)."""
     from soundnet_fast.console import Progress, progress_enabled
     from soundnet_fast.weights import load_pretrained
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but no CUDA device is available", file=sys.stderr)
-        return 2
+        raise UsageError("--device cuda: no CUDA device is available")
     model = load_pretrained(args.weights).to(args.device)
     if args.fold:
         model.inference()  # BN folded into the convs; same features within rounding (SoundNet.inference)
     valid = type(model).layer_names() + [h.name for h in type(model).head_specs]
     if args.layer not in valid:
-        print(f"error: unknown layer {args.layer!r} for {model.arch}; choose one of {valid}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--layer {args.layer}: unknown layer for {model.arch}; choose one of {valid}")
     outs = dict(zip(args.files, output_paths(args.files, args.out), strict=True))
+    options = dict(
+        batch_size=args.batch_size,
+        scale=args.input_scale,
+        chunk_seconds=args.chunk_seconds,
+        device=args.device,
+        fold=args.fold,
+    )
     failed = 0
     pending: list[tuple[str, np.ndarray]] = []
 
     def flush() -> int:
-        try:
-            results = features_many(
-                model,
-                [w for _, w in pending],
-                args.layer,
-                batch_size=args.batch_size,
-                scale=args.input_scale,
-                chunk_seconds=args.chunk_seconds,
-                device=args.device,
-                fold=args.fold,
-            )
-        except (RuntimeError, ValueError) as e:
-            for path, _ in pending:
-                bar.console.print(f"[red]failed[/red] {path}: {e}")
-            return len(pending)
-        for (path, _), (feats, times) in zip(pending, results, strict=True):
+        done, bad = features_by_file(model, pending, args.layer, **options)
+        for path, why in bad.items():
+            bar.console.print(f"[red]failed[/red] {path}: {why}")
+        for path, (feats, times) in done.items():
             atomic_np_save(outs[path], _pool(feats, args.pool))
             atomic_np_save(outs[path][: -len(".npy")] + ".times.npy", times)
-        return 0
+        bar.advance(len(pending))
+        pending.clear()
+        return len(bad)
 
-    # The bar and the per-file failures go to stderr (soundnet_fast.console); the summary line to stdout.
+    # The bar and the per-file notes go to stderr (soundnet_fast.console); the summary line to stdout.
     with Progress(f"extract {args.layer}", len(args.files), enabled=progress_enabled("auto")) as bar:
-        for path, wave in iter_waves(args.files, args.mono):
+        for path, wave, warnings in iter_waves(args.files, args.mono):
             if isinstance(wave, Exception):
                 failed += 1
-                bar.console.print(f"[red]skipped[/red] {path}: {wave}")
+                bar.console.print(f"[red]skipped[/red] {path}: {reason(path, wave)}")
                 bar.advance()
                 continue
+            for warning in warnings:
+                bar.console.print(f"[yellow]warning[/yellow] {path}: {warning}")
             pending.append((path, wave))
-            if len(pending) >= max(1, args.batch_size):
+            if len(pending) >= args.batch_size:
                 failed += flush()
-                bar.advance(len(pending))
-                pending.clear()
         if pending:
             failed += flush()
-            bar.advance(len(pending))
     ok = len(args.files) - failed
     print(f"wrote {ok} feature file(s) to {args.out}" + (f"; {failed} failed" if failed else ""))
     return 1 if ok == 0 else 0

@@ -38,6 +38,7 @@ from typing import Any
 from soundnet_fast.console import Progress, progress_enabled
 from soundnet_fast.constants import SAMPLE_RATE
 from soundnet_fast.data.shards import FAILURES, ShardWriter, read_failures
+from soundnet_fast.errors import UsageError
 from soundnet_fast.prepare.video import find_videos
 from soundnet_fast.prepare.workers import Workers
 
@@ -372,9 +373,8 @@ def run(args: argparse.Namespace) -> int:
             progress=progress_enabled("off" if args.no_progress else "auto"),
             **asdict(cfg),
         )
-    except (FileNotFoundError, ValueError, DaliUnavailable) as e:
-        print(f"prepare: {e}", file=sys.stderr)
-        return 2
+    except (FileNotFoundError, ValueError, DaliUnavailable) as e:  # soundnet_fast.cli: one line, exit status 2
+        raise UsageError(str(e)) from e
     print(summary.line())
     if summary.failed:
         print(f"failures recorded in {os.path.join(args.out, FAILURES)}")

@@ -173,7 +173,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=d["max_bad_steps"],
         help="stop after this many non-finite steps in a row (default %(default)s)",
     )
-    p.add_argument("--init", default=None, help="start from these weights (sound8.npy, .t7, .pth, native)")
+    p.add_argument(
+        "--init",
+        default=None,
+        help="start from these weights (soundnet8: the cached release; sound8.npy, .t7, .pth, native)",
+    )
     p.add_argument(
         "--progress",
         choices=PROGRESS_MODES,

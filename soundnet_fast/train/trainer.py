@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 
 from soundnet_fast.console import Progress, progress_enabled
+from soundnet_fast.errors import UsageError, error_line
 from soundnet_fast.model import build
 from soundnet_fast.train import checkpoint as ckpt
 from soundnet_fast.train.config import (
@@ -56,33 +57,31 @@ _clock = time.perf_counter  # the time budget's clock (tests replace it)
 
 
 def run(args: argparse.Namespace) -> int:
-    """``soundnet-fast train``: exit status 0 done, 1 a run that could not go on, 2 bad options, 128 + signal."""
+    """``soundnet-fast train``: exit status 0 done, 1 a run that could not go on, 128 + signal. Bad options, shards
+    or checkpoints raise ``UsageError`` (``soundnet_fast.cli.run_command``: one line, exit status 2)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     try:
         cfg, state = config_from_args(args, world)
     except (TrainError, ckpt.CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(str(e)) from e
     if cfg.deterministic:  # read when cuBLAS makes its handle: before any CUDA work (CUDA reproducibility notes)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     try:
         env = init_distributed(cfg.device, cfg.cuda_graphs)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(str(e)) from e
     try:
         trainer = Trainer(cfg, env, state)
     except (TrainError, ckpt.CheckpointError, ValueError, OSError) as e:
-        print(f"error{env.tag}: {e}", file=sys.stderr)
         env.close()
-        return 2
+        raise UsageError(f"{e}{env.tag}") from e
     clean = False
     try:
         code = trainer.fit()
         clean = True
         return code
     except TrainError as e:
-        print(f"error{env.tag}: {e}", file=sys.stderr)
+        print(error_line("train", f"{e}{env.tag}"), file=sys.stderr)
         return 1
     finally:
         # DDP holds the process group and gloo's workers hold tensors: both must go while the interpreter is
@@ -93,9 +92,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m soundnet_fast.train`` (and under torchrun): user errors as ``soundnet-fast train`` reports them
+    (``soundnet_fast.cli.run_command``; ``--debug`` or SOUNDNET_FAST_DEBUG=1 for the traceback)."""
+    from soundnet_fast.cli import run_command
+
     parser = argparse.ArgumentParser(prog="python -m soundnet_fast.train", description=__doc__.splitlines()[0])
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    parser.add_argument("--debug", action="store_true", help="show a user error's traceback instead of one line")
+    return run_command("train", run, parser.parse_args(argv))
 
 
 class Trainer:

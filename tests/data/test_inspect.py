@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from soundnet_fast.cli import run_command
 from soundnet_fast.data.shards import FAILURES
 from tests.helpers.shards import clip_arrays, write_shards
 
@@ -31,4 +32,5 @@ def test_inspect_summarizes_and_prints(tmp_path, capsys):
     assert shardinfo.run(parser.parse_args([str(tmp_path), "--clips", "1"])) == 0
     out = capsys.readouterr().out
     assert "21 clips" in out and "7 videos" in out and "empty: 1" in out and "teacher objects: 5 classes" in out
-    assert shardinfo.run(parser.parse_args([str(tmp_path / "nowhere")])) == 2
+    assert run_command("inspect", shardinfo.run, parser.parse_args([str(tmp_path / "nowhere")])) == 2
+    assert capsys.readouterr().err.startswith(f"soundnet-fast inspect: error: {tmp_path / 'nowhere'}")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from soundnet_fast.cli import run_command
 from soundnet_fast.constants import SAMPLE_RATE
 from soundnet_fast.data.loader import ShardLoader
 from soundnet_fast.data.shards import read_failures, read_index, read_manifest
@@ -186,7 +187,7 @@ def cli_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     prepare.add_arguments(parser)
     assert argv[0] == "prepare"
-    return prepare.run(parser.parse_args(argv[1:]))
+    return run_command("prepare", prepare.run, parser.parse_args(argv[1:]))  # user errors: one line, exit 2
 
 
 def test_registered_in_the_cli_table():

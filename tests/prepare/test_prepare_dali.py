@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from soundnet_fast.cli import run_command
 from soundnet_fast.data.shards import read_index, read_manifest
 from soundnet_fast.prepare import run as prepare
 from soundnet_fast.prepare.frames_dali import DaliError, DaliUnavailable
@@ -201,5 +202,5 @@ def test_cli_frames_option(monkeypatch, tmp_path):
         raise DaliUnavailable("no DALI here")
 
     monkeypatch.setattr(prepare, "prepare", fake)
-    assert prepare.run(parser.parse_args(["v", str(tmp_path / "o"), "--frames", "dali"])) == 2
+    assert run_command("prepare", prepare.run, parser.parse_args(["v", str(tmp_path / "o"), "--frames", "dali"])) == 2
     assert seen["frames"] == "dali"

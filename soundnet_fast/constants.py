@@ -17,6 +17,10 @@ SAMPLE_RATE = 22050  # Hz
 # released weights use x256 (the original evaluation scripts x512, an option where it applies).
 INPUT_SCALE = 256.0
 
+# docs/design.md#input: the original trained on 20 s clips (``fineSize = 22050*20`` in main_train.lua); the released
+# heads never read the trunk frames that a 20 s clip leaves unread at its right edge (docs/design.md#predictions).
+TRAIN_SECONDS = 20.0
+
 # docs/design.md#teachers-and-targets: teacher name -> classes of its head, in the model's output order
 # (conv8 / conv5 objects, then conv8_2 / conv5_2 scenes): VGG16 on ImageNet (``label_dim = 1000``) and on
 # Places2 (``label2_dim = 401``) in main_train.lua. Read-only.
@@ -25,4 +29,4 @@ HEAD_CLASSES: Mapping[str, int] = MappingProxyType({"objects": 1000, "scenes": 4
 # docs/design.md#distillation: the head names, teacher name -> model head, in the model's output order.
 HEADS: tuple[str, ...] = tuple(HEAD_CLASSES)
 
-__all__ = ["HEADS", "HEAD_CLASSES", "INPUT_SCALE", "SAMPLE_RATE"]
+__all__ = ["HEADS", "HEAD_CLASSES", "INPUT_SCALE", "SAMPLE_RATE", "TRAIN_SECONDS"]

@@ -232,7 +232,7 @@ def test_fold_is_all_or_nothing_when_one_bn_trains() -> None:
 
 
 def test_fold_false_in_the_python_api_runs_the_plain_ops_on_a_folded_model() -> None:
-    from soundnet_fast.inference.predict import top_k
+    from soundnet_fast.inference.predict import predict
 
     plain, folded, _ = _pair(4)
     wave = np.random.default_rng(4).uniform(-0.5, 0.5, 3 * SAMPLE_RATE).astype(np.float32)
@@ -240,5 +240,5 @@ def test_fold_false_in_the_python_api_runs_the_plain_ops_on_a_folded_model() -> 
     b, _t = features(plain, wave, "conv4", min_seconds=3.0, fold=False)
     assert not folded.folded and np.array_equal(a, b)  # unfolded in place: exactly the plain path
     folded.inference()
-    top_k(folded, wave, 3, fold=False)
+    predict(folded, wave, fold=False)
     assert not folded.folded

@@ -34,7 +34,9 @@ def load(
     Works for WAV/FLAC/OGG/MP3 and the audio track of video containers (MP4, MKV, WebM).
     ``mono="first"`` keeps the first channel as the original SoundNet scripts did; ``"mean"`` averages.
     Samples before the stream's start time (codec priming, e.g. AAC's) are dropped, so sample 0 is
-    presentation time 0 of the stream. ``start`` / ``duration`` (seconds) select a window.
+    presentation time 0 of the stream. ``start`` / ``duration`` (seconds) select a window. Samples beyond
+    [-1, 1] (float files) are clipped; NaN or Inf samples raise :class:`AudioDecodeError` naming the file
+    (:func:`check_wave`), as does a file that cannot be opened or decoded.
     """
     import av  # PyAV bundles FFmpeg; imported here to keep `import soundnet_fast` light
 
@@ -94,6 +96,8 @@ def load(
         a = int(round(start * sample_rate))
         b = None if duration is None else a + int(round(duration * sample_rate))
         wave = wave[a:b]
+    if not np.isfinite(wave).all():  # NaN / Inf (a float file can hold them): refused before the clip hides Inf
+        check_wave(path, wave, sample_rate)
     return np.clip(wave, -1.0, 1.0)
 
 

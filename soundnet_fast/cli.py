@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable
 
@@ -22,7 +23,7 @@ from collections.abc import Callable
 COMMANDS: list[tuple[str, str, str]] = [
     ("weights", "soundnet_fast.releases", "fetch the released SoundNet weights into the cache, or list them"),
     ("extract", "soundnet_fast.inference.extract", "write SoundNet features of audio/video files as .npy"),
-    ("predict", "soundnet_fast.inference.predict", "print the top-5 object and scene classes per head time step"),
+    ("predict", "soundnet_fast.inference.predict", "the object and scene classes SoundNet hears in each file"),
     ("prepare", "soundnet_fast.prepare.run", "turn videos into training shards (audio + teacher posteriors)"),
     ("inspect", "soundnet_fast.data.inspect", "print a shard folder's manifest, counts and the teachers' top classes"),
     ("train", "soundnet_fast.train.trainer", "distill the teachers' posteriors in shards (DDP via torchrun)"),
@@ -127,7 +128,18 @@ def main(argv: list[str] | None = None) -> int:
     """Run one subcommand (:func:`run_command`). Argparse's own usage errors stay as argparse prints them: a
     usage line and ``soundnet-fast <command>: error: <what>``, exit status 2."""
     args = build_parser().parse_args(argv)
-    return run_command(args.command, args._run, args)
+    try:
+        return run_command(args.command, args._run, args)
+    except KeyboardInterrupt:  # Ctrl-C: what was written is complete (atomic writes); no traceback unless --debug
+        from soundnet_fast import errors
+
+        if errors.debug_requested(getattr(args, "debug", False)):
+            raise
+        print(errors.error_line(args.command, "interrupted"), file=sys.stderr)
+        return 130  # 128 + SIGINT, the shell's convention
+    except BrokenPipeError:  # `soundnet-fast ... | head`: the reader left; nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python exits
+        return 141  # 128 + SIGPIPE
 
 
 if __name__ == "__main__":

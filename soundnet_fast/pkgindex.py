@@ -148,7 +148,8 @@ def find_archive(archive: Archive, indexes: list[str]) -> str:
             answers.append(f"{index}: gives {archive.filename} sha256 {sha}, expected {archive.sha256}")
             continue
         return url
-    raise FetchError(f"{archive.filename}: no index has it; " + "; ".join(answers or ["pip has no index configured"]))
+    why = "; ".join(answers or ["pip has no index configured (no-index)"])
+    raise FetchError(f"{archive.filename}: no index has it; {why}; offline, pass a copy of it with --archive FILE")
 
 
 class FetchError(RuntimeError):

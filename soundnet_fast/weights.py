@@ -62,8 +62,15 @@ def load_pretrained(
     from soundnet_fast import releases  # by name: the cache (imported here to keep `import soundnet_fast` light)
 
     release = releases.release_of(path)
+    by_name = os.fspath(path) in releases.RELEASES
     path = releases.resolve(path)
-    state, arch, meta = read_state_dict(path, map_location=map_location)
+    try:
+        state, arch, meta = read_state_dict(path, map_location=map_location)
+    except WeightFileError as e:
+        if not by_name:
+            raise
+        raise WeightFileError(f"{e}; the cached release is damaged: soundnet-fast weights fetch {release.name} "
+                              "checks it and fetches it again") from e  # fmt: skip
     if release is not None:
         meta = {**meta, "release": release.name}
     with _weight_errors(path):
@@ -112,7 +119,7 @@ def _from_torch(path: str, kind: str, map_location: str | torch.device) -> tuple
         meta = {
             k: v
             for k, v in obj.items()
-            if k in ("arch", "num_objects", "num_scenes", "sample_rate", "input_scale", "step", "source")
+            if k in ("arch", "num_objects", "num_scenes", "sample_rate", "input_scale", "step", "source", "release")
         }
         model = obj.get("model")
         if not isinstance(model, dict) or not all(isinstance(v, Tensor) for v in model.values()):
@@ -149,9 +156,12 @@ def native_dict(model: SoundNet, *, input_scale: float = INPUT_SCALE, **extra: A
 
 
 def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> SoundNet:
-    """Read any supported weight file and write it as a native checkpoint."""
+    """Read any supported weight file (or a release by name) and write it as a native checkpoint; a release's
+    checkpoint records its name (``release``), so ``predict`` still names its scenes."""
     model = load_pretrained(src)
-    save_native(dst, model, source=os.path.basename(os.fspath(src)))
+    release = model.weights_meta.get("release")  # type: ignore[attr-defined]
+    extra = {"release": release} if release else {}
+    save_native(dst, model, source=os.path.basename(os.fspath(src)), **extra)
     return model
 
 

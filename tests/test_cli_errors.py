@@ -148,3 +148,27 @@ def test_each_alone_on_failure() -> None:
 
     with pytest.raises(TypeError):
         each_alone_on_failure(bug, [1, 2])
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import soundnet_fast.releases as rel
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rel, "run", interrupted)
+    assert main(["weights", "list"]) == 130
+    assert capsys.readouterr().err.strip() == "soundnet-fast weights: error: interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        main(["--debug", "weights", "list"])
+
+
+def test_an_atomic_write_names_the_file_asked_for_not_its_temporary(tmp_path: Path) -> None:
+    from soundnet_fast.fsutil import atomic_write_text
+
+    (tmp_path / "out.pt").mkdir()  # the output path is a folder
+    with pytest.raises(IsADirectoryError) as e:
+        atomic_write_text(tmp_path / "out.pt", "x")
+    assert e.value.filename == str(tmp_path / "out.pt")
+    assert user_error_message(e.value) == f"{tmp_path / 'out.pt'}: is a directory"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.pt"]  # no temporary left behind

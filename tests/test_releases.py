@@ -254,3 +254,35 @@ def test_weights_cli_list_and_fetch_from_an_archive(
     assert cli_main(["weights", "fetch", "fake9", "--archive", str(tmp_path / "bad.tar.gz")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "error: fake9: fetch failed" in err[-1] and "bad.tar.gz" in err[-1]
+
+
+def test_a_release_name_is_never_a_local_file_and_a_damaged_cache_is_fetched_again(
+    home: Path, blob: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "soundnet8").mkdir()  # the cwd is tmp_path: a folder named like the default release
+    with pytest.raises(WeightFileError, match="not in the cache"):
+        releases.resolve("soundnet8")
+    assert releases.resolve("./soundnet8") == "./soundnet8"  # a local file of that name, spelled as a path
+    release = _release(blob)
+    monkeypatch.setitem(releases.RELEASES, release.name, release)
+    (tmp_path / "fake.tar.gz").write_bytes(blob)
+    path = releases.fetch(release, archive=tmp_path / "fake.tar.gz")
+    assert releases.release_of(str(path)) == release  # the cached file is recognised by its content
+    path.write_bytes(b"X" * len(WEIGHTS))  # damaged in place, same size
+    assert releases.cached_path(release) == path  # the size check alone cannot tell...
+    assert releases.fetch(release, archive=tmp_path / "fake.tar.gz").read_bytes() == WEIGHTS  # ...fetch can
+    path.write_bytes(b"X" * len(WEIGHTS))
+    from soundnet_fast.weights import load_pretrained
+
+    with pytest.raises(WeightFileError, match="the cached release is damaged: soundnet-fast weights fetch fake8"):
+        load_pretrained("fake8")
+    releases.fetch(release, archive=tmp_path / "fake.tar.gz")
+    assert path.stat().st_mode & 0o044 == 0o044 & ~_umask()  # readable by others unless the umask says no
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -124,6 +124,10 @@ def run(args: argparse.Namespace) -> int:
     except (ModuleNotFoundError, UsageError):  # soundnet_fast.cli reports these: one line, exit status 2
         raise
     except Exception as e:  # each stage's errors name the file; _stage said which stage stopped
+        from soundnet_fast.errors import debug_requested
+
+        if debug_requested(getattr(args, "debug", False)):
+            raise
         print(f"error: demo stopped: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     # The demo's job is to run the pipeline and show the table with its verdict; whether the margins hold is

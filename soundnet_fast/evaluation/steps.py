@@ -41,9 +41,10 @@ def load_setup(cfg: EvalConfig, ds: Dataset) -> Setup:
     Raises ``WeightFileError`` for weights that cannot be read, :class:`EvaluationError` for a layer the
     architecture lacks or a scale that is not positive.
     """
+    from soundnet_fast.releases import resolve
     from soundnet_fast.weights import load_pretrained
 
-    weights = os.path.abspath(os.fspath(cfg.weights))
+    weights = os.path.abspath(resolve(cfg.weights))  # a release name -> its cached file (hashed for the cache)
     model = load_pretrained(weights, backend=cfg.backend)
     layer = cfg.layer or DEFAULT_LAYER[model.arch]
     try:

@@ -247,6 +247,11 @@ def run(args: argparse.Namespace) -> int:
     from soundnet_fast.console import Progress, progress_enabled
     from soundnet_fast.weights import load_pretrained
 
+    # The same file named twice (a/x.wav, ./a/x.wav) is one input: one output, counted once.
+    unique: dict[str, str] = {}
+    for f in args.files:
+        unique.setdefault(os.path.realpath(f), f)
+    args.files = list(unique.values())
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from soundnet_fast.audio import AudioDecodeError, check_wave, load
+from soundnet_fast.audio import AudioDecodeError, check_wave, load, tile
 from soundnet_fast.constants import SAMPLE_RATE, TRAIN_SECONDS
 from soundnet_fast.model import SoundNet, conv_out_len
 
@@ -62,6 +62,8 @@ def trust_warnings(level_dbfs: float, max_object_logit: float, seconds: float) -
     """Why a prediction is not to be trusted (empty: no reason known). The thresholds are
     :data:`QUIET_DBFS`, :data:`LOW_LOGIT` and :data:`SHORT_SECONDS`, measured on the released weights."""
     out = []
+    if math.isnan(max_object_logit):
+        out.append("the model's output is not finite (NaN): its weights are broken")
     if level_dbfs < QUIET_DBFS:
         out.append(f"input is near silence (RMS {level_dbfs:.1f} dBFS < {QUIET_DBFS:g})")
     if max_object_logit < LOW_LOGIT:
@@ -113,9 +115,10 @@ def predict(
 ) -> Prediction:
     """Head outputs of a [-1, 1] mono float32 waveform at :data:`SAMPLE_RATE` Hz.
 
-    Inputs shorter than 10 s are tiled circularly (the original scripts' rule), to 11.1 s for SoundNet-8 so that
-    one head step remains after :func:`edge_trim`. The trunk runs in chunks of about ``chunk_seconds``
-    (:func:`soundnet_fast.inference.extract.features`: the same activations as one pass), the heads over the
+    Short inputs are tiled circularly (the original scripts' rule) and cut to the shortest length of at least 10 s
+    that keeps one head step after :func:`edge_trim` (:func:`min_samples`; SoundNet-8: 253,268 samples, 11.49 s). The
+    trunk runs in chunks of about ``chunk_seconds`` (:func:`soundnet_fast.inference.extract.features`: the same
+    activations as one pass), the heads over the
     whole trunk output less its :func:`edge_trim` frames. ``fold`` (default): a model in eval mode runs its
     inference form (:meth:`SoundNet.inference`, in place); ``fold=False``: the plain ops (a folded model is
     unfolded in place). Raises ``ValueError`` for a wave that is not 1-D or holds non-finite samples."""
@@ -127,11 +130,13 @@ def predict(
     cls = type(model)
     last = cls.trunk_specs[-1]
     trim = edge_trim(cls)
+    n = min_samples(cls, trim)
+    x = tile(wave, n)[: max(n, len(wave))]  # circular, cut to the minimum: no step reads only repeats
     trunk, _ = features(
         model,
-        wave,
+        x,
         last.pool_name or last.name,
-        min_seconds=min_samples(cls, trim) / SAMPLE_RATE,
+        min_seconds=len(x) / SAMPLE_RATE,
         chunk_seconds=chunk_seconds,
         device=device,
         fold=fold,
@@ -157,18 +162,22 @@ def predict(
 
 def read_names(path: str) -> list[str]:
     """One class per line; the original categories files' ``/a/abbey`` or ``n01440764 tench, ...`` forms
-    are shown as ``abbey`` and ``tench``."""
+    are shown as ``abbey`` and ``tench``. Raises ``ValueError`` naming ``path`` for a file that is not UTF-8 text."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a UTF-8 text file of class names ({e.reason} at byte {e.start})") from e
     names = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            if line.startswith("/"):  # Places: /a/abbey, /b/bus_station/indoor
-                line = line.split("/", 2)[2].replace("/", " ")
-            elif line[:1] == "n" and line[1:9].isdigit():  # ImageNet: wnid then names
-                line = line[10:].split(",")[0]
-            names.append(line.split(" ", 1)[-1] if line[:1].isdigit() and " " in line else line)
+    for line in lines:
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("/"):  # Places: /a/abbey, /b/bus_station/indoor
+            line = line.split("/", 2)[2].replace("/", " ")
+        elif line[:1] == "n" and line[1:9].isdigit():  # ImageNet: wnid then names
+            line = line[10:].split(",")[0]
+        names.append(line.split(" ", 1)[-1] if line[:1].isdigit() and " " in line else line)
     return names
 
 
@@ -187,7 +196,8 @@ def class_names(model: SoundNet, object_names: str | None, scene_names: str | No
     from soundnet_fast import releases
 
     objects = read_names(object_names) if object_names else imagenet_names(model.num_objects)
-    release = releases.RELEASES.get(getattr(model, "weights_meta", {}).get("release", ""))
+    meta = getattr(model, "weights_meta", {})  # the release, a copy of it, or a checkpoint converted from it
+    release = releases.RELEASES.get(str(meta.get("release", "")))
     if scene_names:
         scenes = read_names(scene_names)
     else:
@@ -224,9 +234,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _num(x: float, digits: int) -> float | None:
+    """A JSON number, or null for NaN / Inf (which JSON has no words for)."""
+    return round(float(x), digits) if math.isfinite(x) else None
+
+
 def _ranked(probs: np.ndarray, names: list[str], k: int) -> list[dict]:
     order = np.argsort(-probs, kind="stable")[:k]
-    return [{"class": int(i), "name": names[i], "p": round(float(probs[i]), 4)} for i in order]
+    return [{"class": int(i), "name": names[i], "p": _num(probs[i], 4)} for i in order]
 
 
 def to_json(path: str, pred: Prediction, names: tuple[list[str], list[str]], k: int) -> dict:
@@ -235,8 +250,8 @@ def to_json(path: str, pred: Prediction, names: tuple[list[str], list[str]], k: 
     return {
         "file": path,
         "seconds": round(pred.seconds, 3),
-        "rms_dbfs": None if math.isinf(pred.rms_dbfs) else round(pred.rms_dbfs, 2),
-        "max_object_logit": round(pred.max_object_logit, 2),
+        "rms_dbfs": _num(pred.rms_dbfs, 2),
+        "max_object_logit": _num(pred.max_object_logit, 2),
         "warnings": pred.warnings,
         "summary": {h: _ranked(getattr(pred, h).mean(axis=0), n, k) for h, n in heads},
         "steps": [
@@ -250,7 +265,8 @@ def _print_text(path: str, pred: Prediction, names: tuple[list[str], list[str]],
     def fmt(items: list[tuple[int, float]], n: list[str]) -> str:
         return ", ".join(f"{n[i]} {p:.2f}" for i, p in items)
 
-    print(f"== {path} ({pred.seconds:.1f} s, {len(pred.times)} steps)")
+    steps = len(pred.times)
+    print(f"== {path} ({pred.seconds:.1f} s, {steps} step{'s' if steps != 1 else ''})")
     for w in pred.warnings:
         print(f"  warning: {w}: do not trust this prediction")
     print(f"  objects: {fmt(pred.summary('objects', k), names[0])}")
@@ -292,6 +308,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             _print_text(path, pred, names, args.top_k, args.steps)
     if args.json:
-        json.dump({"weights": str(args.weights), "files": records, "failed": failed}, sys.stdout, indent=1)
+        doc = {"weights": str(args.weights), "files": records, "failed": failed}
+        json.dump(doc, sys.stdout, indent=1, allow_nan=False)
         print()
     return 1 if len(failed) == len(args.files) else 0

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -55,11 +57,15 @@ def test_check_wave_fails_empty_and_non_finite_and_warns_on_silence(files) -> No
         check_wave("a.wav", bad)
     with pytest.raises(ValueError, match="1-D"):
         check_wave("a.wav", np.zeros((2, 10), np.float32))
-    # A float WAV holding a NaN decodes "fine"; the check names the file and where.
-    wave = audio.load(files["nan"])
-    assert np.isnan(wave).sum() == 1
+    # A float WAV holding a NaN (or an Inf, which the clip to [-1, 1] would turn into 1.0) decodes; load runs the
+    # check before clipping, naming the file and where.
     with pytest.raises(AudioDecodeError, match=rf"^{files['nan']}: 1 non-finite sample\(s\).*at 1\.000 s$"):
-        check_wave(files["nan"], wave)
+        audio.load(files["nan"])
+    inf = t.copy()
+    inf[SR // 2] = np.inf
+    path = write_float_wav(os.path.join(os.path.dirname(files["nan"]), "inf.wav"), inf, SR)
+    with pytest.raises(AudioDecodeError, match=r"1 non-finite sample\(s\) \(NaN or Inf\), the first at 0\.500 s$"):
+        audio.load(path)
 
 
 def _extract(files: list[str], weights: str, out, batch_size: int, capsys) -> tuple[int, str, str]:
@@ -101,6 +107,7 @@ def test_a_failed_batch_runs_again_file_by_file(files: dict[str, str], weights: 
     rc, _, _ = _extract(good, weights, tmp_path / "ref", 1, capsys)
     assert rc == 0
     monkeypatch.setattr(extract, "check_wave", lambda path, wave: [])
+    monkeypatch.setattr(audio, "check_wave", lambda path, wave, rate: [])  # load's own check too
     batches: list[int] = []
     features = SoundNet8.features
 

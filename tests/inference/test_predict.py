@@ -131,3 +131,31 @@ def test_class_name_files_must_match_the_heads(weights: str, tmp_path: Path, cap
     names.write_text("".join(f"/a/scene_{i}\n" for i in range(7)))
     assert cli_main(["predict", wav, "--weights", weights, "--scene-names", str(names)]) == 0
     assert "scene_" in capsys.readouterr().out
+
+
+def test_broken_weights_give_a_warning_and_strict_json(model: SoundNet8, tmp_path: Path, capsys) -> None:
+    broken = SoundNet8(10, 7).eval()
+    broken.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        broken.conv8[0].weight[0, 0, 0] = float("nan")
+    path = str(tmp_path / "nan.pt")
+    save_native(path, broken)
+    wav = write_audio(str(tmp_path / "a.wav"), sine(300, 2.0, SAMPLE_RATE), SAMPLE_RATE)
+    assert cli_main(["predict", wav, "--weights", path, "--json"]) == 0
+
+    def refuse(word: str) -> None:
+        raise AssertionError(f"not strict JSON: {word}")
+
+    doc = json.loads(capsys.readouterr().out, parse_constant=refuse)
+    record = doc["files"][0]
+    assert any("not finite" in w for w in record["warnings"]) and record["max_object_logit"] is None
+
+
+def test_extract_writes_a_file_named_twice_once(weights: str, tmp_path: Path, capsys) -> None:
+    wav = write_audio(str(tmp_path / "a.wav"), sine(300, 2.0, SAMPLE_RATE), SAMPLE_RATE)
+    same = str(tmp_path / "." / "a.wav")
+    assert (
+        cli_main(["extract", wav, same, wav, "--weights", weights, "--layer", "conv3", "--out", str(tmp_path / "o")])
+        == 0
+    )
+    assert "wrote 1 feature file(s)" in capsys.readouterr().out

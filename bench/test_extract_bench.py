@@ -147,3 +147,15 @@ def test_conv1_cpu_forms(timed, sizes: Sizes, cpu_threads: int, batch: int, impl
           parity_err=err, tol=MATRIX_TOL, device="cpu", rounds=sizes.rounds * (4 if batch == 1 else 1),
           torch_threads=cpu_threads, samples=samples)  # fmt: skip
     assert err <= MATRIX_TOL
+
+
+def test_extract_ab_runs(tmp_path) -> None:
+    """The paired A/B script (``python -m bench.extract_ab``) at one round: it runs, and its parity holds."""
+    import json
+
+    from bench import extract_ab
+
+    out = tmp_path / "ab.json"
+    assert extract_ab.main(["--rounds", "1", "--batch", "1", "--seconds", "9.5", "--json", str(out)]) == 0
+    cell = json.loads(out.read_text())["cells"][0]
+    assert cell["parity_max_rel_err"] <= MATRIX_TOL and cell["eager_ms"] > 0 and cell["inference_ms"] > 0

@@ -38,6 +38,7 @@ extraction. Only CPU float32 tensors are accepted: anything else raises ValueErr
 
 from __future__ import annotations
 
+import weakref
 from typing import Literal
 
 import torch
@@ -142,6 +143,25 @@ def polyphase_weight(w: Tensor, stride: int, pool: int) -> Tensor:
     return big.reshape(pool * c_out, c_in * width)
 
 
+# id(w) -> (a weak reference to w, its version, stride, pool, the polyphase matrix): a folded model's weights are
+# long-lived tensors, so each layer's matrix is built once, not on every call. An in-place edit of w bumps its
+# version and rebuilds it; the entry goes when w does. (Keyed by id: tensors compare elementwise, not by identity.)
+_POLYPHASE: dict[int, tuple[weakref.ref, int, int, int, Tensor]] = {}
+
+
+def _polyphase_cached(w: Tensor, stride: int, pool: int) -> Tensor:
+    hit = _POLYPHASE.get(id(w))
+    if hit is not None and hit[0]() is w and hit[1:4] == (w._version, stride, pool):
+        return hit[4]
+    big = polyphase_weight(w, stride, pool)
+    if torch.is_inference_mode_enabled() and not w.is_inference():
+        return big  # made in inference mode from a normal tensor: not reusable outside it, so not kept
+    if hit is None or hit[0]() is not w:
+        weakref.finalize(w, _POLYPHASE.pop, id(w), None)
+    _POLYPHASE[id(w)] = (weakref.ref(w), w._version, stride, pool, big)
+    return big
+
+
 def _gemm(x: Tensor, w: Tensor, b: Tensor | None, stride: int, padding: int, pool: int) -> Tensor:
     batch, c_in, length = x.shape
     c_out, _, k = w.shape
@@ -152,7 +172,7 @@ def _gemm(x: Tensor, w: Tensor, b: Tensor | None, stride: int, padding: int, poo
     # Zeros on the right as far as the overhanging windows read (their frames are dropped).
     extra = max(0, (chunks * n - 1) * hop + width - (length + 2 * padding))
     xp = F.pad(x, (padding, padding + extra)) if padding or extra else x.contiguous()
-    big = polyphase_weight(w, stride, pool)
+    big = _polyphase_cached(w, stride, pool)
     out = x.new_empty(batch, c_out, pooled)
     s_b, s_c, s_l = xp.stride()
     for i in range(batch):

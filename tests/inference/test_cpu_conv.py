@@ -228,3 +228,25 @@ def test_matches_model_block() -> None:
         ref = block(x)
         for impl in IMPLS:
             assert rel_err(conv_pool_relu(x, w, b, *C1, impl=impl), ref) <= TOL, impl
+
+
+def test_the_polyphase_matrix_is_built_once_per_weight_and_follows_edits() -> None:
+    import gc
+
+    from soundnet_fast.inference import cpu_conv
+
+    g = torch.Generator().manual_seed(3)
+    w, b = torch.randn(16, 1, 64, generator=g), torch.randn(16, generator=g)
+    x = torch.randn(1, 1, 20_000, generator=g)
+    cpu_conv.conv_pool_relu(x, w, b, 2, 32, 8, impl="gemm")
+    first = cpu_conv._POLYPHASE[id(w)][4]
+    cpu_conv.conv_pool_relu(x, w, b, 2, 32, 8, impl="gemm")
+    assert cpu_conv._POLYPHASE[id(w)][4] is first  # reused
+    w.mul_(-1.5)  # an in-place edit: rebuilt, and the output follows it
+    got = cpu_conv.conv_pool_relu(x, w, b, 2, 32, 8, impl="gemm")
+    ref = cpu_conv.reference(x, w, b, 2, 32, 8)
+    assert (got - ref).abs().max() <= 1e-5 * ref.abs().max()
+    key = id(w)
+    del w
+    gc.collect()
+    assert key not in cpu_conv._POLYPHASE  # freed with its weight

@@ -1,7 +1,9 @@
-"""Epochs of batches from a shard folder (docs/design.md#data-path): :func:`epoch_order`, the one sampling
-order every backend follows, and :class:`ShardLoader`, which reads it with numpy memory maps or DALI.
+"""Epochs of batches from shards (docs/design.md#data-path, #data-at-scale): :func:`epoch_order`, the one sampling
+order every backend follows, and :class:`ShardLoader`, which reads it from mapped shards (numba or numpy gather)
+or with DALI.
 
-The folder's format (manifest, index, one ``.npy`` per shard and array) is :mod:`soundnet_fast.data.shards`'.
+A folder's format (manifest, index, one ``.npy`` per shard and array) is :mod:`soundnet_fast.data.shards`'; a
+dataset of several folders or parts is :mod:`soundnet_fast.data.dataset`'s.
 """
 
 from __future__ import annotations
@@ -14,7 +16,12 @@ from typing import Any, Literal
 import numpy as np
 
 from soundnet_fast.constants import INPUT_SCALE
-from soundnet_fast.data.shards import MANIFEST, ShardFormatError, manifest_path, read_manifest, shard_files
+from soundnet_fast.data.dataset import Dataset, Paths
+from soundnet_fast.data.gather import BufferPool, Impl, gather, prefetched, resolve, uses_numba
+from soundnet_fast.data.mapped import NpyMismatch, map_npy, npy_offset
+from soundnet_fast.data.shards import ShardFormatError
+
+_prefetched = prefetched  # its old name here
 
 Backend = Literal["numpy", "dali", "auto"]
 
@@ -48,26 +55,32 @@ def epoch_order(
 
 
 class ShardLoader:
-    """Batches ``(audio, targets)`` from a shard folder, in an order the project owns.
+    """Batches ``(audio, targets)`` from a dataset of shards, in an order the project owns.
 
+    ``path`` is a shard folder, a folder of parts (``prepare --part``) or a list of either, read as one
+    :class:`~soundnet_fast.data.dataset.Dataset` (missing or unfinished parts are refused unless ``allow_partial``).
     ``audio`` is float32 (B, 1, clip_samples), the int16 PCM scaled to [-1, 1] times ``scale`` (x256,
     docs/design.md#input), on ``device``; ``targets`` maps each teacher name to float32 (B, C, steps), the model's
-    (B, C, T) layout. Backends: ``"numpy"`` memory-maps the shards (the CPU default, the faster one there);
-    ``"dali"`` reads them with DALI's numpy reader and converts int16 on the device (the GPU default;
-    a CPU-only pipeline when ``device`` is the CPU); ``"auto"`` picks DALI for a CUDA device when it imports.
-    Every backend yields the same clips in the same order for the same seed (:func:`epoch_order`).
+    (B, C, T) layout. Backends: ``"numpy"`` maps the shards into memory and gathers rows on ``num_threads`` threads
+    (``gather``: ``auto``, numba where it pays, else numpy; or either alone: :mod:`soundnet_fast.data.gather`; the CPU
+    default, the faster one there); ``"dali"`` reads them with DALI's numpy reader (``num_threads`` threads) and
+    converts int16 on the device (the GPU default; a CPU-only pipeline when ``device`` is the CPU);
+    ``"auto"`` picks DALI for a CUDA device when it imports. Every backend, gather, thread count, part layout and
+    rank count yields the same clips for the same seed (:meth:`order`, docs/design.md#data-at-scale).
 
     ``prefetch`` batches are read ahead in a thread by the numpy backend (default: 2 on a GPU, 0 on a CPU).
 
     Epochs: ``len(loader)`` is batches per epoch; iterating resumes at the current position and, at the end
     of an epoch, moves on to the next. ``set_epoch(e)`` switches to epoch ``e`` at its start (a no-op when
     ``e`` is the current epoch, so calling it after ``load_state_dict`` keeps the restored position).
-    ``state_dict()`` / ``load_state_dict()`` hold the epoch and the number of batches already yielded.
+    ``state_dict()`` / ``load_state_dict()`` hold the epoch, the number of batches already yielded and the
+    dataset's fingerprint: a restart over the same clips split into other parts resumes exactly; other clips are
+    refused.
     """
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        path: Paths,
         batch_size: int,
         *,
         shuffle: bool = True,
@@ -81,11 +94,14 @@ class ShardLoader:
         scale: float = INPUT_SCALE,
         num_threads: int = 2,
         prefetch: int | None = None,
+        allow_partial: bool = False,
+        gather: Impl = "auto",
     ) -> None:
         import torch
 
-        self.folder = os.path.dirname(os.path.abspath(manifest_path(path)))
-        self.manifest = read_manifest(self.folder)
+        self.dataset = Dataset(path, allow_partial=allow_partial)
+        self.folder = self.dataset.root
+        self.manifest = self.dataset.manifest
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= shard_id < num_shards:
@@ -101,19 +117,28 @@ class ShardLoader:
         self.scale = float(scale)
         self.num_threads = int(num_threads)
         self.clip_samples, self.steps = int(self.manifest["clip_samples"]), int(self.manifest["steps"])
-        self.shard_names = [s["name"] for s in self.manifest["shards"]]
-        counts = np.array([int(s["num_clips"]) for s in self.manifest["shards"]], dtype=np.int64)
-        self.offsets = np.concatenate([[0], np.cumsum(counts)])  # global clip id -> (shard, row)
-        self.num_clips = int(self.offsets[-1])
-        if self.num_clips != int(self.manifest["num_clips"]):
-            raise ShardFormatError(
-                f"{self.folder}/{MANIFEST}: num_clips {self.manifest['num_clips']} but its shards hold {self.num_clips}"
-            )
-        self._arrays = [self._open_shard(name, int(n)) for name, n in zip(self.shard_names, counts, strict=True)]
+        self.shard_names = self.dataset.shard_names
+        self.offsets = self.dataset.offsets
+        self.num_clips = self.dataset.num_clips
+        self._shapes = {"audio": ((self.clip_samples,), "<i2")}
+        for t in self.teachers:
+            self._shapes[t] = ((self.steps, int(self.manifest["teachers"][t]["num_classes"])), "<f4")
+        counts = np.diff(self.offsets).tolist()
+        folders = [os.path.join(p.folder, "") for p in self.dataset.parts]
+        for s, (part, name) in enumerate(zip(self.dataset.shard_part.tolist(), self.shard_names, strict=True)):
+            for key, (shape, dtype) in self._shapes.items():  # every header now: a wrong file fails here, not mid-epoch
+                self._check(f"{folders[part]}{name}.{key}.npy", (counts[s], *shape), dtype)
+        self._maps: dict[int, dict[str, np.ndarray]] = {}  # shard -> mapped arrays, on first use
+        self._base = np.zeros(len(self.shard_names), np.int64)  # their audio data's addresses (numba reads by address)
         self.backend = self._pick_backend(backend)
+        self._gather = gather if self.backend == "numpy" else "numpy"
+        self._resolved: str | None = None
+        if self._gather not in ("numba", "numpy", "auto"):
+            raise ValueError(f"gather must be 'numba', 'numpy' or 'auto', got {gather!r}")
         # A reading thread pays on a GPU (it overlaps the device's step); on a CPU the step needs the same cores,
         # and on 2 cores the thread measured slower (bench/test_data_bench.py), so it is off there by default.
         self.prefetch = int(prefetch) if prefetch is not None else (2 if self.device.type == "cuda" else 0)
+        self._pool = BufferPool(keep=self.prefetch + 3)  # queued, being read, the caller's and the one before
         self.epoch = 0
         self.position = 0
         if len(self) == 0:
@@ -122,20 +147,36 @@ class ShardLoader:
                 f"{shard_id} of {num_shards} (drop_last={drop_last})"
             )
 
-    def _open_shard(self, name: str, n: int) -> dict[str, np.ndarray]:
-        arrays: dict[str, np.ndarray] = {}
-        for key, fpath in shard_files(self.folder, name, self.teachers).items():
-            try:
-                a = np.load(fpath, mmap_mode="r", allow_pickle=False)
-            except (OSError, ValueError) as e:
-                raise ShardFormatError(f"{fpath}: cannot memory-map ({e})") from e
-            if key == "audio":
-                want, dtype = (n, self.clip_samples), np.dtype(np.int16)
-            else:
-                want, dtype = (n, self.steps, int(self.manifest["teachers"][key]["num_classes"])), np.dtype(np.float32)
-            if a.shape != want or a.dtype != dtype:
-                raise ShardFormatError(f"{fpath}: holds {a.dtype} {a.shape}, the manifest promises {dtype} {want}")
-            arrays[key] = a
+    @property
+    def gather(self) -> str:
+        """The gather that runs: ``numba``, ``numpy`` or ``auto`` (numba for float32 batches, numpy for int16 ones:
+        :mod:`soundnet_fast.data.gather`); numba's kernels are loaded on first use (about a second from its cache)."""
+        if self._resolved is None:
+            self._resolved = resolve(self._gather)  # type: ignore[arg-type]
+        return self._resolved
+
+    @staticmethod
+    def _check(fpath: str, shape: tuple[int, ...], dtype: str) -> None:
+        try:
+            npy_offset(fpath, shape, dtype)
+        except NpyMismatch as e:
+            raise ShardFormatError(f"{fpath}: holds {e.found}, the manifest promises {np.dtype(dtype)} {shape}") from e
+        except OSError as e:
+            raise ShardFormatError(f"{fpath}: cannot read ({e})") from e
+
+    def _mapped(self, shard: int) -> dict[str, np.ndarray]:
+        arrays = self._maps.get(shard)
+        if arrays is None:
+            n = int(self.offsets[shard + 1] - self.offsets[shard])
+            arrays = {}
+            for key, fpath in self.dataset.files(shard, self.teachers).items():
+                shape, dtype = self._shapes[key]
+                try:
+                    arrays[key] = map_npy(fpath, (n, *shape), dtype)
+                except (OSError, NpyMismatch) as e:
+                    raise ShardFormatError(f"{fpath}: cannot map ({e})") from e
+            self._base[shard] = arrays["audio"].ctypes.data
+            self._maps[shard] = arrays
         return arrays
 
     def _pick_backend(self, backend: str) -> str:
@@ -158,8 +199,12 @@ class ShardLoader:
 
     # --------------------------------------------------------------------------------- sampling
     def order(self, epoch: int | None = None) -> np.ndarray:
-        """Global clip ids of this rank for ``epoch`` (default: the current one), in reading order."""
-        return epoch_order(
+        """Clip ids of this rank for ``epoch`` (default: the current one), in reading order: :func:`epoch_order`.
+
+        Shuffled, the permutation runs over the clips' canonical order (``Dataset.canonical``), so it picks the same
+        clips whatever the parts; unshuffled (a sequential pass, e.g. validation), clips are read as stored.
+        """
+        ids = epoch_order(
             self.num_clips,
             self.epoch if epoch is None else epoch,
             seed=self.seed,
@@ -168,11 +213,14 @@ class ShardLoader:
             num_shards=self.num_shards,
             drop_last=self.drop_last,
         )
+        return self.dataset.canonical[ids].astype(np.int64) if self.shuffle else ids
+
+    def _fingerprint(self) -> str:
+        return self.dataset.fingerprint if self.shuffle else self.dataset.layout_fingerprint
 
     def locate(self, clips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(shard index, row) of global clip ids."""
-        shard = np.searchsorted(self.offsets, clips, side="right") - 1
-        return shard, clips - self.offsets[shard]
+        """(shard index, row) of clip ids."""
+        return self.dataset.locate(clips)
 
     def __len__(self) -> int:
         per_rank = self.num_clips // self.num_shards if self.drop_last else math.ceil(self.num_clips / self.num_shards)
@@ -193,16 +241,35 @@ class ShardLoader:
             "num_shards": self.num_shards,
             "shuffle": self.shuffle,
             "drop_last": self.drop_last,
+            "dataset": self._fingerprint(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore the epoch and position; the settings that define the order must match."""
+        """Restore the epoch and position; the settings that define the order must match.
+
+        The dataset must hold the same clips (equal fingerprints), however they are split into parts: the shuffled
+        order is then provably the same (an unshuffled one also needs the same storage order). A state without a
+        fingerprint (saved before clips were ordered by key) resumes only
+        at an epoch's start, where no order is half-way through.
+        """
         for key in ("seed", "num_clips", "batch_size", "shard_id", "num_shards", "shuffle", "drop_last"):
             if key in state and state[key] != getattr(self, key):
                 raise ValueError(
                     f"loader state has {key} = {state[key]!r} but this loader has "
                     f"{getattr(self, key)!r}: the batch order would differ"
                 )
+        if "dataset" in state and state["dataset"] != self._fingerprint():
+            raise ValueError(
+                f"loader state was saved over other clips (dataset fingerprint {state['dataset']}, now "
+                f"{self._fingerprint()}): the same number of clips, but not the same ones"
+                f"{'' if self.shuffle else ' or not stored in the same order'}, so the batch order would differ; "
+                "resume with the data the run started on"
+            )
+        if "dataset" not in state and int(state["position"]) > 0:
+            raise ValueError(
+                "loader state from before clips were ordered by key, saved mid-epoch: the rest of that epoch cannot "
+                "be reproduced; resume from a checkpoint at an epoch's start or start a new run"
+            )
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
     # -------------------------------------------------------------------------------- iteration
@@ -212,7 +279,7 @@ class ShardLoader:
         order = self.order()
         batches = [order[i * self.batch_size : (i + 1) * self.batch_size] for i in range(self.position, len(self))]
         if self.backend == "numpy":
-            source = _prefetched(self._numpy_batches(batches), self.prefetch)
+            source = prefetched(self._numpy_batches(batches), self.prefetch)
         else:
             source = self._dali_batches(batches)
         for batch in source:
@@ -220,43 +287,44 @@ class ShardLoader:
             yield batch
         self.epoch, self.position = self.epoch + 1, 0
 
+    def read_into(self, clips: np.ndarray, audio: np.ndarray, targets: Mapping[str, np.ndarray], scaled: bool) -> None:
+        """Gather clip ids ``clips`` (B,) into ``audio`` (B, L): int16 as stored, or float32 scaled (``scaled``), and
+        each ``targets[t]`` float32 (B, C, steps), with this loader's gather and thread count."""
+        shard, row = self.locate(np.asarray(clips, dtype=np.int64))
+        rows: dict[str, list[np.ndarray]] = {k: [] for k in ("audio", *self.teachers)}
+        for s, r in zip(shard.tolist(), row.tolist(), strict=True):
+            arrays = self._maps.get(s) or self._mapped(s)
+            for k, v in rows.items():
+                v.append(arrays[k][r])
+        impl = self.gather
+        addrs = None
+        if uses_numba(impl, scaled):
+            addrs = self._base[shard] + row * (self.clip_samples * 2)  # int16 rows
+        factor = np.float32(self.scale / 32768.0) if scaled else None  # int16 -> [-1, 1) -> x scale
+        audio_rows = rows.pop("audio")
+        gather(impl, audio_rows, addrs, audio, factor, rows, targets, self.num_threads)
+
     def _numpy_batches(self, batches: list[np.ndarray]) -> Iterator[tuple[Any, dict[str, Any]]]:
         import torch
 
         cuda = self.device.type == "cuda"
-        factor = np.float32(self.scale / 32768.0)  # int16 -> [-1, 1) -> x scale
         for clips in batches:
             b = len(clips)
-            # On a GPU the int16 rows travel (half the bytes of float32) from pinned memory and are converted on
-            # the device, as the DALI backend does; on the CPU they are converted straight into the batch.
-            audio = torch.empty(
-                (b, 1, self.clip_samples), dtype=torch.int16 if cuda else torch.float32, pin_memory=cuda
-            )
-            targets = {
-                t: torch.empty(
-                    (b, int(self.manifest["teachers"][t]["num_classes"]), self.steps),
-                    dtype=torch.float32,
-                    pin_memory=cuda,
-                )
-                for t in self.teachers
-            }
-            a_np = audio.numpy()[:, 0]
-            t_np = {t: v.numpy() for t, v in targets.items()}
-            shard, row = self.locate(clips)
-            for s in np.unique(shard):
-                pos = np.nonzero(shard == s)[0]
-                arrays = self._arrays[s]
-                # Row by row from the memory map: each clip is one contiguous read straight into the batch
-                # (fancy indexing would copy the same bytes twice).
-                for p, r in zip(pos.tolist(), row[pos].tolist(), strict=True):
-                    if cuda:
-                        a_np[p] = arrays["audio"][r]
-                    else:
-                        np.multiply(arrays["audio"][r], factor, out=a_np[p], dtype=np.float32)
-                    for t in self.teachers:
-                        t_np[t][p] = arrays[t][r].T
+            classes = {t: int(self.manifest["teachers"][t]["num_classes"]) for t in self.teachers}
+            # On a GPU the int16 rows travel (half the bytes of float32) from pinned memory (torch's caching host
+            # allocator reuses it) and are converted on the device, as the DALI backend does; on the CPU they are
+            # converted straight into a reused batch array (gather.BufferPool).
             if cuda:
-                x = audio.to(self.device, non_blocking=True).float().mul_(float(factor))
+                audio = torch.empty((b, 1, self.clip_samples), dtype=torch.int16, pin_memory=True)
+                targets = {t: torch.empty((b, c, self.steps), pin_memory=True) for t, c in classes.items()}
+            else:
+                audio = torch.from_numpy(self._pool.get((b, 1, self.clip_samples), np.float32))
+                targets = {
+                    t: torch.from_numpy(self._pool.get((b, c, self.steps), np.float32)) for t, c in classes.items()
+                }
+            self.read_into(clips, audio.numpy()[:, 0], {t: v.numpy() for t, v in targets.items()}, scaled=not cuda)
+            if cuda:
+                x = audio.to(self.device, non_blocking=True).float().mul_(self.scale / 32768.0)
                 yield x, {t: v.to(self.device, non_blocking=True) for t, v in targets.items()}
             else:
                 yield audio, targets
@@ -274,7 +342,7 @@ class ShardLoader:
         # DALI batches are fixed-size: a short last batch (drop_last=False) is padded by wrapping, then trimmed.
         flat = np.concatenate([np.resize(b, bsz) for b in batches])
         shard, row = self.locate(flat)
-        paths = [shard_files(self.folder, name, self.teachers) for name in self.shard_names]
+        paths = [self.dataset.files(i, self.teachers) for i in range(len(self.shard_names))]
         rois = [[np.array([r], np.int32) for r in row[i * bsz : (i + 1) * bsz]] for i in range(n)]
         gpu = self.device.type == "cuda"
         factor = self.scale / 32768.0  # int16 -> [-1, 1) -> x scale, as the numpy backend
@@ -315,54 +383,3 @@ class ShardLoader:
         out = torch.empty(dense.shape(), dtype=torch.float32, device=self.device)
         feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(self.device))
         return out
-
-
-class _Raised:
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
-
-
-def _prefetched(source: Iterator[Any], depth: int) -> Iterator[Any]:
-    """Run ``source`` in a background thread, ``depth`` items ahead (numpy copies release the GIL, so reading
-    the next batch overlaps the training step). Stopping early stops the thread."""
-    if depth <= 0:
-        yield from source
-        return
-    import queue
-    import threading
-
-    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work() -> None:
-        try:
-            for item in source:
-                if not put(item):
-                    return
-            put(done)
-        except BaseException as e:  # handed to the consumer, raised there
-            put(_Raised(e))
-
-    thread = threading.Thread(target=work, name="ShardLoader-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, _Raised):
-                raise item.exc
-            yield item
-    finally:
-        stop.set()
-        thread.join(timeout=10)

@@ -11,13 +11,16 @@ Layout of a shard folder (the contract between ``prepare``, the loader, the trai
       shard-000000.<teacher>.npy   float32 (n, steps, num_classes), each row sums to 1
       index.jsonl                  one line per clip: {"clip", "video", "start", "frame_times", "shard",
                                     "row", "silent", "frame_decoder" (pyav | dali; absent when audio only)}
+      clipkeys.bin                 16 bytes per clip, in index order: video key, number within the video,
+                                    flags (soundnet_fast.data.keys; the manifest's "tail" says it is current)
       failures.jsonl               one line per failed video: {"video", "reason", ...} (written by prepare)
 
 The manifest is the source of truth: a shard exists once the manifest lists it. Shard files are written
 atomically first, then their index lines are appended, then the manifest is replaced atomically; a run
 killed anywhere in between leaves index lines for an unlisted shard, which readers ignore and the next
-writer truncates. Shards hold whole videos (a shard is cut only between videos), so "this video is done"
-is simply "this video is in the index".
+writer truncates (to the index length the manifest's ``tail`` recorded, without reading the index). Shards
+hold whole videos (a shard is cut only between videos), so "this video is done"
+is simply "this video is in the index" (resumption asks the clip keys, not the index).
 
 Why one large ``.npy`` per shard rather than a file per clip: numpy memory-maps crops of one large file at
 ~1,250 clips/s per core while per-clip files read at ~216 clips/s (docs/design.md#data-path), and DALI's
@@ -35,6 +38,17 @@ from typing import Any
 
 import numpy as np
 
+from soundnet_fast.data.keys import (
+    KEY_DTYPE,
+    KEYS,
+    SILENT,
+    KeyCounter,
+    keys_array,
+    read_clip_keys,
+    read_keys_file,
+    tail_current,
+)
+from soundnet_fast.data.parts import video_keys
 from soundnet_fast.fsutil import atomic_np_save, atomic_open, atomic_write_text, read_jsonl
 
 FORMAT = "soundnet_fast.shards/1"
@@ -140,9 +154,10 @@ class ShardWriter:
     """Append clips to a shard folder; each shard's files appear atomically, whole videos per shard.
 
     ``teachers`` maps a teacher name (a file-name-safe word such as ``objects``) to
-    ``{"spec": str, "num_classes": int, "class_names": list[str] | None}`` (none at all gives audio-only
-    shards). Opening a folder that already
-    holds a manifest resumes it (the settings must match); index lines of unlisted shards are dropped.
+    ``{"spec": str, "num_classes": int, "class_names": list[str] | None}`` and optionally ``"sha256"`` (of the
+    teacher's weight file; none at all gives audio-only shards). Opening a folder that already holds a manifest
+    resumes it (the settings must match); index lines of unlisted shards are dropped. Resuming reads the manifest
+    and ``clipkeys.bin``, not the index (a legacy folder without current keys has its index read once).
     A shard is cut once it holds ``clips_per_shard`` clips and the next clip belongs to another video.
     """
 
@@ -173,21 +188,29 @@ class ShardWriter:
                 "num_classes": n,
                 "class_names": list(names) if names is not None else None,
             }
+            if t.get("sha256"):
+                self.teachers[name]["sha256"] = str(t["sha256"])
         self.sample_rate, self.clip_samples, self.steps = int(sample_rate), int(clip_samples), int(steps)
         self.frame_every = float(frame_every)
         self.clips_per_shard = int(clips_per_shard)
         self.extra: dict[str, Any] = dict(extra or {})
         self.shards: list[dict[str, Any]] = []
-        self.num_clips = self.silent_clips = 0
-        self.videos: set[str] = set()
+        self.num_clips = self.silent_clips = self.num_videos = 0
+        self.index_bytes = 0
+        self._done = np.empty(0, np.uint64)  # sorted video keys of the shards found on resumption
+        self._new: set[int] = set()  # video keys committed by this writer
+        self._count = KeyCounter()
         self._buf_audio: list[np.ndarray] = []
         self._buf_probs: dict[str, list[np.ndarray]] = {t: [] for t in self.teachers}
         self._buf_meta: list[dict[str, Any]] = []
+        self._buf_keys: list[tuple[int, int, int]] = []
         self._closed = False
         os.makedirs(self.out_dir, exist_ok=True)
         if os.path.exists(os.path.join(self.out_dir, MANIFEST)):
             self._resume()
         else:
+            for name in (INDEX, KEYS):
+                open(os.path.join(self.out_dir, name), "wb").close()
             self._write_manifest()
 
     # -------------------------------------------------------------------------------- resumption
@@ -209,24 +232,56 @@ class ShardWriter:
                 )
         old_t = {k: (v.get("spec"), int(v["num_classes"])) for k, v in old["teachers"].items()}
         new_t = {k: (v["spec"], v["num_classes"]) for k, v in self.teachers.items()}
-        if old_t != new_t:
+        sums = {k: (v.get("sha256"), old["teachers"].get(k, {}).get("sha256")) for k, v in self.teachers.items()}
+        changed = [k for k, (new, was) in sums.items() if new and was and new != was]
+        if old_t != new_t or changed:
+            why = f"; the weight file of {changed} changed (sha256)" if changed else ""
             raise ShardFormatError(
-                f"{mpath}: holds teachers {old_t}, this run asks for {new_t}; use a new output folder"
+                f"{mpath}: holds teachers {old_t}, this run asks for {new_t}{why}; use a new output folder"
             )
         self.shards = [dict(s) for s in old["shards"]]
         self.extra = {**{k: v for k, v in old.items() if k not in _MANAGED}, **self.extra}
-        records = read_index(self.out_dir, old)
-        self.num_clips = len(records)
-        self.silent_clips = sum(bool(r.get("silent")) for r in records)
-        self.videos = {str(r["video"]) for r in records if "video" in r}
-        # Rewrite the index without the lines of unlisted shards, so appends continue from a clean end.
-        ipath = os.path.join(self.out_dir, INDEX)
-        with atomic_open(ipath, "w") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
+        self.num_clips = n = int(old["num_clips"])
+        ipath, kpath = os.path.join(self.out_dir, INDEX), os.path.join(self.out_dir, KEYS)
+        size = os.path.getsize(ipath) if os.path.exists(ipath) else -1
+        keys = None
+        if tail_current(old) and size >= int(old["tail"]["index_bytes"]):
+            # Lines past the recorded length belong to a shard the manifest does not list (a killed run).
+            self.index_bytes = int(old["tail"]["index_bytes"])
+            if size > self.index_bytes:
+                os.truncate(ipath, self.index_bytes)
+            keys = read_keys_file(self.out_dir, n)
+            if keys is not None and os.path.getsize(kpath) > n * KEY_DTYPE.itemsize:
+                os.truncate(kpath, n * KEY_DTYPE.itemsize)  # records of that unlisted shard
+        else:  # a folder from a writer without the tail: read the index once and rewrite it without those lines
+            records = read_index(self.out_dir, old)
+            data = "".join(json.dumps(r) + "\n" for r in records).encode("utf-8")
+            with atomic_open(ipath, "wb") as f:
+                f.write(data)
+            self.index_bytes = len(data)
+        if keys is None:  # no current keys file: derive it from the index, once
+            keys = read_clip_keys(self.out_dir, {**old, "tail": None})
+            with atomic_open(kpath, "wb") as f:
+                f.write(keys.tobytes())
+        self.silent_clips = int(np.count_nonzero(keys["flags"] & SILENT))
+        self._done = np.unique(keys["video"])
+        self.num_videos = int(np.count_nonzero(self._done))  # key 0: clips without a video id
         for name in os.listdir(self.out_dir):  # temporaries of a killed atomic write
             if name.startswith(".tmp-"):
                 os.unlink(os.path.join(self.out_dir, name))
+
+    @property
+    def videos(self) -> set[str]:
+        """Ids of the videos in the committed shards (reads the index: :meth:`has_videos` is the fast question)."""
+        return {str(r["video"]) for r in read_index(self.out_dir) if "video" in r}
+
+    def has_videos(self, videos: Sequence[str]) -> np.ndarray:
+        """Which of ``videos`` (ids) are in the committed shards, by video key: bool (len(videos),)."""
+        keys = video_keys(videos)
+        done = np.isin(keys, self._done)
+        if self._new:
+            done |= np.isin(keys, np.fromiter(self._new, np.uint64, len(self._new)))
+        return done
 
     # ------------------------------------------------------------------------------------ adding
     def add(self, audio: np.ndarray, probs: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
@@ -261,9 +316,10 @@ class ShardWriter:
         for t, p in checked.items():
             self._buf_probs[t].append(p)
         self._buf_meta.append(dict(meta))
+        self._buf_keys.append(self._count(meta))
 
     def flush(self) -> None:
-        """Write the buffered clips as one shard (no-op when empty)."""
+        """Write the buffered clips as one shard (no-op when empty): arrays, index lines, keys, then the manifest."""
         if not self._buf_meta:
             return
         name = f"shard-{len(self.shards):06d}"
@@ -275,20 +331,29 @@ class ShardWriter:
         for row, m in enumerate(self._buf_meta):
             rec = {"clip": self.num_clips + row, **m, "shard": name, "row": row}
             lines.append(json.dumps(rec) + "\n")
-        with open(os.path.join(self.out_dir, INDEX), "a", encoding="utf-8") as f:
-            f.write("".join(lines))
-            f.flush()
-            os.fsync(f.fileno())
+        keys = keys_array(self._buf_keys)
+        for fname, data in ((INDEX, "".join(lines).encode("utf-8")), (KEYS, keys.tobytes())):
+            with open(os.path.join(self.out_dir, fname), "ab") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+                if fname == INDEX:
+                    self.index_bytes = f.tell()
         n = len(self._buf_meta)
         self.shards.append({"name": name, "num_clips": n})
         self.num_clips += n
         self.silent_clips += sum(bool(m.get("silent")) for m in self._buf_meta)
-        self.videos.update(str(m["video"]) for m in self._buf_meta if "video" in m)
+        for k in np.unique(keys["video"][keys["video"] != 0]).tolist():
+            i = np.searchsorted(self._done, k)
+            if k not in self._new and not (i < len(self._done) and self._done[i] == k):
+                self._new.add(k)
+                self.num_videos += 1
         self._write_manifest()  # the commit point: from here on the shard exists
         self._buf_audio.clear()
         for t in self.teachers:
             self._buf_probs[t].clear()
         self._buf_meta.clear()
+        self._buf_keys.clear()
 
     def manifest(self) -> dict[str, Any]:
         return {
@@ -297,15 +362,21 @@ class ShardWriter:
             "clip_seconds": self.clip_samples / self.sample_rate,
             "teachers": self.teachers,
             "num_clips": self.num_clips,
-            "num_videos": len(self.videos),
+            "num_videos": self.num_videos,
             "shards": self.shards,
             "silent_clips": self.silent_clips,
             "audio_hours": self.num_clips * self.clip_samples / self.sample_rate / 3600.0,
+            "tail": {"num_clips": self.num_clips, "index_bytes": self.index_bytes},
             **self.extra,
         }
 
     def _write_manifest(self) -> None:
         atomic_write_text(os.path.join(self.out_dir, MANIFEST), json.dumps(self.manifest(), indent=1) + "\n")
+
+    def update(self, **extra: Any) -> None:
+        """Set manifest fields of the caller's own (``complete``, ``part``, ...) and write the manifest now."""
+        self.extra.update(extra)
+        self._write_manifest()
 
     def close(self) -> None:
         """Flush the last shard and write the final manifest."""
@@ -325,19 +396,7 @@ class ShardWriter:
             self.close()
 
 
-_MANAGED = frozenset(
-    (
-        "format",
-        "sample_rate",
-        "clip_samples",
-        "steps",
-        "frame_every",
-        "clip_seconds",
-        "teachers",
-        "num_clips",
-        "num_videos",
-        "shards",
-        "silent_clips",
-        "audio_hours",
-    )
+_MANAGED = frozenset(  # the writer's own manifest fields; any other is kept from the folder on resumption
+    "format sample_rate clip_samples steps frame_every clip_seconds teachers num_clips num_videos shards silent_clips "
+    "audio_hours tail".split()
 )

@@ -38,7 +38,7 @@ class TrainError(RuntimeError):
 class TrainConfig:
     """Every option of a training run (``config.json`` and the checkpoint hold it as a dict)."""
 
-    shards: str = ""
+    shards: str | list[str] = ""  # a shard folder, a folder of parts, or a list of either (one dataset)
     out: str = ""
     val: str | None = None
     model: str = "soundnet8"
@@ -67,6 +67,7 @@ class TrainConfig:
     init: str | None = None
     progress: str = "auto"
     tensorboard: bool = True
+    allow_partial: bool = False  # train on the complete shards of a dataset with missing or unfinished parts
     world_size: int = 1  # set from torchrun's environment, recorded so --resume can check it
 
 
@@ -109,7 +110,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         text = text if _FLAG_SAYS_DEFAULT else f"{text} (default %(default)s)"
         p.add_argument(name, dest=dest, action=argparse.BooleanOptionalAction, default=d[dest], help=text)
 
-    p.add_argument("shards", nargs="?", help="shard folder written by `soundnet-fast prepare`")
+    p.add_argument(
+        "shards",
+        nargs="*",
+        default=None,
+        help="shard folder written by `soundnet-fast prepare`, a folder of its parts (--part), or several: one dataset",
+    )
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, metrics.jsonl, tb/, config.json")
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt (exactly where it left)")
     p.add_argument("--val", default=None, help="held-out shard folder for validation")
@@ -185,6 +191,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="progress bar, auto: on a terminal (default %(default)s)",
     )
     flag("--tensorboard", "tensorboard", "write TensorBoard scalars to RUN/tb")
+    flag("--allow-partial", "allow_partial", "train on the finished shards of missing or unfinished parts")
 
 
 def config_from_args(args: argparse.Namespace, world_size: int = 1) -> tuple[TrainConfig, dict[str, Any] | None]:
@@ -198,6 +205,10 @@ def config_from_args(args: argparse.Namespace, world_size: int = 1) -> tuple[Tra
         value = getattr(args, f.name, None)
         if value is not None and not isinstance(value, _Default):
             given[f.name] = value
+    if isinstance(given.get("shards"), list):  # one folder stays a string; none given: the checkpoint's
+        folders = given.pop("shards")
+        if folders:
+            given["shards"] = folders[0] if len(folders) == 1 else folders
     if isinstance(given.get("teachers"), str):
         given["teachers"] = [t.strip() for t in given["teachers"].split(",") if t.strip()]
     given["world_size"] = world_size
@@ -297,16 +308,22 @@ def resolve_options(
 
 # ------------------------------------------------------------------------------ against the data
 def checked_manifest(
-    path: str, teachers: Sequence[str], what: str, like: Mapping[str, Any] | None = None
+    path: str | Sequence[str],
+    teachers: Sequence[str],
+    what: str,
+    like: Mapping[str, Any] | None = None,
+    allow_partial: bool = False,
 ) -> dict[str, Any]:
-    """The manifest of the shard folder ``path`` (``what``: "training shards", ...), which must hold every one
-    of ``teachers`` and, with ``like`` (the training shards' manifest), the same clip length and head steps.
-    Raises :class:`TrainError`, or ``ShardFormatError`` naming the file."""
-    from soundnet_fast.data import shards
+    """The manifest of the dataset ``path`` (a shard folder, a folder of parts or a list; ``what``: "training
+    shards", ...), which must hold every one of ``teachers`` and, with ``like`` (the training shards' manifest), the
+    same clip length and head steps. Raises :class:`TrainError`, or ``ShardFormatError`` naming the file or part
+    (parts that disagree; missing or unfinished parts unless ``allow_partial``)."""
+    from soundnet_fast.data.dataset import scan
 
-    if not os.path.isdir(path):
-        raise TrainError(f"{path}: no such folder ({what})")
-    manifest = shards.read_manifest(path)
+    for folder in [path] if isinstance(path, str) else path:
+        if not os.path.isdir(folder):
+            raise TrainError(f"{folder}: no such folder ({what})")
+    manifest = scan(path, allow_partial=allow_partial).manifest
     missing = [t for t in teachers if t not in manifest["teachers"]]
     if missing:
         raise TrainError(

@@ -128,11 +128,12 @@ class Trainer:
             self._say(note)
 
         # data: the shards' manifest (teachers, head steps) and this rank's loaders.
-        self.manifest = checked_manifest(cfg.shards, cfg.teachers, "training shards")
+        self.manifest = checked_manifest(cfg.shards, cfg.teachers, "training shards", allow_partial=cfg.allow_partial)
         self.loader = self._loader(cfg.shards, self.manifest, train=True)
         self.val_loader = None
         if cfg.val:
-            vm = checked_manifest(cfg.val, cfg.teachers, "validation shards", like=self.manifest)
+            vm = checked_manifest(cfg.val, cfg.teachers, "validation shards", like=self.manifest,
+                                  allow_partial=cfg.allow_partial)  # fmt: skip
             self.val_loader = self._loader(cfg.val, vm, train=False)
 
         # model: built from the seed (the same on every rank; DDP also broadcasts rank 0's), then the
@@ -349,7 +350,7 @@ class Trainer:
         self.saved_step = self.step
 
     # ------------------------------------------------------------------------------------- set-up
-    def _loader(self, path: str, manifest: Mapping[str, Any], train: bool) -> Any:
+    def _loader(self, path: str | list[str], manifest: Mapping[str, Any], train: bool) -> Any:
         from soundnet_fast.data import loader as data
 
         cfg, env = self.cfg, self.env
@@ -371,6 +372,7 @@ class Trainer:
             backend=cfg.loader,  # type: ignore[arg-type]
             device=self.device,
             teachers=cfg.teachers,
+            allow_partial=cfg.allow_partial,
         )
 
     # -------------------------------------------------------------------------------------- misc

@@ -6,7 +6,7 @@ STAMP   := .venv/.installed
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 TORCH   := $(if $(HAS_GPU),torch,torch==2.13.0)
 
-.PHONY: setup demo test bench bench-smoke sass-report lint clean
+.PHONY: setup dali-plugin demo test bench bench-smoke sass-report lint clean
 
 # Every extra (pyproject.toml's "all"): the base install needs only torch, triton and numpy. Then the released
 # SoundNet-8 into ~/.cache/soundnet_fast ($$SOUNDNET_FAST_HOME) and the tests' real recordings into .cache/:
@@ -14,6 +14,24 @@ TORCH   := $(if $(HAS_GPU),torch,torch==2.13.0)
 setup: $(STAMP)
 	$(PY) -m soundnet_fast.cli weights fetch soundnet8
 	$(PY) -m tests.helpers.recordings
+	@$(MAKE) --no-print-directory dali-plugin
+
+# The native DALI audio plugin (README.md "The native part"), when the dali extra is installed: cmake, g++ and
+# FFmpeg's development files come from apt-get when they are missing and this runs as root; otherwise a line says
+# what to install and prepare decodes audio with PyAV. Cached by the sources' hash: a no-op when they are unchanged.
+FFMPEG_DEV := libavformat-dev libavcodec-dev libavutil-dev pkg-config cmake g++
+dali-plugin: $(STAMP)
+	@if ! $(PY) -c "import nvidia.dali" 2>/dev/null; then \
+	  echo "the dali extra is not installed: no DALI audio plugin (prepare decodes audio with PyAV)"; \
+	else \
+	  if ! (command -v cmake && command -v g++ && pkg-config --exists libavformat libavcodec libavutil) >/dev/null 2>&1 \
+	     && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing $(FFMPEG_DEV) for the DALI audio plugin"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(FFMPEG_DEV)) >/dev/null; \
+	  fi; \
+	  $(PY) -m soundnet_fast.cli build-dali-plugin \
+	    || echo "no DALI audio plugin (the line above says what to install); prepare decodes audio with PyAV"; \
+	fi
 
 $(STAMP): pyproject.toml
 	python3 -m venv .venv

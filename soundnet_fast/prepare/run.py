@@ -18,6 +18,9 @@ without decoding the video. A video DALI cannot decode (H.264 on DALI's CPU back
 PyAV instead; the summary counts those fallbacks with their reasons, and each index row says which decoder
 made its frames (``frame_decoder``).
 
+``--audio dali`` decodes the soundtracks with the native DALI plugin instead of in the workers
+(:mod:`~soundnet_fast.prepare.audio_dali_jobs`); the manifest records which decoder wrote a folder's audio.
+
 Bad input loses nothing: a file that fails is recorded in ``failures.jsonl`` with its reason and the run
 goes on; a rerun skips every video already in the index or in ``failures.jsonl`` (``--retry-failed``
 retries the latter).
@@ -37,8 +40,10 @@ from typing import Any
 
 from soundnet_fast.console import Progress, progress_enabled
 from soundnet_fast.constants import SAMPLE_RATE
+from soundnet_fast.data.parts import part_name, part_of, resolve_part, weights_sha256
 from soundnet_fast.data.shards import FAILURES, ShardWriter, read_failures
 from soundnet_fast.errors import UsageError
+from soundnet_fast.prepare.audio_dali_jobs import AUDIO_DECODERS, MANIFEST_KEY, dali_results, open_audio_decoder
 from soundnet_fast.prepare.video import find_videos
 from soundnet_fast.prepare.workers import Workers
 
@@ -60,6 +65,7 @@ class Summary:
     total_videos: int = 0  # in the shards after the run
     frame_decoder: str = "none"  # the run's frames: "pyav", "dali-cpu", "dali-gpu" ("none": audio only)
     frame_fallbacks: Counter = field(default_factory=Counter)  # "codec: reason" -> videos DALI left to PyAV
+    audio_decoder: str = "pyav"  # the soundtracks': "pyav" (workers) or "dali" (the native plugin)
 
     def line(self) -> str:
         rate = self.succeeded / self.seconds if self.seconds else 0.0
@@ -74,6 +80,7 @@ class Summary:
             f"{self.failed} failed{f' ({kinds})' if kinds else ''}, {self.skipped} already done; "
             f"{self.audio_hours:.3f} h of audio in {self.seconds:.1f} s ({rate:.2f} videos/s, "
             f"{self.audio_hours / (self.seconds / 3600) if self.seconds else 0:.0f} audio h per wall h){frames}"
+            f"{'; audio by the DALI plugin' if self.audio_decoder == 'dali' else ''}"
         )
 
 
@@ -89,6 +96,7 @@ class PrepareConfig:
     mono: str = "first"  # "first" channel, as the original, or the "mean" of the channels
     batch_size: int = 32  # teacher frames per forward
     frames: str = "auto"  # the frames' decoder, one of FRAME_DECODERS
+    audio: str = "auto"  # the soundtracks' decoder, one of AUDIO_DECODERS (audio_dali_jobs.choose_decoder)
     retry_failed: bool = False  # redo the videos recorded in failures.jsonl
 
 
@@ -112,8 +120,15 @@ def prepare(
     progress: bool = False,
     sample_rate: int = SAMPLE_RATE,
     frames: str = _DEFAULTS.frames,
+    audio: str = _DEFAULTS.audio,
+    part: tuple[int, int] | None = None,
 ) -> Summary:
     """Turn the videos of ``videos`` (a folder or a list file) into shards in ``out``.
+
+    ``part=(K, N)`` prepares only part K of N (the videos :func:`~soundnet_fast.data.parts.part_of` assigns to it,
+    by a hash of their id) into ``out/part-0000K-of-0000N``; each part resumes on its own, and the folder of parts
+    reads as one dataset (docs/design.md#data-at-scale). Its manifest says ``complete`` once the run got through
+    every video of the part.
 
     ``teachers`` maps a head name (``objects``, ``scenes``) to a spec string, a
     :class:`~soundnet_fast.prepare.teachers.Teacher` or any ``torch.nn.Module`` (:func:`~soundnet_fast.prepare.teachers.
@@ -122,6 +137,11 @@ def prepare(
     ``frames`` picks the teacher frames' decoder: ``pyav``; ``dali`` (DALI on the GPU when CUDA is
     available, else DALI's CPU backend; raises :class:`~soundnet_fast.prepare.frames_dali.DaliUnavailable`
     without DALI); ``auto``: DALI on the GPU when CUDA is available and DALI imports, else PyAV.
+
+    ``audio`` picks the soundtracks' decoder (:func:`~soundnet_fast.prepare.audio_dali_jobs.choose_decoder`):
+    ``pyav`` in the workers, ``dali`` through the native DALI plugin (raises :class:`~soundnet_fast.prepare.
+    dali_plugin.PluginUnavailable` when it cannot load), ``auto``: the decoder that wrote ``out`` when resuming,
+    else ``dali`` when the plugin loads, else ``pyav``. Resuming with the other decoder raises ValueError.
     """
     steps = clip_seconds / frame_every
     if abs(steps - round(steps)) > 1e-9 or steps < 1:
@@ -130,6 +150,8 @@ def prepare(
         raise ValueError(f"mono must be 'first' or 'mean', got {mono!r}")
     if frames not in FRAME_DECODERS:
         raise ValueError(f"frames must be one of {', '.join(FRAME_DECODERS)}, got {frames!r}")
+    if audio not in AUDIO_DECODERS:
+        raise ValueError(f"audio must be one of {', '.join(AUDIO_DECODERS)}, got {audio!r}")
     steps = int(round(steps))
     pool = Workers(workers)  # before any teacher exists (see Workers)
     try:
@@ -150,6 +172,8 @@ def prepare(
             progress=progress,
             sample_rate=sample_rate,
             frames=frames,
+            audio=audio,
+            part=part,
         )
     finally:
         pool.close()
@@ -173,35 +197,46 @@ def _prepare(
     progress: bool,
     sample_rate: int,
     frames: str,
+    audio: str,
+    part: tuple[int, int] | None = None,
 ) -> Summary:
     from soundnet_fast.prepare.frames_dali import open_frame_decoder
     from soundnet_fast.prepare.teachers import TeacherError, build_teacher
 
     found = find_videos(videos)  # before anything is written: a wrong path leaves no empty output
+    if part is not None:  # this part's videos, into its own folder (docs/design.md#data-at-scale)
+        out = os.path.join(os.fspath(out), part_name(*part))
+        found = [(vid, path) for vid, path in found if part_of(vid, part[1]) == part[0]]
     built = {
         name: build_teacher(spec, class_names=(class_names or {}).get(name), device=device, batch_size=batch_size)
         for name, spec in teachers.items()
     }
     # Before the writer, so a missing DALI leaves no empty output; after the pool forked (DALI starts threads).
     dali = open_frame_decoder(frames, device) if built else None
+    audio_dec = open_audio_decoder(audio, out, mono=mono, sample_rate=sample_rate, threads=pool.workers, device=device)
+    audio = "dali" if audio_dec is not None else "pyav"
     clip_samples = int(round(clip_seconds * sample_rate))
     writer = ShardWriter(
         out,
-        {n: t.describe() for n, t in built.items()},
+        {n: {**t.describe(), **weights_sha256(teachers[n])} for n, t in built.items()},
         sample_rate,
         clip_samples,
         steps,
         frame_every,
         clips_per_shard=clips_per_shard,
-        extra={"mono": mono, "source": os.path.abspath(os.fspath(videos))},
+        extra={"mono": mono, "source": os.path.abspath(os.fspath(videos)), MANIFEST_KEY: audio},
     )
-    summary = Summary(videos=len(found))
+    # Until the run has been through every video, the folder says it is unfinished (a dataset refuses such parts).
+    frames_by = "none" if not built else "dali" if dali is not None else "pyav"
+    was = writer.extra.get("frame_decoder", frames_by) if writer.num_clips else frames_by
+    writer.update(complete=False, frame_decoder=frames_by if was == frames_by else "mixed",
+                  **({"part": {"index": part[0], "count": part[1], "videos": len(found)}} if part else {}))  # fmt: skip
+    summary = Summary(videos=len(found), audio_decoder=audio)
     summary.frame_decoder = "none" if not built else f"dali-{dali.device}" if dali is not None else "pyav"
-    done = set(writer.videos)
+    done = writer.has_videos([vid for vid, _ in found])  # by video key: no per-clip Python objects
     failed_before = {str(r.get("video")) for r in read_failures(out)}
-    if not retry_failed:
-        done |= failed_before
-    todo = [(vid, path) for vid, path in found if vid not in done]
+    todo = [(vid, path) for (vid, path), d in zip(found, done.tolist(), strict=True)
+            if not d and (retry_failed or vid not in failed_before)]  # fmt: skip
     summary.skipped = len(found) - len(todo)
     opts = {
         "sample_rate": sample_rate,
@@ -216,8 +251,12 @@ def _prepare(
     bar = Progress("prepare", len(todo), enabled=progress).start()
     fail_path = os.path.join(os.fspath(out), FAILURES)
     try:
-        for res in pool.results([(vid, path, opts) for vid, path in todo]):
-            if res["ok"] and res.get("frame_decoder") == "dali" and dali is not None:
+        if audio_dec is not None:  # the soundtracks through DALI, the frames (DALI's or PyAV's) there too
+            results = dali_results(todo, audio_dec, pool, opts, dali, summary)
+        else:
+            results = pool.results([(vid, path, opts) for vid, path in todo])
+        for res in results:
+            if audio_dec is None and res["ok"] and res.get("frame_decoder") == "dali" and dali is not None:
                 res = _dali_frames(res, paths[res["video"]], dali, pool, opts, summary)
             if res["ok"]:
                 try:
@@ -248,13 +287,14 @@ def _prepare(
             summary.succeeded += 1
             summary.audio_hours += res["duration"] / 3600.0
             bar.advance(1, text=_rates(summary, t0))
-        failures = {str(r.get("video")) for r in read_failures(out)} - writer.videos
-        writer.extra["num_failures"] = len(failures)
+        failures = sorted({str(r.get("video")) for r in read_failures(out)})
+        writer.extra["num_failures"] = sum(not d for d in writer.has_videos(failures).tolist())
+        writer.extra["complete"] = True
         writer.close()
     finally:
         bar.stop()
     summary.seconds = time.perf_counter() - t0
-    summary.total_videos = len(writer.videos)
+    summary.total_videos = writer.num_videos
     return summary
 
 
@@ -352,11 +392,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "MJPEG only; videos it cannot decode fall back to PyAV); auto: DALI on a GPU when installed, else PyAV "
         "(default %(default)s)",
     )
+    p.add_argument(
+        "--audio",
+        choices=AUDIO_DECODERS,
+        default=d.audio,
+        help="soundtracks' decoder: PyAV in the workers, or the native DALI plugin (soundnet-fast build-dali-plugin "
+        "builds it); auto: the decoder that wrote OUT when resuming, else DALI when the plugin is built, else PyAV "
+        "(default %(default)s)",
+    )
     p.add_argument("--retry-failed", action="store_true", help="retry videos recorded in failures.jsonl")
+    p.add_argument(
+        "--part",
+        default=None,
+        metavar="K/N|auto|all",
+        help="prepare part K of N (from 0; videos split by a hash of their path) into OUT/part-0000K-of-0000N; "
+        "auto: K and N from torchrun (RANK, WORLD_SIZE) or a Slurm array (SLURM_ARRAY_TASK_*); all: every video "
+        "into OUT (the default, refused under a scheduler that runs several copies)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
+    from soundnet_fast.prepare.dali_plugin import PluginUnavailable
     from soundnet_fast.prepare.frames_dali import DaliUnavailable
 
     teachers = _pairs(args.teacher, "--teacher")
@@ -364,6 +421,7 @@ def run(args: argparse.Namespace) -> int:
     if not teachers:
         print("prepare: no --teacher given: writing audio-only shards", file=sys.stderr)
     try:
+        part = resolve_part(args.part)
         summary = prepare(
             args.videos,
             args.out,
@@ -372,11 +430,13 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             progress=progress_enabled("off" if args.no_progress else "auto"),
             **asdict(cfg),
+            part=part,
         )
-    except (FileNotFoundError, ValueError, DaliUnavailable) as e:  # soundnet_fast.cli: one line, exit status 2
-        raise UsageError(str(e)) from e
+    except (FileNotFoundError, ValueError, DaliUnavailable, PluginUnavailable) as e:
+        raise UsageError(str(e)) from e  # soundnet_fast.cli: one line, exit status 2
     print(summary.line())
+    out = os.path.join(args.out, part_name(*part)) if part else args.out
     if summary.failed:
-        print(f"failures recorded in {os.path.join(args.out, FAILURES)}")
+        print(f"failures recorded in {os.path.join(out, FAILURES)}")
     # Non-zero only when nothing usable exists: no video succeeded, now or before.
     return 0 if summary.total_videos > 0 else 1

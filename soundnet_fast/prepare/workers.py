@@ -20,10 +20,16 @@ def decode_job(job: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
     """In a worker process: decode one video and cut its clips; failures come back as records, never as exceptions.
 
     With ``opts["frame_decoder"] == "dali"`` the video is only demuxed: the result carries, per used
-    window, the frame's index for DALI (``indices``) instead of the frame."""
+    window, the frame's index for DALI (``indices``) instead of the frame. With ``opts["audio_decoder"] ==
+    "dali"`` the audio was decoded by DALI and only the video stream is read
+    (:func:`soundnet_fast.prepare.audio_dali_jobs.video_job`)."""
     vid, path, opts = job
     t0 = time.perf_counter()
     try:
+        if opts.get("audio_decoder") == "dali":  # the audio came from DALI: the video stream alone
+            from soundnet_fast.prepare.audio_dali_jobs import video_job
+
+            return video_job(vid, path, opts)
         dali = opts["need_frames"] and opts["frame_decoder"] == "dali"
         dec = decode(
             path,

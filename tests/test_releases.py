@@ -286,3 +286,21 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def test_a_failed_download_moves_on_to_the_next_index(home: Path, blob: bytes) -> None:
+    bad, good = Index(blob, serve=blob[:-1] + b"x"), Index(blob)
+    try:
+        path = releases.fetch(_release(blob), indexes=[bad.url, good.url])
+        assert path.read_bytes() == WEIGHTS and bad.agents and good.agents
+    finally:
+        bad.close()
+        good.close()
+    bad2, bad3 = Index(blob, serve=b"short"), Index(blob, serve=blob[:-1] + b"y")
+    try:
+        with pytest.raises(FetchError) as e:
+            releases.fetch(_release(blob, name="fake8c"), indexes=[bad2.url, bad3.url])
+        assert str(e.value).count("expected") >= 2 and "--archive" in str(e.value)  # both failures named
+    finally:
+        bad2.close()
+        bad3.close()

@@ -24,25 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.conftest import cpu_info
 from bench.test_extract_bench import MATRIX_THREADS, eval_model
 from soundnet_fast.constants import INPUT_SCALE, SAMPLE_RATE
-
-
-def cpu_info() -> dict[str, Any]:
-    """CPU model name, logical cores and the vector extensions that matter for these kernels (/proc/cpuinfo)."""
-    model, flags = "unknown", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-    except OSError:
-        pass
-    wanted = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_bf16", "amx_bf16")
-    return {"model": model, "logical_cores": os.cpu_count(), "vector": [f for f in wanted if f in flags]}
 
 
 def measure(batch: int, rounds: int, seconds: float = 10.0, layer: str = "pool5") -> dict[str, Any]:

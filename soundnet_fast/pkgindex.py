@@ -156,15 +156,6 @@ def _none_has_it(archive: Archive, answers: list[str]) -> FetchError:
     return FetchError(f"{archive.filename}: no index gave it; {why}; offline, pass a copy of it with --archive FILE")
 
 
-def find_archive(archive: Archive, indexes: list[str]) -> str:
-    """The URL of ``archive`` on the first of ``indexes`` that lists it with the pinned sha256. Raises
-    :class:`FetchError` saying what each index answered."""
-    urls, answers = archive_urls(archive, indexes)
-    if not urls:
-        raise _none_has_it(archive, answers)
-    return urls[0]
-
-
 class FetchError(RuntimeError):
     """A fetch that could not complete; the message names the file or URL and what went wrong."""
 

@@ -144,6 +144,7 @@ def test_predict_cli_on_real_recordings(sound8: str, capsys: pytest.CaptureFixtu
     assert cli_main(["predict", files[0], "--top-k", "2"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"== {files[0]} (10.0 s, 1 step)") and "warning" not in out
+    assert "step 0" not in out and out.count("objects:") == 1  # steps only with --steps
 
 
 def test_evaluate_and_convert_take_the_release_by_name(sound8: str, tmp_path, capsys: pytest.CaptureFixture) -> None:

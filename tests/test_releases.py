@@ -203,7 +203,7 @@ def test_links_and_non_literal_names_are_refused(home: Path, tmp_path: Path) -> 
         releases.fetch(_release(blob), archive=tmp_path / "c.tar.gz")
 
 
-def test_pip_indexes_follow_pips_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pip_indexes_follow_pips_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PIP_INDEX_URL", "https://mirror.example/simple")
     monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "https://a.example/simple https://b.example/simple")
     monkeypatch.delenv("PIP_NO_INDEX", raising=False)
@@ -215,7 +215,8 @@ def test_pip_indexes_follow_pips_settings(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     assert pkgindex.pip_indexes() == []
     with pytest.raises(FetchError, match="pip has no index configured"):
-        pkgindex.find_archive(Archive("p", "p-1.tar.gz", "0" * 64, 1), pkgindex.pip_indexes())
+        with pkgindex.downloaded(Archive("p", "p-1.tar.gz", "0" * 64, 1), tmp_path, indexes=pkgindex.pip_indexes()):
+            pass
 
 
 def test_a_release_name_resolves_to_the_cache_or_says_how_to_fetch_it(home: Path, blob: bytes, tmp_path: Path) -> None:
@@ -277,15 +278,7 @@ def test_a_release_name_is_never_a_local_file_and_a_damaged_cache_is_fetched_aga
     with pytest.raises(WeightFileError, match="the cached release is damaged: soundnet-fast weights fetch fake8"):
         load_pretrained("fake8")
     releases.fetch(release, archive=tmp_path / "fake.tar.gz")
-    assert path.stat().st_mode & 0o044 == 0o044 & ~_umask()  # readable by others unless the umask says no
-
-
-def _umask() -> int:
-    import os
-
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    assert path.stat().st_mode & 0o044 == 0o044 & ~releases._umask()  # readable by others unless the umask says no
 
 
 def test_a_failed_download_moves_on_to_the_next_index(home: Path, blob: bytes) -> None:

@@ -47,9 +47,12 @@ class Prediction:
 
     def summary(self, head: str, k: int) -> list[tuple[int, float]]:
         """Top-``k`` (class index, mean probability over steps) of ``head`` ("objects" or "scenes")."""
-        mean = getattr(self, head).mean(axis=0)
-        order = np.argsort(-mean, kind="stable")[:k]
-        return [(int(i), float(mean[i])) for i in order]
+        return top(getattr(self, head).mean(axis=0), k)
+
+
+def top(probs: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """The ``k`` largest of ``probs`` (C,) as (class index, probability), largest first; ties by index."""
+    return [(int(i), float(probs[i])) for i in np.argsort(-probs, kind="stable")[:k]]
 
 
 def rms_dbfs(wave: np.ndarray) -> float:
@@ -240,8 +243,7 @@ def _num(x: float, digits: int) -> float | None:
 
 
 def _ranked(probs: np.ndarray, names: list[str], k: int) -> list[dict]:
-    order = np.argsort(-probs, kind="stable")[:k]
-    return [{"class": int(i), "name": names[i], "p": _num(probs[i], 4)} for i in order]
+    return [{"class": i, "name": names[i], "p": _num(p, 4)} for i, p in top(probs, k)]
 
 
 def to_json(path: str, pred: Prediction, names: tuple[list[str], list[str]], k: int) -> dict:
@@ -265,18 +267,15 @@ def _print_text(path: str, pred: Prediction, names: tuple[list[str], list[str]],
     def fmt(items: list[tuple[int, float]], n: list[str]) -> str:
         return ", ".join(f"{n[i]} {p:.2f}" for i, p in items)
 
-    steps = len(pred.times)
-    print(f"== {path} ({pred.seconds:.1f} s, {steps} step{'s' if steps != 1 else ''})")
+    n = len(pred.times)
+    print(f"== {path} ({pred.seconds:.1f} s, {n} step{'s' if n != 1 else ''})")
     for w in pred.warnings:
         print(f"  warning: {w}: do not trust this prediction")
     print(f"  objects: {fmt(pred.summary('objects', k), names[0])}")
     print(f"  scenes:  {fmt(pred.summary('scenes', k), names[1])}")
     if steps:
         for s, t in enumerate(pred.times):
-            obj, scn = (
-                [(int(i), float(p[i])) for i in np.argsort(-p, kind="stable")[:k]]
-                for p in (pred.objects[s], pred.scenes[s])
-            )
+            obj, scn = top(pred.objects[s], k), top(pred.scenes[s], k)
             print(f"  step {s} (~{t:.1f} s)")
             print(f"    objects: {fmt(obj, names[0])}\n    scenes:  {fmt(scn, names[1])}")
 

@@ -87,13 +87,9 @@ def open_audio_decoder(
     """
     if choose_decoder(requested, out) != "dali":
         return None
-    try:
-        import torch
+    from soundnet_fast.prepare.frames_dali import dali_device
 
-        cuda = torch.cuda.is_available() and not (device or "").startswith("cpu")
-    except ImportError:
-        cuda = False
-    device_id = int(device.split(":", 1)[1]) if cuda and device and ":" in device else 0
+    cuda, device_id = dali_device(device)
     threads = max(1, threads)
     return DaliAudio(sample_rate, mono, trim=False, batch_size=2 * threads, num_threads=threads,
                      device="gpu" if cuda else "cpu", device_id=device_id)  # fmt: skip

@@ -144,6 +144,15 @@ def _source_size(path: str) -> tuple[int, int]:
         raise DaliError(path, f"cannot read the video's frame size ({e})") from e
 
 
+def dali_device(device: str | None) -> tuple[bool, int]:
+    """Whether DALI should run on a GPU, and which, for the teachers' torch ``device``: a GPU when CUDA is
+    available unless ``device`` is the CPU; ``cuda:N`` picks GPU N (default 0)."""
+    import torch
+
+    cuda = torch.cuda.is_available() and not (device or "").startswith("cpu")
+    return cuda, int(device.split(":", 1)[1]) if cuda and device and ":" in device else 0
+
+
 def open_frame_decoder(frames: str, device: str | None = None) -> DaliFrames | None:
     """The DALI decoder ``prepare(frames=...)`` asks for, or None for PyAV.
 
@@ -154,13 +163,7 @@ def open_frame_decoder(frames: str, device: str | None = None) -> DaliFrames | N
     """
     if frames == "pyav":
         return None
-    try:
-        import torch
-
-        cuda = torch.cuda.is_available() and not (device or "").startswith("cpu")
-    except ImportError:
-        cuda = False
-    device_id = int(device.split(":", 1)[1]) if cuda and device and ":" in device else 0
+    cuda, device_id = dali_device(device)
     if frames == "auto":
         if not cuda:
             # DALI's CPU backend decodes only VP8/VP9/MJPEG, one video at a time in the main process: the

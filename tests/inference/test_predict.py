@@ -115,6 +115,8 @@ def test_cli_json_text_mono_and_a_bad_file_among_good_ones(
     assert cli_main(["predict", stereo, "--weights", weights, "--json", "--mono", "mean"]) == 0
     mean = json.loads(capsys.readouterr().out)["files"][0]
     assert mean["rms_dbfs"] != first["rms_dbfs"]  # the other channel went in
+    assert cli_main(["predict", stereo, "--weights", weights, "--top-k", "1"]) == 0
+    assert "step 0" not in capsys.readouterr().out  # the clip summary only, unless --steps
     assert cli_main(["predict", stereo, "--weights", weights, "--steps", "--top-k", "1"]) == 0
     text = capsys.readouterr().out
     assert text.startswith(f"== {stereo} (3.0 s,") and "  step 0 (~" in text and "objects:" in text

@@ -41,7 +41,7 @@ SECTIONS: tuple[Section, ...] = (
     S("kernels",       "4. Per-kernel time vs the static prediction",       "sec_kernels", "run",        40, 100),
     S("ncu",           "5. Nsight Compute on the costliest kernels",        "sec_ncu", "run",            60, 100,
       checkout=False),
-    S("fp32_parity",   "6a. fp32 parity (TF32-robust rule), IEEE fp32",     "sec_parity", "run_fp32",    30, 70, **OPT),
+    S("fp32_parity",   "6a. fp32 parity (TF32-robust rule), IEEE fp32",     "sec_parity", "run_fp32",    45, 90, **OPT),
     S("determinism",   "6b. Deterministic backward, bitwise run to run",    "sec_extra", "determinism",  15, 45, **OPT),
     S("opcheck",       "6c. torch.library.opcheck on CUDA",                 "sec_extra", "opcheck",      25, 70,
       **OPT, **GPU),

@@ -157,7 +157,10 @@ def failures(records: list[dict[str, Any]]) -> list[str]:
     out = []
     for r in records:
         if r.get("type") == "row" and r.get("status") == FAIL:
-            cells = ", ".join(f"{k} {fmt(v)}" for k, v in list(r.get("row", {}).items())[:3])
+            items = list(r.get("row", {}).items())
+            marked = [(k, v) for k, v in items if isinstance(v, str) and v.endswith(" X")]  # the failing cells
+            shown = items[:2] + marked if marked else items[:3]
+            cells = ", ".join(f"{k} {fmt(v)}" for k, v in shown)
             out.append(f"{r['section']}: {r.get('table', '')}: {cells}")
         elif r.get("type") == "error":
             out.append(f"{r['section']}: {r.get('where', '')}: {r.get('error', '')}")

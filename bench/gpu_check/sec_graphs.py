@@ -110,7 +110,8 @@ def _conv(torch: Any, K: Any) -> tuple[float, float, int]:
     b, g, beta = (torch.randn(32, generator=gen).cuda().requires_grad_() for _ in range(3))
     rm, rv = torch.zeros(32, device="cuda"), torch.ones(32, device="cuda")
     nbt = torch.zeros((), device="cuda", dtype=torch.long)
-    grad = torch.randn(8, 32, 125, generator=gen).cuda()
+    # (4000 + 2 * 16 - 32) // 2 + 1 = 2001 conv frames, 250 after the pool of 8
+    grad = torch.randn(8, 32, 250, generator=gen).cuda()
     leaves = (x, w, b, g, beta)
 
     def step():

@@ -13,7 +13,7 @@ twice eager's (or <= 1e-6).
   The rule is made robust: PASS when fused <= 2 x max(eager with TF32 allowed, eager IEEE, an emulated TF32
   eager) - the emulation rounds x, W and the conv-output gradient to TF32 (10 mantissa bits) and computes in
   IEEE fp32, which is what a TF32 tensor-core conv computes, so the bound holds whatever cuDNN chose. A second
-  pass with TF32 off everywhere keeps the strict rule (fused IEEE <= 2 x eager IEEE).
+  pass with TF32 off everywhere keeps the strict rule (fused IEEE <= 2 x eager IEEE). Batch <= 16 (full clips).
 - 6d (eval mode): running statistics instead of batch statistics, bf16 and IEEE fp32, batch <= 8.
 """
 
@@ -155,7 +155,8 @@ def run_fp32(ctx: Any) -> None:
     import torch
 
     w, sz = ctx.w, ctx.sizes
-    table = f"fp32 training, batch {sz.batch}: fused error / bound vs float64"
+    batch = min(sz.batch, 16)  # relative errors do not need batch 64; float64 conv1 at 64 x 20 s ran past 70 s
+    table = f"fp32 training, batch {batch}: fused error / bound vs float64"
     w.note(
         "TF32 pass: bound = max(eager with allow_tf32, eager IEEE, emulated TF32 eager); IEEE pass: bound = eager "
         "IEEE. PASS when fused <= 2 x bound (or <= 1e-6). See the module docstring of bench/gpu_check/sec_parity.py."
@@ -163,14 +164,14 @@ def run_fp32(ctx: Any) -> None:
     f32 = torch.float32
     for shape in shapes_for(sz):
         with w.part(f"fp32 {shape[0]}"):
-            ref = run_block(torch, shape, sz.batch, ctx.device, f32, "f64")
+            ref = run_block(torch, shape, batch, ctx.device, f32, "f64")
             torch.backends.cudnn.allow_tf32 = False
-            e_ieee = errors(ref, run_block(torch, shape, sz.batch, ctx.device, f32, "eager"))
-            e_emul = errors(ref, run_block(torch, shape, sz.batch, ctx.device, f32, "emul_tf32"))
-            f_ieee = errors(ref, run_block(torch, shape, sz.batch, ctx.device, f32, "fused"))
+            e_ieee = errors(ref, run_block(torch, shape, batch, ctx.device, f32, "eager"))
+            e_emul = errors(ref, run_block(torch, shape, batch, ctx.device, f32, "emul_tf32"))
+            f_ieee = errors(ref, run_block(torch, shape, batch, ctx.device, f32, "fused"))
             torch.backends.cudnn.allow_tf32 = True
-            e_tf32 = errors(ref, run_block(torch, shape, sz.batch, ctx.device, f32, "eager"))
-            f_tf32 = errors(ref, run_block(torch, shape, sz.batch, ctx.device, f32, "fused"))
+            e_tf32 = errors(ref, run_block(torch, shape, batch, ctx.device, f32, "eager"))
+            f_tf32 = errors(ref, run_block(torch, shape, batch, ctx.device, f32, "fused"))
             bound = [None if a is None else max(a, b, c) for a, b, c in zip(e_tf32, e_ieee, e_emul, strict=True)]
             _pass_row(w, table, "TF32 allowed", shape[0], f_tf32, bound, bound)
             _pass_row(w, table, "IEEE", shape[0], f_ieee, e_ieee, e_ieee)

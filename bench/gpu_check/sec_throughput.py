@@ -4,12 +4,13 @@ The step is ``soundnet_fast.train.step.Stepper`` - what ``soundnet-fast train`` 
 ``soundnet_fast.model.SoundNet8`` (both heads, 1000 objects / 401 scenes), the KL loss, backward and
 ``torch.optim.Adam(fused=True)``, bf16 autocast, on a batch of random clips x256 with softmax targets. Variants,
 built from the same seed: ``eager`` (backend "reference", ``torch.backends.cudnn.benchmark = True``), ``fused``
-(backend "fused": the Triton kernels for the blocks and the KL loss) and ``fused+graphs`` (the same step captured
-whole in one CUDA graph by ``Stepper.capture`` and replayed). Each is warmed up, then timed in A/B/C/C/B/A blocks
-(:func:`~bench.gpu_check.common.time_abab`) of at least 15 steps, so each variant gets 30 timed steps and a
-drift shows as a difference between its two block medians; the SM clock is read before and after. The first
-step's loss of the fused variants is checked against eager's (relative difference <= 3e-2, bf16). Trunk
-forward + backward (conv1..conv7, no heads, no optimizer) is timed the same way for eager and fused.
+(backend "fused": the Triton kernels for the blocks and the KL loss), ``auto`` (backend "auto": the Triton kernels
+where ``soundnet_fast.model.fused_pays``, cuDNN elsewhere, the fused KL loss) and ``fused+graphs`` / ``auto+graphs``
+(the same step captured whole in one CUDA graph by ``Stepper.capture`` and replayed). Each is warmed up, then
+timed in A/B/C/C/B/A blocks (:func:`~bench.gpu_check.common.time_abab`) of at least 15 steps, so each variant gets
+30 timed steps and a drift shows as a difference between its two block medians; the SM clock is read before and
+after. The first step's loss of the fused variants is checked against eager's (relative difference <= 3e-2, bf16).
+Trunk forward + backward (conv1..conv7, no heads, no optimizer) is timed the same way for eager, fused and auto.
 torch.compile runs in its own process (section 3b, :mod:`~bench.gpu_check.sec_compile_model`).
 
 Smoke run (CPU, interpreter): a toy model (SoundNet-8's, or SoundNet-5's, conv1-conv2 with small heads, at its
@@ -56,17 +57,26 @@ def batch_for(torch: Any, arch: type, n_obj: int, n_scn: int, batch: int, sample
     return audio.to(device), {k: v.to(device) for k, v in targets.items()}, length
 
 
+def parse_variant(variant: str) -> tuple[str, bool, bool]:
+    """(model backend, torch.compile?, CUDA graphs?) of a variant name: ``eager`` (the reference ops), ``fused``,
+    ``auto`` (soundnet_fast.model.fused_pays), each optionally ``+graphs``; ``compile`` or ``compile+<backend>``."""
+    parts = variant.split("+")
+    compiled = parts[0] == "compile"
+    backend = (parts[1] if len(parts) > 1 else "reference") if compiled else parts[0]
+    return ("reference" if backend == "eager" else backend), compiled, "graphs" in parts[1:]
+
+
 def make_stepper(torch: Any, arch: type, classes: tuple[int, int], variant: str, device: str, audio, targets):
-    """A Stepper for one variant, as the trainer builds it (soundnet_fast/train/trainer.py)."""
+    """A Stepper for one variant (:func:`parse_variant`), as the trainer builds it (soundnet_fast/train/trainer.py)."""
     from soundnet_fast.train.step import Stepper
 
     torch.manual_seed(0)
     model = arch(*classes).to(device)
     model.check_inputs = False  # the trainer's setting: the finiteness check syncs the host
-    fused, graphs = variant.startswith("fused"), variant == "fused+graphs"
-    if fused:
-        model.set_backend("fused")
-    net = torch.compile(model) if variant == "compile" else model
+    backend, compiled, graphs = parse_variant(variant)
+    fused = backend != "reference"  # the fused KL loss goes with either fused backend, as in the trainer
+    model.set_backend(backend)
+    net = torch.compile(model) if compiled else model
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), fused=True, capturable=graphs)
     st = Stepper(
         net,
@@ -140,7 +150,7 @@ def throughput(ctx: Any, torch: Any, arch: type, classes: tuple[int, int], trunk
         f"A/B/.../B/A order ({2 * reps} timed steps per variant) after {warm} warm-up steps; CUDA events, no host sync "
         "between steps. 'vs eager' divides eager's median by the variant's."
     )
-    variants = ["eager", "fused"] + (["fused+graphs"] if dev == "cuda" else [])
+    variants = ["eager", "fused", "auto"] + (["fused+graphs", "auto+graphs"] if dev == "cuda" else [])
     steppers, losses = {}, {}
     for v in variants:
         with w.part(f"build {v}"):
@@ -159,7 +169,7 @@ def throughput(ctx: Any, torch: Any, arch: type, classes: tuple[int, int], trunk
     if trunk:
         with w.part("trunk fwd+bwd"):
             fns = {}
-            for v in ("eager", "fused"):
+            for v in ("eager", "fused", "auto"):
                 if v in steppers:
                     fns[v] = _trunk_fn(torch, steppers[v][1], audio, dev)
             before = clock_snapshot() if dev == "cuda" else {}
@@ -170,7 +180,7 @@ def throughput(ctx: Any, torch: Any, arch: type, classes: tuple[int, int], trunk
                 w.row("trunk forward + backward (all blocks; no heads, no optimizer)", row, INFO)
             _clocks(w, "trunk", before, after)
         with w.part("trunk memory"):
-            for v in ("eager", "fused"):
+            for v in ("eager", "fused", "auto"):
                 if v in steppers:
                     w.row(
                         "what the trunk's forward keeps for the backward, per clip",
@@ -184,7 +194,7 @@ def throughput(ctx: Any, torch: Any, arch: type, classes: tuple[int, int], trunk
         after = clock_snapshot() if dev == "cuda" else {}
         for v, t in res.items():
             row = timing_row(v, t, sz.batch, res.get("eager"))
-            if v.startswith("fused") and arch.__name__ == "SoundNet8":
+            if v.startswith("fused") and arch.__name__ == "SoundNet8":  # the static model covers all-fused only
                 row["predicted clips/s"] = round(pclips, 1) if pclips else NO_PREDICTION
             w.row("train step (Stepper: forward, KL loss, backward, fused Adam)", row, INFO)
         if dev != "cuda":

@@ -78,8 +78,10 @@ def _bwd_reduce_kernel(x_ptr, w_ptr, b_ptr, stats_ptr, go_ptr, code_ptr, out_ptr
                        BLOCK_CO: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr,
                        TILES: tl.constexpr, DETERMINISTIC: tl.constexpr, INTERP: tl.constexpr,
                        PRECISION: tl.constexpr):
-    """sum(gy) and sum(gy * zhat) per channel over TILES tiles; written to sums[:, p, co]
-    (deterministic: summed later in a fixed order) or atomically added to sums[:, 0, co]."""
+    """sum(gy) and sum(gy * zhat) per channel over TILES tiles, in fp32; written to sums[:, p, co]
+    (deterministic: summed later in a fixed order) or atomically added to sums[:, 0, co]. ``sums`` is fp64:
+    thousands of per-program partials merged in fp32 lost a factor 2-5 in precision against cuDNN's BN
+    backward (bench/results/gpu_check-h200-2026-11-30, fp32 dgamma / dbeta)."""
     pid_p = tl.program_id(0)  # the long axis first: CUDA caps grid axes 1 and 2 at 65,535
     pid_c = tl.program_id(1)
     co = pid_c * BLOCK_CO + tl.arange(0, BLOCK_CO)
@@ -94,12 +96,13 @@ def _bwd_reduce_kernel(x_ptr, w_ptr, b_ptr, stats_ptr, go_ptr, code_ptr, out_ptr
         s_gy += tl.sum(gy, axis=1)
         s_gyz += tl.sum(gy * zhat, axis=1)
     c_ok = co < C_OUT
+    s_gy, s_gyz = s_gy.to(sums_ptr.dtype.element_ty), s_gyz.to(sums_ptr.dtype.element_ty)
     if DETERMINISTIC:
         tl.store(sums_ptr + pid_p * C_OUT + co, s_gy, mask=c_ok)
         tl.store(sums_ptr + (P + pid_p) * C_OUT + co, s_gyz, mask=c_ok)
     else:
-        tl.atomic_add(sums_ptr + co, s_gy, mask=c_ok)
-        tl.atomic_add(sums_ptr + C_OUT + co, s_gyz, mask=c_ok)
+        tl.atomic_add(sums_ptr + co, s_gy, mask=c_ok, sem="relaxed")
+        tl.atomic_add(sums_ptr + C_OUT + co, s_gyz, mask=c_ok, sem="relaxed")
 
 
 @triton.jit
@@ -180,8 +183,8 @@ def _bwd_gz_dw_kernel(x_ptr, w_ptr, b_ptr, stats_ptr, g_ptr, go_ptr, code_ptr, o
         tl.store(dw_ptr + (pid_p * C_OUT + co[:, None]).to(tl.int64) * R + r[None, :], acc, mask=wmask)
         tl.store(db_ptr + pid_p * C_OUT + co, db, mask=c_ok)
     else:
-        tl.atomic_add(dw_ptr + co[:, None] * R + r[None, :], acc, mask=wmask)
-        tl.atomic_add(db_ptr + co, db, mask=c_ok)
+        tl.atomic_add(dw_ptr + co[:, None] * R + r[None, :], acc, mask=wmask, sem="relaxed")
+        tl.atomic_add(db_ptr + co, db, mask=c_ok, sem="relaxed")
 
 
 @triton.jit
@@ -223,8 +226,8 @@ def _dw_kernel(gz_ptr, x_ptr, dw_ptr, db_ptr, C_OUT, L, R, T, M, NUM_MT, SPLIT, 
         tl.store(dw_ptr + (pid_s * C_OUT + co[:, None]).to(tl.int64) * R + r[None, :], acc, mask=wmask)
         tl.store(db_ptr + pid_s * C_OUT + co, db, mask=bmask)
     else:
-        tl.atomic_add(dw_ptr + co[:, None] * R + r[None, :], acc, mask=wmask)
-        tl.atomic_add(db_ptr + co, db, mask=bmask)
+        tl.atomic_add(dw_ptr + co[:, None] * R + r[None, :], acc, mask=wmask, sem="relaxed")
+        tl.atomic_add(db_ptr + co, db, mask=bmask, sem="relaxed")
 
 
 @triton.jit
@@ -308,15 +311,15 @@ def conv_bn_relu_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Te
     num_mt = triton.cdiv(M, bm)
     tiles = stats_tiles(num_mt)
     P = triton.cdiv(num_mt, tiles)
-    if deterministic:
-        part = torch.empty((2, P, C), device=dev, dtype=torch.float32)
+    if deterministic:  # fp64 partials: see _bwd_reduce_kernel
+        part = torch.empty((2, P, C), device=dev, dtype=torch.float64)
     else:
-        part = torch.zeros((2, 1, C), device=dev, dtype=torch.float32)
+        part = torch.zeros((2, 1, C), device=dev, dtype=torch.float64)
     wrap_triton(_bwd_reduce_kernel)[(P, triton.cdiv(C, bco))](
         x, w2d, b, stats, grad_out, code, o, part, C, L, R, T, TP, M, P,
         x.stride(0), x.stride(1), x.stride(2), *go_strides, stride, padding, TILES=tiles,
         DETERMINISTIC=deterministic, **flags)
-    local = part.sum(dim=1)  # (2, C): sum(gy), sum(gy * zhat); a fixed-order reduction
+    local = part.sum(dim=1).float()  # (2, C): sum(gy), sum(gy * zhat); a fixed-order reduction
     sums = all_reduce(local) if (training and all_reduce is not None) else local
     if not input_grad and R <= FUSED_DW_MAX_R:  # conv1: gz stays in registers
         rw = clamp_pow2(R, 16, FUSED_DW_MAX_R)

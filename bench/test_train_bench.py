@@ -5,7 +5,8 @@ Variants, all from the same initialisation on the same batch, in one run so the 
 figure every ratio divides by; ``eager-bf16`` the same under bf16 autocast; ``reference`` the trainer's own step
 (``train.step.Stepper``: fused Adam, grad norm, device-side skip of non-finite steps) with the reference ops.
 On a GPU also ``compile`` (the trainer's step around ``torch.compile(model)``, bf16), ``fused`` (the Triton kernels,
-bf16) and ``fused+graphs`` (the same captured whole in one CUDA graph). Parity: the first step's loss against
+bf16), ``auto`` (the Triton kernels where ``soundnet_fast.model.fused_pays``, cuDNN elsewhere) and ``fused+graphs``
+/ ``auto+graphs`` (the same captured whole in one CUDA graph). Parity: the first step's loss against
 ``eager``'s. Sizes: the recipe's batch 64 of 20 s clips on a GPU, batch 2 on a CPU (bench/conftest.py); clips are
 never shorter than SoundNet-8's minimum (9.5 s).
 """
@@ -26,8 +27,8 @@ from soundnet_fast.train.losses import LAMBDA
 from soundnet_fast.train.step import Stepper
 
 TRAIN_FLOP_PER_20S_CLIP = 3.3e9  # docs/design.md#performance-ceiling
-VARIANTS = ["eager", "eager-bf16", "reference", "compile", "fused", "fused+graphs"]
-GPU_ONLY = {"compile", "fused", "fused+graphs"}
+VARIANTS = ["eager", "eager-bf16", "reference", "compile", "fused", "fused+graphs", "auto", "auto+graphs"]
+GPU_ONLY = {"compile", "fused", "fused+graphs", "auto", "auto+graphs"}
 
 
 def _batch(sizes: Sizes) -> tuple[Tensor, dict[str, Tensor], int]:
@@ -72,17 +73,16 @@ def _plain_step(bf16: bool, audio: Tensor, targets: dict[str, Tensor]) -> tuple[
 
 def _trainer_step(variant: str, audio: Tensor, targets: dict[str, Tensor]) -> Callable[[], Tensor]:
     model = _model()
-    graphs = variant == "fused+graphs"
-    if variant.startswith("fused"):
-        model.set_backend("fused")
+    graphs = variant.endswith("+graphs")
+    backend = variant.split("+")[0] if variant.startswith(("fused", "auto")) else "reference"
+    model.set_backend(backend)
     net = torch.compile(model) if variant == "compile" else model
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), fused=True, capturable=graphs)
     precision = "fp32" if variant == "reference" else "bf16"
-    backend = "fused" if variant.startswith("fused") else "reference"
     try:
         from soundnet_fast import kernels
 
-        loss_backend = backend if hasattr(kernels, "kl_div") else "reference"
+        loss_backend = "fused" if backend != "reference" and hasattr(kernels, "kl_div") else "reference"
     except ImportError:
         loss_backend = "reference"
     st = Stepper(net, model, opt, device=DEVICE, backend=loss_backend, precision=precision, cuda_graphs=graphs)

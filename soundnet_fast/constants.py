@@ -29,4 +29,8 @@ HEAD_CLASSES: Mapping[str, int] = MappingProxyType({"objects": 1000, "scenes": 4
 # docs/design.md#distillation: the head names, teacher name -> model head, in the model's output order.
 HEADS: tuple[str, ...] = tuple(HEAD_CLASSES)
 
-__all__ = ["HEADS", "HEAD_CLASSES", "INPUT_SCALE", "SAMPLE_RATE", "TRAIN_SECONDS"]
+# How a model's blocks run (soundnet_fast.model.Block.forward): the PyTorch ops, the fused Triton kernels, or the
+# fused kernels only where they measured faster than cuDNN (soundnet_fast.model.fused_pays).
+BACKENDS: tuple[str, ...] = ("reference", "fused", "auto")
+
+__all__ = ["BACKENDS", "HEADS", "HEAD_CLASSES", "INPUT_SCALE", "SAMPLE_RATE", "TRAIN_SECONDS"]

@@ -18,9 +18,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from soundnet_fast.constants import HEAD_CLASSES, SAMPLE_RATE
+from soundnet_fast.constants import BACKENDS, HEAD_CLASSES, SAMPLE_RATE
 
-Backend = Literal["reference", "fused"]
+Backend = Literal["reference", "fused", "auto"]
+
+
+def fused_pays(conv: nn.Conv1d, x: Tensor) -> bool:
+    """``backend="auto"``: whether the fused Triton block beats cuDNN's conv + BatchNorm + ReLU (+ pool) for ``conv``
+    on ``x``. A shape rule, measured (bench/results/gpu_check-h200-2026-11-30, H200, bf16, batch 64, 20 s clips,
+    forward + backward per block): the fused waveform conv (C_in 1, conv1) ran 3.0x eager; the fused conv2-conv7
+    (C_in 16-512) 0.37-0.66x. So on CUDA the fused kernels run where C_in is 1, cuDNN everywhere else."""
+    return x.is_cuda and conv.in_channels == 1
 
 
 @dataclass(frozen=True)
@@ -127,7 +135,7 @@ class Block(nn.Sequential):
     def forward(self, x: Tensor, pool: bool = True) -> Tensor:  # type: ignore[override]
         conv, bn = self[0], self[1]
         pool_k = self.spec.pool if pool else None
-        if self.backend == "fused":  # the Triton kernel applies BN itself (running statistics in eval mode)
+        if self.backend == "fused" or (self.backend == "auto" and fused_pays(conv, x)):  # Triton applies BN itself
             from soundnet_fast.kernels import conv_bn_relu_modules  # torch + triton only; imported on use
 
             return conv_bn_relu_modules(x, conv, bn, pool=pool_k, process_group=_sync_group(bn))
@@ -251,8 +259,8 @@ class SoundNet(nn.Module):
         backend: Backend = "reference",
     ) -> None:
         super().__init__()
-        if backend not in ("reference", "fused"):
-            raise ValueError(f"backend must be 'reference' or 'fused', got {backend!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.num_objects, self.num_scenes = int(num_objects), int(num_scenes)
         self.check_inputs = True  # the trainer turns this off: the finiteness check syncs the host
         in_ch = 1
@@ -271,9 +279,10 @@ class SoundNet(nn.Module):
         return self.blocks[0].backend
 
     def set_backend(self, backend: Backend) -> SoundNet:
-        """Switch every block between the reference ops and the fused kernels (same weights)."""
-        if backend not in ("reference", "fused"):
-            raise ValueError(f"backend must be 'reference' or 'fused', got {backend!r}")
+        """Switch every block between the reference ops, the fused kernels, and ``"auto"`` (the fused kernels where
+        :func:`fused_pays`, the reference ops elsewhere); same weights."""
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         for block in self.blocks:
             block.backend = backend
         return self

@@ -31,6 +31,7 @@ import os
 import time
 from typing import Any
 
+from soundnet_fast.constants import BACKENDS
 from soundnet_fast.evaluation.config import (
     ARCH_TITLES,
     DEFAULT_LAYER,
@@ -164,9 +165,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--batch-size", type=int, default=d["batch_size"], help="clips per forward pass (default %(default)s)"
     )
     p.add_argument("--device", default=d["device"], help="torch device of the network (default %(default)s)")
-    p.add_argument(
-        "--backend", choices=("reference", "fused"), default=d["backend"], help="network backend (default %(default)s)"
-    )
+    p.add_argument("--backend", choices=BACKENDS, default=d["backend"], help="network backend (default %(default)s)")
     p.add_argument(
         "--no-fold",
         dest="fold",

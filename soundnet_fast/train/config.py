@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from soundnet_fast.console import PROGRESS_MODES
-from soundnet_fast.constants import HEAD_CLASSES
+from soundnet_fast.constants import BACKENDS, HEAD_CLASSES
 from soundnet_fast.model import ARCHITECTURES
 from soundnet_fast.train import checkpoint as ckpt
 from soundnet_fast.train.losses import HEADS, LAMBDA
@@ -137,9 +137,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--backend",
-        choices=("reference", "fused"),
+        choices=BACKENDS,
         default=d["backend"],
-        help="PyTorch ops or Triton kernels (default %(default)s)",
+        help="PyTorch ops, the Triton kernels, or auto: the Triton kernels where they measured faster than cuDNN "
+        "(conv1 on CUDA; soundnet_fast.model.fused_pays) (default %(default)s)",
     )
     flag("--cuda-graphs", "cuda_graphs", "capture forward+backward+Adam in one CUDA graph (CUDA only)")
     flag("--compile", "compile", "torch.compile the model")
@@ -230,7 +231,8 @@ def config_from_args(args: argparse.Namespace, world_size: int = 1) -> tuple[Tra
 @dataclasses.dataclass(frozen=True)
 class Resolved:
     """What a run will do: ``cfg`` as it runs (``cuda_graphs`` off where there is no CUDA device), the loss's
-    backend (``"fused"`` only with ``--backend fused``, ``--loss kl`` and a fused ``kl_div``), notes to print."""
+    backend (``"fused"`` only with ``--backend fused`` or ``auto``, ``--loss kl`` and a fused ``kl_div``), notes to
+    print."""
 
     cfg: TrainConfig
     loss_backend: str
@@ -258,7 +260,7 @@ def resolve_options(
 
     ``env``: rank, world size and device; ``resuming``: a checkpoint state was loaded (``--resume``);
     ``checkpoint_exists``: ``OUT/checkpoint.pt`` is on disk; ``kernels``: :func:`fused_ops` (looked at only with
-    ``--backend fused``). Raises :class:`TrainError` naming the option, in the order the checks are listed.
+    ``--backend fused`` or ``auto``). Raises :class:`TrainError` naming the option, in the order the checks are listed.
     """
     for name in ("steps", "batch_size", "checkpoint_every", "log_every", "val_every", "max_bad_steps"):
         if getattr(cfg, name) < 1:
@@ -287,11 +289,11 @@ def resolve_options(
         notes.append(f"note: --cuda-graphs needs a CUDA device; running eager steps on {device} instead")
         cfg = dataclasses.replace(cfg, cuda_graphs=False)
     loss_backend = "reference"
-    if cfg.backend == "fused":
+    if cfg.backend in ("fused", "auto"):
         if isinstance(kernels, ImportError):
-            raise TrainError(f"--backend fused: the fused kernels do not import ({kernels})") from kernels
+            raise TrainError(f"--backend {cfg.backend}: the fused kernels do not import ({kernels})") from kernels
         if "conv1d_bn_relu" not in kernels:
-            raise TrainError("--backend fused: soundnet_fast.kernels has no conv1d_bn_relu")
+            raise TrainError(f"--backend {cfg.backend}: soundnet_fast.kernels has no conv1d_bn_relu")
         if cfg.loss == "kl" and "kl_div" in kernels:
             loss_backend = "fused"
         elif cfg.loss == "kl":

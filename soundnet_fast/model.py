@@ -23,12 +23,13 @@ from soundnet_fast.constants import BACKENDS, HEAD_CLASSES, SAMPLE_RATE
 Backend = Literal["reference", "fused", "auto"]
 
 
-def fused_pays(conv: nn.Conv1d, x: Tensor) -> bool:
+def fused_pays(conv: nn.Conv1d, x: Tensor, training: bool) -> bool:
     """``backend="auto"``: whether the fused Triton block beats cuDNN's conv + BatchNorm + ReLU (+ pool) for ``conv``
     on ``x``. A shape rule, measured (bench/results/gpu_check-h200-2026-11-30, H200, bf16, batch 64, 20 s clips,
-    forward + backward per block): the fused waveform conv (C_in 1, conv1) ran 3.0x eager; the fused conv2-conv7
-    (C_in 16-512) 0.37-0.66x. So on CUDA the fused kernels run where C_in is 1, cuDNN everywhere else."""
-    return x.is_cuda and conv.in_channels == 1
+    training forward + backward per block): the fused waveform conv (C_in 1, conv1) ran 3.0x eager; the fused
+    conv2-conv7 (C_in 16-512) 0.37-0.66x. So in training on CUDA the fused kernels run where C_in is 1, cuDNN
+    everywhere else; eval and inference (not measured) keep the reference ops and the folded form."""
+    return training and x.is_cuda and conv.in_channels == 1
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ class Block(nn.Sequential):
     def forward(self, x: Tensor, pool: bool = True) -> Tensor:  # type: ignore[override]
         conv, bn = self[0], self[1]
         pool_k = self.spec.pool if pool else None
-        if self.backend == "fused" or (self.backend == "auto" and fused_pays(conv, x)):  # Triton applies BN itself
+        if self.backend == "fused" or (self.backend == "auto" and fused_pays(conv, x, self.training)):  # Triton: BN too
             from soundnet_fast.kernels import conv_bn_relu_modules  # torch + triton only; imported on use
 
             return conv_bn_relu_modules(x, conv, bn, pool=pool_k, process_group=_sync_group(bn))

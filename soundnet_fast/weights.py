@@ -54,7 +54,8 @@ def load_pretrained(
     (``"soundnet8"``, from the cache that ``soundnet-fast weights fetch`` fills: :mod:`soundnet_fast.releases`);
     returns the model in eval mode. ``model.weights_meta["release"]`` names the release, if it is one.
 
-    ``backend`` is the blocks' implementation, "reference" (PyTorch ops) or "fused" (Triton). Raises
+    ``backend`` is the blocks' implementation, "reference" (PyTorch ops), "fused" (Triton) or "auto"
+    (:func:`soundnet_fast.model.fused_pays`). Raises
     :class:`WeightFileError` naming ``path`` for a missing, empty, truncated or unrecognised file, a file
     whose unpickling would need anything but tensors / numpy arrays (refused, nothing run), and weights that
     do not match the architecture (missing or unexpected keys, wrong shapes).

@@ -165,11 +165,12 @@ def test_build_and_backend_switch() -> None:
 def test_auto_backend_runs_fused_only_where_it_pays(monkeypatch: pytest.MonkeyPatch) -> None:
     """backend="auto": the fused op for the blocks fused_pays accepts (C_in 1 on CUDA), the reference ops elsewhere;
     on a CPU tensor nothing is fused. The fused op is spied on, so the path taken is seen, not inferred."""
-    from soundnet_fast import kernels, model as model_mod
+    from soundnet_fast import kernels
+    from soundnet_fast import model as model_mod
 
     m = build("soundnet8", 4, 3).set_backend("auto").train()
     assert m.backend == "auto"
-    assert model_mod.fused_pays(m.conv1[0], torch.zeros(1)) is False  # CPU: cuDNN's question does not arise
+    assert model_mod.fused_pays(m.conv1[0], torch.zeros(1), True) is False  # CPU: cuDNN's question does not arise
     calls: list[int] = []
     real = kernels.conv_bn_relu_modules
 
@@ -181,10 +182,12 @@ def test_auto_backend_runs_fused_only_where_it_pays(monkeypatch: pytest.MonkeyPa
     x = torch.randn(2, 1, SoundNet8.min_length())
     m(x)
     assert calls == []  # CPU input: the reference ops for every block
-    monkeypatch.setattr(model_mod, "fused_pays", lambda conv, x: conv.in_channels == 1)  # as on CUDA
+    monkeypatch.setattr(model_mod, "fused_pays", lambda conv, x, training: training and conv.in_channels == 1)
     out = m(x)
     assert calls == [1]  # conv1 only
     ref = build("soundnet8", 4, 3).train()
     ref.load_state_dict(m.state_dict())
     for a, b in zip(out, ref(x), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    m.eval()(x)
+    assert calls == [1]  # eval (not measured): the reference ops

@@ -162,7 +162,8 @@ def throughput(ctx: Any, torch: Any, arch: type, classes: tuple[int, int], trunk
             row = {"variant": v, "loss": losses[v], "eager loss": losses["eager"], "rel diff": d, "tol": LOSS_TOL}
             w.row("first-step loss vs eager", row, PASS if d <= LOSS_TOL else FAIL)
     if dev != "cuda":
-        w.row("first-step loss vs eager", {"variant": "fused+graphs", "loss": "skipped: no CUDA"}, SKIP)
+        for v in ("fused+graphs", "auto+graphs"):
+            w.row("first-step loss vs eager", {"variant": v, "loss": "skipped: no CUDA"}, SKIP)
     pred = Predictions(_triton_version(), sz.batch, sz.seconds, ctx.args.predictions)
     dev_name = torch.cuda.get_device_name(0) if dev == "cuda" else "CPU"
     pclips = pred.clips_per_s(device_key(dev_name)) if arch.__name__ == "SoundNet8" else None
@@ -198,11 +199,12 @@ def throughput(ctx: Any, torch: Any, arch: type, classes: tuple[int, int], trunk
                 row["predicted clips/s"] = round(pclips, 1) if pclips else NO_PREDICTION
             w.row("train step (Stepper: forward, KL loss, backward, fused Adam)", row, INFO)
         if dev != "cuda":
-            w.row(
-                "train step (Stepper: forward, KL loss, backward, fused Adam)",
-                {"variant": "fused+graphs", "median ms": "skipped: no CUDA"},
-                SKIP,
-            )
+            for v in ("fused+graphs", "auto+graphs"):
+                w.row(
+                    "train step (Stepper: forward, KL loss, backward, fused Adam)",
+                    {"variant": v, "median ms": "skipped: no CUDA"},
+                    SKIP,
+                )
         _clocks(w, "train step", before, after)
         if arch.__name__ == "SoundNet8":
             w.note(f"Predictions: {pred.source}.")

@@ -62,7 +62,7 @@ class EvalConfig:
     window_seconds: float | None = None
     batch_size: int = 8  # clips per forward pass: memory only, the features do not depend on it
     device: str = "cpu"  # where the network runs (torch device string)
-    backend: str = "reference"  # reference or fused (the Triton kernels, docs/design.md#kernels)
+    backend: str = "reference"  # reference, fused (the Triton kernels, docs/design.md#kernels) or auto
     # The networks run their inference form, BN folded into the convs (SoundNet.inference). Its features equal
     # the plain path's within 1e-5 of their largest value (tests/test_fold.py), so both share one feature cache.
     fold: bool = True

@@ -34,6 +34,8 @@ RUN_FIELDS = (
     "lam",
     "batch_size",
     "lr",
+    "lr_schedule",
+    "warmup_steps",
     "beta1",
     "beta2",
     "seed",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,21 @@ if TYPE_CHECKING:
     from soundnet_fast.train.distributed import DistEnv
 
 DEFAULT_HEADS = dict(HEAD_CLASSES)  # VGG16 ImageNet / Places2 teachers, docs/design.md#teachers-and-targets
+
+
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+
+
+def lr_factor(cfg: TrainConfig, step: int) -> float:
+    """The learning rate of step ``step`` (0-based: the steps done before it) as a fraction of ``cfg.lr``: a linear
+    warm-up over ``cfg.warmup_steps`` ((step + 1) / warmup_steps), then 1 (``constant``) or half a cosine from 1 to
+    0 at ``cfg.steps`` (``cosine``). A function of the step alone, so a resumed run continues it exactly."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "cosine":
+        span = max(cfg.steps - cfg.warmup_steps, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(step - cfg.warmup_steps, span) / span))
+    return 1.0
 
 
 class TrainError(RuntimeError):
@@ -47,6 +63,8 @@ class TrainConfig:
     lam: float = LAMBDA
     batch_size: int = 64  # global, over all ranks (main_train.lua batchSize)
     lr: float = 1e-3  # main_train.lua, docs/design.md#optimiser
+    lr_schedule: str = "constant"  # the recipe's (main_train.lua keeps lr fixed); "cosine": to 0 at `steps`
+    warmup_steps: int = 0  # linear warm-up over the first steps, from lr / warmup_steps to lr
     beta1: float = 0.9  # main_train.lua, docs/design.md#optimiser
     beta2: float = 0.999  # optim.adam's default, which main_train.lua keeps
     steps: int = 100_000  # "about 100 K iterations", docs/design.md#optimiser
@@ -127,6 +145,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--batch-size", type=int, default=d["batch_size"], help="global batch over all ranks (default %(default)s)"
     )
     p.add_argument("--lr", type=float, default=d["lr"], help="Adam learning rate (default %(default)s)")
+    p.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        default=d["lr_schedule"],
+        help="constant (the recipe's) or cosine: half a cosine from lr to 0 at --steps, after any warm-up "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--warmup-steps", type=int, default=d["warmup_steps"], help="linear lr warm-up steps (default %(default)s)"
+    )
     p.add_argument("--beta1", type=float, default=d["beta1"], help="Adam beta1 (default %(default)s)")
     p.add_argument("--steps", type=int, default=d["steps"], help="optimizer steps in all (default %(default)s)")
     p.add_argument(
@@ -139,8 +167,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--backend",
         choices=BACKENDS,
         default=d["backend"],
-        help="PyTorch ops, the Triton kernels, or auto: the Triton kernels where they measured faster than cuDNN "
-        "(conv1 on CUDA; soundnet_fast.model.fused_pays) (default %(default)s)",
+        help="PyTorch ops, the Triton kernels, or auto: the Triton kernels where they measured faster than cuDNN in "
+        "bf16 training on an H200 (conv1 on CUDA; soundnet_fast.model.fused_pays) (default %(default)s)",
     )
     flag("--cuda-graphs", "cuda_graphs", "capture forward+backward+Adam in one CUDA graph (CUDA only)")
     flag("--compile", "compile", "torch.compile the model")
@@ -279,6 +307,15 @@ def resolve_options(
         raise TrainError(f"{path} exists: pass --resume to continue that run, or choose another --out")
     if resuming and cfg.init:
         raise TrainError("--init starts a new run; --resume continues one: pass only one of them")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise TrainError(f"--lr-schedule {cfg.lr_schedule}: choose one of {', '.join(LR_SCHEDULES)}")
+    if not 0 <= cfg.warmup_steps < cfg.steps:
+        raise TrainError(f"--warmup-steps {cfg.warmup_steps}: must be >= 0 and below --steps {cfg.steps}")
+    if cfg.cuda_graphs and (cfg.lr_schedule != "constant" or cfg.warmup_steps):
+        raise TrainError(
+            "--cuda-graphs bakes the learning rate into the captured step (train.step, invariant 3): use a constant "
+            "--lr-schedule with no --warmup-steps, or leave out --cuda-graphs"
+        )
     if cfg.cuda_graphs and cfg.compile:
         raise TrainError(
             "--cuda-graphs and --compile: pick one (torch.compile's mode='reduce-overhead' captures CUDA graphs itself)"
@@ -298,7 +335,9 @@ def resolve_options(
             loss_backend = "fused"
         elif cfg.loss == "kl":
             notes.append("note: soundnet_fast.kernels has no fused kl_div yet; the loss uses the reference ops")
-        if device.type != "cuda":
+        if device.type != "cuda" and cfg.backend == "auto":
+            notes.append(f"note: on {device} --backend auto runs the reference ops (it fuses only on CUDA)")
+        elif device.type != "cuda":
             notes.append(
                 f"note: on {device} the fused ops run their PyTorch reference (or, with "
                 "TRITON_INTERPRET=1, the Triton interpreter): use a CUDA device for speed"

@@ -43,6 +43,7 @@ from soundnet_fast.train.config import (
     config_from_args,
     fused_ops,
     head_sizes,
+    lr_factor,
     resolve_options,
 )
 from soundnet_fast.train.distributed import DistEnv, StopSignals, convert_sync_bn, init_distributed, wrap_ddp
@@ -120,7 +121,7 @@ class Trainer:
             env,
             resuming=state is not None,
             checkpoint_exists=os.path.exists(self.ckpt_path),
-            kernels=fused_ops() if cfg.backend == "fused" else frozenset(),
+            kernels=fused_ops() if cfg.backend in ("fused", "auto") else frozenset(),
         )
         self.cfg = cfg = resolved.cfg
         self.loss_backend = resolved.loss_backend
@@ -205,6 +206,11 @@ class Trainer:
             # The fused kernels follow this flag too (conv1d_bn_relu's deterministic=None). warn_only: an op
             # without a deterministic version warns rather than stopping a long run.
             torch.use_deterministic_algorithms(True, warn_only=True)
+        # Every batch has the same shapes: let cuDNN time its algorithms once (as the H200 figures in README.md were
+        # measured), unless the run must repeat bit for bit. close() restores the flag.
+        self._was_benchmark = torch.backends.cudnn.benchmark
+        if self.device.type == "cuda" and not cfg.deterministic:
+            torch.backends.cudnn.benchmark = True
 
     # ----------------------------------------------------------------------------------- the loop
     def fit(self, max_seconds: float | None = None, *, on_checkpoint: Callable[[int], None] | None = None) -> int:
@@ -225,12 +231,16 @@ class Trainer:
             return DONE
         self._say(self._summary())
         shown = self.env.main and progress_enabled(cfg.progress)
+        scheduled = cfg.lr_schedule != "constant" or cfg.warmup_steps > 0  # else lr stays the optimizer's float
         with StopSignals() as stop, Progress("train", cfg.steps, completed=self.step, enabled=shown) as bar:
             while True:  # epochs: the loader resumes mid-epoch, then starts the next one
                 with contextlib.closing(iter(self.loader)) as batches:
                     for audio, targets in batches:
                         if cfg.cuda_graphs and self.stepper.graph is None:
                             self.stepper.capture(audio, targets, warmup=11 if self.env.world > 1 else 3)
+                        if scheduled:
+                            for group in self.optimizer.param_groups:
+                                group["lr"] = cfg.lr * lr_factor(cfg, self.step)
                         self.stepper.step(audio, targets)
                         self.step += 1
                         bar.advance()
@@ -396,6 +406,7 @@ class Trainer:
         self.net = self.stepper = self.loader = self.val_loader = None  # type: ignore[assignment]
         if self.cfg.deterministic:
             torch.use_deterministic_algorithms(self._was_deterministic)
+        torch.backends.cudnn.benchmark = self._was_benchmark
 
 
 __all__ = [

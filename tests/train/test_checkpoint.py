@@ -20,8 +20,10 @@ from soundnet_fast.weights import save_native
 from tests.helpers.train import REPO, assert_same_run, child_env, make_shards, train_cmd
 
 STEPS = 15
+# A warm-up and a cosine schedule: the learning rate is a function of the step, so a resumed run continues it.
 ARGS = ["--model", "soundnet5", "--batch-size", "2", "--steps", str(STEPS), "--checkpoint-every", "3",
-        "--log-every", "1", "--progress", "off", "--no-tensorboard"]  # fmt: skip
+        "--log-every", "1", "--progress", "off", "--no-tensorboard", "--lr-schedule", "cosine",
+        "--warmup-steps", "2"]  # fmt: skip
 
 
 def _last_step(path) -> int:
@@ -74,6 +76,10 @@ def test_killed_and_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_pat
     assert train.main(["--out", str(run), "--resume"]) == 0
 
     assert_same_run(ref, run, STEPS)
+    # The schedule ran: the last step's learning rate is the cosine's, near 0 (the optimizer state keeps it).
+    lr = ckpt.load(run / ckpt.CHECKPOINT)["optimizer"]["param_groups"][0]["lr"]
+    cfg = train.TrainConfig(steps=STEPS, lr_schedule="cosine", warmup_steps=2)
+    assert lr == pytest.approx(cfg.lr * train.lr_factor(cfg, STEPS - 1)) and 0 < lr < 0.05 * cfg.lr
 
 
 def test_resume_at_the_end_does_nothing_and_more_steps_continue(tmp_path, capsys):

@@ -67,13 +67,13 @@ def old_rebuild_loop(cfg: demo.DemoConfig, paths: dict[str, str], device: str, c
     deadline = time.perf_counter() + cfg.minutes * 60.0 - spent
     env = init_distributed(device)
     try:
-        while step < cfg.max_steps:
+        while step < cfg.steps:
             left = deadline - time.perf_counter()
             if left <= 0 and (rate is not None or step > 0):
                 break
             # Rounds of ~30 s (at the measured rate) keep the overshoot of the budget small.
             chunk = 5 if rate is None else max(min(10, int(rate * left) + 1), int(rate * min(left, 30.0)))
-            chunk = min(chunk, cfg.max_steps - step)
+            chunk = min(chunk, cfg.steps - step)
             state = ckpt.load(path) if os.path.exists(path) else None
             t0 = time.perf_counter()
             trainer = Trainer(dataclasses.replace(base, steps=step + chunk), env, state)
@@ -120,7 +120,7 @@ def compare(cfg: demo.DemoConfig, shards: str, device: str, console: Any) -> dic
     scratch = os.path.join(cfg.out, "budget-warmup")
     shutil.rmtree(scratch, ignore_errors=True)
     old_rebuild_loop(
-        dataclasses.replace(cfg, minutes=0.0, max_steps=1), {"shards": shards, "run": scratch}, device, console
+        dataclasses.replace(cfg, minutes=0.0, steps=1), {"shards": shards, "run": scratch}, device, console
     )
     shutil.rmtree(scratch, ignore_errors=True)
     result: dict[str, Any] = {}
@@ -182,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = demo.DemoConfig(
         out=args.out,
         minutes=args.minutes,
+        steps=10**9,  # the budget alone stops both loops
+        lr_schedule="constant",  # the loops compared ran the recipe's constant learning rate
         arch=args.arch,
         clip_seconds=demo.CLIP_SECONDS[args.arch],
         batch_size=args.batch_size,

@@ -7,7 +7,7 @@ APIs, on a synthetic world (``synth``):
 1. world     demo teachers (small CNNs on labeled frames, saved as TorchScript), MP4 videos, and a labeled
              sound set in the ESC-50 layout (``synth``, ``synth_video``, ``synth_teachers``)
 2. prepare   videos -> shards through the teacher registry (``prepare.prepare``)
-3. train     distillation (``train.Trainer``) for a wall-clock budget (``--minutes``)
+3. train     distillation (``train.Trainer``) for a fixed number of steps (``--steps``; ``--minutes``: a budget)
 4. evaluate  5-fold SVM transfer on the labeled set with the baselines (``evaluate.evaluate``)
 
 The defaults fit 2 CPU cores: SoundNet-5 on 3 s clips (one teacher frame per clip, T = 1 head step;
@@ -36,12 +36,15 @@ EVAL_CS = (1e-3, 1e-2, 1e-1)
 # SoundNet-5 takes 3 s over 5 s: 1.7x the steps and twice the distinct sound instances in the same budget
 # (measured on the earlier chirp/fall world, 2-core CPU, seed 0: distilled 78.5 % vs 77.2 %).
 CLIP_SECONDS = {"soundnet5": 3.0, "soundnet8": 10.0}
+# Training length by default (README.md, "The demo", says how it was chosen).
+STEPS = 600
 
 
 @dataclass
 class DemoConfig:
     out: str = "demo_out"  # in .gitignore
-    minutes: float = 8.0  # training budget (wall clock)
+    steps: int = STEPS  # training length: the same student on every machine
+    minutes: float | None = None  # a wall-clock budget instead (stops at the budget or at steps): results vary
     seed: int = 0  # the world's seed; also training's unless train_seed is given
     train_seed: int | None = None  # initialisation, data order and the random baselines
     arch: str = "soundnet5"
@@ -51,12 +54,13 @@ class DemoConfig:
     per_fold: int = 8  # labeled clips per class per fold (ESC-50 has 8)
     batch_size: int = 16
     lr: float = 1e-3
+    lr_schedule: str = "cosine"
+    warmup_steps: int = 0
     teacher_frames: int = 2000
     teacher_epochs: int = 8
     plots: bool = True
     workers: int = 2
     device: str = "auto"
-    max_steps: int = 1_000_000  # a hard cap besides the time budget (tests use it)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -64,7 +68,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = DemoConfig()
     clips = " or ".join(f"{arch} on {s:g} s clips" for arch, s in CLIP_SECONDS.items())
     p.add_argument("--out", default=d.out, help="working folder (default %(default)s/; rerun to resume)")
-    p.add_argument("--minutes", type=float, default=d.minutes, help="training budget (default %(default)s)")
+    p.add_argument(
+        "--steps", type=int, default=d.steps, help="training steps: the same table on any machine (default %(default)s)"
+    )
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=d.minutes,
+        help="a wall-clock training budget instead, for slow machines: training stops at the budget or at --steps, "
+        "whichever comes first, so results then depend on the machine",
+    )
     p.add_argument(
         "--seed", type=int, default=d.seed, help="the world's seed, and training's by default (default %(default)s)"
     )
@@ -88,11 +101,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="training batch (default %(default)s)")
     p.add_argument(
-        "--workers", type=int, default=d.workers, help="processes for the world and prepare (default %(default)s)"
+        "--workers",
+        type=int,
+        default=d.workers,
+        help="processes for the world, prepare and the evaluation's SVM fits (default %(default)s)",
     )
     p.add_argument("--device", default=d.device, help="auto (a GPU when there is one), cpu, cuda (default %(default)s)")
     p.add_argument("--teacher-frames", type=int, default=d.teacher_frames, help=argparse.SUPPRESS)
-    p.add_argument("--max-steps", type=int, default=d.max_steps, help=argparse.SUPPRESS)
     p.add_argument(
         "--check",
         action="store_true",
@@ -115,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         device=args.device,
         teacher_frames=args.teacher_frames,
-        max_steps=args.max_steps,
+        steps=args.steps,
     )
     if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
         raise UsageError(f"{cfg.out}: not a folder (--out is the demo's working folder)")
@@ -152,6 +167,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     console = stderr_console()
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     paths = {k: os.path.join(cfg.out, k) for k in ("teachers", "videos", "labeled", "shards", "run", "eval")}
+    if cfg.train_seed is not None and cfg.train_seed != cfg.seed:  # another student of the same world: its own run
+        paths |= {k: os.path.join(cfg.out, f"{k}-train-seed{cfg.train_seed}") for k in ("run", "eval")}
     os.makedirs(cfg.out, exist_ok=True)
     _check_same_world(cfg)
     console.rule("[bold]SoundNet demo: distillation from a synthetic audio-visual world")
@@ -159,7 +176,12 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     console.print(
         f"{cfg.arch} on {cfg.clip_seconds:g} s clips, one teacher frame per clip (SoundNet-5 and short clips fit a "
         f"2-core CPU budget; SoundNet-8 needs >= 9.5 s clips), device {device}, world seed {cfg.seed}, "
-        f"training seed {train_seed}, training budget {cfg.minutes:g} min"
+        f"training seed {train_seed}, "
+        + (
+            f"{cfg.steps} training steps"
+            if cfg.minutes is None
+            else f"training budget {cfg.minutes:g} min (results depend on the machine; at most {cfg.steps} steps)"
+        )
     )
     t_all = time.perf_counter()
 
@@ -318,34 +340,36 @@ def teacher_agreement(shards: str, videos: str, data: Any) -> float:
 
 
 def _train(cfg: DemoConfig, paths: dict[str, str], device: str, console: Any) -> int:
-    """Distil for ``cfg.minutes`` of wall clock: one ``train.Trainer``, ``fit(max_seconds=<budget left>)``.
+    """Distil for ``cfg.steps`` steps (or, with ``cfg.minutes``, until that wall-clock budget runs out if it comes
+    first): one ``train.Trainer``, ``fit(max_seconds=<budget left>)``.
 
-    It checkpoints every ``every`` steps and when the budget runs out; after each checkpoint the seconds spent so
-    far go to RUN/demo_train_seconds.json and a progress line is printed. A rerun with the same --out (after a
-    kill, say) resumes the last checkpoint exactly, with what is left of the budget. Returns the steps.
+    It checkpoints every ``every`` steps and at the end; after each checkpoint the seconds spent so far go to
+    RUN/demo_train_seconds.json and a progress line is printed. A rerun with the same --out (after a kill, say)
+    resumes the last checkpoint exactly (a budget: with what is left of it). Returns the steps.
     """
     from soundnet_fast.fsutil import atomic_write_text
     from soundnet_fast.train import checkpoint as ckpt
     from soundnet_fast.train.distributed import init_distributed
     from soundnet_fast.train.trainer import DONE, TIME_UP, TrainConfig, Trainer
 
-    # Steps between checkpoints: what a kill can lose. ~30 s on a 2-core CPU (0.6-1.2 steps/s of batch 16, measured
-    # with bench/demo_train_budget.py), as the rounds of the loop before fit(max_seconds); one costs ~30 ms.
+    # Steps between checkpoints: what a kill can lose, ~30 s on a 2-core CPU; one costs ~30 ms.
     every = 30
-    first = 5  # a fresh run with no budget still takes these steps, so there is a student to evaluate
+    first = 5  # a fresh run with no budget left still takes these steps, so there is a student to evaluate
     path = ckpt.checkpoint_path(paths["run"])
     spent_path = os.path.join(paths["run"], "demo_train_seconds.json")
     state, spent = None, 0.0
     if os.path.exists(path):
         state = ckpt.load(path)
-        if os.path.exists(spent_path):  # a rerun spends only what is left of the budget
+        _check_same_student(path, state.get("config", {}), cfg)
+        if os.path.exists(spent_path):  # a rerun spends only what is left of a budget
             with open(spent_path, encoding="utf-8") as f:
                 spent = float(json.load(f)["seconds"])
-        console.print(f"resuming {path} at step {int(state['step'])} ({spent / 60:.1f} min of the budget spent)")
+        console.print(f"resuming {path} at step {int(state['step'])} ({spent / 60:.1f} min spent)")
     step = 0 if state is None else int(state["step"])
     t0 = time.perf_counter()
-    deadline = t0 + cfg.minutes * 60.0 - spent
-    if step >= cfg.max_steps or (step > 0 and deadline <= t0):
+    deadline = None if cfg.minutes is None else t0 + cfg.minutes * 60.0 - spent
+    out_of_time = deadline is not None and deadline <= t0
+    if step >= cfg.steps or (step > 0 and out_of_time):
         return step
     train_cfg = TrainConfig(
         shards=paths["shards"],
@@ -353,9 +377,11 @@ def _train(cfg: DemoConfig, paths: dict[str, str], device: str, console: Any) ->
         model=cfg.arch,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
+        lr_schedule=cfg.lr_schedule,
+        warmup_steps=cfg.warmup_steps,
         seed=cfg.seed if cfg.train_seed is None else cfg.train_seed,
         device=device,
-        steps=cfg.max_steps if deadline > t0 else min(first, cfg.max_steps),
+        steps=min(first, cfg.steps) if out_of_time else cfg.steps,
         checkpoint_every=every,
         log_every=10,
         progress="off",
@@ -368,13 +394,14 @@ def _train(cfg: DemoConfig, paths: dict[str, str], device: str, console: Any) ->
         atomic_write_text(spent_path, json.dumps({"seconds": spent + now - t0}) + "\n")
         rate = (at - last["step"]) * cfg.batch_size / max(now - last["t"], 1e-6)
         last.update(step=at, t=now)
-        console.print(f"train: step {at}, {rate:.1f} clips/s, {max(deadline - now, 0) / 60:.1f} min left")
+        left = f"{max(deadline - now, 0) / 60:.1f} min left" if deadline is not None else f"of {cfg.steps}"
+        console.print(f"train: step {at} {left}, {rate:.1f} clips/s")
 
     env = init_distributed(device)
     try:
         trainer = Trainer(train_cfg, env, state)
         try:
-            left = deadline - time.perf_counter() if deadline > t0 else None
+            left = deadline - time.perf_counter() if deadline is not None and not out_of_time else None
             code = trainer.fit(max_seconds=left, on_checkpoint=checkpointed)
             step = trainer.step
         finally:
@@ -384,6 +411,23 @@ def _train(cfg: DemoConfig, paths: dict[str, str], device: str, console: Any) ->
     if code not in (DONE, TIME_UP):  # stopped by a signal: the checkpoint holds the step it reached
         raise RuntimeError(f"training stopped (exit {code}); rerun the demo with the same --out to resume")
     return step
+
+
+def _check_same_student(path: str, saved: dict[str, Any], cfg: DemoConfig) -> None:
+    """Refuse to resume (or to evaluate) a checkpoint trained with other settings than ``cfg`` asks for: its student
+    would be reported as this run's. ``steps`` may grow: the run trains on to the new length."""
+    want = {
+        "seed": cfg.seed if cfg.train_seed is None else cfg.train_seed,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "lr_schedule": cfg.lr_schedule,
+        "warmup_steps": cfg.warmup_steps,
+        "model": cfg.arch,
+    }
+    diff = {k: (saved.get(k), v) for k, v in want.items() if saved.get(k) != v}
+    if diff:
+        shown = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in diff.items())
+        raise ValueError(f"{path}: this student was trained with other settings ({shown}); choose another --out")
 
 
 def _evaluate(cfg: DemoConfig, paths: dict[str, str], device: str, console: Any) -> dict[str, Any]:
@@ -405,6 +449,7 @@ def _evaluate(cfg: DemoConfig, paths: dict[str, str], device: str, console: Any)
         # (docs/design.md#transfer-evaluation): the default six-value grid with C up to 10 costs minutes of
         # liblinear iterations on a small CPU.
         Cs=EVAL_CS,
+        n_jobs=cfg.workers,  # the search's SVM fits in parallel: training is over, the cores are free
         device=device,
         seed=cfg.seed if cfg.train_seed is None else cfg.train_seed,
         plots=cfg.plots,

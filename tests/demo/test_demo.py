@@ -62,7 +62,6 @@ def test_miniature_world_through_every_stage(tmp_path, capsys) -> None:
 
     cfg = demo.DemoConfig(
         out=str(tmp_path / "demo"),
-        minutes=0.0,
         videos=3,
         segments=2,
         per_fold=1,
@@ -71,7 +70,7 @@ def test_miniature_world_through_every_stage(tmp_path, capsys) -> None:
         teacher_epochs=2,
         workers=1,
         device="cpu",
-        max_steps=3,
+        steps=3,
         plots=False,
     )
     res = demo.run_demo(cfg)
@@ -86,7 +85,7 @@ def test_miniature_world_through_every_stage(tmp_path, capsys) -> None:
     assert manifest["teachers"]["objects"]["class_names"] == [s for s, _ in synth.OBJECTS]
     assert manifest["teachers"]["scenes"]["num_classes"] == len(synth.SCENES)
 
-    assert res["train_steps"] >= 3
+    assert res["train_steps"] == 3
     saved = json.loads(open(os.path.join(cfg.out, "demo.json")).read())
     assert set(saved["rows"]) == {"soundnet", "random_init", "random_bn", "mfcc"}
     for row in saved["rows"].values():
@@ -120,3 +119,31 @@ def test_a_clip_too_short_for_the_student_is_refused_before_any_work(tmp_path) -
     with pytest.raises(ValueError, match=r"--clip-seconds 2 is too short for soundnet5: .*56,798 samples"):
         demo.run_demo(cfg)
     assert not os.path.exists(cfg.out)
+
+
+def test_training_length_is_steps_by_default_and_a_budget_only_when_asked(tmp_path) -> None:
+    """--steps fixes the student (a rerun finds it done); --minutes stops at the budget: with none left a fresh run
+    still takes its first 5 steps, so there is a student to evaluate."""
+    from soundnet_fast.console import stderr_console
+    from tests.helpers.train import make_shards
+
+    shards = make_shards(tmp_path / "shards", num_clips=4)
+    console = stderr_console()
+
+    def train(run: str, **kw) -> int:
+        cfg = demo.DemoConfig(batch_size=2, device="cpu", **kw)
+        return demo._train(cfg, {"shards": shards, "run": str(tmp_path / run)}, "cpu", console)
+
+    assert demo.DemoConfig().minutes is None and demo.DemoConfig().steps == demo.STEPS
+    assert train("fixed", steps=3) == 3
+    assert train("fixed", steps=3) == 3  # done: the rerun resumes at the end and trains nothing
+    from soundnet_fast.train import checkpoint as ckpt
+
+    saved = ckpt.load(ckpt.checkpoint_path(str(tmp_path / "fixed")))
+    assert saved["config"]["lr_schedule"] == "cosine" and saved["config"]["steps"] == 3
+    assert train("budget", steps=50, minutes=0.0) == 5
+    # A student trained otherwise is never reported as this run's.
+    with pytest.raises(ValueError, match=r"trained with other settings \(lr 0.001 -> 0.002\); choose another --out"):
+        train("fixed", steps=3, lr=2e-3)
+    with pytest.raises(ValueError, match=r"seed 0 -> 4"):
+        train("fixed", steps=3, train_seed=4)

@@ -107,6 +107,23 @@ def _status_kib(field: str) -> int:
     raise OSError(f"{field} not in /proc/self/status")
 
 
+def write_random_shards(out: Any, clips: int, seconds: float, amplitude: int, clips_per_shard: int) -> None:
+    """``clips`` random int16 clips of ``seconds`` (uniform in +-``amplitude``) into shards at ``out``, two teachers
+    of the released head sizes (uniform posteriors, 4 frames per clip, one per 5 s), seeded: the benches' data."""
+    import numpy as np
+
+    from soundnet_fast.constants import HEAD_CLASSES
+    from soundnet_fast.data.shards import ShardWriter
+
+    samples = int(seconds * SAMPLE_RATE)
+    teachers = {name: {"num_classes": n} for name, n in HEAD_CLASSES.items()}
+    probs = {t: np.full((4, v["num_classes"]), 1.0 / v["num_classes"], np.float32) for t, v in teachers.items()}
+    rng = np.random.default_rng(0)
+    with ShardWriter(out, teachers, SAMPLE_RATE, samples, 4, 5.0, clips_per_shard=clips_per_shard) as w:
+        for i in range(clips):
+            w.add(rng.integers(-amplitude, amplitude, samples, dtype=np.int16), probs, {"video": f"v{i}"})
+
+
 def sync() -> None:
     if ON_GPU:
         torch.cuda.synchronize()

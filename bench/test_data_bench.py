@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.conftest import Sizes
-from soundnet_fast.constants import HEAD_CLASSES, SAMPLE_RATE
+from bench.conftest import Sizes, write_random_shards
+from soundnet_fast.constants import SAMPLE_RATE
 from soundnet_fast.data.loader import ShardLoader
-from soundnet_fast.data.shards import ShardWriter, read_manifest
+from soundnet_fast.data.shards import read_manifest
 from soundnet_fast.prepare import run as prepare
 from tests.helpers.media import write_video
 
@@ -145,13 +145,7 @@ def loader_shards(tmp_path_factory: pytest.TempPathFactory, sizes: Sizes) -> tup
     """Random int16 clips of 20 s (1 s in smoke mode) with two teachers of the released sizes."""
     out = tmp_path_factory.mktemp("bench_shards")
     seconds, clips, batch = (1.0, 8, 4) if sizes.smoke else (20.0, 96, 16)
-    samples = int(seconds * SAMPLE_RATE)
-    teachers = {name: {"num_classes": n} for name, n in HEAD_CLASSES.items()}
-    rng = np.random.default_rng(0)
-    with ShardWriter(out, teachers, SAMPLE_RATE, samples, 4, 5.0, clips_per_shard=32) as w:
-        for i in range(clips):
-            probs = {t: np.full((4, v["num_classes"]), 1.0 / v["num_classes"], np.float32) for t, v in teachers.items()}
-            w.add(rng.integers(-2000, 2000, samples, dtype=np.int16), probs, {"video": f"v{i}"})
+    write_random_shards(out, clips, seconds, amplitude=2000, clips_per_shard=32)
     return out, clips, batch
 
 

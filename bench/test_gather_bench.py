@@ -19,11 +19,10 @@ import numpy as np
 import pytest
 import torch
 
-from bench.conftest import Sizes
-from soundnet_fast.constants import HEAD_CLASSES, INPUT_SCALE, SAMPLE_RATE
+from bench.conftest import Sizes, write_random_shards
+from soundnet_fast.constants import HEAD_CLASSES, INPUT_SCALE
 from soundnet_fast.data.gather import kernels
 from soundnet_fast.data.loader import ShardLoader
-from soundnet_fast.data.shards import ShardWriter
 
 TARGET = 60_000  # clips/s one H200 trains at (docs/design.md#performance-ceiling)
 
@@ -33,13 +32,7 @@ def gather_shards(tmp_path_factory: pytest.TempPathFactory, sizes: Sizes) -> tup
     """(folder, clips, batch): random int16 clips in shards of 64 with two teachers of the released sizes."""
     out = tmp_path_factory.mktemp("gather_shards")
     seconds, clips, batch = (1.0, 16, 4) if sizes.smoke else (20.0, 256, 64)
-    samples = int(seconds * SAMPLE_RATE)
-    teachers = {name: {"num_classes": n} for name, n in HEAD_CLASSES.items()}
-    rng = np.random.default_rng(0)
-    with ShardWriter(out, teachers, SAMPLE_RATE, samples, 4, 5.0, clips_per_shard=64) as w:
-        for i in range(clips):
-            probs = {t: np.full((4, v["num_classes"]), 1.0 / v["num_classes"], np.float32) for t, v in teachers.items()}
-            w.add(rng.integers(-20000, 20000, samples, dtype=np.int16), probs, {"video": f"v{i}"})
+    write_random_shards(out, clips, seconds, amplitude=20000, clips_per_shard=64)
     return out, clips, batch
 
 

@@ -32,6 +32,7 @@ DEFAULT_HEADS = dict(HEAD_CLASSES)  # VGG16 ImageNet / Places2 teachers, docs/de
 
 
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
+KERNEL_BACKENDS: tuple[str, ...] = ("fused", "auto")  # the --backend values that run soundnet_fast.kernels
 
 
 def lr_factor(cfg: TrainConfig, step: int) -> float:
@@ -326,7 +327,7 @@ def resolve_options(
         notes.append(f"note: --cuda-graphs needs a CUDA device; running eager steps on {device} instead")
         cfg = dataclasses.replace(cfg, cuda_graphs=False)
     loss_backend = "reference"
-    if cfg.backend in ("fused", "auto"):
+    if cfg.backend in KERNEL_BACKENDS:
         if isinstance(kernels, ImportError):
             raise TrainError(f"--backend {cfg.backend}: the fused kernels do not import ({kernels})") from kernels
         if "conv1d_bn_relu" not in kernels:

@@ -36,6 +36,7 @@ from soundnet_fast.errors import UsageError, error_line
 from soundnet_fast.model import build
 from soundnet_fast.train import checkpoint as ckpt
 from soundnet_fast.train.config import (
+    KERNEL_BACKENDS,
     TrainConfig,
     TrainError,
     add_arguments,
@@ -121,7 +122,7 @@ class Trainer:
             env,
             resuming=state is not None,
             checkpoint_exists=os.path.exists(self.ckpt_path),
-            kernels=fused_ops() if cfg.backend in ("fused", "auto") else frozenset(),
+            kernels=fused_ops() if cfg.backend in KERNEL_BACKENDS else frozenset(),
         )
         self.cfg = cfg = resolved.cfg
         self.loss_backend = resolved.loss_backend

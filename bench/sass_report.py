@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.metadata
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,22 +37,9 @@ CACHE = ROOT / ".cache"
 
 def _side_env(version: str, argv: list[str]) -> int | None:
     """Re-run under ``triton==version`` when the importable Triton is another one; None to go on here."""
-    have = importlib.metadata.version("triton")
-    if have == version:
-        return None
-    if os.environ.get("SASS_REPORT_TRITON") == version:
-        raise SystemExit(f"asked for Triton {version} but {have} is imported even with .cache/triton-{version} "
-                         "first on PYTHONPATH")  # fmt: skip
-    target = CACHE / f"triton-{version}"
-    if not (target / "triton" / "__init__.py").exists():
-        print(f"installing triton=={version} into {target} (once)", flush=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
-                        f"triton=={version}"], check=True)  # fmt: skip
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(target), str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
-    env["SASS_REPORT_TRITON"] = version
-    env.pop("TRITON_INTERPRET", None)
-    return subprocess.run([sys.executable, "-m", "bench.sass_report", *argv], env=env, cwd=ROOT).returncode
+    from bench.sass.compile import rerun_with_triton
+
+    return rerun_with_triton(version, "bench.sass_report", argv)
 
 
 def _calibration(cfg: dict) -> dict:

@@ -193,6 +193,10 @@ def test_mma_invariant_on_a_compiled_kernel(monkeypatch, tmp_path) -> None:
     st = analyse(comp["sass"])
     row = run.model_launch(lc, spec, bound, comp, st)
     assert row["mma"]["invariant"] == "PASS" and row["detail"]["bytes_invariant"] == "PASS"
+    # the stall term (bench/sass/stalls.py) from nvdisasm -hex: every instruction costs its warp >= 1 cycle
+    assert row["detail"]["fixed_stall_mean"] >= 1.0
+    assert row["detail"]["warp_cycles"] >= row["warp_instructions"]
+    assert "dependency" in row["detail"]["bounds_us"]
     assert row["detail"]["loops"][0]["range"] == "range(0, R, BLOCK_R)"
     assert row["detail"]["loops"][0]["trips_mean"] == 512 // 64
 

@@ -18,6 +18,7 @@ _LOC = re.compile(r'^\s*//## File "([^"]+)", line (\d+)')
 _LABEL = re.compile(r"^([.\w$]+):\s*$")
 _TARGET = re.compile(r"`\(([^)]+)\)")
 _PRED = re.compile(r"^@(!?)(U?P[T0-9]+)\s+")
+_HI_WORD = re.compile(r"^\s*/\*\s*0x([0-9a-f]{16})\s*\*/\s*$")  # nvdisasm -hex: an instruction's second 64-bit word
 
 Frame = tuple[str, int]  # (file, line)
 
@@ -29,6 +30,7 @@ class Instr:
     opcode: str  # full mnemonic with modifiers, e.g. "LDG.E.U16"
     operands: str
     loc: tuple[Frame, ...]  # innermost frame first, outermost (the kernel) last
+    ctrl: int | None = None  # the scheduling control bits (bench/sass/stalls.py), when parsed from ``-hex`` output
 
     @property
     def base(self) -> str:
@@ -48,13 +50,20 @@ class Instr:
 def parse(sass: str) -> tuple[list[Instr], dict[str, int]]:
     """Instructions (in address order) of the first function in ``sass`` and label -> instruction index.
 
-    ``-gi`` prints, when the source location changes, one ``//## File`` line per inlining level
-    (innermost first); the location holds for the instructions that follow."""
+    With ``-hex``, each instruction's control bits (bits 105-125 of the 128-bit word, i.e. bits 41-63 of the
+    second 64-bit word printed on the line after it) are kept in ``Instr.ctrl``. ``-gi`` prints, when the
+    source location changes, one ``//## File`` line per inlining level (innermost first); the location holds
+    for the instructions that follow."""
     instrs: list[Instr] = []
     labels: dict[str, int] = {}
     loc: tuple[Frame, ...] = ()
     pending: list[Frame] = []
     for line in sass.splitlines():
+        h = _HI_WORD.match(line)
+        if h:
+            if instrs and instrs[-1].ctrl is None:
+                instrs[-1].ctrl = int(h.group(1), 16) >> 41
+            continue
         m = _LOC.match(line)
         if m:
             pending.append((m.group(1), int(m.group(2))))

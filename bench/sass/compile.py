@@ -9,16 +9,19 @@ attributes, exactly as a launch on an H100 would. Meta tensors stand in for devi
 GPU, where the caching allocator's blocks are 512-byte aligned).
 
 Compiles run in a pool of worker processes sharing ``TRITON_CACHE_DIR``; each worker also runs the
-wheel's ``cuobjdump -res-usage`` and ``nvdisasm -c -gi`` (SASS with inlined line info) on the cubin.
+wheel's ``cuobjdump -res-usage`` and ``nvdisasm -c -gi -hex`` (SASS with inlined line info and the
+encodings, whose control bits give each instruction's stall count) on the cubin.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.metadata
 import os
 import re
 import subprocess
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterable
@@ -109,6 +112,29 @@ def specialise(kernel, args: tuple, kwargs: dict, be=None) -> tuple[Spec, dict[s
     return spec, dict(bound)
 
 
+def rerun_with_triton(version: str, module: str, argv: list[str]) -> int | None:
+    """Run ``python -m module argv`` again under ``triton==version`` (installed once, without dependencies,
+    into ``.cache/triton-<version>`` and put first on PYTHONPATH) when the importable Triton is another one;
+    returns its exit status, or None when this process already has that version (go on here)."""
+    have = importlib.metadata.version("triton")
+    if have == version:
+        return None
+    marker = f"{module}:{version}"
+    if os.environ.get("SASS_SIDE_TRITON") == marker:
+        raise SystemExit(f"asked for Triton {version} but {have} is imported even with .cache/triton-{version} "
+                         "first on PYTHONPATH")  # fmt: skip
+    target = CACHE / f"triton-{version}"
+    if not (target / "triton" / "__init__.py").exists():
+        print(f"installing triton=={version} into {target} (once)", flush=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
+                        f"triton=={version}"], check=True)  # fmt: skip
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(target), str(ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+    env["SASS_SIDE_TRITON"] = marker
+    env.pop("TRITON_INTERPRET", None)
+    return subprocess.run([sys.executable, "-m", module, *argv], env=env, cwd=ROOT).returncode
+
+
 def tool(name: str) -> Path:
     import triton
 
@@ -144,8 +170,8 @@ def compile_spec(spec: Spec, kernel=None, sass: bool = True) -> dict[str, Any]:
                              text=True, check=True).stdout  # fmt: skip
         text = ""
         if sass:
-            text = subprocess.run([str(tool("nvdisasm")), "-c", "-gi", str(cubin)], capture_output=True, text=True,
-                                  check=True).stdout  # fmt: skip
+            text = subprocess.run([str(tool("nvdisasm")), "-c", "-gi", "-hex", str(cubin)], capture_output=True,
+                                  text=True, check=True).stdout  # fmt: skip
     m = _RES.search(res)
     if m is None:
         raise RuntimeError(f"cuobjdump -res-usage: no usage line for {spec.name}:\n{res}")

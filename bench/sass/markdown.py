@@ -58,7 +58,8 @@ def markdown(data: dict[str, Any]) -> str:
     )
     w(
         "3. Compile for sm_90a; registers / stack from `cuobjdump -res-usage`, shared memory from the kernel "
-        "metadata; SASS from `nvdisasm -c -gi` (inlined line info)."
+        "metadata; SASS from `nvdisasm -c -gi -hex` (inlined line info; the encodings' control bits give each "
+        "instruction's stall count and scoreboards)."
     )
     w(
         "4. CFG of the SASS, natural loops from back-edges; each SASS loop is mapped to its source `for` by "
@@ -69,12 +70,17 @@ def markdown(data: dict[str, Any]) -> str:
     )
     w(
         "5. Per launch: warp-instructions by pipe, MMA by kind, bytes per memory space (32 lanes x width), "
-        "occupancy, waves; time = max(issue, each pipe, tensor, L2, DRAM, latency) + launch cost; the step is "
-        "the sum over launches (no overlap: a pessimistic bound) plus the torch ops."
+        "occupancy, waves; time = max(issue, each pipe, tensor, L2, DRAM, latency, dependency) + launch cost; "
+        "the step is the sum over launches (no overlap: a pessimistic bound) plus the torch ops. `dependency` "
+        "(bench/sass/stalls.py): one warp's own cycles (stall counts plus the part of a load's latency the "
+        "instructions after it do not cover), with the warps a scheduler holds queueing for the issue slot and "
+        "the pipes (mean value analysis); checked against the H200's measured kernel times by "
+        "`python -m bench.sass.validate` (bench/results/sass_validate-h200-2026-11-30.json)."
     )
     w(
-        "   `bound` (JSON, H200) is one of issue | int | tensor | L2 | DRAM | latency: int = the integer ALU or "
-        "IMAD pipe, issue = total issue or another pipe (fp32, MIO, XU); `detail.bound_H200` names the pipe."
+        "   `bound` (JSON, H200) is one of issue | int | tensor | L2 | DRAM | latency | dependency: int = the "
+        "integer ALU or IMAD pipe, issue = total issue or another pipe (fp32, MIO, XU); `detail.bound_H200` "
+        "names the pipe."
     )
     w(
         "6. Invariants: dynamic MMA FLOPs == FLOPs of the `tl.dot` shapes padded to the blocks x the times the "
@@ -181,11 +187,12 @@ def _headline(data: dict, w) -> None:
     for c in data["configs"]:
         bt = c["per_clip"]["binding_time_us"]["H200"]
         tops[_cfg_name(c)] = max(bt, key=lambda k: bt[k])
-    issue = [k for k, v in tops.items() if v.startswith("pipe:") or v == "issue"]
+    issue = [k for k, v in tops.items() if v.startswith("pipe:") or v in ("issue", "dependency")]
     other = [f"{k} ({v})" for k, v in tops.items() if k not in issue]
     w(
-        f"Largest share of the predicted time: instruction issue (the integer pipes: address and index "
-        f"arithmetic of the im2col gathers, `m // T`, `r % K`, masks) in {len(issue)} of {len(tops)} "
+        f"Largest share of the predicted time: instruction issue (few warps per scheduler, each waiting on its "
+        f"own dependencies, over a stream dominated by the integer pipes: address and index arithmetic of the "
+        f"im2col gathers, `m // T`, `r % K`, masks) in {len(issue)} of {len(tops)} "
         "configurations" + (f"; {', '.join(other)} otherwise" if other else "") + ". Tensor cores and HBM are "
         "far from binding: the fused kernels move a fraction of the HBM bytes of eager or compile, yet are "
         "predicted slower than those bytes bounds until that arithmetic leaves the inner loops."

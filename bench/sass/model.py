@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from . import cfg as cfgmod
+from . import stalls
 from .cfg import Cfg
 from .trips import block_frequencies, loop_trips
 
@@ -114,6 +115,7 @@ class Static:
     mem: dict[int, dict[str, int]]  # bytes per warp-instruction summed per space
     mma: dict[int, dict[tuple, int]]  # (kind, m, n, k, operands) -> instructions
     mma_flops: dict[int, float]  # per warp per execution of the block
+    cycles: dict[int, float] | None = None  # one warp's cycles per execution (stalls.block_cycles); None: no -hex
 
 
 def analyse(sass: str) -> Static:
@@ -142,7 +144,8 @@ def analyse(sass: str) -> Static:
                 mm[s] = mm.get(s, 0) + 1
                 fl += cfgmod.mma_flops_per_warp_instr(i)
         pipes[b], mem[b], mma[b], mflops[b] = pc, mc, mm, fl
-    return Static(g, count, pipes, mem, mma, mflops)
+    has_ctrl = all(i.ctrl is not None for b in g.reachable for i in g.instrs_of(b))
+    return Static(g, count, pipes, mem, mma, mflops, stalls.block_cycles(g) if has_ctrl else None)
 
 
 def tensor_args(kernel, bound: dict[str, Any], signature: tuple, params_used: list[int]) -> list[torch.Tensor]:
@@ -162,10 +165,13 @@ def dynamic(st: Static, bound: dict[str, Any], grid: tuple[int, ...], num_warps:
     launch = {k: v for k, v in bound.items() if not isinstance(v, torch.Tensor)}
     loops = loop_trips(st.cfg, launch, grid)
     freq = block_frequencies(st.cfg, [lp["trips"] for lp in loops], grid)
-    tot: dict[str, Any] = {"warp_instructions": 0.0, "pipes": {}, "mem": {}, "mma": {}, "mma_flops": 0.0}
+    tot: dict[str, Any] = {"warp_instructions": 0.0, "pipes": {}, "mem": {}, "mma": {}, "mma_flops": 0.0,
+                           "warp_cycles": 0.0 if st.cycles is not None else None}  # fmt: skip
     for b, f in freq.items():
         w = f * num_warps
         tot["warp_instructions"] += st.count[b] * w
+        if st.cycles is not None:
+            tot["warp_cycles"] += st.cycles[b] * w
         for p, n in st.pipes[b].items():
             tot["pipes"][p] = tot["pipes"].get(p, 0.0) + n * w
         for s, n in st.mem[b].items():
@@ -197,6 +203,7 @@ def dynamic(st: Static, bound: dict[str, Any], grid: tuple[int, ...], num_warps:
             }
         )
     tot["per_thread_per_program"] = tot["warp_instructions"] / num_warps / programs
+    tot["fixed_stall_mean"] = stalls.fixed_stall_mean(st.cfg, freq) if st.cycles is not None else None
     mem = tot["mem"]
     tot["mem_l1"] = sum(mem.get(k, 0.0) for k in ("global_ld", "local_ld", "local_st", "shared_ld", "shared_st"))
     return tot
@@ -241,6 +248,19 @@ def times(dev: Device, tot: dict[str, Any], grid: tuple[int, ...], num_warps: in
         chain += lp["iterations_per_program"] * exposed
     waves = math.ceil(ctas / (resident * dev.sms))
     b["latency"] = waves * chain / clk
+    if tot.get("warp_cycles") is not None and tot["warp_instructions"] > 0:
+        # Stall-bound issue (bench/sass/stalls.py): each scheduler runs `w` warps at once, each needing `c`
+        # cycles alone for its own `n` instructions (its dependency stalls); they queue for the issue slot and
+        # the pipes (mean value analysis), and the busiest SM runs `rounds` such rounds.
+        at_once = min(resident, per_sm)
+        rounds = math.ceil(per_sm / at_once)
+        w = at_once * num_warps / dev.schedulers
+        n = tot["warp_instructions"] / (ctas * num_warps)
+        c = tot["warp_cycles"] / (ctas * num_warps)
+        # cycles per instruction at each pipe (uniform and control instructions take only the issue slot)
+        mix = {p: v / tot["warp_instructions"] for p, v in pipe_t.items() if p not in ("uniform", "control")}
+        ipc = stalls.issue_rate(w, max(0.0, c / n - 1.0), [1.0, *mix.values()])
+        b["dependency"] = rounds * w * n / ipc / clk
     key = max(b, key=lambda k: b[k])
     # L1 / shared data path, 128 B per clock per SM (CUDA C++ Best Practices / Hopper tuning guide): not in
     # the max (the MIO issue rate covers most of it); reported so a kernel it would bind is visible.

@@ -92,6 +92,8 @@ def model_launch(lc, spec: Spec, bound: dict, comp: dict, st: Static) -> dict[st
             "bytes_local": local,
             "bytes_invariant": "PASS" if bytes_ok else "FAIL",
             "per_thread_per_program": tot["per_thread_per_program"],
+            "fixed_stall_mean": tot["fixed_stall_mean"],  # bench/sass/stalls.py; None without -hex SASS
+            "warp_cycles": tot["warp_cycles"],
             "loops": [{k: v for k, v in lp.items() if not k.startswith("_")} for lp in tot["loops"]],
             "sass_hash": comp["hash"][:16],
             "ptx_target": comp["ptx_target"],

@@ -91,7 +91,7 @@ def test_matches_audio_load(case: tuple, files: dict[str, Path], decoded: dict) 
     name, container, seconds, rate, channels = case
     # FFmpeg's experimental Vorbis encoder (the only one PyAV bundles) writes a second channel that FFmpeg 5.1 and
     # 8 decode differently (correlation ~0.1 between them, ~0.5 each with the signal; the first channel is exact):
-    # the mean of the channels is compared on the other stereo formats.
+    # the mean of the channels is compared on the other stereo formats, and on Vorbis written by libvorbis below.
     for mono in ("first", "mean") if channels == 2 and container != ".ogg" else ("first",):
         got = decoded[mono, SAMPLE_RATE][name]
         assert got.ok and got.message == "", (name, got.status, got.message)
@@ -118,6 +118,23 @@ def test_mean_differs_from_first_on_stereo(decoded: dict) -> None:
     # The stereo files' second channel is a 3 kHz tone: "mean" must mix it in, "first" must not.
     a, b = decoded["first", SAMPLE_RATE]["flac-stereo-44k"].wave, decoded["mean", SAMPLE_RATE]["flac-stereo-44k"].wave
     assert np.abs(a - b).max() > 0.05
+
+
+@pytest.mark.parametrize("rate", [44100, 48000])
+def test_vorbis_mean_of_channels_from_libvorbis(plugin: Path, tmp_path: Path, rate: int) -> None:
+    """mono="mean" on stereo Vorbis, written by libvorbis (through libsndfile) instead of FFmpeg's experimental
+    encoder: the plugin's mean equals audio.load's, and it differs from the first channel (3 kHz tone mixed in)."""
+    sf = pytest.importorskip("soundfile")  # comes with librosa (the eval extra), which make setup installs
+    from soundnet_fast.prepare.audio_dali import DaliAudio
+
+    path = tmp_path / f"libvorbis-stereo-{rate}.ogg"
+    sf.write(path, parity_signal(2.0, rate, 2).T, rate, format="OGG", subtype="VORBIS")
+    first, mean = (DaliAudio(SAMPLE_RATE, m).decode_files([path]) for m in ("first", "mean"))
+    (a,), (b,) = list(first), list(mean)
+    assert a.ok and b.ok and a.rate == b.rate == rate
+    assert_parity(a.wave, audio.load(path, mono="first"), 2.0, f"libvorbis {rate} first")
+    assert_parity(b.wave, audio.load(path, mono="mean"), 2.0, f"libvorbis {rate} mean")
+    assert np.abs(a.wave - b.wave).max() > 0.05
 
 
 def test_no_alias_from_above_the_output_nyquist(plugin: Path, tmp_path: Path) -> None:

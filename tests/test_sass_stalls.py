@@ -94,7 +94,7 @@ def test_issue_rate_is_mean_value_analysis() -> None:
 
 def test_times_reports_the_dependency_bound() -> None:
     """A launch whose warps stall 4 cycles per instruction with 2 warps per scheduler is bound by the stalls,
-    not by the issue slots; without the stall figures the bound is absent."""
+    not by their issue slots; without the stall figures the bound is absent."""
     dev = DEVICES["H200"]
     n, warps, ctas = 1000, 4, dev.sms * 2
     tot = {"warp_instructions": float(n * warps * ctas), "pipes": {"alu": float(n * warps * ctas) / 4}, "mma": {},

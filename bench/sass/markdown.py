@@ -73,7 +73,7 @@ def markdown(data: dict[str, Any]) -> str:
         "occupancy, waves; time = max(issue, each pipe, tensor, L2, DRAM, latency, dependency) + launch cost; "
         "the step is the sum over launches (no overlap: a pessimistic bound) plus the torch ops. `dependency` "
         "(bench/sass/stalls.py): one warp's own cycles (stall counts plus the part of a load's latency the "
-        "instructions after it do not cover), with the warps a scheduler holds queueing for the issue slot and "
+        "instructions after it do not cover), with the warps a scheduler holds queueing for their issue slot and "
         "the pipes (mean value analysis); checked against the H200's measured kernel times by "
         "`python -m bench.sass.validate` (bench/results/sass_validate-h200-2026-11-30.json)."
     )

@@ -250,14 +250,14 @@ def times(dev: Device, tot: dict[str, Any], grid: tuple[int, ...], num_warps: in
     b["latency"] = waves * chain / clk
     if tot.get("warp_cycles") is not None and tot["warp_instructions"] > 0:
         # Stall-bound issue (bench/sass/stalls.py): each scheduler runs `w` warps at once, each needing `c`
-        # cycles alone for its own `n` instructions (its dependency stalls); they queue for the issue slot and
+        # cycles alone for its own `n` instructions (its dependency stalls); they queue for their issue slot and
         # the pipes (mean value analysis), and the busiest SM runs `rounds` such rounds.
         at_once = min(resident, per_sm)
         rounds = math.ceil(per_sm / at_once)
         w = at_once * num_warps / dev.schedulers
         n = tot["warp_instructions"] / (ctas * num_warps)
         c = tot["warp_cycles"] / (ctas * num_warps)
-        # cycles per instruction at each pipe (uniform and control instructions take only the issue slot)
+        # cycles per instruction at each pipe (uniform and control instructions take only their issue slot)
         mix = {p: v / tot["warp_instructions"] for p, v in pipe_t.items() if p not in ("uniform", "control")}
         ipc = stalls.issue_rate(w, max(0.0, c / n - 1.0), [1.0, *mix.values()])
         b["dependency"] = rounds * w * n / ipc / clk

@@ -4,7 +4,7 @@ stream, as opposed to how many issue slots it takes.
 The first GPU check (bench/results/gpu_check-h200-2026-11-30) measured the static model's instruction counts
 within 0.1 % but its times 1.5-6.5x too short: the kernels ran 2-3 warps per scheduler (255 registers) and
 each warp waited ~3-4 cycles per instruction (Nsight Compute: ``wait`` 0.8-1.7, ``long_scoreboard`` 0.2-1.25
-cycles per issue), so no scheduler issued every cycle as the issue bound assumes. This module predicts that
+cycles per issue), so no scheduler issued every cycle as an issue-slot bound assumes. This module predicts that
 wait from the compiled code itself:
 
 - **fixed-latency stalls**: every Volta-to-Hopper instruction carries ``ctrl`` bits that ptxas sets
@@ -129,9 +129,9 @@ def issue_rate(warps: float, delay: float, demands: list[float]) -> float:
     Reiser & Lavenberg, "Mean-Value Analysis of Closed Multichain Queuing Networks", JACM 1980).
 
     ``warps`` warps circulate: each instruction spends ``delay`` cycles in its own dependency stalls (a delay
-    station: one warp's alone-cycles per instruction minus the issue cycle) and ``demands[i]`` cycles at each
-    shared server (the issue slot, 1; a pipe at rate r warp-instructions per cycle, its share of the mix / r),
-    where warps queue for each other. Fractional ``warps`` interpolate linearly between the neighbouring whole
+    station: one warp's alone-cycles per instruction minus its issue cycle) and ``demands[i]`` cycles at each
+    shared server (the scheduler's issue slot, 1; a pipe at rate r warp-instructions per cycle, its share of the
+    mix / r), where warps queue for each other. Fractional ``warps`` interpolate linearly between the neighbouring whole
     populations (below one warp, in proportion to the one-warp rate).
     """
     if warps <= 0:

@@ -172,25 +172,46 @@ DecodeResult Fail(DecodeResult r, Status status, std::string message) {
   return r;
 }
 
-DecodeResult Decode(const uint8_t *data, size_t size, const DecodeOptions &opt) {
+// Where the encoded bytes come from: a buffer in memory (data, size) or, when `path` is set, a file on disk.
+struct Source {
+  const uint8_t *data = nullptr;
+  size_t size = 0;
+  const std::string *path = nullptr;
+};
+
+DecodeResult Decode(const Source &src, const DecodeOptions &opt) {
   DecodeResult r;
   r.first_time = r.stream_start = kNaN;
-  if (size == 0) return Fail(std::move(r), kEmpty, "file is empty (0 bytes)");  // load(): getsize == 0
-
   Demuxer d;
-  d.reader = {data, size, 0};
-  auto *buf = static_cast<uint8_t *>(av_malloc(kIoBufferBytes));
-  if (!buf) return Fail(std::move(r), kUndecodable, "out of memory");
-  d.io = avio_alloc_context(buf, kIoBufferBytes, 0, &d.reader, ReadPacket, nullptr, Seek);
-  if (!d.io) {
-    av_free(buf);
-    return Fail(std::move(r), kUndecodable, "out of memory");
+  size_t size = src.size;
+  int err = 0;
+  if (src.path) {
+    d.fmt = avformat_alloc_context();
+    if (!d.fmt) return Fail(std::move(r), kUndecodable, "out of memory");
+    err = avformat_open_input(&d.fmt, src.path->c_str(), nullptr, nullptr);  // frees fmt on failure
+    if (err == AVERROR(ENOENT) || err == AVERROR(EACCES) || err == AVERROR(EISDIR))
+      return Fail(std::move(r), kUndecodable, "cannot read (" + AvError(err) + ")");
+    if (err >= 0) {
+      const int64_t n = avio_size(d.fmt->pb);
+      size = n > 0 ? static_cast<size_t>(n) : 0;
+      if (n == 0) return Fail(std::move(r), kEmpty, "file is empty (0 bytes)");  // load(): getsize == 0
+    }
+  } else {
+    if (size == 0) return Fail(std::move(r), kEmpty, "file is empty (0 bytes)");  // load(): getsize == 0
+    d.reader = {src.data, size, 0};
+    auto *buf = static_cast<uint8_t *>(av_malloc(kIoBufferBytes));
+    if (!buf) return Fail(std::move(r), kUndecodable, "out of memory");
+    d.io = avio_alloc_context(buf, kIoBufferBytes, 0, &d.reader, ReadPacket, nullptr, Seek);
+    if (!d.io) {
+      av_free(buf);
+      return Fail(std::move(r), kUndecodable, "out of memory");
+    }
+    d.fmt = avformat_alloc_context();
+    if (!d.fmt) return Fail(std::move(r), kUndecodable, "out of memory");
+    d.fmt->pb = d.io;
+    d.fmt->flags |= AVFMT_FLAG_CUSTOM_IO;
+    err = avformat_open_input(&d.fmt, nullptr, nullptr, nullptr);  // frees fmt on failure
   }
-  d.fmt = avformat_alloc_context();
-  if (!d.fmt) return Fail(std::move(r), kUndecodable, "out of memory");
-  d.fmt->pb = d.io;
-  d.fmt->flags |= AVFMT_FLAG_CUSTOM_IO;
-  int err = avformat_open_input(&d.fmt, nullptr, nullptr, nullptr);  // frees fmt on failure
   if (err < 0) return Fail(std::move(r), kUndecodable, "cannot open as a media file (" + AvError(err) + ")");
   err = avformat_find_stream_info(d.fmt, nullptr);  // as av.open() does
   if (err < 0) return Fail(std::move(r), kUndecodable, "cannot read the streams (" + AvError(err) + ")");
@@ -323,9 +344,10 @@ DecodeResult Decode(const uint8_t *data, size_t size, const DecodeOptions &opt) 
 
 }  // namespace
 
-DecodeResult DecodeAudio(const uint8_t *data, size_t size, const DecodeOptions &options) {
+namespace {
+DecodeResult Guarded(const Source &src, const DecodeOptions &options) {
   try {
-    return Decode(data, size, options);
+    return Decode(src, options);
   } catch (const std::bad_alloc &) {
     DecodeResult r;
     r.first_time = r.stream_start = kNaN;
@@ -335,6 +357,20 @@ DecodeResult DecodeAudio(const uint8_t *data, size_t size, const DecodeOptions &
     r.first_time = r.stream_start = kNaN;
     return Fail(std::move(r), kUndecodable, e.what());
   }
+}
+}  // namespace
+
+DecodeResult DecodeAudio(const uint8_t *data, size_t size, const DecodeOptions &options) {
+  Source src;
+  src.data = data;
+  src.size = size;
+  return Guarded(src, options);
+}
+
+DecodeResult DecodeAudioFile(const std::string &path, const DecodeOptions &options) {
+  Source src;
+  src.path = &path;
+  return Guarded(src, options);
 }
 
 }  // namespace soundnet_fast

@@ -41,6 +41,10 @@ struct DecodeResult {
 // Never reads outside [data, data + size); never throws (allocation failures become kUndecodable).
 DecodeResult DecodeAudio(const uint8_t *data, size_t size, const DecodeOptions &options);
 
+// The same from a file on disk, which FFmpeg reads in small blocks as it demuxes: the encoded file is never held
+// whole in memory (the path for files larger than a batch's byte cap). Never throws.
+DecodeResult DecodeAudioFile(const std::string &path, const DecodeOptions &options);
+
 }  // namespace soundnet_fast
 
 #endif  // SOUNDNET_FAST_NATIVE_DECODE_AUDIO_H_

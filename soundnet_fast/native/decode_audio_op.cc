@@ -37,6 +37,7 @@ class DecodeAudioOp : public ::dali::Operator<::dali::CPUBackend> {
     options_.trim = spec.GetArgument<bool>("trim");
     min_samples_ = spec.GetArgument<int>("min_samples");
     DALI_ENFORCE(min_samples_ >= 0, "min_samples must be >= 0");
+    from_path_ = spec.GetArgument<bool>("from_path");
   }
 
   // The outputs' sizes are known only once decoded: RunImpl allocates them.
@@ -55,8 +56,13 @@ class DecodeAudioOp : public ::dali::Operator<::dali::CPUBackend> {
       const int64_t bytes = in.tensor_shape_span(i)[0];
       pool.AddWork(
           [&, i, bytes](int) {
-            results[i] = std::make_shared<DecodeResult>(
-                DecodeAudio(in.tensor<uint8_t>(i), static_cast<size_t>(bytes), options_));
+            const uint8_t *data = in.tensor<uint8_t>(i);
+            if (from_path_) {  // the sample is a file path (UTF-8 bytes): FFmpeg reads the file itself
+              const std::string path(reinterpret_cast<const char *>(data), static_cast<size_t>(bytes));
+              results[i] = std::make_shared<DecodeResult>(DecodeAudioFile(path, options_));
+            } else {
+              results[i] = std::make_shared<DecodeResult>(DecodeAudio(data, static_cast<size_t>(bytes), options_));
+            }
           },
           bytes);  // larger files first
     }
@@ -103,6 +109,7 @@ class DecodeAudioOp : public ::dali::Operator<::dali::CPUBackend> {
  private:
   DecodeOptions options_;
   int min_samples_ = 0;
+  bool from_path_ = false;
 };
 
 }  // namespace soundnet_fast
@@ -123,7 +130,8 @@ Outputs: audio (float32, 1-D), rate (float32 scalar, Hz; 0 when nothing decoded)
 the first output sample, and the audio stream's start time; NaN when unknown), message (uint8 bytes of UTF-8
 text: why, when the status is not 0).)")
     .NumInput(1)
-    .InputDox(0, "encoded", "1-D TensorList of uint8", "The bytes of a media file, one file per sample.")
+    .InputDox(0, "encoded", "1-D TensorList of uint8",
+              "The bytes of a media file, one file per sample (its path with ``from_path``).")
     .NumOutput(5)
     .OutputDType(0, DALI_FLOAT)
     .OutputNDim(0, 1)
@@ -140,5 +148,8 @@ mean of the channels.)", std::string("first"))
     .AddOptionalArg("trim", R"(Drop samples presented before time 0 (codec priming) and the encoder's padding
 past the stream's duration, as soundnet_fast.audio.load does. False keeps every decoded sample (output 3 then
 says where the first one is presented).)", true)
+    .AddOptionalArg("from_path", R"(Each input sample is the UTF-8 path of a file, not its bytes: FFmpeg reads the
+file from disk in small blocks as it demuxes, so the encoded file is never held whole in memory (for files
+larger than a batch's byte budget).)", false)
     .AddOptionalArg("min_samples", R"(Pad a shorter waveform (a failed file's empty one) with zeros to this length,
 for operators that refuse empty input such as ``fn.filter``; the status still tells a failure.)", 0);

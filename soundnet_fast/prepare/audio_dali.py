@@ -10,9 +10,12 @@ in parallel on DALI's threads. Resampling to 22,050 Hz is DALI's ``fn.audio_resa
 Every file gets a result, never an exception: its ``status`` (:data:`OK`, :data:`NO_AUDIO`,
 :data:`UNDECODABLE`, :data:`EMPTY`, and :data:`MISSING` for a file that cannot be read) and ``message``.
 
-Memory: a batch holds its files' bytes (at most ``max_batch_bytes`` together, :data:`MAX_BATCH_BYTES`,
-except that a larger file still goes, alone) and their decoded waveforms; :meth:`DaliAudio.decode_files` holds
-at most two batches (the one the caller handles and the next).
+Memory: a batch holds its files' bytes (at most ``max_batch_bytes`` together, :data:`MAX_BATCH_BYTES`) and
+their decoded waveforms. A file larger than ``max_batch_bytes`` goes alone and is never read whole: the plugin
+gets its path and FFmpeg reads it from disk in small blocks (``from_path``). :meth:`DaliAudio.decode_files`
+holds at most two batches (the one the caller handles and the next). The decoded audio itself is held whole per
+file, as :func:`soundnet_fast.audio.load` holds it: about 4 bytes x (2 x the native rate + 2 x the output rate)
+per second of audio (decoded, low-passed, resampled, and the caller's copy), ~2.3 GB for an hour at 48 kHz.
 """
 
 from __future__ import annotations
@@ -90,8 +93,9 @@ class DaliAudio:
         self.batch_size, self.num_threads, self.device_id = batch_size, num_threads, device_id
         self.max_batch_bytes = max_batch_bytes
         self._pipe = self._build()
+        self._path_pipe: Any = None  # built on the first file over max_batch_bytes
 
-    def _build(self) -> Any:
+    def _build(self, from_path: bool = False) -> Any:
         from nvidia.dali import fn, pipeline_def, types
         from nvidia.dali import math as dmath
 
@@ -104,8 +108,9 @@ class DaliAudio:
             encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1, no_copy=False)
             # A failed file's empty waveform gets one zero sample when resampling: fn.filter refuses empty input.
             audio, rate, status, times, message = fn.soundnet_fast.decode_audio(
-                encoded, mono=self.mono, trim=self.trim, min_samples=0 if self.sample_rate is None else 1
-            )
+                encoded, mono=self.mono, trim=self.trim, min_samples=0 if self.sample_rate is None else 1,
+                from_path=from_path,
+            )  # fmt: skip
             if self.sample_rate is not None:
                 audio = self._resample(fn, dmath, audio.gpu() if gpu else audio, rate)
             return audio, rate, status, times, message
@@ -132,8 +137,19 @@ class DaliAudio:
             return []
         if len(encoded) > self.batch_size:
             raise ValueError(f"{len(encoded)} files in one call, batch_size is {self.batch_size}")
-        self._pipe.feed_input("encoded", [np.ascontiguousarray(e, dtype=np.uint8).reshape(-1) for e in encoded])
-        audio, rate, status, times, message = self._pipe.run()
+        return self._run(self._pipe, [np.ascontiguousarray(e, dtype=np.uint8).reshape(-1) for e in encoded])
+
+    def decode_path(self, path: str | os.PathLike[str]) -> DecodedAudio:
+        """Decode one file that FFmpeg reads from disk itself (never held whole in memory): what
+        :meth:`decode_files` does for a file larger than ``max_batch_bytes``."""
+        if self._path_pipe is None:
+            self._path_pipe = self._build(from_path=True)
+        (out,) = self._run(self._path_pipe, [np.frombuffer(os.fsencode(path), dtype=np.uint8).copy()])
+        return out
+
+    def _run(self, pipe: Any, inputs: list[np.ndarray]) -> list[DecodedAudio]:
+        pipe.feed_input("encoded", inputs)
+        audio, rate, status, times, message = pipe.run()
         if self.device == "gpu" and self.sample_rate is not None:
             audio = audio.as_cpu()
         out = []
@@ -164,18 +180,27 @@ class DaliAudio:
 
         def batches() -> Iterator[list[DecodedAudio]]:
             for batch in self._batches(paths):
+                if len(batch) == 1 and isinstance(batch[0], _Large):
+                    yield [self.decode_path(batch[0].path)]
+                    continue
                 decoded = iter(self.decode([e for e in batch if isinstance(e, np.ndarray)]))
-                yield [next(decoded) if isinstance(e, np.ndarray) else e for e in batch]
+                yield [next(decoded) if isinstance(e, np.ndarray) else e for e in batch]  # type: ignore[misc]
 
         source = _prefetched(batches(), ahead) if ahead > 0 else batches()
         for batch in source:
             yield from batch
 
-    def _batches(self, paths: Iterable[str | os.PathLike[str]]) -> Iterator[list[np.ndarray | DecodedAudio]]:
-        batch: list[np.ndarray | DecodedAudio] = []
+    def _batches(self, paths: Iterable[str | os.PathLike[str]]) -> Iterator[list[np.ndarray | DecodedAudio | _Large]]:
+        batch: list[np.ndarray | DecodedAudio | _Large] = []
         size = 0
         for p in paths:
             try:
+                if os.path.getsize(p) > self.max_batch_bytes:  # alone, by path: never read whole
+                    if batch:
+                        yield batch
+                        batch, size = [], 0
+                    yield [_Large(os.fspath(p))]
+                    continue
                 item: np.ndarray | DecodedAudio = np.fromfile(os.fspath(p), dtype=np.uint8)
             except OSError as e:
                 item = _missing(f"cannot read ({e.strerror or e})")
@@ -187,6 +212,13 @@ class DaliAudio:
             size += n
         if batch:
             yield batch
+
+
+@dataclass(frozen=True)
+class _Large:
+    """A file over ``max_batch_bytes``: decoded alone, from its path."""
+
+    path: str
 
 
 def _missing(message: str) -> DecodedAudio:

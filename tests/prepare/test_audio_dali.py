@@ -137,6 +137,35 @@ def test_vorbis_mean_of_channels_from_libvorbis(plugin: Path, tmp_path: Path, ra
     assert np.abs(a.wave - b.wave).max() > 0.05
 
 
+def test_files_over_the_byte_cap_decode_from_their_path(
+    plugin: Path, files: dict[str, Path], decoded: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With max_batch_bytes=1 every file is over the cap: it goes alone, FFmpeg reads it from disk (never
+    np.fromfile'd whole) and the result is the one the in-memory path gives; bad files still get a status."""
+    from soundnet_fast.prepare import audio_dali as A
+
+    names = ["aac-m4a-stereo-44k", "mp3-mono-44k", "opus-webm-video-stereo-48k", "flac-mkv-video-mono-44k"]
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    truncated = tmp_path / "truncated.m4a"
+    truncated.write_bytes(files["aac-m4a-stereo-44k"].read_bytes()[:300])
+    paths = [files[n] for n in names] + [tmp_path / "missing.mp3", junk, truncated]
+
+    def no_whole_reads(*a: object, **k: object) -> None:
+        raise AssertionError("a file over max_batch_bytes was read whole")
+
+    monkeypatch.setattr(A.np, "fromfile", no_whole_reads)
+    got = list(A.DaliAudio(SAMPLE_RATE, "first", max_batch_bytes=1).decode_files(paths))
+    for name, g in zip(names, got, strict=False):
+        ref = decoded["first", SAMPLE_RATE][name]
+        assert g.ok and g.rate == ref.rate and g.first_time == ref.first_time, name
+        np.testing.assert_array_equal(g.wave, ref.wave, err_msg=name)
+    missing, bad, cut = got[len(names) :]
+    assert missing.status == A.MISSING and "cannot read" in missing.message
+    assert bad.status == A.UNDECODABLE and bad.message
+    assert cut.status in (A.UNDECODABLE, A.EMPTY) and cut.message
+
+
 def test_no_alias_from_above_the_output_nyquist(plugin: Path, tmp_path: Path) -> None:
     # DALI's fn.audio_resample alone folds a 15 kHz tone of a 48 kHz file to 7,050 Hz at full amplitude; the
     # plugin's low-pass before it (antialias_taps + fn.filter) must remove it, as soxr does for audio.load.

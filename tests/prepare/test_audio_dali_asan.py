@@ -1,5 +1,5 @@
-"""The DALI audio plugin under AddressSanitizer: truncated, bit-flipped and random inputs never read or write
-outside their buffers (docs/design.md#the-native-dali-audio-operator).
+"""The DALI audio plugin under AddressSanitizer: truncated, bit-flipped and random inputs, in memory and read from
+a file (``from_path``), never read or write outside their buffers (docs/design.md#the-native-dali-audio-operator).
 
 A second copy of the plugin is built with ``-fsanitize=address`` (``build_plugin(asan=True)``, cached by source
 hash like the plain one) and loaded in a subprocess whose ``LD_PRELOAD`` puts GCC's libasan first (a sanitized
@@ -78,8 +78,12 @@ def test_truncated_and_random_inputs_under_address_sanitizer(tmp_path: Path) -> 
     statuses = []
     for i in range(0, len(inputs), 8):
         statuses += [r.status for r in dec.decode(inputs[i : i + 8])]
+    by_path = []  # the from_path mode (files over the byte cap) on every third input, written to a file
+    for i in range(0, len(inputs), 3):
+        inputs[i].tofile({str(tmp_path / "one.bin")!r})
+        by_path.append(dec.decode_path({str(tmp_path / "one.bin")!r}).status)
     maps = open("/proc/self/maps").read()
-    print(len(statuses), sorted(set(statuses)), "libasan" in maps, {str(lib)!r} in maps)
+    print(len(statuses), len(by_path), sorted(set(statuses)), "libasan" in maps, {str(lib)!r} in maps)
     """
     env = {**os.environ, "LD_PRELOAD": libasan, "ASAN_OPTIONS": "detect_leaks=0:halt_on_error=1"}
     env["SOUNDNET_FAST_DALI_PLUGIN"] = str(lib)
@@ -87,7 +91,7 @@ def test_truncated_and_random_inputs_under_address_sanitizer(tmp_path: Path) -> 
                           text=True, timeout=600)  # fmt: skip
     assert "AddressSanitizer" not in proc.stderr, proc.stderr[-6000:]
     assert proc.returncode == 0, proc.stderr[-3000:]
-    count, rest = proc.stdout.split(" ", 1)
-    assert int(count) == len(inputs), proc.stdout
+    count, paths, rest = proc.stdout.split(" ", 2)
+    assert int(count) == len(inputs) and int(paths) == len(range(0, len(inputs), 3)), proc.stdout
     assert rest.strip().endswith("True True"), proc.stdout  # the runtime and the sanitized plugin were loaded
     assert "[0, 1, 2, 3]" in rest, proc.stdout  # ok, no audio, undecodable and empty all occurred

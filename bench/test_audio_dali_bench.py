@@ -9,7 +9,8 @@ shards are checked against PyAV's (correlation, recorded as ``parity_max_rel_err
 
 ``python -m bench.test_audio_dali_bench`` runs each contender in a fresh process (timed after a warm-up on one
 short video) and prints videos/s, seconds of audio per second, the ratio to the baseline and the peak resident
-memory of the whole process tree (sampled from /proc every 10 ms), then the same on one long video
+memory of the whole process tree (RSS, and PSS, which counts a page shared by forked workers once; sampled
+from /proc every 10 ms), then the same on one long video
 (``--long-minutes``).
 """
 
@@ -153,26 +154,30 @@ def test_audio_decode_throughput(timed, videos, variant: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ standalone
-def _tree_rss(pid: int) -> int:
-    """Resident bytes of ``pid`` and all its descendants (0 once gone)."""
-    total, todo = 0, [pid]
+def _tree_memory(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) bytes of ``pid`` and all its descendants ((0, 0) once gone). RSS counts a page shared by
+    forked workers once per process; PSS divides it among them, so it is the tree's own share of memory."""
+    rss = pss = 0
+    todo = [pid]
     while todo:
         p = todo.pop()
         try:
             with open(f"/proc/{p}/status", encoding="utf-8") as f:
-                total += next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:")) * 1024
+                rss += next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:")) * 1024
+            with open(f"/proc/{p}/smaps_rollup", encoding="utf-8") as f:
+                pss += next(int(ln.split()[1]) for ln in f if ln.startswith("Pss:")) * 1024
             for task in os.listdir(f"/proc/{p}/task"):
                 with open(f"/proc/{p}/task/{task}/children", encoding="utf-8") as f:
                     todo += [int(c) for c in f.read().split()]
         except (OSError, StopIteration, ValueError):
             continue
-    return total
+    return rss, pss
 
 
-def measure(variant: str, folder: Path, warm: Path) -> tuple[float, int]:
+def measure(variant: str, folder: Path, warm: Path) -> tuple[float, int, int]:
     """Wall seconds of one contender over ``folder`` in a fresh Python process, after a warm-up run over ``warm``
     (imports, DALI's start, the plugin's load: once per process in real use), and the peak RSS of that process
-    and its children over the whole run, warm-up included."""
+    and its children over the whole run, warm-up included, and the peak of their PSS (see :func:`_tree_memory`)."""
     tmp = Path(tempfile.mkdtemp(prefix="bench-audio-dali-"))
     code = (
         "import time\nfrom bench.test_audio_dali_bench import run_variant\n"
@@ -181,11 +186,12 @@ def measure(variant: str, folder: Path, warm: Path) -> tuple[float, int]:
         "print(time.perf_counter() - t0)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    peak = [0]
+    peak = [0, 0]
 
     def sample() -> None:
         while proc.poll() is None:
-            peak[0] = max(peak[0], _tree_rss(proc.pid))
+            rss, pss = _tree_memory(proc.pid)
+            peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
             time.sleep(0.01)
 
     thread = threading.Thread(target=sample, daemon=True)
@@ -195,7 +201,7 @@ def measure(variant: str, folder: Path, warm: Path) -> tuple[float, int]:
     shutil.rmtree(tmp, ignore_errors=True)
     if proc.returncode != 0:
         raise SystemExit(f"{variant} failed (exit {proc.returncode})")
-    return float(out.strip().splitlines()[-1]), peak[0]
+    return float(out.strip().splitlines()[-1]), peak[0], peak[1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,22 +216,24 @@ def main(argv: list[str] | None = None) -> int:
         make_videos(warm, 1, 2.0)
         audio = args.videos * args.seconds
         print(f"{args.videos} videos x {args.seconds:.0f} s, {os.cpu_count()} CPUs\n")
-        print("| contender | wall s | videos/s | audio s per s | vs ffmpeg per file | peak RSS (tree) |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        print(
+            "| contender | wall s | videos/s | audio s per s | vs ffmpeg per file | peak RSS (tree) | peak PSS (tree) |"
+        )
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         results = {v: measure(v, folder, warm) for v in VARIANTS}
         base = results["ffmpeg per file"][0]
-        for v, (secs, rss) in results.items():
+        for v, (secs, rss, pss) in results.items():
             print(f"| {v} | {secs:.2f} | {args.videos / secs:.2f} | {audio / secs:.0f} | {base / secs:.2f}x "
-                  f"| {rss / 2**20:.0f} MiB |")  # fmt: skip
+                  f"| {rss / 2**20:.0f} MiB | {pss / 2**20:.0f} MiB |")  # fmt: skip
         if args.long_minutes > 0:
             long = Path(tmp) / "long"
             make_videos(long, 1, args.long_minutes * 60, fps=0.2)
             print(f"\none {args.long_minutes:.0f}-minute video (stereo AAC 44.1 kHz):\n")
-            print("| contender | wall s | peak RSS (tree) |")
-            print("| --- | ---: | ---: |")
+            print("| contender | wall s | peak RSS (tree) | peak PSS (tree) |")
+            print("| --- | ---: | ---: | ---: |")
             for v in VARIANTS:
-                secs, rss = measure(v, long, warm)
-                print(f"| {v} | {secs:.2f} | {rss / 2**20:.0f} MiB |")
+                secs, rss, pss = measure(v, long, warm)
+                print(f"| {v} | {secs:.2f} | {rss / 2**20:.0f} MiB | {pss / 2**20:.0f} MiB |")
     return 0
 
 

@@ -153,7 +153,9 @@ def prepare(
     if audio not in AUDIO_DECODERS:
         raise ValueError(f"audio must be one of {', '.join(AUDIO_DECODERS)}, got {audio!r}")
     steps = int(round(steps))
-    pool = Workers(workers)  # before any teacher exists (see Workers)
+    # Forked before any teacher exists (see Workers); without teachers only when PyAV decodes the soundtracks
+    # (_prepare starts them), so an audio-only run whose soundtracks DALI decodes forks no idle processes.
+    pool = Workers(workers, start=bool(teachers))
     try:
         return _prepare(
             videos,
@@ -215,6 +217,8 @@ def _prepare(
     dali = open_frame_decoder(frames, device) if built else None
     audio_dec = open_audio_decoder(audio, out, mono=mono, sample_rate=sample_rate, threads=pool.workers, device=device)
     audio = "dali" if audio_dec is not None else "pyav"
+    if audio_dec is None:
+        pool.start()  # PyAV decodes in the workers: fork them now, before the writer and the progress bar's thread
     clip_samples = int(round(clip_seconds * sample_rate))
     writer = ShardWriter(
         out,

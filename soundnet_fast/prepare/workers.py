@@ -74,9 +74,22 @@ class Workers:
     one at a time in fresh single-worker pools, so only the video that crashes again is recorded as failed.
     """
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, *, start: bool = True) -> None:
+        """``start=False``: fork the processes on first use instead (a run that never needs them, such as an
+        audio-only prepare whose soundtracks DALI decodes, then holds none). Only safe when nothing that must
+        not be forked (a torch model, DALI's threads) exists before that first use."""
         self.workers = workers
-        self.pool = self._new(workers) if workers > 1 else None
+        self.pool = self._new(workers) if workers > 1 and start else None
+        self._pending_start = workers > 1 and not start
+
+    def start(self) -> None:
+        """Fork the processes now if ``start=False`` deferred them (no-op otherwise)."""
+        self._ensure()
+
+    def _ensure(self) -> None:
+        if self._pending_start:
+            self._pending_start = False
+            self.pool = self._new(self.workers)
 
     @staticmethod
     def _new(workers: int) -> Any:
@@ -92,6 +105,7 @@ class Workers:
     def results(self, jobs: list[tuple[str, str, dict[str, Any]]]) -> Iterator[dict[str, Any]]:
         from concurrent.futures.process import BrokenProcessPool
 
+        self._ensure()
         if self.pool is None:
             yield from map(decode_job, jobs)
             return
@@ -119,6 +133,7 @@ class Workers:
         the pool, the job is rerun alone; :meth:`results` then reruns its own jobs in flight and renews it."""
         from concurrent.futures.process import BrokenProcessPool
 
+        self._ensure()
         if self.pool is None:
             return decode_job(job)
         try:
@@ -138,6 +153,7 @@ class Workers:
             solo.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
+        self._pending_start = False
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None

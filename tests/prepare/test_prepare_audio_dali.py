@@ -104,9 +104,17 @@ def test_with_dali_frames_and_the_pyav_fallback(plugin: Path, videos: Path, tmp_
     assert_same_shards(tmp_path / "pyav", tmp_path / "dali")
 
 
-def test_audio_only_shards(plugin: Path, videos: Path, tmp_path: Path) -> None:
+def test_audio_only_shards(plugin: Path, videos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An audio-only run forks its decoding processes only when PyAV decodes: DALI needs none (no frames to read).
+    from soundnet_fast.prepare.workers import Workers
+
+    forks: list[int] = []
+    real = Workers._new
+    monkeypatch.setattr(Workers, "_new", staticmethod(lambda n: forks.append(n) or real(n)))
     _run(videos, tmp_path / "pyav", "pyav", teachers=False)
+    assert forks == [2]
     s = _run(videos, tmp_path / "dali", "dali", teachers=False)
+    assert forks == [2]
     assert s.succeeded == 5 and s.failure_kinds == {"empty": 1, "not media": 2, "no audio": 1}
     assert_same_shards(tmp_path / "pyav", tmp_path / "dali", teachers=False)
 

@@ -425,7 +425,8 @@ class SoundNet(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         self._check(x, "heads")
         h = self._trunk(x)
-        return getattr(self, self.head_specs[0].name)(h), getattr(self, self.head_specs[1].name)(h)
+        return (getattr(self, self.head_specs[0].name)(h).contiguous(),
+                getattr(self, self.head_specs[1].name)(h).contiguous())  # fmt: skip
 
     def features(self, x: Tensor, layer: str = "pool5") -> Tensor:
         """Activations of ``layer`` shaped (B, C, T), running only the layers it needs.
@@ -439,8 +440,8 @@ class SoundNet(nn.Module):
             )
         self._check(x, layer)
         if layer in (h.name for h in self.head_specs):
-            return getattr(self, layer)(self._trunk(x))
-        return self._trunk(x, stop=layer)
+            return getattr(self, layer)(self._trunk(x)).contiguous()
+        return self._trunk(x, stop=layer).contiguous()  # the folded CPU form runs channels-last: the usual layout
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -18,16 +18,22 @@ Implementations (``impl``):
   kernel.
 - ``"numba"``: a fused numba kernel (:mod:`soundnet_fast.inference.cpu_conv_numba`), never the unpooled output
   in memory; optional (numba comes with the ``eval`` extra, through librosa) and only used when asked for.
+- ``"cl"`` (pure torch): the conv as oneDNN's 2-D convolution over a channels-last (N, C, 1, T) view, then
+  ``F.max_pool2d`` and ReLU in place. It returns (B, C_out, P) as a view of a channels-last tensor (strides
+  ``(P * C_out, 1, C_out)``: time-major, channels contiguous; for one input channel oneDNN may keep the plain
+  layout), which the next ``"cl"`` layer reads without a copy; ``.contiguous()`` gives the usual layout.
+  oneDNN's 1-D path (``F.conv1d``) runs these shapes 1.3-3x slower.
 - ``"torch"``: :func:`reference`, ``F.conv1d`` + ``F.max_pool1d`` + ``F.relu``.
-- ``"auto"``: ``"gemm"`` where it measured faster, else ``"torch"`` (:func:`pick`); the fast forms are
-  inference-only, so a call that needs a gradient takes ``"torch"``.
+- ``"auto"``: :func:`pick`: ``"gemm"`` for a pooled conv of one input channel (the waveform conv: oneDNN's weak
+  case), else ``"cl"``; the fast forms are inference-only, so a call that needs a gradient takes ``"torch"``.
 
 Measured on the project's 2-core CPU machine (AMD EPYC, AVX2 + FMA, no AVX-512; torch 2.13 with MKL and
 oneDNN 3.12; torch threads = 2; 10 s clips; medians of interleaved runs at load average < 1.5; the spread is
 between runs), clips/s for SoundNet-8's conv1 + max-pool + ReLU at batch 1 / 16: ``torch`` 60-90 / 54-69,
 ``gemm`` 170-300 / 165-240, ``numba`` (fastmath off, tiles of 1024 pooled frames) 127-175 / 138-155,
-``torch.compile`` of the reference (inductor, 13 s to compile) 83 / 62. conv2 (C_in 16): ``gemm`` 1.05-1.3x
-``torch``; the unpooled conv3-conv7 and pooled conv5 (``W / k`` = 2.5): ``torch`` 1.2-5x faster than ``gemm``.
+``torch.compile`` of the reference (inductor, 13 s to compile) 83 / 62; ``cl`` ~75 / -. conv2 (C_in 16), ms at
+batch 1 / 16: ``cl`` 2.4 / 45, ``gemm`` 3.9 / 61, ``torch`` 5.2 / 89; conv3-conv5: ``cl`` 0.33-0.41 / 3.7-4.5,
+``torch`` 0.44-0.67 / 4.8-7.0, ``gemm`` 0.70-1.6 / 8.5-23 (2026-11-30, same machine, one run).
 Batches of 8 GEMMs per ``matmul`` beat one multithreaded ``mm`` per chunk by 1.1-1.5x; variants that cut the
 waste (the pool split into 2 or 4 narrower GEMMs), changed the layout (``X @ W^T`` with the max over a middle
 dimension) or the parallelism (two Python threads at one torch thread each), or used a space-to-depth conv1d with
@@ -45,8 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-Impl = Literal["auto", "gemm", "numba", "torch"]
-IMPLS: tuple[str, ...] = ("auto", "gemm", "numba", "torch")
+Impl = Literal["auto", "cl", "gemm", "numba", "torch"]
+IMPLS: tuple[str, ...] = ("auto", "cl", "gemm", "numba", "torch")
 
 # Pooled frames per GEMM and GEMMs per batched matmul: measured best for conv1 and conv2 of 128..2048 frames,
 # 1..16 per call, and one mm per chunk, on that machine.
@@ -56,12 +62,13 @@ GROUP = 8
 MAX_WASTE = 0.5
 
 
-def pick(k: int, stride: int, pool: int | None) -> str:
-    """The form ``impl="auto"`` runs for a layer: ``"gemm"`` for a pooled conv whose polyphase GEMM wastes at most
-    :data:`MAX_WASTE` of its FLOPs (SoundNet-8's conv1 and conv2), else ``"torch"`` (figures in the module doc)."""
-    if pool is None or pool < 2:
-        return "torch"
-    return "gemm" if (pool - 1) * stride <= MAX_WASTE * k else "torch"
+def pick(k: int, stride: int, pool: int | None, c_in: int) -> str:
+    """The form ``impl="auto"`` runs for a layer: ``"gemm"`` for a pooled conv of one input channel whose
+    polyphase GEMM wastes at most :data:`MAX_WASTE` of its FLOPs (SoundNet-8's and SoundNet-5's conv1), else
+    ``"cl"`` (figures in the module doc)."""
+    if c_in == 1 and pool is not None and pool >= 2 and (pool - 1) * stride <= MAX_WASTE * k:
+        return "gemm"
+    return "cl"
 
 
 def numba_available() -> bool:
@@ -94,7 +101,8 @@ def conv_pool_relu(
     """ReLU of the max-pooled (kernel = stride = ``pool``, floor mode) conv1d of ``x``; ``pool`` None: no pool.
 
     ``x``: (B, C_in, L) float32 on the CPU; ``w``: (C_out, C_in, k); ``b``: (C_out,) or None; ``stride``,
-    ``padding`` in samples (zero padding both sides). Returns (B, C_out, P) float32, contiguous, with
+    ``padding`` in samples (zero padding both sides). Returns (B, C_out, P) float32 (contiguous, except
+    ``"cl"``'s channels-last view; see the module docstring), with
     ``P = T // pool`` (``T = (L + 2 padding - k) // stride + 1``) or ``T`` without a pool. Matches :func:`reference`
     within fp32 summation-order error (max|a - b| <= 1e-5 max|b| is what the tests check). ``impl``: see the
     module docstring; ``"auto"`` is :func:`pick`'s choice for the layer; an input too short for one pooled
@@ -114,9 +122,11 @@ def conv_pool_relu(
     k = w.shape[2]
     frames = (x.shape[-1] + 2 * padding - k) // stride + 1
     if impl == "auto":
-        impl = pick(k, stride, pool)
+        impl = pick(k, stride, pool, w.shape[1])
     if impl == "torch" or grad or frames < (pool or 1):  # too short for one output frame: PyTorch's answer
         return reference(x, w, b, stride, padding, pool)
+    if impl == "cl":
+        return _channels_last(x, w, b, stride, padding, pool)
     if impl == "numba":
         from soundnet_fast.inference import cpu_conv_numba
 
@@ -149,17 +159,37 @@ def polyphase_weight(w: Tensor, stride: int, pool: int) -> Tensor:
 _POLYPHASE: dict[int, tuple[weakref.ref, int, int, int, Tensor]] = {}
 
 
-def _polyphase_cached(w: Tensor, stride: int, pool: int) -> Tensor:
-    hit = _POLYPHASE.get(id(w))
+# The same for the channels-last (C_out, C_in, 1, k) copy of w that the "cl" form hands oneDNN (a plain-layout
+# weight would be reordered on every call).
+_CHANNELS_LAST: dict[int, tuple[weakref.ref, int, int, int, Tensor]] = {}
+
+
+def _cached(table: dict, w: Tensor, stride: int, pool: int, make) -> Tensor:  # noqa: ANN001 (make: () -> Tensor)
+    hit = table.get(id(w))
     if hit is not None and hit[0]() is w and hit[1:4] == (w._version, stride, pool):
         return hit[4]
-    big = polyphase_weight(w, stride, pool)
+    derived = make()
     if torch.is_inference_mode_enabled() and not w.is_inference():
-        return big  # made in inference mode from a normal tensor: not reusable outside it, so not kept
+        return derived  # made in inference mode from a normal tensor: not reusable outside it, so not kept
     if hit is None or hit[0]() is not w:
-        weakref.finalize(w, _POLYPHASE.pop, id(w), None)
-    _POLYPHASE[id(w)] = (weakref.ref(w), w._version, stride, pool, big)
-    return big
+        weakref.finalize(w, table.pop, id(w), None)
+    table[id(w)] = (weakref.ref(w), w._version, stride, pool, derived)
+    return derived
+
+
+def _polyphase_cached(w: Tensor, stride: int, pool: int) -> Tensor:
+    return _cached(_POLYPHASE, w, stride, pool, lambda: polyphase_weight(w, stride, pool))
+
+
+def _channels_last(x: Tensor, w: Tensor, b: Tensor | None, stride: int, padding: int, pool: int | None) -> Tensor:
+    x4 = x.unsqueeze(2)  # (B, C_in, 1, L): a channels-last view already when x came from a "cl" layer
+    if not x4.is_contiguous(memory_format=torch.channels_last):
+        x4 = x4.contiguous(memory_format=torch.channels_last)
+    w4 = _cached(_CHANNELS_LAST, w, 0, 0, lambda: w.unsqueeze(2).contiguous(memory_format=torch.channels_last))
+    y = F.conv2d(x4, w4, b, (1, stride), (0, padding))
+    if pool is not None:
+        y = F.max_pool2d(y, (1, pool), (1, pool))
+    return y.clamp_min_(0.0).squeeze(2)  # ReLU (NaN stays NaN, as in F.relu); (B, C_out, P), channels-last
 
 
 def _gemm(x: Tensor, w: Tensor, b: Tensor | None, stride: int, padding: int, pool: int) -> Tensor:

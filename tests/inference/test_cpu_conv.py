@@ -17,7 +17,7 @@ TOL = 1e-5  # max|a - b| <= TOL * max|b|: fp32 with another summation order (the
 CONV1 = SOUNDNET8_TRUNK[0]  # C_in 1, C_out 16, k 64, s 2, p 32, pool 8 (docs/design.md#soundnet-8)
 C1 = (CONV1.stride, CONV1.padding, CONV1.pool)
 HAS_NUMBA = cpu_conv.numba_available()
-IMPLS = ["auto", "gemm", "torch"] + (["numba"] if HAS_NUMBA else [])
+IMPLS = ["auto", "cl", "gemm", "torch"] + (["numba"] if HAS_NUMBA else [])
 
 
 def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
@@ -56,7 +56,11 @@ def test_conv1_parity(impl: str, batch: int, kind: str) -> None:
     w, b = weights(CONV1.out_channels, 1, CONV1.kernel)
     ref = reference(x, w, b, CONV1.stride, CONV1.padding, CONV1.pool)
     got = conv_pool_relu(x, w, b, CONV1.stride, CONV1.padding, CONV1.pool, impl=impl)
-    assert got.shape == ref.shape and got.dtype == torch.float32 and got.is_contiguous()
+    assert got.shape == ref.shape and got.dtype == torch.float32
+    if impl == "cl":  # oneDNN's choice: a channels-last view, or (one input channel) the plain layout
+        assert got.is_contiguous() or got.unsqueeze(2).is_contiguous(memory_format=torch.channels_last)
+    else:
+        assert got.is_contiguous()
     assert rel_err(got, ref) <= TOL
     assert (got >= 0).all()
 
@@ -130,10 +134,27 @@ def test_no_bias_and_nan(impl: str) -> None:
     assert torch.equal(got.isnan(), ref.isnan()) and got.isnan().any()
 
 
-def test_auto_picks_the_gemm_for_conv1_and_conv2_only() -> None:
-    picks = {s.name: cpu_conv.pick(s.kernel, s.stride, s.pool) for s in SOUNDNET8_TRUNK}
-    assert picks == {"conv1": "gemm", "conv2": "gemm", "conv3": "torch", "conv4": "torch", "conv5": "torch",
-                     "conv6": "torch", "conv7": "torch"}  # fmt: skip
+def test_auto_picks_the_gemm_for_the_waveform_conv_only() -> None:
+    in_channels = [1] + [s.out_channels for s in SOUNDNET8_TRUNK[:-1]]
+    trunk = zip(SOUNDNET8_TRUNK, in_channels, strict=True)
+    picks = {s.name: cpu_conv.pick(s.kernel, s.stride, s.pool, c) for s, c in trunk}
+    assert picks == {"conv1": "gemm", "conv2": "cl", "conv3": "cl", "conv4": "cl", "conv5": "cl", "conv6": "cl",
+                     "conv7": "cl"}  # fmt: skip
+    assert cpu_conv.pick(64, 2, None, 1) == "cl"  # unpooled: no polyphase GEMM
+    assert cpu_conv.pick(8, 4, 8, 1) == "cl"  # a pool whose GEMM would waste over half its FLOPs
+
+
+def test_cl_layers_chain_without_copies() -> None:
+    """A "cl" output fed to the next "cl" layer is read in place (no layout copy), and the chain equals the
+    reference chain."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(2, 16, 1500, generator=g)
+    (w1, b1), (w2, b2) = weights(32, 16, 32, seed=1), weights(64, 32, 16, seed=2)
+    h = conv_pool_relu(x, w1, b1, 2, 16, 8, impl="cl")
+    assert h.unsqueeze(2).is_contiguous(memory_format=torch.channels_last)
+    got = conv_relu(h, w2, b2, 2, 8, impl="cl")
+    ref = reference(reference(x, w1, b1, 2, 16, 8), w2, b2, 2, 8)
+    assert rel_err(got, ref) <= TOL
 
 
 def test_polyphase_weight_rows() -> None:

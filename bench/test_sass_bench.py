@@ -36,5 +36,5 @@ def test_sass_model_invariants(sizes, tmp_path) -> None:
         assert c["invariants"]["status"] == "PASS"
         assert c["predicted_clips_per_s"]["H200"] > 0
         for r in c["launches"]:
-            assert r["bound"] in ("issue", "int", "tensor", "L2", "DRAM", "latency")
+            assert r["bound"] in ("issue", "int", "tensor", "L2", "DRAM", "latency", "dependency")
     assert "predicted (static), not measured" in js.with_suffix(".md").read_text()

@@ -82,6 +82,21 @@ def test_analyse_without_control_bits_has_no_stall_term() -> None:
     assert analyse(plain).cycles is None
 
 
+def test_spill_reloads_wait_for_l2_once_the_spill_areas_overflow_l1() -> None:
+    """256 threads of 304 B (conv1's stats kernel: 76 KB) fit the 156 KB of L1 left beside a 100 KB shared
+    carveout; 256 threads of 944 B (conv3's pool kernel: 236 KB) do not; a kernel whose CTAs hold more shared
+    memory than the carveout leaves less L1."""
+    l1 = stalls.LATENCY_CYCLES["local"]
+    l2 = stalls.LATENCY_CYCLES["atomic"]
+    assert stalls.local_latency(304, 256, 2 * 21 * 1024) == l1
+    assert stalls.local_latency(944, 256, 2 * 41 * 1024) == l2
+    assert stalls.local_latency(400, 256, 200 * 1024) == l2  # 100 KB spilled, 56 KB of L1 left
+    assert stalls.local_latency(0, 2048, 0) == l1
+    loop = [("LDL R2, [R1]", _hi(stall=1, write=0)), ("FADD R4, R2, R2", _hi(stall=1, wait=0b1)), ("EXIT", _hi())]
+    g = Cfg(_sass(loop))
+    assert sum(stalls.block_cycles(g, local=l2).values()) - sum(stalls.block_cycles(g).values()) == l2 - l1
+
+
 def test_issue_rate_is_mean_value_analysis() -> None:
     """One warp: 1 / (delay + demands). Two warps at one server of demand 1 with delay 1: n=1 gives rate 0.5 and
     queue 0.5; n=2: residence 1.5, rate 2 / 2.5 = 0.8. Fractional warps interpolate."""

@@ -118,7 +118,9 @@ class Static:
     cycles: dict[int, float] | None = None  # one warp's cycles per execution (stalls.block_cycles); None: no -hex
 
 
-def analyse(sass: str) -> Static:
+def analyse(sass: str, local_latency: int = stalls.LATENCY_CYCLES["local"]) -> Static:
+    """Per-block static facts of one kernel's SASS; ``local_latency``: a spill reload's cycles
+    (:func:`spill_latency` of the compiled kernel)."""
     g = Cfg(sass)
     count, pipes, mem, mma, mflops = {}, {}, {}, {}, {}
     for b in g.reachable:
@@ -145,7 +147,14 @@ def analyse(sass: str) -> Static:
                 fl += cfgmod.mma_flops_per_warp_instr(i)
         pipes[b], mem[b], mma[b], mflops[b] = pc, mc, mm, fl
     has_ctrl = all(i.ctrl is not None for b in g.reachable for i in g.instrs_of(b))
-    return Static(g, count, pipes, mem, mma, mflops, stalls.block_cycles(g) if has_ctrl else None)
+    return Static(g, count, pipes, mem, mma, mflops, stalls.block_cycles(g, local_latency) if has_ctrl else None)
+
+
+def spill_latency(dev: Device, regs: int, smem: int, warps: int, stack: int) -> int:
+    """A spill reload's latency for a kernel with ``stack`` spill bytes per thread at its occupancy on ``dev``."""
+    resident, _ = occupancy(dev, regs, smem, warps)
+    resident = max(resident, 1)
+    return stalls.local_latency(stack, resident * warps * 32, resident * (smem + dev.smem_reserved_per_cta))
 
 
 def tensor_args(kernel, bound: dict[str, Any], signature: tuple, params_used: list[int]) -> list[torch.Tensor]:

@@ -11,7 +11,7 @@ import torch
 from . import analytic
 from .compile import Spec, compile_all, specialise
 from .launches import Config, record, tensor_bytes, trunk_rows
-from .model import ASSUMPTIONS, DEVICES, Static, analyse, dynamic, tensor_args, times
+from .model import ASSUMPTIONS, DEVICES, Static, analyse, dynamic, spill_latency, tensor_args, times
 
 REL_TOL = 1e-9
 
@@ -162,7 +162,10 @@ def evaluate(cfgs: list[Config], workers: int = 2, progress: bool = True) -> tup
     t1 = time.time()
     compiled = compile_all(specs, workers=workers, progress=progress)
     t2 = time.time()
-    static = {s: analyse(compiled[s]["sass"]) for s in specs}
+    h200 = DEVICES["H200"]  # the H100's SMs are the same: one latency for both
+    static = {s: analyse(compiled[s]["sass"], spill_latency(h200, compiled[s]["regs"], compiled[s]["shared"],
+                                                            s.num_warps, compiled[s]["stack"]))
+              for s in specs}  # fmt: skip
     out = []
     for c, launches, ops in prepared:
         rows = [model_launch(lc, s, bound, compiled[s], static[s]) for lc, s, bound in launches]

@@ -40,10 +40,25 @@ LATENCY_CYCLES = {
     "global": 33,
     "local": 33,  # spills: written and re-read within a program, L1-resident
     "shared": 30,
-    "atomic": 260,  # atomics resolve at L2
+    "atomic": 260,  # atomics resolve at L2; also an L2 hit's latency (local_latency)
     "short": 20,  # MUFU, S2R, LDC, SHFL, conversions, tensor cores: the short scoreboard (ASSUMPTION)
 }
 READ_RELEASE_CYCLES = 10  # a read scoreboard (a store's source registers read): ASSUMPTION
+# Spills stay in L1 only while every resident thread's spill area fits in the L1 left beside shared memory:
+# 256 KB of L1 + shared per SM (NVIDIA Hopper tuning guide) less the shared-memory carveout, which the driver set
+# to 100 KB for the conv kernels the H200 check profiled (Nsight Compute `launch__shared_mem_config_size`
+# 102.4 KB; ASSUMPTION for other kernels, or the CTAs' own shared memory if larger). Beyond that a spill reload
+# waits an L2 hit.
+L1_AND_SHARED_BYTES = 256 * 1024
+SHARED_CARVEOUT_BYTES = 100 * 1024
+
+
+def local_latency(spill_bytes_per_thread: int, threads_resident: int, smem_resident: int) -> int:
+    """Cycles a local-memory (spill) load waits: L1's while the resident spill areas fit beside the shared-memory
+    carveout, else L2's (see :data:`L1_AND_SHARED_BYTES`)."""
+    l1 = L1_AND_SHARED_BYTES - max(SHARED_CARVEOUT_BYTES, smem_resident)
+    footprint = spill_bytes_per_thread * threads_resident
+    return LATENCY_CYCLES["local"] if footprint <= l1 else LATENCY_CYCLES["atomic"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +92,7 @@ def latency_class(ins: Instr) -> str:
     return "shared"
 
 
-def _walk(instrs: list[Instr], ready: dict[int, float]) -> tuple[float, dict[int, float]]:
+def _walk(instrs: list[Instr], ready: dict[int, float], local: int) -> tuple[float, dict[int, float]]:
     """(cycles one warp needs for ``instrs`` in order, scoreboard release times relative to the block's end)."""
     t = 0.0
     ready = dict(ready)
@@ -93,22 +108,24 @@ def _walk(instrs: list[Instr], ready: dict[int, float]) -> tuple[float, dict[int
         if ins.never:
             continue
         if c.write != NO_BARRIER:
-            ready[c.write] = issue + LATENCY_CYCLES[latency_class(ins)]
+            kind = latency_class(ins)
+            ready[c.write] = issue + (local if kind == "local" else LATENCY_CYCLES[kind])
         if c.read != NO_BARRIER:
             ready[c.read] = max(ready.get(c.read, 0.0), issue + READ_RELEASE_CYCLES)
     return t, {sb: r - t for sb, r in ready.items() if r > t}
 
 
-def block_cycles(g: Cfg) -> dict[int, float]:
+def block_cycles(g: Cfg, local: int = LATENCY_CYCLES["local"]) -> dict[int, float]:
     """Cycles one warp alone needs per execution of each reachable block (issue + fixed stalls + exposed
     scoreboard waits); a block that branches to itself is walked twice, its second pass carrying the first
-    pass's outstanding scoreboards, and the second pass counts."""
+    pass's outstanding scoreboards, and the second pass counts. ``local``: a spill reload's latency
+    (:func:`local_latency`)."""
     out: dict[int, float] = {}
     for b in g.reachable:
         instrs = g.instrs_of(b)
-        cycles, carry = _walk(instrs, {})
+        cycles, carry = _walk(instrs, {}, local)
         if b in g.blocks[b].succs and carry:
-            cycles, _ = _walk(instrs, carry)
+            cycles, _ = _walk(instrs, carry, local)
         out[b] = cycles
     return out
 

@@ -141,7 +141,8 @@ class Block(nn.Sequential):
 
             return conv_bn_relu_modules(x, conv, bn, pool=pool_k, process_group=_sync_group(bn))
         if self.folded and not _wants_param_grads(conv, bn):  # BN inside the conv; max-pool, then ReLU (they
-            self._refold_if_stale()  # commute); conv layer features: relu(y). Gradients for the weights: plain ops
+            if not torch.compiler.is_compiling():  # commute); conv layer features: relu(y). Weight gradients: plain
+                self._refold_if_stale()  # ops. Under torch.compile the fold is taken as it stands (no version checks)
             return _folded_conv(x, self.folded_weight, self.folded_bias, conv.stride[0], conv.padding[0], pool_k)
         y = F.relu(bn(conv(x)))
         return F.max_pool1d(y, pool_k, pool_k) if pool_k is not None else y
@@ -188,9 +189,10 @@ class Block(nn.Sequential):
 
 
 def _sources(conv: nn.Module, bn: nn.Module) -> tuple:
-    """What a fold was computed from: each conv / BN tensor's identity and in-place version counter."""
+    """What a fold was computed from: each conv / BN tensor's identity and in-place version counter (an inference
+    tensor has none: -1, so only its replacement is seen)."""
     ts = (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-    return tuple((id(t), t._version) if t is not None else None for t in ts)
+    return tuple((id(t), -1 if t.is_inference() else t._version) if t is not None else None for t in ts)
 
 
 def _wants_param_grads(conv: nn.Module, bn: nn.Module) -> bool:
@@ -202,14 +204,15 @@ def _wants_param_grads(conv: nn.Module, bn: nn.Module) -> bool:
 
 
 def _fast_cpu_path(x: Tensor, weight: Tensor) -> bool:
-    """CPU float32, no autocast, no gradient for ``x``, not being traced / scripted / exported: the polyphase GEMM
-    (its Python loop over chunks would be unrolled by tracing, and it keeps float32 under autocast)."""
+    """CPU float32, no autocast, no gradient for ``x``, not being traced / scripted / exported / compiled: the
+    polyphase GEMM (its Python loop over chunks would be unrolled by tracing, and it keeps float32 under autocast)."""
     if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
         return False
     if torch.is_autocast_enabled("cpu") or (torch.is_grad_enabled() and x.requires_grad):
         return False
     exporting = getattr(torch.compiler, "is_exporting", lambda: False)()
-    return not (torch.jit.is_tracing() or torch.jit.is_scripting() or exporting)
+    compiling = torch.compiler.is_compiling()  # dynamo cannot trace the weight caches' weakref bookkeeping
+    return not (torch.jit.is_tracing() or torch.jit.is_scripting() or exporting or compiling)
 
 
 def _folded_conv(x: Tensor, weight: Tensor, bias: Tensor, stride: int, padding: int, pool: int | None) -> Tensor:

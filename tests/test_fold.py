@@ -242,3 +242,18 @@ def test_fold_false_in_the_python_api_runs_the_plain_ops_on_a_folded_model() -> 
     folded.inference()
     predict(folded, wave, fold=False)
     assert not folded.folded
+
+
+def test_fold_under_inference_mode_and_torch_compile() -> None:
+    """A model built and folded inside torch.inference_mode (inference tensors: no version counters) runs; a
+    folded CPU model under torch.compile runs the plain F.conv1d form (dynamo cannot trace the weight caches)
+    and gives the same features."""
+    x = torch.randn(1, 1, SoundNet8.min_length("pool5") + 123, generator=torch.Generator().manual_seed(0)) * 50
+    with torch.inference_mode():
+        inf = SoundNet8().inference()
+        inf.features(x, "pool5")
+    model = SoundNet8().inference()
+    with torch.no_grad():
+        ref = model.features(x, "pool5")
+        got = torch.compile(lambda t: model.features(t, "pool5"), backend="eager")(x)
+    assert (got - ref).abs().max() <= 1e-5 * ref.abs().max()

@@ -165,6 +165,8 @@ _CHANNELS_LAST: dict[int, tuple[weakref.ref, int, int, int, Tensor]] = {}
 
 
 def _cached(table: dict, w: Tensor, stride: int, pool: int, make) -> Tensor:  # noqa: ANN001 (make: () -> Tensor)
+    if w.is_inference():  # an inference tensor keeps no version counter: nothing to check a cached copy against
+        return make()
     hit = table.get(id(w))
     if hit is not None and hit[0]() is w and hit[1:4] == (w._version, stride, pool):
         return hit[4]
@@ -185,7 +187,9 @@ def _channels_last(x: Tensor, w: Tensor, b: Tensor | None, stride: int, padding:
     x4 = x.unsqueeze(2)  # (B, C_in, 1, L): a channels-last view already when x came from a "cl" layer
     if not x4.is_contiguous(memory_format=torch.channels_last):
         x4 = x4.contiguous(memory_format=torch.channels_last)
-    w4 = _cached(_CHANNELS_LAST, w, 0, 0, lambda: w.unsqueeze(2).contiguous(memory_format=torch.channels_last))
+    # clone, not contiguous(): for C_in 1 or k 1 the view already counts as channels-last, and a cached view
+    # would keep w alive (its entry never freed)
+    w4 = _cached(_CHANNELS_LAST, w, 0, 0, lambda: w.unsqueeze(2).clone(memory_format=torch.channels_last))
     y = F.conv2d(x4, w4, b, (1, stride), (0, padding))
     if pool is not None:
         y = F.max_pool2d(y, (1, pool), (1, pool))

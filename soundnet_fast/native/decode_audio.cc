@@ -188,7 +188,10 @@ DecodeResult Decode(const Source &src, const DecodeOptions &opt) {
   if (src.path) {
     d.fmt = avformat_alloc_context();
     if (!d.fmt) return Fail(std::move(r), kUndecodable, "out of memory");
-    err = avformat_open_input(&d.fmt, src.path->c_str(), nullptr, nullptr);  // frees fmt on failure
+    // "file:" + the path: FFmpeg's file protocol only, so a ':' in a relative name ("12:30 clip.wav") is not
+    // read as a protocol, and no path reaches the network or a pipe.
+    const std::string url = "file:" + *src.path;
+    err = avformat_open_input(&d.fmt, url.c_str(), nullptr, nullptr);  // frees fmt on failure
     if (err == AVERROR(ENOENT) || err == AVERROR(EACCES) || err == AVERROR(EISDIR))
       return Fail(std::move(r), kUndecodable, "cannot read (" + AvError(err) + ")");
     if (err >= 0) {

@@ -141,7 +141,13 @@ class DaliAudio:
 
     def decode_path(self, path: str | os.PathLike[str]) -> DecodedAudio:
         """Decode one file that FFmpeg reads from disk itself (never held whole in memory): what
-        :meth:`decode_files` does for a file larger than ``max_batch_bytes``."""
+        :meth:`decode_files` does for a file larger than ``max_batch_bytes``. A file that cannot be opened for
+        reading (missing, a folder, no permission) comes back as :data:`MISSING`, as in :meth:`decode_files`."""
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as e:
+            return _missing(f"cannot read ({e.strerror or e})")
         if self._path_pipe is None:
             self._path_pipe = self._build(from_path=True)
         (out,) = self._run(self._path_pipe, [np.frombuffer(os.fsencode(path), dtype=np.uint8).copy()])
@@ -194,16 +200,19 @@ class DaliAudio:
         batch: list[np.ndarray | DecodedAudio | _Large] = []
         size = 0
         for p in paths:
+            item: np.ndarray | DecodedAudio | None = None
             try:
-                if os.path.getsize(p) > self.max_batch_bytes:  # alone, by path: never read whole
-                    if batch:
-                        yield batch
-                        batch, size = [], 0
-                    yield [_Large(os.fspath(p))]
-                    continue
-                item: np.ndarray | DecodedAudio = np.fromfile(os.fspath(p), dtype=np.uint8)
+                with open(p, "rb") as f:  # a folder, a missing or an unreadable file fails here, whatever its size
+                    if os.fstat(f.fileno()).st_size <= self.max_batch_bytes:
+                        item = np.fromfile(f, dtype=np.uint8)
             except OSError as e:
                 item = _missing(f"cannot read ({e.strerror or e})")
+            if item is None:  # over the cap: alone, by path, never read whole
+                if batch:
+                    yield batch
+                    batch, size = [], 0
+                yield [_Large(os.fspath(p))]
+                continue
             n = item.size if isinstance(item, np.ndarray) else 0
             if batch and (len(batch) == self.batch_size or size + n > self.max_batch_bytes):
                 yield batch

@@ -271,3 +271,39 @@ def test_the_polyphase_matrix_is_built_once_per_weight_and_follows_edits() -> No
     del w
     gc.collect()
     assert key not in cpu_conv._POLYPHASE  # freed with its weight
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 5), (8, 4, 1), (8, 4, 3)], ids=["c_in1", "k1", "c_in4-k3"])
+def test_channels_last_weight_cache_frees_with_its_weight(shape: tuple) -> None:
+    """The cached channels-last copy is a copy even where the view would already count as channels-last
+    (C_in 1, k 1): a cached view would keep the weight, and its entry, alive for good."""
+    import gc
+    import weakref
+
+    from soundnet_fast.inference import cpu_conv
+
+    refs = []
+    for seed in range(3):
+        w = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+        x = torch.randn(1, shape[1], 64)
+        got = conv_pool_relu(x, w, None, 1, 0, 2, impl="cl")
+        assert rel_err(got, reference(x, w, None, 1, 0, 2)) <= TOL
+        refs.append((weakref.ref(w), id(w)))
+        del w
+    gc.collect()
+    assert all(r() is None for r, _ in refs)
+    assert not any(key in cpu_conv._CHANNELS_LAST for _, key in refs)
+
+
+@pytest.mark.parametrize("impl", ["auto", "cl", "gemm"])
+def test_inference_tensor_weights(impl: str) -> None:
+    """Weights made under torch.inference_mode (no version counter) run, uncached."""
+    with torch.inference_mode():
+        w = torch.randn(16, 1, 64) * 0.01
+        w2 = torch.randn(8, 16, 32) * 0.01
+        x = torch.randn(2, 1, 4000) * 50
+        for ww, xx, pool in ((w, x, 8), (w2, torch.randn(2, 16, 900), None)):
+            if impl == "gemm" and pool is None:
+                continue
+            got = conv_pool_relu(xx, ww, None, 2, 16, pool, impl=impl)
+            assert rel_err(got, reference(xx, ww, None, 2, 16, pool)) <= TOL

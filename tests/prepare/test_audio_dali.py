@@ -171,6 +171,26 @@ def test_files_over_the_byte_cap_decode_from_their_path(
     assert cut.status in (A.UNDECODABLE, A.EMPTY) and cut.message
 
 
+def test_by_path_names_are_files_only(
+    plugin: Path, files: dict[str, Path], decoded: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative name with a ':' ("12:30 clip.m4a") is a file, not an FFmpeg protocol; a folder or a missing
+    file is MISSING by path as by bytes; a URL-like name is looked up as a file, never fetched."""
+    from soundnet_fast.prepare import audio_dali as A
+
+    monkeypatch.chdir(tmp_path)
+    Path("12:30 clip.m4a").write_bytes(files["aac-m4a-stereo-44k"].read_bytes())
+    Path("a folder.wav").mkdir()
+    dec = A.DaliAudio(SAMPLE_RATE, "first", max_batch_bytes=1)
+    clip, folder, missing = dec.decode_files(["12:30 clip.m4a", "a folder.wav", "nope.wav"])
+    assert clip.ok, clip.message
+    np.testing.assert_array_equal(clip.wave, decoded["first", SAMPLE_RATE]["aac-m4a-stereo-44k"].wave)
+    assert folder.status == A.MISSING and "cannot read" in folder.message
+    assert missing.status == A.MISSING and "cannot read" in missing.message
+    assert dec.decode_path("a folder.wav").status == A.MISSING
+    assert dec.decode_path("http://127.0.0.1:9/x.wav").status == A.MISSING
+
+
 def test_no_alias_from_above_the_output_nyquist(plugin: Path, tmp_path: Path) -> None:
     # DALI's fn.audio_resample alone folds a 15 kHz tone of a 48 kHz file to 7,050 Hz at full amplitude; the
     # plugin's low-pass before it (antialias_taps + fn.filter) must remove it, as soxr does for audio.load.

@@ -192,15 +192,23 @@ def _conv_bn_relu_pool_kernel(x_ptr, w_ptr, b_ptr, g_ptr, beta_ptr, stats_ptr, o
 
 
 # ----------------------------------------------------------------------------------------- launchers
+# Positions per conv tile on a GPU. 32 rather than 128: the static model (bench/sass_report.py, with the
+# stall term checked against the H200's kernels) predicts a SoundNet-8 bf16 step at batch 64 in 20.2 ms of
+# kernels instead of 27.0 ms, with 11 spilling launches of 49 instead of 32 (fewer registers per thread, more
+# warps per scheduler); SoundNet-5 bf16 5.1 instead of 6.5 ms; fp32 24.8 instead of 30.9 ms. 16 and 64
+# predicted slower. A prediction, not yet measured on a GPU.
+BLOCK_M_GPU = 32
+
+
 def conv_blocks(c_out: int, r: int, m: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
     """(BLOCK_CO, BLOCK_M, BLOCK_R, num_warps) of a conv tile. On a GPU every tl.dot dimension is a
     power of two >= 16 (Triton's minimum); fp32 takes BLOCK_R 32 so a pipelined stage of the gathered
-    input tile stays at 16 KB of shared memory. The interpreter runs programs one after another, so
-    it gets few, large tiles (docs/design.md#kernels)."""
+    input tile stays at 16 KB of shared memory; BLOCK_M is :data:`BLOCK_M_GPU`. The interpreter runs
+    programs one after another, so it gets few, large tiles (docs/design.md#kernels)."""
     if INTERPRET:
         return clamp_pow2(c_out, 16, 256), clamp_pow2(m, 16, 512), clamp_pow2(r, 16, 1024), 4
     br = clamp_pow2(r, 16, 32 if dtype == torch.float32 else 64)
-    return clamp_pow2(c_out, 16, 64), 128, br, 4
+    return clamp_pow2(c_out, 16, 64), BLOCK_M_GPU, br, 4
 
 
 def stats_tiles(num_tiles: int) -> int:

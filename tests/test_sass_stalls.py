@@ -142,11 +142,8 @@ def test_validate_matches_launches_and_summarises_only_the_same_code(tmp_path: P
         return {"layer": layer, "phase": phase, "kernel": "_k", "grid": grid, "warp_instructions": wi,
                 "predicted_us": {"H200": us + launch}, "detail": {"bound_H200": "dependency"}}  # fmt: skip
 
-    import bench.sass.validate as V
-
-    V.LAUNCH_US = launch
-    res = compare(measured, [pred("conv1", "forward", [8, 1], 80.0, 1e6), pred("conv2", "backward", [4, 1], 9.0, 2e6)],
-                  1980.0)  # fmt: skip
+    preds = [pred("conv1", "forward", [8, 1], 80.0, 1e6), pred("conv2", "backward", [4, 1], 9.0, 2e6)]
+    res = compare(measured, preds, 1980.0, launch)
     a, b = res["rows"]
     assert a["same_code"] and not b["same_code"]
     assert a["pred_us"] == pytest.approx(84.0) and a["ratio"] == pytest.approx(100 / 84)
@@ -155,7 +152,7 @@ def test_validate_matches_launches_and_summarises_only_the_same_code(tmp_path: P
     assert s["median_abs_error"] == pytest.approx(abs(84 / 100 - 1))
     assert s["within_30pct"] == 1 and s["conv1_conv2_within_30pct"] == "1 of 1"
     # measured at a lower clock: the prediction (less the launch cost) stretches with it
-    slow = compare(measured, [pred("conv1", "forward", [8, 1], 80.0, 1e6)], 990.0)["rows"][0]
+    slow = compare(measured, [pred("conv1", "forward", [8, 1], 80.0, 1e6)], 990.0, launch)["rows"][0]
     assert slow["pred_us"] == pytest.approx(80.0 * 2 + launch)
 
 
@@ -168,7 +165,8 @@ def test_validate_names_a_folder_without_measurements(tmp_path: Path) -> None:
 
 
 def test_committed_validation_is_what_the_note_reports() -> None:
-    """The committed comparison (python -m bench.sass.validate bench/results/gpu_check-h200-2026-11-30) holds
+    """The committed comparison (python -m bench.sass.validate bench/results/gpu_check-h200-2026-11-30
+    --block-m 128) holds
     rows for every measured launch and a summary computed from them."""
     path = Path(__file__).resolve().parents[1] / "bench" / "results" / "sass_validate-h200-2026-11-30.json"
     data = json.loads(path.read_text())

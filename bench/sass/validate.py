@@ -7,13 +7,13 @@ grid). Per launch it prints the measured time, the prediction the check was run 
 sass_report of that day) and this model's prediction with its binding bound (``dependency`` is the
 per-warp stall term of bench/sass/stalls.py). ``--json`` writes the rows and the summary.
 
-The kernels are compiled with the Triton version the check ran (its ``00-environment.jsonl``; Triton 3.6 and
-3.9 compile the same source to different code). The measured times came from the kernels of the commit the
-check ran; when this tree's kernels differ (the check's README names the commit), the comparison is for the
-launches whose warp-instruction count still matches the check's prediction (``same code`` column), and the
-others are listed but not summarised. These
-are predictions set against measurements of one run on one H200: a model that fits them can still be wrong
-elsewhere.
+Pass ``--block-m`` with the conv tile size the check ran when the tree's differs (the 2026-11-30 H200 check ran
+128-position tiles; the tree now uses 32). The kernels are compiled with the Triton version the check ran (its
+``00-environment.jsonl``; Triton 3.6 and 3.9 compile the same source to different code). The measured times
+came from the kernels of the commit the check ran; when this tree's kernels differ (the check's README names the
+commit), the comparison is for the launches whose warp-instruction count still matches the check's prediction
+(``same code`` column), and the others are listed but not summarised. These are predictions set against
+measurements of one run on one H200: a model that fits them can still be wrong elsewhere.
 """
 
 from __future__ import annotations
@@ -67,9 +67,11 @@ def check_triton(folder: Path) -> str | None:
     return None
 
 
-def compare(measured: list[dict[str, Any]], predicted: list[dict[str, Any]], clock_mhz: float) -> dict[str, Any]:
+def compare(measured: list[dict[str, Any]], predicted: list[dict[str, Any]], clock_mhz: float,
+            launch_us: float) -> dict[str, Any]:  # fmt: skip
     """Match launches and compare. ``predicted``: model_launch rows of the same step; ``clock_mhz``: the SM
-    clock the measurement ran at (the model's H200 clock is scaled to it)."""
+    clock the measurement ran at (the model's H200 clock is scaled to it, its ``launch_us`` per-launch cost
+    is not)."""
     from .model import DEVICES
 
     scale = DEVICES["H200"].clock_hz / (clock_mhz * 1e6)
@@ -86,7 +88,7 @@ def compare(measured: list[dict[str, Any]], predicted: list[dict[str, Any]], clo
         p = cands.pop(0)
         old_wi = m.get("pred warp-instr")
         same = isinstance(old_wi, int | float) and math.isclose(p["warp_instructions"], old_wi, rel_tol=SAME_CODE_TOL)
-        new_us = (p["predicted_us"]["H200"] - LAUNCH_US) * scale + LAUNCH_US
+        new_us = (p["predicted_us"]["H200"] - launch_us) * scale + launch_us
         out.append({
             "layer": m["layer"], "phase": key[1], "kernel": m["kernel"], "grid": list(key[3]),
             "measured_us": m["us"], "old_pred_us": m.get("pred us"), "pred_us": new_us,
@@ -111,14 +113,13 @@ def compare(measured: list[dict[str, Any]], predicted: list[dict[str, Any]], clo
     return {"rows": out, "summary": summary}
 
 
-LAUNCH_US = 0.0  # set from the model's ASSUMPTIONS at run time (the launch cost is not clock-scaled)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.sass.validate", description=__doc__.splitlines()[0])
     ap.add_argument("results", help="a GPU check folder, e.g. bench/results/gpu_check-h200-2026-11-30")
     ap.add_argument("--workers", type=int, default=2, help="compile processes (default %(default)s)")
     ap.add_argument("--json", help="write the comparison here")
+    ap.add_argument("--block-m", type=int, help="GPU conv tile positions to model (kernels/_conv_fwd.py "
+                    "BLOCK_M_GPU; default: the tree's). The H200 check of 2026-11-30 ran 128")  # fmt: skip
     ap.add_argument("--triton", help="compile with this Triton version (default: the one the check ran, installed "
                     "once into .cache/triton-<version> when it is not the importable one)")  # fmt: skip
     args = ap.parse_args(argv)
@@ -141,11 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     from .launches import Config
     from .model import ASSUMPTIONS
 
-    global LAUNCH_US
-    LAUNCH_US = ASSUMPTIONS["launch_us"][0]
+    if args.block_m:
+        from soundnet_fast.kernels import _conv_fwd
+
+        _conv_fwd.BLOCK_M_GPU = args.block_m  # read by conv_blocks at each launch the model records
     results, _ = run.evaluate([Config("soundnet8", 64, "bf16", 20.0)], workers=args.workers, progress=False)
     predicted = results[0][1]["launches"]
-    res = compare(measured, predicted, clock)
+    res = compare(measured, predicted, clock, ASSUMPTIONS["launch_us"][0])
     print("| layer | phase | kernel | measured us | check's pred us | pred us | meas/pred | bound | mean stall | "
           "same code |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|")

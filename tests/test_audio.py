@@ -39,6 +39,37 @@ def test_sine_decodes_to_right_length_and_pitch(name: str, rate: int, channels: 
     assert np.abs(w).max() <= 1.0 and 0.4 < np.abs(w).max() < 0.6
 
 
+def test_small_probe_opens_headed_files_and_falls_back_for_the_rest(tmp_path, monkeypatch) -> None:
+    """A WAV opens on its first bytes (no full probe); other formats (here an MPEG-TS whose audio a small probe
+    would miss, and raw ADTS AAC, whose duration estimate depends on the probe) are probed in full as before."""
+    import av
+
+    wav = write_audio(str(tmp_path / "a.wav"), sine(440, 2.0, 44_100), 44_100)
+    adts = write_audio(str(tmp_path / "h.aac"), sine(440, 2.0, 44_100), 44_100)
+    ts = str(tmp_path / "late.ts")  # ~1 s of MP2 audio in an MPEG-TS: no header, streams found by probing
+    with av.open(ts, "w", format="mpegts") as c:
+        s = c.add_stream("mp2", rate=48_000, layout="stereo")
+        for i in range(40):
+            f = av.AudioFrame.from_ndarray(np.zeros((1, 2304), np.int16), format="s16", layout="stereo")
+            f.sample_rate, f.pts = 48_000, i * 1152
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    opened: list[dict] = []
+    real_open = av.open
+    monkeypatch.setattr(av, "open", lambda path, **kw: opened.append(kw) or real_open(path, **kw))
+    assert abs(len(audio.load(wav)) - 2 * SR) <= 1
+    assert opened == [{"options": {"probesize": str(audio.PROBE_BYTES)}}]
+    opened.clear()
+    assert abs(len(audio.load(ts)) - 40 * 1152 * SR / 48_000) <= 0.03 * SR
+    assert opened[-1] == {}, opened  # the full probe
+    got = audio.load(adts)
+    assert opened[-1] == {}, opened
+    monkeypatch.setattr(audio, "HEADER_DEFINED", frozenset())
+    np.testing.assert_array_equal(got, audio.load(adts))
+
+
 def test_mp4_audio_track_of_a_video(tmp_path) -> None:
     path = write_video_with_audio(str(tmp_path / "v.mp4"), sine(440, 3.0, 44_100), 44_100, 3.0)
     w = audio.load(path)

@@ -44,6 +44,7 @@ def summarize_demo(
         "teacher_accuracy": {k: v.get("accuracy") for k, v in teachers.items()},
         "layer": ev["layer"],
         "timings": dict(cfg.timings),
+        "machine": machine(),
         "paths": {
             "run": paths["run"],
             "checkpoint": os.path.join(paths["run"], "checkpoint.pt"),
@@ -53,6 +54,22 @@ def summarize_demo(
             ),
         },
     }
+
+
+def machine() -> str:
+    """The CPU's model name and the threads torch uses, e.g. "AMD EPYC 7B13, 2 threads" (the printed timings
+    name the machine they were measured on)."""
+    import platform
+
+    import torch
+
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name}, {torch.get_num_threads()} threads"
 
 
 def verdict(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -110,7 +127,14 @@ def print_table(res: dict[str, Any]) -> None:
         f"objects teacher agrees with the world's ground truth on {res['teacher_agreement']:.0%} of clips"
         + (f" (held-out frames: {acc})" if acc else "")
     )
-    console.print("timings: " + ", ".join(f"{k} {s / 60:.1f} min" for k, s in res["timings"].items()))
+    if res.get("released"):
+        console.print("the released SoundNet-8 on real recordings (top objects | top scenes, mean over steps):")
+        for line in res["released"]:
+            console.print("  " + line, markup=False, highlight=False)
+    console.print(
+        f"timings ({res.get('machine') or machine()}): "
+        + ", ".join(f"{k} {s / 60:.1f} min" for k, s in res["timings"].items())
+    )
     p = res["paths"]
     console.print(f"run: {p['run']}  results: {p['results']}")
     if p["plots"]:

@@ -9,6 +9,7 @@ APIs, on a synthetic world (``synth``):
 2. prepare   videos -> shards through the teacher registry (``prepare.prepare``)
 3. train     distillation (``train.Trainer``) for a fixed number of steps (``--steps``; ``--minutes``: a budget)
 4. evaluate  5-fold SVM transfer on the labeled set with the baselines (``evaluate.evaluate``)
+5. released  the released SoundNet-8 on a few real recordings, when it is cached (``demo.released``)
 
 The defaults fit 2 CPU cores: SoundNet-5 on 3 s clips (one teacher frame per clip, T = 1 head step;
 docs/design.md#lengths-receptive-field-and-hop, #distillation: SoundNet-5's heads give one step per ~4.5 s,
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from soundnet_fast.console import stderr_console
+from soundnet_fast.demo.released import RECORDINGS
 from soundnet_fast.demo.report import MARGIN_MFCC, MARGIN_RANDOM, print_table, summarize_demo
 from soundnet_fast.errors import UsageError
 
@@ -59,6 +61,7 @@ class DemoConfig:
     teacher_frames: int = 2000
     teacher_epochs: int = 8
     plots: bool = True
+    recordings: str = RECORDINGS  # real recordings for the released SoundNet-8's lines (make setup fetches them)
     workers: int = 2
     device: str = "auto"
     timings: dict[str, float] = field(default_factory=dict)
@@ -109,6 +112,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=d.workers,
         help="processes for the world, prepare and the evaluation's SVM fits (default %(default)s)",
     )
+    p.add_argument(
+        "--recordings",
+        default=d.recordings,
+        help="real recordings to run the released SoundNet-8 on at the end, when it is cached (default %(default)s)",
+    )
     p.add_argument("--device", default=d.device, help="auto (a GPU when there is one), cpu, cuda (default %(default)s)")
     p.add_argument("--teacher-frames", type=int, default=d.teacher_frames, help=argparse.SUPPRESS)
     p.add_argument(
@@ -134,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         teacher_frames=args.teacher_frames,
         steps=args.steps,
+        recordings=args.recordings,
     )
     if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
         raise UsageError(f"{cfg.out}: not a folder (--out is the demo's working folder)")
@@ -196,9 +205,13 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         steps = _train(cfg, paths, device, console)
     with _stage(cfg, console, "evaluate"):
         ev = _evaluate(cfg, paths, device, console)
+    with _stage(cfg, console, "released"):  # the real SoundNet-8 on real recordings, when both are here
+        from soundnet_fast.demo.released import released_lines
+
+        released = released_lines(cfg.recordings)
     cfg.timings["total"] = time.perf_counter() - t_all
 
-    results = summarize_demo(ev, cfg, steps, agreement, teachers, paths)
+    results = summarize_demo(ev, cfg, steps, agreement, teachers, paths) | {"released": released}
     from soundnet_fast.fsutil import atomic_write_text
 
     atomic_write_text(os.path.join(cfg.out, "demo.json"), json.dumps(results, indent=1) + "\n")
@@ -384,6 +397,7 @@ def _train(cfg: DemoConfig, paths: dict[str, str], device: str, console: Any) ->
         warmup_steps=cfg.warmup_steps,
         seed=cfg.seed if cfg.train_seed is None else cfg.train_seed,
         device=device,
+        backend="auto",  # on a CPU: BN + ReLU + pool fused by numba (soundnet_fast.model.cpu_fusion_pays)
         steps=min(first, cfg.steps) if out_of_time else cfg.steps,
         checkpoint_every=every,
         log_every=10,

@@ -169,7 +169,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=BACKENDS,
         default=d["backend"],
         help="PyTorch ops, the Triton kernels, or auto: the Triton kernels where they measured faster than cuDNN in "
-        "bf16 training on an H200 (conv1 on CUDA; soundnet_fast.model.fused_pays) (default %(default)s)",
+        "bf16 training on an H200 (conv1 on CUDA; soundnet_fast.model.fused_pays), and on a CPU BN + ReLU + pool "
+        "fused by numba in training (soundnet_fast.model.cpu_fusion_pays) (default %(default)s)",
     )
     flag("--cuda-graphs", "cuda_graphs", "capture forward+backward+Adam in one CUDA graph (CUDA only)")
     flag("--compile", "compile", "torch.compile the model")
@@ -337,7 +338,10 @@ def resolve_options(
         elif cfg.loss == "kl":
             notes.append("note: soundnet_fast.kernels has no fused kl_div yet; the loss uses the reference ops")
         if device.type != "cuda" and cfg.backend == "auto":
-            notes.append(f"note: on {device} --backend auto runs the reference ops (it fuses only on CUDA)")
+            notes.append(
+                f"note: on {device} --backend auto runs the reference ops, with BatchNorm, ReLU and max-pool fused by "
+                "numba in training (soundnet_fast.train.cpu_bn_relu_pool)"
+            )
         elif device.type != "cuda":
             notes.append(
                 f"note: on {device} the fused ops run their PyTorch reference (or, with "

@@ -14,6 +14,7 @@ CODECS = {
     ".mp3": ("libmp3lame", "fltp"),
     ".m4a": ("aac", "fltp"),
     ".mp4": ("aac", "fltp"),
+    ".aac": ("aac", "fltp"),  # raw ADTS: rate and channels only in the frames
 }
 
 

@@ -17,7 +17,7 @@ def resolve(backend: str, kernels: frozenset[str] | ImportError = KERNELS):
     return resolve_options(cfg, CPU, resuming=False, checkpoint_exists=False, kernels=kernels)
 
 
-@pytest.mark.parametrize(("backend", "note"), [("fused", "PyTorch reference"), ("auto", "fuses only on CUDA")])
+@pytest.mark.parametrize(("backend", "note"), [("fused", "PyTorch reference"), ("auto", "fused by numba in training")])
 def test_fused_backends_take_the_fused_loss_and_say_what_cpu_runs(backend: str, note: str) -> None:
     r = resolve(backend)
     assert r.loss_backend == "fused"

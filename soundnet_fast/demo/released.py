@@ -3,8 +3,9 @@
 Evidence that the real model runs here, beside the synthetic world's student: each recording's top object and
 scene classes (``soundnet-fast predict``'s summary, :mod:`soundnet_fast.inference.predict`), and the warning rule
 shown on the first recording turned into a near-silent half second (below -60 dBFS and shorter than 1 s: two
-reasons not to trust a prediction); the first recording that decodes is the one used. Nothing is fetched: ``make setup`` caches the weights
-(``soundnet-fast weights fetch soundnet8``) and the recordings (``.cache/recordings``, the tests' real clips).
+reasons not to trust a prediction); the first recording that decodes is the one used. Nothing is fetched:
+``make setup`` caches the weights (``soundnet-fast weights fetch soundnet8``) and the recordings
+(``.cache/recordings``, the tests' real clips).
 """
 
 from __future__ import annotations

@@ -130,7 +130,7 @@ def print_table(res: dict[str, Any]) -> None:
     if res.get("released"):
         console.print("the released SoundNet-8 on real recordings (top objects | top scenes, mean over steps):")
         for line in res["released"]:
-            console.print("  " + line, markup=False, highlight=False)
+            console.print("  " + line, markup=False, highlight=False, soft_wrap=True)
     console.print(
         f"timings ({res.get('machine') or machine()}): "
         + ", ".join(f"{k} {s / 60:.1f} min" for k, s in res["timings"].items())

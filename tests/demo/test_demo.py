@@ -72,10 +72,13 @@ def test_miniature_world_through_every_stage(tmp_path, capsys) -> None:
         device="cpu",
         steps=3,
         plots=False,
+        recordings=str(tmp_path / "no-recordings"),  # tests/demo/test_released.py runs the released model
     )
     res = demo.run_demo(cfg)
     out = capsys.readouterr().out
-    assert "distilled student" in out and "MFCC + SVM" in out and "timings:" in out
+    assert "distilled student" in out and "MFCC + SVM" in out and "timings (" in out
+    assert res["released"] and ("no recordings in" in res["released"][0] or "not cached" in res["released"][0])
+    assert res["released"][0] in out
 
     shards = os.path.join(cfg.out, "shards")
     manifest = data.read_manifest(shards)
@@ -90,7 +93,8 @@ def test_miniature_world_through_every_stage(tmp_path, capsys) -> None:
     assert set(saved["rows"]) == {"soundnet", "random_init", "random_bn", "mfcc"}
     for row in saved["rows"].values():
         assert 0.0 <= row["mean"] <= 100.0 and len(row["folds"]) == 5
-    assert set(saved["timings"]) == {"world", "prepare", "train", "evaluate", "total"}
+    assert set(saved["timings"]) == {"world", "prepare", "train", "evaluate", "released", "total"}
+    assert saved["machine"] and saved["released"] == res["released"]
     assert 0.0 <= saved["teacher_agreement"] <= 1.0
     results = json.loads(open(os.path.join(cfg.out, "eval", "results.json")).read())
     assert results["num_clips"] == 5 * len(synth.LABELED_CLASSES)

@@ -17,7 +17,8 @@ from tests.helpers.recordings import recording
 def test_one_line_when_the_weights_are_not_cached(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv(releases.HOME_ENV, str(tmp_path / "empty-home"))
     lines = released.released_lines(str(tmp_path))
-    assert lines == ["the released soundnet8 is not cached: `soundnet-fast weights fetch soundnet8` (make demo does it)"]
+    want = "the released soundnet8 is not cached: `soundnet-fast weights fetch soundnet8` (make demo does it)"
+    assert lines == [want]
 
 
 def test_released_model_on_recordings_with_a_bad_file_and_the_warning_rule(tmp_path) -> None:

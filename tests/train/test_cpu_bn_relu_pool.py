@@ -59,7 +59,7 @@ def test_same_bits_on_every_run_and_thread_count() -> None:
         runs.append((out, zz.grad, bn.weight.grad, bn.running_var))
     numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     for other in runs[1:]:
-        for a, b in zip(runs[0], other):
+        for a, b in zip(runs[0], other, strict=True):
             assert torch.equal(a, b)
 
 
@@ -92,7 +92,7 @@ def test_auto_backend_trains_a_soundnet_like_reference_on_cpu() -> None:
         loss.backward()
         losses.append(loss.detach())
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-5)
-    for (name, p), q in zip(ref.named_parameters(), auto.parameters()):
+    for (name, p), q in zip(ref.named_parameters(), auto.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, rtol=2e-3, atol=1e-4, msg=name)
     conv1 = auto.blocks[0]
     assert cpu_fusion_pays(conv1[0](x), conv1[1])

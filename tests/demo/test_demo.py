@@ -85,6 +85,7 @@ def test_miniature_world_through_every_stage(tmp_path, capsys) -> None:
     # SoundNet-5 on 3 s clips: one head step, one teacher frame per clip (docs/design.md#model, #distillation).
     assert (manifest["steps"], manifest["clip_samples"]) == (1, 3 * SAMPLE_RATE)
     assert manifest["num_clips"] == 3 * 2  # segments line up with clips: no padded extra clip
+    assert manifest["audio_decoder"] == "pyav"  # the same decoder on every machine, plugin or not
     assert manifest["teachers"]["objects"]["class_names"] == [s for s, _ in synth.OBJECTS]
     assert manifest["teachers"]["scenes"]["num_classes"] == len(synth.SCENES)
 

@@ -22,12 +22,14 @@ QUIET = 10 ** (-70 / 20)  # peak of the warning example: -70 dBFS, under the rul
 
 
 def recordings(folder: str) -> list[str]:
-    """Audio files directly in ``folder``, sorted by name ([] when the folder is missing)."""
+    """Audio files directly in ``folder`` (by extension; folders named like one are not), sorted by name ([] when the
+    folder is missing)."""
     try:
         names = sorted(os.listdir(folder))
     except OSError:
         return []
-    return [os.path.join(folder, n) for n in names if n.lower().endswith(AUDIO_EXTENSIONS)]
+    paths = [os.path.join(folder, n) for n in names if n.lower().endswith(AUDIO_EXTENSIONS)]
+    return [p for p in paths if os.path.isfile(p)]
 
 
 def released_lines(folder: str = RECORDINGS, top_k: int = 2) -> list[str]:

@@ -66,7 +66,7 @@ if numba is not None:
 
     @numba.njit(parallel=True, fastmath=False, cache=True)
     def _forward(z, scale, shift, pool, out, arg):  # pragma: no cover - compiled
-        # z: (N, C, L) float32; scale, shift: (C,) float32; out: (N, C, W) float32; arg: (N, C, W) int16, the
+        # z: (N, C, L) float32; scale, shift: (C,) float32; out: (N, C, W) float32; arg: (N, C, W) int32, the
         # selected position's offset in its window, -1 when the window's output is 0 (ReLU inactive)
         n, c, _ = z.shape
         w = out.shape[2]
@@ -139,13 +139,14 @@ class _BnReluPool(torch.autograd.Function):
         n, c, length = zc.shape
         w = length // pool
         out = torch.empty((n, c, w), dtype=zc.dtype)
-        arg = torch.empty((n, c, w), dtype=torch.int16)
+        arg = torch.empty((n, c, w), dtype=torch.int32)
         _forward(zc.numpy(), scale.numpy(), shift.numpy(), pool, out.numpy(), arg.numpy())
         ctx.save_for_backward(zc, arg, gamma, mean, invstd)
         ctx.pool = pool
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # numba in the backward: no graph for a second derivative
     def backward(ctx, g: Tensor):  # type: ignore[override]
         zc, arg, gamma, mean, invstd = ctx.saved_tensors
         g = g.contiguous()
@@ -168,6 +169,8 @@ def supports(z: Tensor, bn: torch.nn.Module) -> bool:
     torch.compile / tracing, and no autocast."""
     if numba is None or z.device.type != "cpu" or z.dtype != torch.float32 or z.dim() != 3 or z.shape[2] < 2:
         return False
+    if z.shape[0] < 1 or z.shape[1] < 1:  # an empty batch: the eager ops leave the running statistics alone
+        return False
     if not (isinstance(bn, torch.nn.BatchNorm1d) and bn.training and bn.affine and bn.momentum is not None):
         return False
     if bn.weight.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
@@ -186,6 +189,8 @@ def bn_relu_pool(z: Tensor, bn: torch.nn.BatchNorm1d, pool: int | None) -> Tenso
     if not supports(z, bn):
         raise ValueError("bn_relu_pool: needs numba, CPU float32 (N, C, L) input and a training-mode affine BN")
     p = 1 if pool is None else int(pool)
+    if p < 1:
+        raise ValueError(f"bn_relu_pool: pool must be None or >= 1, got {pool}")
     n, c, length = z.shape
     if length // p < 1:
         raise ValueError(f"bn_relu_pool: {length} positions are fewer than one pool window of {p}")

@@ -33,6 +33,7 @@ def test_released_model_on_recordings_with_a_bad_file_and_the_warning_rule(tmp_p
     shutil.copy(recording("street.wav"), tmp_path / "street.wav")
     (tmp_path / "broken.wav").write_bytes(b"RIFF....not a wave file")
     (tmp_path / "notes.txt").write_text("not audio")
+    (tmp_path / "folder.wav").mkdir()  # a folder named like audio: not a recording
     lines = released.released_lines(str(tmp_path))
     assert len(lines) == 3, lines
     assert lines[0].startswith(f"broken.wav: skipped ({tmp_path / 'broken.wav'}: ")

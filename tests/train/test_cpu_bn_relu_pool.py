@@ -63,6 +63,15 @@ def test_same_bits_on_every_run_and_thread_count() -> None:
             assert torch.equal(a, b)
 
 
+def test_a_second_derivative_is_refused_not_silently_wrong() -> None:
+    bn, _ = _pair(3, 2)
+    z = torch.randn(2, 3, 16, requires_grad=True)
+    out = fused.bn_relu_pool(z, bn, 4)
+    (gz,) = torch.autograd.grad(out.square().sum(), z, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|marked with @once_differentiable"):
+        gz.sum().backward()
+
+
 def test_supports_only_what_it_computes() -> None:
     z = torch.randn(2, 4, 32)
     bn = torch.nn.BatchNorm1d(4)
@@ -71,8 +80,23 @@ def test_supports_only_what_it_computes() -> None:
     assert not fused.supports(z, bn.eval())
     assert not fused.supports(z, torch.nn.BatchNorm1d(4, affine=False))
     assert not fused.supports(z, torch.nn.BatchNorm1d(4, momentum=None))  # cumulative average: eager
+    assert not fused.supports(torch.randn(0, 4, 32), bn.train())  # an empty batch: eager leaves the stats alone
+    with pytest.raises(ValueError, match="pool must be"):
+        fused.bn_relu_pool(z, bn, 0)
     with pytest.raises(ValueError, match="training-mode"):
         fused.bn_relu_pool(z, bn.eval(), 2)
+
+
+def test_a_window_wider_than_int16_keeps_its_gradient() -> None:
+    z = torch.zeros(1, 1, 40_000)
+    z[0, 0, 35_000] = 5.0
+    z.requires_grad_()
+    z_ref = z.detach().clone().requires_grad_()
+    bn, ref_bn = torch.nn.BatchNorm1d(1), torch.nn.BatchNorm1d(1)
+    fused.bn_relu_pool(z, bn, 40_000).sum().backward()
+    fused.reference(z_ref, ref_bn, 40_000).sum().backward()
+    torch.testing.assert_close(z.grad, z_ref.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(bn.bias.grad, ref_bn.bias.grad)
 
 
 def test_auto_backend_trains_a_soundnet_like_reference_on_cpu() -> None:

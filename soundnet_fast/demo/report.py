@@ -59,16 +59,14 @@ def summarize_demo(
 def machine() -> str:
     """The CPU's model name and the threads torch uses, e.g. "AMD EPYC 7B13, 2 threads" (the printed timings
     name the machine they were measured on)."""
+    import contextlib
     import platform
 
     import torch
 
     name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name)
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:  # Linux: the model name
+        name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name)
     return f"{name}, {torch.get_num_threads()} threads"
 
 

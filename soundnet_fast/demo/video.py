@@ -182,7 +182,9 @@ def write_mp4(path: str, frames: np.ndarray, audio: np.ndarray, fps: int, sr: in
             vs.pix_fmt = "yuv420p"
             vs.options = {"crf": "18", "preset": "veryfast"}
             # AAC at the model's rate: prepare then decodes with no resampling (docs/design.md#performance-ceiling).
-            a_s = c.add_stream("aac", rate=sr, layout="mono")
+            # FFmpeg's "fast" AAC coder: half the encode time of its default two-loop search (measured: 0.36 s of
+            # a 24 s video's 0.76 s went to the default coder), at a quality the demo's patterns do not need more of.
+            a_s = c.add_stream("aac", rate=sr, layout="mono", options={"aac_coder": "fast"})
             for img in frames:
                 for p in vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
                     c.mux(p)

@@ -19,6 +19,9 @@ tests compare with. Needs numba (the ``train`` extra); :func:`available` says wh
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -129,6 +132,23 @@ if numba is not None:
                     dz[b, ci, i] = km * g[b, ci, j] + a0 + a1 * z[b, ci, i]
 
 
+@contextlib.contextmanager
+def _torch_threads() -> Iterator[None]:
+    """Run numba's kernels on as many threads as torch uses, and leave torch's thread count as it was.
+
+    numba's OpenMP layer sets the calling thread's OpenMP thread count to every core when it starts its pool, and
+    torch shares that setting: without this, ``torch.set_num_threads(1)`` (or ``OMP_NUM_THREADS=1``) silently
+    became 2 threads after the first step (measured, the project's 2-core CPU).
+    """
+    n = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+
+
 class _BnReluPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z: Tensor, gamma: Tensor, beta: Tensor, mean: Tensor, invstd: Tensor, pool: int) -> Tensor:
@@ -140,7 +160,8 @@ class _BnReluPool(torch.autograd.Function):
         w = length // pool
         out = torch.empty((n, c, w), dtype=zc.dtype)
         arg = torch.empty((n, c, w), dtype=torch.int32)
-        _forward(zc.numpy(), scale.numpy(), shift.numpy(), pool, out.numpy(), arg.numpy())
+        with _torch_threads():
+            _forward(zc.numpy(), scale.numpy(), shift.numpy(), pool, out.numpy(), arg.numpy())
         ctx.save_for_backward(zc, arg, gamma, mean, invstd)
         ctx.pool = pool
         return out
@@ -153,13 +174,13 @@ class _BnReluPool(torch.autograd.Function):
         c = zc.shape[1]
         dbeta = torch.empty(c, dtype=torch.float64)
         dgamma = torch.empty(c, dtype=torch.float64)
-        _grad_sums(zc.numpy(), g.numpy(), arg.numpy(), mean.numpy(), invstd.numpy(), ctx.pool, dbeta.numpy(),
-                   dgamma.numpy())  # fmt: skip
-        dz = None
-        if ctx.needs_input_grad[0]:
-            dz = torch.empty_like(zc)
-            _backward(zc.numpy(), g.numpy(), arg.numpy(), mean.numpy(), invstd.numpy(), gamma.double().numpy(),
-                      dbeta.numpy(), dgamma.numpy(), ctx.pool, dz.numpy())  # fmt: skip
+        dz = torch.empty_like(zc) if ctx.needs_input_grad[0] else None
+        with _torch_threads():  # the backward may run on another thread than the forward
+            _grad_sums(zc.numpy(), g.numpy(), arg.numpy(), mean.numpy(), invstd.numpy(), ctx.pool, dbeta.numpy(),
+                       dgamma.numpy())  # fmt: skip
+            if dz is not None:
+                _backward(zc.numpy(), g.numpy(), arg.numpy(), mean.numpy(), invstd.numpy(), gamma.double().numpy(),
+                          dbeta.numpy(), dgamma.numpy(), ctx.pool, dz.numpy())  # fmt: skip
         return dz, dgamma.to(gamma.dtype), dbeta.to(gamma.dtype), None, None, None
 
 
@@ -197,7 +218,8 @@ def bn_relu_pool(z: Tensor, bn: torch.nn.BatchNorm1d, pool: int | None) -> Tenso
     zc = z.detach().contiguous()
     mean = torch.empty(c, dtype=torch.float64)
     var = torch.empty(c, dtype=torch.float64)
-    _stats(zc.numpy(), mean.numpy(), var.numpy())
+    with _torch_threads():
+        _stats(zc.numpy(), mean.numpy(), var.numpy())
     m = n * length
     if bn.track_running_stats and bn.running_mean is not None:
         with torch.no_grad():

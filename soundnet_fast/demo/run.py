@@ -38,8 +38,9 @@ EVAL_CS = (1e-3, 1e-2, 1e-1)
 # SoundNet-5 takes 3 s over 5 s: 1.7x the steps and twice the distinct sound instances in the same budget
 # (measured on the earlier chirp/fall world, 2-core CPU, seed 0: distilled 78.5 % vs 77.2 %).
 CLIP_SECONDS = {"soundnet5": 3.0, "soundnet8": 10.0}
-# Training length by default (README.md, "The demo", says how it was chosen).
-STEPS = 900
+# Training length by default (README.md, "The demo", says how it was chosen): at 900 steps world seed 1 measured
+# +18.5 points over random features on an Intel Xeon (+22.7 on an AMD EPYC), at 1200 +24.5.
+STEPS = 1200
 
 
 @dataclass

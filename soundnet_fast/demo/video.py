@@ -180,7 +180,10 @@ def write_mp4(path: str, frames: np.ndarray, audio: np.ndarray, fps: int, sr: in
             vs = c.add_stream("libx264", rate=fps)
             vs.width, vs.height = frames.shape[2], frames.shape[1]
             vs.pix_fmt = "yuv420p"
-            vs.options = {"crf": "18", "preset": "veryfast"}
+            # mbtree off: with it, libx264 wrote different bytes for the same frames from run to run (here, 4-8
+            # variants in 10-20 encodes of one 64 x 64 video, even on one thread), so two demos got different
+            # teacher labels; without it, one (tests/demo/test_video.py).
+            vs.options = {"crf": "18", "preset": "veryfast", "x264-params": "mbtree=0"}
             # AAC at the model's rate: prepare then decodes with no resampling (docs/design.md#performance-ceiling).
             # FFmpeg's "fast" AAC coder: half the encode time of its default two-loop search (measured: 0.36 s of
             # a 24 s video's 0.76 s went to the default coder), at a quality the demo's patterns do not need more of.

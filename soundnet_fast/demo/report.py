@@ -7,8 +7,9 @@ import os
 from typing import Any
 
 # The demo's margins (README.md, "The demo", shows them measured): distilled beats the better random baseline by
-# >= 10 points and by more than twice the standard deviation across folds, and MFCC + SVM by >= 20 points.
-MARGIN_RANDOM, MARGIN_MFCC = 10.0, 20.0
+# >= 20 points (10 until the demo trained a fixed 1200 steps) and by more than twice the standard deviation across
+# folds, and MFCC + SVM by >= 20 points.
+MARGIN_RANDOM, MARGIN_MFCC = 20.0, 20.0
 
 
 def summarize_demo(
@@ -80,7 +81,7 @@ def verdict(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     gap_mfcc = d["mean"] - rows["mfcc"]["mean"]
     two_std = 2 * max(d["std"], rows[best_random]["std"])
     checks = {
-        "random_by_10": gap_random >= MARGIN_RANDOM,
+        "random_by_margin": gap_random >= MARGIN_RANDOM,
         "random_by_2std": gap_random > two_std,
         "mfcc_by_20": gap_mfcc >= MARGIN_MFCC,
     }
@@ -115,7 +116,7 @@ def print_table(res: dict[str, Any]) -> None:
     v = res["verdict"]
     ok = lambda b: "[green]yes[/green]" if b else "[red]no[/red]"
     console.print(
-        f"distilled - better random = {res['gap_random']:+.1f} points (>= {MARGIN_RANDOM:g}: {ok(v['random_by_10'])}; "
+        f"distilled - better random = {res['gap_random']:+.1f} points (>= {MARGIN_RANDOM:g}: {ok(v['random_by_margin'])}; "
         f"> 2 std = {res['two_std']:.1f}: {ok(v['random_by_2std'])});  "
         f"distilled - MFCC = {res['gap_mfcc']:+.1f} points (>= {MARGIN_MFCC:g}: {ok(v['mfcc_by_20'])})"
     )

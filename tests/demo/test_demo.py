@@ -33,18 +33,19 @@ def _summary(means: dict[str, float], stds: dict[str, float]) -> dict:
     return demo.summarize_demo(_ev(means, stds), demo.DemoConfig(), 10, 1.0, {}, {"run": "r", "eval": "e"})
 
 
-def test_verdict_needs_ten_points_two_std_and_twenty_over_mfcc() -> None:
+def test_verdict_needs_twenty_points_two_std_and_twenty_over_mfcc() -> None:
     stds = {"soundnet": 0.02, "random_init": 0.02, "random_bn": 0.02, "mfcc": 0.02}
-    ok = _summary({"soundnet": 0.85, "random_init": 0.70, "random_bn": 0.72, "mfcc": 0.40}, stds)
+    ok = _summary({"soundnet": 0.93, "random_init": 0.70, "random_bn": 0.72, "mfcc": 0.40}, stds)
     assert ok["best_random"] == "random_bn"  # the better of the two random baselines is the baseline
-    assert ok["gap_random"] == pytest.approx(13.0) and ok["verdict"]["all"]
-    close = _summary({"soundnet": 0.80, "random_init": 0.70, "random_bn": 0.72, "mfcc": 0.40}, stds)
-    assert not close["verdict"]["random_by_10"] and not close["verdict"]["all"]
+    assert ok["gap_random"] == pytest.approx(21.0) and ok["verdict"]["all"]
+    close = _summary({"soundnet": 0.91, "random_init": 0.70, "random_bn": 0.72, "mfcc": 0.40}, stds)
+    assert close["gap_random"] == pytest.approx(19.0)
+    assert not close["verdict"]["random_by_margin"] and not close["verdict"]["all"]
     noisy = _summary(
-        {"soundnet": 0.85, "random_init": 0.70, "random_bn": 0.72, "mfcc": 0.40}, {**stds, "soundnet": 0.08}
+        {"soundnet": 0.93, "random_init": 0.70, "random_bn": 0.72, "mfcc": 0.40}, {**stds, "soundnet": 0.12}
     )
-    assert noisy["verdict"]["random_by_10"] and not noisy["verdict"]["random_by_2std"]
-    mfcc = _summary({"soundnet": 0.85, "random_init": 0.70, "random_bn": 0.72, "mfcc": 0.70}, stds)
+    assert noisy["verdict"]["random_by_margin"] and not noisy["verdict"]["random_by_2std"]
+    mfcc = _summary({"soundnet": 0.93, "random_init": 0.70, "random_bn": 0.72, "mfcc": 0.80}, stds)
     assert not mfcc["verdict"]["mfcc_by_20"] and not mfcc["verdict"]["all"]
 
 

@@ -18,6 +18,15 @@ forward recorded in ``code`` (so the recompute need not reproduce the forward's 
 4. ``_dx_kernel``: dx as a transposed conv, one output phase (position mod stride) per program so no
    multiply-adds are wasted on the stride's zeros: dx[ci, ph + s*i] = sum_{co, m} w[co, ci, kk0 + s*m]
    * gz[co, i + c0 - m], kk0 = (ph + pad) mod s, c0 = (ph + pad - kk0) / s.
+
+Symbols as in ``_conv_fwd.py``'s docstring, plus: gy, the gradient at the BN output; zhat, the normalised
+conv output; gz, the conv output's gradient (C_OUT, M); sums, per channel (sum gy, sum gy * zhat): per program
+in ``_bwd_reduce_kernel``, the merged (2, C_OUT) totals (all-reduced across processes in training) after it;
+SPLIT: programs sharing dW's M axis (``_dw_kernel``; NUM_MT = cdiv(M, BLOCK_M) tiles in all); BLOCK_RW,
+conv1's whole reduction in one tile; TRAINING: BN used batch statistics (its backward subtracts the
+two means); DETERMINISTIC: partials summed in a fixed order instead of atomically added. In ``_dx_kernel``:
+ph, a phase (input position mod stride); KMAX = ceil(K / stride) taps per channel and phase; BLOCK_CI,
+BLOCK_Q: its tile of input channels and of positions of that phase.
 """
 
 from __future__ import annotations
@@ -139,6 +148,19 @@ def _bwd_gz_kernel(x_ptr, w_ptr, b_ptr, stats_ptr, g_ptr, go_ptr, code_ptr, out_
 
 
 @triton.jit
+def _store_dw_db(dw_ptr, db_ptr, acc, db, idx, co, r, C_OUT, R, wmask, bmask, DETERMINISTIC: tl.constexpr):
+    """The weight-gradient tail shared by ``_bwd_gz_dw_kernel`` and ``_dw_kernel``: a program's dW tile
+    acc (BLOCK_CO, BLOCK_R) and db (BLOCK_CO,) go to partial ``idx`` of dw (P or SPLIT, C_out, R) and db (P or
+    SPLIT, C_out), summed later in a fixed order (deterministic), or are atomically added (relaxed) to dw[0], db[0]."""
+    if DETERMINISTIC:
+        tl.store(dw_ptr + (idx * C_OUT + co[:, None]).to(tl.int64) * R + r[None, :], acc, mask=wmask)
+        tl.store(db_ptr + idx * C_OUT + co, db, mask=bmask)
+    else:
+        tl.atomic_add(dw_ptr + co[:, None] * R + r[None, :], acc, mask=wmask, sem="relaxed")
+        tl.atomic_add(db_ptr + co, db, mask=bmask, sem="relaxed")
+
+
+@triton.jit
 def _bwd_gz_dw_kernel(x_ptr, w_ptr, b_ptr, stats_ptr, g_ptr, go_ptr, code_ptr, out_ptr, sums_ptr, dw_ptr,
                       db_ptr, C_OUT, L, R, T, TP, M, P, sxn, sxc, sxl, sgn, sgc, sgl, stride, pad,
                       HAS_BIAS: tl.constexpr, HAS_POOL: tl.constexpr, POOL: tl.constexpr,
@@ -178,13 +200,8 @@ def _bwd_gz_dw_kernel(x_ptr, w_ptr, b_ptr, stats_ptr, g_ptr, go_ptr, code_ptr, o
             gzc = gzc.to(tl.float32)
             xv = xv.to(tl.float32)
         acc = tl.dot(gzc, xv, acc, input_precision=PRECISION)
-    wmask = c_ok[:, None] & r_ok[None, :]
-    if DETERMINISTIC:
-        tl.store(dw_ptr + (pid_p * C_OUT + co[:, None]).to(tl.int64) * R + r[None, :], acc, mask=wmask)
-        tl.store(db_ptr + pid_p * C_OUT + co, db, mask=c_ok)
-    else:
-        tl.atomic_add(dw_ptr + co[:, None] * R + r[None, :], acc, mask=wmask, sem="relaxed")
-        tl.atomic_add(db_ptr + co, db, mask=c_ok, sem="relaxed")
+    _store_dw_db(dw_ptr, db_ptr, acc, db, pid_p, co, r, C_OUT, R, c_ok[:, None] & r_ok[None, :], c_ok,
+                 DETERMINISTIC)
 
 
 @triton.jit
@@ -220,14 +237,8 @@ def _dw_kernel(gz_ptr, x_ptr, dw_ptr, db_ptr, C_OUT, L, R, T, M, NUM_MT, SPLIT, 
             g = g.to(tl.float32)
             xv = xv.to(tl.float32)
         acc = tl.dot(g, xv, acc, input_precision=PRECISION)
-    wmask = c_ok[:, None] & r_ok[None, :]
-    bmask = c_ok & ((co * 0 + pid_r) == 0)
-    if DETERMINISTIC:
-        tl.store(dw_ptr + (pid_s * C_OUT + co[:, None]).to(tl.int64) * R + r[None, :], acc, mask=wmask)
-        tl.store(db_ptr + pid_s * C_OUT + co, db, mask=bmask)
-    else:
-        tl.atomic_add(dw_ptr + co[:, None] * R + r[None, :], acc, mask=wmask, sem="relaxed")
-        tl.atomic_add(db_ptr + co, db, mask=bmask, sem="relaxed")
+    _store_dw_db(dw_ptr, db_ptr, acc, db, pid_s, co, r, C_OUT, R, c_ok[:, None] & r_ok[None, :],
+                 c_ok & ((co * 0 + pid_r) == 0), DETERMINISTIC)
 
 
 @triton.jit

@@ -9,6 +9,28 @@ to 127) for the backward. The unpooled conv output never reaches memory.
 
 The conv reduces over C_in x k (64 for conv1, 512 for conv2..conv5), not over C_in only as public
 Triton convs do (they pad C_in = 1 to 16 and waste 16x on conv1): docs/design.md#kernels.
+
+Symbols (here and in ``_conv_bwd.py``); tensors are (N, C, L) inputs, (C_out, C_in * K) weights:
+
+- N, C_in, L: batch, input channels, input length (samples or frames); C_OUT: output channels.
+- K, stride, pad: the conv's kernel size, stride and zero padding; T = (L + 2 pad - K) // stride + 1,
+  the conv output length.
+- R = C_in * K: the conv's reduction length (one weight row); r indexes it, ci = r // K, kk = r % K.
+- M = N * T: batch x time flattened, the GEMM's column axis; m indexes it, n = m // T, t = m % T.
+- POOL: the max-pool's window (= its stride); TP = T // POOL pooled outputs per clip; Q = N * TP;
+  PP: the next power of two >= POOL (a tile's window slots, u = slot).
+- BLOCK_CO, BLOCK_M, BLOCK_R, BLOCK_Q: a program's tile of output channels, columns, reduction and
+  pooled outputs.
+- TILES: conv tiles one program reduces in turn; P: the programs along M, so the number of partials;
+  PER_PROG = TILES * BLOCK_M: the columns behind one partial; BLOCK_C, BLOCK_P: the merge's tile of
+  channels and partials.
+- HAS_BIAS, HAS_POOL: the block has a conv bias, a max-pool.
+- part: per-program partial (mean, M2) of each channel; moments: merged (count, mean, M2), (3, C_OUT);
+  stats: (mean, invstd, unbiased variance, count), (4, C_OUT) fp32 (count 0 in eval).
+- code: per pooled output, the offset of its window's first maximum, -1 where ReLU gave 0.
+- sxn, sxc, sxl (sgn, sgc, sgl): element strides of x (of grad_out, the gradient of the block's output: pooled
+  when it pools) along N, C, L.
+- INTERP: running under TRITON_INTERPRET=1 (fp32 dots); PRECISION: tl.dot's input_precision.
 """
 
 from __future__ import annotations

@@ -81,9 +81,9 @@ def verdict(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     gap_mfcc = d["mean"] - rows["mfcc"]["mean"]
     two_std = 2 * max(d["std"], rows[best_random]["std"])
     checks = {
-        "random_by_margin": gap_random >= MARGIN_RANDOM,
+        "random_by_margin": round(gap_random, 6) >= MARGIN_RANDOM,
         "random_by_2std": gap_random > two_std,
-        "mfcc_by_20": gap_mfcc >= MARGIN_MFCC,
+        "mfcc_by_margin": round(gap_mfcc, 6) >= MARGIN_MFCC,
     }
     checks["all"] = all(checks.values())
     return {
@@ -115,10 +115,11 @@ def print_table(res: dict[str, Any]) -> None:
     console.print(t)
     v = res["verdict"]
     ok = lambda b: "[green]yes[/green]" if b else "[red]no[/red]"
+    by_random, by_2std, by_mfcc = (ok(v[k]) for k in ("random_by_margin", "random_by_2std", "mfcc_by_margin"))
     console.print(
-        f"distilled - better random = {res['gap_random']:+.1f} points (>= {MARGIN_RANDOM:g}: {ok(v['random_by_margin'])}; "
-        f"> 2 std = {res['two_std']:.1f}: {ok(v['random_by_2std'])});  "
-        f"distilled - MFCC = {res['gap_mfcc']:+.1f} points (>= {MARGIN_MFCC:g}: {ok(v['mfcc_by_20'])})"
+        f"distilled - better random = {res['gap_random']:+.1f} points (>= {MARGIN_RANDOM:g}: {by_random}; "
+        f"> 2 std = {res['two_std']:.1f}: {by_2std});  "
+        f"distilled - MFCC = {res['gap_mfcc']:+.1f} points (>= {MARGIN_MFCC:g}: {by_mfcc})"
     )
     acc = ", ".join(f"{k} {a:.0%}" for k, a in res["teacher_accuracy"].items() if a is not None)
     console.print(

@@ -1,4 +1,4 @@
-"""`soundnet-fast demo`: the whole idea, end to end, on a laptop CPU in about 13 minutes (2 cores).
+"""`soundnet-fast demo`: the whole idea, end to end, on a laptop CPU in about 10 minutes (2 cores; README.md).
 
 Teachers that only see frames teach a student that only hears sound, and the student's features beat random
 features on sounds it was never labeled with. The stages are the project's own, called through their Python
@@ -39,7 +39,7 @@ EVAL_CS = (1e-3, 1e-2, 1e-1)
 # (measured on the earlier chirp/fall world, 2-core CPU, seed 0: distilled 78.5 % vs 77.2 %).
 CLIP_SECONDS = {"soundnet5": 3.0, "soundnet8": 10.0}
 # Training length by default (README.md, "The demo", says how it was chosen): at 900 steps world seed 1 measured
-# +18.5 points over random features on an Intel Xeon (+22.7 on an AMD EPYC), at 1200 +24.5.
+# +18.5 points over random features on an Intel Xeon (+22.7 on an AMD EPYC); at 1200, +25.5 (Xeon).
 STEPS = 1200
 
 
@@ -76,7 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--steps",
         type=int,
         default=d.steps,
-        help="training steps: the same student and table on every run (default %(default)s)",
+        help="training steps: the same student and table on every run on this CPU (default %(default)s)",
     )
     p.add_argument(
         "--minutes",

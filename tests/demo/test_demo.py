@@ -46,7 +46,10 @@ def test_verdict_needs_twenty_points_two_std_and_twenty_over_mfcc() -> None:
     )
     assert noisy["verdict"]["random_by_margin"] and not noisy["verdict"]["random_by_2std"]
     mfcc = _summary({"soundnet": 0.93, "random_init": 0.70, "random_bn": 0.72, "mfcc": 0.80}, stds)
-    assert not mfcc["verdict"]["mfcc_by_20"] and not mfcc["verdict"]["all"]
+    assert not mfcc["verdict"]["mfcc_by_margin"] and not mfcc["verdict"]["all"]
+    # A gap of exactly 20 points passes, though 100 * 0.5125 - 100 * 0.3125 is 19.999999999999993 in floating point.
+    edge = _summary({"soundnet": 0.5125, "random_init": 0.3125, "random_bn": 0.30, "mfcc": 0.10}, stds)
+    assert edge["gap_random"] != 20.0 and edge["verdict"]["random_by_margin"]
 
 
 def test_cli_registers_demo() -> None:

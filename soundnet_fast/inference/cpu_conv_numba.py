@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from soundnet_fast.numba_threads import torch_threads
+
 TILE = 1024  # pooled frames per task: measured best of 64..4096 for conv1 on the project's 2-core CPU machine
 
 
@@ -71,8 +73,7 @@ def conv_pool_relu(x: Tensor, w: Tensor, b: Tensor | None, stride: int, padding:
     out = np.empty((batch, c_out, pooled), np.float32)
     bias = (b.detach() if b is not None else w.new_zeros(c_out)).contiguous().numpy()
     group = 4 if c_out % 4 == 0 else 1
-    # As many numba threads as torch uses (numba's own default is every core); set for the calling thread only.
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     if pooled:
-        _kernel(xh, w.detach().contiguous().numpy(), bias, out, stride, pool, TILE, group)
+        with torch_threads():  # as many numba threads as torch uses, and torch's count left as it was
+            _kernel(xh, w.detach().contiguous().numpy(), bias, out, stride, pool, TILE, group)
     return torch.from_numpy(out)

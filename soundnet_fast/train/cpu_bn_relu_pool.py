@@ -19,9 +19,6 @@ tests compare with. Needs numba (the ``train`` extra); :func:`available` says wh
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -29,6 +26,8 @@ from torch import Tensor
 
 try:  # the train extra brings numba; without it callers keep the eager ops (available() is False)
     import numba
+
+    from soundnet_fast.numba_threads import torch_threads
 except ImportError:  # pragma: no cover - exercised only without the extra
     numba = None
 
@@ -132,23 +131,6 @@ if numba is not None:
                     dz[b, ci, i] = km * g[b, ci, j] + a0 + a1 * z[b, ci, i]
 
 
-@contextlib.contextmanager
-def _torch_threads() -> Iterator[None]:
-    """Run numba's kernels on as many threads as torch uses, and leave torch's thread count as it was.
-
-    numba's OpenMP layer sets the calling thread's OpenMP thread count to every core when it starts its pool, and
-    torch shares that setting: without this, ``torch.set_num_threads(1)`` (or ``OMP_NUM_THREADS=1``) silently
-    became 2 threads after the first step (measured, the project's 2-core CPU).
-    """
-    n = torch.get_num_threads()
-    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != n:
-            torch.set_num_threads(n)
-
-
 class _BnReluPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z: Tensor, gamma: Tensor, beta: Tensor, mean: Tensor, invstd: Tensor, pool: int) -> Tensor:
@@ -160,7 +142,7 @@ class _BnReluPool(torch.autograd.Function):
         w = length // pool
         out = torch.empty((n, c, w), dtype=zc.dtype)
         arg = torch.empty((n, c, w), dtype=torch.int32)
-        with _torch_threads():
+        with torch_threads():
             _forward(zc.numpy(), scale.numpy(), shift.numpy(), pool, out.numpy(), arg.numpy())
         ctx.save_for_backward(zc, arg, gamma, mean, invstd)
         ctx.pool = pool
@@ -175,7 +157,7 @@ class _BnReluPool(torch.autograd.Function):
         dbeta = torch.empty(c, dtype=torch.float64)
         dgamma = torch.empty(c, dtype=torch.float64)
         dz = torch.empty_like(zc) if ctx.needs_input_grad[0] else None
-        with _torch_threads():  # the backward may run on another thread than the forward
+        with torch_threads():  # the backward may run on another thread than the forward
             _grad_sums(zc.numpy(), g.numpy(), arg.numpy(), mean.numpy(), invstd.numpy(), ctx.pool, dbeta.numpy(),
                        dgamma.numpy())  # fmt: skip
             if dz is not None:
@@ -218,7 +200,7 @@ def bn_relu_pool(z: Tensor, bn: torch.nn.BatchNorm1d, pool: int | None) -> Tenso
     zc = z.detach().contiguous()
     mean = torch.empty(c, dtype=torch.float64)
     var = torch.empty(c, dtype=torch.float64)
-    with _torch_threads():
+    with torch_threads():
         _stats(zc.numpy(), mean.numpy(), var.numpy())
     m = n * length
     if bn.track_running_stats and bn.running_mean is not None:

@@ -37,6 +37,7 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from ._common import INTERPRET, clamp_pow2, dot_precision
+from ._conv_banded import band_backward, band_plan
 from ._conv_fwd import _load_bias, cast_out, conv_blocks, conv_tile, stats_tiles
 
 # fmt: off
@@ -286,6 +287,12 @@ def _dx_kernel(gz_ptr, w_ptr, dx_ptr, C_IN, C_OUT, L, T, M, stride, pad, K: tl.c
 # ----------------------------------------------------------------------------------------- launchers
 # Largest C_in x k for the one-pass gz + dW kernel (its dW accumulator is BLOCK_CO x next_pow2(R) fp32).
 FUSED_DW_MAX_R = 1024 if INTERPRET else 128
+
+
+# dx tile on a GPU: 64 positions x a 32-long reduction step. 128 x 64 spilled up to 1.2 KB per thread under
+# Triton 3.6, 128 x 32 and 64 x 64 up to 168 B; 64 x 32 spills under neither 3.6 nor 3.9
+# (bench.sass_report --spills-only, bf16 batch 64).
+DX_BLOCK_Q = 64
 
 
 def _split(programs: int, num_tiles: int) -> int:

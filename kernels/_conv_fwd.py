@@ -136,32 +136,43 @@ def _conv_stats_kernel(x_ptr, w_ptr, b_ptr, part_ptr, C_OUT, L, R, T, M, P, sxn,
 
 
 @triton.jit
+def _part_count(part_ptr, co, p, ok, C_OUT, P, M, PER_PROG, HAS_COUNT: tl.constexpr):
+    """Counts (BLOCK_C, BLOCK_P) of the partials p: stored in part[2], or the columns behind program p."""
+    if HAS_COUNT:
+        return tl.load(part_ptr + (2 * C_OUT + co[:, None]) * P + p[None, :], mask=ok, other=0.0)
+    cnt = tl.minimum(tl.maximum(M - p.to(tl.int64) * PER_PROG, 0), PER_PROG).to(tl.float32)
+    return tl.broadcast_to(cnt[None, :], (co.shape[0], p.shape[0]))
+
+
+@triton.jit
 def _merge_stats_kernel(part_ptr, out_ptr, C_OUT, P, M, PER_PROG, BLOCK_C: tl.constexpr,
-                        BLOCK_P: tl.constexpr):
+                        BLOCK_P: tl.constexpr, HAS_COUNT: tl.constexpr):
     """Merge P partial (count, mean, M2) triples per channel, in a fixed order (deterministic):
     n = sum n_p, mean = sum n_p mean_p / n, M2 = sum M2_p + sum n_p (mean_p - mean)^2 (Chan's
-    formula for many partitions; no cancellation). Writes out[0] = n, out[1] = mean, out[2] = M2."""
+    formula for many partitions; no cancellation). Writes out[0] = n, out[1] = mean, out[2] = M2.
+    The count n_p of program p is part[2, co, p] when HAS_COUNT (``_conv_banded.py``), else it follows
+    from M and PER_PROG."""
     co = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = co < C_OUT
     s_n = tl.zeros((BLOCK_C,), dtype=tl.float32)
     s_nm = tl.zeros((BLOCK_C,), dtype=tl.float32)
     for p0 in range(0, P, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
-        cnt = tl.minimum(tl.maximum(M - p.to(tl.int64) * PER_PROG, 0), PER_PROG).to(tl.float32)
         ok = c_ok[:, None] & (p < P)[None, :]
+        cnt = _part_count(part_ptr, co, p, ok, C_OUT, P, M, PER_PROG, HAS_COUNT)
         mu = tl.load(part_ptr + co[:, None] * P + p[None, :], mask=ok, other=0.0)
-        s_nm += tl.sum(mu * cnt[None, :], axis=1)
-        s_n += tl.sum(tl.where(ok, cnt[None, :], 0.0), axis=1)
+        s_nm += tl.sum(mu * cnt, axis=1)
+        s_n += tl.sum(tl.where(ok, cnt, 0.0), axis=1)
     mean = s_nm / tl.maximum(s_n, 1.0)
     m2 = tl.zeros((BLOCK_C,), dtype=tl.float32)
     for p0 in range(0, P, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
-        cnt = tl.minimum(tl.maximum(M - p.to(tl.int64) * PER_PROG, 0), PER_PROG).to(tl.float32)
         ok = c_ok[:, None] & (p < P)[None, :]
+        cnt = _part_count(part_ptr, co, p, ok, C_OUT, P, M, PER_PROG, HAS_COUNT)
         mu = tl.load(part_ptr + co[:, None] * P + p[None, :], mask=ok, other=0.0)
         q = tl.load(part_ptr + (C_OUT + co[:, None]) * P + p[None, :], mask=ok, other=0.0)
         d = mu - mean[:, None]
-        m2 += tl.sum(tl.where(ok, q + cnt[None, :] * d * d, 0.0), axis=1)
+        m2 += tl.sum(tl.where(ok, q + cnt * d * d, 0.0), axis=1)
     tl.store(out_ptr + co, s_n, mask=c_ok)
     tl.store(out_ptr + C_OUT + co, mean, mask=c_ok)
     tl.store(out_ptr + 2 * C_OUT + co, m2, mask=c_ok)
@@ -244,9 +255,14 @@ def stats_tiles(num_tiles: int) -> int:
 
 def conv_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, K: int, stride: int,
                  padding: int, T: int) -> torch.Tensor:
-    """(3, C_out) fp32: count, mean and M2 of the conv output per channel, over batch x time."""
-    N, _, L = x.shape
+    """(3, C_out) fp32: count, mean and M2 of the conv output per channel, over batch x time. A
+    single-channel input takes the banded kernels (``_conv_banded.band_plan`` decides)."""
+    N, C_in, L = x.shape
     C, R = w2d.shape
+    from . import _conv_banded  # imports this module: resolved at call time
+
+    if _conv_banded.band_plan(C_in, C, K, stride, _conv_banded.stats_group(C)) is not None:
+        return _conv_banded.band_moments(x, w2d, bias, K, stride, padding, T)
     M = N * T
     bco, bm, br, warps = conv_blocks(C, R, M, x.dtype)
     num_tiles = triton.cdiv(M, bm)
@@ -259,11 +275,18 @@ def conv_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
         HAS_BIAS=bias is not None, K=K, BLOCK_CO=bco, BLOCK_M=bm, BLOCK_R=br, TILES=tiles,
         INTERP=INTERPRET, PRECISION=dot_precision(x), num_warps=warps)
     moments = torch.empty((3, C), device=x.device, dtype=torch.float32)
-    bc = clamp_pow2(C, 16, 256 if INTERPRET else 64)
-    bp = clamp_pow2(P, 16, 1024 if INTERPRET else 256)
+    bc, bp = merge_blocks(C, P)
     wrap_triton(_merge_stats_kernel)[(triton.cdiv(C, bc),)](
-        part, moments, C, P, M, tiles * bm, BLOCK_C=bc, BLOCK_P=bp, num_warps=4)
+        part, moments, C, P, M, tiles * bm, BLOCK_C=bc, BLOCK_P=bp, HAS_COUNT=False, num_warps=4)
     return moments
+
+
+def merge_blocks(c_out: int, parts: int) -> tuple[int, int]:
+    """(BLOCK_C, BLOCK_P) of ``_merge_stats_kernel``: on a GPU at most 2,048 partials per step (three
+    (BLOCK_C, BLOCK_P) fp32 tiles in 128 threads' registers: 64 x 256 spilled 1.4 KB per thread under Triton 3.9,
+    64 x 64 spilled 320 B under 3.6; 64 x 32 spills under neither, by ``bench.sass_report --spills-only``)."""
+    bc = clamp_pow2(c_out, 16, 256 if INTERPRET else 64)
+    return bc, clamp_pow2(parts, 16, 1024 if INTERPRET else 2048 // bc)
 
 
 def code_dtype(pool: int) -> torch.dtype:
@@ -276,9 +299,14 @@ def code_dtype(pool: int) -> torch.dtype:
 def conv_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None,
                       gamma: torch.Tensor, beta: torch.Tensor, stats: torch.Tensor, K: int, stride: int,
                       padding: int, T: int, pool: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pass 2: (pooled output in x.dtype, window-offset codes; an empty int8 tensor without pool)."""
-    N, _, L = x.shape
+    """Pass 2: (pooled output in x.dtype, window-offset codes; an empty int8 tensor without pool). A
+    single-channel input with a pool takes the banded kernel (``_conv_banded.band_plan`` decides)."""
+    N, C_in, L = x.shape
     C, R = w2d.shape
+    from . import _conv_banded  # imports this module: resolved at call time
+
+    if _conv_banded.band_plan(C_in, C, K, stride, pool) is not None:
+        return _conv_banded.band_bn_relu_pool(x, w2d, bias, gamma, beta, stats, K, stride, padding, T, pool)
     p = pool if pool is not None else 1
     pp = next_pow2(p)
     TP = T // p

@@ -4,8 +4,9 @@
 running_mean, running_var, bn_weight, bn_bias, training, momentum, eps)), pool, pool)`` (no pool when
 ``pool`` is None), including the in-place running-statistics update (unbiased running variance,
 ``num_batches_tracked`` incremented when given), in training (batch statistics) and eval (running
-statistics) mode. The Triton kernels live in ``_conv_fwd.py`` / ``_conv_bwd.py``; this file holds the
-plain PyTorch reference they are tested against, the ``torch.library`` ops and the public function.
+statistics) mode. The Triton kernels live in ``_conv_fwd.py`` / ``_conv_bwd.py`` (``_conv_banded.py`` for a
+single-channel input with a pool); this file holds the plain PyTorch reference they are tested against, the
+``torch.library`` ops and the public function.
 
 Support matrix (``SUPPORT_MATRIX`` below, also exported by the package):
 """
@@ -27,7 +28,8 @@ from ._conv_fwd import code_dtype, conv_bn_relu_pool, conv_moments
 SUPPORT_MATRIX = """\
 Fused Conv1d -> BatchNorm1d -> ReLU (-> MaxPool1d): `conv1d_bn_relu`, `FusedConv1dBNReLU`, `fuse()`
 
-- Fused: Conv1d (implicit GEMM reducing over C_in x k) + BatchNorm1d + ReLU + optional MaxPool1d
+- Fused: Conv1d (implicit GEMM reducing over C_in x k; a single-channel input with a pool: one GEMM
+  row per pool window against a banded weight) + BatchNorm1d + ReLU + optional MaxPool1d
   (kernel == stride, floor mode) in one op; only the (pooled) output is written to memory.
 - BN modes: training (batch statistics merged with Welford/Chan; running stats updated in place with
   the unbiased variance, `num_batches_tracked` += 1, `momentum=None` = cumulative average) and eval

@@ -166,7 +166,7 @@ def test_occupancy() -> None:
 
 def test_hand_count_counts_the_outer_loop_span(toy) -> None:
     _, src = toy
-    h = hand_count(_sass(src), tiles=5, warps=4, programs=10, batch=2)
+    h = hand_count(_sass(src), tiles=50, warps=4, programs=10, batch=2)
     # prologue: 5 instructions before .L_x_2; span .L_x_2 .. its back-edge: 6; epilogue to the EXIT: 6
     assert (h["prologue"], h["tile"], h["epilogue"]) == (5, 6, 6)
     assert h["per_thread_per_program"] == 5 + 5 * 6 + 6 and h["per_clip"] == 41 * 4 * 10 / 2

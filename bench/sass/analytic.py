@@ -16,6 +16,10 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+# The banded single-channel kernels (kernels/_conv_banded.py).
+BANDED = ("_band_stats_kernel", "_band_bn_relu_pool_kernel", "_band_bwd_reduce_kernel", "_band_gz_dw_kernel")
+
+
 def padded_mma_flops(name: str, v: dict[str, Any], grid: tuple[int, ...]) -> float:
     """FLOPs of the tl.dot calls of one launch, with every dot dimension padded to its block."""
     progs = math.prod(grid)
@@ -32,6 +36,10 @@ def padded_mma_flops(name: str, v: dict[str, Any], grid: tuple[int, ...]) -> flo
         split, nmt = v["SPLIT"], v["NUM_MT"]
         iters = sum(len(range(s, nmt, split)) for s in range(grid[2]))
         return grid[0] * grid[1] * iters * 2.0 * v["BLOCK_CO"] * v["BLOCK_M"] * v["BLOCK_R"]
+    if name in BANDED:  # persistent grid: the programs of a channel block walk all NUM_TILES tiles between them
+        cols = v["PP"] * v["BLOCK_C"]
+        one = 2.0 * v["BLOCK_Q"] * (v["J1"] + v["J2"]) * cols
+        return grid[1] * v["NUM_TILES"] * one * (2 if name == "_band_gz_dw_kernel" else 1)
     if name == "_dx_kernel":
         r2 = v["C_OUT"] * v["KMAX"]
         return progs * _cdiv(r2, v["BLOCK_R"]) * 2.0 * v["BLOCK_CI"] * v["BLOCK_Q"] * v["BLOCK_R"]
@@ -50,6 +58,12 @@ def useful_flops(name: str, v: dict[str, Any]) -> float:
         return 2 * 2.0 * v["C_OUT"] * v["M"] * v["R"]
     if name == "_dx_kernel":
         return 2.0 * v["C_OUT"] * v["M"] * v["C_IN"] * v["K"]
+    if name == "_band_stats_kernel":
+        return 2.0 * v["C_OUT"] * v["K"] * v["T"] * (v["ROWS"] // v["TR"])
+    if name in ("_band_bn_relu_pool_kernel", "_band_bwd_reduce_kernel"):
+        return 2.0 * v["C_OUT"] * v["K"] * v["ROWS"] * v["POOL"]
+    if name == "_band_gz_dw_kernel":
+        return 2 * 2.0 * v["C_OUT"] * v["K"] * v["T"] * (v["ROWS"] // v["TR"])
     raise KeyError(name)
 
 

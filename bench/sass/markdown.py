@@ -359,13 +359,12 @@ def _hand(data: dict, w) -> None:
     h = data.get("hand_count")
     if not h:
         return
-    w(f"## Hand count: conv1 bf16 `_conv_stats_kernel`, soundnet8 b64 ({LABEL})")
+    w(f"## Hand count: conv1 bf16 `_band_stats_kernel`, soundnet8 b64 ({LABEL})")
     w("")
     w(
         "Counted from the SASS text alone, without the CFG / loop / trip-count code: instruction lines before "
-        "the outer loop's label (prologue), from that label to the backward branch that closes it (one 16 x 128 "
-        "tile; the inner reduction loop `range(0, R=64, BLOCK_R=64)` runs once, so its body appears once in "
-        "that span), and from there to the last EXIT (epilogue). The same count by shell:"
+        "the outer loop's label (prologue), from that label to the backward branch that closes it (one row tile; "
+        "the kernel has no inner loop), and from there to the last EXIT (epilogue). The same count by shell:"
     )
     w("")
     lab = h["label"]
@@ -383,9 +382,9 @@ def _hand(data: dict, w) -> None:
     w("```")
     w("")
     w(
-        f"prologue {h['prologue']} + TILES {h['tiles']} x tile {h['tile']} + epilogue {h['epilogue']} = "
-        f"{h['per_thread_per_program']:,} instructions per thread per program; x 4 warps x {h['programs']:,} "
-        f"programs / 64 clips = **{_m(h['per_clip'])} M warp-instructions per clip**; the model: "
+        f"{h['programs']:,} programs x (prologue {h['prologue']} + epilogue {h['epilogue']}) + {h['tiles']:,} "
+        f"tiles x tile {h['tile']} = {h['per_thread_per_program'] * h['programs']:,.0f} instructions per thread "
+        f"in all; x 4 warps / 64 clips = **{_m(h['per_clip'])} M warp-instructions per clip**; the model: "
         f"{_m(h['model_per_clip'])} M ({h['agreement']:+.2%})."
     )
     w("")

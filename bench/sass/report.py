@@ -30,24 +30,24 @@ def constants() -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------- hand count
 def hand_count(sass: str, tiles: int, warps: int, programs: int, batch: int) -> dict[str, Any]:
-    """Count conv1's statistics kernel by hand, without the CFG / loop / trip machinery: instruction
-    lines before the outer loop's label (prologue), from that label to the branch back to it (one tile:
-    conv1's inner reduction loop ``range(0, R=64, BLOCK_R=64)`` runs once, so its body appears once in
-    that span), and after it up to the last EXIT (epilogue). per program = prologue + TILES x tile +
-    epilogue; per clip = that x warps x programs / batch."""
+    """Count conv1's statistics kernel (``_band_stats_kernel``) by hand, without the CFG / loop / trip
+    machinery: instruction lines before the outer loop's label (prologue), from that label to the branch back
+    to it (one row tile: the kernel has no inner loop), and after it up to the last EXIT (epilogue). ``tiles``
+    is the tiles all ``programs`` walk together (NUM_TILES per channel block x channel blocks): in all,
+    programs x (prologue + epilogue) + tiles x tile per thread; per clip = that x warps / batch."""
     lines = [ln for ln in sass.splitlines() if re.match(r"^\s*/\*[0-9a-f]+\*/", ln) or re.match(r"^\.L_x_\d+:", ln)]
     back = [i for i, ln in enumerate(lines) if re.search(r"BRA `\((\.L_x_\d+)\)", ln)]
     pos = {ln.rstrip(":"): i for i, ln in enumerate(lines) if ln.startswith(".L_x_")}
     loops = [(pos[re.search(r"\((\.L_x_\d+)\)", lines[i]).group(1)], i) for i in back]
     loops = [(h, e) for h, e in loops if h < e]
-    head, end = min(loops)  # the outermost backward branch: the TILES loop
+    head, end = min(loops)  # the outermost backward branch: the loop over row tiles
     exits = [i for i, ln in enumerate(lines) if re.search(r"\bEXIT\b", ln)]
 
     def n(a: int, b: int) -> int:
         return sum(1 for ln in lines[a:b] if not ln.startswith(".L_x_"))
 
     pro, tile, epi = n(0, head), n(head, end + 1), n(end + 1, exits[-1] + 1)
-    per_prog = pro + tiles * tile + epi
+    total = programs * (pro + epi) + tiles * tile
     label = lines[head].rstrip(":")
     return {
         "label": label,
@@ -55,8 +55,8 @@ def hand_count(sass: str, tiles: int, warps: int, programs: int, batch: int) -> 
         "tile": tile,
         "epilogue": epi,
         "tiles": tiles,
-        "per_thread_per_program": per_prog,
-        "per_clip": per_prog * warps * programs / batch,
+        "per_thread_per_program": total / programs,
+        "per_clip": total * warps / batch,
     }
 
 

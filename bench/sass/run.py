@@ -57,6 +57,7 @@ def model_launch(lc, spec: Spec, bound: dict, comp: dict, st: Static) -> dict[st
         "phase": lc.phase,
         "kernel": spec.name,
         "constexprs": {k: _jsonable(v) for k, v in spec.constexpr_values.items()},
+        "int_args": {k: v for k, v in values.items() if isinstance(v, int) and k not in spec.constexpr_values},
         "grid": list(grid),
         "num_warps": spec.num_warps,
         "regs": comp["regs"],

@@ -1,0 +1,440 @@
+"""Banded-GEMM Triton kernels for a single-input-channel conv block (conv1 on the waveform), forward and
+backward (docs/design.md#kernels).
+
+A conv with C_in = 1 followed by a max-pool reads, for pooled output q, the window
+``x_pad[q * STEP + j]``, j < W, STEP = stride * POOL, W = stride * (POOL - 1) + K. So one GEMM row per
+pool window does the whole window at once: A[q, j] = x_pad[q * STEP + j] (overlapping rows of one
+contiguous, 16-byte-aligned padded waveform: wide loads, no gathers, no masks) times a banded weight
+B[j, (u, c)] = w[c, j - stride * u] for 0 <= j - stride * u < K (else 0), u < POOL the slot in the
+window, c the channel. Z = A @ B is the conv output of every slot of the window, positions on the MMA's
+M axis and (slot, channel) on its N axis, so conv1's 16 channels still fill a 64 x 128 tensor-core
+tile. The band costs W / K of the multiply-adds (conv1: 80 / 64 = 1.25 with W padded to 80); the
+gathers and index arithmetic of the generic implicit GEMM (``_conv_fwd.conv_tile``) disappear.
+
+Programs walk the row tiles with a fixed stride (tile ``p``, ``p + P``, ...; a persistent grid of at most
+``PROGRAMS`` programs), so no compile-time constant depends on the batch or the length.
+
+Symbols (beyond ``_conv_fwd.py``'s): STEP = stride * POOL, the row step in samples; W, the window length;
+J1 (+ J2): W rounded up to one (or two) power-of-two chunks of A's columns (conv1: 64 + 16); JB = J1 + J2;
+PP * BLOCK_C: B's columns, slot-major (col = u * BLOCK_C + c); TR: rows per clip (TP pooled windows for
+the pool and the backward's sums, TQ = cdiv(T, POOL) windows covering every conv position for the
+statistics and dW); ROWS = N * TR; g: a global row (n = g // TR, q = g % TR); LP: the padded waveform's
+length per clip, a multiple of 16 (xp[n, pad + i] = x[n, 0, i], zeros elsewhere); NUM_TILES = cdiv(ROWS,
+BLOCK_Q); dband: dW in band form (JB, PP, C_out), folded to (C_out, K) by the launcher.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+from torch.library import wrap_triton
+
+from ._common import INTERPRET, clamp_pow2, dot_precision, next_pow2
+from ._conv_fwd import _merge_stats_kernel, cast_out, code_dtype, merge_blocks
+
+# fmt: off
+# Hand-wrapped on purpose, as in _conv_fwd.py.
+
+
+@triton.jit
+def _band_weight(w_ptr, c0, C_OUT, J0: tl.constexpr, J: tl.constexpr, K: tl.constexpr, STRIDE: tl.constexpr,
+                 POOL: tl.constexpr, PP: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Rows J0 .. J0 + J of the banded weight B (J, PP * BLOCK_C) from w (C_OUT, K), zeros off the band."""
+    j = J0 + tl.arange(0, J)
+    col = tl.arange(0, PP * BLOCK_C)
+    u = col // BLOCK_C
+    c = c0 + col % BLOCK_C
+    k = j[:, None] - STRIDE * u[None, :]
+    ok = (k >= 0) & (k < K) & ((c < C_OUT) & (u < POOL))[None, :]
+    return tl.load(w_ptr + c[None, :] * K + k, mask=ok, other=0.0)
+
+
+@triton.jit
+def _band_rows(xp_ptr, g, TR, LP, STEP: tl.constexpr, J0: tl.constexpr, J: tl.constexpr):
+    """A's columns J0 .. J0 + J of rows g (BLOCK_Q,): xp[g // TR, (g % TR) * STEP + j]; unmasked (the
+    launcher clamps g and pads xp so every read is in bounds)."""
+    base = (g // TR).to(tl.int64) * LP + (g % TR) * STEP + J0
+    return tl.load(xp_ptr + base[:, None] + tl.arange(0, J)[None, :])
+
+
+@triton.jit
+def _band_z(xp_ptr, b1, b2, bias, g, ROWS, TR, LP, STEP: tl.constexpr, J1: tl.constexpr, J2: tl.constexpr,
+            PP: tl.constexpr, BLOCK_C: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
+    """Conv output of rows g as (BLOCK_Q, PP, BLOCK_C) fp32: z[q, u, c] = conv at t = q * POOL + u."""
+    gl = tl.minimum(g, ROWS - 1)
+    a1 = _band_rows(xp_ptr, gl, TR, LP, STEP, 0, J1)
+    if INTERP:  # the interpreter's bf16 tl.dot is wrong (docs/design.md#interpreter-and-process-rules)
+        a1 = a1.to(tl.float32)
+    z = tl.dot(a1, b1, input_precision=PRECISION)
+    if J2 > 0:
+        a2 = _band_rows(xp_ptr, gl, TR, LP, STEP, J1, J2)
+        if INTERP:
+            a2 = a2.to(tl.float32)
+        z = tl.dot(a2, b2, z, input_precision=PRECISION)
+    return tl.reshape(z, (g.shape[0], PP, BLOCK_C)) + bias[None, None, :]
+
+
+@triton.jit
+def _band_setup(w_ptr, b_ptr, c0, C_OUT, HAS_BIAS: tl.constexpr, J1: tl.constexpr, J2: tl.constexpr,
+                K: tl.constexpr, STRIDE: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr,
+                BLOCK_C: tl.constexpr, INTERP: tl.constexpr):
+    """A program's banded weight chunks (b1, b2; b2 = b1 when J2 = 0) and channel bias (BLOCK_C,)."""
+    b1 = _band_weight(w_ptr, c0, C_OUT, 0, J1, K, STRIDE, POOL, PP, BLOCK_C)
+    if INTERP:
+        b1 = b1.to(tl.float32)
+    b2 = b1
+    if J2 > 0:
+        b2 = _band_weight(w_ptr, c0, C_OUT, J1, J2, K, STRIDE, POOL, PP, BLOCK_C)
+        if INTERP:
+            b2 = b2.to(tl.float32)
+    c = c0 + tl.arange(0, BLOCK_C)
+    bias = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + c, mask=c < C_OUT, other=0.0).to(tl.float32)
+    return b1, b2, bias
+
+
+@triton.jit
+def _band_stats_kernel(xp_ptr, w_ptr, b_ptr, part_ptr, C_OUT, T, TR, ROWS, LP, NUM_TILES, P,
+                       HAS_BIAS: tl.constexpr, K: tl.constexpr, STRIDE: tl.constexpr, POOL: tl.constexpr,
+                       PP: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_Q: tl.constexpr, J1: tl.constexpr,
+                       J2: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
+    """Per program: (mean, M2, count) of each channel over its row tiles, merged tile by tile with Chan's
+    formula (as ``_conv_stats_kernel``); part (3, C_OUT, P) rows mean, M2, count."""
+    pid_p = tl.program_id(0)
+    c0 = tl.program_id(1) * BLOCK_C
+    b1, b2, bias = _band_setup(w_ptr, b_ptr, c0, C_OUT, HAS_BIAS, J1, J2, K, STRIDE, POOL, PP, BLOCK_C, INTERP)
+    u = tl.arange(0, PP)
+    n_a = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    mean_a = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    m2_a = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    for tile in range(pid_p, NUM_TILES, P):
+        g = tile * BLOCK_Q + tl.arange(0, BLOCK_Q)
+        z = _band_z(xp_ptr, b1, b2, bias, g, ROWS, TR, LP, STRIDE * POOL, J1, J2, PP, BLOCK_C, INTERP, PRECISION)
+        ok2 = (g < ROWS)[:, None] & ((g % TR)[:, None] * POOL + u[None, :] < T) & (u < POOL)[None, :]
+        ok = ok2[:, :, None]
+        n_b = tl.sum(tl.sum(ok2.to(tl.float32), axis=1), axis=0)
+        mean_b = tl.sum(tl.sum(tl.where(ok, z, 0.0), axis=1), axis=0) / tl.maximum(n_b, 1.0)
+        d = tl.where(ok, z - mean_b[None, None, :], 0.0)
+        m2_b = tl.sum(tl.sum(d * d, axis=1), axis=0)
+        n = n_a + n_b
+        frac = n_b / tl.maximum(n, 1.0)
+        delta = mean_b - mean_a
+        mean_a = mean_a + delta * frac
+        m2_a = m2_a + m2_b + delta * delta * n_a * frac
+        n_a = n
+    c = c0 + tl.arange(0, BLOCK_C)
+    c_ok = c < C_OUT
+    tl.store(part_ptr + c * P + pid_p, mean_a, mask=c_ok)
+    tl.store(part_ptr + (C_OUT + c) * P + pid_p, m2_a, mask=c_ok)
+    tl.store(part_ptr + (2 * C_OUT + c) * P + pid_p, n_a, mask=c_ok)
+
+
+@triton.jit
+def _band_bn_relu_pool_kernel(xp_ptr, w_ptr, b_ptr, g_ptr, beta_ptr, stats_ptr, out_ptr, code_ptr,
+                              C_OUT, TP, ROWS, LP, NUM_TILES, P, HAS_BIAS: tl.constexpr, K: tl.constexpr,
+                              STRIDE: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr,
+                              BLOCK_C: tl.constexpr, BLOCK_Q: tl.constexpr, J1: tl.constexpr,
+                              J2: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
+    """Pooled output out (N, C_OUT, TP) of BN (stats[0] mean, stats[1] invstd), ReLU and max over each
+    window, and code (N, C_OUT, TP) = the window's first maximum, -1 where ReLU gave 0 (as
+    ``_conv_bn_relu_pool_kernel``)."""
+    c0 = tl.program_id(1) * BLOCK_C
+    b1, b2, bias = _band_setup(w_ptr, b_ptr, c0, C_OUT, HAS_BIAS, J1, J2, K, STRIDE, POOL, PP, BLOCK_C, INTERP)
+    c = c0 + tl.arange(0, BLOCK_C)
+    c_ok = c < C_OUT
+    mean = tl.load(stats_ptr + c, mask=c_ok, other=0.0)
+    scale = tl.load(stats_ptr + C_OUT + c, mask=c_ok, other=0.0)
+    scale *= tl.load(g_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    shift = tl.load(beta_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    slot = tl.arange(0, PP)[None, :, None]
+    for tile in range(tl.program_id(0), NUM_TILES, P):
+        g = tile * BLOCK_Q + tl.arange(0, BLOCK_Q)
+        z = _band_z(xp_ptr, b1, b2, bias, g, ROWS, TP, LP, STRIDE * POOL, J1, J2, PP, BLOCK_C, INTERP, PRECISION)
+        y = tl.maximum((z - mean[None, None, :]) * scale[None, None, :] + shift[None, None, :], 0.0)
+        y = tl.where(slot < POOL, y, -1.0)  # ReLU outputs are >= 0: -1 marks the padded slots
+        o = tl.max(y, axis=1)
+        first = tl.min(tl.where(y == o[:, None, :], slot, PP), axis=1)
+        code = tl.where(o > 0.0, first, -1)
+        off = ((g // TP).to(tl.int64) * C_OUT * TP + g % TP)[:, None] + c[None, :] * TP
+        smask = (g < ROWS)[:, None] & c_ok[None, :]
+        tl.store(out_ptr + off, cast_out(o, out_ptr.dtype.element_ty, INTERP), mask=smask)
+        tl.store(code_ptr + off, code.to(code_ptr.dtype.element_ty), mask=smask)
+
+
+@triton.jit
+def _band_grad(xp_ptr, b1, b2, bias, stats_ptr, go_ptr, code_ptr, g, c, C_OUT, T, TP, TR, ROWS, LP, sgn, sgc,
+               sgl, STRIDE: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_C: tl.constexpr,
+               J1: tl.constexpr, J2: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
+    """(zhat, gy, valid) of rows g, each (BLOCK_Q, PP, BLOCK_C) fp32 / bool: gy is the pooled gradient routed
+    to the slot ``code`` recorded (0 in the tail past the last whole window)."""
+    c_ok = c < C_OUT
+    z = _band_z(xp_ptr, b1, b2, bias, g, ROWS, TR, LP, STRIDE * POOL, J1, J2, PP, BLOCK_C, INTERP, PRECISION)
+    mean = tl.load(stats_ptr + c, mask=c_ok, other=0.0)
+    invstd = tl.load(stats_ptr + C_OUT + c, mask=c_ok, other=0.0)
+    u = tl.arange(0, PP)
+    n = g // TR
+    q = g % TR
+    ok2 = (g < ROWS)[:, None] & (q[:, None] * POOL + u[None, :] < T) & (u < POOL)[None, :]
+    valid = ok2[:, :, None] & c_ok[None, None, :]
+    zhat = tl.where(valid, (z - mean[None, None, :]) * invstd[None, None, :], 0.0)
+    hit = ((g < ROWS) & (q < TP))[:, None] & c_ok[None, :]
+    n64 = n.to(tl.int64)
+    code = tl.load(code_ptr + (n64 * C_OUT * TP + q)[:, None] + c[None, :] * TP, mask=hit, other=-1).to(tl.int32)
+    go = tl.load(go_ptr + (n64 * sgn + q * sgl)[:, None] + c[None, :] * sgc, mask=hit, other=0.0).to(tl.float32)
+    gy = tl.where(u[None, :, None] == code[:, None, :], go[:, None, :], 0.0)
+    return zhat, gy, valid
+
+
+@triton.jit
+def _band_bwd_reduce_kernel(xp_ptr, w_ptr, b_ptr, stats_ptr, go_ptr, code_ptr, sums_ptr, C_OUT, T, TP, ROWS, LP,
+                            NUM_TILES, P, sgn, sgc, sgl, HAS_BIAS: tl.constexpr, K: tl.constexpr,
+                            STRIDE: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_C: tl.constexpr,
+                            BLOCK_Q: tl.constexpr, J1: tl.constexpr, J2: tl.constexpr,
+                            DETERMINISTIC: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
+    """sum(gy) and sum(gy * zhat) per channel over the rows of whole windows (gy is 0 elsewhere), in fp32 per
+    program, stored to sums[:, p, c] (fp64; summed later in a fixed order) or atomically added to sums[:, 0, c]."""
+    pid_p = tl.program_id(0)
+    c0 = tl.program_id(1) * BLOCK_C
+    b1, b2, bias = _band_setup(w_ptr, b_ptr, c0, C_OUT, HAS_BIAS, J1, J2, K, STRIDE, POOL, PP, BLOCK_C, INTERP)
+    c = c0 + tl.arange(0, BLOCK_C)
+    s_gy = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    s_gyz = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    for tile in range(pid_p, NUM_TILES, P):
+        g = tile * BLOCK_Q + tl.arange(0, BLOCK_Q)
+        zhat, gy, valid = _band_grad(xp_ptr, b1, b2, bias, stats_ptr, go_ptr, code_ptr, g, c, C_OUT, T, TP, TP,
+                                     ROWS, LP, sgn, sgc, sgl, STRIDE, POOL, PP, BLOCK_C, J1, J2, INTERP, PRECISION)
+        s_gy += tl.sum(tl.sum(gy, axis=1), axis=0)
+        s_gyz += tl.sum(tl.sum(gy * zhat, axis=1), axis=0)
+    c_ok = c < C_OUT
+    s_gy, s_gyz = s_gy.to(sums_ptr.dtype.element_ty), s_gyz.to(sums_ptr.dtype.element_ty)
+    if DETERMINISTIC:
+        tl.store(sums_ptr + pid_p * C_OUT + c, s_gy, mask=c_ok)
+        tl.store(sums_ptr + (P + pid_p) * C_OUT + c, s_gyz, mask=c_ok)
+    else:
+        tl.atomic_add(sums_ptr + c, s_gy, mask=c_ok, sem="relaxed")
+        tl.atomic_add(sums_ptr + C_OUT + c, s_gyz, mask=c_ok, sem="relaxed")
+
+
+@triton.jit
+def _band_gz_dw_kernel(xp_ptr, w_ptr, b_ptr, stats_ptr, g_ptr, go_ptr, code_ptr, sums_ptr, dband_ptr, db_ptr,
+                       C_OUT, T, TP, TR, ROWS, LP, NUM_TILES, P, sgn, sgc, sgl, HAS_BIAS: tl.constexpr,
+                       K: tl.constexpr, STRIDE: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr,
+                       BLOCK_C: tl.constexpr, BLOCK_Q: tl.constexpr, J1: tl.constexpr, J2: tl.constexpr,
+                       TRAINING: tl.constexpr, DETERMINISTIC: tl.constexpr, INTERP: tl.constexpr,
+                       PRECISION: tl.constexpr):
+    """gz (BN's backward, as ``_bn_grad``) and dW in band form in one pass: dband[j, (u, c)] += sum_q A[q, j]
+    gz[q, u, c] (A^T @ gz on the tensor cores), db[c] += sum gz. Per program to dband[p] (P, JB, PP, C_OUT)
+    and db[p] (P, C_OUT) (deterministic), or atomically added to dband[0], db[0]."""
+    pid_p = tl.program_id(0)
+    c0 = tl.program_id(1) * BLOCK_C
+    b1, b2, bias = _band_setup(w_ptr, b_ptr, c0, C_OUT, HAS_BIAS, J1, J2, K, STRIDE, POOL, PP, BLOCK_C, INTERP)
+    c = c0 + tl.arange(0, BLOCK_C)
+    c_ok = c < C_OUT
+    scale = tl.load(stats_ptr + C_OUT + c, mask=c_ok, other=0.0)
+    scale *= tl.load(g_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    mean_gy = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    mean_gyz = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    if TRAINING:
+        count = tl.load(stats_ptr + 3 * C_OUT + c, mask=c_ok, other=1.0)
+        mean_gy = tl.load(sums_ptr + c, mask=c_ok, other=0.0) / count
+        mean_gyz = tl.load(sums_ptr + C_OUT + c, mask=c_ok, other=0.0) / count
+    acc1 = tl.zeros((J1, PP * BLOCK_C), dtype=tl.float32)
+    acc2 = tl.zeros((J2 if J2 > 0 else 16, PP * BLOCK_C), dtype=tl.float32)
+    db = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    for tile in range(pid_p, NUM_TILES, P):
+        g = tile * BLOCK_Q + tl.arange(0, BLOCK_Q)
+        zhat, gy, valid = _band_grad(xp_ptr, b1, b2, bias, stats_ptr, go_ptr, code_ptr, g, c, C_OUT, T, TP, TR,
+                                     ROWS, LP, sgn, sgc, sgl, STRIDE, POOL, PP, BLOCK_C, J1, J2, INTERP, PRECISION)
+        gz = scale[None, None, :] * (gy - mean_gy[None, None, :] - zhat * mean_gyz[None, None, :])
+        # rounded to the input dtype, as the unfused path stores gz, for a same-dtype tensor-core dot
+        gzc = cast_out(tl.where(valid, gz, 0.0), xp_ptr.dtype.element_ty, INTERP)
+        db += tl.sum(tl.sum(gzc.to(tl.float32), axis=1), axis=0)
+        gz2 = tl.reshape(gzc, (BLOCK_Q, PP * BLOCK_C))
+        if INTERP:
+            gz2 = gz2.to(tl.float32)
+        gl = tl.minimum(g, ROWS - 1)
+        a1 = _band_rows(xp_ptr, gl, TR, LP, STRIDE * POOL, 0, J1)
+        if INTERP:
+            a1 = a1.to(tl.float32)
+        acc1 = tl.dot(tl.trans(a1), gz2, acc1, input_precision=PRECISION)
+        if J2 > 0:
+            a2 = _band_rows(xp_ptr, gl, TR, LP, STRIDE * POOL, J1, J2)
+            if INTERP:
+                a2 = a2.to(tl.float32)
+            acc2 = tl.dot(tl.trans(a2), gz2, acc2, input_precision=PRECISION)
+    col = tl.arange(0, PP * BLOCK_C)
+    cc = c0 + col % BLOCK_C
+    wcol = (col // BLOCK_C) * C_OUT + cc  # (u, c) -> u * C_OUT + c in dband's (JB, PP, C_OUT)
+    if DETERMINISTIC:
+        idx = pid_p
+    else:
+        idx = pid_p * 0
+    base = dband_ptr + idx.to(tl.int64) * ((J1 + J2) * PP * C_OUT)
+    j1 = tl.arange(0, J1)
+    _band_store(base + j1[:, None] * (PP * C_OUT) + wcol[None, :], acc1, (cc < C_OUT)[None, :], DETERMINISTIC)
+    if J2 > 0:
+        j2 = J1 + tl.arange(0, J2 if J2 > 0 else 16)
+        _band_store(base + j2[:, None] * (PP * C_OUT) + wcol[None, :], acc2, (cc < C_OUT)[None, :], DETERMINISTIC)
+    _band_store(db_ptr + idx * C_OUT + c, db, c_ok, DETERMINISTIC)
+
+
+@triton.jit
+def _band_store(ptr, value, mask, DETERMINISTIC: tl.constexpr):
+    """A program's partial: stored (deterministic, its own slot) or atomically added (relaxed)."""
+    if DETERMINISTIC:
+        tl.store(ptr, value, mask=mask)
+    else:
+        tl.atomic_add(ptr, value, mask=mask, sem="relaxed")
+
+
+# ----------------------------------------------------------------------------------------- launchers
+# A persistent grid on a GPU: 4 programs per SM of a 132-SM H100 / H200, one wave at 4 CTAs per SM.
+# The interpreter runs programs serially: 2, so the tests walk several tiles per program.
+PROGRAMS = 2 if INTERPRET else 528
+BLOCK_Q_GPU = 64  # rows per tile: the M of one warpgroup's wgmma
+MAX_COLS = 128  # B's columns PP * BLOCK_C: one m64n128 wgmma, a 64-register fp32 accumulator per thread
+BWD_COLS = 64
+MAX_WINDOW = 256  # W = stride * (pool - 1) + K beyond which the band wastes too much (and B too big)
+
+
+def _chunks(window: int) -> tuple[int, int]:
+    """(J1, J2): W as one power-of-two chunk >= 16, plus a second one for the remainder (0 if none)."""
+    j1 = max(16, 1 << (window.bit_length() - 1))
+    rest = window - j1
+    return j1, (clamp_pow2(rest, 16, j1) if rest > 0 else 0)
+
+
+def band_plan(c_in: int, c_out: int, k: int, stride: int, pool: int | None, max_cols: int = MAX_COLS) -> dict | None:
+    """The shape rule of this file, the one place that decides: a block takes the banded kernels when
+    C_in == 1 (a waveform), it pools (pool >= 2), and the window W = stride * (pool - 1) + k is at most
+    ``MAX_WINDOW``; None otherwise (the generic implicit GEMM). Returns the constexprs POOL, PP,
+    BLOCK_C, J1, J2 (PP * BLOCK_C columns, at most ``MAX_COLS``)."""
+    if c_in != 1 or pool is None or pool < 2:
+        return None
+    pp = next_pow2(pool)
+    window = stride * (pool - 1) + k
+    if window > MAX_WINDOW or pp > max_cols:
+        return None
+    bc = clamp_pow2(c_out, 1, max_cols // pp)
+    bc = max(bc, 16 // pp)  # tl.dot's N >= 16
+    j1, j2 = _chunks(window)
+    return dict(POOL=pool, PP=pp, BLOCK_C=bc, J1=j1, J2=j2)
+
+
+def stats_group(c_out: int) -> int:
+    """Conv positions per row of the statistics pass (it needs no pool): a power of two filling
+    ``MAX_COLS`` columns with the channel block (conv1: 8 x 16)."""
+    return max(2, MAX_COLS // clamp_pow2(c_out, 16, MAX_COLS))
+
+
+def _layout(x: torch.Tensor, plan: dict, stride: int, pad: int, T: int, rows_per_clip: int) -> int:
+    """LP: a padded clip's length, a multiple of 16 covering the data and every row's window."""
+    need = max(pad + x.shape[-1], (rows_per_clip - 1) * stride * plan["POOL"] + plan["J1"] + plan["J2"])
+    return -(-need // 16) * 16
+
+
+def padded_waveform(x: torch.Tensor, pad: int, lp: int) -> torch.Tensor:
+    """(N, LP) contiguous copy of x (N, 1, L): xp[n, pad + i] = x[n, 0, i], zeros elsewhere (one F.pad)."""
+    return F.pad(x[:, 0], (pad, lp - pad - x.shape[-1]))
+
+
+def _grid(rows: int, block_q: int) -> tuple[int, int]:
+    tiles = triton.cdiv(rows, block_q)
+    return tiles, min(tiles, PROGRAMS)
+
+
+def _block_q(rows: int) -> int:
+    return clamp_pow2(rows, 16, 128) if INTERPRET else BLOCK_Q_GPU
+
+
+def _flags(plan: dict, x: torch.Tensor, k: int, stride: int, bias: torch.Tensor | None, block_q: int) -> dict:
+    return dict(HAS_BIAS=bias is not None, K=k, STRIDE=stride, BLOCK_Q=block_q, INTERP=INTERPRET,
+                PRECISION=dot_precision(x), num_warps=4, **plan)
+
+
+def band_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, k: int, stride: int,
+                 padding: int, T: int) -> torch.Tensor:
+    """(3, C_out) fp32 count, mean, M2 of the conv output per channel (as ``conv_moments``), for a block
+    ``band_plan`` accepts with any pool: rows of ``stats_group`` positions."""
+    N = x.shape[0]
+    C = w2d.shape[0]
+    plan = band_plan(1, C, k, stride, stats_group(C))
+    tq = triton.cdiv(T, plan["POOL"])
+    lp = _layout(x, plan, stride, padding, T, tq)
+    xp = padded_waveform(x, padding, lp)
+    bq = _block_q(N * tq)
+    tiles, P = _grid(N * tq, bq)
+    part = torch.empty((3, C, P), device=x.device, dtype=torch.float32)
+    b = bias if bias is not None else w2d
+    wrap_triton(_band_stats_kernel)[(P, triton.cdiv(C, plan["BLOCK_C"]))](
+        xp, w2d, b, part, C, T, tq, N * tq, lp, tiles, P, **_flags(plan, x, k, stride, bias, bq))
+    moments = torch.empty((3, C), device=x.device, dtype=torch.float32)
+    bc, bp = merge_blocks(C, P)
+    wrap_triton(_merge_stats_kernel)[(triton.cdiv(C, bc),)](
+        part, moments, C, P, 0, 0, BLOCK_C=bc, BLOCK_P=bp, HAS_COUNT=True, num_warps=4)
+    return moments
+
+
+def band_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor,
+                      beta: torch.Tensor, stats: torch.Tensor, k: int, stride: int, padding: int, T: int,
+                      pool: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pass 2 (as ``conv_bn_relu_pool``): pooled output (N, C_out, T // pool) in x.dtype and int8 codes."""
+    N = x.shape[0]
+    C = w2d.shape[0]
+    plan = band_plan(1, C, k, stride, pool)
+    TP = T // pool
+    lp = _layout(x, plan, stride, padding, T, TP)
+    xp = padded_waveform(x, padding, lp)
+    bq = _block_q(N * TP)
+    tiles, P = _grid(N * TP, bq)
+    out = torch.empty((N, C, TP), device=x.device, dtype=x.dtype)
+    code = torch.empty((N, C, TP), device=x.device, dtype=code_dtype(pool))
+    b = bias if bias is not None else w2d
+    wrap_triton(_band_bn_relu_pool_kernel)[(P, triton.cdiv(C, plan["BLOCK_C"]))](
+        xp, w2d, b, gamma, beta, stats, out, code, C, TP, N * TP, lp, tiles, P,
+        **_flags(plan, x, k, stride, bias, bq))
+    return out, code
+
+
+def band_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None,
+                  gamma: torch.Tensor, stats: torch.Tensor, code: torch.Tensor, k: int, stride: int,
+                  padding: int, T: int, pool: int, training: bool, deterministic: bool,
+                  all_reduce=None) -> tuple[torch.Tensor | None, ...]:
+    """The backward of a banded block whose input needs no gradient (as ``conv_bn_relu_backward``):
+    (None, dw2d fp32, db fp32 or None, local sum(gy * zhat), local sum(gy)). Two passes over the rows,
+    each recomputing Z: the BN sums, then gz and dW in band form; dband is folded to (C_out, K) here."""
+    N = x.shape[0]
+    C = w2d.shape[0]
+    dev = x.device
+    plan = band_plan(1, C, k, stride, pool, BWD_COLS)
+    TP, tq = T // pool, triton.cdiv(T, pool)
+    lp = _layout(x, plan, stride, padding, T, tq)
+    xp = padded_waveform(x, padding, lp)
+    flags = _flags(plan, x, k, stride, bias, _block_q(N * tq))
+    b = bias if bias is not None else w2d
+    grid_c = triton.cdiv(C, plan["BLOCK_C"])
+    tiles, P = _grid(N * TP, flags["BLOCK_Q"])
+    part = (torch.empty if deterministic else torch.zeros)(
+        (2, P if deterministic else 1, C), device=dev, dtype=torch.float64)  # fp64: see _bwd_reduce_kernel
+    wrap_triton(_band_bwd_reduce_kernel)[(P, grid_c)](
+        xp, w2d, b, stats, grad_out, code, part, C, T, TP, N * TP, lp, tiles, P, *grad_out.stride(),
+        DETERMINISTIC=deterministic, **flags)
+    local = part.sum(dim=1).float()  # (2, C): sum(gy), sum(gy * zhat); a fixed-order reduction
+    sums = all_reduce(local) if (training and all_reduce is not None) else local
+    tiles, P = _grid(N * tq, flags["BLOCK_Q"])
+    jb = plan["J1"] + plan["J2"]
+    shape = (P if deterministic else 1, jb, plan["PP"], C)
+    dband = (torch.empty if deterministic else torch.zeros)(shape, device=dev, dtype=torch.float32)
+    db_part = (torch.empty if deterministic else torch.zeros)(shape[:1] + (C,), device=dev, dtype=torch.float32)
+    wrap_triton(_band_gz_dw_kernel)[(P, grid_c)](
+        xp, w2d, b, stats, gamma, grad_out, code, sums, dband, db_part, C, T, TP, tq, N * tq, lp, tiles, P,
+        *grad_out.stride(), TRAINING=training, DETERMINISTIC=deterministic, **flags)
+    # fold: dw[c, kk] = sum_u dband[kk + stride * u, u, c]
+    u = torch.arange(pool, device=dev)
+    j = torch.arange(k, device=dev)[:, None] + stride * u[None, :]
+    dw = dband.sum(dim=0)[j, u[None, :].expand(k, pool)].sum(dim=1).t().contiguous()
+    db = db_part.sum(dim=0) if bias is not None else None
+    return None, dw, db, local[1].clone(), local[0].clone()

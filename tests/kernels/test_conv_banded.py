@@ -1,0 +1,121 @@
+"""The banded single-channel kernels (kernels/_conv_banded.py): the shape rule, that blocks it accepts run
+them (and nothing else), and parity with the eager composite on SoundNet's conv1, M5-style and odd shapes.
+
+Runs under TRITON_INTERPRET=1 (Makefile): PROGRAMS is 2 there, so every program walks several row tiles.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import soundnet_fast.kernels._conv_banded as band
+import soundnet_fast.kernels._conv_bwd as conv_bwd
+import soundnet_fast.kernels._conv_fwd as conv_fwd
+from soundnet_fast.kernels.conv_bn_relu import _fwd_op
+from tests.helpers.kernels import SOUNDNET_LAYERS, make_case, norm_rel, run_fused, run_reference
+from tests.kernels.test_conv_bn_relu import _check_fp32
+
+BANDED_FWD = ["_band_stats_kernel", "_merge_stats_kernel", "_band_bn_relu_pool_kernel"]
+BANDED_BWD = ["_band_bwd_reduce_kernel", "_band_gz_dw_kernel"]
+
+
+def test_the_shape_rule() -> None:
+    """conv1 (k 64, s 2, pool 8): W = 2 x 7 + 64 = 78 in chunks 64 + 16, 8 slots x 16 channels."""
+    assert band.band_plan(1, 16, 64, 2, 8) == dict(POOL=8, PP=8, BLOCK_C=16, J1=64, J2=16)
+    # M5-style first block (k 80, s 4, pool 4, 128 channels): W = 92 -> 64 + 32; 4 slots x 32 channels
+    assert band.band_plan(1, 128, 80, 4, 4) == dict(POOL=4, PP=4, BLOCK_C=32, J1=64, J2=32)
+    # a pool of 3 takes 4 slots; 5 channels a block of 8: 32 columns
+    assert band.band_plan(1, 5, 7, 3, 3) == dict(POOL=3, PP=4, BLOCK_C=8, J1=16, J2=0)
+    assert band.band_plan(2, 16, 64, 2, 8) is None  # more than one input channel: the generic GEMM
+    assert band.band_plan(1, 16, 64, 2, None) is None  # no pool: generic (the statistics still band)
+    assert band.band_plan(1, 16, 200, 8, 8)["J1"] == 256  # W = 8 x 7 + 200 = 256: the longest window
+    assert band.band_plan(1, 16, 201, 8, 8) is None  # W = 257: the band would waste too much
+    assert band.stats_group(16) == 8 and band.stats_group(128) == 2
+
+
+class _Launches:
+    """Names of the Triton kernels launched through the three launcher modules."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.names: list[str] = []
+        for mod in (conv_fwd, conv_bwd, band):
+            monkeypatch.setattr(mod, "wrap_triton", self._wrap(mod.wrap_triton))
+
+    def _wrap(self, real):
+        def wrap(kernel):
+            self.names.append(kernel.fn.__name__ if hasattr(kernel, "fn") else kernel.__name__)
+            return real(kernel)
+
+        return wrap
+
+
+@pytest.mark.parametrize("x_grad", [False, True], ids=["waveform", "input_grad"])
+def test_conv1_runs_the_banded_kernels(monkeypatch: pytest.MonkeyPatch, x_grad: bool) -> None:
+    """Forward always banded; the backward too unless the input needs a gradient (the banded backward
+    computes no dx): then the generic backward runs, from the same saved codes."""
+    c_in, c_out, k, s, p, pool = SOUNDNET_LAYERS["conv1"]
+    case = make_case(2, c_in, c_out, k, 900, seed=1)
+    ref = run_reference(case, None, stride=s, padding=p, training=True, pool=pool, x_grad=x_grad)
+    seen = _Launches(monkeypatch)
+    fused = run_fused(case, ref[5], stride=s, padding=p, training=True, pool=pool, x_grad=x_grad)
+    bwd = ["_bwd_reduce_kernel", "_bwd_gz_kernel", "_dw_kernel", "_dx_kernel"] if x_grad else BANDED_BWD
+    assert seen.names == BANDED_FWD + bwd
+    _check_fp32(case, ref, fused, True)
+
+
+# (N, C_out, k, s, p, pool, L, bias): rows cross clip boundaries and end in a partial window (T % pool != 0)
+SHAPES = {
+    "conv1_three_clips": (3, 16, 64, 2, 32, 8, 2003, True),
+    "m5_two_channel_blocks": (2, 40, 80, 4, 38, 4, 1203, True),
+    "pool3_odd_channels_nobias": (3, 5, 7, 3, 0, 3, 301, False),
+    "stride1_pool2_pad_beyond_k": (2, 24, 3, 1, 5, 2, 77, True),
+}
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_parity_fp32(name: str, training: bool) -> None:
+    n, c_out, k, s, p, pool, length, bias = SHAPES[name]
+    assert band.band_plan(1, c_out, k, s, pool) is not None
+    case = make_case(n, 1, c_out, k, length, seed=len(name), bias=bias)
+    ref = run_reference(case, None, stride=s, padding=p, training=training, pool=pool, x_grad=False)
+    fused = run_fused(case, ref[5], stride=s, padding=p, training=training, pool=pool, x_grad=False)
+    _check_fp32(case, ref, fused, training)
+
+
+def test_deterministic_is_bitwise_and_atomics_agree() -> None:
+    n, c_out, k, s, p, pool, length, bias = SHAPES["m5_two_channel_blocks"]
+    case = make_case(n, 1, c_out, k, length, seed=4, bias=bias)
+    ref = run_reference(case, None, stride=s, padding=p, training=True, pool=pool, x_grad=False)
+    kw = dict(stride=s, padding=p, training=True, pool=pool, x_grad=False)
+    runs = [run_fused(case, ref[5], deterministic=d, **kw) for d in (True, True, False)]
+    for a, b in zip(runs[0][1], runs[1][1], strict=True):
+        assert (a is None and b is None) or torch.equal(a, b)
+    _check_fp32(case, ref, runs[2], True)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_bf16_conv1_within_twice_eager(training: bool) -> None:
+    """bf16 operands, fp32 accumulation: error against float64 at most twice eager bf16's."""
+    c_in, c_out, k, s, p, pool = SOUNDNET_LAYERS["conv1"]
+    case = make_case(2, c_in, c_out, k, 1500, seed=9)
+    for f in ("x", "w", "b", "g", "beta"):
+        setattr(case, f, getattr(case, f).to(torch.bfloat16).double())
+    kw = dict(stride=s, padding=p, training=training, pool=pool, x_grad=False)
+    grad = run_reference(case, None, **kw)[5].to(torch.bfloat16).double()
+    ref = run_reference(case, grad, **kw)
+    eager = run_reference(case, grad, dtype=torch.bfloat16, **kw)
+    fused = run_fused(case, grad, dtype=torch.bfloat16, **kw)
+    assert norm_rel(fused[0], ref[0]) <= 2 * norm_rel(eager[0], ref[0])
+    for i in (1, 3, 4):  # conv weight, BN weight and bias (the conv bias cancels in training: covered in fp32)
+        assert norm_rel(fused[1][i], ref[1][i]) <= 2 * norm_rel(eager[1][i], ref[1][i]), i
+
+
+def test_opcheck_banded() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 1, 200, generator=gen, requires_grad=True)
+    w = (torch.randn(16, 1, 64, generator=gen) * 0.1).requires_grad_()
+    g, beta = torch.rand(16, generator=gen) + 0.5, torch.randn(16, generator=gen)
+    args = (x, w, None, g, beta, torch.zeros(16), torch.ones(16), 2, 32, True, 1e-5, 8, True, 0)
+    torch.library.opcheck(_fwd_op, args)

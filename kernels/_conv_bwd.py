@@ -311,9 +311,13 @@ def conv_bn_relu_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Te
     """(dx or None, dw2d fp32, db fp32 or None, local sum(gy * zhat), local sum(gy)).
 
     ``all_reduce`` (SyncBatchNorm semantics) receives the (2, C) fp32 local sums and returns the
-    global ones; the returned BN gradients stay local, as SyncBatchNorm's do."""
+    global ones; the returned BN gradients stay local, as SyncBatchNorm's do. A banded block
+    (``_conv_banded.band_plan``) whose input needs no gradient takes the banded backward."""
     N, C_in, L = x.shape
     C, R = w2d.shape
+    if not input_grad and band_plan(C_in, C, K, stride, pool) is not None:
+        return band_backward(grad_out, x, w2d, bias, gamma, stats, code, K, stride, padding, T, pool, training,
+                             deterministic, all_reduce)
     M = N * T
     p = pool if pool is not None else 1
     TP = T // p
@@ -378,8 +382,8 @@ def conv_bn_relu_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Te
         dx = torch.empty((N, C_in, L), device=dev, dtype=x.dtype)
         kmax = triton.cdiv(K, stride)
         bci = clamp_pow2(C_in, 16, 256 if INTERPRET else 64)
-        bq = clamp_pow2(N * triton.cdiv(L, stride), 16, 512) if INTERPRET else 128
-        bx = clamp_pow2(C * kmax, 16, 1024 if INTERPRET else (32 if x.dtype == torch.float32 else 64))
+        bq = clamp_pow2(N * triton.cdiv(L, stride), 16, 512) if INTERPRET else DX_BLOCK_Q
+        bx = clamp_pow2(C * kmax, 16, 1024 if INTERPRET else 32)  # see DX_BLOCK_Q
         grid = (triton.cdiv(N * triton.cdiv(L, stride), bq), triton.cdiv(C_in, bci), stride)
         wrap_triton(_dx_kernel)[grid](
             gz, w2d, dx, C_in, C, L, T, M, stride, padding, K=K, KMAX=kmax, BLOCK_CI=bci, BLOCK_Q=bq,

@@ -296,7 +296,7 @@ def _band_store(ptr, value, mask, DETERMINISTIC: tl.constexpr):
 PROGRAMS = 2 if INTERPRET else 528
 BLOCK_Q_GPU = 64  # rows per tile: the M of one warpgroup's wgmma
 MAX_COLS = 128  # B's columns PP * BLOCK_C: one m64n128 wgmma, a 64-register fp32 accumulator per thread
-BWD_COLS = 64
+BWD_COLS = 64  # the backward's columns: at 128 its two kernels spilled 96 B per thread (Triton 3.9)
 MAX_WINDOW = 256  # W = stride * (pool - 1) + K beyond which the band wastes too much (and B too big)
 
 
@@ -308,10 +308,11 @@ def _chunks(window: int) -> tuple[int, int]:
 
 
 def band_plan(c_in: int, c_out: int, k: int, stride: int, pool: int | None, max_cols: int = MAX_COLS) -> dict | None:
-    """The shape rule of this file, the one place that decides: a block takes the banded kernels when
-    C_in == 1 (a waveform), it pools (pool >= 2), and the window W = stride * (pool - 1) + k is at most
-    ``MAX_WINDOW``; None otherwise (the generic implicit GEMM). Returns the constexprs POOL, PP,
-    BLOCK_C, J1, J2 (PP * BLOCK_C columns, at most ``MAX_COLS``)."""
+    """The shape rule of this file: a block takes the banded kernels when C_in == 1 (a waveform), it pools
+    (pool >= 2), the window W = stride * (pool - 1) + k is at most ``MAX_WINDOW`` and the pool's PP slots fit
+    ``max_cols`` columns; None otherwise (the generic implicit GEMM). Returns the constexprs POOL, PP, BLOCK_C,
+    J1, J2 (PP * BLOCK_C columns, at most ``max_cols``). The forward asks with ``MAX_COLS``, the backward
+    with ``BWD_COLS`` (``backward_plan``)."""
     if c_in != 1 or pool is None or pool < 2:
         return None
     pp = next_pow2(pool)
@@ -322,6 +323,12 @@ def band_plan(c_in: int, c_out: int, k: int, stride: int, pool: int | None, max_
     bc = max(bc, 16 // pp)  # tl.dot's N >= 16
     j1, j2 = _chunks(window)
     return dict(POOL=pool, PP=pp, BLOCK_C=bc, J1=j1, J2=j2)
+
+
+def backward_plan(c_in: int, c_out: int, k: int, stride: int, pool: int | None) -> dict | None:
+    """``band_plan`` for the backward (at most ``BWD_COLS`` columns): None sends the block to the generic
+    backward, which needs only the saved codes (a pool of 65-128 bands forward, not backward)."""
+    return band_plan(c_in, c_out, k, stride, pool, BWD_COLS)
 
 
 def stats_group(c_out: int) -> int:
@@ -409,7 +416,7 @@ def band_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     N = x.shape[0]
     C = w2d.shape[0]
     dev = x.device
-    plan = band_plan(1, C, k, stride, pool, BWD_COLS)
+    plan = backward_plan(1, C, k, stride, pool)
     TP, tq = T // pool, triton.cdiv(T, pool)
     lp = _layout(x, plan, stride, padding, T, tq)
     xp = padded_waveform(x, padding, lp)

@@ -37,7 +37,7 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from ._common import INTERPRET, clamp_pow2, dot_precision
-from ._conv_banded import band_backward, band_plan
+from ._conv_banded import backward_plan, band_backward
 from ._conv_fwd import _load_bias, cast_out, conv_blocks, conv_tile, stats_tiles
 
 # fmt: off
@@ -312,10 +312,10 @@ def conv_bn_relu_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Te
 
     ``all_reduce`` (SyncBatchNorm semantics) receives the (2, C) fp32 local sums and returns the
     global ones; the returned BN gradients stay local, as SyncBatchNorm's do. A banded block
-    (``_conv_banded.band_plan``) whose input needs no gradient takes the banded backward."""
+    (``_conv_banded.backward_plan``) whose input needs no gradient takes the banded backward."""
     N, C_in, L = x.shape
     C, R = w2d.shape
-    if not input_grad and band_plan(C_in, C, K, stride, pool) is not None:
+    if not input_grad and backward_plan(C_in, C, K, stride, pool) is not None:
         return band_backward(grad_out, x, w2d, bias, gamma, stats, code, K, stride, padding, T, pool, training,
                              deterministic, all_reduce)
     M = N * T

@@ -21,6 +21,8 @@ import inspect
 import math
 from typing import Any
 
+from bench.sass.analytic import BANDED, useful_flops
+
 from .common import HEAD_CLASSES
 
 KL_HEADS_CLASSES = tuple(HEAD_CLASSES.values())  # objects head (conv8), scenes head (conv8_2)
@@ -203,6 +205,8 @@ def work(launch: dict[str, Any]) -> tuple[float, float]:
     elif name == "_dx_kernel":
         n = get("M") // max(1, get("T"))
         flops = 2.0 * n * get("C_IN") * get("L") * get("C_OUT") * get("K") / max(1, get("stride"))
+    elif name in BANDED:  # kernels/_conv_banded.py: useful multiply-adds x 2, as the static model counts them
+        flops = useful_flops(name, a)
     else:  # statistics merge, KL: elementwise
         flops = 0.0
     itemsize = {"bfloat16": 2, "float16": 2, "float32": 4, "float64": 8, "int8": 1, "int16": 2, "int32": 4}

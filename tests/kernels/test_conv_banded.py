@@ -64,9 +64,10 @@ def test_conv1_runs_the_banded_kernels(monkeypatch: pytest.MonkeyPatch, x_grad: 
     _check_fp32(case, ref, fused, True)
 
 
+_CONV1 = SOUNDNET_LAYERS["conv1"][1:]  # (C_out, k, s, p, pool) from the model's table
 # (N, C_out, k, s, p, pool, L, bias): rows cross clip boundaries and end in a partial window (T % pool != 0)
 SHAPES = {
-    "conv1_three_clips": (3, 16, 64, 2, 32, 8, 2003, True),
+    "conv1_three_clips": (3, *_CONV1, 2003, True),
     "m5_two_channel_blocks": (2, 40, 80, 4, 38, 4, 1203, True),
     "pool3_odd_channels_nobias": (3, 5, 7, 3, 0, 3, 301, False),
     "stride1_pool2_pad_beyond_k": (2, 24, 3, 1, 5, 2, 77, True),
@@ -82,6 +83,19 @@ def test_parity_fp32(name: str, training: bool) -> None:
     ref = run_reference(case, None, stride=s, padding=p, training=training, pool=pool, x_grad=False)
     fused = run_fused(case, ref[5], stride=s, padding=p, training=training, pool=pool, x_grad=False)
     _check_fp32(case, ref, fused, training)
+
+
+@pytest.mark.parametrize("x_grad", [False, True], ids=["waveform", "input_grad"])
+def test_a_pool_too_wide_for_the_banded_backward(monkeypatch: pytest.MonkeyPatch, x_grad: bool) -> None:
+    """pool 100 takes 128 slots: the forward bands (128 columns), the backward (64) falls back to the generic
+    kernels, which need only the saved codes."""
+    assert band.band_plan(1, 4, 3, 1, 100) is not None and band.backward_plan(1, 4, 3, 1, 100) is None
+    case = make_case(2, 1, 4, 3, 230, seed=5)
+    ref = run_reference(case, None, stride=1, padding=1, training=True, pool=100, x_grad=x_grad)
+    seen = _Launches(monkeypatch)
+    fused = run_fused(case, ref[5], stride=1, padding=1, training=True, pool=100, x_grad=x_grad)
+    assert seen.names[:3] == BANDED_FWD and not any(n.startswith("_band") for n in seen.names[3:])
+    _check_fp32(case, ref, fused, True)
 
 
 def test_deterministic_is_bitwise_and_atomics_agree() -> None:

@@ -32,7 +32,7 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from ._common import INTERPRET, clamp_pow2, dot_precision, next_pow2
-from ._conv_fwd import _merge_stats_kernel, cast_out, code_dtype, merge_blocks
+from ._conv_fwd import _merge_stats_kernel, cast_out, chan_merge, code_dtype, merge_blocks, store_partial
 
 # fmt: off
 # Hand-wrapped on purpose, as in _conv_fwd.py.
@@ -119,12 +119,7 @@ def _band_stats_kernel(xp_ptr, w_ptr, b_ptr, part_ptr, C_OUT, T, TR, ROWS, LP, N
         mean_b = tl.sum(tl.sum(tl.where(ok, z, 0.0), axis=1), axis=0) / tl.maximum(n_b, 1.0)
         d = tl.where(ok, z - mean_b[None, None, :], 0.0)
         m2_b = tl.sum(tl.sum(d * d, axis=1), axis=0)
-        n = n_a + n_b
-        frac = n_b / tl.maximum(n, 1.0)
-        delta = mean_b - mean_a
-        mean_a = mean_a + delta * frac
-        m2_a = m2_a + m2_b + delta * delta * n_a * frac
-        n_a = n
+        n_a, mean_a, m2_a = chan_merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b)
     c = c0 + tl.arange(0, BLOCK_C)
     c_ok = c < C_OUT
     tl.store(part_ptr + c * P + pid_p, mean_a, mask=c_ok)
@@ -189,6 +184,23 @@ def _band_grad(xp_ptr, b1, b2, bias, stats_ptr, go_ptr, code_ptr, g, c, C_OUT, T
 
 
 @triton.jit
+def store_bn_sums(sums_ptr, s_gy, s_gyz, pid_p, c, C_OUT, P, DETERMINISTIC: tl.constexpr):
+    """The backward's per-channel sums of one program (here and in ``_bwd_reduce_kernel``) into sums
+    (2, P, C_OUT) at [:, pid_p] (deterministic) or atomically added to sums (2, 1, C_OUT), in sums' dtype
+    (fp64: see ``_bwd_reduce_kernel``)."""
+    c_ok = c < C_OUT
+    if DETERMINISTIC:
+        rows = P
+        idx = pid_p
+    else:
+        rows = 1
+        idx = pid_p * 0
+    dt = sums_ptr.dtype.element_ty
+    store_partial(sums_ptr + idx * C_OUT + c, s_gy.to(dt), c_ok, DETERMINISTIC)
+    store_partial(sums_ptr + (rows + idx) * C_OUT + c, s_gyz.to(dt), c_ok, DETERMINISTIC)
+
+
+@triton.jit
 def _band_bwd_reduce_kernel(xp_ptr, w_ptr, b_ptr, stats_ptr, go_ptr, code_ptr, sums_ptr, C_OUT, T, TP, ROWS, LP,
                             NUM_TILES, P, sgn, sgc, sgl, HAS_BIAS: tl.constexpr, K: tl.constexpr,
                             STRIDE: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -208,14 +220,7 @@ def _band_bwd_reduce_kernel(xp_ptr, w_ptr, b_ptr, stats_ptr, go_ptr, code_ptr, s
                                      ROWS, LP, sgn, sgc, sgl, STRIDE, POOL, PP, BLOCK_C, J1, J2, INTERP, PRECISION)
         s_gy += tl.sum(tl.sum(gy, axis=1), axis=0)
         s_gyz += tl.sum(tl.sum(gy * zhat, axis=1), axis=0)
-    c_ok = c < C_OUT
-    s_gy, s_gyz = s_gy.to(sums_ptr.dtype.element_ty), s_gyz.to(sums_ptr.dtype.element_ty)
-    if DETERMINISTIC:
-        tl.store(sums_ptr + pid_p * C_OUT + c, s_gy, mask=c_ok)
-        tl.store(sums_ptr + (P + pid_p) * C_OUT + c, s_gyz, mask=c_ok)
-    else:
-        tl.atomic_add(sums_ptr + c, s_gy, mask=c_ok, sem="relaxed")
-        tl.atomic_add(sums_ptr + C_OUT + c, s_gyz, mask=c_ok, sem="relaxed")
+    store_bn_sums(sums_ptr, s_gy, s_gyz, pid_p, c, C_OUT, P, DETERMINISTIC)
 
 
 @triton.jit
@@ -274,20 +279,11 @@ def _band_gz_dw_kernel(xp_ptr, w_ptr, b_ptr, stats_ptr, g_ptr, go_ptr, code_ptr,
         idx = pid_p * 0
     base = dband_ptr + idx.to(tl.int64) * ((J1 + J2) * PP * C_OUT)
     j1 = tl.arange(0, J1)
-    _band_store(base + j1[:, None] * (PP * C_OUT) + wcol[None, :], acc1, (cc < C_OUT)[None, :], DETERMINISTIC)
+    store_partial(base + j1[:, None] * (PP * C_OUT) + wcol[None, :], acc1, (cc < C_OUT)[None, :], DETERMINISTIC)
     if J2 > 0:
         j2 = J1 + tl.arange(0, J2 if J2 > 0 else 16)
-        _band_store(base + j2[:, None] * (PP * C_OUT) + wcol[None, :], acc2, (cc < C_OUT)[None, :], DETERMINISTIC)
-    _band_store(db_ptr + idx * C_OUT + c, db, c_ok, DETERMINISTIC)
-
-
-@triton.jit
-def _band_store(ptr, value, mask, DETERMINISTIC: tl.constexpr):
-    """A program's partial: stored (deterministic, its own slot) or atomically added (relaxed)."""
-    if DETERMINISTIC:
-        tl.store(ptr, value, mask=mask)
-    else:
-        tl.atomic_add(ptr, value, mask=mask, sem="relaxed")
+        store_partial(base + j2[:, None] * (PP * C_OUT) + wcol[None, :], acc2, (cc < C_OUT)[None, :], DETERMINISTIC)
+    store_partial(db_ptr + idx * C_OUT + c, db, c_ok, DETERMINISTIC)
 
 
 # ----------------------------------------------------------------------------------------- launchers

@@ -37,7 +37,7 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from ._common import INTERPRET, clamp_pow2, dot_precision
-from ._conv_banded import backward_plan, band_backward
+from ._conv_banded import backward_plan, band_backward, store_bn_sums
 from ._conv_fwd import _load_bias, cast_out, conv_blocks, conv_tile, stats_tiles
 
 # fmt: off
@@ -105,14 +105,7 @@ def _bwd_reduce_kernel(x_ptr, w_ptr, b_ptr, stats_ptr, go_ptr, code_ptr, out_ptr
                                     PRECISION)
         s_gy += tl.sum(gy, axis=1)
         s_gyz += tl.sum(gy * zhat, axis=1)
-    c_ok = co < C_OUT
-    s_gy, s_gyz = s_gy.to(sums_ptr.dtype.element_ty), s_gyz.to(sums_ptr.dtype.element_ty)
-    if DETERMINISTIC:
-        tl.store(sums_ptr + pid_p * C_OUT + co, s_gy, mask=c_ok)
-        tl.store(sums_ptr + (P + pid_p) * C_OUT + co, s_gyz, mask=c_ok)
-    else:
-        tl.atomic_add(sums_ptr + co, s_gy, mask=c_ok, sem="relaxed")
-        tl.atomic_add(sums_ptr + C_OUT + co, s_gyz, mask=c_ok, sem="relaxed")
+    store_bn_sums(sums_ptr, s_gy, s_gyz, pid_p, co, C_OUT, P, DETERMINISTIC)
 
 
 @triton.jit

@@ -100,6 +100,26 @@ def _load_bias(b_ptr, co, C_OUT, HAS_BIAS: tl.constexpr, BLOCK_CO: tl.constexpr)
 
 
 @triton.jit
+def chan_merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
+    """Two (count, mean, M2) triples merged (Chan, Golub, LeVeque 1979): delta = mean_b - mean_a,
+    mean = mean_a + delta n_b / n, M2 = M2_a + M2_b + delta^2 n_a n_b / n; returns (n, mean, M2)."""
+    n = n_a + n_b
+    frac = n_b / tl.maximum(n, 1.0)
+    delta = mean_b - mean_a
+    return n, mean_a + delta * frac, m2_a + m2_b + delta * delta * n_a * frac
+
+
+@triton.jit
+def store_partial(ptr, value, mask, DETERMINISTIC: tl.constexpr):
+    """A program's partial of a reduction: stored to its own slot (deterministic: summed later in a fixed
+    order) or atomically added (relaxed) to a shared one."""
+    if DETERMINISTIC:
+        tl.store(ptr, value, mask=mask)
+    else:
+        tl.atomic_add(ptr, value, mask=mask, sem="relaxed")
+
+
+@triton.jit
 def _conv_stats_kernel(x_ptr, w_ptr, b_ptr, part_ptr, C_OUT, L, R, T, M, P, sxn, sxc, sxl, stride, pad,
                        HAS_BIAS: tl.constexpr, K: tl.constexpr, BLOCK_CO: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, TILES: tl.constexpr,
@@ -124,12 +144,7 @@ def _conv_stats_kernel(x_ptr, w_ptr, b_ptr, part_ptr, C_OUT, L, R, T, M, P, sxn,
         mean_b = tl.sum(tl.where(ok[None, :], z, 0.0), axis=1) / tl.maximum(n_b, 1.0)
         d = tl.where(ok[None, :], z - mean_b[:, None], 0.0)
         m2_b = tl.sum(d * d, axis=1)
-        n = n_a + n_b
-        frac = n_b / tl.maximum(n, 1.0)
-        delta = mean_b - mean_a
-        mean_a = mean_a + delta * frac
-        m2_a = m2_a + m2_b + delta * delta * n_a * frac
-        n_a = n
+        n_a, mean_a, m2_a = chan_merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b)
     c_ok = co < C_OUT
     tl.store(part_ptr + co * P + pid_p, mean_a, mask=c_ok)
     tl.store(part_ptr + (C_OUT + co) * P + pid_p, m2_a, mask=c_ok)

@@ -25,7 +25,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import soundnet_fast.kernels  # noqa: F401  (registers the ops; its ``kl_div`` attribute is the function)
 from soundnet_fast.constants import HEAD_CLASSES, SAMPLE_RATE
-from soundnet_fast.kernels import _conv_banded, _conv_bwd, _conv_fwd
+from soundnet_fast.kernels import _conv_banded, _conv_bwd, _conv_fwd, _conv_rows
 from soundnet_fast.model import SOUNDNET8_TRUNK
 
 _KL = sys.modules["soundnet_fast.kernels.kl_div"]
@@ -54,7 +54,7 @@ def record_launches(precision: str) -> Iterator[list[tuple]]:
         def __getitem__(self, grid):
             return lambda *args, **kwargs: launches.append((self.kernel, grid, args, kwargs))
 
-    mods = (_conv_fwd, _conv_bwd, _conv_banded, _KL)
+    mods = (_conv_fwd, _conv_bwd, _conv_banded, _conv_rows, _KL)
     saved = [(m, m.wrap_triton, getattr(m, "dot_precision", None)) for m in mods]
     for m in mods:
         m.wrap_triton = Recorder

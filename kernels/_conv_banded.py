@@ -32,7 +32,15 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from ._common import INTERPRET, clamp_pow2, dot_precision, next_pow2
-from ._conv_fwd import _merge_stats_kernel, cast_out, chan_merge, code_dtype, merge_blocks, store_partial
+from ._conv_fwd import (
+    _merge_stats_kernel,
+    cast_out,
+    chan_merge,
+    code_dtype,
+    merge_blocks,
+    store_bn_sums,
+    store_partial,
+)
 
 # fmt: off
 # Hand-wrapped on purpose, as in _conv_fwd.py.
@@ -181,23 +189,6 @@ def _band_grad(xp_ptr, b1, b2, bias, stats_ptr, go_ptr, code_ptr, g, c, C_OUT, T
     go = tl.load(go_ptr + (n64 * sgn + q * sgl)[:, None] + c[None, :] * sgc, mask=hit, other=0.0).to(tl.float32)
     gy = tl.where(u[None, :, None] == code[:, None, :], go[:, None, :], 0.0)
     return zhat, gy, valid
-
-
-@triton.jit
-def store_bn_sums(sums_ptr, s_gy, s_gyz, pid_p, c, C_OUT, P, DETERMINISTIC: tl.constexpr):
-    """The backward's per-channel sums of one program (here and in ``_bwd_reduce_kernel``) into sums
-    (2, P, C_OUT) at [:, pid_p] (deterministic) or atomically added to sums (2, 1, C_OUT), in sums' dtype
-    (fp64: see ``_bwd_reduce_kernel``)."""
-    c_ok = c < C_OUT
-    if DETERMINISTIC:
-        rows = P
-        idx = pid_p
-    else:
-        rows = 1
-        idx = pid_p * 0
-    dt = sums_ptr.dtype.element_ty
-    store_partial(sums_ptr + idx * C_OUT + c, s_gy.to(dt), c_ok, DETERMINISTIC)
-    store_partial(sums_ptr + (rows + idx) * C_OUT + c, s_gyz.to(dt), c_ok, DETERMINISTIC)
 
 
 @triton.jit

@@ -37,8 +37,9 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from ._common import INTERPRET, clamp_pow2, dot_precision
-from ._conv_banded import backward_plan, band_backward, store_bn_sums
-from ._conv_fwd import _load_bias, cast_out, conv_blocks, conv_tile, stats_tiles
+from ._conv_banded import backward_plan, band_backward
+from ._conv_fwd import _load_bias, cast_out, conv_blocks, conv_tile, stats_tiles, store_bn_sums
+from ._conv_rows import rows_backward, rows_plan
 
 # fmt: off
 # Hand-wrapped on purpose: Triton kernels and launches take 15-30 arguments, and one per line (the
@@ -236,11 +237,12 @@ def _dw_kernel(gz_ptr, x_ptr, dw_ptr, db_ptr, C_OUT, L, R, T, M, NUM_MT, SPLIT, 
 
 
 @triton.jit
-def _dx_kernel(gz_ptr, w_ptr, dx_ptr, C_IN, C_OUT, L, T, M, stride, pad, K: tl.constexpr,
+def _dx_kernel(gz_ptr, w_ptr, dx_ptr, C_IN, C_OUT, L, T, M, sgc, sgm, stride, pad, K: tl.constexpr,
                KMAX: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_R: tl.constexpr,
                INTERP: tl.constexpr, PRECISION: tl.constexpr):
     """dx[n, ci, ph + stride * i] for one phase ph = program_id(2); reduction over (co, m) with
-    kk = kk0 + stride * m < K (KMAX = ceil(K / stride) slots per channel)."""
+    kk = kk0 + stride * m < K (KMAX = ceil(K / stride) slots per channel). gz[co, n * T + t] is read through its
+    strides sgc, sgm ((C_out, M): M, 1; the row-GEMM path's (M, C_out): 1, C_out)."""
     pid_q = tl.program_id(0)
     pid_c = tl.program_id(1)
     ph = tl.program_id(2)
@@ -266,7 +268,7 @@ def _dx_kernel(gz_ptr, w_ptr, dx_ptr, C_IN, C_OUT, L, T, M, stride, pad, K: tl.c
                      mask=ci_ok[:, None] & r_ok[None, :], other=0.0)
         tt = i[None, :] + c0 - mm[:, None]
         gm = r_ok[:, None] & q_ok[None, :] & (tt >= 0) & (tt < T)
-        g = tl.load(gz_ptr + co[:, None].to(tl.int64) * M + (n.to(tl.int64) * T)[None, :] + tt, mask=gm,
+        g = tl.load(gz_ptr + co[:, None].to(tl.int64) * sgc + ((n.to(tl.int64) * T)[None, :] + tt) * sgm, mask=gm,
                     other=0.0)
         if INTERP:
             wt = wt.to(tl.float32)
@@ -311,6 +313,9 @@ def conv_bn_relu_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Te
     if not input_grad and backward_plan(C_in, C, K, stride, pool) is not None:
         return band_backward(grad_out, x, w2d, bias, gamma, stats, code, K, stride, padding, T, pool, training,
                              deterministic, all_reduce)
+    if pool is not None and rows_plan(C_in, C, K, stride, x.dtype) is not None:
+        return rows_backward(grad_out, x, w2d, bias, gamma, stats, code, K, stride, padding, T, pool, training,
+                             deterministic, input_grad, all_reduce)
     M = N * T
     p = pool if pool is not None else 1
     TP = T // p
@@ -370,15 +375,23 @@ def conv_bn_relu_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Te
     dw = dw_part.sum(dim=0)
     db = db_part.sum(dim=0) if bias is not None else None
 
-    dx = None
-    if input_grad:
-        dx = torch.empty((N, C_in, L), device=dev, dtype=x.dtype)
-        kmax = triton.cdiv(K, stride)
-        bci = clamp_pow2(C_in, 16, 256 if INTERPRET else 64)
-        bq = clamp_pow2(N * triton.cdiv(L, stride), 16, 512) if INTERPRET else DX_BLOCK_Q
-        bx = clamp_pow2(C * kmax, 16, 1024 if INTERPRET else 32)  # see DX_BLOCK_Q
-        grid = (triton.cdiv(N * triton.cdiv(L, stride), bq), triton.cdiv(C_in, bci), stride)
-        wrap_triton(_dx_kernel)[grid](
-            gz, w2d, dx, C_in, C, L, T, M, stride, padding, K=K, KMAX=kmax, BLOCK_CI=bci, BLOCK_Q=bq,
-            BLOCK_R=bx, INTERP=INTERPRET, PRECISION=prec, num_warps=4)
+    dx = dx_from_gz(gz, w2d, x, K, stride, padding, T, M, 1) if input_grad else None
     return dx, dw, db, local[1].clone(), local[0].clone()
+
+
+def dx_from_gz(gz: torch.Tensor, w2d: torch.Tensor, x: torch.Tensor, K: int, stride: int, padding: int, T: int,
+               sgc: int, sgm: int) -> torch.Tensor:
+    """dx (N, C_in, L) in x.dtype, the transposed conv of gz (element strides sgc per channel, sgm per
+    position row n * T + t) with w2d (C_out, C_in * K)."""
+    N, C_in, L = x.shape
+    C = w2d.shape[0]
+    dx = torch.empty((N, C_in, L), device=x.device, dtype=x.dtype)
+    kmax = triton.cdiv(K, stride)
+    bci = clamp_pow2(C_in, 16, 256 if INTERPRET else 64)
+    bq = clamp_pow2(N * triton.cdiv(L, stride), 16, 512) if INTERPRET else DX_BLOCK_Q
+    bx = clamp_pow2(C * kmax, 16, 1024 if INTERPRET else 32)  # see DX_BLOCK_Q
+    grid = (triton.cdiv(N * triton.cdiv(L, stride), bq), triton.cdiv(C_in, bci), stride)
+    wrap_triton(_dx_kernel)[grid](
+        gz, w2d, dx, C_in, C, L, T, N * T, sgc, sgm, stride, padding, K=K, KMAX=kmax, BLOCK_CI=bci, BLOCK_Q=bq,
+        BLOCK_R=bx, INTERP=INTERPRET, PRECISION=dot_precision(x), num_warps=4)
+    return dx

@@ -120,6 +120,23 @@ def store_partial(ptr, value, mask, DETERMINISTIC: tl.constexpr):
 
 
 @triton.jit
+def store_bn_sums(sums_ptr, s_gy, s_gyz, pid_p, c, C_OUT, P, DETERMINISTIC: tl.constexpr):
+    """The backward's per-channel sums of one program (``_bwd_reduce_kernel`` and its banded and row-GEMM
+    twins) into sums (2, P, C_OUT) at [:, pid_p] (deterministic) or atomically added to sums (2, 1, C_OUT), in
+    sums' dtype (fp64: see ``_bwd_reduce_kernel``)."""
+    c_ok = c < C_OUT
+    if DETERMINISTIC:
+        rows = P
+        idx = pid_p
+    else:
+        rows = 1
+        idx = pid_p * 0
+    dt = sums_ptr.dtype.element_ty
+    store_partial(sums_ptr + idx * C_OUT + c, s_gy.to(dt), c_ok, DETERMINISTIC)
+    store_partial(sums_ptr + (rows + idx) * C_OUT + c, s_gyz.to(dt), c_ok, DETERMINISTIC)
+
+
+@triton.jit
 def _conv_stats_kernel(x_ptr, w_ptr, b_ptr, part_ptr, C_OUT, L, R, T, M, P, sxn, sxc, sxl, stride, pad,
                        HAS_BIAS: tl.constexpr, K: tl.constexpr, BLOCK_CO: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, TILES: tl.constexpr,
@@ -274,10 +291,12 @@ def conv_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
     single-channel input takes the banded kernels (``_conv_banded.band_plan`` decides)."""
     N, C_in, L = x.shape
     C, R = w2d.shape
-    from . import _conv_banded  # imports this module: resolved at call time
+    from . import _conv_banded, _conv_rows  # they import this module: resolved at call time
 
     if _conv_banded.band_plan(C_in, C, K, stride, _conv_banded.stats_group(C)) is not None:
         return _conv_banded.band_moments(x, w2d, bias, K, stride, padding, T)
+    if _conv_rows.rows_plan(C_in, C, K, stride, x.dtype) is not None:
+        return _conv_rows.rows_moments(x, w2d, bias, K, stride, padding, T)
     M = N * T
     bco, bm, br, warps = conv_blocks(C, R, M, x.dtype)
     num_tiles = triton.cdiv(M, bm)
@@ -318,10 +337,12 @@ def conv_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | N
     single-channel input with a pool takes the banded kernel (``_conv_banded.band_plan`` decides)."""
     N, C_in, L = x.shape
     C, R = w2d.shape
-    from . import _conv_banded  # imports this module: resolved at call time
+    from . import _conv_banded, _conv_rows  # they import this module: resolved at call time
 
     if _conv_banded.band_plan(C_in, C, K, stride, pool) is not None:
         return _conv_banded.band_bn_relu_pool(x, w2d, bias, gamma, beta, stats, K, stride, padding, T, pool)
+    if pool is not None and _conv_rows.rows_plan(C_in, C, K, stride, x.dtype) is not None:
+        return _conv_rows.rows_bn_relu_pool(x, w2d, bias, gamma, beta, stats, K, stride, padding, T, pool)
     p = pool if pool is not None else 1
     pp = next_pow2(p)
     TP = T // p

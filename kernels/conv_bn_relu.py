@@ -5,8 +5,8 @@ running_mean, running_var, bn_weight, bn_bias, training, momentum, eps)), pool, 
 ``pool`` is None), including the in-place running-statistics update (unbiased running variance,
 ``num_batches_tracked`` incremented when given), in training (batch statistics) and eval (running
 statistics) mode. The Triton kernels live in ``_conv_fwd.py`` / ``_conv_bwd.py`` (``_conv_banded.py`` for a
-single-channel input with a pool); this file holds the plain PyTorch reference they are tested against, the
-``torch.library`` ops and the public function.
+single-channel input with a pool, ``_conv_rows.py`` for channels-last rows); this file holds the plain PyTorch
+reference they are tested against, the ``torch.library`` ops and the public function.
 
 Support matrix (``SUPPORT_MATRIX`` below, also exported by the package):
 """
@@ -29,8 +29,9 @@ SUPPORT_MATRIX = """\
 Fused Conv1d -> BatchNorm1d -> ReLU (-> MaxPool1d): `conv1d_bn_relu`, `FusedConv1dBNReLU`, `fuse()`
 
 - Fused: Conv1d (implicit GEMM reducing over C_in x k; a single-channel input with a pool: one GEMM
-  row per pool window against a banded weight) + BatchNorm1d + ReLU + optional MaxPool1d
-  (kernel == stride, floor mode) in one op; only the (pooled) output is written to memory.
+  row per pool window against a banded weight; C_in x k a multiple of 16 and stride x C_in of 8: the
+  input copied channels-last, each GEMM row one contiguous run) + BatchNorm1d + ReLU + optional
+  MaxPool1d (kernel == stride, floor mode) in one op; only the (pooled) output is written to memory.
 - BN modes: training (batch statistics merged with Welford/Chan; running stats updated in place with
   the unbiased variance, `num_batches_tracked` += 1, `momentum=None` = cumulative average) and eval
   (running statistics). `process_group=`: SyncBatchNorm semantics (counts, means and M2 gathered

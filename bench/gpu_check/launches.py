@@ -205,7 +205,7 @@ def work(launch: dict[str, Any]) -> tuple[float, float]:
     elif name == "_dx_kernel":
         n = get("M") // max(1, get("T"))
         flops = 2.0 * n * get("C_IN") * get("L") * get("C_OUT") * get("K") / max(1, get("stride"))
-    elif name in BANDED:  # kernels/_conv_banded.py: useful multiply-adds x 2, as the static model counts them
+    elif name in BANDED or name.startswith("_rows_"):  # _conv_banded.py, _conv_rows.py: as the static model counts
         flops = useful_flops(name, a)
     else:  # statistics merge, KL: elementwise
         flops = 0.0

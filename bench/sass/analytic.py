@@ -18,6 +18,8 @@ def _cdiv(a: int, b: int) -> int:
 
 # The banded single-channel kernels (kernels/_conv_banded.py).
 BANDED = ("_band_stats_kernel", "_band_bn_relu_pool_kernel", "_band_bwd_reduce_kernel", "_band_gz_dw_kernel")
+# The row-GEMM kernels (kernels/_conv_rows.py) that walk windows x slots.
+ROWS_WINDOWS = ("_rows_bn_relu_pool_kernel", "_rows_bwd_reduce_kernel", "_rows_gz_kernel")
 
 
 def padded_mma_flops(name: str, v: dict[str, Any], grid: tuple[int, ...]) -> float:
@@ -40,6 +42,13 @@ def padded_mma_flops(name: str, v: dict[str, Any], grid: tuple[int, ...]) -> flo
         cols = v["PP"] * v["BLOCK_C"]
         one = 2.0 * v["BLOCK_Q"] * (v["J1"] + v["J2"]) * cols
         return grid[1] * v["NUM_TILES"] * one * (2 if name == "_band_gz_dw_kernel" else 1)
+    if name == "_rows_stats_kernel":
+        return grid[1] * v["NUM_TILES"] * 2.0 * v["BLOCK_M"] * v["R"] * v["BLOCK_CO"]
+    if name in ROWS_WINDOWS:
+        return grid[1] * v["NUM_TILES"] * 2.0 * v["BLOCK_Q"] * v["PP"] * v["R"] * v["BLOCK_CO"]
+    if name == "_rows_dw_kernel":
+        iters = sum(len(range(s, v["NUM_MT"], v["SPLIT"])) for s in range(grid[2]))
+        return grid[0] * grid[1] * iters * 2.0 * v["BLOCK_M"] * v["BLOCK_CO"] * v["BLOCK_RW"]
     if name == "_dx_kernel":
         r2 = v["C_OUT"] * v["KMAX"]
         return progs * _cdiv(r2, v["BLOCK_R"]) * 2.0 * v["BLOCK_CI"] * v["BLOCK_Q"] * v["BLOCK_R"]
@@ -58,6 +67,12 @@ def useful_flops(name: str, v: dict[str, Any]) -> float:
         return 2 * 2.0 * v["C_OUT"] * v["M"] * v["R"]
     if name == "_dx_kernel":
         return 2.0 * v["C_OUT"] * v["M"] * v["C_IN"] * v["K"]
+    if name in ("_rows_stats_kernel", "_rows_dw_kernel"):
+        return 2.0 * v["C_OUT"] * v["M"] * v["R"]
+    if name in ("_rows_bn_relu_pool_kernel", "_rows_bwd_reduce_kernel"):
+        return 2.0 * v["C_OUT"] * v["Q"] * v["POOL"] * v["R"]
+    if name == "_rows_gz_kernel":
+        return 2.0 * v["C_OUT"] * v["R"] * v["T"] * (v["ROWS"] // v["TQ"])
     if name == "_band_stats_kernel":
         return 2.0 * v["C_OUT"] * v["K"] * v["T"] * (v["ROWS"] // v["TR"])
     if name in ("_band_bn_relu_pool_kernel", "_band_bwd_reduce_kernel"):

@@ -35,11 +35,11 @@ def test_the_shape_rule() -> None:
 
 
 class _Launches:
-    """Names of the Triton kernels launched through the three launcher modules."""
+    """Names of the Triton kernels launched through the launcher modules (and ``extra`` ones)."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *extra) -> None:
         self.names: list[str] = []
-        for mod in (conv_fwd, conv_bwd, band):
+        for mod in (conv_fwd, conv_bwd, band, *extra):
             monkeypatch.setattr(mod, "wrap_triton", self._wrap(mod.wrap_triton))
 
     def _wrap(self, real):

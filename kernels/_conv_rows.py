@@ -1,0 +1,404 @@
+"""Row-GEMM Triton kernels for a conv block with several input channels (conv2..conv7), forward and backward
+(docs/design.md#kernels).
+
+With the input copied once per pass into a zero-padded channels-last buffer xc (N, LP, C_in), the im2col row
+of output position t is one contiguous run: A[t, r] = xc[n, t * stride + r // C_in, r % C_in] =
+xc_flat[n * LP * C_in + t * STEP + r], STEP = stride * C_in, r < R = K * C_in, with the weight reordered to
+wr[co, k * C_in + ci] = w[co, ci, k]. So the conv is a GEMM whose A tiles are plain 16-byte loads of
+overlapping rows (no gathers, no masks, no per-element index arithmetic; rows past the end are clamped, not
+masked), positions on the MMA's M axis and output channels on its N axis (wgmma m64nC_out on Hopper).
+
+The pool and the backward's sums walk rows window by window (row = (q, u), u the slot in pooled output q's
+window), so a window's slots sit in one tile and are reduced in registers; the conv-output gradient gz is
+written (M, C_out), channel-minor, for the weight gradient (A^T gz, the same contiguous rows) and the
+transposed conv (``_conv_bwd._dx_kernel``, reading it through strides).
+
+Symbols (beyond ``_conv_fwd.py``'s): xc, LPC = LP * C_in (a clip's padded length times its channels, a
+multiple of 16); STEP = stride * C_in; R = K * C_in; wr, the reordered weight (C_OUT, R); m, a position row
+(n = m // T, t = m % T); q, u: a pooled output and its slot; TQ = cdiv(T, POOL), windows covering every
+position; ROWS: the launch's rows (M, Q = N * TP, or N * TQ); NUM_TILES / P: row tiles and programs of the
+persistent grid (tile p, p + P, ...).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+from torch.library import wrap_triton
+
+from ._common import INTERPRET, clamp_pow2, dot_precision, next_pow2
+from ._conv_fwd import (
+    _merge_stats_kernel,
+    cast_out,
+    chan_merge,
+    code_dtype,
+    merge_blocks,
+    store_bn_sums,
+    store_partial,
+)
+
+# fmt: off
+# Hand-wrapped on purpose, as in _conv_fwd.py.
+
+
+@triton.jit
+def _row_tile(xc_ptr, wr_ptr, base, co, C_OUT, R, BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr,
+              INTERP: tl.constexpr, PRECISION: tl.constexpr):
+    """acc (rows, BLOCK_CO) fp32 = sum_r xc_flat[base + r] * wr[co, r]; base (rows,) int64 element offsets of
+    the rows. R is a multiple of BLOCK_R (the shape rule), so no load is masked but the weight's channels."""
+    co_ok = co < C_OUT
+    acc = tl.zeros((base.shape[0], BLOCK_CO), dtype=tl.float32)
+    for r0 in range(0, R, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)
+        a = tl.load(xc_ptr + base[:, None] + r[None, :])
+        b = tl.load(wr_ptr + co[None, :] * R + r[:, None], mask=co_ok[None, :], other=0.0)
+        if INTERP:  # the interpreter's bf16 tl.dot is wrong (docs/design.md#interpreter-and-process-rules)
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def _bias(b_ptr, co, C_OUT, HAS_BIAS: tl.constexpr, BLOCK_CO: tl.constexpr):
+    if HAS_BIAS:
+        return tl.load(b_ptr + co, mask=co < C_OUT, other=0.0).to(tl.float32)
+    return tl.zeros((BLOCK_CO,), dtype=tl.float32)
+
+
+@triton.jit
+def _window_rows(tile, TR, ROWS, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """Rows of a tile of BLOCK_Q windows x PP slots: (g, u, n, t, ok) each (BLOCK_Q * PP,), g the window
+    (n = g // TR, window g % TR), t its slot's position (slots clamped into the window, so addresses stay
+    in bounds), ok = window in range and u < POOL."""
+    idx = tl.arange(0, BLOCK_Q * PP)
+    g = tile * BLOCK_Q + idx // PP
+    u = idx % PP
+    ok = (g < ROWS) & (u < POOL)
+    gc = tl.minimum(g, ROWS - 1)
+    n = gc // TR
+    t = (gc % TR) * POOL + tl.minimum(u, POOL - 1)
+    return gc, u, n, t, ok
+
+
+@triton.jit
+def _rows_stats_kernel(xc_ptr, wr_ptr, b_ptr, part_ptr, C_OUT, T, M, LPC, R, NUM_TILES, P,
+                       HAS_BIAS: tl.constexpr, STEP: tl.constexpr, BLOCK_M: tl.constexpr,
+                       BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr, INTERP: tl.constexpr,
+                       PRECISION: tl.constexpr):
+    """Per program: (mean, M2, count) per channel over its position tiles (Chan merge per tile); part
+    (3, C_OUT, P) rows mean, M2, count, merged by ``_merge_stats_kernel`` (HAS_COUNT)."""
+    pid_p = tl.program_id(0)
+    co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    bias = _bias(b_ptr, co, C_OUT, HAS_BIAS, BLOCK_CO)
+    n_a = tl.zeros((BLOCK_CO,), dtype=tl.float32)
+    mean_a = tl.zeros((BLOCK_CO,), dtype=tl.float32)
+    m2_a = tl.zeros((BLOCK_CO,), dtype=tl.float32)
+    for tile in range(pid_p, NUM_TILES, P):
+        m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        ok = m < M
+        mc = tl.minimum(m, M - 1)
+        base = (mc // T).to(tl.int64) * LPC + (mc % T) * STEP
+        z = _row_tile(xc_ptr, wr_ptr, base, co, C_OUT, R, BLOCK_CO, BLOCK_R, INTERP, PRECISION) + bias[None, :]
+        n_b = tl.sum(ok.to(tl.float32), axis=0)
+        mean_b = tl.sum(tl.where(ok[:, None], z, 0.0), axis=0) / tl.maximum(n_b, 1.0)
+        d = tl.where(ok[:, None], z - mean_b[None, :], 0.0)
+        n_a, mean_a, m2_a = chan_merge(n_a, mean_a, m2_a, n_b, mean_b, tl.sum(d * d, axis=0))
+    c_ok = co < C_OUT
+    tl.store(part_ptr + co * P + pid_p, mean_a, mask=c_ok)
+    tl.store(part_ptr + (C_OUT + co) * P + pid_p, m2_a, mask=c_ok)
+    tl.store(part_ptr + (2 * C_OUT + co) * P + pid_p, n_a, mask=c_ok)
+
+
+@triton.jit
+def _rows_bn_relu_pool_kernel(xc_ptr, wr_ptr, b_ptr, g_ptr, beta_ptr, stats_ptr, out_ptr, code_ptr, C_OUT, TP,
+                              Q, LPC, R, NUM_TILES, P, HAS_BIAS: tl.constexpr, STEP: tl.constexpr,
+                              POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.constexpr,
+                              BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr, INTERP: tl.constexpr,
+                              PRECISION: tl.constexpr):
+    """Pooled output out (N, C_OUT, TP) of BN (stats rows mean, invstd), ReLU and max over each window, and
+    code = the window's first maximum, -1 where ReLU gave 0 (as ``_conv_bn_relu_pool_kernel``)."""
+    co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    c_ok = co < C_OUT
+    bias = _bias(b_ptr, co, C_OUT, HAS_BIAS, BLOCK_CO)
+    mean = tl.load(stats_ptr + co, mask=c_ok, other=0.0)
+    scale = tl.load(stats_ptr + C_OUT + co, mask=c_ok, other=0.0)
+    scale *= tl.load(g_ptr + co, mask=c_ok, other=0.0).to(tl.float32)
+    shift = tl.load(beta_ptr + co, mask=c_ok, other=0.0).to(tl.float32) + (bias - mean) * scale
+    slot = tl.arange(0, PP)[None, :, None]
+    for tile in range(tl.program_id(0), NUM_TILES, P):
+        gq, u, n, t, ok = _window_rows(tile, TP, Q, POOL, PP, BLOCK_Q)
+        base = n.to(tl.int64) * LPC + t * STEP
+        z = _row_tile(xc_ptr, wr_ptr, base, co, C_OUT, R, BLOCK_CO, BLOCK_R, INTERP, PRECISION)
+        y = tl.maximum(z * scale[None, :] + shift[None, :], 0.0)
+        y = tl.reshape(tl.where((u < POOL)[:, None], y, -1.0), (BLOCK_Q, PP, BLOCK_CO))  # -1: padded slots
+        o = tl.max(y, axis=1)
+        first = tl.min(tl.where(y == o[:, None, :], slot, PP), axis=1)
+        code = tl.where(o > 0.0, first, -1)
+        g = tile * BLOCK_Q + tl.arange(0, BLOCK_Q)
+        gc = tl.minimum(g, Q - 1)
+        off = ((gc // TP).to(tl.int64) * C_OUT * TP + gc % TP)[:, None] + co[None, :] * TP
+        smask = (g < Q)[:, None] & c_ok[None, :]
+        tl.store(out_ptr + off, cast_out(o, out_ptr.dtype.element_ty, INTERP), mask=smask)
+        tl.store(code_ptr + off, code.to(code_ptr.dtype.element_ty), mask=smask)
+
+
+@triton.jit
+def _rows_grad(xc_ptr, wr_ptr, bias, stats_ptr, go_ptr, code_ptr, tile, co, C_OUT, T, TP, TR, ROWS, LPC, R,
+               sgn, sgc, sgl, STEP: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.constexpr,
+               BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
+    """(zhat, gy, valid, n, t) of a tile of windows: zhat, gy (BLOCK_Q * PP, BLOCK_CO) fp32; valid: the row is
+    a position < T of a window in range; gy, the pooled gradient routed to the recorded slot (0 past TP)."""
+    gq, u, n, t, ok = _window_rows(tile, TR, ROWS, POOL, PP, BLOCK_Q)
+    c_ok = co < C_OUT
+    valid = (ok & (t < T))[:, None] & c_ok[None, :]
+    z = _row_tile(xc_ptr, wr_ptr, n.to(tl.int64) * LPC + t * STEP, co, C_OUT, R, BLOCK_CO, BLOCK_R, INTERP,
+                  PRECISION) + bias[None, :]
+    mean = tl.load(stats_ptr + co, mask=c_ok, other=0.0)
+    invstd = tl.load(stats_ptr + C_OUT + co, mask=c_ok, other=0.0)
+    zhat = tl.where(valid, (z - mean[None, :]) * invstd[None, :], 0.0)
+    q = gq % TR
+    hit = valid & (q < TP)[:, None]
+    n64 = n.to(tl.int64)
+    code = tl.load(code_ptr + (n64 * C_OUT * TP + q)[:, None] + co[None, :] * TP, mask=hit, other=-1)
+    go = tl.load(go_ptr + (n64 * sgn + q * sgl)[:, None] + co[None, :] * sgc, mask=hit, other=0.0)
+    gy = tl.where(code.to(tl.int32) == u[:, None], go.to(tl.float32), 0.0)
+    return zhat, gy, valid, n, t
+
+
+@triton.jit
+def _rows_bwd_reduce_kernel(xc_ptr, wr_ptr, b_ptr, stats_ptr, go_ptr, code_ptr, sums_ptr, C_OUT, T, TP, Q, LPC, R,
+                            NUM_TILES, P, sgn, sgc, sgl, HAS_BIAS: tl.constexpr, STEP: tl.constexpr,
+                            POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.constexpr,
+                            BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr, DETERMINISTIC: tl.constexpr,
+                            INTERP: tl.constexpr, PRECISION: tl.constexpr):
+    """sum(gy) and sum(gy * zhat) per channel over the rows of whole windows (gy is 0 elsewhere), as
+    ``_bwd_reduce_kernel``."""
+    pid_p = tl.program_id(0)
+    co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    bias = _bias(b_ptr, co, C_OUT, HAS_BIAS, BLOCK_CO)
+    s_gy = tl.zeros((BLOCK_CO,), dtype=tl.float32)
+    s_gyz = tl.zeros((BLOCK_CO,), dtype=tl.float32)
+    for tile in range(pid_p, NUM_TILES, P):
+        zhat, gy, valid, n, t = _rows_grad(xc_ptr, wr_ptr, bias, stats_ptr, go_ptr, code_ptr, tile, co, C_OUT, T,
+                                           TP, TP, Q, LPC, R, sgn, sgc, sgl, STEP, POOL, PP, BLOCK_Q, BLOCK_CO,
+                                           BLOCK_R, INTERP, PRECISION)
+        s_gy += tl.sum(gy, axis=0)
+        s_gyz += tl.sum(gy * zhat, axis=0)
+    store_bn_sums(sums_ptr, s_gy, s_gyz, pid_p, co, C_OUT, P, DETERMINISTIC)
+
+
+@triton.jit
+def _rows_gz_kernel(xc_ptr, wr_ptr, b_ptr, stats_ptr, g_ptr, go_ptr, code_ptr, sums_ptr, gz_ptr, C_OUT, T, TP, TQ,
+                    ROWS, LPC, R, NUM_TILES, P, sgn, sgc, sgl, HAS_BIAS: tl.constexpr, STEP: tl.constexpr,
+                    POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_CO: tl.constexpr,
+                    BLOCK_R: tl.constexpr, TRAINING: tl.constexpr, INTERP: tl.constexpr,
+                    PRECISION: tl.constexpr):
+    """gz (N * T, C_OUT) in gz's dtype, channel-minor: BN's backward (as ``_bn_grad``) at every position, over
+    the windows covering them (TQ per clip)."""
+    co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    c_ok = co < C_OUT
+    bias = _bias(b_ptr, co, C_OUT, HAS_BIAS, BLOCK_CO)
+    scale = tl.load(stats_ptr + C_OUT + co, mask=c_ok, other=0.0)
+    scale *= tl.load(g_ptr + co, mask=c_ok, other=0.0).to(tl.float32)
+    mean_gy = tl.zeros((BLOCK_CO,), dtype=tl.float32)
+    mean_gyz = tl.zeros((BLOCK_CO,), dtype=tl.float32)
+    if TRAINING:
+        count = tl.load(stats_ptr + 3 * C_OUT + co, mask=c_ok, other=1.0)
+        mean_gy = tl.load(sums_ptr + co, mask=c_ok, other=0.0) / count
+        mean_gyz = tl.load(sums_ptr + C_OUT + co, mask=c_ok, other=0.0) / count
+    for tile in range(tl.program_id(0), NUM_TILES, P):
+        zhat, gy, valid, n, t = _rows_grad(xc_ptr, wr_ptr, bias, stats_ptr, go_ptr, code_ptr, tile, co, C_OUT, T,
+                                           TP, TQ, ROWS, LPC, R, sgn, sgc, sgl, STEP, POOL, PP, BLOCK_Q, BLOCK_CO,
+                                           BLOCK_R, INTERP, PRECISION)
+        gz = scale[None, :] * (gy - mean_gy[None, :] - zhat * mean_gyz[None, :])
+        off = (n.to(tl.int64) * T + t)[:, None] * C_OUT + co[None, :]
+        tl.store(gz_ptr + off, cast_out(gz, gz_ptr.dtype.element_ty, INTERP), mask=valid)
+
+
+@triton.jit
+def _rows_dw_kernel(gz_ptr, xc_ptr, dw_ptr, db_ptr, C_OUT, T, M, LPC, R, NUM_MT, SPLIT, STEP: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_RW: tl.constexpr,
+                    DETERMINISTIC: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
+    """dwr[co, r] = sum_m gz[m, co] A[m, r] (the reordered weight's gradient) over the position tiles pid_s,
+    pid_s + SPLIT, ...; db[co] = sum_m gz[m, co] from the pid_r == 0 programs. Partials as ``_dw_kernel``."""
+    pid_r = tl.program_id(0)
+    co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    pid_s = tl.program_id(2)
+    r = pid_r * BLOCK_RW + tl.arange(0, BLOCK_RW)
+    c_ok = co < C_OUT
+    acc = tl.zeros((BLOCK_CO, BLOCK_RW), dtype=tl.float32)
+    db = tl.zeros((BLOCK_CO,), dtype=tl.float32)
+    for it in range(pid_s, NUM_MT, SPLIT):
+        m = it * BLOCK_M + tl.arange(0, BLOCK_M)
+        mc = tl.minimum(m, M - 1)
+        g = tl.load(gz_ptr + m[:, None].to(tl.int64) * C_OUT + co[None, :], mask=(m < M)[:, None] & c_ok[None, :],
+                    other=0.0)
+        a = tl.load(xc_ptr + ((mc // T).to(tl.int64) * LPC + (mc % T) * STEP)[:, None] + r[None, :])
+        db += tl.sum(g.to(tl.float32), axis=0)
+        if INTERP:
+            g = g.to(tl.float32)
+            a = a.to(tl.float32)
+        acc = tl.dot(tl.trans(g), a, acc, input_precision=PRECISION)
+    if DETERMINISTIC:
+        idx = pid_s
+    else:
+        idx = pid_s * 0
+    store_partial(dw_ptr + (idx * C_OUT + co[:, None]).to(tl.int64) * R + r[None, :], acc, c_ok[:, None],
+                  DETERMINISTIC)
+    store_partial(db_ptr + idx * C_OUT + co, db, c_ok & ((co * 0 + pid_r) == 0), DETERMINISTIC)
+
+
+
+# ----------------------------------------------------------------------------------------- launchers
+PROGRAMS = 2 if INTERPRET else 528  # persistent grid: as kernels/_conv_banded.py
+ROWS_GPU = 64  # rows (positions) per tile: the M of one warpgroup's wgmma
+# One stage: Triton pipelines a loop's loads as cp.async.cg, which bypasses L1, and the rows overlap
+# (conv2: each 1 KB row shares all but 64 B with the next), so unpipelined loads that L1 can serve are
+# preferred; the static model predicts one stage 12 % faster for conv2 even counting every load at L2.
+STAGES = 1
+BWD_CO = 32  # channels per program of the backward's window kernels (64: conv5's spilled 16-24 B)
+
+
+def rows_plan(c_in: int, c_out: int, k: int, stride: int, dtype: torch.dtype) -> dict | None:
+    """The shape rule of this file: C_in >= 2, R = k * C_in a multiple of 16 and a row step stride * C_in a
+    multiple of 8 (every row 16-byte aligned in 16-bit dtypes); None otherwise. Returns BLOCK_R (a power of
+    two dividing R: 64, fp32 32) and BLOCK_CO (C_out up to 64 per program)."""
+    r = k * c_in
+    if c_in < 2 or r % 16 or (stride * c_in) % 8:
+        return None
+    br = 16
+    while br < (32 if dtype == torch.float32 else 64) and r % (2 * br) == 0:
+        br *= 2
+    if INTERPRET:
+        br = max(b for b in (16, 32, 64, 128, 256, 512) if r % b == 0)
+    return dict(BLOCK_R=br, BLOCK_CO=clamp_pow2(c_out, 16, 256 if INTERPRET else 64))
+
+
+def channels_last(x: torch.Tensor, pad: int, T: int, k: int, stride: int) -> tuple[torch.Tensor, int]:
+    """(xc, LPC): x (N, C_in, L) as a zero-padded channels-last copy (N, LP, C_in), xc[n, pad + i] = x[n, :, i]
+    (one F.pad), LP a multiple of 16 covering every row's window; LPC = LP * C_in."""
+    N, C, L = x.shape
+    lp = -(-max(pad + L, (T - 1) * stride + k) // 16) * 16
+    xc = F.pad(x.transpose(1, 2), (0, 0, pad, lp - pad - L))
+    return xc, lp * C
+
+
+def _grid(rows: int, block: int) -> tuple[int, int]:
+    tiles = triton.cdiv(rows, block)
+    return tiles, min(tiles, PROGRAMS)
+
+
+def _reorder(w2d: torch.Tensor, c_in: int, k: int) -> torch.Tensor:
+    """(C_out, C_in * k) in (ci, k) order -> (C_out, k * C_in) in (k, ci) order, contiguous."""
+    return w2d.reshape(-1, c_in, k).transpose(1, 2).reshape(w2d.shape[0], -1).contiguous()
+
+
+def _window_block(pp: int) -> int:
+    """Windows per tile: ROWS_GPU rows of PP slots each (one window of PP > ROWS_GPU slots)."""
+    return max(1, (128 if INTERPRET else ROWS_GPU) // pp)
+
+
+def rows_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, k: int, stride: int, padding: int,
+                 T: int) -> torch.Tensor:
+    """(3, C_out) fp32 count, mean, M2 per channel (as ``_conv_fwd.conv_moments``)."""
+    N, C_in, _ = x.shape
+    C = w2d.shape[0]
+    plan = rows_plan(C_in, C, k, stride, x.dtype)
+    xc, lpc = channels_last(x, padding, T, k, stride)
+    M = N * T
+    bm = clamp_pow2(M, 16, 128) if INTERPRET else ROWS_GPU
+    tiles, P = _grid(M, bm)
+    part = torch.empty((3, C, P), device=x.device, dtype=torch.float32)
+    b = bias if bias is not None else w2d
+    wrap_triton(_rows_stats_kernel)[(P, triton.cdiv(C, plan["BLOCK_CO"]))](
+        xc, _reorder(w2d, C_in, k), b, part, C, T, M, lpc, k * C_in, tiles, P, HAS_BIAS=bias is not None,
+        STEP=stride * C_in, BLOCK_M=bm, INTERP=INTERPRET, PRECISION=dot_precision(x), num_warps=4,
+        num_stages=STAGES, **plan)
+    moments = torch.empty((3, C), device=x.device, dtype=torch.float32)
+    bc, bp = merge_blocks(C, P)
+    wrap_triton(_merge_stats_kernel)[(triton.cdiv(C, bc),)](
+        part, moments, C, P, 0, 0, BLOCK_C=bc, BLOCK_P=bp, HAS_COUNT=True, num_warps=4)
+    return moments
+
+
+def _window_flags(x: torch.Tensor, bias, plan: dict, stride: int, pool: int) -> dict:
+    pp = next_pow2(pool)
+    return dict(HAS_BIAS=bias is not None, STEP=stride * x.shape[1], POOL=pool, PP=pp, BLOCK_Q=_window_block(pp),
+                INTERP=INTERPRET, PRECISION=dot_precision(x), num_warps=4, num_stages=STAGES, **plan)
+
+
+def rows_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor,
+                      beta: torch.Tensor, stats: torch.Tensor, k: int, stride: int, padding: int, T: int,
+                      pool: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pass 2 (as ``conv_bn_relu_pool``) for a pooling block: (N, C_out, T // pool) in x.dtype, int8 codes."""
+    N, C_in, _ = x.shape
+    C = w2d.shape[0]
+    plan = rows_plan(C_in, C, k, stride, x.dtype)
+    xc, lpc = channels_last(x, padding, T, k, stride)
+    TP = T // pool
+    flags = _window_flags(x, bias, plan, stride, pool)
+    tiles, P = _grid(N * TP, flags["BLOCK_Q"])
+    out = torch.empty((N, C, TP), device=x.device, dtype=x.dtype)
+    code = torch.empty((N, C, TP), device=x.device, dtype=code_dtype(pool))
+    b = bias if bias is not None else w2d
+    wrap_triton(_rows_bn_relu_pool_kernel)[(P, triton.cdiv(C, plan["BLOCK_CO"]))](
+        xc, _reorder(w2d, C_in, k), b, gamma, beta, stats, out, code, C, TP, N * TP, lpc, k * C_in, tiles, P,
+        **flags)
+    return out, code
+
+
+def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None,
+                  gamma: torch.Tensor, stats: torch.Tensor, code: torch.Tensor, k: int, stride: int, padding: int,
+                  T: int, pool: int, training: bool, deterministic: bool, input_grad: bool,
+                  all_reduce=None) -> tuple[torch.Tensor | None, ...]:
+    """The backward of a pooling row-GEMM block (as ``conv_bn_relu_backward``): (dx or None, dw2d fp32, db fp32
+    or None, local sum(gy * zhat), local sum(gy)). The BN sums, then gz (N * T, C_out) in x.dtype, then dW from
+    the same contiguous rows and dx by ``_conv_bwd.dx_from_gz``."""
+    from ._conv_bwd import dx_from_gz  # imports this module: resolved at call time
+
+    N, C_in, L = x.shape
+    C = w2d.shape[0]
+    dev = x.device
+    plan = rows_plan(C_in, C, k, stride, x.dtype)
+    xc, lpc = channels_last(x, padding, T, k, stride)
+    wr = _reorder(w2d, C_in, k)
+    R = k * C_in
+    TP, tq = T // pool, triton.cdiv(T, pool)
+    plan = dict(plan, BLOCK_CO=min(plan["BLOCK_CO"], BWD_CO))
+    flags = _window_flags(x, bias, plan, stride, pool)
+    b = bias if bias is not None else w2d
+    grid_c = triton.cdiv(C, plan["BLOCK_CO"])
+    go = grad_out.stride()
+    tiles, P = _grid(N * TP, flags["BLOCK_Q"])
+    part = (torch.empty if deterministic else torch.zeros)(
+        (2, P if deterministic else 1, C), device=dev, dtype=torch.float64)  # fp64: see _bwd_reduce_kernel
+    wrap_triton(_rows_bwd_reduce_kernel)[(P, grid_c)](
+        xc, wr, b, stats, grad_out, code, part, C, T, TP, N * TP, lpc, R, tiles, P, *go,
+        DETERMINISTIC=deterministic, **flags)
+    local = part.sum(dim=1).float()  # (2, C): sum(gy), sum(gy * zhat); a fixed-order reduction
+    sums = all_reduce(local) if (training and all_reduce is not None) else local
+    M = N * T
+    gz = torch.empty((M, C), device=dev, dtype=x.dtype)
+    tiles, P = _grid(N * tq, flags["BLOCK_Q"])
+    wrap_triton(_rows_gz_kernel)[(P, grid_c)](
+        xc, wr, b, stats, gamma, grad_out, code, sums, gz, C, T, TP, tq, N * tq, lpc, R, tiles, P, *go,
+        TRAINING=training, **flags)
+    rw = plan["BLOCK_R"]
+    bm = clamp_pow2(M, 16, 128) if INTERPRET else ROWS_GPU
+    num_mt = triton.cdiv(M, bm)
+    grid_r = triton.cdiv(R, rw)
+    split = 1 if INTERPRET else max(1, min(num_mt, 1024 // (grid_r * grid_c)))
+    shape = (split if deterministic else 1, C, R)
+    dwr = (torch.empty if deterministic else torch.zeros)(shape, device=dev, dtype=torch.float32)
+    db_part = (torch.empty if deterministic else torch.zeros)(shape[:2], device=dev, dtype=torch.float32)
+    wrap_triton(_rows_dw_kernel)[(grid_r, grid_c, split)](
+        gz, xc, dwr, db_part, C, T, M, lpc, R, num_mt, split, STEP=stride * C_in, BLOCK_M=bm,
+        BLOCK_CO=plan["BLOCK_CO"], BLOCK_RW=rw, DETERMINISTIC=deterministic, INTERP=INTERPRET,
+        PRECISION=dot_precision(x), num_warps=4, num_stages=STAGES)
+    dw = dwr.sum(dim=0).reshape(C, k, C_in).transpose(1, 2).reshape(C, R)  # back to (ci, k) order
+    db = db_part.sum(dim=0) if bias is not None else None
+    dx = dx_from_gz(gz, w2d, x, k, stride, padding, T, gz.stride(1), gz.stride(0)) if input_grad else None
+    return dx, dw, db, local[1].clone(), local[0].clone()

@@ -1,0 +1,105 @@
+"""The row-GEMM kernels over channels-last input (kernels/_conv_rows.py): the shape rule, that blocks it accepts
+run them, and parity with the eager composite on SoundNet's conv2, SampleCNN- and M5-style and odd shapes.
+
+Runs under TRITON_INTERPRET=1 (Makefile): PROGRAMS is 2 there, so every program walks several row tiles.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import soundnet_fast.kernels._conv_rows as rows
+from soundnet_fast.kernels.conv_bn_relu import _fwd_op
+from tests.helpers.kernels import SOUNDNET_LAYERS, make_case, norm_rel, run_fused, run_reference
+from tests.kernels.test_conv_banded import _Launches
+from tests.kernels.test_conv_bn_relu import _check_fp32
+
+ROWS_FWD = ["_rows_stats_kernel", "_merge_stats_kernel", "_rows_bn_relu_pool_kernel"]
+ROWS_BWD = ["_rows_bwd_reduce_kernel", "_rows_gz_kernel", "_rows_dw_kernel"]
+
+
+def test_the_shape_rule() -> None:
+    c_in, c_out, k, s, _, _ = SOUNDNET_LAYERS["conv2"]  # 16 -> 32, k 32, s 2: R = 512, a row step of 32
+    assert rows.rows_plan(c_in, c_out, k, s, torch.float32) is not None
+    assert rows.rows_plan(1, 16, 64, 2, torch.float32) is None  # one channel: the banded or generic kernels
+    assert rows.rows_plan(3, 16, 5, 1, torch.float32) is None  # R = 15: not a multiple of 16
+    assert rows.rows_plan(4, 16, 4, 1, torch.float32) is None  # a row step of 4 elements: rows not 16-byte aligned
+    assert rows.rows_plan(16, 32, 3, 1, torch.bfloat16) is not None  # SampleCNN-style: R = 48, step 16
+
+
+@pytest.mark.parametrize("x_grad", [True, False], ids=["input_grad", "no_input_grad"])
+def test_conv2_runs_the_row_kernels(monkeypatch: pytest.MonkeyPatch, x_grad: bool) -> None:
+    c_in, c_out, k, s, p, pool = SOUNDNET_LAYERS["conv2"]
+    case = make_case(2, c_in, c_out, k, 300, seed=2)
+    ref = run_reference(case, None, stride=s, padding=p, training=True, pool=pool, x_grad=x_grad)
+    seen = _Launches(monkeypatch, rows)
+    fused = run_fused(case, ref[5], stride=s, padding=p, training=True, pool=pool, x_grad=x_grad)
+    assert seen.names == ROWS_FWD + ROWS_BWD + (["_dx_kernel"] if x_grad else [])
+    _check_fp32(case, ref, fused, True)
+
+
+# (N, C_in, C_out, k, s, p, pool, L, bias): rows cross clip boundaries; T % pool != 0 leaves a tail
+SHAPES = {
+    "conv2_three_clips": (3, *SOUNDNET_LAYERS["conv2"][:5], SOUNDNET_LAYERS["conv2"][5], 333, True),
+    "samplecnn_k3_s1_pool3": (2, 16, 24, 3, 1, 1, 3, 50, True),
+    "m5_k3_pool4_nobias": (2, 32, 40, 3, 1, 1, 4, 45, False),
+    "pool5_stride2_pad_beyond_k": (2, 8, 16, 4, 2, 6, 5, 61, True),
+}
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_parity_fp32(name: str, training: bool) -> None:
+    n, c_in, c_out, k, s, p, pool, length, bias = SHAPES[name]
+    assert rows.rows_plan(c_in, c_out, k, s, torch.float32) is not None
+    case = make_case(n, c_in, c_out, k, length, seed=len(name), bias=bias)
+    ref = run_reference(case, None, stride=s, padding=p, training=training, pool=pool)
+    fused = run_fused(case, ref[5], stride=s, padding=p, training=training, pool=pool)
+    _check_fp32(case, ref, fused, training)
+
+
+def test_deterministic_is_bitwise_and_atomics_agree() -> None:
+    n, c_in, c_out, k, s, p, pool, length, bias = SHAPES["m5_k3_pool4_nobias"]
+    case = make_case(n, c_in, c_out, k, length, seed=4, bias=bias)
+    ref = run_reference(case, None, stride=s, padding=p, training=True, pool=pool)
+    kw = dict(stride=s, padding=p, training=True, pool=pool)
+    runs = [run_fused(case, ref[5], deterministic=d, **kw) for d in (True, True, False)]
+    for a, b in zip(runs[0][1], runs[1][1], strict=True):
+        assert (a is None and b is None) or torch.equal(a, b)
+    _check_fp32(case, ref, runs[2], True)
+
+
+def test_non_contiguous_input_and_grad() -> None:
+    n, c_in, c_out, k, s, p, pool, length, bias = SHAPES["samplecnn_k3_s1_pool3"]
+    case = make_case(n, c_in, c_out, k, length, seed=6, bias=bias)
+    ref = run_reference(case, None, stride=s, padding=p, training=True, pool=pool)
+    grad = ref[5].transpose(0, 2).contiguous().transpose(0, 2)
+    fused = run_fused(case, grad, stride=s, padding=p, training=True, pool=pool,
+                      x_transform=lambda x: x.transpose(1, 2).contiguous().transpose(1, 2))  # fmt: skip
+    _check_fp32(case, ref, fused, True)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_bf16_conv2_within_twice_eager(training: bool) -> None:
+    c_in, c_out, k, s, p, pool = SOUNDNET_LAYERS["conv2"]
+    case = make_case(2, c_in, c_out, k, 260, seed=9)
+    for f in ("x", "w", "b", "g", "beta"):
+        setattr(case, f, getattr(case, f).to(torch.bfloat16).double())
+    kw = dict(stride=s, padding=p, training=training, pool=pool)
+    grad = run_reference(case, None, **kw)[5].to(torch.bfloat16).double()
+    ref = run_reference(case, grad, **kw)
+    eager = run_reference(case, grad, dtype=torch.bfloat16, **kw)
+    fused = run_fused(case, grad, dtype=torch.bfloat16, **kw)
+    assert norm_rel(fused[0], ref[0]) <= 2 * norm_rel(eager[0], ref[0])
+    for i in (0, 1, 3, 4):  # x, conv weight, BN weight and bias (the conv bias cancels in training: fp32 tests)
+        assert norm_rel(fused[1][i], ref[1][i]) <= 2 * norm_rel(eager[1][i], ref[1][i]), i
+
+
+def test_opcheck_rows() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 16, 40, generator=gen, requires_grad=True)
+    w = (torch.randn(24, 16, 3, generator=gen) * 0.2).requires_grad_()
+    b, g, beta = torch.randn(24, generator=gen), torch.rand(24, generator=gen) + 0.5, torch.randn(24, generator=gen)
+    args = (x, w, b.requires_grad_(), g, beta, torch.zeros(24), torch.ones(24), 1, 1, True, 1e-5, 3, True, 0)
+    torch.library.opcheck(_fwd_op, args)

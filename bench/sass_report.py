@@ -51,11 +51,17 @@ def _calibration(cfg: dict) -> dict:
     rows.append(("conv1+conv2 fwd+bwd warp-inst / clip", "~141 M", f"{(c1 + c2) / 1e6:.1f} M"))
     rows.append(("conv1 / conv2", "~100.6 M / ~40.7 M", f"{c1 / 1e6:.1f} M / {c2 / 1e6:.1f} M"))
     L = {(r["layer"], r["kernel"]): r for r in cfg["launches"]}
+
     def conv2(*names: str) -> dict:  # the generic kernel, or its row-GEMM twin (kernels/_conv_rows.py)
         return next(L[("conv2", k)] for k in names if ("conv2", k) in L)
 
-    steps = [conv2(*k)["detail"]["loops"][-1] for k in (("_conv_stats_kernel", "_rows_stats_kernel"),
-                                                        ("_conv_bn_relu_pool_kernel", "_rows_bn_relu_pool_kernel"))]
+    steps = [
+        conv2(*k)["detail"]["loops"][-1]
+        for k in (
+            ("_conv_stats_kernel", "_rows_stats_kernel"),
+            ("_conv_bn_relu_pool_kernel", "_rows_bn_relu_pool_kernel"),
+        )
+    ]
     rows.append(
         (
             "conv2 inner reduction step (stats; pool): instructions / thread vs tensor-core instructions / warp",

@@ -192,12 +192,13 @@ def _rows_bwd_reduce_kernel(xc_ptr, wr_ptr, b_ptr, stats_ptr, go_ptr, code_ptr, 
 
 @triton.jit
 def _rows_gz_kernel(xc_ptr, wr_ptr, b_ptr, stats_ptr, g_ptr, go_ptr, code_ptr, sums_ptr, gz_ptr, C_OUT, T, TP, TQ,
-                    ROWS, LPC, R, NUM_TILES, P, sgn, sgc, sgl, HAS_BIAS: tl.constexpr, STEP: tl.constexpr,
+                    ROWS, LPC, R, NUM_TILES, P, sgn, sgc, sgl, SGZ, HAS_BIAS: tl.constexpr, STEP: tl.constexpr,
                     POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_CO: tl.constexpr,
                     BLOCK_R: tl.constexpr, TRAINING: tl.constexpr, INTERP: tl.constexpr,
                     PRECISION: tl.constexpr):
-    """gz (N * T, C_OUT) in gz's dtype, channel-minor: BN's backward (as ``_bn_grad``) at every position, over
-    the windows covering them (TQ per clip)."""
+    """gz[n, t, co] at gz_ptr + n * SGZ + t * C_OUT + co in gz's dtype (channel-minor; SGZ = T * C_OUT, or more
+    when the clips are spaced by zero rows for ``_rows_dx_kernel``): BN's backward (as ``_bn_grad``) at every
+    position, over the windows covering them (TQ per clip)."""
     co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
     c_ok = co < C_OUT
     bias = _bias(b_ptr, co, C_OUT, HAS_BIAS, BLOCK_CO)
@@ -214,15 +215,16 @@ def _rows_gz_kernel(xc_ptr, wr_ptr, b_ptr, stats_ptr, g_ptr, go_ptr, code_ptr, s
                                            TP, TQ, ROWS, LPC, R, sgn, sgc, sgl, STEP, POOL, PP, BLOCK_Q, BLOCK_CO,
                                            BLOCK_R, INTERP, PRECISION)
         gz = scale[None, :] * (gy - mean_gy[None, :] - zhat * mean_gyz[None, :])
-        off = (n.to(tl.int64) * T + t)[:, None] * C_OUT + co[None, :]
+        off = (n.to(tl.int64) * SGZ + t * C_OUT)[:, None] + co[None, :]
         tl.store(gz_ptr + off, cast_out(gz, gz_ptr.dtype.element_ty, INTERP), mask=valid)
 
 
 @triton.jit
-def _rows_dw_kernel(gz_ptr, xc_ptr, dw_ptr, db_ptr, C_OUT, T, M, LPC, R, NUM_MT, SPLIT, STEP: tl.constexpr,
+def _rows_dw_kernel(gz_ptr, xc_ptr, dw_ptr, db_ptr, C_OUT, T, M, SGZ, LPC, R, NUM_MT, SPLIT, STEP: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_RW: tl.constexpr,
                     DETERMINISTIC: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
-    """dwr[co, r] = sum_m gz[m, co] A[m, r] (the reordered weight's gradient) over the position tiles pid_s,
+    """dwr[co, r] = sum_m gz[m, co] A[m, r] (the reordered weight's gradient; gz as ``_rows_gz_kernel`` writes
+    it) over the position tiles pid_s,
     pid_s + SPLIT, ...; db[co] = sum_m gz[m, co] from the pid_r == 0 programs. Partials as ``_dw_kernel``."""
     pid_r = tl.program_id(0)
     co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
@@ -234,9 +236,11 @@ def _rows_dw_kernel(gz_ptr, xc_ptr, dw_ptr, db_ptr, C_OUT, T, M, LPC, R, NUM_MT,
     for it in range(pid_s, NUM_MT, SPLIT):
         m = it * BLOCK_M + tl.arange(0, BLOCK_M)
         mc = tl.minimum(m, M - 1)
-        g = tl.load(gz_ptr + m[:, None].to(tl.int64) * C_OUT + co[None, :], mask=(m < M)[:, None] & c_ok[None, :],
+        n = (mc // T).to(tl.int64)
+        t = mc % T
+        g = tl.load(gz_ptr + (n * SGZ + t * C_OUT)[:, None] + co[None, :], mask=(m < M)[:, None] & c_ok[None, :],
                     other=0.0)
-        a = tl.load(xc_ptr + ((mc // T).to(tl.int64) * LPC + (mc % T) * STEP)[:, None] + r[None, :])
+        a = tl.load(xc_ptr + (n * LPC + t * STEP)[:, None] + r[None, :])
         db += tl.sum(g.to(tl.float32), axis=0)
         if INTERP:
             g = g.to(tl.float32)
@@ -251,6 +255,38 @@ def _rows_dw_kernel(gz_ptr, xc_ptr, dw_ptr, db_ptr, C_OUT, T, M, LPC, R, NUM_MT,
     store_partial(db_ptr + idx * C_OUT + co, db, c_ok & ((co * 0 + pid_r) == 0), DETERMINISTIC)
 
 
+
+@triton.jit
+def _rows_dx_kernel(gzp_ptr, wd_ptr, dx_ptr, C_IN, L, MP, ROWS, TGC, R2, stride, pad, NUM_TILES, P,
+                    C_OUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_R: tl.constexpr,
+                    INTERP: tl.constexpr, PRECISION: tl.constexpr):
+    """dx (N, C_IN, L) for phase ph = program_id(2): dx[n, ci, stride * m + ph - pad] = sum_{j', co}
+    gzp[n, m + j', co] wd[ph, j' * C_OUT + co, ci], a row GEMM over gzp's contiguous runs of R2 = J * C_OUT
+    elements (gzp: gz with J - 1 zero positions before and after each clip; wd: the weight per phase, taps
+    reversed, zeros past K). Rows m < MP per clip; positions outside [0, L) are not stored."""
+    ci = tl.program_id(1) * BLOCK_CI + tl.arange(0, BLOCK_CI)
+    ph = tl.program_id(2)
+    ci_ok = ci < C_IN
+    wph = wd_ptr + ph.to(tl.int64) * R2 * C_IN
+    for tile in range(tl.program_id(0), NUM_TILES, P):
+        g = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        gc = tl.minimum(g, ROWS - 1)
+        n = gc // MP
+        m = gc % MP
+        base = n.to(tl.int64) * TGC + m * C_OUT
+        acc = tl.zeros((BLOCK_M, BLOCK_CI), dtype=tl.float32)
+        for r0 in range(0, R2, BLOCK_R):
+            r = r0 + tl.arange(0, BLOCK_R)
+            a = tl.load(gzp_ptr + base[:, None] + r[None, :])
+            b = tl.load(wph + r[:, None] * C_IN + ci[None, :], mask=ci_ok[None, :], other=0.0)
+            if INTERP:
+                a = a.to(tl.float32)
+                b = b.to(tl.float32)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        i = m * stride + ph - pad
+        ok = (g < ROWS) & (i >= 0) & (i < L)
+        off = (n.to(tl.int64) * C_IN * L + i)[:, None] + ci[None, :].to(tl.int64) * L
+        tl.store(dx_ptr + off, cast_out(acc, dx_ptr.dtype.element_ty, INTERP), mask=ok[:, None] & ci_ok[None, :])
 
 # ----------------------------------------------------------------------------------------- launchers
 PROGRAMS = 2 if INTERPRET else 528  # persistent grid: as kernels/_conv_banded.py
@@ -269,17 +305,36 @@ def rows_plan(c_in: int, c_out: int, k: int, stride: int, dtype: torch.dtype) ->
     r = k * c_in
     if c_in < 2 or r % 16 or (stride * c_in) % 8:
         return None
-    br = 16
-    while br < (32 if dtype == torch.float32 else 64) and r % (2 * br) == 0:
-        br *= 2
-    if INTERPRET:
-        br = max(b for b in (16, 32, 64, 128, 256, 512) if r % b == 0)
-    return dict(BLOCK_R=br, BLOCK_CO=clamp_pow2(c_out, 16, 256 if INTERPRET else 64))
+    return dict(BLOCK_R=_block_r(r, dtype), BLOCK_CO=clamp_pow2(c_out, 16, 256 if INTERPRET else 64))
+
+
+def _block_r(r: int, dtype: torch.dtype) -> int:
+    """The reduction step: the largest power of two dividing r, from 16 up to 64 (fp32: 32; 512 in the
+    interpreter, which runs few, large steps)."""
+    top = 512 if INTERPRET else (32 if dtype == torch.float32 else 64)
+    return max(b for b in (16, 32, 64, 128, 256, 512) if b <= top and r % b == 0)
+
+
+def dx_rows_ok(c_out: int, k: int, stride: int) -> bool:
+    """Whether dx takes ``_rows_dx_kernel``: its rows step by C_out and run J * C_out (J = cdiv(k, stride)) long,
+    so C_out a multiple of 8 and J * C_out of 16; otherwise ``_conv_bwd._dx_kernel`` reads gz through strides."""
+    return c_out % 8 == 0 and (triton.cdiv(k, stride) * c_out) % 16 == 0
+
+
+def _dx_weight(w2d: torch.Tensor, c_in: int, k: int, stride: int) -> torch.Tensor:
+    """wd (stride, J * C_out, C_in): wd[ph, j' * C_out + co, ci] = w[co, ci, stride * (J - 1 - j') + ph], 0 past k."""
+    c_out = w2d.shape[0]
+    j = triton.cdiv(k, stride)
+    jp = torch.arange(j, device=w2d.device)
+    kk = stride * (j - 1 - jp)[None, :] + torch.arange(stride, device=w2d.device)[:, None]  # (stride, J)
+    wt = w2d.reshape(c_out, c_in, k).permute(2, 0, 1)  # (k, C_out, C_in)
+    wd = wt[kk.clamp(max=k - 1)] * (kk < k)[..., None, None].to(w2d.dtype)
+    return wd.reshape(stride, j * c_out, c_in).contiguous()
 
 
 def channels_last(x: torch.Tensor, pad: int, T: int, k: int, stride: int) -> tuple[torch.Tensor, int]:
     """(xc, LPC): x (N, C_in, L) as a zero-padded channels-last copy (N, LP, C_in), xc[n, pad + i] = x[n, :, i]
-    (one F.pad), LP a multiple of 16 covering every row's window; LPC = LP * C_in."""
+    (one F.pad), LP a multiple of 16 covering the windows of the first T positions' rows; LPC = LP * C_in."""
     N, C, L = x.shape
     lp = -(-max(pad + L, (T - 1) * stride + k) // 16) * 16
     xc = F.pad(x.transpose(1, 2), (0, 0, pad, lp - pad - L))
@@ -356,17 +411,18 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
                   all_reduce=None) -> tuple[torch.Tensor | None, ...]:
     """The backward of a pooling row-GEMM block (as ``conv_bn_relu_backward``): (dx or None, dw2d fp32, db fp32
     or None, local sum(gy * zhat), local sum(gy)). The BN sums, then gz (N * T, C_out) in x.dtype, then dW from
-    the same contiguous rows and dx by ``_conv_bwd.dx_from_gz``."""
+    the same contiguous rows and dx by ``_rows_dx_kernel`` (or ``_conv_bwd.dx_from_gz`` where
+    ``dx_rows_ok`` says no)."""
     from ._conv_bwd import dx_from_gz  # imports this module: resolved at call time
 
     N, C_in, L = x.shape
     C = w2d.shape[0]
     dev = x.device
     plan = rows_plan(C_in, C, k, stride, x.dtype)
-    xc, lpc = channels_last(x, padding, T, k, stride)
+    TP, tq = T // pool, triton.cdiv(T, pool)
+    xc, lpc = channels_last(x, padding, tq * pool, k, stride)  # the gz kernel's last window runs past T
     wr = _reorder(w2d, C_in, k)
     R = k * C_in
-    TP, tq = T // pool, triton.cdiv(T, pool)
     plan = dict(plan, BLOCK_CO=min(plan["BLOCK_CO"], BWD_CO))
     flags = _window_flags(x, bias, plan, stride, pool)
     b = bias if bias is not None else w2d
@@ -381,10 +437,20 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     local = part.sum(dim=1).float()  # (2, C): sum(gy), sum(gy * zhat); a fixed-order reduction
     sums = all_reduce(local) if (training and all_reduce is not None) else local
     M = N * T
-    gz = torch.empty((M, C), device=dev, dtype=x.dtype)
+    rows_dx = input_grad and dx_rows_ok(C, k, stride)
+    J = triton.cdiv(k, stride)
+    mp = triton.cdiv(L + padding, stride)  # dx rows per clip and phase
+    if rows_dx:  # gz with J - 1 zero positions before and after each clip: _rows_dx_kernel's rows
+        tg = -(-max(J - 1 + T, mp + J - 1) // 16) * 16
+        gzp = torch.empty((N, tg, C), device=dev, dtype=x.dtype)
+        gzp[:, : J - 1].zero_()
+        gzp[:, J - 1 + T :].zero_()
+        gz, sgz = gzp[:, J - 1 :], tg * C
+    else:
+        gz, sgz = torch.empty((M, C), device=dev, dtype=x.dtype), T * C
     tiles, P = _grid(N * tq, flags["BLOCK_Q"])
     wrap_triton(_rows_gz_kernel)[(P, grid_c)](
-        xc, wr, b, stats, gamma, grad_out, code, sums, gz, C, T, TP, tq, N * tq, lpc, R, tiles, P, *go,
+        xc, wr, b, stats, gamma, grad_out, code, sums, gz, C, T, TP, tq, N * tq, lpc, R, tiles, P, *go, sgz,
         TRAINING=training, **flags)
     rw = plan["BLOCK_R"]
     bm = clamp_pow2(M, 16, 128) if INTERPRET else ROWS_GPU
@@ -395,10 +461,20 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     dwr = (torch.empty if deterministic else torch.zeros)(shape, device=dev, dtype=torch.float32)
     db_part = (torch.empty if deterministic else torch.zeros)(shape[:2], device=dev, dtype=torch.float32)
     wrap_triton(_rows_dw_kernel)[(grid_r, grid_c, split)](
-        gz, xc, dwr, db_part, C, T, M, lpc, R, num_mt, split, STEP=stride * C_in, BLOCK_M=bm,
+        gz, xc, dwr, db_part, C, T, M, sgz, lpc, R, num_mt, split, STEP=stride * C_in, BLOCK_M=bm,
         BLOCK_CO=plan["BLOCK_CO"], BLOCK_RW=rw, DETERMINISTIC=deterministic, INTERP=INTERPRET,
         PRECISION=dot_precision(x), num_warps=4, num_stages=STAGES)
     dw = dwr.sum(dim=0).reshape(C, k, C_in).transpose(1, 2).reshape(C, R)  # back to (ci, k) order
     db = db_part.sum(dim=0) if bias is not None else None
-    dx = dx_from_gz(gz, w2d, x, k, stride, padding, T, gz.stride(1), gz.stride(0)) if input_grad else None
+    dx = None
+    if rows_dx:
+        dx = torch.empty((N, C_in, L), device=dev, dtype=x.dtype)
+        bci = clamp_pow2(C_in, 16, 256 if INTERPRET else 64)
+        tiles, P = _grid(N * mp, bm)
+        wrap_triton(_rows_dx_kernel)[(P, triton.cdiv(C_in, bci), stride)](
+            gzp, _dx_weight(w2d, C_in, k, stride), dx, C_in, L, mp, N * mp, tg * C, J * C, stride, padding,
+            tiles, P, C_OUT=C, BLOCK_M=bm, BLOCK_CI=bci, BLOCK_R=_block_r(J * C, x.dtype), INTERP=INTERPRET,
+            PRECISION=dot_precision(x), num_warps=4, num_stages=STAGES)
+    elif input_grad:
+        dx = dx_from_gz(gz, w2d, x, k, stride, padding, T, 1, C)
     return dx, dw, db, local[1].clone(), local[0].clone()

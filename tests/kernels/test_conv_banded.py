@@ -6,6 +6,8 @@ Runs under TRITON_INTERPRET=1 (Makefile): PROGRAMS is 2 there, so every program 
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -133,3 +135,24 @@ def test_opcheck_banded() -> None:
     g, beta = torch.rand(16, generator=gen) + 0.5, torch.randn(16, generator=gen)
     args = (x, w, None, g, beta, torch.zeros(16), torch.ones(16), 2, 32, True, 1e-5, 8, True, 0)
     torch.library.opcheck(_fwd_op, args)
+
+
+def test_no_row_reads_past_the_padded_waveform(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As tests/kernels/test_conv_rows.py's guard: the padded copy sits in front of a clip of infinities, and a
+    read past its end would make inf - inf or inf x 0 (a RuntimeWarning, an error here)."""
+    real = band.padded_waveform
+
+    def guarded(x, pad, lp):
+        xp = real(x, pad, lp)
+        big = torch.full((xp.shape[0] + 1, lp), torch.inf, dtype=xp.dtype)
+        big[:-1] = xp
+        return big[:-1]
+
+    monkeypatch.setattr(band, "padded_waveform", guarded)
+    n, c_out, k, s, p, pool, length, bias = SHAPES["pool3_odd_channels_nobias"]
+    case = make_case(n, 1, c_out, k, length, seed=8, bias=bias)
+    ref = run_reference(case, None, stride=s, padding=p, training=True, pool=pool, x_grad=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        fused = run_fused(case, ref[5], stride=s, padding=p, training=True, pool=pool, x_grad=False)
+    _check_fp32(case, ref, fused, True)

@@ -6,6 +6,8 @@ Runs under TRITON_INTERPRET=1 (Makefile): PROGRAMS is 2 there, so every program 
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -28,14 +30,21 @@ def test_the_shape_rule() -> None:
     assert rows.rows_plan(16, 32, 3, 1, torch.bfloat16) is not None  # SampleCNN-style: R = 48, step 16
 
 
-@pytest.mark.parametrize("x_grad", [True, False], ids=["input_grad", "no_input_grad"])
-def test_conv2_runs_the_row_kernels(monkeypatch: pytest.MonkeyPatch, x_grad: bool) -> None:
-    c_in, c_out, k, s, p, pool = SOUNDNET_LAYERS["conv2"]
+@pytest.mark.parametrize(
+    ("c_out", "k", "x_grad", "dx"),
+    [(32, 32, True, "_rows_dx_kernel"), (32, 32, False, None), (20, 3, True, "_dx_kernel")],
+    ids=["conv2_input_grad", "conv2_no_input_grad", "c_out20_k3_generic_dx"],
+)
+def test_blocks_run_the_row_kernels(monkeypatch: pytest.MonkeyPatch, c_out: int, k: int, x_grad: bool, dx) -> None:
+    """conv2's shape runs every row kernel; dx runs as a row GEMM when its rows are aligned (C_out % 8,
+    cdiv(k, s) * C_out % 16: 16 x 32 for conv2) and as the generic transposed conv otherwise (20 channels)."""
+    c_in, _, _, s, p, pool = SOUNDNET_LAYERS["conv2"]
+    assert not x_grad or rows.dx_rows_ok(c_out, k, s) == (dx == "_rows_dx_kernel")
     case = make_case(2, c_in, c_out, k, 300, seed=2)
     ref = run_reference(case, None, stride=s, padding=p, training=True, pool=pool, x_grad=x_grad)
     seen = _Launches(monkeypatch, rows)
     fused = run_fused(case, ref[5], stride=s, padding=p, training=True, pool=pool, x_grad=x_grad)
-    assert seen.names == ROWS_FWD + ROWS_BWD + (["_dx_kernel"] if x_grad else [])
+    assert seen.names == ROWS_FWD + ROWS_BWD + ([dx] if dx else [])
     _check_fp32(case, ref, fused, True)
 
 
@@ -103,3 +112,25 @@ def test_opcheck_rows() -> None:
     b, g, beta = torch.randn(24, generator=gen), torch.rand(24, generator=gen) + 0.5, torch.randn(24, generator=gen)
     args = (x, w, b.requires_grad_(), g, beta, torch.zeros(24), torch.ones(24), 1, 1, True, 1e-5, 3, True, 0)
     torch.library.opcheck(_fwd_op, args)
+
+
+def test_no_row_reads_past_the_padded_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows are clamped, not masked, so every row a kernel reads must lie inside the padded copy. The copy is
+    placed in front of a sentinel clip of infinities: a read past its end makes inf - inf or inf x 0, which the
+    interpreter reports as a RuntimeWarning (an error here). T % pool != 0: the backward's last window runs past T."""
+    real = rows.channels_last
+
+    def guarded(x, pad, T, k, stride):
+        xc, lpc = real(x, pad, T, k, stride)
+        big = torch.full((xc.shape[0] + 1, *xc.shape[1:]), torch.inf, dtype=xc.dtype)
+        big[:-1] = xc
+        return big[:-1], lpc
+
+    monkeypatch.setattr(rows, "channels_last", guarded)
+    n, c_in, c_out, k, s, p, pool, length, bias = SHAPES["m5_k3_pool4_nobias"]
+    case = make_case(n, c_in, c_out, k, length, seed=8, bias=bias)
+    ref = run_reference(case, None, stride=s, padding=p, training=True, pool=pool)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        fused = run_fused(case, ref[5], stride=s, padding=p, training=True, pool=pool)
+    _check_fp32(case, ref, fused, True)

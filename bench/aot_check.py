@@ -83,9 +83,9 @@ def soundnet8_launches(batch: int, samples: int, precision: str = "tf32", blocks
                 g = torch.empty(c_out, device="meta")
                 stats = torch.empty(4, c_out, device="meta")
                 _conv_fwd.conv_moments(x, w2d, b, k, s, p, t)
-                out, code = _conv_fwd.conv_bn_relu_pool(x, w2d, b, g, g, stats, k, s, p, t, pool)
+                out, code, zmax = _conv_fwd.conv_bn_relu_pool(x, w2d, b, g, g, stats, k, s, p, t, pool)
                 go = torch.empty(out.shape, dtype=dtype, device="meta")
-                saved_out = out if pool is None else None
+                saved_out = out if pool is None else zmax
                 for training, det in ((True, False), (True, True), (False, False)):
                     _conv_bwd.conv_bn_relu_backward(
                         go, x, w2d, b, g, stats, code, saved_out, k, s, p, t, pool, training, det, i > 0
@@ -187,14 +187,16 @@ def train_step_launches(
             def fwd(x=x, w2d=w2d, b=b, g=g, k=k, s=s, p=p, t=t, pool=pool, res=res, running=running):
                 moments = _conv_fwd.conv_moments(x, w2d, b, k, s, p, t)
                 stats = finalize_stats(moments, 1e-5)
-                res["out"], res["code"] = _conv_fwd.conv_bn_relu_pool(x, w2d, b, g, g, stats, k, s, p, t, pool)
+                res["out"], res["code"], res["zmax"] = _conv_fwd.conv_bn_relu_pool(
+                    x, w2d, b, g, g, stats, k, s, p, t, pool
+                )
                 res["stats"] = stats
                 _update_running_stats._init_fn(*running, None, stats, 0.1)
 
             section(name, "forward", fwd)
             out_t, code, stats = res["out"], res["code"], res["stats"]
             go = torch.empty(out_t.shape, dtype=dtype, device="meta")
-            saved = out_t if pool is None else None
+            saved = out_t if pool is None else res["zmax"]
 
             def bwd(
                 go=go, x=x, w2d=w2d, b=b, g=g, stats=stats, code=code, saved=saved, k=k, s=s, p=p, t=t, pool=pool, i=i

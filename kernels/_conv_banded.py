@@ -34,10 +34,14 @@ from torch.library import wrap_triton
 from ._common import INTERPRET, clamp_pow2, dot_precision, next_pow2
 from ._conv_fwd import (
     _merge_stats_kernel,
+    bn_sum_partials,
     cast_out,
     chan_merge,
     code_dtype,
+    keeps_zmax,
     merge_blocks,
+    pool_select,
+    pooled_bn_sums,
     store_bn_sums,
     store_partial,
 )
@@ -136,35 +140,37 @@ def _band_stats_kernel(xp_ptr, w_ptr, b_ptr, part_ptr, C_OUT, T, TR, ROWS, LP, N
 
 
 @triton.jit
-def _band_bn_relu_pool_kernel(xp_ptr, w_ptr, b_ptr, g_ptr, beta_ptr, stats_ptr, out_ptr, code_ptr,
+def _band_bn_relu_pool_kernel(xp_ptr, w_ptr, b_ptr, g_ptr, beta_ptr, stats_ptr, out_ptr, code_ptr, zmax_ptr,
                               C_OUT, TP, ROWS, LP, NUM_TILES, P, HAS_BIAS: tl.constexpr, K: tl.constexpr,
                               STRIDE: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr,
                               BLOCK_C: tl.constexpr, BLOCK_Q: tl.constexpr, J1: tl.constexpr,
-                              J2: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
+                              J2: tl.constexpr, STORE_ZMAX: tl.constexpr, INTERP: tl.constexpr,
+                              PRECISION: tl.constexpr):
     """Pooled output out (N, C_OUT, TP) of BN (stats[0] mean, stats[1] invstd), ReLU and max over each
-    window, and code (N, C_OUT, TP) = the window's first maximum, -1 where ReLU gave 0 (as
-    ``_conv_bn_relu_pool_kernel``)."""
+    window, code (N, C_OUT, TP) = the window's first maximum, -1 where ReLU gave 0, and when STORE_ZMAX zmax
+    (N, C_OUT, TP) = zhat there (as ``_conv_bn_relu_pool_kernel``)."""
     c0 = tl.program_id(1) * BLOCK_C
     b1, b2, bias = _band_setup(w_ptr, b_ptr, c0, C_OUT, HAS_BIAS, J1, J2, K, STRIDE, POOL, PP, BLOCK_C, INTERP)
     c = c0 + tl.arange(0, BLOCK_C)
     c_ok = c < C_OUT
     mean = tl.load(stats_ptr + c, mask=c_ok, other=0.0)
-    scale = tl.load(stats_ptr + C_OUT + c, mask=c_ok, other=0.0)
-    scale *= tl.load(g_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    invstd = tl.load(stats_ptr + C_OUT + c, mask=c_ok, other=0.0)
+    gamma = tl.load(g_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
     shift = tl.load(beta_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
     slot = tl.arange(0, PP)[None, :, None]
     for tile in range(tl.program_id(0), NUM_TILES, P):
         g = tile * BLOCK_Q + tl.arange(0, BLOCK_Q)
         z = _band_z(xp_ptr, b1, b2, bias, g, ROWS, TP, LP, STRIDE * POOL, J1, J2, PP, BLOCK_C, INTERP, PRECISION)
-        y = tl.maximum((z - mean[None, None, :]) * scale[None, None, :] + shift[None, None, :], 0.0)
+        zh = (z - mean[None, None, :]) * invstd[None, None, :]
+        y = tl.maximum(zh * gamma[None, None, :] + shift[None, None, :], 0.0)
         y = tl.where(slot < POOL, y, -1.0)  # ReLU outputs are >= 0: -1 marks the padded slots
-        o = tl.max(y, axis=1)
-        first = tl.min(tl.where(y == o[:, None, :], slot, PP), axis=1)
-        code = tl.where(o > 0.0, first, -1)
+        o, code, zmax = pool_select(y, zh, slot, PP, 1)
         off = ((g // TP).to(tl.int64) * C_OUT * TP + g % TP)[:, None] + c[None, :] * TP
         smask = (g < ROWS)[:, None] & c_ok[None, :]
         tl.store(out_ptr + off, cast_out(o, out_ptr.dtype.element_ty, INTERP), mask=smask)
         tl.store(code_ptr + off, code.to(code_ptr.dtype.element_ty), mask=smask)
+        if STORE_ZMAX:
+            tl.store(zmax_ptr + off, cast_out(zmax, zmax_ptr.dtype.element_ty, INTERP), mask=smask)
 
 
 @triton.jit
@@ -212,6 +218,8 @@ def _band_bwd_reduce_kernel(xp_ptr, w_ptr, b_ptr, stats_ptr, go_ptr, code_ptr, s
         s_gy += tl.sum(tl.sum(gy, axis=1), axis=0)
         s_gyz += tl.sum(tl.sum(gy * zhat, axis=1), axis=0)
     store_bn_sums(sums_ptr, s_gy, s_gyz, pid_p, c, C_OUT, P, DETERMINISTIC)
+
+
 
 
 @triton.jit
@@ -283,7 +291,9 @@ def _band_gz_dw_kernel(xp_ptr, w_ptr, b_ptr, stats_ptr, g_ptr, go_ptr, code_ptr,
 PROGRAMS = 2 if INTERPRET else 528
 BLOCK_Q_GPU = 64  # rows per tile: the M of one warpgroup's wgmma
 MAX_COLS = 128  # B's columns PP * BLOCK_C: one m64n128 wgmma, a 64-register fp32 accumulator per thread
-BWD_COLS = 64  # the backward's columns: at 128 its two kernels spilled 96 B per thread (Triton 3.9)
+# Columns of the kernels with a per-element epilogue (pool, backward): at 128 the backward spilled 96 B per thread
+# (Triton 3.9) and the pool kernel, choosing zmax, needed 196 registers (predicted 5.7 against 4.4 us per clip).
+EPILOGUE_COLS = 64
 MAX_WINDOW = 256  # W = stride * (pool - 1) + K beyond which the band wastes too much (and B too big)
 
 
@@ -298,8 +308,8 @@ def band_plan(c_in: int, c_out: int, k: int, stride: int, pool: int | None, max_
     """The shape rule of this file: a block takes the banded kernels when C_in == 1 (a waveform), it pools
     (pool >= 2), the window W = stride * (pool - 1) + k is at most ``MAX_WINDOW`` and the pool's PP slots fit
     ``max_cols`` columns; None otherwise (the generic implicit GEMM). Returns the constexprs POOL, PP, BLOCK_C,
-    J1, J2 (PP * BLOCK_C columns, at most ``max_cols``). The forward asks with ``MAX_COLS``, the backward
-    with ``BWD_COLS`` (``backward_plan``)."""
+    J1, J2 (PP * BLOCK_C columns, at most ``max_cols``). The statistics ask with ``MAX_COLS``, the backward
+    and the pool with ``EPILOGUE_COLS`` (``epilogue_plan``)."""
     if c_in != 1 or pool is None or pool < 2:
         return None
     pp = next_pow2(pool)
@@ -312,10 +322,10 @@ def band_plan(c_in: int, c_out: int, k: int, stride: int, pool: int | None, max_
     return dict(POOL=pool, PP=pp, BLOCK_C=bc, J1=j1, J2=j2)
 
 
-def backward_plan(c_in: int, c_out: int, k: int, stride: int, pool: int | None) -> dict | None:
-    """``band_plan`` for the backward (at most ``BWD_COLS`` columns): None sends the block to the generic
-    backward, which needs only the saved codes (a pool of 65-128 bands forward, not backward)."""
-    return band_plan(c_in, c_out, k, stride, pool, BWD_COLS)
+def epilogue_plan(c_in: int, c_out: int, k: int, stride: int, pool: int | None) -> dict | None:
+    """``band_plan`` for the pool and the backward (at most ``EPILOGUE_COLS`` columns): None sends the block's
+    pool and backward to the generic kernels (a pool of 65-128 bands its statistics only)."""
+    return band_plan(c_in, c_out, k, stride, pool, EPILOGUE_COLS)
 
 
 def stats_group(c_out: int) -> int:
@@ -374,11 +384,11 @@ def band_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
 
 def band_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor,
                       beta: torch.Tensor, stats: torch.Tensor, k: int, stride: int, padding: int, T: int,
-                      pool: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pass 2 (as ``conv_bn_relu_pool``): pooled output (N, C_out, T // pool) in x.dtype and int8 codes."""
+                      pool: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pass 2 (as ``conv_bn_relu_pool``): pooled output (N, C_out, T // pool) in x.dtype, int8 codes, zmax."""
     N = x.shape[0]
     C = w2d.shape[0]
-    plan = band_plan(1, C, k, stride, pool)
+    plan = epilogue_plan(1, C, k, stride, pool)
     TP = T // pool
     lp = _layout(x, plan, stride, padding, T, TP)
     xp = padded_waveform(x, padding, lp)
@@ -386,37 +396,41 @@ def band_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | N
     tiles, P = _grid(N * TP, bq)
     out = torch.empty((N, C, TP), device=x.device, dtype=x.dtype)
     code = torch.empty((N, C, TP), device=x.device, dtype=code_dtype(pool))
+    zmax = torch.empty_like(out) if keeps_zmax(x, pool) else x.new_empty(0)
     b = bias if bias is not None else w2d
     wrap_triton(_band_bn_relu_pool_kernel)[(P, triton.cdiv(C, plan["BLOCK_C"]))](
-        xp, w2d, b, gamma, beta, stats, out, code, C, TP, N * TP, lp, tiles, P,
-        **_flags(plan, x, k, stride, bias, bq))
-    return out, code
+        xp, w2d, b, gamma, beta, stats, out, code, zmax, C, TP, N * TP, lp, tiles, P,
+        STORE_ZMAX=zmax.numel() > 0, **_flags(plan, x, k, stride, bias, bq))
+    return out, code, zmax
 
 
 def band_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None,
-                  gamma: torch.Tensor, stats: torch.Tensor, code: torch.Tensor, k: int, stride: int,
+                  gamma: torch.Tensor, stats: torch.Tensor, code: torch.Tensor, zmax: torch.Tensor, k: int, stride: int,
                   padding: int, T: int, pool: int, training: bool, deterministic: bool,
                   all_reduce=None) -> tuple[torch.Tensor | None, ...]:
     """The backward of a banded block whose input needs no gradient (as ``conv_bn_relu_backward``):
-    (None, dw2d fp32, db fp32 or None, local sum(gy * zhat), local sum(gy)). Two passes over the rows,
-    each recomputing Z: the BN sums, then gz and dW in band form; dband is folded to (C_out, K) here."""
+    (None, dw2d fp32, db fp32 or None, local sum(gy * zhat), local sum(gy)). The BN sums from the forward's
+    zmax (``pooled_bn_sums``) or, without it, from a pass recomputing Z; then a pass recomputing Z for gz and dW
+    in band form; dband is folded to (C_out, K) here."""
     N = x.shape[0]
     C = w2d.shape[0]
     dev = x.device
-    plan = backward_plan(1, C, k, stride, pool)
+    plan = epilogue_plan(1, C, k, stride, pool)
     TP, tq = T // pool, triton.cdiv(T, pool)
     lp = _layout(x, plan, stride, padding, T, tq)
     xp = padded_waveform(x, padding, lp)
     flags = _flags(plan, x, k, stride, bias, _block_q(N * tq))
     b = bias if bias is not None else w2d
     grid_c = triton.cdiv(C, plan["BLOCK_C"])
-    tiles, P = _grid(N * TP, flags["BLOCK_Q"])
-    part = (torch.empty if deterministic else torch.zeros)(
-        (2, P if deterministic else 1, C), device=dev, dtype=torch.float64)  # fp64: see _bwd_reduce_kernel
-    wrap_triton(_band_bwd_reduce_kernel)[(P, grid_c)](
-        xp, w2d, b, stats, grad_out, code, part, C, T, TP, N * TP, lp, tiles, P, *grad_out.stride(),
-        DETERMINISTIC=deterministic, **flags)
-    local = part.sum(dim=1).float()  # (2, C): sum(gy), sum(gy * zhat); a fixed-order reduction
+    if zmax.numel():  # (2, C): sum(gy), sum(gy * zhat), from the forward's zmax
+        local = pooled_bn_sums(grad_out, code, zmax)
+    else:  # ... or from a recompute (fp32: keeps_zmax)
+        tiles, P = _grid(N * TP, flags["BLOCK_Q"])
+        part = bn_sum_partials(P, C, deterministic, dev)
+        wrap_triton(_band_bwd_reduce_kernel)[(P, grid_c)](
+            xp, w2d, b, stats, grad_out, code, part, C, T, TP, N * TP, lp, tiles, P, *grad_out.stride(),
+            DETERMINISTIC=deterministic, **flags)
+        local = part.sum(dim=1).float()  # a fixed-order reduction
     sums = all_reduce(local) if (training and all_reduce is not None) else local
     tiles, P = _grid(N * tq, flags["BLOCK_Q"])
     jb = plan["J1"] + plan["J2"]

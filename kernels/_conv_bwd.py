@@ -37,8 +37,17 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from ._common import INTERPRET, clamp_pow2, dot_precision
-from ._conv_banded import backward_plan, band_backward
-from ._conv_fwd import _load_bias, cast_out, conv_blocks, conv_tile, stats_tiles, store_bn_sums
+from ._conv_banded import band_backward, epilogue_plan
+from ._conv_fwd import (
+    _load_bias,
+    bn_sum_partials,
+    cast_out,
+    conv_blocks,
+    conv_tile,
+    pooled_bn_sums,
+    stats_tiles,
+    store_bn_sums,
+)
 from ._conv_rows import rows_backward, rows_plan
 
 # fmt: off
@@ -306,16 +315,19 @@ def conv_bn_relu_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Te
     """(dx or None, dw2d fp32, db fp32 or None, local sum(gy * zhat), local sum(gy)).
 
     ``all_reduce`` (SyncBatchNorm semantics) receives the (2, C) fp32 local sums and returns the
-    global ones; the returned BN gradients stay local, as SyncBatchNorm's do. A banded block
-    (``_conv_banded.backward_plan``) whose input needs no gradient takes the banded backward."""
+    global ones; the returned BN gradients stay local, as SyncBatchNorm's do. ``out`` is what the forward
+    saved beside the codes: the block's output without a pool (ReLU's mask), zmax with one (the BN sums then
+    come from it, ``_conv_fwd.pooled_bn_sums``, with no recompute; empty in fp32, ``keeps_zmax``). A banded block
+    (``_conv_banded.epilogue_plan``) whose input needs no gradient takes the banded backward, a row block
+    (``_conv_rows.rows_plan``) with a pool the row one."""
     N, C_in, L = x.shape
     C, R = w2d.shape
-    if not input_grad and backward_plan(C_in, C, K, stride, pool) is not None:
-        return band_backward(grad_out, x, w2d, bias, gamma, stats, code, K, stride, padding, T, pool, training,
+    if not input_grad and epilogue_plan(C_in, C, K, stride, pool) is not None:
+        return band_backward(grad_out, x, w2d, bias, gamma, stats, code, out, K, stride, padding, T, pool, training,
                              deterministic, all_reduce)
     if pool is not None and rows_plan(C_in, C, K, stride, x.dtype) is not None:
-        return rows_backward(grad_out, x, w2d, bias, gamma, stats, code, K, stride, padding, T, pool, training,
-                             deterministic, input_grad, all_reduce)
+        return rows_backward(grad_out, x, w2d, bias, gamma, stats, code, out, K, stride, padding, T, pool,
+                             training, deterministic, input_grad, all_reduce)
     M = N * T
     p = pool if pool is not None else 1
     TP = T // p
@@ -331,15 +343,15 @@ def conv_bn_relu_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Te
     num_mt = triton.cdiv(M, bm)
     tiles = stats_tiles(num_mt)
     P = triton.cdiv(num_mt, tiles)
-    if deterministic:  # fp64 partials: see _bwd_reduce_kernel
-        part = torch.empty((2, P, C), device=dev, dtype=torch.float64)
+    if pool is not None and out.numel():
+        local = pooled_bn_sums(grad_out, code, out)  # (2, C): sum(gy), sum(gy * zhat), from the forward's zmax
     else:
-        part = torch.zeros((2, 1, C), device=dev, dtype=torch.float64)
-    wrap_triton(_bwd_reduce_kernel)[(P, triton.cdiv(C, bco))](
-        x, w2d, b, stats, grad_out, code, o, part, C, L, R, T, TP, M, P,
-        x.stride(0), x.stride(1), x.stride(2), *go_strides, stride, padding, TILES=tiles,
-        DETERMINISTIC=deterministic, **flags)
-    local = part.sum(dim=1).float()  # (2, C): sum(gy), sum(gy * zhat); a fixed-order reduction
+        part = bn_sum_partials(P, C, deterministic, dev)  # fp64 partials: see _bwd_reduce_kernel
+        wrap_triton(_bwd_reduce_kernel)[(P, triton.cdiv(C, bco))](
+            x, w2d, b, stats, grad_out, code, o, part, C, L, R, T, TP, M, P,
+            x.stride(0), x.stride(1), x.stride(2), *go_strides, stride, padding, TILES=tiles,
+            DETERMINISTIC=deterministic, **flags)
+        local = part.sum(dim=1).float()  # (2, C): sum(gy), sum(gy * zhat); a fixed-order reduction
     sums = all_reduce(local) if (training and all_reduce is not None) else local
     if not input_grad and R <= FUSED_DW_MAX_R:  # conv1: gz stays in registers
         rw = clamp_pow2(R, 16, FUSED_DW_MAX_R)

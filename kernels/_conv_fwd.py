@@ -137,6 +137,19 @@ def store_bn_sums(sums_ptr, s_gy, s_gyz, pid_p, c, C_OUT, P, DETERMINISTIC: tl.c
 
 
 @triton.jit
+def pool_select(y, zh, slot, PP: tl.constexpr, AXIS: tl.constexpr):
+    """Max-pool of y (ReLU outputs, -1 in padded slots) over the window's slots on axis AXIS (slot: their
+    index, broadcastable): (o, code, zmax) with code the first maximum's slot (PyTorch's tie rule) and zmax
+    the normalised conv output zhat there; -1 and 0 where o = 0 (ReLU passes no gradient). zmax lets the
+    backward's BN sums skip a recompute: sum(gy * zhat) = sum over pooled outputs of grad * zmax."""
+    o = tl.max(y, axis=AXIS)
+    first = tl.min(tl.where(y == tl.expand_dims(o, AXIS), slot, PP), axis=AXIS)
+    zsel = tl.max(tl.where(slot == tl.expand_dims(first, AXIS), zh, -float("inf")), axis=AXIS)
+    pos = o > 0.0
+    return o, tl.where(pos, first, -1), tl.where(pos, zsel, 0.0)
+
+
+@triton.jit
 def _conv_stats_kernel(x_ptr, w_ptr, b_ptr, part_ptr, C_OUT, L, R, T, M, P, sxn, sxc, sxl, stride, pad,
                        HAS_BIAS: tl.constexpr, K: tl.constexpr, BLOCK_CO: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, TILES: tl.constexpr,
@@ -211,16 +224,17 @@ def _merge_stats_kernel(part_ptr, out_ptr, C_OUT, P, M, PER_PROG, BLOCK_C: tl.co
 
 
 @triton.jit
-def _conv_bn_relu_pool_kernel(x_ptr, w_ptr, b_ptr, g_ptr, beta_ptr, stats_ptr, out_ptr, code_ptr,
+def _conv_bn_relu_pool_kernel(x_ptr, w_ptr, b_ptr, g_ptr, beta_ptr, stats_ptr, out_ptr, code_ptr, zmax_ptr,
                               C_OUT, L, R, T, TP, Q, sxn, sxc, sxl, stride, pad,
-                              HAS_BIAS: tl.constexpr, HAS_POOL: tl.constexpr, POOL: tl.constexpr,
-                              PP: tl.constexpr, K: tl.constexpr, BLOCK_CO: tl.constexpr,
+                              HAS_BIAS: tl.constexpr, HAS_POOL: tl.constexpr, STORE_ZMAX: tl.constexpr,
+                              POOL: tl.constexpr, PP: tl.constexpr, K: tl.constexpr, BLOCK_CO: tl.constexpr,
                               BLOCK_Q: tl.constexpr, BLOCK_R: tl.constexpr, INTERP: tl.constexpr,
                               PRECISION: tl.constexpr):
     """Conv tile over BLOCK_Q pooled outputs x PP window slots (PP = next power of two >= POOL),
     then BN (stats[0] = mean, stats[1] = invstd), ReLU and max over each window; writes the pooled
-    output and ``code`` = offset of the window's first maximum (PyTorch's tie rule), or -1 where the
-    pooled output is 0 (ReLU passes no gradient there). Without a pool, POOL = PP = 1."""
+    output, ``code`` = offset of the window's first maximum (PyTorch's tie rule), or -1 where the
+    pooled output is 0 (ReLU passes no gradient there), and when STORE_ZMAX ``zmax`` = zhat there
+    (``pool_select``, ``keeps_zmax``). Without a pool, POOL = PP = 1."""
     pid_q = tl.program_id(0)
     pid_c = tl.program_id(1)
     co = pid_c * BLOCK_CO + tl.arange(0, BLOCK_CO)
@@ -235,22 +249,23 @@ def _conv_bn_relu_pool_kernel(x_ptr, w_ptr, b_ptr, g_ptr, beta_ptr, stats_ptr, o
                   K, BLOCK_CO, BLOCK_Q * PP, BLOCK_R, INTERP, PRECISION)
     z += _load_bias(b_ptr, co, C_OUT, HAS_BIAS, BLOCK_CO)[:, None]
     mean = tl.load(stats_ptr + co, mask=c_ok, other=0.0)
-    scale = tl.load(stats_ptr + C_OUT + co, mask=c_ok, other=0.0)
-    scale *= tl.load(g_ptr + co, mask=c_ok, other=0.0).to(tl.float32)
+    invstd = tl.load(stats_ptr + C_OUT + co, mask=c_ok, other=0.0)
+    gamma = tl.load(g_ptr + co, mask=c_ok, other=0.0).to(tl.float32)
     shift = tl.load(beta_ptr + co, mask=c_ok, other=0.0).to(tl.float32)
-    y = tl.maximum((z - mean[:, None]) * scale[:, None] + shift[:, None], 0.0)
+    zh = (z - mean[:, None]) * invstd[:, None]
+    y = tl.maximum(zh * gamma[:, None] + shift[:, None], 0.0)
     if HAS_POOL:
         # ReLU outputs are >= 0, so -1 marks the padded slots u >= POOL.
         y3 = tl.reshape(tl.where((u < POOL)[None, :], y, -1.0), (BLOCK_CO, BLOCK_Q, PP))
-        o = tl.max(y3, axis=2)
-        slot = tl.arange(0, PP)[None, None, :]
-        first = tl.min(tl.where(y3 == o[:, :, None], slot, PP), axis=2)
-        code = tl.where(o > 0.0, first, -1)
+        zh3 = tl.reshape(zh, (BLOCK_CO, BLOCK_Q, PP))
+        o, code, zmax = pool_select(y3, zh3, tl.arange(0, PP)[None, None, :], PP, 2)
         qq = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
         off = ((qq // TP).to(tl.int64) * C_OUT)[None, :] * TP + co[:, None] * TP + (qq % TP)[None, :]
         smask = c_ok[:, None] & (qq < Q)[None, :]
         tl.store(out_ptr + off, cast_out(o, out_ptr.dtype.element_ty, INTERP), mask=smask)
         tl.store(code_ptr + off, code.to(code_ptr.dtype.element_ty), mask=smask)
+        if STORE_ZMAX:
+            tl.store(zmax_ptr + off, cast_out(zmax, zmax_ptr.dtype.element_ty, INTERP), mask=smask)
     else:
         off = (n.to(tl.int64) * C_OUT)[None, :] * T + co[:, None] * T + t[None, :]
         tl.store(out_ptr + off, cast_out(y, out_ptr.dtype.element_ty, INTERP), mask=c_ok[:, None] & ok[None, :])
@@ -332,14 +347,15 @@ def code_dtype(pool: int) -> torch.dtype:
 
 def conv_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None,
                       gamma: torch.Tensor, beta: torch.Tensor, stats: torch.Tensor, K: int, stride: int,
-                      padding: int, T: int, pool: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pass 2: (pooled output in x.dtype, window-offset codes; an empty int8 tensor without pool). A
-    single-channel input with a pool takes the banded kernel (``_conv_banded.band_plan`` decides)."""
+                      padding: int, T: int, pool: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pass 2: (pooled output in x.dtype, window-offset codes, zmax = zhat at each window's maximum in x.dtype;
+    without a pool the codes and zmax are empty). A single-channel input with a pool takes the banded kernel
+    (``_conv_banded.epilogue_plan`` decides), a channels-last-able one the row kernel (``_conv_rows.rows_plan``)."""
     N, C_in, L = x.shape
     C, R = w2d.shape
     from . import _conv_banded, _conv_rows  # they import this module: resolved at call time
 
-    if _conv_banded.band_plan(C_in, C, K, stride, pool) is not None:
+    if _conv_banded.epilogue_plan(C_in, C, K, stride, pool) is not None:
         return _conv_banded.band_bn_relu_pool(x, w2d, bias, gamma, beta, stats, K, stride, padding, T, pool)
     if pool is not None and _conv_rows.rows_plan(C_in, C, K, stride, x.dtype) is not None:
         return _conv_rows.rows_bn_relu_pool(x, w2d, bias, gamma, beta, stats, K, stride, padding, T, pool)
@@ -354,10 +370,38 @@ def conv_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | N
     out = torch.empty((N, C, TP), device=x.device, dtype=x.dtype)
     code = torch.empty((N, C, TP) if pool is not None else (0,), device=x.device,
                        dtype=code_dtype(p))
+    zmax = torch.empty((N, C, TP) if keeps_zmax(x, pool) else (0,), device=x.device, dtype=x.dtype)
     b = bias if bias is not None else w2d
     wrap_triton(_conv_bn_relu_pool_kernel)[(triton.cdiv(Q, bq), triton.cdiv(C, bco))](
-        x, w2d, b, gamma, beta, stats, out, code, C, L, R, T, TP, Q,
+        x, w2d, b, gamma, beta, stats, out, code, zmax, C, L, R, T, TP, Q,
         x.stride(0), x.stride(1), x.stride(2), stride, padding,
-        HAS_BIAS=bias is not None, HAS_POOL=pool is not None, POOL=p, PP=pp, K=K, BLOCK_CO=bco,
+        HAS_BIAS=bias is not None, HAS_POOL=pool is not None, STORE_ZMAX=zmax.numel() > 0, POOL=p, PP=pp, K=K,
+        BLOCK_CO=bco,
         BLOCK_Q=bq, BLOCK_R=br, INTERP=INTERPRET, PRECISION=dot_precision(x), num_warps=warps)
-    return out, code
+    return out, code, zmax
+
+
+def keeps_zmax(x: torch.Tensor, pool: int | None) -> bool:
+    """Whether a pooling block keeps zmax for its backward, which then takes the BN sums from it instead of
+    recomputing the conv: with 16-bit inputs (bf16 / fp16 training: SoundNet-8's trunk then keeps 3.74 MB per
+    20 s clip, ~1 MB of it zmax). In fp32 zmax would take the trunk from 4.91 to 6.95 MB per clip, so fp32
+    recomputes (counts: ``kernels.saved_activation_bytes`` on the meta device)."""
+    return pool is not None and x.element_size() == 2
+
+
+def bn_sum_partials(parts: int, c_out: int, deterministic: bool, device: torch.device) -> torch.Tensor:
+    """(2, parts or 1, C_out) fp64 buffer of the backward's BN-sum kernels: one row of partials per program
+    (deterministic, summed later in a fixed order) or one row they add into atomically (zeroed)."""
+    if deterministic:
+        return torch.empty((2, parts, c_out), device=device, dtype=torch.float64)
+    return torch.zeros((2, 1, c_out), device=device, dtype=torch.float64)
+
+
+def pooled_bn_sums(grad_out: torch.Tensor, code: torch.Tensor, zmax: torch.Tensor) -> torch.Tensor:
+    """(2, C) fp32 sum(gy) and sum(gy * zhat) of a pooling block from what its forward saved, no recompute:
+    gy is grad_out at each window's maximum (none where code = -1, where zmax is 0 too). Torch reductions in
+    a fixed order, accumulated in fp64 (see ``_conv_bwd._bwd_reduce_kernel``)."""
+    go = grad_out.float()
+    s_gy = torch.where(code >= 0, go, 0.0).sum(dim=(0, 2), dtype=torch.float64)
+    s_gyz = (go * zmax.float()).sum(dim=(0, 2), dtype=torch.float64)
+    return torch.stack([s_gy, s_gyz]).float()

@@ -31,10 +31,14 @@ from torch.library import wrap_triton
 from ._common import INTERPRET, clamp_pow2, dot_precision, next_pow2
 from ._conv_fwd import (
     _merge_stats_kernel,
+    bn_sum_partials,
     cast_out,
     chan_merge,
     code_dtype,
+    keeps_zmax,
     merge_blocks,
+    pool_select,
+    pooled_bn_sums,
     store_bn_sums,
     store_partial,
 )
@@ -113,36 +117,38 @@ def _rows_stats_kernel(xc_ptr, wr_ptr, b_ptr, part_ptr, C_OUT, T, M, LPC, R, NUM
 
 
 @triton.jit
-def _rows_bn_relu_pool_kernel(xc_ptr, wr_ptr, b_ptr, g_ptr, beta_ptr, stats_ptr, out_ptr, code_ptr, C_OUT, TP,
+def _rows_bn_relu_pool_kernel(xc_ptr, wr_ptr, b_ptr, g_ptr, beta_ptr, stats_ptr, out_ptr, code_ptr, zmax_ptr, C_OUT, TP,
                               Q, LPC, R, NUM_TILES, P, HAS_BIAS: tl.constexpr, STEP: tl.constexpr,
                               POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.constexpr,
-                              BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr, INTERP: tl.constexpr,
-                              PRECISION: tl.constexpr):
-    """Pooled output out (N, C_OUT, TP) of BN (stats rows mean, invstd), ReLU and max over each window, and
-    code = the window's first maximum, -1 where ReLU gave 0 (as ``_conv_bn_relu_pool_kernel``)."""
+                              BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr, STORE_ZMAX: tl.constexpr,
+                              INTERP: tl.constexpr, PRECISION: tl.constexpr):
+    """Pooled output out (N, C_OUT, TP) of BN (stats rows mean, invstd), ReLU and max over each window, code =
+    the window's first maximum, -1 where ReLU gave 0, and when STORE_ZMAX zmax = zhat there (as
+    ``_conv_bn_relu_pool_kernel``)."""
     co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
     c_ok = co < C_OUT
     bias = _bias(b_ptr, co, C_OUT, HAS_BIAS, BLOCK_CO)
-    mean = tl.load(stats_ptr + co, mask=c_ok, other=0.0)
-    scale = tl.load(stats_ptr + C_OUT + co, mask=c_ok, other=0.0)
-    scale *= tl.load(g_ptr + co, mask=c_ok, other=0.0).to(tl.float32)
-    shift = tl.load(beta_ptr + co, mask=c_ok, other=0.0).to(tl.float32) + (bias - mean) * scale
+    invstd = tl.load(stats_ptr + C_OUT + co, mask=c_ok, other=0.0)
+    gamma = tl.load(g_ptr + co, mask=c_ok, other=0.0).to(tl.float32)
+    zshift = (bias - tl.load(stats_ptr + co, mask=c_ok, other=0.0)) * invstd  # zhat = z * invstd + zshift
+    shift = tl.load(beta_ptr + co, mask=c_ok, other=0.0).to(tl.float32)
     slot = tl.arange(0, PP)[None, :, None]
     for tile in range(tl.program_id(0), NUM_TILES, P):
         gq, u, n, t, ok = _window_rows(tile, TP, Q, POOL, PP, BLOCK_Q)
         base = n.to(tl.int64) * LPC + t * STEP
         z = _row_tile(xc_ptr, wr_ptr, base, co, C_OUT, R, BLOCK_CO, BLOCK_R, INTERP, PRECISION)
-        y = tl.maximum(z * scale[None, :] + shift[None, :], 0.0)
+        zh = z * invstd[None, :] + zshift[None, :]
+        y = tl.maximum(zh * gamma[None, :] + shift[None, :], 0.0)
         y = tl.reshape(tl.where((u < POOL)[:, None], y, -1.0), (BLOCK_Q, PP, BLOCK_CO))  # -1: padded slots
-        o = tl.max(y, axis=1)
-        first = tl.min(tl.where(y == o[:, None, :], slot, PP), axis=1)
-        code = tl.where(o > 0.0, first, -1)
+        o, code, zmax = pool_select(y, tl.reshape(zh, (BLOCK_Q, PP, BLOCK_CO)), slot, PP, 1)
         g = tile * BLOCK_Q + tl.arange(0, BLOCK_Q)
         gc = tl.minimum(g, Q - 1)
         off = ((gc // TP).to(tl.int64) * C_OUT * TP + gc % TP)[:, None] + co[None, :] * TP
         smask = (g < Q)[:, None] & c_ok[None, :]
         tl.store(out_ptr + off, cast_out(o, out_ptr.dtype.element_ty, INTERP), mask=smask)
         tl.store(code_ptr + off, code.to(code_ptr.dtype.element_ty), mask=smask)
+        if STORE_ZMAX:
+            tl.store(zmax_ptr + off, cast_out(zmax, zmax_ptr.dtype.element_ty, INTERP), mask=smask)
 
 
 @triton.jit
@@ -188,6 +194,8 @@ def _rows_bwd_reduce_kernel(xc_ptr, wr_ptr, b_ptr, stats_ptr, go_ptr, code_ptr, 
         s_gy += tl.sum(gy, axis=0)
         s_gyz += tl.sum(gy * zhat, axis=0)
     store_bn_sums(sums_ptr, s_gy, s_gyz, pid_p, co, C_OUT, P, DETERMINISTIC)
+
+
 
 
 @triton.jit
@@ -387,8 +395,9 @@ def _window_flags(x: torch.Tensor, bias, plan: dict, stride: int, pool: int) -> 
 
 def rows_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor,
                       beta: torch.Tensor, stats: torch.Tensor, k: int, stride: int, padding: int, T: int,
-                      pool: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pass 2 (as ``conv_bn_relu_pool``) for a pooling block: (N, C_out, T // pool) in x.dtype, int8 codes."""
+                      pool: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pass 2 (as ``conv_bn_relu_pool``) for a pooling block: (N, C_out, T // pool) in x.dtype, int8 codes,
+    zmax."""
     N, C_in, _ = x.shape
     C = w2d.shape[0]
     plan = rows_plan(C_in, C, k, stride, x.dtype)
@@ -398,19 +407,22 @@ def rows_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | N
     tiles, P = _grid(N * TP, flags["BLOCK_Q"])
     out = torch.empty((N, C, TP), device=x.device, dtype=x.dtype)
     code = torch.empty((N, C, TP), device=x.device, dtype=code_dtype(pool))
+    zmax = torch.empty_like(out) if keeps_zmax(x, pool) else x.new_empty(0)
     b = bias if bias is not None else w2d
     wrap_triton(_rows_bn_relu_pool_kernel)[(P, triton.cdiv(C, plan["BLOCK_CO"]))](
-        xc, _reorder(w2d, C_in, k), b, gamma, beta, stats, out, code, C, TP, N * TP, lpc, k * C_in, tiles, P,
-        **flags)
-    return out, code
+        xc, _reorder(w2d, C_in, k), b, gamma, beta, stats, out, code, zmax, C, TP, N * TP, lpc, k * C_in, tiles,
+        P, STORE_ZMAX=zmax.numel() > 0, **flags)
+    return out, code, zmax
 
 
 def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None,
-                  gamma: torch.Tensor, stats: torch.Tensor, code: torch.Tensor, k: int, stride: int, padding: int,
+                  gamma: torch.Tensor, stats: torch.Tensor, code: torch.Tensor, zmax: torch.Tensor, k: int,
+                  stride: int, padding: int,
                   T: int, pool: int, training: bool, deterministic: bool, input_grad: bool,
                   all_reduce=None) -> tuple[torch.Tensor | None, ...]:
     """The backward of a pooling row-GEMM block (as ``conv_bn_relu_backward``): (dx or None, dw2d fp32, db fp32
-    or None, local sum(gy * zhat), local sum(gy)). The BN sums, then gz (N * T, C_out) in x.dtype, then dW from
+    or None, local sum(gy * zhat), local sum(gy)). The BN sums from the forward's zmax (``pooled_bn_sums``) or,
+    without it, a pass recomputing Z; then gz (N * T, C_out) in x.dtype (a pass recomputing Z), then dW from
     the same contiguous rows and dx by ``_rows_dx_kernel`` (or ``_conv_bwd.dx_from_gz`` where
     ``dx_rows_ok`` says no)."""
     from ._conv_bwd import dx_from_gz  # imports this module: resolved at call time
@@ -428,13 +440,15 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     b = bias if bias is not None else w2d
     grid_c = triton.cdiv(C, plan["BLOCK_CO"])
     go = grad_out.stride()
-    tiles, P = _grid(N * TP, flags["BLOCK_Q"])
-    part = (torch.empty if deterministic else torch.zeros)(
-        (2, P if deterministic else 1, C), device=dev, dtype=torch.float64)  # fp64: see _bwd_reduce_kernel
-    wrap_triton(_rows_bwd_reduce_kernel)[(P, grid_c)](
-        xc, wr, b, stats, grad_out, code, part, C, T, TP, N * TP, lpc, R, tiles, P, *go,
-        DETERMINISTIC=deterministic, **flags)
-    local = part.sum(dim=1).float()  # (2, C): sum(gy), sum(gy * zhat); a fixed-order reduction
+    if zmax.numel():  # (2, C): sum(gy), sum(gy * zhat), from the forward's zmax
+        local = pooled_bn_sums(grad_out, code, zmax)
+    else:  # ... or from a recompute (fp32: keeps_zmax)
+        tiles, P = _grid(N * TP, flags["BLOCK_Q"])
+        part = bn_sum_partials(P, C, deterministic, dev)
+        wrap_triton(_rows_bwd_reduce_kernel)[(P, grid_c)](
+            xc, wr, b, stats, grad_out, code, part, C, T, TP, N * TP, lpc, R, tiles, P, *go,
+            DETERMINISTIC=deterministic, **flags)
+        local = part.sum(dim=1).float()  # a fixed-order reduction
     sums = all_reduce(local) if (training and all_reduce is not None) else local
     M = N * T
     rows_dx = input_grad and dx_rows_ok(C, k, stride)

@@ -19,7 +19,7 @@ from torch.library import triton_op
 
 from ._common import INTERPRET, no_autocast, use_triton
 from ._conv_bwd import conv_bn_relu_backward
-from ._conv_fwd import code_dtype, conv_bn_relu_pool, conv_moments
+from ._conv_fwd import code_dtype, conv_bn_relu_pool, conv_moments, keeps_zmax
 
 # fmt: off
 # Hand-wrapped on purpose: Triton kernels and launches take 15-30 arguments, and one per line (the
@@ -43,8 +43,9 @@ Fused Conv1d -> BatchNorm1d -> ReLU (-> MaxPool1d): `conv1d_bn_relu`, `FusedConv
   under `torch.autocast` x and the conv parameters are cast to the autocast dtype on entry.
   fp32 on CUDA follows `torch.backends.cudnn.allow_tf32` (TF32 products by default, like F.conv1d).
 - Backward: gradients of x, conv weight and bias, BN weight and bias. The conv is recomputed; only
-  the pool's argmax offset (int8) is kept, never the unpooled activations. Max-pool ties go to the
-  first index, as in PyTorch. No double backward.
+  the pool's argmax offset (int8) and, for 16-bit inputs, the normalised conv output there are kept,
+  never the unpooled activations. Max-pool ties go to the first index, as in PyTorch. No double
+  backward.
 - Deterministic: `deterministic=True` (default: `torch.are_deterministic_algorithms_enabled()`) uses
   no atomics in the backward's reductions; forward statistics never use atomics.
 - Devices: CUDA runs the Triton kernels; CPU runs the PyTorch reference (the Triton kernels in the
@@ -123,7 +124,7 @@ def reference_forward(x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight:
                       training: bool, eps: float, pool: int | None, deterministic: bool,
                       group: int) -> tuple[Tensor, Tensor, Tensor]:
     """Plain PyTorch forward in fp32 (fp64 for fp64 inputs) with the fused op's outputs (pooled output,
-    window codes, stats)."""
+    window codes, zmax, stats)."""
     acc = acc_dtype(x)
     with no_autocast(x.device):
         z = F.conv1d(x.to(acc), weight.to(acc), bias.to(acc) if bias is not None else None, stride, padding)
@@ -138,11 +139,15 @@ def reference_forward(x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight:
             stats = eval_stats(running_mean, running_var, eps, acc)
         y = F.relu((z - stats[0, :, None]) * (stats[1] * bn_weight.to(acc))[:, None] + bn_bias.to(acc)[:, None])
         if pool is None:
-            return y.to(x.dtype), torch.empty(0, dtype=torch.int8, device=x.device), stats
+            return y.to(x.dtype), torch.empty(0, dtype=torch.int8, device=x.device), x.new_empty(0), stats
         out, idx = F.max_pool1d(y, pool, pool, return_indices=True)
         start = torch.arange(out.shape[-1], device=x.device) * pool
         code = torch.where(out > 0, idx - start, -1).to(code_dtype(pool))
-        return out.to(x.dtype), code, stats
+        if not keeps_zmax(x, pool):
+            return out.to(x.dtype), code, x.new_empty(0), stats
+        zhat = (z - stats[0, :, None]) * stats[1, :, None]
+        zmax = torch.where(out > 0, zhat.gather(2, idx), 0.0)
+        return out.to(x.dtype), code, zmax.to(x.dtype), stats
 
 
 def reference_backward(grad_out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight: Tensor,
@@ -183,8 +188,10 @@ def reference_backward(grad_out: Tensor, x: Tensor, weight: Tensor, bias: Tensor
 def _fwd_op(x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight: Tensor, bn_bias: Tensor,
             running_mean: Tensor | None, running_var: Tensor | None, stride: int, padding: int,
             training: bool, eps: float, pool: int | None, deterministic: bool,
-            group: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Outputs: pooled (or plain) output, pool window codes (int8; empty without pool) and stats
+            group: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Outputs: pooled (or plain) output, pool window codes (int8; empty without pool), zmax (the normalised
+    conv output at each window's maximum, 0 where the output is 0, in x.dtype; empty without pool or with
+    32- / 64-bit inputs, ``keeps_zmax``) and stats
     (4, C_out) fp32 rows mean, invstd, unbiased variance, count. ``deterministic`` is for backward."""
     if not use_triton(x) or x.dtype == torch.float64:  # the kernels accumulate in fp32
         return reference_forward(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, stride,
@@ -199,8 +206,8 @@ def _fwd_op(x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight: Tensor, b
         stats = finalize_stats(moments, eps)
     else:
         stats = eval_stats(running_mean, running_var, eps)
-    out, code = conv_bn_relu_pool(x, w2d, bias, bn_weight, bn_bias, stats, k, stride, padding, t, pool)
-    return out, code, stats
+    out, code, zmax = conv_bn_relu_pool(x, w2d, bias, bn_weight, bn_bias, stats, k, stride, padding, t, pool)
+    return out, code, zmax, stats
 
 
 @_fwd_op.register_fake
@@ -210,7 +217,8 @@ def _fwd_fake(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, st
     tp = t // pool if pool is not None else t
     shape = (x.shape[0], weight.shape[0], tp)
     code = x.new_empty(shape if pool is not None else (0,), dtype=code_dtype(pool or 1))
-    return x.new_empty(shape), code, x.new_empty((4, weight.shape[0]), dtype=acc_dtype(x))
+    zmax = x.new_empty(shape if keeps_zmax(x, pool) else (0,))
+    return x.new_empty(shape), code, zmax, x.new_empty((4, weight.shape[0]), dtype=acc_dtype(x))
 
 
 @triton_op("soundnet_fast::conv1d_bn_relu_backward", mutates_args=())
@@ -218,6 +226,7 @@ def _bwd_op(grad_out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, bn
             stats: Tensor, code: Tensor, out: Tensor | None, stride: int, padding: int, training: bool,
             pool: int | None, deterministic: bool, group: int,
             input_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``out``: what the forward saved beside the codes, its output without a pool, zmax with one."""
     if not use_triton(x) or x.dtype == torch.float64:
         return reference_backward(grad_out, x, weight, bias, bn_weight, stats, code, out, stride, padding,
                                   training, pool, deterministic, group, input_grad)
@@ -242,15 +251,16 @@ def _bwd_fake(grad_out, x, weight, bias, bn_weight, stats, code, out, stride, pa
 
 def _setup_context(ctx, inputs, output) -> None:
     x, weight, bias, bn_weight, _, _, _, stride, padding, training, _, pool, deterministic, group = inputs
-    out, code, stats = output
-    ctx.mark_non_differentiable(code, stats)
-    # Saved: the input, parameters, per-channel stats, the pool's int8 argmax offsets, and the output
-    # only without a pool (ReLU's mask; it is the next layer's input anyway). Nothing unpooled.
-    ctx.save_for_backward(x, weight, bias, bn_weight, stats, code, out if pool is None else None)
+    out, code, zmax, stats = output
+    ctx.mark_non_differentiable(code, zmax, stats)
+    # Saved: the input, parameters, per-channel stats, the pool's int8 argmax offsets and zmax (pooled size:
+    # the BN sums need no recompute), and the output only without a pool (ReLU's mask; it is the next layer's
+    # input anyway). Nothing unpooled.
+    ctx.save_for_backward(x, weight, bias, bn_weight, stats, code, out if pool is None else zmax)
     ctx.conf = (stride, padding, training, pool, deterministic, group)
 
 
-def _backward(ctx, grad_out, _grad_code, _grad_stats):
+def _backward(ctx, grad_out, _grad_code, _grad_zmax, _grad_stats):
     x, weight, bias, bn_weight, stats, code, out = ctx.saved_tensors
     stride, padding, training, pool, deterministic, group = ctx.conf
     dx, dw, db, dg, dbeta = _bwd_op(grad_out, x, weight, bias, bn_weight, stats, code, out, stride, padding,
@@ -353,9 +363,9 @@ def conv1d_bn_relu(x: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, bn_
     if deterministic is None:
         deterministic = torch.are_deterministic_algorithms_enabled()
     group = _group_key(process_group) if training else 0
-    out, _, stats = _fwd_op(x, conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var,
-                            stride, padding, bool(training), float(eps), None if pool is None else int(pool),
-                            bool(deterministic), group)
+    out, _, _, stats = _fwd_op(x, conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var,
+                               stride, padding, bool(training), float(eps), None if pool is None else int(pool),
+                               bool(deterministic), group)
     if training and running_mean is not None and running_var is not None:
         _update_running_stats(running_mean, running_var, num_batches_tracked, stats.detach(),
                               None if momentum is None else float(momentum))

@@ -98,12 +98,12 @@ def bf16_training_launches(batch: int, samples: int) -> list[dict[str, Any]]:
         stats = torch.empty(4, c_out, device="meta")
         with aot_check.record_launches("tf32") as rec:  # bf16 operands: the recorder passes "ieee"
             _conv_fwd.conv_moments(x, w2d, b, k, s, p, t)
-            y, code = _conv_fwd.conv_bn_relu_pool(x, w2d, b, g, g, stats, k, s, p, t, pool)
+            y, code, zmax = _conv_fwd.conv_bn_relu_pool(x, w2d, b, g, g, stats, k, s, p, t, pool)
         take(rec, spec.name, "forward")
         go = torch.empty(y.shape, dtype=bf16, device="meta")
         with aot_check.record_launches("tf32") as rec:
             _conv_bwd.conv_bn_relu_backward(
-                go, x, w2d, b, g, stats, code, y if pool is None else None, k, s, p, t, pool, True, False, i > 0
+                go, x, w2d, b, g, stats, code, y if pool is None else zmax, k, s, p, t, pool, True, False, i > 0
             )
         take(rec, spec.name, "backward")
         length, c_in = (t // pool if pool else t), c_out

@@ -110,13 +110,13 @@ def _opcheck_cases(torch: Any, device: str = "cuda") -> list[tuple[str, Any, tup
                 (f"conv1d_bn_relu {str(dtype)[6:]} training={training} pool={pool}", ops.conv1d_bn_relu.default, args)
             )
             with torch.no_grad():
-                out, code, stats = ops.conv1d_bn_relu.default(*args)
+                out, code, zmax, stats = ops.conv1d_bn_relu.default(*args)
             bargs = (
                 torch.randn_like(out),
                 *[a.detach() for a in args[:4]],
                 stats,
                 code,
-                None if pool else out,
+                zmax if pool else out,
                 2,
                 16,
                 training,

@@ -18,7 +18,7 @@ from tests.kernels.test_conv_banded import _Launches
 from tests.kernels.test_conv_bn_relu import _check_fp32
 
 ROWS_FWD = ["_rows_stats_kernel", "_merge_stats_kernel", "_rows_bn_relu_pool_kernel"]
-ROWS_BWD = ["_rows_bwd_reduce_kernel", "_rows_gz_kernel", "_rows_dw_kernel"]
+ROWS_BWD = ["_rows_bwd_reduce_kernel", "_rows_gz_kernel", "_rows_dw_kernel"]  # 16-bit: no reduce (zmax)
 
 
 def test_the_shape_rule() -> None:
@@ -46,6 +46,23 @@ def test_blocks_run_the_row_kernels(monkeypatch: pytest.MonkeyPatch, c_out: int,
     fused = run_fused(case, ref[5], stride=s, padding=p, training=True, pool=pool, x_grad=x_grad)
     assert seen.names == ROWS_FWD + ROWS_BWD + ([dx] if dx else [])
     _check_fp32(case, ref, fused, True)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_16_bit_keeps_zmax_and_skips_the_recompute(monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype) -> None:
+    """bf16 / fp16: the pool kernel keeps zhat at each window's maximum and the backward takes the BN sums from
+    it (no _rows_bwd_reduce_kernel); fp32 keeps nothing more and recomputes (saved memory, docs/design.md)."""
+    c_in, c_out, k, s, p, pool = SOUNDNET_LAYERS["conv2"]
+    case = make_case(2, c_in, c_out, k, 300, seed=3)
+    x = case.x.to(dtype)
+    w = case.w.to(dtype)
+    out, code, zmax, stats = _fwd_op(x, w, case.b.to(dtype), case.g.float(), case.beta.float(), None, None, s, p,
+                                     True, 1e-5, pool, True, 0)  # fmt: skip
+    assert zmax.shape == (out.shape if dtype == torch.bfloat16 else (0,))
+    seen = _Launches(monkeypatch, rows)
+    run_fused(case, run_reference(case, None, stride=s, padding=p, training=True, pool=pool)[5], stride=s,
+              padding=p, training=True, pool=pool, dtype=dtype)  # fmt: skip
+    assert ("_rows_bwd_reduce_kernel" in seen.names) == (dtype == torch.float32)
 
 
 # (N, C_in, C_out, k, s, p, pool, L, bias): rows cross clip boundaries; T % pool != 0 leaves a tail

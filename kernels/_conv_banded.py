@@ -342,7 +342,7 @@ def _layout(x: torch.Tensor, plan: dict, stride: int, pad: int, T: int, rows_per
 
 def padded_waveform(x: torch.Tensor, pad: int, lp: int) -> torch.Tensor:
     """(N, LP) contiguous copy of x (N, 1, L): xp[n, pad + i] = x[n, 0, i], zeros elsewhere (one F.pad)."""
-    return F.pad(x[:, 0], (pad, lp - pad - x.shape[-1]))
+    return F.pad(x[:, 0], (pad, lp - pad - x.shape[-1])).contiguous()  # a bare clone keeps x's strides
 
 
 def _grid(rows: int, block_q: int) -> tuple[int, int]:

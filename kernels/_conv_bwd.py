@@ -5,7 +5,8 @@ Nothing unpooled was saved by the forward: the conv output is recomputed tile by
 forward recorded in ``code`` (so the recompute need not reproduce the forward's argmax).
 
 1. ``_bwd_reduce_kernel``: per channel, sum(gy) and sum(gy * zhat), where gy is the gradient at the
-   BN output (after the pool and ReLU backward) and zhat the normalised conv output.
+   BN output (after the pool and ReLU backward) and zhat the normalised conv output. Skipped when the
+   forward kept zmax (a pooling block with 16-bit inputs): then two torch reductions, ``pooled_bn_sums``.
 2. ``_bwd_gz_kernel``: the conv-output gradient gz = gamma * invstd * (gy - mean(gy) - zhat *
    mean(gy * zhat)) in training (BN's backward; with a process group the two sums are all-reduced
    in between, as SyncBatchNorm's backward does), gamma * invstd * gy in eval. gz is a transient

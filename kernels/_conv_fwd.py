@@ -5,7 +5,8 @@ Pass 1 (training only): implicit-GEMM conv tiles whose epilogue emits per-channe
 formula (not sum / sum-of-squares atomics, which lose precision at 64 x 220,501 values per channel).
 Pass 2: the same conv tile recomputed, normalised, ReLU'd and max-pooled in registers; only the pooled
 tensor is written, with the position of each window's maximum as a small integer (int8 for pools up
-to 127) for the backward. The unpooled conv output never reaches memory.
+to 127) for the backward and, for 16-bit inputs, the normalised value there (zmax, ``keeps_zmax``). The
+unpooled conv output never reaches memory.
 
 The conv reduces over C_in x k (64 for conv1, 512 for conv2..conv5), not over C_in only as public
 Triton convs do (they pad C_in = 1 to 16 and waste 16x on conv1): docs/design.md#kernels.
@@ -303,7 +304,8 @@ def stats_tiles(num_tiles: int) -> int:
 def conv_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, K: int, stride: int,
                  padding: int, T: int) -> torch.Tensor:
     """(3, C_out) fp32: count, mean and M2 of the conv output per channel, over batch x time. A
-    single-channel input takes the banded kernels (``_conv_banded.band_plan`` decides)."""
+    single-channel input takes the banded kernels (``_conv_banded.band_plan`` decides), a channels-last-able
+    one the row kernel (``_conv_rows.rows_plan``)."""
     N, C_in, L = x.shape
     C, R = w2d.shape
     from . import _conv_banded, _conv_rows  # they import this module: resolved at call time
@@ -401,7 +403,7 @@ def pooled_bn_sums(grad_out: torch.Tensor, code: torch.Tensor, zmax: torch.Tenso
     """(2, C) fp32 sum(gy) and sum(gy * zhat) of a pooling block from what its forward saved, no recompute:
     gy is grad_out at each window's maximum (none where code = -1, where zmax is 0 too). Torch reductions in
     a fixed order, accumulated in fp64 (see ``_conv_bwd._bwd_reduce_kernel``)."""
-    go = grad_out.float()
-    s_gy = torch.where(code >= 0, go, 0.0).sum(dim=(0, 2), dtype=torch.float64)
-    s_gyz = (go * zmax.float()).sum(dim=(0, 2), dtype=torch.float64)
+    gy = torch.where(code >= 0, grad_out.float(), 0.0)  # masked, not multiplied: an inf gradient at a 0 stays out
+    s_gy = gy.sum(dim=(0, 2), dtype=torch.float64)
+    s_gyz = (gy * zmax.float()).sum(dim=(0, 2), dtype=torch.float64)
     return torch.stack([s_gy, s_gyz]).float()

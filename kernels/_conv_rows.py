@@ -10,8 +10,9 @@ masked), positions on the MMA's M axis and output channels on its N axis (wgmma 
 
 The pool and the backward's sums walk rows window by window (row = (q, u), u the slot in pooled output q's
 window), so a window's slots sit in one tile and are reduced in registers; the conv-output gradient gz is
-written (M, C_out), channel-minor, for the weight gradient (A^T gz, the same contiguous rows) and the
-transposed conv (``_conv_bwd._dx_kernel``, reading it through strides).
+written (M, C_out), channel-minor, for the weight gradient (A^T gz, the same contiguous rows) and dx, itself a
+row GEMM per phase (``_rows_dx_kernel``; where its rows do not align, ``_conv_bwd._dx_kernel`` reads gz through
+strides). With 16-bit inputs the BN sums come from the pool kernel's zmax (``_conv_fwd.keeps_zmax``).
 
 Symbols (beyond ``_conv_fwd.py``'s): xc, LPC = LP * C_in (a clip's padded length times its channels, a
 multiple of 16); STEP = stride * C_in; R = K * C_in; wr, the reordered weight (C_OUT, R); m, a position row
@@ -308,8 +309,8 @@ BWD_CO = 32  # channels per program of the backward's window kernels (64: conv5'
 
 def rows_plan(c_in: int, c_out: int, k: int, stride: int, dtype: torch.dtype) -> dict | None:
     """The shape rule of this file: C_in >= 2, R = k * C_in a multiple of 16 and a row step stride * C_in a
-    multiple of 8 (every row 16-byte aligned in 16-bit dtypes); None otherwise. Returns BLOCK_R (a power of
-    two dividing R: 64, fp32 32) and BLOCK_CO (C_out up to 64 per program)."""
+    multiple of 8 (every row 16-byte aligned in 16-bit dtypes); None otherwise. Returns BLOCK_R (``_block_r``:
+    the largest power of two dividing R, 16 to 64, fp32 to 32) and BLOCK_CO (C_out up to 64 per program)."""
     r = k * c_in
     if c_in < 2 or r % 16 or (stride * c_in) % 8:
         return None
@@ -345,7 +346,8 @@ def channels_last(x: torch.Tensor, pad: int, T: int, k: int, stride: int) -> tup
     (one F.pad), LP a multiple of 16 covering the windows of the first T positions' rows; LPC = LP * C_in."""
     N, C, L = x.shape
     lp = -(-max(pad + L, (T - 1) * stride + k) // 16) * 16
-    xc = F.pad(x.transpose(1, 2), (0, 0, pad, lp - pad - L))
+    # contiguous(): with nothing to pad F.pad returns a clone, which keeps the transposed strides
+    xc = F.pad(x.transpose(1, 2), (0, 0, pad, lp - pad - L)).contiguous()
     return xc, lp * C
 
 
@@ -396,8 +398,8 @@ def _window_flags(x: torch.Tensor, bias, plan: dict, stride: int, pool: int) -> 
 def rows_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor,
                       beta: torch.Tensor, stats: torch.Tensor, k: int, stride: int, padding: int, T: int,
                       pool: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pass 2 (as ``conv_bn_relu_pool``) for a pooling block: (N, C_out, T // pool) in x.dtype, int8 codes,
-    zmax."""
+    """Pass 2 (as ``conv_bn_relu_pool``) for a pooling block: (N, C_out, T // pool) in x.dtype, the window codes
+    (``code_dtype``), zmax (empty unless ``keeps_zmax``)."""
     N, C_in, _ = x.shape
     C = w2d.shape[0]
     plan = rows_plan(C_in, C, k, stride, x.dtype)

@@ -71,6 +71,9 @@ SHAPES = {
     "samplecnn_k3_s1_pool3": (2, 16, 24, 3, 1, 1, 3, 50, True),
     "m5_k3_pool4_nobias": (2, 32, 40, 3, 1, 1, 4, 45, False),
     "pool5_stride2_pad_beyond_k": (2, 8, 16, 4, 2, 6, 5, 61, True),
+    # nothing to pad (p 0, the rows end at L = 64, a multiple of 16): F.pad returned a clone that kept the
+    # transposed strides, and the kernels read it as channels-last (found by review; wrong by ~100 %)
+    "pad0_length_multiple_of_16": (2, 8, 8, 2, 1, 0, 3, 64, True),
 }
 
 
@@ -151,3 +154,20 @@ def test_no_row_reads_past_the_padded_input(monkeypatch: pytest.MonkeyPatch) -> 
         warnings.simplefilter("error", RuntimeWarning)
         fused = run_fused(case, ref[5], stride=s, padding=p, training=True, pool=pool)
     _check_fp32(case, ref, fused, True)
+
+
+def test_an_infinite_gradient_at_a_zero_output_stays_out_in_16_bit() -> None:
+    """A gradient like 1 / out is inf where the output is 0; ReLU passes nothing there, so eager's gradients stay
+    finite, and so must the zmax sums (inf x 0 would make NaN of the whole channel; found by review)."""
+    c_in, c_out, k, s, p, pool = SOUNDNET_LAYERS["conv2"]
+    case = make_case(2, c_in, c_out, k, 300, seed=12)
+    for f in ("x", "w", "b", "g", "beta"):
+        setattr(case, f, getattr(case, f).to(torch.bfloat16).double())
+    kw = dict(stride=s, padding=p, training=True, pool=pool, dtype=torch.bfloat16)
+    out = run_reference(case, None, **kw)[0]
+    assert (out == 0).any()
+    grad = 1.0 / out.double()
+    eager = run_reference(case, grad, **kw)
+    fused = run_fused(case, grad, **kw)
+    for i in (0, 1, 3, 4):
+        assert torch.isfinite(eager[1][i]).all() and torch.isfinite(fused[1][i]).all(), i

@@ -12,7 +12,7 @@ tile. The band costs W / K of the multiply-adds (conv1: 80 / 64 = 1.25 with W pa
 gathers and index arithmetic of the generic implicit GEMM (``_conv_fwd.conv_tile``) disappear.
 
 Programs walk the row tiles with a fixed stride (tile ``p``, ``p + P``, ...; a persistent grid of at most
-``PROGRAMS`` programs), so no compile-time constant depends on the batch or the length.
+``_conv_fwd.PROGRAMS`` programs), so no compile-time constant depends on the batch or the length.
 
 Symbols (beyond ``_conv_fwd.py``'s): STEP = stride * POOL, the row step in samples; W, the window length;
 J1 (+ J2): W rounded up to one (or two) power-of-two chunks of A's columns (conv1: 64 + 16); JB = J1 + J2;
@@ -38,11 +38,14 @@ from ._conv_fwd import (
     cast_out,
     chan_merge,
     code_dtype,
+    fp32_if,
     keeps_zmax,
     merge_blocks,
+    persistent_grid,
     pool_select,
     pooled_bn_sums,
     store_bn_sums,
+    store_moments,
     store_partial,
 )
 
@@ -77,13 +80,11 @@ def _band_z(xp_ptr, b1, b2, bias, g, ROWS, TR, LP, STEP: tl.constexpr, J1: tl.co
     """Conv output of rows g as (BLOCK_Q, PP, BLOCK_C) fp32: z[q, u, c] = conv at t = q * POOL + u."""
     gl = tl.minimum(g, ROWS - 1)
     a1 = _band_rows(xp_ptr, gl, TR, LP, STEP, 0, J1)
-    if INTERP:  # the interpreter's bf16 tl.dot is wrong (docs/design.md#interpreter-and-process-rules)
-        a1 = a1.to(tl.float32)
+    a1 = fp32_if(a1, INTERP)
     z = tl.dot(a1, b1, input_precision=PRECISION)
     if J2 > 0:
         a2 = _band_rows(xp_ptr, gl, TR, LP, STEP, J1, J2)
-        if INTERP:
-            a2 = a2.to(tl.float32)
+        a2 = fp32_if(a2, INTERP)
         z = tl.dot(a2, b2, z, input_precision=PRECISION)
     return tl.reshape(z, (g.shape[0], PP, BLOCK_C)) + bias[None, None, :]
 
@@ -94,13 +95,11 @@ def _band_setup(w_ptr, b_ptr, c0, C_OUT, HAS_BIAS: tl.constexpr, J1: tl.constexp
                 BLOCK_C: tl.constexpr, INTERP: tl.constexpr):
     """A program's banded weight chunks (b1, b2; b2 = b1 when J2 = 0) and channel bias (BLOCK_C,)."""
     b1 = _band_weight(w_ptr, c0, C_OUT, 0, J1, K, STRIDE, POOL, PP, BLOCK_C)
-    if INTERP:
-        b1 = b1.to(tl.float32)
+    b1 = fp32_if(b1, INTERP)
     b2 = b1
     if J2 > 0:
         b2 = _band_weight(w_ptr, c0, C_OUT, J1, J2, K, STRIDE, POOL, PP, BLOCK_C)
-        if INTERP:
-            b2 = b2.to(tl.float32)
+        b2 = fp32_if(b2, INTERP)
     c = c0 + tl.arange(0, BLOCK_C)
     bias = tl.zeros((BLOCK_C,), dtype=tl.float32)
     if HAS_BIAS:
@@ -132,11 +131,7 @@ def _band_stats_kernel(xp_ptr, w_ptr, b_ptr, part_ptr, C_OUT, T, TR, ROWS, LP, N
         d = tl.where(ok, z - mean_b[None, None, :], 0.0)
         m2_b = tl.sum(tl.sum(d * d, axis=1), axis=0)
         n_a, mean_a, m2_a = chan_merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b)
-    c = c0 + tl.arange(0, BLOCK_C)
-    c_ok = c < C_OUT
-    tl.store(part_ptr + c * P + pid_p, mean_a, mask=c_ok)
-    tl.store(part_ptr + (C_OUT + c) * P + pid_p, m2_a, mask=c_ok)
-    tl.store(part_ptr + (2 * C_OUT + c) * P + pid_p, n_a, mask=c_ok)
+    store_moments(part_ptr, c0 + tl.arange(0, BLOCK_C), C_OUT, P, pid_p, mean_a, m2_a, n_a)
 
 
 @triton.jit
@@ -257,17 +252,14 @@ def _band_gz_dw_kernel(xp_ptr, w_ptr, b_ptr, stats_ptr, g_ptr, go_ptr, code_ptr,
         gzc = cast_out(tl.where(valid, gz, 0.0), xp_ptr.dtype.element_ty, INTERP)
         db += tl.sum(tl.sum(gzc.to(tl.float32), axis=1), axis=0)
         gz2 = tl.reshape(gzc, (BLOCK_Q, PP * BLOCK_C))
-        if INTERP:
-            gz2 = gz2.to(tl.float32)
+        gz2 = fp32_if(gz2, INTERP)
         gl = tl.minimum(g, ROWS - 1)
         a1 = _band_rows(xp_ptr, gl, TR, LP, STRIDE * POOL, 0, J1)
-        if INTERP:
-            a1 = a1.to(tl.float32)
+        a1 = fp32_if(a1, INTERP)
         acc1 = tl.dot(tl.trans(a1), gz2, acc1, input_precision=PRECISION)
         if J2 > 0:
             a2 = _band_rows(xp_ptr, gl, TR, LP, STRIDE * POOL, J1, J2)
-            if INTERP:
-                a2 = a2.to(tl.float32)
+            a2 = fp32_if(a2, INTERP)
             acc2 = tl.dot(tl.trans(a2), gz2, acc2, input_precision=PRECISION)
     col = tl.arange(0, PP * BLOCK_C)
     cc = c0 + col % BLOCK_C
@@ -286,9 +278,6 @@ def _band_gz_dw_kernel(xp_ptr, w_ptr, b_ptr, stats_ptr, g_ptr, go_ptr, code_ptr,
 
 
 # ----------------------------------------------------------------------------------------- launchers
-# A persistent grid on a GPU: 4 programs per SM of a 132-SM H100 / H200, one wave at 4 CTAs per SM.
-# The interpreter runs programs serially: 2, so the tests walk several tiles per program.
-PROGRAMS = 2 if INTERPRET else 528
 BLOCK_Q_GPU = 64  # rows per tile: the M of one warpgroup's wgmma
 MAX_COLS = 128  # B's columns PP * BLOCK_C: one m64n128 wgmma, a 64-register fp32 accumulator per thread
 # Columns of the kernels with a per-element epilogue (pool, backward): at 128 the backward spilled 96 B per thread
@@ -345,11 +334,6 @@ def padded_waveform(x: torch.Tensor, pad: int, lp: int) -> torch.Tensor:
     return F.pad(x[:, 0], (pad, lp - pad - x.shape[-1])).contiguous()  # a bare clone keeps x's strides
 
 
-def _grid(rows: int, block_q: int) -> tuple[int, int]:
-    tiles = triton.cdiv(rows, block_q)
-    return tiles, min(tiles, PROGRAMS)
-
-
 def _block_q(rows: int) -> int:
     return clamp_pow2(rows, 16, 128) if INTERPRET else BLOCK_Q_GPU
 
@@ -370,7 +354,7 @@ def band_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
     lp = _layout(x, plan, stride, padding, T, tq)
     xp = padded_waveform(x, padding, lp)
     bq = _block_q(N * tq)
-    tiles, P = _grid(N * tq, bq)
+    tiles, P = persistent_grid(N * tq, bq)
     part = torch.empty((3, C, P), device=x.device, dtype=torch.float32)
     b = bias if bias is not None else w2d
     wrap_triton(_band_stats_kernel)[(P, triton.cdiv(C, plan["BLOCK_C"]))](
@@ -393,7 +377,7 @@ def band_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | N
     lp = _layout(x, plan, stride, padding, T, TP)
     xp = padded_waveform(x, padding, lp)
     bq = _block_q(N * TP)
-    tiles, P = _grid(N * TP, bq)
+    tiles, P = persistent_grid(N * TP, bq)
     out = torch.empty((N, C, TP), device=x.device, dtype=x.dtype)
     code = torch.empty((N, C, TP), device=x.device, dtype=code_dtype(pool))
     zmax = torch.empty_like(out) if keeps_zmax(x, pool) else x.new_empty(0)
@@ -425,14 +409,14 @@ def band_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     if zmax.numel():  # (2, C): sum(gy), sum(gy * zhat), from the forward's zmax
         local = pooled_bn_sums(grad_out, code, zmax)
     else:  # ... or from a recompute (fp32: keeps_zmax)
-        tiles, P = _grid(N * TP, flags["BLOCK_Q"])
+        tiles, P = persistent_grid(N * TP, flags["BLOCK_Q"])
         part = bn_sum_partials(P, C, deterministic, dev)
         wrap_triton(_band_bwd_reduce_kernel)[(P, grid_c)](
             xp, w2d, b, stats, grad_out, code, part, C, T, TP, N * TP, lp, tiles, P, *grad_out.stride(),
             DETERMINISTIC=deterministic, **flags)
         local = part.sum(dim=1).float()  # a fixed-order reduction
     sums = all_reduce(local) if (training and all_reduce is not None) else local
-    tiles, P = _grid(N * tq, flags["BLOCK_Q"])
+    tiles, P = persistent_grid(N * tq, flags["BLOCK_Q"])
     jb = plan["J1"] + plan["J2"]
     shape = (P if deterministic else 1, jb, plan["PP"], C)
     dband = (torch.empty if deterministic else torch.zeros)(shape, device=dev, dtype=torch.float32)

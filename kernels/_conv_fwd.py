@@ -151,6 +151,25 @@ def pool_select(y, zh, slot, PP: tl.constexpr, AXIS: tl.constexpr):
 
 
 @triton.jit
+def fp32_if(v, INTERP: tl.constexpr):
+    """v in fp32 under the interpreter, whose bf16 tl.dot is wrong (docs/design.md#interpreter-and-process-rules);
+    v unchanged on a GPU."""
+    if INTERP:
+        return v.to(tl.float32)
+    return v
+
+
+@triton.jit
+def store_moments(part_ptr, co, C_OUT, P, pid_p, mean, m2, n):
+    """A program's per-channel (mean, M2, count) into part (3, C_OUT, P) at [:, co, pid_p], as
+    ``_merge_stats_kernel`` with HAS_COUNT reads them."""
+    c_ok = co < C_OUT
+    tl.store(part_ptr + co * P + pid_p, mean, mask=c_ok)
+    tl.store(part_ptr + (C_OUT + co) * P + pid_p, m2, mask=c_ok)
+    tl.store(part_ptr + (2 * C_OUT + co) * P + pid_p, n, mask=c_ok)
+
+
+@triton.jit
 def _conv_stats_kernel(x_ptr, w_ptr, b_ptr, part_ptr, C_OUT, L, R, T, M, P, sxn, sxc, sxl, stride, pad,
                        HAS_BIAS: tl.constexpr, K: tl.constexpr, BLOCK_CO: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, TILES: tl.constexpr,
@@ -330,6 +349,17 @@ def conv_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
     wrap_triton(_merge_stats_kernel)[(triton.cdiv(C, bc),)](
         part, moments, C, P, M, tiles * bm, BLOCK_C=bc, BLOCK_P=bp, HAS_COUNT=False, num_warps=4)
     return moments
+
+
+# The persistent grids of _conv_banded.py and _conv_rows.py on a GPU: 4 programs per SM of a 132-SM H100 / H200,
+# one wave at 4 CTAs per SM. The interpreter runs programs serially: 2, so the tests walk several tiles each.
+PROGRAMS = 2 if INTERPRET else 528
+
+
+def persistent_grid(rows: int, block: int) -> tuple[int, int]:
+    """(NUM_TILES, P): the row tiles of ``block`` rows and the programs that walk them (tile p, p + P, ...)."""
+    tiles = triton.cdiv(rows, block)
+    return tiles, min(tiles, PROGRAMS)
 
 
 def merge_blocks(c_out: int, parts: int) -> tuple[int, int]:

@@ -31,16 +31,20 @@ from torch.library import wrap_triton
 
 from ._common import INTERPRET, clamp_pow2, dot_precision, next_pow2
 from ._conv_fwd import (
+    _load_bias,
     _merge_stats_kernel,
     bn_sum_partials,
     cast_out,
     chan_merge,
     code_dtype,
+    fp32_if,
     keeps_zmax,
     merge_blocks,
+    persistent_grid,
     pool_select,
     pooled_bn_sums,
     store_bn_sums,
+    store_moments,
     store_partial,
 )
 
@@ -59,18 +63,10 @@ def _row_tile(xc_ptr, wr_ptr, base, co, C_OUT, R, BLOCK_CO: tl.constexpr, BLOCK_
         r = r0 + tl.arange(0, BLOCK_R)
         a = tl.load(xc_ptr + base[:, None] + r[None, :])
         b = tl.load(wr_ptr + co[None, :] * R + r[:, None], mask=co_ok[None, :], other=0.0)
-        if INTERP:  # the interpreter's bf16 tl.dot is wrong (docs/design.md#interpreter-and-process-rules)
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
+        a = fp32_if(a, INTERP)
+        b = fp32_if(b, INTERP)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
     return acc
-
-
-@triton.jit
-def _bias(b_ptr, co, C_OUT, HAS_BIAS: tl.constexpr, BLOCK_CO: tl.constexpr):
-    if HAS_BIAS:
-        return tl.load(b_ptr + co, mask=co < C_OUT, other=0.0).to(tl.float32)
-    return tl.zeros((BLOCK_CO,), dtype=tl.float32)
 
 
 @triton.jit
@@ -97,7 +93,7 @@ def _rows_stats_kernel(xc_ptr, wr_ptr, b_ptr, part_ptr, C_OUT, T, M, LPC, R, NUM
     (3, C_OUT, P) rows mean, M2, count, merged by ``_merge_stats_kernel`` (HAS_COUNT)."""
     pid_p = tl.program_id(0)
     co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
-    bias = _bias(b_ptr, co, C_OUT, HAS_BIAS, BLOCK_CO)
+    bias = _load_bias(b_ptr, co, C_OUT, HAS_BIAS, BLOCK_CO)
     n_a = tl.zeros((BLOCK_CO,), dtype=tl.float32)
     mean_a = tl.zeros((BLOCK_CO,), dtype=tl.float32)
     m2_a = tl.zeros((BLOCK_CO,), dtype=tl.float32)
@@ -111,10 +107,7 @@ def _rows_stats_kernel(xc_ptr, wr_ptr, b_ptr, part_ptr, C_OUT, T, M, LPC, R, NUM
         mean_b = tl.sum(tl.where(ok[:, None], z, 0.0), axis=0) / tl.maximum(n_b, 1.0)
         d = tl.where(ok[:, None], z - mean_b[None, :], 0.0)
         n_a, mean_a, m2_a = chan_merge(n_a, mean_a, m2_a, n_b, mean_b, tl.sum(d * d, axis=0))
-    c_ok = co < C_OUT
-    tl.store(part_ptr + co * P + pid_p, mean_a, mask=c_ok)
-    tl.store(part_ptr + (C_OUT + co) * P + pid_p, m2_a, mask=c_ok)
-    tl.store(part_ptr + (2 * C_OUT + co) * P + pid_p, n_a, mask=c_ok)
+    store_moments(part_ptr, co, C_OUT, P, pid_p, mean_a, m2_a, n_a)
 
 
 @triton.jit
@@ -128,7 +121,7 @@ def _rows_bn_relu_pool_kernel(xc_ptr, wr_ptr, b_ptr, g_ptr, beta_ptr, stats_ptr,
     ``_conv_bn_relu_pool_kernel``)."""
     co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
     c_ok = co < C_OUT
-    bias = _bias(b_ptr, co, C_OUT, HAS_BIAS, BLOCK_CO)
+    bias = _load_bias(b_ptr, co, C_OUT, HAS_BIAS, BLOCK_CO)
     invstd = tl.load(stats_ptr + C_OUT + co, mask=c_ok, other=0.0)
     gamma = tl.load(g_ptr + co, mask=c_ok, other=0.0).to(tl.float32)
     zshift = (bias - tl.load(stats_ptr + co, mask=c_ok, other=0.0)) * invstd  # zhat = z * invstd + zshift
@@ -185,7 +178,7 @@ def _rows_bwd_reduce_kernel(xc_ptr, wr_ptr, b_ptr, stats_ptr, go_ptr, code_ptr, 
     ``_bwd_reduce_kernel``."""
     pid_p = tl.program_id(0)
     co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
-    bias = _bias(b_ptr, co, C_OUT, HAS_BIAS, BLOCK_CO)
+    bias = _load_bias(b_ptr, co, C_OUT, HAS_BIAS, BLOCK_CO)
     s_gy = tl.zeros((BLOCK_CO,), dtype=tl.float32)
     s_gyz = tl.zeros((BLOCK_CO,), dtype=tl.float32)
     for tile in range(pid_p, NUM_TILES, P):
@@ -210,7 +203,7 @@ def _rows_gz_kernel(xc_ptr, wr_ptr, b_ptr, stats_ptr, g_ptr, go_ptr, code_ptr, s
     position, over the windows covering them (TQ per clip)."""
     co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
     c_ok = co < C_OUT
-    bias = _bias(b_ptr, co, C_OUT, HAS_BIAS, BLOCK_CO)
+    bias = _load_bias(b_ptr, co, C_OUT, HAS_BIAS, BLOCK_CO)
     scale = tl.load(stats_ptr + C_OUT + co, mask=c_ok, other=0.0)
     scale *= tl.load(g_ptr + co, mask=c_ok, other=0.0).to(tl.float32)
     mean_gy = tl.zeros((BLOCK_CO,), dtype=tl.float32)
@@ -251,9 +244,8 @@ def _rows_dw_kernel(gz_ptr, xc_ptr, dw_ptr, db_ptr, C_OUT, T, M, SGZ, LPC, R, NU
                     other=0.0)
         a = tl.load(xc_ptr + (n * LPC + t * STEP)[:, None] + r[None, :])
         db += tl.sum(g.to(tl.float32), axis=0)
-        if INTERP:
-            g = g.to(tl.float32)
-            a = a.to(tl.float32)
+        g = fp32_if(g, INTERP)
+        a = fp32_if(a, INTERP)
         acc = tl.dot(tl.trans(g), a, acc, input_precision=PRECISION)
     if DETERMINISTIC:
         idx = pid_s
@@ -288,9 +280,8 @@ def _rows_dx_kernel(gzp_ptr, wd_ptr, dx_ptr, C_IN, L, MP, ROWS, TGC, R2, stride,
             r = r0 + tl.arange(0, BLOCK_R)
             a = tl.load(gzp_ptr + base[:, None] + r[None, :])
             b = tl.load(wph + r[:, None] * C_IN + ci[None, :], mask=ci_ok[None, :], other=0.0)
-            if INTERP:
-                a = a.to(tl.float32)
-                b = b.to(tl.float32)
+            a = fp32_if(a, INTERP)
+            b = fp32_if(b, INTERP)
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
         i = m * stride + ph - pad
         ok = (g < ROWS) & (i >= 0) & (i < L)
@@ -298,7 +289,6 @@ def _rows_dx_kernel(gzp_ptr, wd_ptr, dx_ptr, C_IN, L, MP, ROWS, TGC, R2, stride,
         tl.store(dx_ptr + off, cast_out(acc, dx_ptr.dtype.element_ty, INTERP), mask=ok[:, None] & ci_ok[None, :])
 
 # ----------------------------------------------------------------------------------------- launchers
-PROGRAMS = 2 if INTERPRET else 528  # persistent grid: as kernels/_conv_banded.py
 ROWS_GPU = 64  # rows (positions) per tile: the M of one warpgroup's wgmma
 # One stage: Triton pipelines a loop's loads as cp.async.cg, which bypasses L1, and the rows overlap
 # (conv2: each 1 KB row shares all but 64 B with the next), so unpipelined loads that L1 can serve are
@@ -351,11 +341,6 @@ def channels_last(x: torch.Tensor, pad: int, T: int, k: int, stride: int) -> tup
     return xc, lp * C
 
 
-def _grid(rows: int, block: int) -> tuple[int, int]:
-    tiles = triton.cdiv(rows, block)
-    return tiles, min(tiles, PROGRAMS)
-
-
 def _reorder(w2d: torch.Tensor, c_in: int, k: int) -> torch.Tensor:
     """(C_out, C_in * k) in (ci, k) order -> (C_out, k * C_in) in (k, ci) order, contiguous."""
     return w2d.reshape(-1, c_in, k).transpose(1, 2).reshape(w2d.shape[0], -1).contiguous()
@@ -375,7 +360,7 @@ def rows_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
     xc, lpc = channels_last(x, padding, T, k, stride)
     M = N * T
     bm = clamp_pow2(M, 16, 128) if INTERPRET else ROWS_GPU
-    tiles, P = _grid(M, bm)
+    tiles, P = persistent_grid(M, bm)
     part = torch.empty((3, C, P), device=x.device, dtype=torch.float32)
     b = bias if bias is not None else w2d
     wrap_triton(_rows_stats_kernel)[(P, triton.cdiv(C, plan["BLOCK_CO"]))](
@@ -406,7 +391,7 @@ def rows_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | N
     xc, lpc = channels_last(x, padding, T, k, stride)
     TP = T // pool
     flags = _window_flags(x, bias, plan, stride, pool)
-    tiles, P = _grid(N * TP, flags["BLOCK_Q"])
+    tiles, P = persistent_grid(N * TP, flags["BLOCK_Q"])
     out = torch.empty((N, C, TP), device=x.device, dtype=x.dtype)
     code = torch.empty((N, C, TP), device=x.device, dtype=code_dtype(pool))
     zmax = torch.empty_like(out) if keeps_zmax(x, pool) else x.new_empty(0)
@@ -445,7 +430,7 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     if zmax.numel():  # (2, C): sum(gy), sum(gy * zhat), from the forward's zmax
         local = pooled_bn_sums(grad_out, code, zmax)
     else:  # ... or from a recompute (fp32: keeps_zmax)
-        tiles, P = _grid(N * TP, flags["BLOCK_Q"])
+        tiles, P = persistent_grid(N * TP, flags["BLOCK_Q"])
         part = bn_sum_partials(P, C, deterministic, dev)
         wrap_triton(_rows_bwd_reduce_kernel)[(P, grid_c)](
             xc, wr, b, stats, grad_out, code, part, C, T, TP, N * TP, lpc, R, tiles, P, *go,
@@ -464,7 +449,7 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
         gz, sgz = gzp[:, J - 1 :], tg * C
     else:
         gz, sgz = torch.empty((M, C), device=dev, dtype=x.dtype), T * C
-    tiles, P = _grid(N * tq, flags["BLOCK_Q"])
+    tiles, P = persistent_grid(N * tq, flags["BLOCK_Q"])
     wrap_triton(_rows_gz_kernel)[(P, grid_c)](
         xc, wr, b, stats, gamma, grad_out, code, sums, gz, C, T, TP, tq, N * tq, lpc, R, tiles, P, *go, sgz,
         TRAINING=training, **flags)
@@ -486,7 +471,7 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     if rows_dx:
         dx = torch.empty((N, C_in, L), device=dev, dtype=x.dtype)
         bci = clamp_pow2(C_in, 16, 256 if INTERPRET else 64)
-        tiles, P = _grid(N * mp, bm)
+        tiles, P = persistent_grid(N * mp, bm)
         wrap_triton(_rows_dx_kernel)[(P, triton.cdiv(C_in, bci), stride)](
             gzp, _dx_weight(w2d, C_in, k, stride), dx, C_in, L, mp, N * mp, tg * C, J * C, stride, padding,
             tiles, P, C_OUT=C, BLOCK_M=bm, BLOCK_CI=bci, BLOCK_R=_block_r(J * C, x.dtype), INTERP=INTERPRET,

@@ -25,7 +25,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import soundnet_fast.kernels  # noqa: F401  (registers the ops; its ``kl_div`` attribute is the function)
 from soundnet_fast.constants import HEAD_CLASSES, SAMPLE_RATE
-from soundnet_fast.kernels import _conv_banded, _conv_bwd, _conv_fwd, _conv_rows
+from soundnet_fast.kernels import _conv_banded, _conv_bwd, _conv_fwd, _conv_paths, _conv_rows
 from soundnet_fast.model import SOUNDNET8_TRUNK
 
 _KL = sys.modules["soundnet_fast.kernels.kl_div"]
@@ -82,12 +82,12 @@ def soundnet8_launches(batch: int, samples: int, precision: str = "tf32", blocks
                 b = torch.empty(c_out, dtype=dtype, device="meta")
                 g = torch.empty(c_out, device="meta")
                 stats = torch.empty(4, c_out, device="meta")
-                _conv_fwd.conv_moments(x, w2d, b, k, s, p, t)
-                out, code, zmax = _conv_fwd.conv_bn_relu_pool(x, w2d, b, g, g, stats, k, s, p, t, pool)
+                _conv_paths.conv_moments(x, w2d, b, k, s, p, t)
+                out, code, zmax = _conv_paths.conv_bn_relu_pool(x, w2d, b, g, g, stats, k, s, p, t, pool)
                 go = torch.empty(out.shape, dtype=dtype, device="meta")
                 saved_out = out if pool is None else zmax
                 for training, det in ((True, False), (True, True), (False, False)):
-                    _conv_bwd.conv_bn_relu_backward(
+                    _conv_paths.conv_bn_relu_backward(
                         go, x, w2d, b, g, stats, code, saved_out, k, s, p, t, pool, training, det, i > 0
                     )
                 length, c_in = (t // pool if pool else t), c_out
@@ -185,9 +185,9 @@ def train_step_launches(
             res: dict[str, Any] = {}
 
             def fwd(x=x, w2d=w2d, b=b, g=g, k=k, s=s, p=p, t=t, pool=pool, res=res, running=running):
-                moments = _conv_fwd.conv_moments(x, w2d, b, k, s, p, t)
+                moments = _conv_paths.conv_moments(x, w2d, b, k, s, p, t)
                 stats = finalize_stats(moments, 1e-5)
-                res["out"], res["code"], res["zmax"] = _conv_fwd.conv_bn_relu_pool(
+                res["out"], res["code"], res["zmax"] = _conv_paths.conv_bn_relu_pool(
                     x, w2d, b, g, g, stats, k, s, p, t, pool
                 )
                 res["stats"] = stats
@@ -201,7 +201,7 @@ def train_step_launches(
             def bwd(
                 go=go, x=x, w2d=w2d, b=b, g=g, stats=stats, code=code, saved=saved, k=k, s=s, p=p, t=t, pool=pool, i=i
             ):
-                _conv_bwd.conv_bn_relu_backward(
+                _conv_paths.conv_bn_relu_backward(
                     go, x, w2d, b, g, stats, code, saved, k, s, p, t, pool, True, deterministic, i > 0
                 )
 

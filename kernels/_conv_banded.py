@@ -345,7 +345,7 @@ def _flags(plan: dict, x: torch.Tensor, k: int, stride: int, bias: torch.Tensor 
 
 def band_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, k: int, stride: int,
                  padding: int, T: int) -> torch.Tensor:
-    """(3, C_out) fp32 count, mean, M2 of the conv output per channel (as ``conv_moments``), for a block
+    """(3, C_out) fp32 count, mean, M2 of the conv output per channel (as ``_conv_paths.conv_moments``), for a block
     ``band_plan`` accepts with any pool: rows of ``stats_group`` positions."""
     N = x.shape[0]
     C = w2d.shape[0]
@@ -369,7 +369,8 @@ def band_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
 def band_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor,
                       beta: torch.Tensor, stats: torch.Tensor, k: int, stride: int, padding: int, T: int,
                       pool: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pass 2 (as ``conv_bn_relu_pool``): pooled output (N, C_out, T // pool) in x.dtype, int8 codes, zmax."""
+    """Pass 2 (as ``_conv_paths.conv_bn_relu_pool``): pooled output (N, C_out, T // pool) in x.dtype, codes,
+    zmax."""
     N = x.shape[0]
     C = w2d.shape[0]
     plan = epilogue_plan(1, C, k, stride, pool)
@@ -392,7 +393,7 @@ def band_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
                   gamma: torch.Tensor, stats: torch.Tensor, code: torch.Tensor, zmax: torch.Tensor, k: int, stride: int,
                   padding: int, T: int, pool: int, training: bool, deterministic: bool,
                   all_reduce=None) -> tuple[torch.Tensor | None, ...]:
-    """The backward of a banded block whose input needs no gradient (as ``conv_bn_relu_backward``):
+    """The backward of a banded block whose input needs no gradient (as ``_conv_paths.conv_bn_relu_backward``):
     (None, dw2d fp32, db fp32 or None, local sum(gy * zhat), local sum(gy)). The BN sums from the forward's
     zmax (``pooled_bn_sums``) or, without it, from a pass recomputing Z; then a pass recomputing Z for gz and dW
     in band form; dband is folded to (C_out, K) here."""

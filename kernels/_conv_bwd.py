@@ -38,7 +38,6 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from ._common import INTERPRET, clamp_pow2, dot_precision
-from ._conv_banded import band_backward, epilogue_plan
 from ._conv_fwd import (
     _load_bias,
     bn_sum_partials,
@@ -49,7 +48,6 @@ from ._conv_fwd import (
     stats_tiles,
     store_bn_sums,
 )
-from ._conv_rows import rows_backward, rows_plan
 
 # fmt: off
 # Hand-wrapped on purpose: Triton kernels and launches take 15-30 arguments, and one per line (the
@@ -308,27 +306,19 @@ def _split(programs: int, num_tiles: int) -> int:
     return max(1, min(num_tiles, 1024 // max(1, programs)))
 
 
-def conv_bn_relu_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor,
-                          bias: torch.Tensor | None, gamma: torch.Tensor, stats: torch.Tensor,
-                          code: torch.Tensor, out: torch.Tensor | None, K: int, stride: int, padding: int,
-                          T: int, pool: int | None, training: bool, deterministic: bool, input_grad: bool,
-                          all_reduce=None) -> tuple[torch.Tensor | None, ...]:
-    """(dx or None, dw2d fp32, db fp32 or None, local sum(gy * zhat), local sum(gy)).
+def generic_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None,
+                     gamma: torch.Tensor, stats: torch.Tensor, code: torch.Tensor, out: torch.Tensor | None, K: int,
+                     stride: int, padding: int, T: int, pool: int | None, training: bool, deterministic: bool,
+                     input_grad: bool, all_reduce=None) -> tuple[torch.Tensor | None, ...]:
+    """(dx or None, dw2d fp32, db fp32 or None, local sum(gy * zhat), local sum(gy)) for any shape
+    (``_conv_paths.conv_bn_relu_backward`` picks the kernels of a block).
 
     ``all_reduce`` (SyncBatchNorm semantics) receives the (2, C) fp32 local sums and returns the
     global ones; the returned BN gradients stay local, as SyncBatchNorm's do. ``out`` is what the forward
     saved beside the codes: the block's output without a pool (ReLU's mask), zmax with one (the BN sums then
-    come from it, ``_conv_fwd.pooled_bn_sums``, with no recompute; empty in fp32, ``keeps_zmax``). A banded block
-    (``_conv_banded.epilogue_plan``) whose input needs no gradient takes the banded backward, a row block
-    (``_conv_rows.rows_plan``) with a pool the row one."""
+    come from it, ``_conv_fwd.pooled_bn_sums``, with no recompute; empty in fp32, ``keeps_zmax``)."""
     N, C_in, L = x.shape
     C, R = w2d.shape
-    if not input_grad and epilogue_plan(C_in, C, K, stride, pool) is not None:
-        return band_backward(grad_out, x, w2d, bias, gamma, stats, code, out, K, stride, padding, T, pool, training,
-                             deterministic, all_reduce)
-    if pool is not None and rows_plan(C_in, C, K, stride, x.dtype) is not None:
-        return rows_backward(grad_out, x, w2d, bias, gamma, stats, code, out, K, stride, padding, T, pool,
-                             training, deterministic, input_grad, all_reduce)
     M = N * T
     p = pool if pool is not None else 1
     TP = T // p

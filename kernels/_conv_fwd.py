@@ -320,19 +320,12 @@ def stats_tiles(num_tiles: int) -> int:
     return max(1, min(16, num_tiles // 4096))
 
 
-def conv_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, K: int, stride: int,
-                 padding: int, T: int) -> torch.Tensor:
-    """(3, C_out) fp32: count, mean and M2 of the conv output per channel, over batch x time. A
-    single-channel input takes the banded kernels (``_conv_banded.band_plan`` decides), a channels-last-able
-    one the row kernel (``_conv_rows.rows_plan``)."""
+def generic_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, K: int, stride: int,
+                    padding: int, T: int) -> torch.Tensor:
+    """(3, C_out) fp32: count, mean and M2 of the conv output per channel, over batch x time, by the implicit
+    GEMM of any shape (``_conv_paths.conv_moments`` picks the kernels of a block)."""
     N, C_in, L = x.shape
     C, R = w2d.shape
-    from . import _conv_banded, _conv_rows  # they import this module: resolved at call time
-
-    if _conv_banded.band_plan(C_in, C, K, stride, _conv_banded.stats_group(C)) is not None:
-        return _conv_banded.band_moments(x, w2d, bias, K, stride, padding, T)
-    if _conv_rows.rows_plan(C_in, C, K, stride, x.dtype) is not None:
-        return _conv_rows.rows_moments(x, w2d, bias, K, stride, padding, T)
     M = N * T
     bco, bm, br, warps = conv_blocks(C, R, M, x.dtype)
     num_tiles = triton.cdiv(M, bm)
@@ -377,20 +370,13 @@ def code_dtype(pool: int) -> torch.dtype:
     return torch.int16 if pool <= 32767 else torch.int32
 
 
-def conv_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None,
-                      gamma: torch.Tensor, beta: torch.Tensor, stats: torch.Tensor, K: int, stride: int,
-                      padding: int, T: int, pool: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pass 2: (pooled output in x.dtype, window-offset codes, zmax = zhat at each window's maximum in x.dtype;
-    without a pool the codes and zmax are empty). A single-channel input with a pool takes the banded kernel
-    (``_conv_banded.epilogue_plan`` decides), a channels-last-able one the row kernel (``_conv_rows.rows_plan``)."""
+def generic_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None,
+                         gamma: torch.Tensor, beta: torch.Tensor, stats: torch.Tensor, K: int, stride: int,
+                         padding: int, T: int, pool: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pass 2 of any shape: (pooled output in x.dtype, window-offset codes, zmax = zhat at each window's maximum
+    in x.dtype; without a pool the codes and zmax are empty) (``_conv_paths.conv_bn_relu_pool`` picks)."""
     N, C_in, L = x.shape
     C, R = w2d.shape
-    from . import _conv_banded, _conv_rows  # they import this module: resolved at call time
-
-    if _conv_banded.epilogue_plan(C_in, C, K, stride, pool) is not None:
-        return _conv_banded.band_bn_relu_pool(x, w2d, bias, gamma, beta, stats, K, stride, padding, T, pool)
-    if pool is not None and _conv_rows.rows_plan(C_in, C, K, stride, x.dtype) is not None:
-        return _conv_rows.rows_bn_relu_pool(x, w2d, bias, gamma, beta, stats, K, stride, padding, T, pool)
     p = pool if pool is not None else 1
     pp = next_pow2(p)
     TP = T // p

@@ -30,6 +30,7 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from ._common import INTERPRET, clamp_pow2, dot_precision, next_pow2
+from ._conv_bwd import dx_from_gz
 from ._conv_fwd import (
     _load_bias,
     _merge_stats_kernel,
@@ -353,7 +354,7 @@ def _window_block(pp: int) -> int:
 
 def rows_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, k: int, stride: int, padding: int,
                  T: int) -> torch.Tensor:
-    """(3, C_out) fp32 count, mean, M2 per channel (as ``_conv_fwd.conv_moments``)."""
+    """(3, C_out) fp32 count, mean, M2 per channel (as ``_conv_paths.conv_moments``)."""
     N, C_in, _ = x.shape
     C = w2d.shape[0]
     plan = rows_plan(C_in, C, k, stride, x.dtype)
@@ -383,8 +384,8 @@ def _window_flags(x: torch.Tensor, bias, plan: dict, stride: int, pool: int) -> 
 def rows_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor,
                       beta: torch.Tensor, stats: torch.Tensor, k: int, stride: int, padding: int, T: int,
                       pool: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pass 2 (as ``conv_bn_relu_pool``) for a pooling block: (N, C_out, T // pool) in x.dtype, the window codes
-    (``code_dtype``), zmax (empty unless ``keeps_zmax``)."""
+    """Pass 2 (as ``_conv_paths.conv_bn_relu_pool``) for a pooling block: (N, C_out, T // pool) in x.dtype,
+    the window codes (``code_dtype``), zmax (empty unless ``keeps_zmax``)."""
     N, C_in, _ = x.shape
     C = w2d.shape[0]
     plan = rows_plan(C_in, C, k, stride, x.dtype)
@@ -407,13 +408,11 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
                   stride: int, padding: int,
                   T: int, pool: int, training: bool, deterministic: bool, input_grad: bool,
                   all_reduce=None) -> tuple[torch.Tensor | None, ...]:
-    """The backward of a pooling row-GEMM block (as ``conv_bn_relu_backward``): (dx or None, dw2d fp32, db fp32
-    or None, local sum(gy * zhat), local sum(gy)). The BN sums from the forward's zmax (``pooled_bn_sums``) or,
-    without it, a pass recomputing Z; then gz (N * T, C_out) in x.dtype (a pass recomputing Z), then dW from
-    the same contiguous rows and dx by ``_rows_dx_kernel`` (or ``_conv_bwd.dx_from_gz`` where
-    ``dx_rows_ok`` says no)."""
-    from ._conv_bwd import dx_from_gz  # imports this module: resolved at call time
-
+    """The backward of a pooling row-GEMM block (as ``_conv_paths.conv_bn_relu_backward``): (dx or None, dw2d
+    fp32, db fp32 or None, local sum(gy * zhat), local sum(gy)). The BN sums from the forward's zmax
+    (``pooled_bn_sums``) or, without it, a pass recomputing Z; then gz (N * T, C_out) in x.dtype (a pass
+    recomputing Z), then dW from the same contiguous rows and dx by ``_rows_dx_kernel`` (or
+    ``_conv_bwd.dx_from_gz`` where ``dx_rows_ok`` says no)."""
     N, C_in, L = x.shape
     C = w2d.shape[0]
     dev = x.device

@@ -4,9 +4,10 @@
 running_mean, running_var, bn_weight, bn_bias, training, momentum, eps)), pool, pool)`` (no pool when
 ``pool`` is None), including the in-place running-statistics update (unbiased running variance,
 ``num_batches_tracked`` incremented when given), in training (batch statistics) and eval (running
-statistics) mode. The Triton kernels live in ``_conv_fwd.py`` / ``_conv_bwd.py`` (``_conv_banded.py`` for a
-single-channel input with a pool, ``_conv_rows.py`` for channels-last rows); this file holds the plain PyTorch
-reference they are tested against, the ``torch.library`` ops and the public function.
+statistics) mode. The Triton kernels live in ``_conv_fwd.py`` / ``_conv_bwd.py`` (any shape),
+``_conv_banded.py`` (a single-channel input) and ``_conv_rows.py`` (channels-last rows); ``_conv_paths.py``
+decides which a block runs. This file holds the plain PyTorch reference they are tested against, the
+``torch.library`` ops and the public function.
 
 Support matrix (``SUPPORT_MATRIX`` below, also exported by the package):
 """
@@ -18,8 +19,8 @@ from torch import Tensor
 from torch.library import triton_op
 
 from ._common import INTERPRET, no_autocast, use_triton
-from ._conv_bwd import conv_bn_relu_backward
-from ._conv_fwd import code_dtype, conv_bn_relu_pool, conv_moments, keeps_zmax
+from ._conv_fwd import code_dtype, keeps_zmax
+from ._conv_paths import conv_bn_relu_backward, conv_bn_relu_pool, conv_moments
 
 # fmt: off
 # Hand-wrapped on purpose: Triton kernels and launches take 15-30 arguments, and one per line (the

@@ -76,7 +76,7 @@ def bf16_training_launches(batch: int, samples: int) -> list[dict[str, Any]]:
     import torch
 
     from bench import aot_check
-    from soundnet_fast.kernels import _conv_bwd, _conv_fwd
+    from soundnet_fast.kernels import _conv_paths
     from soundnet_fast.model import SOUNDNET8_TRUNK, SoundNet8, conv_out_len
 
     kl = importlib.import_module("soundnet_fast.kernels.kl_div")
@@ -97,12 +97,12 @@ def bf16_training_launches(batch: int, samples: int) -> list[dict[str, Any]]:
         g = torch.empty(c_out, device="meta")  # BN weight and bias stay fp32 under autocast
         stats = torch.empty(4, c_out, device="meta")
         with aot_check.record_launches("tf32") as rec:  # bf16 operands: the recorder passes "ieee"
-            _conv_fwd.conv_moments(x, w2d, b, k, s, p, t)
-            y, code, zmax = _conv_fwd.conv_bn_relu_pool(x, w2d, b, g, g, stats, k, s, p, t, pool)
+            _conv_paths.conv_moments(x, w2d, b, k, s, p, t)
+            y, code, zmax = _conv_paths.conv_bn_relu_pool(x, w2d, b, g, g, stats, k, s, p, t, pool)
         take(rec, spec.name, "forward")
         go = torch.empty(y.shape, dtype=bf16, device="meta")
         with aot_check.record_launches("tf32") as rec:
-            _conv_bwd.conv_bn_relu_backward(
+            _conv_paths.conv_bn_relu_backward(
                 go, x, w2d, b, g, stats, code, y if pool is None else zmax, k, s, p, t, pool, True, False, i > 0
             )
         take(rec, spec.name, "backward")

@@ -1,0 +1,88 @@
+"""Which kernels a fused conv block runs: the one place that decides (docs/design.md#convolution).
+
+Three kernel families, chosen per phase by shape rules, never by layer names:
+
+- banded (``_conv_banded.py``): a single-channel input (a waveform); statistics whenever ``band_plan`` takes the
+  shape, the pool and backward when ``epilogue_plan`` does (the backward only when the input needs no gradient:
+  it computes no dx);
+- rows (``_conv_rows.py``): several input channels whose im2col rows are aligned runs of a channels-last copy
+  (``rows_plan``); statistics always, the pool and backward when the block pools;
+- generic (``_conv_fwd.py`` / ``_conv_bwd.py``): the implicit GEMM of any shape, for the rest.
+
+The launchers here are what the op (``conv_bn_relu.py``), ``bench/aot_check.py`` and ``bench/gpu_check`` call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ._conv_banded import band_backward, band_bn_relu_pool, band_moments, band_plan, epilogue_plan, stats_group
+from ._conv_bwd import generic_backward
+from ._conv_fwd import generic_bn_relu_pool, generic_moments
+from ._conv_rows import rows_backward, rows_bn_relu_pool, rows_moments, rows_plan
+
+# fmt: off
+# Hand-wrapped on purpose, as in _conv_fwd.py.
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The kernel family ("banded", "rows" or "generic") of each phase of one block."""
+
+    stats: str
+    pool: str
+    backward: str
+
+
+def block_paths(c_in: int, c_out: int, k: int, stride: int, pool: int | None, dtype: torch.dtype,
+                input_grad: bool = True) -> Paths:
+    """The kernels of a block: (C_in, C_out, k, stride, pool) as in the module's rules; ``input_grad``: whether
+    the backward must compute dx."""
+    rows = rows_plan(c_in, c_out, k, stride, dtype) is not None
+    epilogue = epilogue_plan(c_in, c_out, k, stride, pool) is not None
+    if band_plan(c_in, c_out, k, stride, stats_group(c_out)) is not None:
+        stats = "banded"
+    else:
+        stats = "rows" if rows else "generic"
+    pooled = "rows" if (rows and pool is not None) else "generic"
+    return Paths(stats=stats, pool="banded" if epilogue else pooled,
+                 backward="banded" if (epilogue and not input_grad) else pooled)  # fmt: skip
+
+
+def conv_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, K: int, stride: int,
+                 padding: int, T: int) -> torch.Tensor:
+    """(3, C_out) fp32: count, mean and M2 of the conv output per channel, over batch x time (training's
+    pass 1). x (N, C_in, L); w2d (C_out, C_in * K) in x.dtype."""
+    path = block_paths(x.shape[1], w2d.shape[0], K, stride, None, x.dtype).stats
+    fn = {"banded": band_moments, "rows": rows_moments, "generic": generic_moments}[path]
+    return fn(x, w2d, bias, K, stride, padding, T)
+
+
+def conv_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor,
+                      beta: torch.Tensor, stats: torch.Tensor, K: int, stride: int, padding: int, T: int,
+                      pool: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pass 2: (pooled output (N, C_out, T // pool) in x.dtype, window codes, zmax: zhat at each window's
+    maximum in x.dtype when ``_conv_fwd.keeps_zmax``; without a pool the codes and zmax are empty). stats:
+    (4, C_out) fp32 rows mean, invstd, unbiased variance, count."""
+    path = block_paths(x.shape[1], w2d.shape[0], K, stride, pool, x.dtype).pool
+    fn = {"banded": band_bn_relu_pool, "rows": rows_bn_relu_pool, "generic": generic_bn_relu_pool}[path]
+    return fn(x, w2d, bias, gamma, beta, stats, K, stride, padding, T, pool)
+
+
+def conv_bn_relu_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None,
+                          gamma: torch.Tensor, stats: torch.Tensor, code: torch.Tensor, out: torch.Tensor | None,
+                          K: int, stride: int, padding: int, T: int, pool: int | None, training: bool,
+                          deterministic: bool, input_grad: bool, all_reduce=None) -> tuple[torch.Tensor | None, ...]:
+    """(dx or None, dw2d fp32, db fp32 or None, local sum(gy * zhat), local sum(gy)); ``out`` and
+    ``all_reduce`` as in ``_conv_bwd.generic_backward``."""
+    path = block_paths(x.shape[1], w2d.shape[0], K, stride, pool, x.dtype, input_grad).backward
+    if path == "banded":
+        return band_backward(grad_out, x, w2d, bias, gamma, stats, code, out, K, stride, padding, T, pool,
+                             training, deterministic, all_reduce)
+    if path == "rows":
+        return rows_backward(grad_out, x, w2d, bias, gamma, stats, code, out, K, stride, padding, T, pool,
+                             training, deterministic, input_grad, all_reduce)
+    return generic_backward(grad_out, x, w2d, bias, gamma, stats, code, out, K, stride, padding, T, pool,
+                            training, deterministic, input_grad, all_reduce)

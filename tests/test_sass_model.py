@@ -224,3 +224,17 @@ def test_bad_arguments_are_usage_errors() -> None:
         res = subprocess.run([sys.executable, "-m", "bench.sass_report", *args], capture_output=True, text=True,
                              timeout=120)  # fmt: skip
         assert res.returncode == 2 and message in res.stderr, (args, res.stderr[-300:])
+
+
+def test_register_table_pairs_launches_by_kernel_not_position() -> None:
+    """fp32 runs a kernel bf16 does not (the BN sums' recompute); each row must still pair the same kernel."""
+    from bench.sass.markdown import _pair_launches
+
+    def row(layer: str, phase: str, kernel: str, regs: int) -> dict:
+        return {"layer": layer, "phase": phase, "kernel": kernel, "regs": regs}
+
+    bf16 = [row("conv1", "backward", "gz", 1), row("conv2", "forward", "stats", 2), row("conv2", "forward", "merge", 3)]
+    fp32 = [row("conv1", "backward", "reduce", 10), row("conv1", "backward", "gz", 11),
+            row("conv2", "forward", "stats", 12), row("conv2", "forward", "merge", 13)]  # fmt: skip
+    pairs = [((b or {}).get("regs"), (f or {}).get("regs")) for b, f in _pair_launches(bf16, fp32)]
+    assert pairs == [(1, 11), (None, 10), (2, 12), (3, 13)]

@@ -252,6 +252,32 @@ def _layers(data: dict, w) -> None:
         w("")
 
 
+def _pair_launches(bf16: list[dict], fp32: list[dict]) -> list[tuple[dict | None, dict | None]]:
+    """The two precisions' launches side by side, matched by (layer, phase, kernel, n-th such launch): fp32
+    runs kernels bf16 does not (the BN sums' recompute), so matching by position would pair different kernels.
+    Launches of one precision only get None for the other; order: bf16's, each fp32-only one after its layer's."""
+
+    def key(rows: list[dict]) -> list[tuple]:
+        seen: dict[tuple, int] = {}
+        out = []
+        for r in rows:
+            k = (r["layer"], r["phase"], r["kernel"])
+            seen[k] = seen.get(k, 0) + 1
+            out.append((*k, seen[k]))
+        return out
+
+    fkeys = key(fp32)
+    by_key = dict(zip(fkeys, fp32, strict=True))
+    pairs: list[tuple[dict | None, dict | None]] = []
+    for r, k in zip(bf16, key(bf16), strict=True):
+        pairs.append((r, by_key.pop(k, None)))
+    for k, f in zip(fkeys, fp32, strict=True):  # fp32-only launches: after the last row of their layer
+        if k in by_key:
+            at = max((i for i, (b, g) in enumerate(pairs) if (b or g)["layer"] == f["layer"]), default=len(pairs) - 1)
+            pairs.insert(at + 1, (None, f))
+    return pairs
+
+
 def _regs(data: dict, w) -> None:
     w(f"## Registers, stack (spill) bytes, shared memory per launch (ptxas via cuobjdump; {LABEL} for CTAs)")
     w("")
@@ -271,14 +297,18 @@ def _regs(data: dict, w) -> None:
                   None)  # fmt: skip
         if cb is None:
             continue
-        for i, r in enumerate(cb["launches"]):
-            f = cf["launches"][i] if cf else None
+        for r, f in _pair_launches(cb["launches"], cf["launches"] if cf else []):
             fr = f"{f['regs']} | {f['spill_bytes']} | {f['smem_bytes'] / 1024:.1f}" if f else "- | - | -"
-            w(
-                f"| {r['layer']} | {r['phase']} | {r['kernel']} | {r['regs']} | {r['spill_bytes']} | "
-                f"{r['smem_bytes'] / 1024:.1f} | {r['detail']['resident_ctas']} ({r['detail']['occupancy_limit']}) | "
-                f"{fr} |"
+            br = (
+                (
+                    f"{r['regs']} | {r['spill_bytes']} | {r['smem_bytes'] / 1024:.1f} | "
+                    f"{r['detail']['resident_ctas']} ({r['detail']['occupancy_limit']})"
+                )
+                if r
+                else "- | - | - | -"
             )
+            x = r or f
+            w(f"| {x['layer']} | {x['phase']} | {x['kernel']} | {br} | {fr} |")
         w("")
 
 

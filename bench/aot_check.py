@@ -25,7 +25,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import soundnet_fast.kernels  # noqa: F401  (registers the ops; its ``kl_div`` attribute is the function)
 from soundnet_fast.constants import HEAD_CLASSES, SAMPLE_RATE
-from soundnet_fast.kernels import _conv_banded, _conv_bwd, _conv_fwd, _conv_paths, _conv_rows
+from soundnet_fast.kernels import _conv_banded, _conv_bwd, _conv_fwd, _conv_paths, _conv_rows, bn_running
 from soundnet_fast.model import SOUNDNET8_TRUNK
 
 _KL = sys.modules["soundnet_fast.kernels.kl_div"]
@@ -37,6 +37,7 @@ _TYPES = {
     torch.int8: "*i8",
     torch.int16: "*i16",
     torch.int32: "*i32",
+    torch.int64: "*i64",
 }
 # docs/design.md#soundnet-8: SoundNet-8 trunk (C_out, k, s, p, pool), from the one layer table in soundnet_fast.model
 _TRUNK = [(s.out_channels, s.kernel, s.stride, s.padding, s.pool) for s in SOUNDNET8_TRUNK]
@@ -54,7 +55,7 @@ def record_launches(precision: str) -> Iterator[list[tuple]]:
         def __getitem__(self, grid):
             return lambda *args, **kwargs: launches.append((self.kernel, grid, args, kwargs))
 
-    mods = (_conv_fwd, _conv_bwd, _conv_banded, _conv_rows, _KL)
+    mods = (_conv_fwd, _conv_bwd, _conv_banded, _conv_rows, bn_running, _KL)
     saved = [(m, m.wrap_triton, getattr(m, "dot_precision", None)) for m in mods]
     for m in mods:
         m.wrap_triton = Recorder
@@ -82,7 +83,11 @@ def soundnet8_launches(batch: int, samples: int, precision: str = "tf32", blocks
                 b = torch.empty(c_out, dtype=dtype, device="meta")
                 g = torch.empty(c_out, device="meta")
                 stats = torch.empty(4, c_out, device="meta")
-                _conv_paths.conv_moments(x, w2d, b, k, s, p, t)
+                _conv_paths.conv_moments(x, w2d, b, k, s, p, t)  # a process group's per-rank moments
+                _conv_paths.conv_moments(x, w2d, b, k, s, p, t, 1e-5)  # finalised stats
+                nbt = torch.empty((), dtype=torch.int64, device="meta")
+                for momentum in (0.1, None):
+                    bn_running.update_running_stats(g, g, nbt, stats, momentum)
                 out, code, zmax = _conv_paths.conv_bn_relu_pool(x, w2d, b, g, g, stats, k, s, p, t, pool)
                 go = torch.empty(out.shape, dtype=dtype, device="meta")
                 saved_out = out if pool is None else zmax
@@ -127,6 +132,7 @@ class _OpCounter(TorchDispatchMode):
         "sym_stride",
         "sym_numel",
         "sym_storage_offset",
+        "_unsafe_view",  # a reshape that skips the view check: no kernel
     }
 
     def __init__(self) -> None:
@@ -157,11 +163,10 @@ def train_step_launches(
     fp32 logits (batch, classes, T), gradient in the forward) of each head (name, classes, T).
 
     Returns (launches in issue order, {(layer, phase): names of the other device ops (torch) the fused
-    path runs beside them}): the launchers' own torch ops (zero fills, partial sums, clones), BN's
-    statistics finalisation and running-statistics update. Not included: autocast casts, gradient
+    path runs beside them}): the launchers' own torch ops (zero fills, partial sums, clones). BN's
+    statistics finalisation runs in the merge kernel and its running-statistics update is one launch
+    (``bn_running``), as in the op. Not included: autocast casts, gradient
     accumulation, the heads' convs, the optimizer."""
-    from soundnet_fast.kernels.conv_bn_relu import _update_running_stats, finalize_stats
-
     out: list[Launch] = []
     torch_ops: dict[tuple, list] = {}
     with record_launches(precision) as rec:
@@ -181,17 +186,20 @@ def train_step_launches(
             w2d = torch.empty(c_out, c_in * k, dtype=dtype, device="meta")
             b = torch.empty(c_out, dtype=dtype, device="meta")
             g = torch.empty(c_out, device="meta")
-            running = (torch.empty(c_out, device="meta"), torch.empty(c_out, device="meta"))
+            running = (
+                torch.empty(c_out, device="meta"),
+                torch.empty(c_out, device="meta"),
+                torch.empty((), dtype=torch.int64, device="meta"),
+            )  # mean, var, num_batches_tracked
             res: dict[str, Any] = {}
 
             def fwd(x=x, w2d=w2d, b=b, g=g, k=k, s=s, p=p, t=t, pool=pool, res=res, running=running):
-                moments = _conv_paths.conv_moments(x, w2d, b, k, s, p, t)
-                stats = finalize_stats(moments, 1e-5)
+                stats = _conv_paths.conv_moments(x, w2d, b, k, s, p, t, 1e-5)
                 res["out"], res["code"], res["zmax"] = _conv_paths.conv_bn_relu_pool(
                     x, w2d, b, g, g, stats, k, s, p, t, pool
                 )
                 res["stats"] = stats
-                _update_running_stats._init_fn(*running, None, stats, 0.1)
+                bn_running.update_running_stats(*running, stats, 0.1)
 
             section(name, "forward", fwd)
             out_t, code, stats = res["out"], res["code"], res["stats"]

@@ -33,14 +33,13 @@ from torch.library import wrap_triton
 
 from ._common import INTERPRET, clamp_pow2, dot_precision, next_pow2
 from ._conv_fwd import (
-    _merge_stats_kernel,
     bn_sum_partials,
     cast_out,
     chan_merge,
     code_dtype,
     fp32_if,
     keeps_zmax,
-    merge_blocks,
+    merge_stats,
     persistent_grid,
     pool_select,
     pooled_bn_sums,
@@ -344,8 +343,9 @@ def _flags(plan: dict, x: torch.Tensor, k: int, stride: int, bias: torch.Tensor 
 
 
 def band_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, k: int, stride: int,
-                 padding: int, T: int) -> torch.Tensor:
-    """(3, C_out) fp32 count, mean, M2 of the conv output per channel (as ``_conv_paths.conv_moments``), for a block
+                 padding: int, T: int, eps: float | None = None) -> torch.Tensor:
+    """(3, C_out) fp32 count, mean, M2 of the conv output per channel, or with ``eps`` the (4, C_out) stats rows
+    (as ``_conv_paths.conv_moments``), for a block
     ``band_plan`` accepts with any pool: rows of ``stats_group`` positions."""
     N = x.shape[0]
     C = w2d.shape[0]
@@ -359,11 +359,7 @@ def band_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
     b = bias if bias is not None else w2d
     wrap_triton(_band_stats_kernel)[(P, triton.cdiv(C, plan["BLOCK_C"]))](
         xp, w2d, b, part, C, T, tq, N * tq, lp, tiles, P, **_flags(plan, x, k, stride, bias, bq))
-    moments = torch.empty((3, C), device=x.device, dtype=torch.float32)
-    bc, bp = merge_blocks(C, P)
-    wrap_triton(_merge_stats_kernel)[(triton.cdiv(C, bc),)](
-        part, moments, C, P, 0, 0, BLOCK_C=bc, BLOCK_P=bp, HAS_COUNT=True, num_warps=4)
-    return moments
+    return merge_stats(part, 0, 0, eps)
 
 
 def band_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor,

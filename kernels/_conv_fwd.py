@@ -210,12 +210,14 @@ def _part_count(part_ptr, co, p, ok, C_OUT, P, M, PER_PROG, HAS_COUNT: tl.conste
 
 
 @triton.jit
-def _merge_stats_kernel(part_ptr, out_ptr, C_OUT, P, M, PER_PROG, BLOCK_C: tl.constexpr,
-                        BLOCK_P: tl.constexpr, HAS_COUNT: tl.constexpr):
+def _merge_stats_kernel(part_ptr, out_ptr, C_OUT, P, M, PER_PROG, eps, BLOCK_C: tl.constexpr,
+                        BLOCK_P: tl.constexpr, HAS_COUNT: tl.constexpr, FINALIZE: tl.constexpr):
     """Merge P partial (count, mean, M2) triples per channel, in a fixed order (deterministic):
     n = sum n_p, mean = sum n_p mean_p / n, M2 = sum M2_p + sum n_p (mean_p - mean)^2 (Chan's
-    formula for many partitions; no cancellation). Writes out[0] = n, out[1] = mean, out[2] = M2.
-    The count n_p of program p is part[2, co, p] when HAS_COUNT (``_conv_banded.py``), else it follows
+    formula for many partitions; no cancellation). part_ptr: (2 or 3, C_OUT, P) fp32; out_ptr: (3, C_OUT)
+    fp32 n, mean, M2, or with FINALIZE (4, C_OUT) fp32 the stats rows ``finalize_stats`` makes from them: mean,
+    invstd = 1 / sqrt(M2 / n + eps), unbiased variance M2 / max(n - 1, 1), n (BN's finalisation, no torch ops).
+    The count n_p of program p is part[2, co, p] when HAS_COUNT (the banded and row kernels), else it follows
     from M and PER_PROG."""
     co = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = co < C_OUT
@@ -238,9 +240,16 @@ def _merge_stats_kernel(part_ptr, out_ptr, C_OUT, P, M, PER_PROG, BLOCK_C: tl.co
         q = tl.load(part_ptr + (C_OUT + co[:, None]) * P + p[None, :], mask=ok, other=0.0)
         d = mu - mean[:, None]
         m2 += tl.sum(tl.where(ok, q + cnt * d * d, 0.0), axis=1)
-    tl.store(out_ptr + co, s_n, mask=c_ok)
-    tl.store(out_ptr + C_OUT + co, mean, mask=c_ok)
-    tl.store(out_ptr + 2 * C_OUT + co, m2, mask=c_ok)
+    if FINALIZE:
+        tl.store(out_ptr + co, mean, mask=c_ok)
+        # max(n, 1): lanes past C_OUT have n = 0 (every real channel has n = M >= 1)
+        tl.store(out_ptr + C_OUT + co, 1.0 / tl.sqrt_rn(m2 / tl.maximum(s_n, 1.0) + eps), mask=c_ok)
+        tl.store(out_ptr + 2 * C_OUT + co, m2 / tl.maximum(s_n - 1.0, 1.0), mask=c_ok)
+        tl.store(out_ptr + 3 * C_OUT + co, s_n, mask=c_ok)
+    else:
+        tl.store(out_ptr + co, s_n, mask=c_ok)
+        tl.store(out_ptr + C_OUT + co, mean, mask=c_ok)
+        tl.store(out_ptr + 2 * C_OUT + co, m2, mask=c_ok)
 
 
 @triton.jit
@@ -321,9 +330,10 @@ def stats_tiles(num_tiles: int) -> int:
 
 
 def generic_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, K: int, stride: int,
-                    padding: int, T: int) -> torch.Tensor:
+                    padding: int, T: int, eps: float | None = None) -> torch.Tensor:
     """(3, C_out) fp32: count, mean and M2 of the conv output per channel, over batch x time, by the implicit
-    GEMM of any shape (``_conv_paths.conv_moments`` picks the kernels of a block)."""
+    GEMM of any shape, or with ``eps`` the (4, C_out) stats rows (``merge_stats``; ``_conv_paths.conv_moments``
+    picks the kernels of a block)."""
     N, C_in, L = x.shape
     C, R = w2d.shape
     M = N * T
@@ -337,11 +347,21 @@ def generic_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | Non
         x, w2d, b, part, C, L, R, T, M, P, x.stride(0), x.stride(1), x.stride(2), stride, padding,
         HAS_BIAS=bias is not None, K=K, BLOCK_CO=bco, BLOCK_M=bm, BLOCK_R=br, TILES=tiles,
         INTERP=INTERPRET, PRECISION=dot_precision(x), num_warps=warps)
-    moments = torch.empty((3, C), device=x.device, dtype=torch.float32)
+    return merge_stats(part, M, tiles * bm, eps)
+
+
+def merge_stats(part: torch.Tensor, M: int, per_prog: int, eps: float | None) -> torch.Tensor:
+    """Merge the statistics kernels' partials part (2 or 3, C_out, P) fp32 (3: each program's count in part[2];
+    2: counts from M rows, ``per_prog`` per program) with one ``_merge_stats_kernel`` launch: (3, C_out) fp32
+    count, mean, M2 when ``eps`` is None (a process group merges them across ranks first), else the (4, C_out)
+    stats rows of ``conv_bn_relu.finalize_stats`` (mean, invstd, unbiased variance, count)."""
+    C, P = part.shape[1], part.shape[2]
+    out = torch.empty((3 if eps is None else 4, C), device=part.device, dtype=torch.float32)
     bc, bp = merge_blocks(C, P)
     wrap_triton(_merge_stats_kernel)[(triton.cdiv(C, bc),)](
-        part, moments, C, P, M, tiles * bm, BLOCK_C=bc, BLOCK_P=bp, HAS_COUNT=False, num_warps=4)
-    return moments
+        part, out, C, P, M, per_prog, 0.0 if eps is None else float(eps), BLOCK_C=bc, BLOCK_P=bp,
+        HAS_COUNT=part.shape[0] == 3, FINALIZE=eps is not None, num_warps=4)
+    return out
 
 
 # The persistent grids of _conv_banded.py and _conv_rows.py on a GPU: 4 programs per SM of a 132-SM H100 / H200,

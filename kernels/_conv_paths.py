@@ -52,12 +52,13 @@ def block_paths(c_in: int, c_out: int, k: int, stride: int, pool: int | None, dt
 
 
 def conv_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, K: int, stride: int,
-                 padding: int, T: int) -> torch.Tensor:
-    """(3, C_out) fp32: count, mean and M2 of the conv output per channel, over batch x time (training's
-    pass 1). x (N, C_in, L); w2d (C_out, C_in * K) in x.dtype."""
+                 padding: int, T: int, eps: float | None = None) -> torch.Tensor:
+    """Training's pass 1 over batch x time: (3, C_out) fp32 count, mean and M2 of the conv output per channel, or
+    given BN's ``eps`` the (4, C_out) fp32 stats rows mean, invstd, unbiased variance, count, finalised by the
+    merge kernel (``_conv_fwd.merge_stats``). x (N, C_in, L); w2d (C_out, C_in * K) in x.dtype."""
     path = block_paths(x.shape[1], w2d.shape[0], K, stride, None, x.dtype).stats
     fn = {"banded": band_moments, "rows": rows_moments, "generic": generic_moments}[path]
-    return fn(x, w2d, bias, K, stride, padding, T)
+    return fn(x, w2d, bias, K, stride, padding, T, eps)
 
 
 def conv_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor,

@@ -33,14 +33,13 @@ from ._common import INTERPRET, clamp_pow2, dot_precision, next_pow2
 from ._conv_bwd import dx_from_gz
 from ._conv_fwd import (
     _load_bias,
-    _merge_stats_kernel,
     bn_sum_partials,
     cast_out,
     chan_merge,
     code_dtype,
     fp32_if,
     keeps_zmax,
-    merge_blocks,
+    merge_stats,
     persistent_grid,
     pool_select,
     pooled_bn_sums,
@@ -353,8 +352,9 @@ def _window_block(pp: int) -> int:
 
 
 def rows_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, k: int, stride: int, padding: int,
-                 T: int) -> torch.Tensor:
-    """(3, C_out) fp32 count, mean, M2 per channel (as ``_conv_paths.conv_moments``)."""
+                 T: int, eps: float | None = None) -> torch.Tensor:
+    """(3, C_out) fp32 count, mean, M2 per channel, or with ``eps`` the (4, C_out) stats rows (as
+    ``_conv_paths.conv_moments``)."""
     N, C_in, _ = x.shape
     C = w2d.shape[0]
     plan = rows_plan(C_in, C, k, stride, x.dtype)
@@ -368,11 +368,7 @@ def rows_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
         xc, _reorder(w2d, C_in, k), b, part, C, T, M, lpc, k * C_in, tiles, P, HAS_BIAS=bias is not None,
         STEP=stride * C_in, BLOCK_M=bm, INTERP=INTERPRET, PRECISION=dot_precision(x), num_warps=4,
         num_stages=STAGES, **plan)
-    moments = torch.empty((3, C), device=x.device, dtype=torch.float32)
-    bc, bp = merge_blocks(C, P)
-    wrap_triton(_merge_stats_kernel)[(triton.cdiv(C, bc),)](
-        part, moments, C, P, 0, 0, BLOCK_C=bc, BLOCK_P=bp, HAS_COUNT=True, num_warps=4)
-    return moments
+    return merge_stats(part, 0, 0, eps)
 
 
 def _window_flags(x: torch.Tensor, bias, plan: dict, stride: int, pool: int) -> dict:

@@ -21,6 +21,7 @@ from torch.library import triton_op
 from ._common import INTERPRET, no_autocast, use_triton
 from ._conv_fwd import code_dtype, keeps_zmax
 from ._conv_paths import conv_bn_relu_backward, conv_bn_relu_pool, conv_moments
+from .bn_running import reference_update_running_stats, update_running_stats
 
 # fmt: off
 # Hand-wrapped on purpose: Triton kernels and launches take 15-30 arguments, and one per line (the
@@ -201,10 +202,10 @@ def _fwd_op(x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight: Tensor, b
     w2d = weight.reshape(c_out, c_in * k).contiguous()
     t = _out_len(x.shape[-1], k, stride, padding)
     if training:
-        moments = conv_moments(x, w2d, bias, k, stride, padding, t)
-        if group:
-            moments = _sync_moments(moments, group)
-        stats = finalize_stats(moments, eps)
+        if group:  # per-rank moments, merged across ranks, then finalised
+            stats = finalize_stats(_sync_moments(conv_moments(x, w2d, bias, k, stride, padding, t), group), eps)
+        else:
+            stats = conv_moments(x, w2d, bias, k, stride, padding, t, eps)
     else:
         stats = eval_stats(running_mean, running_var, eps)
     out, code, zmax = conv_bn_relu_pool(x, w2d, bias, bn_weight, bn_bias, stats, k, stride, padding, t, pool)
@@ -280,20 +281,12 @@ if not INTERPRET:  # CPU tensors run the reference; under TRITON_INTERPRET=1 the
                          mutates_args=("running_mean", "running_var", "num_batches_tracked"))
 def _update_running_stats(running_mean: Tensor, running_var: Tensor, num_batches_tracked: Tensor | None,
                           stats: Tensor, momentum: float | None) -> None:
-    """nn.BatchNorm1d's update, with tensor ops only (no host sync): running = (1 - f) running + f batch,
-    the variance unbiased; f = momentum, or 1 / num_batches_tracked (cumulative) when momentum is None."""
-    if num_batches_tracked is not None:
-        num_batches_tracked.add_(1)
-    dt = stats.dtype
-    if momentum is None:  # a device tensor: no host read, no host-to-device copy (CUDA-graph safe)
-        f = num_batches_tracked.to(dt).reciprocal()
-        new_mean = running_mean.to(dt) * (1 - f) + stats[0] * f
-        new_var = running_var.to(dt) * (1 - f) + stats[2] * f
-    else:
-        new_mean = running_mean.to(dt) * (1 - momentum) + stats[0] * momentum
-        new_var = running_var.to(dt) * (1 - momentum) + stats[2] * momentum
-    running_mean.copy_(new_mean)
-    running_var.copy_(new_var)
+    """nn.BatchNorm1d's update (``bn_running.py``): one Triton launch where the op runs the kernels, the
+    PyTorch reference elsewhere (CPU, fp64 statistics, non-contiguous buffers)."""
+    fast = (use_triton(running_mean) and stats.dtype == torch.float32 and running_mean.is_contiguous()
+            and running_var.is_contiguous())
+    update = update_running_stats if fast else reference_update_running_stats
+    update(running_mean, running_var, num_batches_tracked, stats, momentum)
 
 
 @_update_running_stats.register_fake

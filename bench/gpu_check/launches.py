@@ -76,7 +76,7 @@ def bf16_training_launches(batch: int, samples: int) -> list[dict[str, Any]]:
     import torch
 
     from bench import aot_check
-    from soundnet_fast.kernels import _conv_paths
+    from soundnet_fast.kernels import _conv_paths, bn_running
     from soundnet_fast.model import SOUNDNET8_TRUNK, SoundNet8, conv_out_len
 
     kl = importlib.import_module("soundnet_fast.kernels.kl_div")
@@ -95,9 +95,14 @@ def bf16_training_launches(batch: int, samples: int) -> list[dict[str, Any]]:
         w2d = torch.empty(c_out, c_in * k, dtype=bf16, device="meta")
         b = torch.empty(c_out, dtype=bf16, device="meta")
         g = torch.empty(c_out, device="meta")  # BN weight and bias stay fp32 under autocast
-        stats = torch.empty(4, c_out, device="meta")
+        running = (
+            torch.empty(c_out, device="meta"),
+            torch.empty(c_out, device="meta"),
+            torch.empty((), dtype=torch.int64, device="meta"),
+        )  # mean, var, num_batches_tracked
         with aot_check.record_launches("tf32") as rec:  # bf16 operands: the recorder passes "ieee"
-            _conv_paths.conv_moments(x, w2d, b, k, s, p, t)
+            stats = _conv_paths.conv_moments(x, w2d, b, k, s, p, t, 1e-5)
+            bn_running.update_running_stats(*running, stats, 0.1)
             y, code, zmax = _conv_paths.conv_bn_relu_pool(x, w2d, b, g, g, stats, k, s, p, t, pool)
         take(rec, spec.name, "forward")
         go = torch.empty(y.shape, dtype=bf16, device="meta")
@@ -209,7 +214,7 @@ def work(launch: dict[str, Any]) -> tuple[float, float]:
         flops = useful_flops(name, a)
     else:  # statistics merge, KL: elementwise
         flops = 0.0
-    itemsize = {"bfloat16": 2, "float16": 2, "float32": 4, "float64": 8, "int8": 1, "int16": 2, "int32": 4}
+    itemsize = {"bfloat16": 2, "float16": 2, "float32": 4, "float64": 8, "int8": 1, "int16": 2, "int32": 4, "int64": 8}
     nbytes = 0.0
     for v in list(launch["args"]) + list(launch["kwargs"].values()):
         if isinstance(v, dict):

@@ -18,6 +18,8 @@ def _cdiv(a: int, b: int) -> int:
 
 # The banded single-channel kernels (kernels/_conv_banded.py).
 BANDED = ("_band_stats_kernel", "_band_bn_relu_pool_kernel", "_band_bwd_reduce_kernel", "_band_gz_dw_kernel")
+# Kernels without a tl.dot: the statistics merge, BN's running-statistics update (kernels/bn_running.py), KL.
+ELEMENTWISE = ("_merge_stats_kernel", "_running_stats_kernel", "_kl_kernel")
 # The row-GEMM kernels (kernels/_conv_rows.py) that walk windows x slots.
 ROWS_WINDOWS = ("_rows_bn_relu_pool_kernel", "_rows_bwd_reduce_kernel", "_rows_gz_kernel")
 
@@ -25,7 +27,7 @@ ROWS_WINDOWS = ("_rows_bn_relu_pool_kernel", "_rows_bwd_reduce_kernel", "_rows_g
 def padded_mma_flops(name: str, v: dict[str, Any], grid: tuple[int, ...]) -> float:
     """FLOPs of the tl.dot calls of one launch, with every dot dimension padded to its block."""
     progs = math.prod(grid)
-    if name in ("_merge_stats_kernel", "_kl_kernel"):
+    if name in ELEMENTWISE:
         return 0.0
     if name in ("_conv_stats_kernel", "_bwd_reduce_kernel", "_bwd_gz_kernel", "_bwd_gz_dw_kernel"):
         tiles = v.get("TILES", 1)
@@ -59,7 +61,7 @@ def padded_mma_flops(name: str, v: dict[str, Any], grid: tuple[int, ...]) -> flo
 
 def useful_flops(name: str, v: dict[str, Any]) -> float:
     """Multiply-adds x 2 the launch needs without padding (one conv pass = 2 * C_out * M * R)."""
-    if name in ("_merge_stats_kernel", "_kl_kernel"):
+    if name in ELEMENTWISE:
         return 0.0
     if name == "_conv_bn_relu_pool_kernel":
         return 2.0 * v["C_OUT"] * v["Q"] * v["POOL"] * v["R"]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from soundnet_fast.kernels._conv_paths import Paths, block_paths
+from soundnet_fast.kernels._common import INTERPRET
+from soundnet_fast.kernels._conv_paths import Paths, block_paths, conv_moments
+from soundnet_fast.kernels.conv_bn_relu import finalize_stats
 from tests.helpers.kernels import SOUNDNET_LAYERS
 
 # SoundNet-8 (docs/design.md#soundnet-8), bf16, the waveform needing no gradient as in training
@@ -33,3 +35,24 @@ def test_other_shapes() -> None:
     assert block_paths(1, 4, 3, 1, 100, torch.float32, input_grad=False) == Paths("banded", "generic", "generic")
     # rows not 16-byte aligned (C_in 3): everything generic
     assert block_paths(3, 16, 5, 1, 4, torch.float32) == Paths("generic", "generic", "generic")
+
+
+@pytest.mark.skipif(not INTERPRET, reason="needs TRITON_INTERPRET=1 (the kernels on CPU tensors)")
+@pytest.mark.parametrize(("c_in", "c_out", "k", "s", "p"), [(1, 16, 64, 2, 32), (16, 32, 32, 2, 16), (3, 5, 5, 1, 2)])
+def test_merge_kernel_finalises_like_finalize_stats(c_in: int, c_out: int, k: int, s: int, p: int) -> None:
+    """conv_moments with BN's eps returns the stats rows finalize_stats makes from its moments (banded, rows and
+    generic statistics, in that order of the cases)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, c_in, 300)
+    w2d = torch.randn(c_out, c_in * k) / (c_in * k) ** 0.5
+    b = torch.randn(c_out)
+    t = (300 + 2 * p - k) // s + 1
+    moments = conv_moments(x, w2d, b, k, s, p, t)
+    stats = conv_moments(x, w2d, b, k, s, p, t, 1e-3)
+    assert moments.shape == (3, c_out) and stats.shape == (4, c_out)
+    torch.testing.assert_close(stats, finalize_stats(moments, 1e-3), rtol=1e-6, atol=1e-6)
+    z = torch.nn.functional.conv1d(x, w2d.reshape(c_out, c_in, k), b, s, p)
+    torch.testing.assert_close(stats[0], z.mean((0, 2)), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(stats[2], z.var((0, 2)), rtol=1e-4, atol=1e-4)  # unbiased
+    torch.testing.assert_close(stats[1], (z.var((0, 2), unbiased=False) + 1e-3).rsqrt(), rtol=1e-4, atol=1e-4)
+    assert stats[3].eq(2 * t).all()

@@ -22,10 +22,11 @@ from typing import Any
 import torch
 import triton
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 import soundnet_fast.kernels  # noqa: F401  (registers the ops; its ``kl_div`` attribute is the function)
 from soundnet_fast.constants import HEAD_CLASSES, SAMPLE_RATE
-from soundnet_fast.kernels import _conv_banded, _conv_bwd, _conv_fwd, _conv_paths, _conv_rows, bn_running
+from soundnet_fast.kernels import _bn_sums, _conv_banded, _conv_bwd, _conv_fwd, _conv_paths, _conv_rows, bn_running
 from soundnet_fast.model import SOUNDNET8_TRUNK
 
 _KL = sys.modules["soundnet_fast.kernels.kl_div"]
@@ -39,6 +40,8 @@ _TYPES = {
     torch.int32: "*i32",
     torch.int64: "*i64",
 }
+# Every kernels module that launches through ``wrap_triton`` (the recorder replaces it in each).
+LAUNCHER_MODULES = (_conv_fwd, _conv_bwd, _conv_banded, _conv_rows, _bn_sums, bn_running, _KL)
 # docs/design.md#soundnet-8: SoundNet-8 trunk (C_out, k, s, p, pool), from the one layer table in soundnet_fast.model
 _TRUNK = [(s.out_channels, s.kernel, s.stride, s.padding, s.pool) for s in SOUNDNET8_TRUNK]
 
@@ -55,7 +58,7 @@ def record_launches(precision: str) -> Iterator[list[tuple]]:
         def __getitem__(self, grid):
             return lambda *args, **kwargs: launches.append((self.kernel, grid, args, kwargs))
 
-    mods = (_conv_fwd, _conv_bwd, _conv_banded, _conv_rows, bn_running, _KL)
+    mods = LAUNCHER_MODULES
     saved = [(m, m.wrap_triton, getattr(m, "dot_precision", None)) for m in mods]
     for m in mods:
         m.wrap_triton = Recorder
@@ -117,7 +120,8 @@ class Launch:
 
 
 class _OpCounter(TorchDispatchMode):
-    """Names of the aten ops that launch a device kernel (views, allocations and metadata ops excluded)."""
+    """(name, bytes) of each aten op that launches a device kernel (views, allocations and metadata ops
+    excluded); bytes: its tensor inputs and outputs (meta shapes x itemsize), what it streams at least once."""
 
     _FREE = {
         "empty",
@@ -137,15 +141,18 @@ class _OpCounter(TorchDispatchMode):
 
     def __init__(self) -> None:
         super().__init__()
-        self.ops: list[str] = []
+        self.ops: list[tuple[str, int]] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         schema = func._schema
         is_view = any(r.alias_info is not None and not r.alias_info.is_write for r in schema.returns)
         name = schema.name.split("::")[-1]
+        result = func(*args, **(kwargs or {}))
         if not is_view and name not in self._FREE:
-            self.ops.append(name)
-        return func(*args, **(kwargs or {}))
+            leaves = tree_flatten((args, kwargs or {}, result))[0]
+            nbytes = sum(t.numel() * t.element_size() for t in leaves if isinstance(t, torch.Tensor))
+            self.ops.append((name, int(nbytes)))
+        return result
 
 
 def train_step_launches(
@@ -162,8 +169,8 @@ def train_step_launches(
     trunk given as rows (name, C_out, k, s, p, pool or None), plus the fused KL loss (reduction "sum",
     fp32 logits (batch, classes, T), gradient in the forward) of each head (name, classes, T).
 
-    Returns (launches in issue order, {(layer, phase): names of the other device ops (torch) the fused
-    path runs beside them}): the launchers' own torch ops (zero fills, partial sums, clones). BN's
+    Returns (launches in issue order, {(layer, phase): (name, bytes) of the other device ops (torch) the
+    fused path runs beside them}): the launchers' own torch ops (zero fills, partial sums, clones). BN's
     statistics finalisation runs in the merge kernel and its running-statistics update is one launch
     (``bn_running``), as in the op. Not included: autocast casts, gradient
     accumulation, the heads' convs, the optimizer."""

@@ -31,6 +31,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from ._bn_sums import pooled_bn_sums
 from ._common import INTERPRET, clamp_pow2, dot_precision, next_pow2
 from ._conv_fwd import (
     bn_sum_partials,
@@ -42,7 +43,6 @@ from ._conv_fwd import (
     merge_stats,
     persistent_grid,
     pool_select,
-    pooled_bn_sums,
     store_bn_sums,
     store_moments,
     store_partial,
@@ -404,7 +404,7 @@ def band_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     b = bias if bias is not None else w2d
     grid_c = triton.cdiv(C, plan["BLOCK_C"])
     if zmax.numel():  # (2, C): sum(gy), sum(gy * zhat), from the forward's zmax
-        local = pooled_bn_sums(grad_out, code, zmax)
+        local = pooled_bn_sums(grad_out, code, zmax, deterministic)
     else:  # ... or from a recompute (fp32: keeps_zmax)
         tiles, P = persistent_grid(N * TP, flags["BLOCK_Q"])
         part = bn_sum_partials(P, C, deterministic, dev)

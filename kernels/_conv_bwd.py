@@ -6,7 +6,7 @@ forward recorded in ``code`` (so the recompute need not reproduce the forward's 
 
 1. ``_bwd_reduce_kernel``: per channel, sum(gy) and sum(gy * zhat), where gy is the gradient at the
    BN output (after the pool and ReLU backward) and zhat the normalised conv output. Skipped when the
-   forward kept zmax (a pooling block with 16-bit inputs): then two torch reductions, ``pooled_bn_sums``.
+   forward kept zmax (a pooling block with 16-bit inputs): then one pass over the pooled tensors, ``pooled_bn_sums``.
 2. ``_bwd_gz_kernel``: the conv-output gradient gz = gamma * invstd * (gy - mean(gy) - zhat *
    mean(gy * zhat)) in training (BN's backward; with a process group the two sums are all-reduced
    in between, as SyncBatchNorm's backward does), gamma * invstd * gy in eval. gz is a transient
@@ -37,6 +37,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from ._bn_sums import pooled_bn_sums
 from ._common import INTERPRET, clamp_pow2, dot_precision
 from ._conv_fwd import (
     _load_bias,
@@ -44,7 +45,6 @@ from ._conv_fwd import (
     cast_out,
     conv_blocks,
     conv_tile,
-    pooled_bn_sums,
     stats_tiles,
     store_bn_sums,
 )
@@ -316,7 +316,7 @@ def generic_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor,
     ``all_reduce`` (SyncBatchNorm semantics) receives the (2, C) fp32 local sums and returns the
     global ones; the returned BN gradients stay local, as SyncBatchNorm's do. ``out`` is what the forward
     saved beside the codes: the block's output without a pool (ReLU's mask), zmax with one (the BN sums then
-    come from it, ``_conv_fwd.pooled_bn_sums``, with no recompute; empty in fp32, ``keeps_zmax``)."""
+    come from it, ``_bn_sums.pooled_bn_sums``, with no recompute; empty in fp32, ``keeps_zmax``)."""
     N, C_in, L = x.shape
     C, R = w2d.shape
     M = N * T
@@ -335,7 +335,8 @@ def generic_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor,
     tiles = stats_tiles(num_mt)
     P = triton.cdiv(num_mt, tiles)
     if pool is not None and out.numel():
-        local = pooled_bn_sums(grad_out, code, out)  # (2, C): sum(gy), sum(gy * zhat), from the forward's zmax
+        # (2, C): sum(gy), sum(gy * zhat), from the forward's zmax
+        local = pooled_bn_sums(grad_out, code, out, deterministic)
     else:
         part = bn_sum_partials(P, C, deterministic, dev)  # fp64 partials: see _bwd_reduce_kernel
         wrap_triton(_bwd_reduce_kernel)[(P, triton.cdiv(C, bco))](

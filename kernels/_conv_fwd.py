@@ -433,13 +433,3 @@ def bn_sum_partials(parts: int, c_out: int, deterministic: bool, device: torch.d
     if deterministic:
         return torch.empty((2, parts, c_out), device=device, dtype=torch.float64)
     return torch.zeros((2, 1, c_out), device=device, dtype=torch.float64)
-
-
-def pooled_bn_sums(grad_out: torch.Tensor, code: torch.Tensor, zmax: torch.Tensor) -> torch.Tensor:
-    """(2, C) fp32 sum(gy) and sum(gy * zhat) of a pooling block from what its forward saved, no recompute:
-    gy is grad_out at each window's maximum (none where code = -1, where zmax is 0 too). Torch reductions in
-    a fixed order, accumulated in fp64 (see ``_conv_bwd._bwd_reduce_kernel``)."""
-    gy = torch.where(code >= 0, grad_out.float(), 0.0)  # masked, not multiplied: an inf gradient at a 0 stays out
-    s_gy = gy.sum(dim=(0, 2), dtype=torch.float64)
-    s_gyz = (gy * zmax.float()).sum(dim=(0, 2), dtype=torch.float64)
-    return torch.stack([s_gy, s_gyz]).float()

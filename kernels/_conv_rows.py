@@ -29,6 +29,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from ._bn_sums import pooled_bn_sums
 from ._common import INTERPRET, clamp_pow2, dot_precision, next_pow2
 from ._conv_bwd import dx_from_gz
 from ._conv_fwd import (
@@ -42,7 +43,6 @@ from ._conv_fwd import (
     merge_stats,
     persistent_grid,
     pool_select,
-    pooled_bn_sums,
     store_bn_sums,
     store_moments,
     store_partial,
@@ -423,7 +423,7 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     grid_c = triton.cdiv(C, plan["BLOCK_CO"])
     go = grad_out.stride()
     if zmax.numel():  # (2, C): sum(gy), sum(gy * zhat), from the forward's zmax
-        local = pooled_bn_sums(grad_out, code, zmax)
+        local = pooled_bn_sums(grad_out, code, zmax, deterministic)
     else:  # ... or from a recompute (fp32: keeps_zmax)
         tiles, P = persistent_grid(N * TP, flags["BLOCK_Q"])
         part = bn_sum_partials(P, C, deterministic, dev)

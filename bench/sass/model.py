@@ -75,6 +75,11 @@ ASSUMPTIONS = {
         "each small torch op beside the Triton kernels (fills, partial sums, BN finalisation): "
         "one graph node, ASSUMPTION",
     ),
+    "torch_op_bytes": (
+        1.0,
+        "each such torch op streams its tensor inputs and outputs through HBM once: its time is max(torch_op_us, "
+        "bytes / HBM bandwidth) (ASSUMPTION: no cache reuse, no overlap with neighbours)",
+    ),
     "mem_latency_cycles": (
         600,
         "global load latency (L2 miss to HBM) on H100, ASSUMPTION from published "
@@ -89,6 +94,11 @@ ASSUMPTIONS = {
     ),
     "lanes": (32, "every memory instruction moves 32 lanes x its width (masked-off lanes counted: upper bound)"),
 }
+
+
+def torch_op_us(dev: Device, nbytes: float) -> float:
+    """Predicted time (us) of one small torch op beside the kernels that moves ``nbytes`` (ASSUMPTIONS)."""
+    return max(ASSUMPTIONS["torch_op_us"][0], ASSUMPTIONS["torch_op_bytes"][0] * nbytes / dev.dram_bps * 1e6)
 
 
 def occupancy(dev: Device, regs: int, smem: int, warps: int) -> tuple[int, str]:

@@ -11,7 +11,7 @@ import torch
 from . import analytic
 from .compile import Spec, compile_all, specialise
 from .launches import Config, record, tensor_bytes, trunk_rows
-from .model import ASSUMPTIONS, DEVICES, Static, analyse, dynamic, spill_latency, tensor_args, times
+from .model import ASSUMPTIONS, DEVICES, Static, analyse, dynamic, spill_latency, tensor_args, times, torch_op_us
 
 REL_TOL = 1e-9
 
@@ -109,8 +109,8 @@ def summarise(c: Config, rows: list[dict], ops: dict[tuple, list]) -> dict[str, 
         by_layer.setdefault(r["layer"], {}).setdefault(r["phase"], 0.0)
         by_layer[r["layer"]][r["phase"]] += r["warp_instructions"] / b
     n_torch = sum(len(v) for v in ops.values())
-    torch_us = n_torch * ASSUMPTIONS["torch_op_us"][0]
-    pred = {d: (sum(r["predicted_us"][d] for r in rows) + torch_us) / b for d in DEVICES}
+    torch_us = {d: sum(torch_op_us(dev, nb) for v in ops.values() for _, nb in v) for d, dev in DEVICES.items()}
+    pred = {d: (sum(r["predicted_us"][d] for r in rows) + torch_us[d]) / b for d in DEVICES}
     bound_time: dict[str, dict[str, float]] = {}
     for d in DEVICES:
         acc: dict[str, float] = {}
@@ -133,6 +133,8 @@ def summarise(c: Config, rows: list[dict], ops: dict[tuple, list]) -> dict[str, 
         },  # fmt: skip
         "binding_time_us": bound_time,
         "launches": {"triton": len(rows), "torch": n_torch},
+        "torch_ops_us": {d: torch_us[d] / b for d in DEVICES},
+        "torch_ops_bytes": sum(nb for v in ops.values() for _, nb in v) / b,
     }
     fails = []
     for r in rows:

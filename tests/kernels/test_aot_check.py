@@ -27,3 +27,20 @@ def test_conv1_conv2_and_kl_compile_for_sm90() -> None:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
     assert "AOT-OK" in res.stdout, res.stderr[-4000:]
+
+
+def test_the_recorder_covers_every_launching_module() -> None:
+    """A kernels module launching through wrap_triton but missing from the recorder would run its kernels on the
+    meta tensors (or be left out of the static model) without anyone noticing."""
+    import importlib
+    import pkgutil
+
+    import soundnet_fast.kernels as pkg
+    from bench.aot_check import LAUNCHER_MODULES
+
+    launching = set()
+    for info in pkgutil.iter_modules(pkg.__path__):
+        mod = importlib.import_module(f"{pkg.__name__}.{info.name}")
+        if hasattr(mod, "wrap_triton"):
+            launching.add(mod.__name__)
+    assert launching == {m.__name__ for m in LAUNCHER_MODULES}

@@ -1,0 +1,80 @@
+"""The backward's BatchNorm sums of a pooling block from what its forward saved: one streaming pass, no recompute.
+
+BatchNorm's training backward needs, per channel, sum(gy) and sum(gy * zhat) over batch x time, where gy is the
+gradient at the BN output (after the pool's and ReLU's backward) and zhat the normalised conv output. Below a
+max-pool, gy is non-zero only at each window's first maximum, where it equals the pooled gradient; when the
+forward kept zmax (zhat there, ``_conv_fwd.keeps_zmax``) both sums are sums over the pooled outputs:
+sum(g [code >= 0]) and sum(g * zmax [code >= 0]). As torch ops that was seven kernels over fp32 temporaries of
+the pooled size (about 1.2 GB moved per step for SoundNet-8's conv1 at batch 64); here one pass reads grad_out,
+code and zmax once (5 bytes per pooled output in bf16).
+
+Symbols: N = batch, C = channels (C_OUT), TP = pooled length; a tile is BLOCK_C channels x BLOCK_T pooled
+positions of one clip; TB = tiles per clip along TP; NUM_TILES = N * TB tiles walked by P persistent programs
+(tile p, p + P, ...). Per-tile sums are fp32, the running sums fp64 (as ``_conv_bwd._bwd_reduce_kernel``).
+
+Files: ``_pooled_bn_sums_kernel`` (the kernel), ``pooled_bn_sums`` (its launcher) and
+``reference_pooled_bn_sums`` (the PyTorch reference the tests hold it to).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import wrap_triton
+
+from ._common import INTERPRET, clamp_pow2
+from ._conv_fwd import bn_sum_partials, persistent_grid, store_bn_sums
+
+# fmt: off
+# Hand-wrapped on purpose, as in _conv_fwd.py.
+
+
+@triton.jit
+def _pooled_bn_sums_kernel(go_ptr, code_ptr, zmax_ptr, sums_ptr, C_OUT, TP, TB, NUM_TILES, P, sgn, sgc, sgt,
+                           DETERMINISTIC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Per program: the tiles pid_p, pid_p + P, ... of channel block program_id(1); writes its sums with
+    ``store_bn_sums`` (a row of partials when DETERMINISTIC, else relaxed fp64 atomics).
+    go_ptr: (N, C_OUT, TP) grad_out, strides (sgn, sgc, sgt), 16-bit; code_ptr: (N, C_OUT, TP) contiguous int,
+    the window's first maximum or -1; zmax_ptr: (N, C_OUT, TP) contiguous, go's dtype; sums_ptr: (2, P or 1,
+    C_OUT) fp64."""
+    pid_p = tl.program_id(0)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < C_OUT
+    s_gy = tl.zeros((BLOCK_C,), dtype=tl.float64)
+    s_gyz = tl.zeros((BLOCK_C,), dtype=tl.float64)
+    for tile in range(pid_p, NUM_TILES, P):
+        n = tile // TB
+        t = (tile % TB) * BLOCK_T + tl.arange(0, BLOCK_T)
+        ok = c_ok[:, None] & (t < TP)[None, :]
+        off = (n * C_OUT + c[:, None]).to(tl.int64) * TP + t[None, :]
+        code = tl.load(code_ptr + off, mask=ok, other=-1)
+        g = tl.load(go_ptr + n.to(tl.int64) * sgn + c[:, None] * sgc + t[None, :] * sgt, mask=ok, other=0.0)
+        g = tl.where(code >= 0, g.to(tl.float32), 0.0)  # masked, not multiplied: an inf gradient at a 0 stays out
+        z = tl.load(zmax_ptr + off, mask=ok, other=0.0).to(tl.float32)
+        s_gy += tl.sum(g, axis=1).to(tl.float64)
+        s_gyz += tl.sum(g * z, axis=1).to(tl.float64)
+    store_bn_sums(sums_ptr, s_gy, s_gyz, pid_p, c, C_OUT, P, DETERMINISTIC)
+
+
+def pooled_bn_sums(grad_out: torch.Tensor, code: torch.Tensor, zmax: torch.Tensor,
+                   deterministic: bool) -> torch.Tensor:
+    """(2, C) fp32 sum(gy) and sum(gy * zhat) of a pooling block from grad_out, code and zmax, each (N, C, TP)
+    (code and zmax contiguous, as the forward made them; grad_out any strides): one launch, then a fixed-order
+    sum of the per-program fp64 partials when ``deterministic``, else relaxed fp64 atomics."""
+    N, C, TP = code.shape
+    bc = clamp_pow2(C, 1, 16)
+    bt = clamp_pow2(TP, 16, 32 if INTERPRET else 256)
+    tb = triton.cdiv(TP, bt)
+    tiles, P = persistent_grid(N * tb, 1)
+    part = bn_sum_partials(P, C, deterministic, grad_out.device)
+    wrap_triton(_pooled_bn_sums_kernel)[(P, triton.cdiv(C, bc))](
+        grad_out, code, zmax, part, C, TP, tb, tiles, P, *grad_out.stride(), DETERMINISTIC=deterministic,
+        BLOCK_C=bc, BLOCK_T=bt, num_warps=4)
+    return part.sum(dim=1).float()
+
+
+def reference_pooled_bn_sums(grad_out: torch.Tensor, code: torch.Tensor, zmax: torch.Tensor) -> torch.Tensor:
+    """``pooled_bn_sums`` as torch reductions, accumulated in fp64."""
+    gy = torch.where(code >= 0, grad_out.double(), 0.0)
+    return torch.stack([gy.sum(dim=(0, 2)), (gy * zmax.double()).sum(dim=(0, 2))]).float()

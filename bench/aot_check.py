@@ -200,10 +200,11 @@ def train_step_launches(
             )  # mean, var, num_batches_tracked
             res: dict[str, Any] = {}
 
-            def fwd(x=x, w2d=w2d, b=b, g=g, k=k, s=s, p=p, t=t, pool=pool, res=res, running=running):
-                stats = _conv_paths.conv_moments(x, w2d, b, k, s, p, t, 1e-5)
+            def fwd(x=x, w2d=w2d, b=b, g=g, k=k, s=s, p=p, t=t, pool=pool, res=res, running=running, c_out=c_out):
+                xp = _conv_paths.forward_input(x, c_out, k, s, p, t, pool)  # as the op: one copy for both passes
+                stats = _conv_paths.conv_moments(x, w2d, b, k, s, p, t, 1e-5, xp)
                 res["out"], res["code"], res["zmax"] = _conv_paths.conv_bn_relu_pool(
-                    x, w2d, b, g, g, stats, k, s, p, t, pool
+                    x, w2d, b, g, g, stats, k, s, p, t, pool, xp
                 )
                 res["stats"] = stats
                 bn_running.update_running_stats(*running, stats, 0.1)

@@ -333,6 +333,24 @@ def padded_waveform(x: torch.Tensor, pad: int, lp: int) -> torch.Tensor:
     return F.pad(x[:, 0], (pad, lp - pad - x.shape[-1])).contiguous()  # a bare clone keeps x's strides
 
 
+def _waveform(x: torch.Tensor, xp: torch.Tensor | None, pad: int, lp: int) -> tuple[torch.Tensor, int]:
+    """(the padded copy, its LP): ``xp`` when the caller made one long enough (``band_input``), else a new one."""
+    if xp is None:
+        return padded_waveform(x, pad, lp), lp
+    assert xp.shape == (x.shape[0], xp.shape[1]) and xp.shape[1] >= lp and xp.is_contiguous(), "band_input's copy"
+    return xp, xp.shape[1]
+
+
+def band_input(x: torch.Tensor, c_out: int, k: int, stride: int, padding: int, T: int, pool: int) -> torch.Tensor:
+    """The padded waveform both banded forward passes (statistics, pool) can read: LP covers both plans' rows,
+    a longer pitch only adds zeros. Made once per forward by ``_conv_paths.forward_input``."""
+    stats = band_plan(1, c_out, k, stride, stats_group(c_out))
+    epi = epilogue_plan(1, c_out, k, stride, pool)
+    lp = max(_layout(x, stats, stride, padding, T, triton.cdiv(T, stats["POOL"])),
+             _layout(x, epi, stride, padding, T, T // pool))
+    return padded_waveform(x, padding, lp)
+
+
 def _block_q(rows: int) -> int:
     return clamp_pow2(rows, 16, 128) if INTERPRET else BLOCK_Q_GPU
 
@@ -343,16 +361,15 @@ def _flags(plan: dict, x: torch.Tensor, k: int, stride: int, bias: torch.Tensor 
 
 
 def band_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, k: int, stride: int,
-                 padding: int, T: int, eps: float | None = None) -> torch.Tensor:
+                 padding: int, T: int, eps: float | None = None, xp: torch.Tensor | None = None) -> torch.Tensor:
     """(3, C_out) fp32 count, mean, M2 of the conv output per channel, or with ``eps`` the (4, C_out) stats rows
-    (as ``_conv_paths.conv_moments``), for a block
-    ``band_plan`` accepts with any pool: rows of ``stats_group`` positions."""
+    (as ``_conv_paths.conv_moments``), for a block ``band_plan`` accepts with any pool: rows of ``stats_group``
+    positions. ``xp``: ``band_input``'s copy, or None to make one."""
     N = x.shape[0]
     C = w2d.shape[0]
     plan = band_plan(1, C, k, stride, stats_group(C))
     tq = triton.cdiv(T, plan["POOL"])
-    lp = _layout(x, plan, stride, padding, T, tq)
-    xp = padded_waveform(x, padding, lp)
+    xp, lp = _waveform(x, xp, padding, _layout(x, plan, stride, padding, T, tq))
     bq = _block_q(N * tq)
     tiles, P = persistent_grid(N * tq, bq)
     part = torch.empty((3, C, P), device=x.device, dtype=torch.float32)
@@ -364,15 +381,14 @@ def band_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
 
 def band_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor,
                       beta: torch.Tensor, stats: torch.Tensor, k: int, stride: int, padding: int, T: int,
-                      pool: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      pool: int, xp: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pass 2 (as ``_conv_paths.conv_bn_relu_pool``): pooled output (N, C_out, T // pool) in x.dtype, codes,
-    zmax."""
+    zmax. ``xp``: ``band_input``'s copy, or None to make one."""
     N = x.shape[0]
     C = w2d.shape[0]
     plan = epilogue_plan(1, C, k, stride, pool)
     TP = T // pool
-    lp = _layout(x, plan, stride, padding, T, TP)
-    xp = padded_waveform(x, padding, lp)
+    xp, lp = _waveform(x, xp, padding, _layout(x, plan, stride, padding, T, TP))
     bq = _block_q(N * TP)
     tiles, P = persistent_grid(N * TP, bq)
     out = torch.empty((N, C, TP), device=x.device, dtype=x.dtype)

@@ -18,10 +18,18 @@ from dataclasses import dataclass
 
 import torch
 
-from ._conv_banded import band_backward, band_bn_relu_pool, band_moments, band_plan, epilogue_plan, stats_group
+from ._conv_banded import (
+    band_backward,
+    band_bn_relu_pool,
+    band_input,
+    band_moments,
+    band_plan,
+    epilogue_plan,
+    stats_group,
+)
 from ._conv_bwd import generic_backward
 from ._conv_fwd import generic_bn_relu_pool, generic_moments
-from ._conv_rows import rows_backward, rows_bn_relu_pool, rows_moments, rows_plan
+from ._conv_rows import rows_backward, rows_bn_relu_pool, rows_input, rows_moments, rows_plan
 
 # fmt: off
 # Hand-wrapped on purpose, as in _conv_fwd.py.
@@ -51,25 +59,44 @@ def block_paths(c_in: int, c_out: int, k: int, stride: int, pool: int | None, dt
                  backward="banded" if (epilogue and not input_grad) else pooled)  # fmt: skip
 
 
+def forward_input(x: torch.Tensor, c_out: int, K: int, stride: int, padding: int, T: int,
+                  pool: int | None) -> torch.Tensor | None:
+    """The padded copy of x both forward passes of a block read when they run the same family (banded: the
+    waveform padded, rows: channels-last), made once per forward and handed to ``conv_moments`` and
+    ``conv_bn_relu_pool``; None when they do not share one (each pass then makes what it needs)."""
+    paths = block_paths(x.shape[1], c_out, K, stride, pool, x.dtype)
+    if paths.stats == paths.pool == "banded":
+        return band_input(x, c_out, K, stride, padding, T, pool)
+    if paths.stats == paths.pool == "rows":
+        return rows_input(x, padding, T, K, stride)
+    return None
+
+
 def conv_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, K: int, stride: int,
-                 padding: int, T: int, eps: float | None = None) -> torch.Tensor:
+                 padding: int, T: int, eps: float | None = None, xp: torch.Tensor | None = None) -> torch.Tensor:
     """Training's pass 1 over batch x time: (3, C_out) fp32 count, mean and M2 of the conv output per channel, or
     given BN's ``eps`` the (4, C_out) fp32 stats rows mean, invstd, unbiased variance, count, finalised by the
-    merge kernel (``_conv_fwd.merge_stats``). x (N, C_in, L); w2d (C_out, C_in * K) in x.dtype."""
+    merge kernel (``_conv_fwd.merge_stats``). x (N, C_in, L); w2d (C_out, C_in * K) in x.dtype; ``xp``:
+    ``forward_input``'s copy (with the same pool as the pass 2 it serves) or None."""
     path = block_paths(x.shape[1], w2d.shape[0], K, stride, None, x.dtype).stats
-    fn = {"banded": band_moments, "rows": rows_moments, "generic": generic_moments}[path]
-    return fn(x, w2d, bias, K, stride, padding, T, eps)
+    if path == "generic":
+        return generic_moments(x, w2d, bias, K, stride, padding, T, eps)
+    fn = band_moments if path == "banded" else rows_moments
+    return fn(x, w2d, bias, K, stride, padding, T, eps, xp)
 
 
 def conv_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor,
                       beta: torch.Tensor, stats: torch.Tensor, K: int, stride: int, padding: int, T: int,
-                      pool: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      pool: int | None, xp: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                 torch.Tensor]:
     """Pass 2: (pooled output (N, C_out, T // pool) in x.dtype, window codes, zmax: zhat at each window's
     maximum in x.dtype when ``_conv_fwd.keeps_zmax``; without a pool the codes and zmax are empty). stats:
-    (4, C_out) fp32 rows mean, invstd, unbiased variance, count."""
+    (4, C_out) fp32 rows mean, invstd, unbiased variance, count; ``xp``: ``forward_input``'s copy or None."""
     path = block_paths(x.shape[1], w2d.shape[0], K, stride, pool, x.dtype).pool
-    fn = {"banded": band_bn_relu_pool, "rows": rows_bn_relu_pool, "generic": generic_bn_relu_pool}[path]
-    return fn(x, w2d, bias, gamma, beta, stats, K, stride, padding, T, pool)
+    if path == "generic":
+        return generic_bn_relu_pool(x, w2d, bias, gamma, beta, stats, K, stride, padding, T, pool)
+    fn = band_bn_relu_pool if path == "banded" else rows_bn_relu_pool
+    return fn(x, w2d, bias, gamma, beta, stats, K, stride, padding, T, pool, xp)
 
 
 def conv_bn_relu_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None,

@@ -331,14 +331,25 @@ def _dx_weight(w2d: torch.Tensor, c_in: int, k: int, stride: int) -> torch.Tenso
     return wd.reshape(stride, j * c_out, c_in).contiguous()
 
 
-def channels_last(x: torch.Tensor, pad: int, T: int, k: int, stride: int) -> tuple[torch.Tensor, int]:
+def channels_last(x: torch.Tensor, pad: int, T: int, k: int, stride: int,
+                  xc: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """(xc, LPC): x (N, C_in, L) as a zero-padded channels-last copy (N, LP, C_in), xc[n, pad + i] = x[n, :, i]
-    (one F.pad), LP a multiple of 16 covering the windows of the first T positions' rows; LPC = LP * C_in."""
+    (one F.pad), LP a multiple of 16 covering the windows of the first T positions' rows; LPC = LP * C_in.
+    Given ``xc`` (a copy the caller made with the same arguments, ``_conv_paths.forward_input``), only LPC."""
     N, C, L = x.shape
     lp = -(-max(pad + L, (T - 1) * stride + k) // 16) * 16
+    if xc is not None:
+        assert xc.shape == (N, lp, C) and xc.is_contiguous(), "forward_input's copy"
+        return xc, lp * C
     # contiguous(): with nothing to pad F.pad returns a clone, which keeps the transposed strides
     xc = F.pad(x.transpose(1, 2), (0, 0, pad, lp - pad - L)).contiguous()
     return xc, lp * C
+
+
+def rows_input(x: torch.Tensor, pad: int, T: int, k: int, stride: int) -> torch.Tensor:
+    """The channels-last copy both row forward passes (statistics, pool) read, made once per forward by
+    ``_conv_paths.forward_input``."""
+    return channels_last(x, pad, T, k, stride)[0]
 
 
 def _reorder(w2d: torch.Tensor, c_in: int, k: int) -> torch.Tensor:
@@ -352,13 +363,13 @@ def _window_block(pp: int) -> int:
 
 
 def rows_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, k: int, stride: int, padding: int,
-                 T: int, eps: float | None = None) -> torch.Tensor:
+                 T: int, eps: float | None = None, xc: torch.Tensor | None = None) -> torch.Tensor:
     """(3, C_out) fp32 count, mean, M2 per channel, or with ``eps`` the (4, C_out) stats rows (as
-    ``_conv_paths.conv_moments``)."""
+    ``_conv_paths.conv_moments``). ``xc``: the ``channels_last`` copy, or None to make one."""
     N, C_in, _ = x.shape
     C = w2d.shape[0]
     plan = rows_plan(C_in, C, k, stride, x.dtype)
-    xc, lpc = channels_last(x, padding, T, k, stride)
+    xc, lpc = channels_last(x, padding, T, k, stride, xc)
     M = N * T
     bm = clamp_pow2(M, 16, 128) if INTERPRET else ROWS_GPU
     tiles, P = persistent_grid(M, bm)
@@ -379,13 +390,13 @@ def _window_flags(x: torch.Tensor, bias, plan: dict, stride: int, pool: int) -> 
 
 def rows_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor,
                       beta: torch.Tensor, stats: torch.Tensor, k: int, stride: int, padding: int, T: int,
-                      pool: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      pool: int, xc: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pass 2 (as ``_conv_paths.conv_bn_relu_pool``) for a pooling block: (N, C_out, T // pool) in x.dtype,
-    the window codes (``code_dtype``), zmax (empty unless ``keeps_zmax``)."""
+    the window codes (``code_dtype``), zmax (empty unless ``keeps_zmax``). ``xc`` as in ``rows_moments``."""
     N, C_in, _ = x.shape
     C = w2d.shape[0]
     plan = rows_plan(C_in, C, k, stride, x.dtype)
-    xc, lpc = channels_last(x, padding, T, k, stride)
+    xc, lpc = channels_last(x, padding, T, k, stride, xc)
     TP = T // pool
     flags = _window_flags(x, bias, plan, stride, pool)
     tiles, P = persistent_grid(N * TP, flags["BLOCK_Q"])

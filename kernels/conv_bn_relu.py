@@ -20,7 +20,7 @@ from torch.library import triton_op
 
 from ._common import INTERPRET, no_autocast, use_triton
 from ._conv_fwd import code_dtype, keeps_zmax
-from ._conv_paths import conv_bn_relu_backward, conv_bn_relu_pool, conv_moments
+from ._conv_paths import conv_bn_relu_backward, conv_bn_relu_pool, conv_moments, forward_input
 from .bn_running import reference_update_running_stats, update_running_stats
 
 # fmt: off
@@ -201,14 +201,16 @@ def _fwd_op(x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight: Tensor, b
     c_out, c_in, k = weight.shape
     w2d = weight.reshape(c_out, c_in * k).contiguous()
     t = _out_len(x.shape[-1], k, stride, padding)
+    xp = forward_input(x, c_out, k, stride, padding, t, pool)  # the padded copy both passes read, made once
     if training:
         if group:  # per-rank moments, merged across ranks, then finalised
-            stats = finalize_stats(_sync_moments(conv_moments(x, w2d, bias, k, stride, padding, t), group), eps)
+            moments = conv_moments(x, w2d, bias, k, stride, padding, t, None, xp)
+            stats = finalize_stats(_sync_moments(moments, group), eps)
         else:
-            stats = conv_moments(x, w2d, bias, k, stride, padding, t, eps)
+            stats = conv_moments(x, w2d, bias, k, stride, padding, t, eps, xp)
     else:
         stats = eval_stats(running_mean, running_var, eps)
-    out, code, zmax = conv_bn_relu_pool(x, w2d, bias, bn_weight, bn_bias, stats, k, stride, padding, t, pool)
+    out, code, zmax = conv_bn_relu_pool(x, w2d, bias, bn_weight, bn_bias, stats, k, stride, padding, t, pool, xp)
     return out, code, zmax, stats
 
 

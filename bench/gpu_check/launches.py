@@ -101,9 +101,10 @@ def bf16_training_launches(batch: int, samples: int) -> list[dict[str, Any]]:
             torch.empty((), dtype=torch.int64, device="meta"),
         )  # mean, var, num_batches_tracked
         with aot_check.record_launches("tf32") as rec:  # bf16 operands: the recorder passes "ieee"
-            stats = _conv_paths.conv_moments(x, w2d, b, k, s, p, t, 1e-5)
+            xp = _conv_paths.forward_input(x, c_out, k, s, p, t, pool)  # as the op: one copy for both passes
+            stats = _conv_paths.conv_moments(x, w2d, b, k, s, p, t, 1e-5, xp)
             bn_running.update_running_stats(*running, stats, 0.1)
-            y, code, zmax = _conv_paths.conv_bn_relu_pool(x, w2d, b, g, g, stats, k, s, p, t, pool)
+            y, code, zmax = _conv_paths.conv_bn_relu_pool(x, w2d, b, g, g, stats, k, s, p, t, pool, xp)
         take(rec, spec.name, "forward")
         go = torch.empty(y.shape, dtype=bf16, device="meta")
         with aot_check.record_launches("tf32") as rec:

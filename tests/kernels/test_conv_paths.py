@@ -56,3 +56,28 @@ def test_merge_kernel_finalises_like_finalize_stats(c_in: int, c_out: int, k: in
     torch.testing.assert_close(stats[2], z.var((0, 2)), rtol=1e-4, atol=1e-4)  # unbiased
     torch.testing.assert_close(stats[1], (z.var((0, 2), unbiased=False) + 1e-3).rsqrt(), rtol=1e-4, atol=1e-4)
     assert stats[3].eq(2 * t).all()
+
+
+@pytest.mark.skipif(not INTERPRET, reason="needs TRITON_INTERPRET=1 (the kernels on CPU tensors)")
+@pytest.mark.parametrize(("c_in", "c_out", "k", "s", "p", "pool"),
+                         [(1, 16, 64, 2, 32, 8), (16, 32, 32, 2, 16, 8), (32, 64, 16, 2, 8, None)])  # fmt: skip
+def test_a_training_forward_pads_its_input_once(c_in, c_out, k, s, p, pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The banded and row passes of one forward share forward_input's copy (the no-pool row block: only its
+    statistics pass reads one). Counted as calls of F.pad, which makes every such copy."""
+    import torch.nn.functional as F
+
+    from soundnet_fast.kernels import conv1d_bn_relu
+
+    calls = []
+    real = F.pad
+    monkeypatch.setattr(F, "pad", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    x = torch.randn(2, c_in, 400)
+    w = torch.randn(c_out, c_in, k) / (c_in * k) ** 0.5
+    ones, zeros = torch.ones(c_out), torch.zeros(c_out)
+    out = conv1d_bn_relu(x, w, None, ones, zeros, zeros.clone(), ones.clone(), stride=s, padding=p, training=True,
+                         pool=pool)  # fmt: skip
+    assert len(calls) == 1
+    monkeypatch.undo()
+    ref = F.batch_norm(F.conv1d(x, w, None, s, p), None, None, ones, zeros, True)
+    ref = F.max_pool1d(torch.relu(ref), pool, pool) if pool else torch.relu(ref)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)

@@ -6,7 +6,7 @@ Three kernel families, chosen per phase by shape rules, never by layer names:
   shape, the pool and backward when ``epilogue_plan`` does (the backward only when the input needs no gradient:
   it computes no dx);
 - rows (``_conv_rows.py``): several input channels whose im2col rows are aligned runs of a channels-last copy
-  (``rows_plan``); statistics always, the pool and backward when the block pools;
+  (``rows_plan``); every phase, pooling or not (without a pool, windows of one position);
 - generic (``_conv_fwd.py`` / ``_conv_bwd.py``): the implicit GEMM of any shape, for the rest.
 
 The launchers here are what the op (``conv_bn_relu.py``), ``bench/aot_check.py`` and ``bench/gpu_check`` call.
@@ -54,7 +54,7 @@ def block_paths(c_in: int, c_out: int, k: int, stride: int, pool: int | None, dt
         stats = "banded"
     else:
         stats = "rows" if rows else "generic"
-    pooled = "rows" if (rows and pool is not None) else "generic"
+    pooled = "rows" if rows else "generic"
     return Paths(stats=stats, pool="banded" if epilogue else pooled,
                  backward="banded" if (epilogue and not input_grad) else pooled)  # fmt: skip
 

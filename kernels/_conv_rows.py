@@ -9,10 +9,11 @@ overlapping rows (no gathers, no masks, no per-element index arithmetic; rows pa
 masked), positions on the MMA's M axis and output channels on its N axis (wgmma m64nC_out on Hopper).
 
 The pool and the backward's sums walk rows window by window (row = (q, u), u the slot in pooled output q's
-window), so a window's slots sit in one tile and are reduced in registers; the conv-output gradient gz is
-written (M, C_out), channel-minor, for the weight gradient (A^T gz, the same contiguous rows) and dx, itself a
-row GEMM per phase (``_rows_dx_kernel``; where its rows do not align, ``_conv_bwd._dx_kernel`` reads gz through
-strides). With 16-bit inputs the BN sums come from the pool kernel's zmax (``_conv_fwd.keeps_zmax``).
+window), so a window's slots sit in one tile and are reduced in registers (a block without a pool: windows of
+one position, HAS_POOL False, its output saved by the op as ReLU's mask in place of the codes); the
+conv-output gradient gz is written (M, C_out), channel-minor, for the weight gradient (A^T gz, the same
+contiguous rows) and dx, itself a row GEMM per phase (``_rows_dx_kernel``; where its rows do not align,
+``_conv_bwd._dx_kernel`` reads gz through strides). With 16-bit inputs the BN sums come from the pool kernel's zmax (``_conv_fwd.keeps_zmax``).
 
 Symbols (beyond ``_conv_fwd.py``'s): xc, LPC = LP * C_in (a clip's padded length times its channels, a
 multiple of 16); STEP = stride * C_in; R = K * C_in; wr, the reordered weight (C_OUT, R); m, a position row
@@ -113,12 +114,12 @@ def _rows_stats_kernel(xc_ptr, wr_ptr, b_ptr, part_ptr, C_OUT, T, M, LPC, R, NUM
 @triton.jit
 def _rows_bn_relu_pool_kernel(xc_ptr, wr_ptr, b_ptr, g_ptr, beta_ptr, stats_ptr, out_ptr, code_ptr, zmax_ptr, C_OUT, TP,
                               Q, LPC, R, NUM_TILES, P, HAS_BIAS: tl.constexpr, STEP: tl.constexpr,
-                              POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.constexpr,
+                              HAS_POOL: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.constexpr,
                               BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr, STORE_ZMAX: tl.constexpr,
                               INTERP: tl.constexpr, PRECISION: tl.constexpr):
     """Pooled output out (N, C_OUT, TP) of BN (stats rows mean, invstd), ReLU and max over each window, code =
     the window's first maximum, -1 where ReLU gave 0, and when STORE_ZMAX zmax = zhat there (as
-    ``_conv_bn_relu_pool_kernel``)."""
+    ``_conv_bn_relu_pool_kernel``). Without HAS_POOL (POOL = PP = 1, TP = T): the ReLU output only, no code."""
     co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
     c_ok = co < C_OUT
     bias = _load_bias(b_ptr, co, C_OUT, HAS_BIAS, BLOCK_CO)
@@ -133,24 +134,31 @@ def _rows_bn_relu_pool_kernel(xc_ptr, wr_ptr, b_ptr, g_ptr, beta_ptr, stats_ptr,
         z = _row_tile(xc_ptr, wr_ptr, base, co, C_OUT, R, BLOCK_CO, BLOCK_R, INTERP, PRECISION)
         zh = z * invstd[None, :] + zshift[None, :]
         y = tl.maximum(zh * gamma[None, :] + shift[None, :], 0.0)
-        y = tl.reshape(tl.where((u < POOL)[:, None], y, -1.0), (BLOCK_Q, PP, BLOCK_CO))  # -1: padded slots
-        o, code, zmax = pool_select(y, tl.reshape(zh, (BLOCK_Q, PP, BLOCK_CO)), slot, PP, 1)
+        if HAS_POOL:
+            y = tl.reshape(tl.where((u < POOL)[:, None], y, -1.0), (BLOCK_Q, PP, BLOCK_CO))  # -1: padded slots
+            o, code, zmax = pool_select(y, tl.reshape(zh, (BLOCK_Q, PP, BLOCK_CO)), slot, PP, 1)
+        else:
+            o = y
         g = tile * BLOCK_Q + tl.arange(0, BLOCK_Q)
         gc = tl.minimum(g, Q - 1)
         off = ((gc // TP).to(tl.int64) * C_OUT * TP + gc % TP)[:, None] + co[None, :] * TP
         smask = (g < Q)[:, None] & c_ok[None, :]
         tl.store(out_ptr + off, cast_out(o, out_ptr.dtype.element_ty, INTERP), mask=smask)
-        tl.store(code_ptr + off, code.to(code_ptr.dtype.element_ty), mask=smask)
-        if STORE_ZMAX:
-            tl.store(zmax_ptr + off, cast_out(zmax, zmax_ptr.dtype.element_ty, INTERP), mask=smask)
+        if HAS_POOL:
+            tl.store(code_ptr + off, code.to(code_ptr.dtype.element_ty), mask=smask)
+            if STORE_ZMAX:
+                tl.store(zmax_ptr + off, cast_out(zmax, zmax_ptr.dtype.element_ty, INTERP), mask=smask)
 
 
 @triton.jit
 def _rows_grad(xc_ptr, wr_ptr, bias, stats_ptr, go_ptr, code_ptr, tile, co, C_OUT, T, TP, TR, ROWS, LPC, R,
-               sgn, sgc, sgl, STEP: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.constexpr,
-               BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
+               sgn, sgc, sgl, STEP: tl.constexpr, HAS_POOL: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr,
+               BLOCK_Q: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr, INTERP: tl.constexpr,
+               PRECISION: tl.constexpr):
     """(zhat, gy, valid, n, t) of a tile of windows: zhat, gy (BLOCK_Q * PP, BLOCK_CO) fp32; valid: the row is
-    a position < T of a window in range; gy, the pooled gradient routed to the recorded slot (0 past TP)."""
+    a position < T of a window in range; gy, the pooled gradient routed to the recorded slot (0 past TP).
+    code_ptr: (N, C_OUT, TP) the pool's codes, or without HAS_POOL the block's output (ReLU's mask: gy = the
+    gradient where the output is > 0)."""
     gq, u, n, t, ok = _window_rows(tile, TR, ROWS, POOL, PP, BLOCK_Q)
     c_ok = co < C_OUT
     valid = (ok & (t < T))[:, None] & c_ok[None, :]
@@ -162,16 +170,20 @@ def _rows_grad(xc_ptr, wr_ptr, bias, stats_ptr, go_ptr, code_ptr, tile, co, C_OU
     q = gq % TR
     hit = valid & (q < TP)[:, None]
     n64 = n.to(tl.int64)
-    code = tl.load(code_ptr + (n64 * C_OUT * TP + q)[:, None] + co[None, :] * TP, mask=hit, other=-1)
     go = tl.load(go_ptr + (n64 * sgn + q * sgl)[:, None] + co[None, :] * sgc, mask=hit, other=0.0)
-    gy = tl.where(code.to(tl.int32) == u[:, None], go.to(tl.float32), 0.0)
+    if HAS_POOL:
+        code = tl.load(code_ptr + (n64 * C_OUT * TP + q)[:, None] + co[None, :] * TP, mask=hit, other=-1)
+        gy = tl.where(code.to(tl.int32) == u[:, None], go.to(tl.float32), 0.0)
+    else:
+        out = tl.load(code_ptr + (n64 * C_OUT * TP + q)[:, None] + co[None, :] * TP, mask=hit, other=0.0)
+        gy = tl.where(out > 0, go.to(tl.float32), 0.0)  # masked, not multiplied (an inf gradient at a 0)
     return zhat, gy, valid, n, t
 
 
 @triton.jit
 def _rows_bwd_reduce_kernel(xc_ptr, wr_ptr, b_ptr, stats_ptr, go_ptr, code_ptr, sums_ptr, C_OUT, T, TP, Q, LPC, R,
                             NUM_TILES, P, sgn, sgc, sgl, HAS_BIAS: tl.constexpr, STEP: tl.constexpr,
-                            POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.constexpr,
+                            HAS_POOL: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.constexpr,
                             BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr, DETERMINISTIC: tl.constexpr,
                             INTERP: tl.constexpr, PRECISION: tl.constexpr):
     """sum(gy) and sum(gy * zhat) per channel over the rows of whole windows (gy is 0 elsewhere), as
@@ -183,8 +195,8 @@ def _rows_bwd_reduce_kernel(xc_ptr, wr_ptr, b_ptr, stats_ptr, go_ptr, code_ptr, 
     s_gyz = tl.zeros((BLOCK_CO,), dtype=tl.float32)
     for tile in range(pid_p, NUM_TILES, P):
         zhat, gy, valid, n, t = _rows_grad(xc_ptr, wr_ptr, bias, stats_ptr, go_ptr, code_ptr, tile, co, C_OUT, T,
-                                           TP, TP, Q, LPC, R, sgn, sgc, sgl, STEP, POOL, PP, BLOCK_Q, BLOCK_CO,
-                                           BLOCK_R, INTERP, PRECISION)
+                                           TP, TP, Q, LPC, R, sgn, sgc, sgl, STEP, HAS_POOL, POOL, PP, BLOCK_Q,
+                                           BLOCK_CO, BLOCK_R, INTERP, PRECISION)
         s_gy += tl.sum(gy, axis=0)
         s_gyz += tl.sum(gy * zhat, axis=0)
     store_bn_sums(sums_ptr, s_gy, s_gyz, pid_p, co, C_OUT, P, DETERMINISTIC)
@@ -195,7 +207,8 @@ def _rows_bwd_reduce_kernel(xc_ptr, wr_ptr, b_ptr, stats_ptr, go_ptr, code_ptr, 
 @triton.jit
 def _rows_gz_kernel(xc_ptr, wr_ptr, b_ptr, stats_ptr, g_ptr, go_ptr, code_ptr, sums_ptr, gz_ptr, C_OUT, T, TP, TQ,
                     ROWS, LPC, R, NUM_TILES, P, sgn, sgc, sgl, SGZ, HAS_BIAS: tl.constexpr, STEP: tl.constexpr,
-                    POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_CO: tl.constexpr,
+                    HAS_POOL: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.constexpr,
+                    BLOCK_CO: tl.constexpr,
                     BLOCK_R: tl.constexpr, TRAINING: tl.constexpr, INTERP: tl.constexpr,
                     PRECISION: tl.constexpr):
     """gz[n, t, co] at gz_ptr + n * SGZ + t * C_OUT + co in gz's dtype (channel-minor; SGZ = T * C_OUT, or more
@@ -214,8 +227,8 @@ def _rows_gz_kernel(xc_ptr, wr_ptr, b_ptr, stats_ptr, g_ptr, go_ptr, code_ptr, s
         mean_gyz = tl.load(sums_ptr + C_OUT + co, mask=c_ok, other=0.0) / count
     for tile in range(tl.program_id(0), NUM_TILES, P):
         zhat, gy, valid, n, t = _rows_grad(xc_ptr, wr_ptr, bias, stats_ptr, go_ptr, code_ptr, tile, co, C_OUT, T,
-                                           TP, TQ, ROWS, LPC, R, sgn, sgc, sgl, STEP, POOL, PP, BLOCK_Q, BLOCK_CO,
-                                           BLOCK_R, INTERP, PRECISION)
+                                           TP, TQ, ROWS, LPC, R, sgn, sgc, sgl, STEP, HAS_POOL, POOL, PP, BLOCK_Q,
+                                           BLOCK_CO, BLOCK_R, INTERP, PRECISION)
         gz = scale[None, :] * (gy - mean_gy[None, :] - zhat * mean_gyz[None, :])
         off = (n.to(tl.int64) * SGZ + t * C_OUT)[:, None] + co[None, :]
         tl.store(gz_ptr + off, cast_out(gz, gz_ptr.dtype.element_ty, INTERP), mask=valid)
@@ -382,26 +395,31 @@ def rows_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
     return merge_stats(part, 0, 0, eps)
 
 
-def _window_flags(x: torch.Tensor, bias, plan: dict, stride: int, pool: int) -> dict:
-    pp = next_pow2(pool)
-    return dict(HAS_BIAS=bias is not None, STEP=stride * x.shape[1], POOL=pool, PP=pp, BLOCK_Q=_window_block(pp),
-                INTERP=INTERPRET, PRECISION=dot_precision(x), num_warps=4, num_stages=STAGES, **plan)
+def _window_flags(x: torch.Tensor, bias, plan: dict, stride: int, pool: int | None) -> dict:
+    """The window kernels' constexprs; no pool: windows of one position (POOL = PP = 1, HAS_POOL False)."""
+    pp = next_pow2(pool or 1)
+    return dict(HAS_BIAS=bias is not None, STEP=stride * x.shape[1], HAS_POOL=pool is not None, POOL=pool or 1,
+                PP=pp, BLOCK_Q=_window_block(pp), INTERP=INTERPRET, PRECISION=dot_precision(x), num_warps=4,
+                num_stages=STAGES, **plan)
 
 
 def rows_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor,
                       beta: torch.Tensor, stats: torch.Tensor, k: int, stride: int, padding: int, T: int,
-                      pool: int, xc: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pass 2 (as ``_conv_paths.conv_bn_relu_pool``) for a pooling block: (N, C_out, T // pool) in x.dtype,
-    the window codes (``code_dtype``), zmax (empty unless ``keeps_zmax``). ``xc`` as in ``rows_moments``."""
+                      pool: int | None, xc: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                 torch.Tensor]:
+    """Pass 2 (as ``_conv_paths.conv_bn_relu_pool``): (N, C_out, T // pool) in x.dtype, the window codes
+    (``code_dtype``), zmax (empty unless ``keeps_zmax``); without a pool (N, C_out, T) and empty codes and zmax.
+    ``xc`` as in ``rows_moments``."""
     N, C_in, _ = x.shape
     C = w2d.shape[0]
     plan = rows_plan(C_in, C, k, stride, x.dtype)
     xc, lpc = channels_last(x, padding, T, k, stride, xc)
-    TP = T // pool
+    TP = T // (pool or 1)
     flags = _window_flags(x, bias, plan, stride, pool)
     tiles, P = persistent_grid(N * TP, flags["BLOCK_Q"])
     out = torch.empty((N, C, TP), device=x.device, dtype=x.dtype)
-    code = torch.empty((N, C, TP), device=x.device, dtype=code_dtype(pool))
+    shape = (N, C, TP) if pool is not None else (0,)
+    code = torch.empty(shape, device=x.device, dtype=code_dtype(pool or 1))
     zmax = torch.empty_like(out) if keeps_zmax(x, pool) else x.new_empty(0)
     b = bias if bias is not None else w2d
     wrap_triton(_rows_bn_relu_pool_kernel)[(P, triton.cdiv(C, plan["BLOCK_CO"]))](
@@ -413,19 +431,22 @@ def rows_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | N
 def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None,
                   gamma: torch.Tensor, stats: torch.Tensor, code: torch.Tensor, zmax: torch.Tensor, k: int,
                   stride: int, padding: int,
-                  T: int, pool: int, training: bool, deterministic: bool, input_grad: bool,
+                  T: int, pool: int | None, training: bool, deterministic: bool, input_grad: bool,
                   all_reduce=None) -> tuple[torch.Tensor | None, ...]:
-    """The backward of a pooling row-GEMM block (as ``_conv_paths.conv_bn_relu_backward``): (dx or None, dw2d
-    fp32, db fp32 or None, local sum(gy * zhat), local sum(gy)). The BN sums from the forward's zmax
-    (``pooled_bn_sums``) or, without it, a pass recomputing Z; then gz (N * T, C_out) in x.dtype (a pass
-    recomputing Z), then dW from the same contiguous rows and dx by ``_rows_dx_kernel`` (or
-    ``_conv_bwd.dx_from_gz`` where ``dx_rows_ok`` says no)."""
+    """The backward of a row-GEMM block (as ``_conv_paths.conv_bn_relu_backward``): (dx or None, dw2d fp32, db
+    fp32 or None, local sum(gy * zhat), local sum(gy)). The BN sums from the forward's zmax (``pooled_bn_sums``)
+    or, without it, a pass recomputing Z; then gz (N * T, C_out) in x.dtype (a pass recomputing Z), then dW from
+    the same contiguous rows and dx by ``_rows_dx_kernel`` (or ``_conv_bwd.dx_from_gz`` where ``dx_rows_ok``
+    says no). ``zmax``: what the forward saved beside the codes, zmax with a pool, the output (ReLU's mask)
+    without one."""
     N, C_in, L = x.shape
     C = w2d.shape[0]
     dev = x.device
     plan = rows_plan(C_in, C, k, stride, x.dtype)
-    TP, tq = T // pool, triton.cdiv(T, pool)
-    xc, lpc = channels_last(x, padding, tq * pool, k, stride)  # the gz kernel's last window runs past T
+    p = pool or 1
+    TP, tq = T // p, triton.cdiv(T, p)
+    xc, lpc = channels_last(x, padding, tq * p, k, stride)  # the gz kernel's last window runs past T
+    mask = code if pool is not None else zmax  # the codes, or without a pool the output (ReLU's mask)
     wr = _reorder(w2d, C_in, k)
     R = k * C_in
     plan = dict(plan, BLOCK_CO=min(plan["BLOCK_CO"], BWD_CO))
@@ -433,13 +454,13 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     b = bias if bias is not None else w2d
     grid_c = triton.cdiv(C, plan["BLOCK_CO"])
     go = grad_out.stride()
-    if zmax.numel():  # (2, C): sum(gy), sum(gy * zhat), from the forward's zmax
+    if pool is not None and zmax.numel():  # (2, C): sum(gy), sum(gy * zhat), from the forward's zmax
         local = pooled_bn_sums(grad_out, code, zmax, deterministic)
     else:  # ... or from a recompute (fp32: keeps_zmax)
         tiles, P = persistent_grid(N * TP, flags["BLOCK_Q"])
         part = bn_sum_partials(P, C, deterministic, dev)
         wrap_triton(_rows_bwd_reduce_kernel)[(P, grid_c)](
-            xc, wr, b, stats, grad_out, code, part, C, T, TP, N * TP, lpc, R, tiles, P, *go,
+            xc, wr, b, stats, grad_out, mask, part, C, T, TP, N * TP, lpc, R, tiles, P, *go,
             DETERMINISTIC=deterministic, **flags)
         local = part.sum(dim=1).float()  # a fixed-order reduction
     sums = all_reduce(local) if (training and all_reduce is not None) else local
@@ -457,7 +478,7 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
         gz, sgz = torch.empty((M, C), device=dev, dtype=x.dtype), T * C
     tiles, P = persistent_grid(N * tq, flags["BLOCK_Q"])
     wrap_triton(_rows_gz_kernel)[(P, grid_c)](
-        xc, wr, b, stats, gamma, grad_out, code, sums, gz, C, T, TP, tq, N * tq, lpc, R, tiles, P, *go, sgz,
+        xc, wr, b, stats, gamma, grad_out, mask, sums, gz, C, T, TP, tq, N * tq, lpc, R, tiles, P, *go, sgz,
         TRAINING=training, **flags)
     rw = plan["BLOCK_R"]
     bm = clamp_pow2(M, 16, 128) if INTERPRET else ROWS_GPU

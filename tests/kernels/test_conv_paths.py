@@ -14,11 +14,11 @@ from tests.helpers.kernels import SOUNDNET_LAYERS
 EXPECTED = {
     "conv1": Paths("banded", "banded", "banded"),
     "conv2": Paths("rows", "rows", "rows"),  # pools 8
-    "conv3": Paths("rows", "generic", "generic"),  # no pool: only the statistics are row GEMMs
-    "conv4": Paths("rows", "generic", "generic"),
+    "conv3": Paths("rows", "rows", "rows"),  # no pool: windows of one position
+    "conv4": Paths("rows", "rows", "rows"),
     "conv5": Paths("rows", "rows", "rows"),  # pools 4
-    "conv6": Paths("rows", "generic", "generic"),
-    "conv7": Paths("rows", "generic", "generic"),
+    "conv6": Paths("rows", "rows", "rows"),
+    "conv7": Paths("rows", "rows", "rows"),
 }
 
 

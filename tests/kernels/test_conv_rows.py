@@ -74,6 +74,10 @@ SHAPES = {
     # nothing to pad (p 0, the rows end at L = 64, a multiple of 16): F.pad returned a clone that kept the
     # transposed strides, and the kernels read it as channels-last (found by review; wrong by ~100 %)
     "pad0_length_multiple_of_16": (2, 8, 8, 2, 1, 0, 3, 64, True),
+    # no pool: windows of one position, the output as ReLU's mask (SoundNet's conv3, SampleCNN-, M5-style)
+    "conv3_no_pool": (2, *SOUNDNET_LAYERS["conv3"][:5], None, 130, True),
+    "samplecnn_k3_s1_no_pool": (2, 16, 24, 3, 1, 1, None, 50, True),
+    "m5_k3_no_pool_nobias": (3, 32, 40, 3, 1, 1, None, 45, False),
 }
 
 
@@ -88,8 +92,20 @@ def test_parity_fp32(name: str, training: bool) -> None:
     _check_fp32(case, ref, fused, training)
 
 
-def test_deterministic_is_bitwise_and_atomics_agree() -> None:
-    n, c_in, c_out, k, s, p, pool, length, bias = SHAPES["m5_k3_pool4_nobias"]
+def test_a_block_without_pool_runs_the_row_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """conv3 (no pool): every phase on the row kernels, the BN sums by a recompute (no zmax without a pool)."""
+    n, c_in, c_out, k, s, p, pool, length, bias = SHAPES["conv3_no_pool"]
+    case = make_case(n, c_in, c_out, k, length, seed=3, bias=bias)
+    ref = run_reference(case, None, stride=s, padding=p, training=True, pool=pool)
+    seen = _Launches(monkeypatch, rows)
+    fused = run_fused(case, ref[5], stride=s, padding=p, training=True, pool=pool)
+    assert seen.names == ROWS_FWD + ROWS_BWD + ["_rows_dx_kernel"]
+    _check_fp32(case, ref, fused, True)
+
+
+@pytest.mark.parametrize("name", ["m5_k3_pool4_nobias", "m5_k3_no_pool_nobias"])
+def test_deterministic_is_bitwise_and_atomics_agree(name: str) -> None:
+    n, c_in, c_out, k, s, p, pool, length, bias = SHAPES[name]
     case = make_case(n, c_in, c_out, k, length, seed=4, bias=bias)
     ref = run_reference(case, None, stride=s, padding=p, training=True, pool=pool)
     kw = dict(stride=s, padding=p, training=True, pool=pool)
@@ -99,8 +115,9 @@ def test_deterministic_is_bitwise_and_atomics_agree() -> None:
     _check_fp32(case, ref, runs[2], True)
 
 
-def test_non_contiguous_input_and_grad() -> None:
-    n, c_in, c_out, k, s, p, pool, length, bias = SHAPES["samplecnn_k3_s1_pool3"]
+@pytest.mark.parametrize("name", ["samplecnn_k3_s1_pool3", "samplecnn_k3_s1_no_pool"])
+def test_non_contiguous_input_and_grad(name: str) -> None:
+    n, c_in, c_out, k, s, p, pool, length, bias = SHAPES[name]
     case = make_case(n, c_in, c_out, k, length, seed=6, bias=bias)
     ref = run_reference(case, None, stride=s, padding=p, training=True, pool=pool)
     grad = ref[5].transpose(0, 2).contiguous().transpose(0, 2)
@@ -109,9 +126,10 @@ def test_non_contiguous_input_and_grad() -> None:
     _check_fp32(case, ref, fused, True)
 
 
+@pytest.mark.parametrize("layer", ["conv2", "conv3"])  # pools 8; no pool
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_bf16_conv2_within_twice_eager(training: bool) -> None:
-    c_in, c_out, k, s, p, pool = SOUNDNET_LAYERS["conv2"]
+def test_bf16_within_twice_eager(training: bool, layer: str) -> None:
+    c_in, c_out, k, s, p, pool = SOUNDNET_LAYERS[layer]
     case = make_case(2, c_in, c_out, k, 260, seed=9)
     for f in ("x", "w", "b", "g", "beta"):
         setattr(case, f, getattr(case, f).to(torch.bfloat16).double())
@@ -158,18 +176,20 @@ def test_no_row_reads_past_the_padded_input(monkeypatch: pytest.MonkeyPatch) -> 
     _check_fp32(case, ref, fused, True)
 
 
-def test_an_infinite_gradient_at_a_zero_output_stays_out_in_16_bit() -> None:
+@pytest.mark.parametrize("layer", ["conv2", "conv3"])  # pools 8 (zmax sums); no pool (recomputed sums)
+def test_an_infinite_gradient_at_a_zero_output_stays_out_in_16_bit(layer: str) -> None:
     """A gradient like 1 / out is inf where the output is 0; ReLU passes nothing there, so eager's gradients stay
-    finite, and so must the zmax sums (inf x 0 would make NaN of the whole channel; found by review)."""
-    c_in, c_out, k, s, p, pool = SOUNDNET_LAYERS["conv2"]
+    finite, and so must the fused ones (inf x 0 in the zmax sums made NaN of the whole channel; found by review).
+    Each takes 1 / its own output: a bf16 output 0 in one and tiny in the other would let a real inf through."""
+    c_in, c_out, k, s, p, pool = SOUNDNET_LAYERS[layer]
     case = make_case(2, c_in, c_out, k, 300, seed=12)
     for f in ("x", "w", "b", "g", "beta"):
         setattr(case, f, getattr(case, f).to(torch.bfloat16).double())
     kw = dict(stride=s, padding=p, training=True, pool=pool, dtype=torch.bfloat16)
     out = run_reference(case, None, **kw)[0]
     assert (out == 0).any()
-    grad = 1.0 / out.double()
-    eager = run_reference(case, grad, **kw)
-    fused = run_fused(case, grad, **kw)
+    eager = run_reference(case, 1.0 / out.double(), **kw)
+    fused_out = run_fused(case, torch.ones_like(out), **kw)[0]
+    fused = run_fused(case, 1.0 / fused_out.double(), **kw)
     for i in (0, 1, 3, 4):
         assert torch.isfinite(eager[1][i]).all() and torch.isfinite(fused[1][i]).all(), i

@@ -146,8 +146,8 @@ def test_kernels_section_puts_the_prediction_beside_each_launch(tmp_path: Path) 
     preds = []
     for la in launches:
         c = dict(la["constexprs"])
-        if la["layer"] == "conv3" and la["kernel"] == "_dx_kernel":
-            c["BLOCK_Q"] = 7  # not what is launched: no match
+        if la["layer"] == "conv3" and la["kernel"] == "_rows_dx_kernel":
+            c["BLOCK_M"] = 7  # not what is launched: no match
         preds.append({"layer": la["layer"], "phase": la["phase"], "kernel": la["kernel"], "constexprs": c,
                       "warp_instructions": 1e6, "predicted_us": {"H100": 12.5, "H200": 10.0}})  # fmt: skip
     fixture = tmp_path / "sass_report-triton3.6.0-2026-01-01.json"
@@ -160,5 +160,5 @@ def test_kernels_section_puts_the_prediction_beside_each_launch(tmp_path: Path) 
     rows = [r["row"] for r in _lines(out / f"{plan.index('kernels'):02d}-kernels.jsonl") if r["type"] == "row"]
     assert len(rows) == len(launches)
     unmatched = [(r["layer"], r["kernel"]) for r in rows if r["pred us (H200)"] != 10.0]
-    assert unmatched == [("conv3", "_dx_kernel")]
+    assert unmatched == [("conv3", "_rows_dx_kernel")]
     assert fixture.name in (out / "report.md").read_text()

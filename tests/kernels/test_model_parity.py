@@ -4,6 +4,8 @@ SoundNet-8 trunk at a short length and SoundNet-5 at its minimum length, batch 1
 
 from __future__ import annotations
 
+import statistics
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -44,14 +46,21 @@ def _errors(ref64, model) -> dict[str, float]:
 
 
 def _check(ref64, ref, fused, outs: list[torch.Tensor]) -> None:
-    """Fused fp32 is as close to float64 as eager fp32 is (at most twice its error, or 1e-5): a direct
-    fp32-vs-fp32 threshold would mostly measure BN's amplification of rounding in deep layers with a
-    handful of values per channel."""
+    """Fused fp32 is as close to float64 as eager fp32 is: the output within twice eager's error (or 1e-5); over
+    the parameters and buffers, the median ratio of fused to eager error at most 1.5 (a systematic loss of
+    precision) and no single one above 3x (or 1e-5). A direct fp32-vs-fp32 threshold would mostly measure BN's
+    amplification of rounding in deep layers with a handful of values per channel, and one parameter's maximum
+    error is itself noisy: over three seeds of the SoundNet-8 trunk test both the generic and the row kernels had
+    single parameters at 2-4x eager's error, with medians of 0.9-1.4."""
     out64, out_r, out_f = outs
     assert max_rel(out_f, out64) <= max(2 * max_rel(out_r, out64), 1e-5)
     errs_r, errs_f = _errors(ref64, ref), _errors(ref64, fused)
+    ratios = []
     for name, e in errs_f.items():
-        assert e <= max(2 * errs_r[name], 1e-5), (name, e, errs_r[name])
+        assert e <= max(3 * errs_r[name], 1e-5), (name, e, errs_r[name])
+        if max(e, errs_r[name]) > 1e-6:  # both at rounding level: no ratio
+            ratios.append(e / max(errs_r[name], 1e-12))
+    assert not ratios or statistics.median(ratios) <= 1.5, sorted(ratios)
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])

@@ -437,9 +437,10 @@ def band_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     wrap_triton(_band_gz_dw_kernel)[(P, grid_c)](
         xp, w2d, b, stats, gamma, grad_out, code, sums, dband, db_part, C, T, TP, tq, N * tq, lp, tiles, P,
         *grad_out.stride(), TRAINING=training, DETERMINISTIC=deterministic, **flags)
-    # fold: dw[c, kk] = sum_u dband[kk + stride * u, u, c]
-    u = torch.arange(pool, device=dev)
-    j = torch.arange(k, device=dev)[:, None] + stride * u[None, :]
-    dw = dband.sum(dim=0)[j, u[None, :].expand(k, pool)].sum(dim=1).t().contiguous()
-    db = db_part.sum(dim=0) if bias is not None else None
+    # deterministic: a fixed-order sum of the partials; otherwise the one row the atomics added into
+    band = dband.sum(dim=0) if deterministic else dband[0]  # (JB, PP, C), contiguous
+    # fold: dw[c, kk] = sum_u band[kk + stride * u, u, c], a strided view (c, kk, u) summed over u
+    pp = plan["PP"]
+    dw = band.as_strided((C, k, pool), (1, pp * C, stride * pp * C + C)).sum(dim=2).contiguous()
+    db = (db_part.sum(dim=0) if deterministic else db_part[0]) if bias is not None else None
     return None, dw, db, local[1].clone(), local[0].clone()

@@ -13,7 +13,8 @@ window), so a window's slots sit in one tile and are reduced in registers (a blo
 one position, HAS_POOL False, its output saved by the op as ReLU's mask in place of the codes); the
 conv-output gradient gz is written (M, C_out), channel-minor, for the weight gradient (A^T gz, the same
 contiguous rows) and dx, itself a row GEMM per phase (``_rows_dx_kernel``; where its rows do not align,
-``_conv_bwd._dx_kernel`` reads gz through strides). With 16-bit inputs the BN sums come from the pool kernel's zmax (``_conv_fwd.keeps_zmax``).
+``_conv_bwd._dx_kernel`` reads gz through strides). With 16-bit inputs the BN sums of a pooling block come
+from the pool kernel's zmax (``_conv_fwd.keeps_zmax``).
 
 Symbols (beyond ``_conv_fwd.py``'s): xc, LPC = LP * C_in (a clip's padded length times its channels, a
 multiple of 16); STEP = stride * C_in; R = K * C_in; wr, the reordered weight (C_OUT, R); m, a position row
@@ -235,12 +236,13 @@ def _rows_gz_kernel(xc_ptr, wr_ptr, b_ptr, stats_ptr, g_ptr, go_ptr, code_ptr, s
 
 
 @triton.jit
-def _rows_dw_kernel(gz_ptr, xc_ptr, dw_ptr, db_ptr, C_OUT, T, M, SGZ, LPC, R, NUM_MT, SPLIT, STEP: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_RW: tl.constexpr,
+def _rows_dw_kernel(gz_ptr, xc_ptr, dw_ptr, db_ptr, C_OUT, T, M, SGZ, LPC, R, NUM_MT, SPLIT, C_IN, K,
+                    STEP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_RW: tl.constexpr,
                     DETERMINISTIC: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
-    """dwr[co, r] = sum_m gz[m, co] A[m, r] (the reordered weight's gradient; gz as ``_rows_gz_kernel`` writes
-    it) over the position tiles pid_s,
-    pid_s + SPLIT, ...; db[co] = sum_m gz[m, co] from the pid_r == 0 programs. Partials as ``_dw_kernel``."""
+    """dw[co, ci * K + k] = sum_m gz[m, co] A[m, r] with r = k * C_IN + ci (the GEMM runs in the rows' (k, ci)
+    order and stores in the weight's (ci, k) order; gz as ``_rows_gz_kernel`` writes it) over the position tiles
+    pid_s, pid_s + SPLIT, ...; db[co] = sum_m gz[m, co] from the pid_r == 0 programs. Partials as ``_dw_kernel``:
+    dw_ptr (SPLIT or 1, C_OUT, R) fp32, db_ptr (SPLIT or 1, C_OUT) fp32."""
     pid_r = tl.program_id(0)
     co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
     pid_s = tl.program_id(2)
@@ -264,7 +266,8 @@ def _rows_dw_kernel(gz_ptr, xc_ptr, dw_ptr, db_ptr, C_OUT, T, M, SGZ, LPC, R, NU
         idx = pid_s
     else:
         idx = pid_s * 0
-    store_partial(dw_ptr + (idx * C_OUT + co[:, None]).to(tl.int64) * R + r[None, :], acc, c_ok[:, None],
+    col = (r % C_IN) * K + r // C_IN  # (k, ci) -> the weight's (ci, k)
+    store_partial(dw_ptr + (idx * C_OUT + co[:, None]).to(tl.int64) * R + col[None, :], acc, c_ok[:, None],
                   DETERMINISTIC)
     store_partial(db_ptr + idx * C_OUT + co, db, c_ok & ((co * 0 + pid_r) == 0), DETERMINISTIC)
 
@@ -334,14 +337,16 @@ def dx_rows_ok(c_out: int, k: int, stride: int) -> bool:
 
 
 def _dx_weight(w2d: torch.Tensor, c_in: int, k: int, stride: int) -> torch.Tensor:
-    """wd (stride, J * C_out, C_in): wd[ph, j' * C_out + co, ci] = w[co, ci, stride * (J - 1 - j') + ph], 0 past k."""
+    """wd (stride, J * C_out, C_in): wd[ph, j' * C_out + co, ci] = w[co, ci, stride * (J - 1 - j') + ph], 0 past k:
+    the taps zero-padded to J * stride (when k is not a multiple of stride), split (J, stride), the J axis
+    reversed; two copies (flip, then the layout), three with the pad."""
     c_out = w2d.shape[0]
     j = triton.cdiv(k, stride)
-    jp = torch.arange(j, device=w2d.device)
-    kk = stride * (j - 1 - jp)[None, :] + torch.arange(stride, device=w2d.device)[:, None]  # (stride, J)
-    wt = w2d.reshape(c_out, c_in, k).permute(2, 0, 1)  # (k, C_out, C_in)
-    wd = wt[kk.clamp(max=k - 1)] * (kk < k)[..., None, None].to(w2d.dtype)
-    return wd.reshape(stride, j * c_out, c_in).contiguous()
+    w = w2d.reshape(c_out, c_in, k)
+    if j * stride != k:
+        w = F.pad(w, (0, j * stride - k))
+    wd = torch.flip(w.reshape(c_out, c_in, j, stride).permute(3, 2, 0, 1), dims=(1,))  # (stride, J, C_out, C_in)
+    return wd.contiguous().reshape(stride, j * c_out, c_in)
 
 
 def channels_last(x: torch.Tensor, pad: int, T: int, k: int, stride: int,
@@ -489,11 +494,12 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     dwr = (torch.empty if deterministic else torch.zeros)(shape, device=dev, dtype=torch.float32)
     db_part = (torch.empty if deterministic else torch.zeros)(shape[:2], device=dev, dtype=torch.float32)
     wrap_triton(_rows_dw_kernel)[(grid_r, grid_c, split)](
-        gz, xc, dwr, db_part, C, T, M, sgz, lpc, R, num_mt, split, STEP=stride * C_in, BLOCK_M=bm,
+        gz, xc, dwr, db_part, C, T, M, sgz, lpc, R, num_mt, split, C_in, k, STEP=stride * C_in, BLOCK_M=bm,
         BLOCK_CO=plan["BLOCK_CO"], BLOCK_RW=rw, DETERMINISTIC=deterministic, INTERP=INTERPRET,
         PRECISION=dot_precision(x), num_warps=4, num_stages=STAGES)
-    dw = dwr.sum(dim=0).reshape(C, k, C_in).transpose(1, 2).reshape(C, R)  # back to (ci, k) order
-    db = db_part.sum(dim=0) if bias is not None else None
+    # deterministic: a fixed-order sum of the partials; otherwise the one row the atomics added into
+    dw = dwr.sum(dim=0) if deterministic else dwr[0]
+    db = (db_part.sum(dim=0) if deterministic else db_part[0]) if bias is not None else None
     dx = None
     if rows_dx:
         dx = torch.empty((N, C_in, L), device=dev, dtype=x.dtype)

@@ -10,7 +10,8 @@ code and zmax once (5 bytes per pooled output in bf16).
 
 Symbols: N = batch, C = channels (C_OUT), TP = pooled length; a tile is BLOCK_C channels x BLOCK_T pooled
 positions of one clip; TB = tiles per clip along TP; NUM_TILES = N * TB tiles walked by P persistent programs
-(tile p, p + P, ...). Per-tile sums are fp32, the running sums fp64 (as ``_conv_bwd._bwd_reduce_kernel``).
+(tile p, p + P, ...). Each lane keeps fp32 sums over its program's tiles (a few dozen values each), reduced
+once at the end; the programs' partials are fp64 (as ``_conv_bwd._bwd_reduce_kernel``).
 
 Files: ``_pooled_bn_sums_kernel`` (the kernel), ``pooled_bn_sums`` (its launcher) and
 ``reference_pooled_bn_sums`` (the PyTorch reference the tests hold it to).
@@ -41,8 +42,8 @@ def _pooled_bn_sums_kernel(go_ptr, code_ptr, zmax_ptr, sums_ptr, C_OUT, TP, TB, 
     pid_p = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < C_OUT
-    s_gy = tl.zeros((BLOCK_C,), dtype=tl.float64)
-    s_gyz = tl.zeros((BLOCK_C,), dtype=tl.float64)
+    acc_gy = tl.zeros((BLOCK_C, BLOCK_T), dtype=tl.float32)  # per-lane sums, reduced once after the loop
+    acc_gyz = tl.zeros((BLOCK_C, BLOCK_T), dtype=tl.float32)
     for tile in range(pid_p, NUM_TILES, P):
         n = tile // TB
         t = (tile % TB) * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -52,8 +53,10 @@ def _pooled_bn_sums_kernel(go_ptr, code_ptr, zmax_ptr, sums_ptr, C_OUT, TP, TB, 
         g = tl.load(go_ptr + n.to(tl.int64) * sgn + c[:, None] * sgc + t[None, :] * sgt, mask=ok, other=0.0)
         g = tl.where(code >= 0, g.to(tl.float32), 0.0)  # masked, not multiplied: an inf gradient at a 0 stays out
         z = tl.load(zmax_ptr + off, mask=ok, other=0.0).to(tl.float32)
-        s_gy += tl.sum(g, axis=1).to(tl.float64)
-        s_gyz += tl.sum(g * z, axis=1).to(tl.float64)
+        acc_gy += g
+        acc_gyz += g * z
+    s_gy = tl.sum(acc_gy, axis=1).to(tl.float64)
+    s_gyz = tl.sum(acc_gyz, axis=1).to(tl.float64)
     store_bn_sums(sums_ptr, s_gy, s_gyz, pid_p, c, C_OUT, P, DETERMINISTIC)
 
 

@@ -43,6 +43,7 @@ from ._conv_fwd import (
     merge_stats,
     persistent_grid,
     pool_select,
+    reg_cap,
     store_bn_sums,
     store_moments,
     store_partial,
@@ -375,7 +376,7 @@ def band_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
     part = torch.empty((3, C, P), device=x.device, dtype=torch.float32)
     b = bias if bias is not None else w2d
     wrap_triton(_band_stats_kernel)[(P, triton.cdiv(C, plan["BLOCK_C"]))](
-        xp, w2d, b, part, C, T, tq, N * tq, lp, tiles, P, **_flags(plan, x, k, stride, bias, bq))
+        xp, w2d, b, part, C, T, tq, N * tq, lp, tiles, P, **reg_cap(128), **_flags(plan, x, k, stride, bias, bq))
     return merge_stats(part, 0, 0, eps)
 
 
@@ -436,7 +437,8 @@ def band_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     db_part = (torch.empty if deterministic else torch.zeros)(shape[:1] + (C,), device=dev, dtype=torch.float32)
     wrap_triton(_band_gz_dw_kernel)[(P, grid_c)](
         xp, w2d, b, stats, gamma, grad_out, code, sums, dband, db_part, C, T, TP, tq, N * tq, lp, tiles, P,
-        *grad_out.stride(), TRAINING=training, DETERMINISTIC=deterministic, **flags)
+        *grad_out.stride(), TRAINING=training, DETERMINISTIC=deterministic,
+        **(reg_cap(168) if x.element_size() == 2 else {}), **flags)  # fp32 spills at 168
     # deterministic: a fixed-order sum of the partials; otherwise the one row the atomics added into
     band = dband.sum(dim=0) if deterministic else dband[0]  # (JB, PP, C), contiguous
     # fold: dw[c, kk] = sum_u band[kk + stride * u, u, c], a strided view (c, kk, u) summed over u

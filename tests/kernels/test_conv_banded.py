@@ -157,3 +157,12 @@ def test_no_row_reads_past_the_padded_waveform(monkeypatch: pytest.MonkeyPatch) 
         warnings.simplefilter("error", RuntimeWarning)
         fused = run_fused(case, ref[5], stride=s, padding=p, training=True, pool=pool, x_grad=False)
     _check_fp32(case, ref, fused, True)
+
+
+def test_the_register_cap_is_left_out_under_torch_compile() -> None:
+    """torch.compile's Triton wrapper does not pass maxnreg through: the launch options must be empty there."""
+    from soundnet_fast.kernels._conv_fwd import reg_cap
+
+    assert reg_cap(168) == {"maxnreg": 168}
+    compiled = torch.compile(lambda x: x + len(reg_cap(168)), backend="eager", fullgraph=True)
+    assert compiled(torch.zeros(1)).item() == 0.0

@@ -275,34 +275,37 @@ def _rows_dw_kernel(gz_ptr, xc_ptr, dw_ptr, db_ptr, C_OUT, T, M, SGZ, LPC, R, NU
 
 @triton.jit
 def _rows_dx_kernel(gzp_ptr, wd_ptr, dx_ptr, C_IN, L, MP, ROWS, TGC, R2, stride, pad, NUM_TILES, P,
-                    C_OUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_R: tl.constexpr,
-                    INTERP: tl.constexpr, PRECISION: tl.constexpr):
-    """dx (N, C_IN, L) for phase ph = program_id(2): dx[n, ci, stride * m + ph - pad] = sum_{j', co}
-    gzp[n, m + j', co] wd[ph, j' * C_OUT + co, ci], a row GEMM over gzp's contiguous runs of R2 = J * C_OUT
-    elements (gzp: gz with J - 1 zero positions before and after each clip; wd: the weight per phase, taps
-    reversed, zeros past K). Rows m < MP per clip; positions outside [0, L) are not stored."""
-    ci = tl.program_id(1) * BLOCK_CI + tl.arange(0, BLOCK_CI)
-    ph = tl.program_id(2)
-    ci_ok = ci < C_IN
-    wph = wd_ptr + ph.to(tl.int64) * R2 * C_IN
+                    C_OUT: tl.constexpr, PHASES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_CI: tl.constexpr,
+                    BLOCK_R: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
+    """dx (N, C_IN, L), every phase ph < stride from one read of the rows: dx[n, ci, stride * m + ph - pad] =
+    sum_{j', co} gzp[n, m + j', co] wd[j' * C_OUT + co, ph, ci], a row GEMM over gzp's contiguous runs of
+    R2 = J * C_OUT elements against the phases' weights side by side (N axis (ph, ci): PHASES = stride rounded up
+    to a power of two, x BLOCK_CI). gzp: gz with J - 1 zero positions before and after each clip; wd_ptr:
+    (R2, stride, C_IN), the weight per phase, taps reversed, zeros past K. Rows m < MP per clip; positions
+    outside [0, L) are not stored."""
+    j = tl.arange(0, PHASES * BLOCK_CI)
+    ph = j // BLOCK_CI
+    ci = tl.program_id(1) * BLOCK_CI + j % BLOCK_CI
+    col_ok = (ph < stride) & (ci < C_IN)
+    wcol = ph * C_IN + ci  # column of wd's (stride * C_IN)-wide rows
     for tile in range(tl.program_id(0), NUM_TILES, P):
         g = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         gc = tl.minimum(g, ROWS - 1)
         n = gc // MP
         m = gc % MP
         base = n.to(tl.int64) * TGC + m * C_OUT
-        acc = tl.zeros((BLOCK_M, BLOCK_CI), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_M, PHASES * BLOCK_CI), dtype=tl.float32)
         for r0 in range(0, R2, BLOCK_R):
             r = r0 + tl.arange(0, BLOCK_R)
             a = tl.load(gzp_ptr + base[:, None] + r[None, :])
-            b = tl.load(wph + r[:, None] * C_IN + ci[None, :], mask=ci_ok[None, :], other=0.0)
+            b = tl.load(wd_ptr + r[:, None] * (stride * C_IN) + wcol[None, :], mask=col_ok[None, :], other=0.0)
             a = fp32_if(a, INTERP)
             b = fp32_if(b, INTERP)
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
-        i = m * stride + ph - pad
-        ok = (g < ROWS) & (i >= 0) & (i < L)
-        off = (n.to(tl.int64) * C_IN * L + i)[:, None] + ci[None, :].to(tl.int64) * L
-        tl.store(dx_ptr + off, cast_out(acc, dx_ptr.dtype.element_ty, INTERP), mask=ok[:, None] & ci_ok[None, :])
+        i = m[:, None] * stride + ph[None, :] - pad
+        ok = (g < ROWS)[:, None] & (i >= 0) & (i < L) & col_ok[None, :]
+        off = n.to(tl.int64)[:, None] * C_IN * L + i + ci[None, :].to(tl.int64) * L
+        tl.store(dx_ptr + off, cast_out(acc, dx_ptr.dtype.element_ty, INTERP), mask=ok)
 
 # ----------------------------------------------------------------------------------------- launchers
 ROWS_GPU = 64  # rows (positions) per tile: the M of one warpgroup's wgmma
@@ -337,16 +340,16 @@ def dx_rows_ok(c_out: int, k: int, stride: int) -> bool:
 
 
 def _dx_weight(w2d: torch.Tensor, c_in: int, k: int, stride: int) -> torch.Tensor:
-    """wd (stride, J * C_out, C_in): wd[ph, j' * C_out + co, ci] = w[co, ci, stride * (J - 1 - j') + ph], 0 past k:
-    the taps zero-padded to J * stride (when k is not a multiple of stride), split (J, stride), the J axis
-    reversed; two copies (flip, then the layout), three with the pad."""
+    """wd (J * C_out, stride * C_in): wd[j' * C_out + co, ph * C_in + ci] = w[co, ci, stride * (J - 1 - j') + ph],
+    0 past k: the taps zero-padded to J * stride (when k is not a multiple of stride), split (J, stride), the J
+    axis reversed; two copies (flip, then the layout), three with the pad."""
     c_out = w2d.shape[0]
     j = triton.cdiv(k, stride)
     w = w2d.reshape(c_out, c_in, k)
     if j * stride != k:
         w = F.pad(w, (0, j * stride - k))
-    wd = torch.flip(w.reshape(c_out, c_in, j, stride).permute(3, 2, 0, 1), dims=(1,))  # (stride, J, C_out, C_in)
-    return wd.contiguous().reshape(stride, j * c_out, c_in)
+    wd = torch.flip(w.reshape(c_out, c_in, j, stride).permute(2, 0, 3, 1), dims=(0,))  # (J, C_out, stride, C_in)
+    return wd.contiguous().reshape(j * c_out, stride * c_in)
 
 
 def channels_last(x: torch.Tensor, pad: int, T: int, k: int, stride: int,
@@ -503,12 +506,13 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     dx = None
     if rows_dx:
         dx = torch.empty((N, C_in, L), device=dev, dtype=x.dtype)
-        bci = clamp_pow2(C_in, 16, 256 if INTERPRET else 64)
+        php = next_pow2(stride)  # the phases side by side on the MMA's N axis: 16 to 64 columns
+        bci = clamp_pow2(C_in, max(1, 16 // php), max(1, (512 if INTERPRET else 64) // php))
         tiles, P = persistent_grid(N * mp, bm)
-        wrap_triton(_rows_dx_kernel)[(P, triton.cdiv(C_in, bci), stride)](
+        wrap_triton(_rows_dx_kernel)[(P, triton.cdiv(C_in, bci))](
             gzp, _dx_weight(w2d, C_in, k, stride), dx, C_in, L, mp, N * mp, tg * C, J * C, stride, padding,
-            tiles, P, C_OUT=C, BLOCK_M=bm, BLOCK_CI=bci, BLOCK_R=_block_r(J * C, x.dtype), INTERP=INTERPRET,
-            PRECISION=dot_precision(x), num_warps=4, num_stages=STAGES)
+            tiles, P, C_OUT=C, PHASES=php, BLOCK_M=bm, BLOCK_CI=bci, BLOCK_R=_block_r(J * C, x.dtype),
+            INTERP=INTERPRET, PRECISION=dot_precision(x), num_warps=4, num_stages=STAGES)
     elif input_grad:
         dx = dx_from_gz(gz, w2d, x, k, stride, padding, T, 1, C)
     return dx, dw, db, local[1].clone(), local[0].clone()

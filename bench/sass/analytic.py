@@ -52,8 +52,8 @@ def padded_mma_flops(name: str, v: dict[str, Any], grid: tuple[int, ...]) -> flo
     if name == "_rows_dw_kernel":
         iters = sum(len(range(s, v["NUM_MT"], v["SPLIT"])) for s in range(grid[2]))
         return grid[0] * grid[1] * iters * 2.0 * v["BLOCK_M"] * v["BLOCK_CO"] * v["BLOCK_RW"]
-    if name == "_rows_dx_kernel":  # every phase (grid axis 2) walks all NUM_TILES tiles
-        return grid[1] * grid[2] * v["NUM_TILES"] * 2.0 * v["BLOCK_M"] * v["R2"] * v["BLOCK_CI"]
+    if name == "_rows_dx_kernel":  # each channel block walks all NUM_TILES tiles, the phases side by side
+        return grid[1] * v["NUM_TILES"] * 2.0 * v["BLOCK_M"] * v["R2"] * v["PHASES"] * v["BLOCK_CI"]
     if name == "_dx_kernel":
         r2 = v["C_OUT"] * v["KMAX"]
         return progs * _cdiv(r2, v["BLOCK_R"]) * 2.0 * v["BLOCK_CI"] * v["BLOCK_Q"] * v["BLOCK_R"]

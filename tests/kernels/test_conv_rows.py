@@ -78,6 +78,9 @@ SHAPES = {
     "conv3_no_pool": (2, *SOUNDNET_LAYERS["conv3"][:5], None, 130, True),
     "samplecnn_k3_s1_no_pool": (2, 16, 24, 3, 1, 1, None, 50, True),
     "m5_k3_no_pool_nobias": (3, 32, 40, 3, 1, 1, None, 45, False),
+    # dx's phases side by side: stride 3 (a fourth, masked phase column block) and stride 4
+    "stride3_k6_no_pool": (2, 8, 16, 6, 3, 2, None, 70, True),
+    "stride4_k8_pool2": (2, 8, 16, 8, 4, 3, 2, 90, True),
 }
 
 

@@ -92,11 +92,30 @@ def soundnet8_launches(batch: int, samples: int, precision: str = "tf32", blocks
                 for momentum in (0.1, None):
                     bn_running.update_running_stats(g, g, nbt, stats, momentum)
                 out, code, zmax = _conv_paths.conv_bn_relu_pool(x, w2d, b, g, g, stats, k, s, p, t, pool)
+                z = _conv_paths.block_forward(x, w2d, b, g, g, k, s, p, t, pool, True, 1e-5)[4]  # keeps_z's passes
+                z = z if z.numel() else None
                 go = torch.empty(out.shape, dtype=dtype, device="meta")
                 saved_out = out if pool is None else zmax
                 for training, det in ((True, False), (True, True), (False, False)):
                     _conv_paths.conv_bn_relu_backward(
-                        go, x, w2d, b, g, stats, code, saved_out, k, s, p, t, pool, training, det, i > 0
+                        go,
+                        x,
+                        w2d,
+                        b,
+                        g,
+                        stats,
+                        code,
+                        saved_out,
+                        k,
+                        s,
+                        p,
+                        t,
+                        pool,
+                        training,
+                        det,
+                        i > 0,
+                        None,
+                        z if training else None,
                     )
                 length, c_in = (t // pool if pool else t), c_out
         n_obj, n_scn = HEAD_CLASSES["objects"], HEAD_CLASSES["scenes"]
@@ -201,24 +220,36 @@ def train_step_launches(
             res: dict[str, Any] = {}
 
             def fwd(x=x, w2d=w2d, b=b, g=g, k=k, s=s, p=p, t=t, pool=pool, res=res, running=running, c_out=c_out):
-                xp = _conv_paths.forward_input(x, c_out, k, s, p, t, pool)  # as the op: one copy for both passes
-                stats = _conv_paths.conv_moments(x, w2d, b, k, s, p, t, 1e-5, xp)
-                res["out"], res["code"], res["zmax"] = _conv_paths.conv_bn_relu_pool(
-                    x, w2d, b, g, g, stats, k, s, p, t, pool, xp
-                )
-                res["stats"] = stats
-                bn_running.update_running_stats(*running, stats, 0.1)
+                res["out"], res["code"], res["zmax"], res["stats"], res["z"] = _conv_paths.block_forward(
+                    x, w2d, b, g, g, k, s, p, t, pool, True, 1e-5
+                )  # as the op runs it
+                bn_running.update_running_stats(*running, res["stats"], 0.1)
 
             section(name, "forward", fwd)
             out_t, code, stats = res["out"], res["code"], res["stats"]
             go = torch.empty(out_t.shape, dtype=dtype, device="meta")
             saved = out_t if pool is None else res["zmax"]
+            z = res["z"] if res["z"].numel() else None
 
             def bwd(
-                go=go, x=x, w2d=w2d, b=b, g=g, stats=stats, code=code, saved=saved, k=k, s=s, p=p, t=t, pool=pool, i=i
+                go=go,
+                x=x,
+                w2d=w2d,
+                b=b,
+                g=g,
+                stats=stats,
+                code=code,
+                saved=saved,
+                k=k,
+                s=s,
+                p=p,
+                t=t,
+                pool=pool,
+                i=i,
+                z=z,
             ):
                 _conv_paths.conv_bn_relu_backward(
-                    go, x, w2d, b, g, stats, code, saved, k, s, p, t, pool, True, deterministic, i > 0
+                    go, x, w2d, b, g, stats, code, saved, k, s, p, t, pool, True, deterministic, i > 0, None, z
                 )
 
             section(name, "backward", bwd)

@@ -72,45 +72,85 @@ def forward_input(x: torch.Tensor, c_out: int, K: int, stride: int, padding: int
     return None
 
 
+def keeps_z(x: torch.Tensor, c_out: int, K: int, stride: int, pool: int | None, training: bool) -> bool:
+    """Whether a training forward stores its unpooled conv output z (N, T, C_out) in x.dtype for the passes after
+    its statistics (pass 2 and the whole backward then read it instead of recomputing the conv): 16-bit inputs
+    on the row kernels (every phase). What it costs: T * C_out * 2 bytes per clip (SoundNet-8: conv2 0.88 MB,
+    conv3-conv7 0.03-0.11 MB each, ~1.3 MB in all, from 3.74 to ~5.0 MB saved per 20 s clip); fp32 would take
+    twice that and stays on the recompute (``_conv_fwd.keeps_zmax`` draws the same line)."""
+    if not training or x.element_size() != 2:
+        return False
+    paths = block_paths(x.shape[1], c_out, K, stride, pool, x.dtype)
+    return paths.stats == paths.pool == paths.backward == "rows"
+
+
 def conv_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, K: int, stride: int,
-                 padding: int, T: int, eps: float | None = None, xp: torch.Tensor | None = None) -> torch.Tensor:
+                 padding: int, T: int, eps: float | None = None, xp: torch.Tensor | None = None,
+                 z: torch.Tensor | None = None) -> torch.Tensor:
     """Training's pass 1 over batch x time: (3, C_out) fp32 count, mean and M2 of the conv output per channel, or
     given BN's ``eps`` the (4, C_out) fp32 stats rows mean, invstd, unbiased variance, count, finalised by the
     merge kernel (``_conv_fwd.merge_stats``). x (N, C_in, L); w2d (C_out, C_in * K) in x.dtype; ``xp``:
-    ``forward_input``'s copy (with the same pool as the pass 2 it serves) or None."""
+    ``forward_input``'s copy (with the same pool as the pass 2 it serves) or None; ``z``: a buffer for the conv
+    output (``keeps_z``, row kernels only) or None."""
     path = block_paths(x.shape[1], w2d.shape[0], K, stride, None, x.dtype).stats
     if path == "generic":
         return generic_moments(x, w2d, bias, K, stride, padding, T, eps)
-    fn = band_moments if path == "banded" else rows_moments
-    return fn(x, w2d, bias, K, stride, padding, T, eps, xp)
+    if path == "banded":
+        return band_moments(x, w2d, bias, K, stride, padding, T, eps, xp)
+    return rows_moments(x, w2d, bias, K, stride, padding, T, eps, xp, z)
 
 
 def conv_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor,
                       beta: torch.Tensor, stats: torch.Tensor, K: int, stride: int, padding: int, T: int,
-                      pool: int | None, xp: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                 torch.Tensor]:
+                      pool: int | None, xp: torch.Tensor | None = None,
+                      z: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pass 2: (pooled output (N, C_out, T // pool) in x.dtype, window codes, zmax: zhat at each window's
     maximum in x.dtype when ``_conv_fwd.keeps_zmax``; without a pool the codes and zmax are empty). stats:
-    (4, C_out) fp32 rows mean, invstd, unbiased variance, count; ``xp``: ``forward_input``'s copy or None."""
+    (4, C_out) fp32 rows mean, invstd, unbiased variance, count; ``xp``: ``forward_input``'s copy or None;
+    ``z``: the conv output pass 1 stored (``keeps_z``) or None."""
     path = block_paths(x.shape[1], w2d.shape[0], K, stride, pool, x.dtype).pool
     if path == "generic":
         return generic_bn_relu_pool(x, w2d, bias, gamma, beta, stats, K, stride, padding, T, pool)
-    fn = band_bn_relu_pool if path == "banded" else rows_bn_relu_pool
-    return fn(x, w2d, bias, gamma, beta, stats, K, stride, padding, T, pool, xp)
+    if path == "banded":
+        return band_bn_relu_pool(x, w2d, bias, gamma, beta, stats, K, stride, padding, T, pool, xp)
+    return rows_bn_relu_pool(x, w2d, bias, gamma, beta, stats, K, stride, padding, T, pool, xp, z)
+
+
+def block_forward(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor,
+                  beta: torch.Tensor, K: int, stride: int, padding: int, T: int, pool: int | None, training: bool,
+                  eps: float, stats: torch.Tensor | None = None,
+                  sync=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A block's forward as the op runs it (and ``bench`` records it): one padded copy of x for both passes
+    (``forward_input``), in training the statistics (finalised by the merge kernel, or per-rank moments handed to
+    ``sync``, which returns the stats rows) storing z where ``keeps_z`` says so, then pass 2. ``stats``: eval
+    mode's (4, C_out) rows from the running statistics. Returns (out, code, zmax, stats, z; z empty unless
+    kept)."""
+    c_out = w2d.shape[0]
+    xp = forward_input(x, c_out, K, stride, padding, T, pool)
+    keep = keeps_z(x, c_out, K, stride, pool, training)
+    z = x.new_empty((x.shape[0], T, c_out) if keep else (0,))
+    if training:
+        if sync is not None:
+            stats = sync(conv_moments(x, w2d, bias, K, stride, padding, T, None, xp, z))
+        else:
+            stats = conv_moments(x, w2d, bias, K, stride, padding, T, eps, xp, z)
+    out, code, zmax = conv_bn_relu_pool(x, w2d, bias, gamma, beta, stats, K, stride, padding, T, pool, xp, z)
+    return out, code, zmax, stats, z
 
 
 def conv_bn_relu_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None,
                           gamma: torch.Tensor, stats: torch.Tensor, code: torch.Tensor, out: torch.Tensor | None,
                           K: int, stride: int, padding: int, T: int, pool: int | None, training: bool,
-                          deterministic: bool, input_grad: bool, all_reduce=None) -> tuple[torch.Tensor | None, ...]:
+                          deterministic: bool, input_grad: bool, all_reduce=None,
+                          z: torch.Tensor | None = None) -> tuple[torch.Tensor | None, ...]:
     """(dx or None, dw2d fp32, db fp32 or None, local sum(gy * zhat), local sum(gy)); ``out`` and
-    ``all_reduce`` as in ``_conv_bwd.generic_backward``."""
+    ``all_reduce`` as in ``_conv_bwd.generic_backward``; ``z``: the forward's stored conv output (``keeps_z``)."""
     path = block_paths(x.shape[1], w2d.shape[0], K, stride, pool, x.dtype, input_grad).backward
     if path == "banded":
         return band_backward(grad_out, x, w2d, bias, gamma, stats, code, out, K, stride, padding, T, pool,
                              training, deterministic, all_reduce)
     if path == "rows":
         return rows_backward(grad_out, x, w2d, bias, gamma, stats, code, out, K, stride, padding, T, pool,
-                             training, deterministic, input_grad, all_reduce)
+                             training, deterministic, input_grad, all_reduce, z)
     return generic_backward(grad_out, x, w2d, bias, gamma, stats, code, out, K, stride, padding, T, pool,
                             training, deterministic, input_grad, all_reduce)

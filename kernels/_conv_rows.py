@@ -72,6 +72,19 @@ def _row_tile(xc_ptr, wr_ptr, base, co, C_OUT, R, BLOCK_CO: tl.constexpr, BLOCK_
 
 
 @triton.jit
+def _rows_z(xc_ptr, wr_ptr, z_ptr, n, t, mask, co, C_OUT, T, LPC, R, STEP: tl.constexpr, BLOCK_CO: tl.constexpr,
+            BLOCK_R: tl.constexpr, HAS_Z: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
+    """The conv output without bias at rows (n, t) (each (rows,)), (rows, BLOCK_CO) fp32: read from z_ptr
+    (N * T, C_OUT) where the statistics pass stored it (HAS_Z; mask: the rows and channels to read, 0
+    elsewhere), else recomputed by ``_row_tile``."""
+    if HAS_Z:
+        z = tl.load(z_ptr + ((n.to(tl.int64) * T + t) * C_OUT)[:, None] + co[None, :], mask=mask, other=0.0)
+        return z.to(tl.float32)
+    return _row_tile(xc_ptr, wr_ptr, n.to(tl.int64) * LPC + t * STEP, co, C_OUT, R, BLOCK_CO, BLOCK_R, INTERP,
+                     PRECISION)
+
+
+@triton.jit
 def _window_rows(tile, TR, ROWS, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.constexpr):
     """Rows of a tile of BLOCK_Q windows x PP slots: (g, u, n, t, ok) each (BLOCK_Q * PP,), g the window
     (n = g // TR, window g % TR), t its slot's position (slots clamped into the window, so addresses stay
@@ -87,12 +100,14 @@ def _window_rows(tile, TR, ROWS, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: 
 
 
 @triton.jit
-def _rows_stats_kernel(xc_ptr, wr_ptr, b_ptr, part_ptr, C_OUT, T, M, LPC, R, NUM_TILES, P,
+def _rows_stats_kernel(xc_ptr, wr_ptr, b_ptr, part_ptr, z_ptr, C_OUT, T, M, LPC, R, NUM_TILES, P,
                        HAS_BIAS: tl.constexpr, STEP: tl.constexpr, BLOCK_M: tl.constexpr,
-                       BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr, INTERP: tl.constexpr,
+                       BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr, STORE_Z: tl.constexpr, INTERP: tl.constexpr,
                        PRECISION: tl.constexpr):
     """Per program: (mean, M2, count) per channel over its position tiles (Chan merge per tile); part
-    (3, C_OUT, P) rows mean, M2, count, merged by ``_merge_stats_kernel`` (HAS_COUNT)."""
+    (3, C_OUT, P) rows mean, M2, count, merged by ``_merge_stats_kernel`` (HAS_COUNT). With STORE_Z also the conv
+    output without its bias, z_ptr (M, C_OUT) position-major in z's dtype, for the passes that follow
+    (``keeps_z``)."""
     pid_p = tl.program_id(0)
     co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
     bias = _load_bias(b_ptr, co, C_OUT, HAS_BIAS, BLOCK_CO)
@@ -104,7 +119,11 @@ def _rows_stats_kernel(xc_ptr, wr_ptr, b_ptr, part_ptr, C_OUT, T, M, LPC, R, NUM
         ok = m < M
         mc = tl.minimum(m, M - 1)
         base = (mc // T).to(tl.int64) * LPC + (mc % T) * STEP
-        z = _row_tile(xc_ptr, wr_ptr, base, co, C_OUT, R, BLOCK_CO, BLOCK_R, INTERP, PRECISION) + bias[None, :]
+        z = _row_tile(xc_ptr, wr_ptr, base, co, C_OUT, R, BLOCK_CO, BLOCK_R, INTERP, PRECISION)
+        if STORE_Z:
+            tl.store(z_ptr + m.to(tl.int64)[:, None] * C_OUT + co[None, :], cast_out(z, z_ptr.dtype.element_ty, INTERP),
+                     mask=ok[:, None] & (co < C_OUT)[None, :])
+        z += bias[None, :]
         n_b = tl.sum(ok.to(tl.float32), axis=0)
         mean_b = tl.sum(tl.where(ok[:, None], z, 0.0), axis=0) / tl.maximum(n_b, 1.0)
         d = tl.where(ok[:, None], z - mean_b[None, :], 0.0)
@@ -113,14 +132,15 @@ def _rows_stats_kernel(xc_ptr, wr_ptr, b_ptr, part_ptr, C_OUT, T, M, LPC, R, NUM
 
 
 @triton.jit
-def _rows_bn_relu_pool_kernel(xc_ptr, wr_ptr, b_ptr, g_ptr, beta_ptr, stats_ptr, out_ptr, code_ptr, zmax_ptr, C_OUT, TP,
-                              Q, LPC, R, NUM_TILES, P, HAS_BIAS: tl.constexpr, STEP: tl.constexpr,
+def _rows_bn_relu_pool_kernel(xc_ptr, wr_ptr, b_ptr, g_ptr, beta_ptr, stats_ptr, out_ptr, code_ptr, zmax_ptr, z_ptr,
+                              C_OUT, T, TP, Q, LPC, R, NUM_TILES, P, HAS_BIAS: tl.constexpr, STEP: tl.constexpr,
                               HAS_POOL: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.constexpr,
                               BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr, STORE_ZMAX: tl.constexpr,
-                              INTERP: tl.constexpr, PRECISION: tl.constexpr):
+                              HAS_Z: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
     """Pooled output out (N, C_OUT, TP) of BN (stats rows mean, invstd), ReLU and max over each window, code =
     the window's first maximum, -1 where ReLU gave 0, and when STORE_ZMAX zmax = zhat there (as
-    ``_conv_bn_relu_pool_kernel``). Without HAS_POOL (POOL = PP = 1, TP = T): the ReLU output only, no code."""
+    ``_conv_bn_relu_pool_kernel``). Without HAS_POOL (POOL = PP = 1, TP = T): the ReLU output only, no code.
+    HAS_Z: the conv output read from z_ptr (N * T, C_OUT), as the statistics pass stored it, not recomputed."""
     co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
     c_ok = co < C_OUT
     bias = _load_bias(b_ptr, co, C_OUT, HAS_BIAS, BLOCK_CO)
@@ -131,8 +151,8 @@ def _rows_bn_relu_pool_kernel(xc_ptr, wr_ptr, b_ptr, g_ptr, beta_ptr, stats_ptr,
     slot = tl.arange(0, PP)[None, :, None]
     for tile in range(tl.program_id(0), NUM_TILES, P):
         gq, u, n, t, ok = _window_rows(tile, TP, Q, POOL, PP, BLOCK_Q)
-        base = n.to(tl.int64) * LPC + t * STEP
-        z = _row_tile(xc_ptr, wr_ptr, base, co, C_OUT, R, BLOCK_CO, BLOCK_R, INTERP, PRECISION)
+        z = _rows_z(xc_ptr, wr_ptr, z_ptr, n, t, c_ok[None, :], co, C_OUT, T, LPC, R, STEP, BLOCK_CO, BLOCK_R,
+                    HAS_Z, INTERP, PRECISION)
         zh = z * invstd[None, :] + zshift[None, :]
         y = tl.maximum(zh * gamma[None, :] + shift[None, :], 0.0)
         if HAS_POOL:
@@ -152,10 +172,10 @@ def _rows_bn_relu_pool_kernel(xc_ptr, wr_ptr, b_ptr, g_ptr, beta_ptr, stats_ptr,
 
 
 @triton.jit
-def _rows_grad(xc_ptr, wr_ptr, bias, stats_ptr, go_ptr, code_ptr, tile, co, C_OUT, T, TP, TR, ROWS, LPC, R,
-               sgn, sgc, sgl, STEP: tl.constexpr, HAS_POOL: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr,
-               BLOCK_Q: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr, INTERP: tl.constexpr,
-               PRECISION: tl.constexpr):
+def _rows_grad(xc_ptr, wr_ptr, z_ptr, bias, stats_ptr, go_ptr, code_ptr, tile, co, C_OUT, T, TP, TR, ROWS, LPC,
+               R, sgn, sgc, sgl, STEP: tl.constexpr, HAS_POOL: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr,
+               BLOCK_Q: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr, HAS_Z: tl.constexpr,
+               INTERP: tl.constexpr, PRECISION: tl.constexpr):
     """(zhat, gy, valid, n, t) of a tile of windows: zhat, gy (BLOCK_Q * PP, BLOCK_CO) fp32; valid: the row is
     a position < T of a window in range; gy, the pooled gradient routed to the recorded slot (0 past TP).
     code_ptr: (N, C_OUT, TP) the pool's codes, or without HAS_POOL the block's output (ReLU's mask: gy = the
@@ -163,8 +183,8 @@ def _rows_grad(xc_ptr, wr_ptr, bias, stats_ptr, go_ptr, code_ptr, tile, co, C_OU
     gq, u, n, t, ok = _window_rows(tile, TR, ROWS, POOL, PP, BLOCK_Q)
     c_ok = co < C_OUT
     valid = (ok & (t < T))[:, None] & c_ok[None, :]
-    z = _row_tile(xc_ptr, wr_ptr, n.to(tl.int64) * LPC + t * STEP, co, C_OUT, R, BLOCK_CO, BLOCK_R, INTERP,
-                  PRECISION) + bias[None, :]
+    z = _rows_z(xc_ptr, wr_ptr, z_ptr, n, t, valid, co, C_OUT, T, LPC, R, STEP, BLOCK_CO, BLOCK_R, HAS_Z, INTERP,
+                PRECISION) + bias[None, :]
     mean = tl.load(stats_ptr + co, mask=c_ok, other=0.0)
     invstd = tl.load(stats_ptr + C_OUT + co, mask=c_ok, other=0.0)
     zhat = tl.where(valid, (z - mean[None, :]) * invstd[None, :], 0.0)
@@ -182,11 +202,11 @@ def _rows_grad(xc_ptr, wr_ptr, bias, stats_ptr, go_ptr, code_ptr, tile, co, C_OU
 
 
 @triton.jit
-def _rows_bwd_reduce_kernel(xc_ptr, wr_ptr, b_ptr, stats_ptr, go_ptr, code_ptr, sums_ptr, C_OUT, T, TP, Q, LPC, R,
-                            NUM_TILES, P, sgn, sgc, sgl, HAS_BIAS: tl.constexpr, STEP: tl.constexpr,
+def _rows_bwd_reduce_kernel(xc_ptr, wr_ptr, z_ptr, b_ptr, stats_ptr, go_ptr, code_ptr, sums_ptr, C_OUT, T, TP, Q,
+                            LPC, R, NUM_TILES, P, sgn, sgc, sgl, HAS_BIAS: tl.constexpr, STEP: tl.constexpr,
                             HAS_POOL: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.constexpr,
                             BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr, DETERMINISTIC: tl.constexpr,
-                            INTERP: tl.constexpr, PRECISION: tl.constexpr):
+                            HAS_Z: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
     """sum(gy) and sum(gy * zhat) per channel over the rows of whole windows (gy is 0 elsewhere), as
     ``_bwd_reduce_kernel``."""
     pid_p = tl.program_id(0)
@@ -195,9 +215,9 @@ def _rows_bwd_reduce_kernel(xc_ptr, wr_ptr, b_ptr, stats_ptr, go_ptr, code_ptr, 
     s_gy = tl.zeros((BLOCK_CO,), dtype=tl.float32)
     s_gyz = tl.zeros((BLOCK_CO,), dtype=tl.float32)
     for tile in range(pid_p, NUM_TILES, P):
-        zhat, gy, valid, n, t = _rows_grad(xc_ptr, wr_ptr, bias, stats_ptr, go_ptr, code_ptr, tile, co, C_OUT, T,
-                                           TP, TP, Q, LPC, R, sgn, sgc, sgl, STEP, HAS_POOL, POOL, PP, BLOCK_Q,
-                                           BLOCK_CO, BLOCK_R, INTERP, PRECISION)
+        zhat, gy, valid, n, t = _rows_grad(xc_ptr, wr_ptr, z_ptr, bias, stats_ptr, go_ptr, code_ptr, tile, co,
+                                           C_OUT, T, TP, TP, Q, LPC, R, sgn, sgc, sgl, STEP, HAS_POOL, POOL, PP,
+                                           BLOCK_Q, BLOCK_CO, BLOCK_R, HAS_Z, INTERP, PRECISION)
         s_gy += tl.sum(gy, axis=0)
         s_gyz += tl.sum(gy * zhat, axis=0)
     store_bn_sums(sums_ptr, s_gy, s_gyz, pid_p, co, C_OUT, P, DETERMINISTIC)
@@ -206,12 +226,11 @@ def _rows_bwd_reduce_kernel(xc_ptr, wr_ptr, b_ptr, stats_ptr, go_ptr, code_ptr, 
 
 
 @triton.jit
-def _rows_gz_kernel(xc_ptr, wr_ptr, b_ptr, stats_ptr, g_ptr, go_ptr, code_ptr, sums_ptr, gz_ptr, C_OUT, T, TP, TQ,
-                    ROWS, LPC, R, NUM_TILES, P, sgn, sgc, sgl, SGZ, HAS_BIAS: tl.constexpr, STEP: tl.constexpr,
-                    HAS_POOL: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.constexpr,
-                    BLOCK_CO: tl.constexpr,
-                    BLOCK_R: tl.constexpr, TRAINING: tl.constexpr, INTERP: tl.constexpr,
-                    PRECISION: tl.constexpr):
+def _rows_gz_kernel(xc_ptr, wr_ptr, z_ptr, b_ptr, stats_ptr, g_ptr, go_ptr, code_ptr, sums_ptr, gz_ptr, C_OUT, T,
+                    TP, TQ, ROWS, LPC, R, NUM_TILES, P, sgn, sgc, sgl, SGZ, HAS_BIAS: tl.constexpr,
+                    STEP: tl.constexpr, HAS_POOL: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr,
+                    BLOCK_Q: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr, TRAINING: tl.constexpr,
+                    HAS_Z: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
     """gz[n, t, co] at gz_ptr + n * SGZ + t * C_OUT + co in gz's dtype (channel-minor; SGZ = T * C_OUT, or more
     when the clips are spaced by zero rows for ``_rows_dx_kernel``): BN's backward (as ``_bn_grad``) at every
     position, over the windows covering them (TQ per clip)."""
@@ -227,9 +246,9 @@ def _rows_gz_kernel(xc_ptr, wr_ptr, b_ptr, stats_ptr, g_ptr, go_ptr, code_ptr, s
         mean_gy = tl.load(sums_ptr + co, mask=c_ok, other=0.0) / count
         mean_gyz = tl.load(sums_ptr + C_OUT + co, mask=c_ok, other=0.0) / count
     for tile in range(tl.program_id(0), NUM_TILES, P):
-        zhat, gy, valid, n, t = _rows_grad(xc_ptr, wr_ptr, bias, stats_ptr, go_ptr, code_ptr, tile, co, C_OUT, T,
-                                           TP, TQ, ROWS, LPC, R, sgn, sgc, sgl, STEP, HAS_POOL, POOL, PP, BLOCK_Q,
-                                           BLOCK_CO, BLOCK_R, INTERP, PRECISION)
+        zhat, gy, valid, n, t = _rows_grad(xc_ptr, wr_ptr, z_ptr, bias, stats_ptr, go_ptr, code_ptr, tile, co,
+                                           C_OUT, T, TP, TQ, ROWS, LPC, R, sgn, sgc, sgl, STEP, HAS_POOL, POOL, PP,
+                                           BLOCK_Q, BLOCK_CO, BLOCK_R, HAS_Z, INTERP, PRECISION)
         gz = scale[None, :] * (gy - mean_gy[None, :] - zhat * mean_gyz[None, :])
         off = (n.to(tl.int64) * SGZ + t * C_OUT)[:, None] + co[None, :]
         tl.store(gz_ptr + off, cast_out(gz, gz_ptr.dtype.element_ty, INTERP), mask=valid)
@@ -384,9 +403,11 @@ def _window_block(pp: int) -> int:
 
 
 def rows_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, k: int, stride: int, padding: int,
-                 T: int, eps: float | None = None, xc: torch.Tensor | None = None) -> torch.Tensor:
+                 T: int, eps: float | None = None, xc: torch.Tensor | None = None,
+                 z: torch.Tensor | None = None) -> torch.Tensor:
     """(3, C_out) fp32 count, mean, M2 per channel, or with ``eps`` the (4, C_out) stats rows (as
-    ``_conv_paths.conv_moments``). ``xc``: the ``channels_last`` copy, or None to make one."""
+    ``_conv_paths.conv_moments``). ``xc``: the ``channels_last`` copy, or None to make one; ``z``: None, or an
+    (N, T, C_out) contiguous buffer in x.dtype that receives the conv output without its bias (``keeps_z``)."""
     N, C_in, _ = x.shape
     C = w2d.shape[0]
     plan = rows_plan(C_in, C, k, stride, x.dtype)
@@ -396,10 +417,11 @@ def rows_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
     tiles, P = persistent_grid(M, bm)
     part = torch.empty((3, C, P), device=x.device, dtype=torch.float32)
     b = bias if bias is not None else w2d
+    store_z = z is not None and z.numel() > 0
     wrap_triton(_rows_stats_kernel)[(P, triton.cdiv(C, plan["BLOCK_CO"]))](
-        xc, _reorder(w2d, C_in, k), b, part, C, T, M, lpc, k * C_in, tiles, P, HAS_BIAS=bias is not None,
-        STEP=stride * C_in, BLOCK_M=bm, INTERP=INTERPRET, PRECISION=dot_precision(x), num_warps=4,
-        num_stages=STAGES, **plan)
+        xc, _reorder(w2d, C_in, k), b, part, z if store_z else part, C, T, M, lpc, k * C_in, tiles, P,
+        HAS_BIAS=bias is not None, STEP=stride * C_in, BLOCK_M=bm, STORE_Z=store_z, INTERP=INTERPRET,
+        PRECISION=dot_precision(x), num_warps=4, num_stages=STAGES, **plan)
     return merge_stats(part, 0, 0, eps)
 
 
@@ -411,13 +433,19 @@ def _window_flags(x: torch.Tensor, bias, plan: dict, stride: int, pool: int | No
                 num_stages=STAGES, **plan)
 
 
+def _z_arg(z: torch.Tensor | None, other):
+    """z when the statistics pass stored one, else ``other`` (a placeholder pointer for a kernel that reads none)."""
+    return z if z is not None and z.numel() > 0 else other
+
+
 def rows_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor,
                       beta: torch.Tensor, stats: torch.Tensor, k: int, stride: int, padding: int, T: int,
-                      pool: int | None, xc: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                 torch.Tensor]:
+                      pool: int | None, xc: torch.Tensor | None = None,
+                      z: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pass 2 (as ``_conv_paths.conv_bn_relu_pool``): (N, C_out, T // pool) in x.dtype, the window codes
     (``code_dtype``), zmax (empty unless ``keeps_zmax``); without a pool (N, C_out, T) and empty codes and zmax.
-    ``xc`` as in ``rows_moments``."""
+    ``xc`` as in ``rows_moments``; ``z``: the statistics pass's stored conv output (read, not recomputed) or
+    None / empty."""
     N, C_in, _ = x.shape
     C = w2d.shape[0]
     plan = rows_plan(C_in, C, k, stride, x.dtype)
@@ -431,8 +459,8 @@ def rows_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | N
     zmax = torch.empty_like(out) if keeps_zmax(x, pool) else x.new_empty(0)
     b = bias if bias is not None else w2d
     wrap_triton(_rows_bn_relu_pool_kernel)[(P, triton.cdiv(C, plan["BLOCK_CO"]))](
-        xc, _reorder(w2d, C_in, k), b, gamma, beta, stats, out, code, zmax, C, TP, N * TP, lpc, k * C_in, tiles,
-        P, STORE_ZMAX=zmax.numel() > 0, **flags)
+        xc, _reorder(w2d, C_in, k), b, gamma, beta, stats, out, code, zmax, _z_arg(z, out), C, T, TP, N * TP, lpc,
+        k * C_in, tiles, P, STORE_ZMAX=zmax.numel() > 0, HAS_Z=_z_arg(z, None) is not None, **flags)
     return out, code, zmax
 
 
@@ -440,13 +468,13 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
                   gamma: torch.Tensor, stats: torch.Tensor, code: torch.Tensor, zmax: torch.Tensor, k: int,
                   stride: int, padding: int,
                   T: int, pool: int | None, training: bool, deterministic: bool, input_grad: bool,
-                  all_reduce=None) -> tuple[torch.Tensor | None, ...]:
+                  all_reduce=None, z: torch.Tensor | None = None) -> tuple[torch.Tensor | None, ...]:
     """The backward of a row-GEMM block (as ``_conv_paths.conv_bn_relu_backward``): (dx or None, dw2d fp32, db
     fp32 or None, local sum(gy * zhat), local sum(gy)). The BN sums from the forward's zmax (``pooled_bn_sums``)
     or, without it, a pass recomputing Z; then gz (N * T, C_out) in x.dtype (a pass recomputing Z), then dW from
     the same contiguous rows and dx by ``_rows_dx_kernel`` (or ``_conv_bwd.dx_from_gz`` where ``dx_rows_ok``
     says no). ``zmax``: what the forward saved beside the codes, zmax with a pool, the output (ReLU's mask)
-    without one."""
+    without one; ``z``: the forward's stored conv output (``keeps_z``): then no pass recomputes the conv."""
     N, C_in, L = x.shape
     C = w2d.shape[0]
     dev = x.device
@@ -468,8 +496,8 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
         tiles, P = persistent_grid(N * TP, flags["BLOCK_Q"])
         part = bn_sum_partials(P, C, deterministic, dev)
         wrap_triton(_rows_bwd_reduce_kernel)[(P, grid_c)](
-            xc, wr, b, stats, grad_out, mask, part, C, T, TP, N * TP, lpc, R, tiles, P, *go,
-            DETERMINISTIC=deterministic, **flags)
+            xc, wr, _z_arg(z, xc), b, stats, grad_out, mask, part, C, T, TP, N * TP, lpc, R, tiles, P, *go,
+            DETERMINISTIC=deterministic, HAS_Z=_z_arg(z, None) is not None, **flags)
         local = part.sum(dim=1).float()  # a fixed-order reduction
     sums = all_reduce(local) if (training and all_reduce is not None) else local
     M = N * T
@@ -486,8 +514,8 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
         gz, sgz = torch.empty((M, C), device=dev, dtype=x.dtype), T * C
     tiles, P = persistent_grid(N * tq, flags["BLOCK_Q"])
     wrap_triton(_rows_gz_kernel)[(P, grid_c)](
-        xc, wr, b, stats, gamma, grad_out, mask, sums, gz, C, T, TP, tq, N * tq, lpc, R, tiles, P, *go, sgz,
-        TRAINING=training, **flags)
+        xc, wr, _z_arg(z, xc), b, stats, gamma, grad_out, mask, sums, gz, C, T, TP, tq, N * tq, lpc, R, tiles, P,
+        *go, sgz, TRAINING=training, HAS_Z=_z_arg(z, None) is not None, **flags)
     rw = plan["BLOCK_R"]
     bm = clamp_pow2(M, 16, 128) if INTERPRET else ROWS_GPU
     num_mt = triton.cdiv(M, bm)

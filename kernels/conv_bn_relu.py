@@ -20,7 +20,7 @@ from torch.library import triton_op
 
 from ._common import INTERPRET, no_autocast, use_triton
 from ._conv_fwd import code_dtype, keeps_zmax
-from ._conv_paths import conv_bn_relu_backward, conv_bn_relu_pool, conv_moments, forward_input
+from ._conv_paths import block_forward, conv_bn_relu_backward, keeps_z
 from .bn_running import reference_update_running_stats, update_running_stats
 
 # fmt: off
@@ -44,10 +44,10 @@ Fused Conv1d -> BatchNorm1d -> ReLU (-> MaxPool1d): `conv1d_bn_relu`, `FusedConv
   (fp64 inputs take the PyTorch reference, in fp64);
   under `torch.autocast` x and the conv parameters are cast to the autocast dtype on entry.
   fp32 on CUDA follows `torch.backends.cudnn.allow_tf32` (TF32 products by default, like F.conv1d).
-- Backward: gradients of x, conv weight and bias, BN weight and bias. The conv is recomputed; only
-  the pool's argmax offset (int8) and, for 16-bit inputs, the normalised conv output there are kept,
-  never the unpooled activations. Max-pool ties go to the first index, as in PyTorch. No double
-  backward.
+- Backward: gradients of x, conv weight and bias, BN weight and bias. Kept for it: the pool's argmax
+  offset (int8), for 16-bit inputs the normalised conv output there, and for 16-bit blocks on the
+  channels-last row kernels the unpooled conv output (so no pass recomputes the conv); otherwise the
+  conv is recomputed. Max-pool ties go to the first index, as in PyTorch. No double backward.
 - Deterministic: `deterministic=True` (default: `torch.are_deterministic_algorithms_enabled()`) uses
   no atomics in the backward's reductions; forward statistics never use atomics.
 - Devices: CUDA runs the Triton kernels; CPU runs the PyTorch reference (the Triton kernels in the
@@ -124,12 +124,16 @@ def _out_len(length: int, kernel: int, stride: int, padding: int) -> int:
 def reference_forward(x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight: Tensor, bn_bias: Tensor,
                       running_mean: Tensor | None, running_var: Tensor | None, stride: int, padding: int,
                       training: bool, eps: float, pool: int | None, deterministic: bool,
-                      group: int) -> tuple[Tensor, Tensor, Tensor]:
+                      group: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Plain PyTorch forward in fp32 (fp64 for fp64 inputs) with the fused op's outputs (pooled output,
-    window codes, zmax, stats)."""
+    window codes, zmax, stats, z: the conv output without bias (N, T, C_out) in x.dtype when ``keeps_z``)."""
     acc = acc_dtype(x)
     with no_autocast(x.device):
         z = F.conv1d(x.to(acc), weight.to(acc), bias.to(acc) if bias is not None else None, stride, padding)
+        kept = x.new_empty(0)
+        if keeps_z(x, weight.shape[0], weight.shape[-1], stride, pool, training):
+            z0 = z - bias.to(acc)[:, None] if bias is not None else z
+            kept = z0.transpose(1, 2).to(x.dtype).contiguous()
         if training:
             var, mean = torch.var_mean(z, dim=(0, 2), correction=0)
             count = torch.full_like(mean, z.shape[0] * z.shape[2])
@@ -141,22 +145,23 @@ def reference_forward(x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight:
             stats = eval_stats(running_mean, running_var, eps, acc)
         y = F.relu((z - stats[0, :, None]) * (stats[1] * bn_weight.to(acc))[:, None] + bn_bias.to(acc)[:, None])
         if pool is None:
-            return y.to(x.dtype), torch.empty(0, dtype=torch.int8, device=x.device), x.new_empty(0), stats
+            return y.to(x.dtype), torch.empty(0, dtype=torch.int8, device=x.device), x.new_empty(0), stats, kept
         out, idx = F.max_pool1d(y, pool, pool, return_indices=True)
         start = torch.arange(out.shape[-1], device=x.device) * pool
         code = torch.where(out > 0, idx - start, -1).to(code_dtype(pool))
         if not keeps_zmax(x, pool):
-            return out.to(x.dtype), code, x.new_empty(0), stats
+            return out.to(x.dtype), code, x.new_empty(0), stats, kept
         zhat = (z - stats[0, :, None]) * stats[1, :, None]
         zmax = torch.where(out > 0, zhat.gather(2, idx), 0.0)
-        return out.to(x.dtype), code, zmax.to(x.dtype), stats
+        return out.to(x.dtype), code, zmax.to(x.dtype), stats, kept
 
 
 def reference_backward(grad_out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight: Tensor,
-                       stats: Tensor, code: Tensor, out: Tensor | None, stride: int, padding: int,
+                       stats: Tensor, code: Tensor, out: Tensor | None, z: Tensor, stride: int, padding: int,
                        training: bool, pool: int | None, deterministic: bool, group: int,
                        input_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Plain PyTorch backward from the same saved tensors as the Triton backward."""
+    """Plain PyTorch backward from the same saved tensors as the Triton backward (it recomputes the conv: ``z``,
+    the forward's stored conv output, is not read)."""
     acc = acc_dtype(x)
     with no_autocast(x.device):
         xf, wf = x.to(acc), weight.to(acc)
@@ -190,28 +195,23 @@ def reference_backward(grad_out: Tensor, x: Tensor, weight: Tensor, bias: Tensor
 def _fwd_op(x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight: Tensor, bn_bias: Tensor,
             running_mean: Tensor | None, running_var: Tensor | None, stride: int, padding: int,
             training: bool, eps: float, pool: int | None, deterministic: bool,
-            group: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+            group: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Outputs: pooled (or plain) output, pool window codes (int8; empty without pool), zmax (the normalised
     conv output at each window's maximum, 0 where the output is 0, in x.dtype; empty without pool or with
-    32- / 64-bit inputs, ``keeps_zmax``) and stats
-    (4, C_out) fp32 rows mean, invstd, unbiased variance, count. ``deterministic`` is for backward."""
+    32- / 64-bit inputs, ``keeps_zmax``), stats (4, C_out) fp32 rows mean, invstd, unbiased variance, count,
+    and z: the conv output without bias (N, T, C_out) in x.dtype, kept for pass 2 and the backward by 16-bit
+    training forwards on the row kernels (``_conv_paths.keeps_z``; empty otherwise). ``deterministic`` is for
+    backward."""
     if not use_triton(x) or x.dtype == torch.float64:  # the kernels accumulate in fp32
         return reference_forward(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, stride,
                                  padding, training, eps, pool, deterministic, group)
     c_out, c_in, k = weight.shape
     w2d = weight.reshape(c_out, c_in * k).contiguous()
     t = _out_len(x.shape[-1], k, stride, padding)
-    xp = forward_input(x, c_out, k, stride, padding, t, pool)  # the padded copy both passes read, made once
-    if training:
-        if group:  # per-rank moments, merged across ranks, then finalised
-            moments = conv_moments(x, w2d, bias, k, stride, padding, t, None, xp)
-            stats = finalize_stats(_sync_moments(moments, group), eps)
-        else:
-            stats = conv_moments(x, w2d, bias, k, stride, padding, t, eps, xp)
-    else:
-        stats = eval_stats(running_mean, running_var, eps)
-    out, code, zmax = conv_bn_relu_pool(x, w2d, bias, bn_weight, bn_bias, stats, k, stride, padding, t, pool, xp)
-    return out, code, zmax, stats
+    stats = None if training else eval_stats(running_mean, running_var, eps)
+    # a process group: per-rank moments, merged across ranks, then finalised
+    sync = (lambda moments: finalize_stats(_sync_moments(moments, group), eps)) if group else None
+    return block_forward(x, w2d, bias, bn_weight, bn_bias, k, stride, padding, t, pool, training, eps, stats, sync)
 
 
 @_fwd_op.register_fake
@@ -222,31 +222,34 @@ def _fwd_fake(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, st
     shape = (x.shape[0], weight.shape[0], tp)
     code = x.new_empty(shape if pool is not None else (0,), dtype=code_dtype(pool or 1))
     zmax = x.new_empty(shape if keeps_zmax(x, pool) else (0,))
-    return x.new_empty(shape), code, zmax, x.new_empty((4, weight.shape[0]), dtype=acc_dtype(x))
+    keep = keeps_z(x, weight.shape[0], weight.shape[-1], stride, pool, training)
+    z = x.new_empty((x.shape[0], t, weight.shape[0]) if keep else (0,))
+    return x.new_empty(shape), code, zmax, x.new_empty((4, weight.shape[0]), dtype=acc_dtype(x)), z
 
 
 @triton_op("soundnet_fast::conv1d_bn_relu_backward", mutates_args=())
 def _bwd_op(grad_out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight: Tensor,
-            stats: Tensor, code: Tensor, out: Tensor | None, stride: int, padding: int, training: bool,
+            stats: Tensor, code: Tensor, out: Tensor | None, z: Tensor, stride: int, padding: int, training: bool,
             pool: int | None, deterministic: bool, group: int,
             input_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``out``: what the forward saved beside the codes, its output without a pool, zmax with one."""
+    """``out``: what the forward saved beside the codes, its output without a pool, zmax with one; ``z``: the
+    forward's stored conv output (empty unless ``keeps_z``)."""
     if not use_triton(x) or x.dtype == torch.float64:
-        return reference_backward(grad_out, x, weight, bias, bn_weight, stats, code, out, stride, padding,
+        return reference_backward(grad_out, x, weight, bias, bn_weight, stats, code, out, z, stride, padding,
                                   training, pool, deterministic, group, input_grad)
     c_out, c_in, k = weight.shape
     w2d = weight.reshape(c_out, c_in * k).contiguous()
     t = _out_len(x.shape[-1], k, stride, padding)
     dx, dw, db, dg, dbeta = conv_bn_relu_backward(
         grad_out, x, w2d, bias, bn_weight, stats, code, out, k, stride, padding, t, pool, training,
-        deterministic, input_grad, _all_reduce(group))
+        deterministic, input_grad, _all_reduce(group), z if z.numel() else None)
     return (dx if dx is not None else x.new_empty(0), dw.reshape(weight.shape).to(weight.dtype),
             db.to(bias.dtype) if db is not None else weight.new_empty(0), dg.to(bn_weight.dtype),
             dbeta.to(bn_weight.dtype))
 
 
 @_bwd_op.register_fake
-def _bwd_fake(grad_out, x, weight, bias, bn_weight, stats, code, out, stride, padding, training, pool,
+def _bwd_fake(grad_out, x, weight, bias, bn_weight, stats, code, out, z, stride, padding, training, pool,
               deterministic, group, input_grad):
     return (x.new_empty(x.shape if input_grad else (0,)), torch.empty_like(weight),
             torch.empty_like(bias) if bias is not None else weight.new_empty(0),
@@ -255,19 +258,19 @@ def _bwd_fake(grad_out, x, weight, bias, bn_weight, stats, code, out, stride, pa
 
 def _setup_context(ctx, inputs, output) -> None:
     x, weight, bias, bn_weight, _, _, _, stride, padding, training, _, pool, deterministic, group = inputs
-    out, code, zmax, stats = output
-    ctx.mark_non_differentiable(code, zmax, stats)
+    out, code, zmax, stats, z = output
+    ctx.mark_non_differentiable(code, zmax, stats, z)
     # Saved: the input, parameters, per-channel stats, the pool's int8 argmax offsets and zmax (pooled size:
-    # the BN sums need no recompute), and the output only without a pool (ReLU's mask; it is the next layer's
-    # input anyway). Nothing unpooled.
-    ctx.save_for_backward(x, weight, bias, bn_weight, stats, code, out if pool is None else zmax)
+    # the BN sums need no recompute), the output only without a pool (ReLU's mask; it is the next layer's
+    # input anyway), and z, the unpooled conv output, only where keeps_z says it pays (16-bit, row kernels).
+    ctx.save_for_backward(x, weight, bias, bn_weight, stats, code, out if pool is None else zmax, z)
     ctx.conf = (stride, padding, training, pool, deterministic, group)
 
 
-def _backward(ctx, grad_out, _grad_code, _grad_zmax, _grad_stats):
-    x, weight, bias, bn_weight, stats, code, out = ctx.saved_tensors
+def _backward(ctx, grad_out, _grad_code, _grad_zmax, _grad_stats, _grad_z):
+    x, weight, bias, bn_weight, stats, code, out, z = ctx.saved_tensors
     stride, padding, training, pool, deterministic, group = ctx.conf
-    dx, dw, db, dg, dbeta = _bwd_op(grad_out, x, weight, bias, bn_weight, stats, code, out, stride, padding,
+    dx, dw, db, dg, dbeta = _bwd_op(grad_out, x, weight, bias, bn_weight, stats, code, out, z, stride, padding,
                                     training, pool, deterministic, group, ctx.needs_input_grad[0])
     return (dx if ctx.needs_input_grad[0] else None, dw, db if bias is not None else None, dg, dbeta,
             None, None, None, None, None, None, None, None, None)
@@ -359,9 +362,9 @@ def conv1d_bn_relu(x: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, bn_
     if deterministic is None:
         deterministic = torch.are_deterministic_algorithms_enabled()
     group = _group_key(process_group) if training else 0
-    out, _, _, stats = _fwd_op(x, conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var,
-                               stride, padding, bool(training), float(eps), None if pool is None else int(pool),
-                               bool(deterministic), group)
+    out, _, _, stats, _ = _fwd_op(x, conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var,
+                                  stride, padding, bool(training), float(eps), None if pool is None else int(pool),
+                                  bool(deterministic), group)
     if training and running_mean is not None and running_var is not None:
         _update_running_stats(running_mean, running_var, num_batches_tracked, stats.detach(),
                               None if momentum is None else float(momentum))

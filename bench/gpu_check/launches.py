@@ -101,15 +101,30 @@ def bf16_training_launches(batch: int, samples: int) -> list[dict[str, Any]]:
             torch.empty((), dtype=torch.int64, device="meta"),
         )  # mean, var, num_batches_tracked
         with aot_check.record_launches("tf32") as rec:  # bf16 operands: the recorder passes "ieee"
-            xp = _conv_paths.forward_input(x, c_out, k, s, p, t, pool)  # as the op: one copy for both passes
-            stats = _conv_paths.conv_moments(x, w2d, b, k, s, p, t, 1e-5, xp)
+            y, code, zmax, stats, z = _conv_paths.block_forward(x, w2d, b, g, g, k, s, p, t, pool, True, 1e-5)
             bn_running.update_running_stats(*running, stats, 0.1)
-            y, code, zmax = _conv_paths.conv_bn_relu_pool(x, w2d, b, g, g, stats, k, s, p, t, pool, xp)
         take(rec, spec.name, "forward")
         go = torch.empty(y.shape, dtype=bf16, device="meta")
         with aot_check.record_launches("tf32") as rec:
             _conv_paths.conv_bn_relu_backward(
-                go, x, w2d, b, g, stats, code, y if pool is None else zmax, k, s, p, t, pool, True, False, i > 0
+                go,
+                x,
+                w2d,
+                b,
+                g,
+                stats,
+                code,
+                y if pool is None else zmax,
+                k,
+                s,
+                p,
+                t,
+                pool,
+                True,
+                False,
+                i > 0,
+                None,
+                z if z.numel() else None,
             )
         take(rec, spec.name, "backward")
         length, c_in = (t // pool if pool else t), c_out

@@ -47,7 +47,9 @@ def padded_mma_flops(name: str, v: dict[str, Any], grid: tuple[int, ...]) -> flo
         return grid[1] * v["NUM_TILES"] * one * (2 if name == "_band_gz_dw_kernel" else 1)
     if name == "_rows_stats_kernel":
         return grid[1] * v["NUM_TILES"] * 2.0 * v["BLOCK_M"] * v["R"] * v["BLOCK_CO"]
-    if name in ROWS_WINDOWS:
+    if name in ROWS_WINDOWS:  # HAS_Z: the conv output read from the statistics pass's copy, no dot
+        if v.get("HAS_Z"):
+            return 0.0
         return grid[1] * v["NUM_TILES"] * 2.0 * v["BLOCK_Q"] * v["PP"] * v["R"] * v["BLOCK_CO"]
     if name == "_rows_dw_kernel":
         iters = sum(len(range(s, v["NUM_MT"], v["SPLIT"])) for s in range(grid[2]))
@@ -62,7 +64,7 @@ def padded_mma_flops(name: str, v: dict[str, Any], grid: tuple[int, ...]) -> flo
 
 def useful_flops(name: str, v: dict[str, Any]) -> float:
     """Multiply-adds x 2 the launch needs without padding (one conv pass = 2 * C_out * M * R)."""
-    if name in ELEMENTWISE:
+    if name in ELEMENTWISE or (name in ROWS_WINDOWS and v.get("HAS_Z")):
         return 0.0
     if name == "_conv_bn_relu_pool_kernel":
         return 2.0 * v["C_OUT"] * v["Q"] * v["POOL"] * v["R"]

@@ -314,9 +314,9 @@ def test_opcheck_interpreter() -> None:
     for args in opcheck_samples():
         torch.library.opcheck(cbr._fwd_op, args)
     x, w, b, g, beta, rm, rv = (a.detach() for a in opcheck_samples()[0][:7])
-    out, code, zmax, stats = cbr._fwd_op(x, w, b, g, beta, rm, rv, 2, 1, True, 1e-5, 4, True, 0)
+    out, code, zmax, stats, z = cbr._fwd_op(x, w, b, g, beta, rm, rv, 2, 1, True, 1e-5, 4, True, 0)
     torch.library.opcheck(
-        cbr._bwd_op, (torch.randn_like(out), x, w, b, g, stats, code, zmax, 2, 1, True, 4, True, 0, True)
+        cbr._bwd_op, (torch.randn_like(out), x, w, b, g, stats, code, zmax, z, 2, 1, True, 4, True, 0, True)
     )
     torch.library.opcheck(cbr._update_running_stats, (rm.clone(), rv.clone(), torch.tensor(0), stats, 0.1))
 
@@ -335,8 +335,8 @@ def test_opcheck_cpu_reference() -> None:
         for args in opcheck_samples():
             torch.library.opcheck(cbr._fwd_op, args)
         x, w, b, g, beta, rm, rv = (a.detach() for a in opcheck_samples()[0][:7])
-        out, code, zmax, stats = cbr._fwd_op(x, w, b, g, beta, rm, rv, 2, 1, True, 1e-5, 4, True, 0)
-        torch.library.opcheck(cbr._bwd_op, (torch.randn_like(out), x, w, b, g, stats, code, zmax, 2, 1,
+        out, code, zmax, stats, z = cbr._fwd_op(x, w, b, g, beta, rm, rv, 2, 1, True, 1e-5, 4, True, 0)
+        torch.library.opcheck(cbr._bwd_op, (torch.randn_like(out), x, w, b, g, stats, code, zmax, z, 2, 1,
                                             True, 4, True, 0, True))
         torch.library.opcheck(cbr._update_running_stats, (rm, rv, torch.tensor(0), stats, None))
         z = torch.randn(3, 7, 5, requires_grad=True)

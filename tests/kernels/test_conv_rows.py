@@ -48,21 +48,38 @@ def test_blocks_run_the_row_kernels(monkeypatch: pytest.MonkeyPatch, c_out: int,
     _check_fp32(case, ref, fused, True)
 
 
+@pytest.mark.parametrize("layer", ["conv2", "conv3"])  # pools 8; no pool
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
-def test_16_bit_keeps_zmax_and_skips_the_recompute(monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype) -> None:
-    """bf16 / fp16: the pool kernel keeps zhat at each window's maximum and the backward takes the BN sums from
-    it (no _rows_bwd_reduce_kernel); fp32 keeps nothing more and recomputes (saved memory, docs/design.md)."""
-    c_in, c_out, k, s, p, pool = SOUNDNET_LAYERS["conv2"]
+def test_16_bit_keeps_z_and_zmax_and_recomputes_nothing(
+    monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype, layer: str
+) -> None:
+    """bf16 / fp16: the statistics pass stores the conv output z (N, T, C_out) and the pool kernel keeps zhat at
+    each window's maximum; pass 2 and the backward read them (the pooling block's BN sums from zmax, no
+    _rows_bwd_reduce_kernel; without a pool that kernel reads z) and no kernel recomputes the conv. fp32 keeps
+    neither and recomputes (saved memory, docs/design.md)."""
+    c_in, c_out, k, s, p, pool = SOUNDNET_LAYERS[layer]
     case = make_case(2, c_in, c_out, k, 300, seed=3)
     x = case.x.to(dtype)
     w = case.w.to(dtype)
-    out, code, zmax, stats = _fwd_op(x, w, case.b.to(dtype), case.g.float(), case.beta.float(), None, None, s, p,
-                                     True, 1e-5, pool, True, 0)  # fmt: skip
-    assert zmax.shape == (out.shape if dtype == torch.bfloat16 else (0,))
+    out, code, zmax, stats, z = _fwd_op(x, w, case.b.to(dtype), case.g.float(), case.beta.float(), None, None, s,
+                                        p, True, 1e-5, pool, True, 0)  # fmt: skip
+    bf16 = dtype == torch.bfloat16
+    t = (300 + 2 * p - k) // s + 1
+    assert zmax.shape == (out.shape if bf16 and pool else (0,))
+    assert z.shape == ((2, t, c_out) if bf16 else (0,))
+    if bf16:  # the conv output without its bias, position-major
+        ref = torch.nn.functional.conv1d(x.float(), w.float(), None, s, p).transpose(1, 2)
+        torch.testing.assert_close(z.float(), ref, rtol=1e-2, atol=1e-2)
     seen = _Launches(monkeypatch, rows)
+    recomputed = set()  # the kernels that ran the conv tile (the interpreter resolves _row_tile at call time)
+    real_tile = rows._row_tile
+    monkeypatch.setattr(rows, "_row_tile", lambda *a, **kw: recomputed.add(seen.names[-1]) or real_tile(*a, **kw))
     run_fused(case, run_reference(case, None, stride=s, padding=p, training=True, pool=pool)[5], stride=s,
               padding=p, training=True, pool=pool, dtype=dtype)  # fmt: skip
-    assert ("_rows_bwd_reduce_kernel" in seen.names) == (dtype == torch.float32)
+    assert ("_rows_bwd_reduce_kernel" in seen.names) == (dtype == torch.float32 or pool is None)
+    passes = {"_rows_stats_kernel", "_rows_bn_relu_pool_kernel", "_rows_gz_kernel"}
+    passes |= {"_rows_bwd_reduce_kernel"} if "_rows_bwd_reduce_kernel" in seen.names else set()
+    assert recomputed == ({"_rows_stats_kernel"} if bf16 else passes)
 
 
 # (N, C_in, C_out, k, s, p, pool, L, bias): rows cross clip boundaries; T % pool != 0 leaves a tail

@@ -18,11 +18,13 @@ from tests.helpers.kernels import SOUNDNET_LAYERS
 EAGER_MB_PER_CLIP = 41.2  # docs/design.md#memory-accounting: fp32 eager nn.Sequential, SoundNet-8 trunk, 20 s clip
 
 
-def _trunk_bytes(backend: str, length: int, batch: int, device: str, seed: int = 0) -> int:
+def _trunk_bytes(
+    backend: str, length: int, batch: int, device: str, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> int:
     torch.manual_seed(seed)
     with torch.device(device):
-        model = SoundNet8(backend=backend)
-        x = torch.randn(batch, 1, length)
+        model = SoundNet8(backend=backend).to(dtype)
+        x = torch.randn(batch, 1, length, dtype=dtype)
     model.check_inputs = False  # the finiteness check reads data (none on meta)
     out = model.features(x, "conv7")
     return saved_activation_bytes(out, exclude=[*model.parameters(), *model.buffers()])
@@ -34,6 +36,15 @@ def test_soundnet8_trunk_20s_fused_at_most_quarter_of_eager() -> None:
     assert abs(eager / 1e6 - EAGER_MB_PER_CLIP) < 0.05, eager  # the counter reproduces the design figure
     assert fused * 4 <= eager, (fused, eager)
     print(f"saved for backward per 20 s clip (fp32): eager {eager / 1e6:.2f} MB, fused {fused / 1e6:.2f} MB")
+
+
+def test_soundnet8_trunk_20s_bf16_within_the_budget() -> None:
+    """16-bit blocks keep more to recompute less (zmax; the row kernels' unpooled conv output z): the trunk must
+    still stay within 6.5 MB per 20 s clip, and above fp32's count (which keeps neither)."""
+    fused16 = _trunk_bytes("fused", 20 * SAMPLE_RATE, 1, "meta", dtype=torch.bfloat16)
+    fused32 = _trunk_bytes("fused", 20 * SAMPLE_RATE, 1, "meta")
+    assert fused32 < fused16 <= 6.5e6, (fused16, fused32)
+    print(f"saved for backward per 20 s clip (bf16): fused {fused16 / 1e6:.2f} MB")
 
 
 def test_meta_count_matches_real_interpreter_run() -> None:

@@ -376,7 +376,8 @@ def band_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
     part = torch.empty((3, C, P), device=x.device, dtype=torch.float32)
     b = bias if bias is not None else w2d
     wrap_triton(_band_stats_kernel)[(P, triton.cdiv(C, plan["BLOCK_C"]))](
-        xp, w2d, b, part, C, T, tq, N * tq, lp, tiles, P, **reg_cap(128), **_flags(plan, x, k, stride, bias, bq))
+        xp, w2d, b, part, C, T, tq, N * tq, lp, tiles, P, **(reg_cap(128) if x.element_size() == 2 else {}),
+        **_flags(plan, x, k, stride, bias, bq))  # fp32: shared memory allows 2 CTAs anyway, and 128 spilled
     return merge_stats(part, 0, 0, eps)
 
 

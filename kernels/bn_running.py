@@ -22,7 +22,8 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ._common import clamp_pow2
+from ._common import INTERPRET, clamp_pow2
+from ._conv_fwd import cast_out
 
 # fmt: off
 # Hand-wrapped on purpose, as in _conv_fwd.py.
@@ -30,7 +31,7 @@ from ._common import clamp_pow2
 
 @triton.jit
 def _running_stats_kernel(mean_ptr, var_ptr, nbt_ptr, stats_ptr, C, momentum, HAS_NBT: tl.constexpr,
-                          CUMULATIVE: tl.constexpr, BLOCK_C: tl.constexpr):
+                          CUMULATIVE: tl.constexpr, BLOCK_C: tl.constexpr, INTERP: tl.constexpr):
     """One program: num_batches_tracked += 1 (when HAS_NBT), then running_mean / running_var moved by f towards
     stats[0] / stats[2], in fp32, stored in the buffers' dtype. f = momentum, or 1 / num_batches_tracked when
     CUMULATIVE. mean_ptr, var_ptr: (C,) any float dtype; nbt_ptr: (1,) int64 (unused without HAS_NBT);
@@ -48,8 +49,9 @@ def _running_stats_kernel(mean_ptr, var_ptr, nbt_ptr, stats_ptr, C, momentum, HA
         rv = tl.load(var_ptr + c, mask=ok, other=0.0).to(tl.float32)
         bm = tl.load(stats_ptr + c, mask=ok, other=0.0)
         bv = tl.load(stats_ptr + 2 * C + c, mask=ok, other=0.0)
-        tl.store(mean_ptr + c, rm * (1.0 - f) + bm * f, mask=ok)
-        tl.store(var_ptr + c, rv * (1.0 - f) + bv * f, mask=ok)
+        # cast_out: rounded to nearest even under the interpreter too (it truncates fp32 -> bf16 stores)
+        tl.store(mean_ptr + c, cast_out(rm * (1.0 - f) + bm * f, mean_ptr.dtype.element_ty, INTERP), mask=ok)
+        tl.store(var_ptr + c, cast_out(rv * (1.0 - f) + bv * f, var_ptr.dtype.element_ty, INTERP), mask=ok)
 
 
 def _check(running_mean: torch.Tensor, num_batches_tracked: torch.Tensor | None, momentum: float | None) -> None:
@@ -74,7 +76,7 @@ def update_running_stats(running_mean: torch.Tensor, running_var: torch.Tensor,
     wrap_triton(_running_stats_kernel)[(1,)](
         running_mean, running_var, nbt, stats, C, 0.0 if momentum is None else float(momentum),
         HAS_NBT=num_batches_tracked is not None, CUMULATIVE=momentum is None,
-        BLOCK_C=clamp_pow2(C, 16, 1024), num_warps=4)
+        BLOCK_C=clamp_pow2(C, 16, 1024), INTERP=INTERPRET, num_warps=4)
 
 
 def reference_update_running_stats(running_mean: torch.Tensor, running_var: torch.Tensor,

@@ -267,7 +267,7 @@ def _rows_dw_kernel(gz_ptr, xc_ptr, dw_ptr, db_ptr, C_OUT, T, M, SGZ, LPC, R, NU
     pid_s = tl.program_id(2)
     r = pid_r * BLOCK_RW + tl.arange(0, BLOCK_RW)
     c_ok = co < C_OUT
-    acc = tl.zeros((BLOCK_CO, BLOCK_RW), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_RW, BLOCK_CO), dtype=tl.float32)  # dW^T: the rows' R on the MMA's M axis (wgmma)
     db = tl.zeros((BLOCK_CO,), dtype=tl.float32)
     for it in range(pid_s, NUM_MT, SPLIT):
         m = it * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -280,13 +280,13 @@ def _rows_dw_kernel(gz_ptr, xc_ptr, dw_ptr, db_ptr, C_OUT, T, M, SGZ, LPC, R, NU
         db += tl.sum(g.to(tl.float32), axis=0)
         g = fp32_if(g, INTERP)
         a = fp32_if(a, INTERP)
-        acc = tl.dot(tl.trans(g), a, acc, input_precision=PRECISION)
+        acc = tl.dot(tl.trans(a), g, acc, input_precision=PRECISION)
     if DETERMINISTIC:
         idx = pid_s
     else:
         idx = pid_s * 0
     col = (r % C_IN) * K + r // C_IN  # (k, ci) -> the weight's (ci, k)
-    store_partial(dw_ptr + (idx * C_OUT + co[:, None]).to(tl.int64) * R + col[None, :], acc, c_ok[:, None],
+    store_partial(dw_ptr + (idx * C_OUT + co[None, :]).to(tl.int64) * R + col[:, None], acc, c_ok[None, :],
                   DETERMINISTIC)
     store_partial(db_ptr + idx * C_OUT + co, db, c_ok & ((co * 0 + pid_r) == 0), DETERMINISTIC)
 
@@ -516,7 +516,7 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     wrap_triton(_rows_gz_kernel)[(P, grid_c)](
         xc, wr, _z_arg(z, xc), b, stats, gamma, grad_out, mask, sums, gz, C, T, TP, tq, N * tq, lpc, R, tiles, P,
         *go, sgz, TRAINING=training, HAS_Z=_z_arg(z, None) is not None, **flags)
-    rw = plan["BLOCK_R"]
+    rw = plan["BLOCK_R"] if INTERPRET else max(b for b in (16, 32, 64, 128) if R % b == 0)  # dW^T's M: to 128
     bm = clamp_pow2(M, 16, 128) if INTERPRET else ROWS_GPU
     num_mt = triton.cdiv(M, bm)
     grid_r = triton.cdiv(R, rw)

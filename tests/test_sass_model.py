@@ -174,8 +174,8 @@ def test_hand_count_counts_the_outer_loop_span(toy) -> None:
 
 @pytest.mark.skipif(not PTXAS.exists(), reason="this Triton build ships no NVIDIA backend (ptxas)")
 def test_mma_invariant_on_a_compiled_kernel(monkeypatch, tmp_path) -> None:
-    """conv3's bf16 pool kernel (SoundNet-8, batch 8): the dynamic MMA FLOPs equal the padded analytic
-    FLOPs; doubling the reduction loop's trip count (as a missed ptxas unroll would) breaks the check."""
+    """conv3's bf16 statistics kernel (SoundNet-8, batch 8; row GEMMs): the dynamic MMA FLOPs equal the padded
+    analytic FLOPs; doubling the loops' trip counts (as a missed ptxas unroll would) breaks the check."""
     import torch
 
     from bench import aot_check
@@ -187,7 +187,7 @@ def test_mma_invariant_on_a_compiled_kernel(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("TRITON_CACHE_DIR", str(CACHE / "triton" / triton.__version__))
     rows = trunk_rows("soundnet8")[:3]  # conv1..conv3
     launches, _ = aot_check.train_step_launches(rows, 8, 20 * SAMPLE_RATE, torch.bfloat16, precision="ieee")
-    lc = next(x for x in launches if x.layer == "conv3" and x.kernel.__name__ == "_conv_bn_relu_pool_kernel")
+    lc = next(x for x in launches if x.layer == "conv3" and x.kernel.__name__ == "_rows_stats_kernel")
     spec, bound = specialise(lc.kernel, lc.args, lc.kwargs)
     comp = compile_spec(spec, lc.kernel)
     st = analyse(comp["sass"])
@@ -197,8 +197,8 @@ def test_mma_invariant_on_a_compiled_kernel(monkeypatch, tmp_path) -> None:
     assert row["detail"]["fixed_stall_mean"] >= 1.0
     assert row["detail"]["warp_cycles"] >= row["warp_instructions"]
     assert "dependency" in row["detail"]["bounds_us"]
-    assert row["detail"]["loops"][0]["range"] == "range(0, R, BLOCK_R)"
-    assert row["detail"]["loops"][0]["trips_mean"] == 512 // 64
+    inner = [lp for lp in row["detail"]["loops"] if lp["range"] == "range(0, R, BLOCK_R)"]
+    assert len(inner) == 1 and inner[0]["trips_mean"] == 512 // 64  # R = k * C_in = 16 * 32, BLOCK_R 64
 
     import bench.sass.model as model_mod
 
@@ -238,3 +238,21 @@ def test_register_table_pairs_launches_by_kernel_not_position() -> None:
             row("conv2", "forward", "stats", 12), row("conv2", "forward", "merge", 13)]  # fmt: skip
     pairs = [((b or {}).get("regs"), (f or {}).get("regs")) for b, f in _pair_launches(bf16, fp32)]
     assert pairs == [(1, 11), (None, 10), (2, 12), (3, 13)]
+
+
+def test_narrow_load_audit_lists_loops_with_sub_16_byte_loads() -> None:
+    from bench.sass.markdown import _narrow
+
+    launch = {"layer": "conv2", "phase": "backward", "kernel": "_rows_gz_kernel",
+              "detail": {"loops": [{"source": "_conv_rows.py:248", "narrow_loads": {"LDG.E.U16": 16}},
+                                   {"source": "_conv_rows.py:62", "narrow_loads": {}}]}}  # fmt: skip
+    wide = {"layer": "conv2", "phase": "forward", "kernel": "_rows_stats_kernel",
+            "detail": {"loops": [{"source": "_conv_rows.py:100", "narrow_loads": {}}]}}  # fmt: skip
+    data = {"configs": [{"arch": "soundnet8", "batch": 64, "seconds": 20.0, "dtype": "bf16",
+                         "launches": [launch, wide]}]}  # fmt: skip
+    lines: list[str] = []
+    _narrow(data, lines.append)
+    text = "\n".join(lines)
+    assert "1 of 2 launches" in text
+    assert "| conv2 | backward | _rows_gz_kernel | _conv_rows.py:248 | 16 LDG.E.U16 |" in text
+    assert "_rows_stats_kernel" not in text

@@ -115,6 +115,7 @@ def markdown(data: dict[str, Any]) -> str:
     _headline(data, w)
     _layers(data, w)
     _regs(data, w)
+    _narrow(data, w)
     _launch_table(data, w)
     _calibration(data, w)
     _cross(data, w)
@@ -317,6 +318,35 @@ def _regs(data: dict, w) -> None:
             x = r or f
             w(f"| {x['layer']} | {x['phase']} | {x['kernel']} | {br} | {fr} |")
         w("")
+
+
+def _narrow(data: dict, w) -> None:
+    """Global loads narrower than 16 bytes per lane inside loops, per launch of the bf16 batch-64 configs."""
+    w(f"## Global loads narrower than 16 bytes inside loops ({LABEL})")
+    w("")
+    w(
+        "Per loop of each bf16 batch-64 launch: the global-load instructions of its own blocks (nested loops "
+        "listed apart) whose per-lane width is under 16 bytes, by opcode (LDG.E = 4 bytes, .64 = 8, .U16 / "
+        ".U8 = 2 / 1; an LDGSTS is a cp.async). From the SASS, counted once per loop body."
+    )
+    w("")
+    for c in data["configs"]:
+        if not (c["batch"] == 64 and c["dtype"] == "bf16"):
+            continue
+        rows = []
+        for r in c["launches"]:
+            for lp in r["detail"].get("loops", []):
+                if lp.get("narrow_loads"):
+                    ops = ", ".join(f"{n} {op}" for op, n in sorted(lp["narrow_loads"].items()))
+                    rows.append(f"| {r['layer']} | {r['phase']} | {r['kernel']} | {lp['source']} | {ops} |")
+        launches = {tuple(x.split(" | ")[:3]) for x in rows}
+        w(f"**{_cfg_name(c)}**: {len(launches)} of {len(c['launches'])} launches have narrow global loads in a loop.")
+        w("")
+        if rows:
+            _head(w, "| layer | phase | kernel | loop | narrow loads in its body |")
+            for x in rows:
+                w(x)
+            w("")
 
 
 def _launch_table(data: dict, w) -> None:

@@ -207,6 +207,13 @@ def dynamic(st: Static, bound: dict[str, Any], grid: tuple[int, ...], num_warps:
         body = sum(st.count[b] for b in own)
         has_ld = any(st.mem[b].get("global_ld", 0) or st.mem[b].get("global_ld_bypass", 0) for b in own)
         has_async = any(i2.base == "LDGSTS" for b in own for i2 in st.cfg.instrs_of(b))
+        # global loads narrower than 16 bytes per lane in the loop's own blocks: (opcode, count)
+        narrow: dict[str, int] = {}
+        for b in own:
+            for i2 in st.cfg.instrs_of(b):
+                a = cfgmod.access(i2)
+                if a is not None and a[0].startswith("global_ld") and a[1] < 32 * 16 and not i2.never:
+                    narrow[i2.opcode] = narrow.get(i2.opcode, 0) + 1
         execs = freq[st.cfg.loops[i].header] / programs
         body_mma = sum(n for b in own for n in st.mma[b].values())
         tot["loops"].append(
@@ -217,6 +224,7 @@ def dynamic(st: Static, bound: dict[str, Any], grid: tuple[int, ...], num_warps:
                 "body_instructions": body,
                 "body_mma": body_mma,
                 "iterations_per_program": execs,
+                "narrow_loads": narrow,
                 "_global_loads": has_ld,
                 "_cp_async": has_async,
             }

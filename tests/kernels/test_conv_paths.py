@@ -38,7 +38,8 @@ def test_other_shapes() -> None:
 
 
 @pytest.mark.skipif(not INTERPRET, reason="needs TRITON_INTERPRET=1 (the kernels on CPU tensors)")
-@pytest.mark.parametrize(("c_in", "c_out", "k", "s", "p"), [(1, 16, 64, 2, 32), (16, 32, 32, 2, 16), (3, 5, 5, 1, 2)])
+@pytest.mark.parametrize(("c_in", "c_out", "k", "s", "p"),
+                         [SOUNDNET_LAYERS["conv1"][:5], SOUNDNET_LAYERS["conv2"][:5], (3, 5, 5, 1, 2)])  # fmt: skip
 def test_merge_kernel_finalises_like_finalize_stats(c_in: int, c_out: int, k: int, s: int, p: int) -> None:
     """conv_moments with BN's eps returns the stats rows finalize_stats makes from its moments (banded, rows and
     generic statistics, in that order of the cases)."""
@@ -60,7 +61,7 @@ def test_merge_kernel_finalises_like_finalize_stats(c_in: int, c_out: int, k: in
 
 @pytest.mark.skipif(not INTERPRET, reason="needs TRITON_INTERPRET=1 (the kernels on CPU tensors)")
 @pytest.mark.parametrize(("c_in", "c_out", "k", "s", "p", "pool"),
-                         [(1, 16, 64, 2, 32, 8), (16, 32, 32, 2, 16, 8), (32, 64, 16, 2, 8, None)])  # fmt: skip
+                         [SOUNDNET_LAYERS[name] for name in ("conv1", "conv2", "conv3")])  # fmt: skip
 def test_a_training_forward_pads_its_input_once(c_in, c_out, k, s, p, pool, monkeypatch: pytest.MonkeyPatch) -> None:
     """The banded and row passes of one forward share forward_input's copy (the no-pool row block: only its
     statistics pass reads one). Counted as calls of F.pad, which makes every such copy."""

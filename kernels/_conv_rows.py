@@ -458,9 +458,10 @@ def rows_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | N
     code = torch.empty(shape, device=x.device, dtype=code_dtype(pool or 1))
     zmax = torch.empty_like(out) if keeps_zmax(x, pool) else x.new_empty(0)
     b = bias if bias is not None else w2d
+    has_z = _z_arg(z, None) is not None
     wrap_triton(_rows_bn_relu_pool_kernel)[(P, triton.cdiv(C, plan["BLOCK_CO"]))](
-        xc, _reorder(w2d, C_in, k), b, gamma, beta, stats, out, code, zmax, _z_arg(z, out), C, T, TP, N * TP, lpc,
-        k * C_in, tiles, P, STORE_ZMAX=zmax.numel() > 0, HAS_Z=_z_arg(z, None) is not None, **flags)
+        xc, w2d if has_z else _reorder(w2d, C_in, k), b, gamma, beta, stats, out, code, zmax, _z_arg(z, out), C, T,
+        TP, N * TP, lpc, k * C_in, tiles, P, STORE_ZMAX=zmax.numel() > 0, HAS_Z=has_z, **flags)  # z: weight unread
     return out, code, zmax
 
 
@@ -483,7 +484,7 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     TP, tq = T // p, triton.cdiv(T, p)
     xc, lpc = channels_last(x, padding, tq * p, k, stride)  # the gz kernel's last window runs past T
     mask = code if pool is not None else zmax  # the codes, or without a pool the output (ReLU's mask)
-    wr = _reorder(w2d, C_in, k)
+    wr = w2d if _z_arg(z, None) is not None else _reorder(w2d, C_in, k)  # with z no pass here runs the conv
     R = k * C_in
     plan = dict(plan, BLOCK_CO=min(plan["BLOCK_CO"], BWD_CO))
     flags = _window_flags(x, bias, plan, stride, pool)

@@ -93,7 +93,6 @@ def soundnet8_launches(batch: int, samples: int, precision: str = "tf32", blocks
                     bn_running.update_running_stats(g, g, nbt, stats, momentum)
                 out, code, zmax = _conv_paths.conv_bn_relu_pool(x, w2d, b, g, g, stats, k, s, p, t, pool)
                 z = _conv_paths.block_forward(x, w2d, b, g, g, k, s, p, t, pool, True, 1e-5)[4]  # keeps_z's passes
-                z = z if z.numel() else None
                 go = torch.empty(out.shape, dtype=dtype, device="meta")
                 saved_out = out if pool is None else zmax
                 for training, det in ((True, False), (True, True), (False, False)):
@@ -229,7 +228,7 @@ def train_step_launches(
             out_t, code, stats = res["out"], res["code"], res["stats"]
             go = torch.empty(out_t.shape, dtype=dtype, device="meta")
             saved = out_t if pool is None else res["zmax"]
-            z = res["z"] if res["z"].numel() else None
+            z = res["z"]  # empty unless keeps_z
 
             def bwd(
                 go=go,

@@ -144,7 +144,8 @@ def conv_bn_relu_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Te
                           deterministic: bool, input_grad: bool, all_reduce=None,
                           z: torch.Tensor | None = None) -> tuple[torch.Tensor | None, ...]:
     """(dx or None, dw2d fp32, db fp32 or None, local sum(gy * zhat), local sum(gy)); ``out`` and
-    ``all_reduce`` as in ``_conv_bwd.generic_backward``; ``z``: the forward's stored conv output (``keeps_z``)."""
+    ``all_reduce`` as in ``_conv_bwd.generic_backward``; ``z``: the forward's stored conv output (``keeps_z``; None or
+    empty: none kept)."""
     path = block_paths(x.shape[1], w2d.shape[0], K, stride, pool, x.dtype, input_grad).backward
     if path == "banded":
         return band_backward(grad_out, x, w2d, bias, gamma, stats, code, out, K, stride, padding, T, pool,

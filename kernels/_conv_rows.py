@@ -417,7 +417,8 @@ def rows_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
     tiles, P = persistent_grid(M, bm)
     part = torch.empty((3, C, P), device=x.device, dtype=torch.float32)
     b = bias if bias is not None else w2d
-    store_z = z is not None and z.numel() > 0
+    z = _kept(z)
+    store_z = z is not None
     wrap_triton(_rows_stats_kernel)[(P, triton.cdiv(C, plan["BLOCK_CO"]))](
         xc, _reorder(w2d, C_in, k), b, part, z if store_z else part, C, T, M, lpc, k * C_in, tiles, P,
         HAS_BIAS=bias is not None, STEP=stride * C_in, BLOCK_M=bm, STORE_Z=store_z, INTERP=INTERPRET,
@@ -433,9 +434,9 @@ def _window_flags(x: torch.Tensor, bias, plan: dict, stride: int, pool: int | No
                 num_stages=STAGES, **plan)
 
 
-def _z_arg(z: torch.Tensor | None, other):
-    """z when the statistics pass stored one, else ``other`` (a placeholder pointer for a kernel that reads none)."""
-    return z if z is not None and z.numel() > 0 else other
+def _kept(z: torch.Tensor | None) -> torch.Tensor | None:
+    """The stored conv output (``keeps_z``), or None when there is none (None or the op's empty placeholder)."""
+    return z if z is not None and z.numel() > 0 else None
 
 
 def rows_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor,
@@ -458,9 +459,10 @@ def rows_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | N
     code = torch.empty(shape, device=x.device, dtype=code_dtype(pool or 1))
     zmax = torch.empty_like(out) if keeps_zmax(x, pool) else x.new_empty(0)
     b = bias if bias is not None else w2d
-    has_z = _z_arg(z, None) is not None
+    z = _kept(z)
+    has_z = z is not None
     wrap_triton(_rows_bn_relu_pool_kernel)[(P, triton.cdiv(C, plan["BLOCK_CO"]))](
-        xc, w2d if has_z else _reorder(w2d, C_in, k), b, gamma, beta, stats, out, code, zmax, _z_arg(z, out), C, T,
+        xc, w2d if has_z else _reorder(w2d, C_in, k), b, gamma, beta, stats, out, code, zmax, z if has_z else out, C, T,
         TP, N * TP, lpc, k * C_in, tiles, P, STORE_ZMAX=zmax.numel() > 0, HAS_Z=has_z, **flags)  # z: weight unread
     return out, code, zmax
 
@@ -484,7 +486,9 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     TP, tq = T // p, triton.cdiv(T, p)
     xc, lpc = channels_last(x, padding, tq * p, k, stride)  # the gz kernel's last window runs past T
     mask = code if pool is not None else zmax  # the codes, or without a pool the output (ReLU's mask)
-    wr = w2d if _z_arg(z, None) is not None else _reorder(w2d, C_in, k)  # with z no pass here runs the conv
+    z = _kept(z)
+    has_z = z is not None
+    wr = w2d if has_z else _reorder(w2d, C_in, k)  # with z no pass here runs the conv
     R = k * C_in
     plan = dict(plan, BLOCK_CO=min(plan["BLOCK_CO"], BWD_CO))
     flags = _window_flags(x, bias, plan, stride, pool)
@@ -497,8 +501,8 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
         tiles, P = persistent_grid(N * TP, flags["BLOCK_Q"])
         part = bn_sum_partials(P, C, deterministic, dev)
         wrap_triton(_rows_bwd_reduce_kernel)[(P, grid_c)](
-            xc, wr, _z_arg(z, xc), b, stats, grad_out, mask, part, C, T, TP, N * TP, lpc, R, tiles, P, *go,
-            DETERMINISTIC=deterministic, HAS_Z=_z_arg(z, None) is not None, **flags)
+            xc, wr, z if has_z else xc, b, stats, grad_out, mask, part, C, T, TP, N * TP, lpc, R, tiles, P, *go,
+            DETERMINISTIC=deterministic, HAS_Z=has_z, **flags)
         local = part.sum(dim=1).float()  # a fixed-order reduction
     sums = all_reduce(local) if (training and all_reduce is not None) else local
     M = N * T
@@ -515,8 +519,8 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
         gz, sgz = torch.empty((M, C), device=dev, dtype=x.dtype), T * C
     tiles, P = persistent_grid(N * tq, flags["BLOCK_Q"])
     wrap_triton(_rows_gz_kernel)[(P, grid_c)](
-        xc, wr, _z_arg(z, xc), b, stats, gamma, grad_out, mask, sums, gz, C, T, TP, tq, N * tq, lpc, R, tiles, P,
-        *go, sgz, TRAINING=training, HAS_Z=_z_arg(z, None) is not None, **flags)
+        xc, wr, z if has_z else xc, b, stats, gamma, grad_out, mask, sums, gz, C, T, TP, tq, N * tq, lpc, R, tiles, P,
+        *go, sgz, TRAINING=training, HAS_Z=has_z, **flags)
     rw = plan["BLOCK_R"] if INTERPRET else max(b for b in (16, 32, 64, 128) if R % b == 0)  # dW^T's M: to 128
     bm = clamp_pow2(M, 16, 128) if INTERPRET else ROWS_GPU
     num_mt = triton.cdiv(M, bm)

@@ -242,7 +242,7 @@ def _bwd_op(grad_out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, bn
     t = _out_len(x.shape[-1], k, stride, padding)
     dx, dw, db, dg, dbeta = conv_bn_relu_backward(
         grad_out, x, w2d, bias, bn_weight, stats, code, out, k, stride, padding, t, pool, training,
-        deterministic, input_grad, _all_reduce(group), z if z.numel() else None)
+        deterministic, input_grad, _all_reduce(group), z)
     return (dx if dx is not None else x.new_empty(0), dw.reshape(weight.shape).to(weight.dtype),
             db.to(bias.dtype) if db is not None else weight.new_empty(0), dg.to(bn_weight.dtype),
             dbeta.to(bn_weight.dtype))

@@ -124,7 +124,7 @@ def bf16_training_launches(batch: int, samples: int) -> list[dict[str, Any]]:
                 False,
                 i > 0,
                 None,
-                z if z.numel() else None,
+                z,
             )
         take(rec, spec.name, "backward")
         length, c_in = (t // pool if pool else t), c_out

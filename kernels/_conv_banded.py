@@ -12,15 +12,18 @@ tile. The band costs W / K of the multiply-adds (conv1: 80 / 64 = 1.25 with W pa
 gathers and index arithmetic of the generic implicit GEMM (``_conv_fwd.conv_tile``) disappear.
 
 Programs walk the row tiles with a fixed stride (tile ``p``, ``p + P``, ...; a persistent grid of at most
-``_conv_fwd.PROGRAMS`` programs), so no compile-time constant depends on the batch or the length.
+``_conv_fwd.PROGRAMS`` programs), so no compile-time constant depends on the batch or the length. A tile
+holds BLOCK_Q rows of one clip (the last tile of a clip is partial), so a row's address is the tile's uniform
+base plus a per-thread constant: no row divides by the rows per clip.
 
 Symbols (beyond ``_conv_fwd.py``'s): STEP = stride * POOL, the row step in samples; W, the window length;
 J1 (+ J2): W rounded up to one (or two) power-of-two chunks of A's columns (conv1: 64 + 16); JB = J1 + J2;
-PP * BLOCK_C: B's columns, slot-major (col = u * BLOCK_C + c); TR: rows per clip (TP pooled windows for
-the pool and the backward's sums, TQ = cdiv(T, POOL) windows covering every conv position for the
-statistics and dW); ROWS = N * TR; g: a global row (n = g // TR, q = g % TR); LP: the padded waveform's
-length per clip, a multiple of 16 (xp[n, pad + i] = x[n, 0, i], zeros elsewhere); NUM_TILES = cdiv(ROWS,
-BLOCK_Q); dband: dW in band form (JB, PP, C_out), folded to (C_out, K) by the launcher.
+PP * BLOCK_C: B's columns, slot-major (col = u * BLOCK_C + c); rows per clip: TP pooled windows for the
+pool and the backward's sums, TQ = cdiv(T, POOL) windows covering every conv position for the statistics
+and dW; TPC: tiles per clip (cdiv(rows, BLOCK_Q)); NUM_TILES = N * TPC; n, r0, r: a tile's clip, first row
+and rows; LP: the padded waveform's length per clip, a multiple of 16 covering the last tile's rows
+(xp[n, pad + i] = x[n, 0, i], zeros elsewhere); mb = mean - bias, the mean of the bias-free z the kernels
+compute; dband: dW in band form (JB, PP, C_out), folded to (C_out, K) by the launcher.
 """
 
 from __future__ import annotations
@@ -36,7 +39,6 @@ from ._common import INTERPRET, clamp_pow2, dot_precision, next_pow2
 from ._conv_fwd import (
     bn_sum_partials,
     cast_out,
-    chan_merge,
     code_dtype,
     fp32_if,
     keeps_zmax,
@@ -67,26 +69,49 @@ def _band_weight(w_ptr, c0, C_OUT, J0: tl.constexpr, J: tl.constexpr, K: tl.cons
 
 
 @triton.jit
-def _band_rows(xp_ptr, g, TR, LP, STEP: tl.constexpr, J0: tl.constexpr, J: tl.constexpr):
-    """A's columns J0 .. J0 + J of rows g (BLOCK_Q,): xp[g // TR, (g % TR) * STEP + j]; unmasked (the
-    launcher clamps g and pads xp so every read is in bounds)."""
-    base = (g // TR).to(tl.int64) * LP + (g % TR) * STEP + J0
-    return tl.load(xp_ptr + base[:, None] + tl.arange(0, J)[None, :])
+def _clip_tile(tile, TPC, BLOCK_Q: tl.constexpr):
+    """Row tile ``tile`` -> (n, r0, r): its clip n = tile // TPC, its first row r0 and its rows r (BLOCK_Q,).
+    Tiles never cross a clip, so no row needs a division of its own."""
+    n = tile // TPC
+    r0 = (tile - n * TPC) * BLOCK_Q
+    return n, r0, r0 + tl.arange(0, BLOCK_Q)
 
 
 @triton.jit
-def _band_z(xp_ptr, b1, b2, bias, g, ROWS, TR, LP, STEP: tl.constexpr, J1: tl.constexpr, J2: tl.constexpr,
-            PP: tl.constexpr, BLOCK_C: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
-    """Conv output of rows g as (BLOCK_Q, PP, BLOCK_C) fp32: z[q, u, c] = conv at t = q * POOL + u."""
-    gl = tl.minimum(g, ROWS - 1)
-    a1 = _band_rows(xp_ptr, gl, TR, LP, STEP, 0, J1)
-    a1 = fp32_if(a1, INTERP)
+def _band_rows(xp_ptr, n, r0, LP, STEP: tl.constexpr, BLOCK_Q: tl.constexpr, J0: tl.constexpr, J: tl.constexpr):
+    """A's columns J0 .. J0 + J of clip n's rows r0 .. r0 + BLOCK_Q: xp[n, (r0 + i) * STEP + j], a uniform base
+    plus per-thread constants; unmasked (the launcher pads each clip past its last tile's rows)."""
+    base = n.to(tl.int64) * LP + r0 * STEP + J0
+    return tl.load(xp_ptr + base + (tl.arange(0, BLOCK_Q)[:, None] * STEP + tl.arange(0, J)[None, :]))
+
+
+@triton.jit
+def _band_a(xp_ptr, n, r0, LP, STEP: tl.constexpr, BLOCK_Q: tl.constexpr, J1: tl.constexpr, J2: tl.constexpr,
+            INTERP: tl.constexpr):
+    """A's two column chunks (BLOCK_Q, J1) and (BLOCK_Q, J2) of a row tile (a2 = a1 when J2 = 0)."""
+    a1 = fp32_if(_band_rows(xp_ptr, n, r0, LP, STEP, BLOCK_Q, 0, J1), INTERP)
+    a2 = a1
+    if J2 > 0:
+        a2 = fp32_if(_band_rows(xp_ptr, n, r0, LP, STEP, BLOCK_Q, J1, J2), INTERP)
+    return a1, a2
+
+
+@triton.jit
+def _band_z(a1, a2, b1, b2, BLOCK_Q: tl.constexpr, J2: tl.constexpr, PP: tl.constexpr, BLOCK_C: tl.constexpr,
+            PRECISION: tl.constexpr):
+    """Conv output without its bias, (BLOCK_Q, PP, BLOCK_C) fp32: z[q, u, c] = conv at t = (r0 + q) * POOL + u.
+    The kernels fold the bias into the mean instead (mb = mean - bias): one add per element fewer."""
     z = tl.dot(a1, b1, input_precision=PRECISION)
     if J2 > 0:
-        a2 = _band_rows(xp_ptr, gl, TR, LP, STEP, J1, J2)
-        a2 = fp32_if(a2, INTERP)
         z = tl.dot(a2, b2, z, input_precision=PRECISION)
-    return tl.reshape(z, (g.shape[0], PP, BLOCK_C)) + bias[None, None, :]
+    return tl.reshape(z, (BLOCK_Q, PP, BLOCK_C))
+
+
+@triton.jit
+def _positions_ok(r, T, POOL: tl.constexpr, PP: tl.constexpr):
+    """(BLOCK_Q, PP) bool: slot u of row r is a conv position (r * POOL + u < T, u < POOL)."""
+    u = tl.arange(0, PP)
+    return (r[:, None] * POOL + u[None, :] < T) & (u < POOL)[None, :]
 
 
 @triton.jit
@@ -108,159 +133,179 @@ def _band_setup(w_ptr, b_ptr, c0, C_OUT, HAS_BIAS: tl.constexpr, J1: tl.constexp
 
 
 @triton.jit
-def _band_stats_kernel(xp_ptr, w_ptr, b_ptr, part_ptr, C_OUT, T, TR, ROWS, LP, NUM_TILES, P,
-                       HAS_BIAS: tl.constexpr, K: tl.constexpr, STRIDE: tl.constexpr, POOL: tl.constexpr,
-                       PP: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_Q: tl.constexpr, J1: tl.constexpr,
-                       J2: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
-    """Per program: (mean, M2, count) of each channel over its row tiles, merged tile by tile with Chan's
-    formula (as ``_conv_stats_kernel``); part (3, C_OUT, P) rows mean, M2, count."""
+def _band_stats_kernel(xp_ptr,  # (N, LP) padded waveform
+                       w_ptr, b_ptr,  # (C_OUT, K), (C_OUT,)
+                       part_ptr,  # (3, C_OUT, P) per-program mean, M2, count
+                       C_OUT, T, TPC, LP, NUM_TILES, P, HAS_BIAS: tl.constexpr, K: tl.constexpr,
+                       STRIDE: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_C: tl.constexpr,
+                       BLOCK_Q: tl.constexpr, J1: tl.constexpr, J2: tl.constexpr, INTERP: tl.constexpr,
+                       PRECISION: tl.constexpr):
+    """Per program: (mean, M2, count) of each channel over its row tiles, from shifted sums: the shift s is the
+    mean of the program's first tile, then sum(z - s) and sum((z - s)^2) gather in per-thread fp32 accumulators
+    (the slots summed in-thread), reduced across threads once at the end: M2 = sum((z-s)^2) - sum(z-s)^2 / n.
+    Shifted by a sample mean, the sums lose to cancellation only as (mean - s)^2 / variance grows (the
+    shifted-data algorithm; Chan, Golub, LeVeque 1983)."""
     pid_p = tl.program_id(0)
     c0 = tl.program_id(1) * BLOCK_C
     b1, b2, bias = _band_setup(w_ptr, b_ptr, c0, C_OUT, HAS_BIAS, J1, J2, K, STRIDE, POOL, PP, BLOCK_C, INTERP)
-    u = tl.arange(0, PP)
-    n_a = tl.zeros((BLOCK_C,), dtype=tl.float32)
-    mean_a = tl.zeros((BLOCK_C,), dtype=tl.float32)
-    m2_a = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    n, r0, r = _clip_tile(pid_p, TPC, BLOCK_Q)
+    a1, a2 = _band_a(xp_ptr, n, r0, LP, STRIDE * POOL, BLOCK_Q, J1, J2, INTERP)
+    z = _band_z(a1, a2, b1, b2, BLOCK_Q, J2, PP, BLOCK_C, PRECISION)
+    ok = _positions_ok(r, T, POOL, PP)[:, :, None]
+    shift = tl.sum(tl.sum(tl.where(ok, z, 0.0), axis=1), axis=0) / (tl.minimum(r0 * POOL + BLOCK_Q * POOL, T)
+                                                                      - r0 * POOL).to(tl.float32)
+    acc_s = tl.zeros((BLOCK_Q, BLOCK_C), dtype=tl.float32)
+    acc_q = tl.zeros((BLOCK_Q, BLOCK_C), dtype=tl.float32)
+    count = tl.zeros((BLOCK_C,), dtype=tl.float32)
     for tile in range(pid_p, NUM_TILES, P):
-        g = tile * BLOCK_Q + tl.arange(0, BLOCK_Q)
-        z = _band_z(xp_ptr, b1, b2, bias, g, ROWS, TR, LP, STRIDE * POOL, J1, J2, PP, BLOCK_C, INTERP, PRECISION)
-        ok2 = (g < ROWS)[:, None] & ((g % TR)[:, None] * POOL + u[None, :] < T) & (u < POOL)[None, :]
-        ok = ok2[:, :, None]
-        n_b = tl.sum(tl.sum(ok2.to(tl.float32), axis=1), axis=0)
-        mean_b = tl.sum(tl.sum(tl.where(ok, z, 0.0), axis=1), axis=0) / tl.maximum(n_b, 1.0)
-        d = tl.where(ok, z - mean_b[None, None, :], 0.0)
-        m2_b = tl.sum(tl.sum(d * d, axis=1), axis=0)
-        n_a, mean_a, m2_a = chan_merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b)
-    store_moments(part_ptr, c0 + tl.arange(0, BLOCK_C), C_OUT, P, pid_p, mean_a, m2_a, n_a)
+        n, r0, r = _clip_tile(tile, TPC, BLOCK_Q)
+        a1, a2 = _band_a(xp_ptr, n, r0, LP, STRIDE * POOL, BLOCK_Q, J1, J2, INTERP)
+        z = _band_z(a1, a2, b1, b2, BLOCK_Q, J2, PP, BLOCK_C, PRECISION)
+        d = tl.where(_positions_ok(r, T, POOL, PP)[:, :, None], z - shift[None, None, :], 0.0)
+        acc_s += tl.sum(d, axis=1)
+        acc_q += tl.sum(d * d, axis=1)
+        count += (tl.minimum(r0 * POOL + BLOCK_Q * POOL, T) - r0 * POOL).to(tl.float32)
+    s = tl.sum(acc_s, axis=0)
+    m2 = tl.maximum(tl.sum(acc_q, axis=0) - s * s / count, 0.0)
+    store_moments(part_ptr, c0 + tl.arange(0, BLOCK_C), C_OUT, P, pid_p, shift + s / count + bias, m2, count)
 
 
 @triton.jit
-def _band_bn_relu_pool_kernel(xp_ptr, w_ptr, b_ptr, g_ptr, beta_ptr, stats_ptr, out_ptr, code_ptr, zmax_ptr,
-                              C_OUT, TP, ROWS, LP, NUM_TILES, P, HAS_BIAS: tl.constexpr, K: tl.constexpr,
+def _band_bn_relu_pool_kernel(xp_ptr,  # (N, LP) padded waveform
+                              w_ptr, b_ptr, g_ptr, beta_ptr,  # (C_OUT, K), (C_OUT,) x 3
+                              stats_ptr,  # (4, C_OUT): mean, invstd, var, count
+                              out_ptr, code_ptr, zmax_ptr,  # (N, C_OUT, TP) each
+                              C_OUT, TP, TPC, LP, NUM_TILES, P, HAS_BIAS: tl.constexpr, K: tl.constexpr,
                               STRIDE: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr,
                               BLOCK_C: tl.constexpr, BLOCK_Q: tl.constexpr, J1: tl.constexpr,
                               J2: tl.constexpr, STORE_ZMAX: tl.constexpr, INTERP: tl.constexpr,
                               PRECISION: tl.constexpr):
-    """Pooled output out (N, C_OUT, TP) of BN (stats[0] mean, stats[1] invstd), ReLU and max over each
-    window, code (N, C_OUT, TP) = the window's first maximum, -1 where ReLU gave 0, and when STORE_ZMAX zmax
-    (N, C_OUT, TP) = zhat there (as ``_conv_bn_relu_pool_kernel``)."""
+    """Pooled output out of BN, ReLU and max over each window, y = max(z * a + b, 0) with a = gamma * invstd and
+    b = beta - (mean - bias) * a; code = the window's first maximum, -1 where ReLU gave 0; when STORE_ZMAX,
+    zmax = zhat there (as ``_conv_bn_relu_pool_kernel``), normalised after the choice (one per window)."""
     c0 = tl.program_id(1) * BLOCK_C
     b1, b2, bias = _band_setup(w_ptr, b_ptr, c0, C_OUT, HAS_BIAS, J1, J2, K, STRIDE, POOL, PP, BLOCK_C, INTERP)
     c = c0 + tl.arange(0, BLOCK_C)
     c_ok = c < C_OUT
-    mean = tl.load(stats_ptr + c, mask=c_ok, other=0.0)
+    mb = tl.load(stats_ptr + c, mask=c_ok, other=0.0) - bias
     invstd = tl.load(stats_ptr + C_OUT + c, mask=c_ok, other=0.0)
-    gamma = tl.load(g_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
-    shift = tl.load(beta_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    a = invstd * tl.load(g_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    b = tl.load(beta_ptr + c, mask=c_ok, other=0.0).to(tl.float32) - mb * a
     slot = tl.arange(0, PP)[None, :, None]
     for tile in range(tl.program_id(0), NUM_TILES, P):
-        g = tile * BLOCK_Q + tl.arange(0, BLOCK_Q)
-        z = _band_z(xp_ptr, b1, b2, bias, g, ROWS, TP, LP, STRIDE * POOL, J1, J2, PP, BLOCK_C, INTERP, PRECISION)
-        zh = (z - mean[None, None, :]) * invstd[None, None, :]
-        y = tl.maximum(zh * gamma[None, None, :] + shift[None, None, :], 0.0)
-        y = tl.where(slot < POOL, y, -1.0)  # ReLU outputs are >= 0: -1 marks the padded slots
-        o, code, zmax = pool_select(y, zh, slot, PP, 1)
-        off = ((g // TP).to(tl.int64) * C_OUT * TP + g % TP)[:, None] + c[None, :] * TP
-        smask = (g < ROWS)[:, None] & c_ok[None, :]
+        n, r0, r = _clip_tile(tile, TPC, BLOCK_Q)
+        a1, a2 = _band_a(xp_ptr, n, r0, LP, STRIDE * POOL, BLOCK_Q, J1, J2, INTERP)
+        z = _band_z(a1, a2, b1, b2, BLOCK_Q, J2, PP, BLOCK_C, PRECISION)
+        y = tl.maximum(z * a[None, None, :] + b[None, None, :], 0.0)
+        if PP > POOL:
+            y = tl.where(slot < POOL, y, -1.0)  # ReLU outputs are >= 0: -1 marks the padded slots
+        o, code, zsel = pool_select(y, z, slot, PP, 1)
+        off = n.to(tl.int64) * C_OUT * TP + r0 + (tl.arange(0, BLOCK_Q)[:, None] + c[None, :] * TP)
+        smask = (r < TP)[:, None] & c_ok[None, :]
         tl.store(out_ptr + off, cast_out(o, out_ptr.dtype.element_ty, INTERP), mask=smask)
         tl.store(code_ptr + off, code.to(code_ptr.dtype.element_ty), mask=smask)
         if STORE_ZMAX:
+            zmax = tl.where(code >= 0, (zsel - mb[None, :]) * invstd[None, :], 0.0)
             tl.store(zmax_ptr + off, cast_out(zmax, zmax_ptr.dtype.element_ty, INTERP), mask=smask)
 
 
 @triton.jit
-def _band_grad(xp_ptr, b1, b2, bias, stats_ptr, go_ptr, code_ptr, g, c, C_OUT, T, TP, TR, ROWS, LP, sgn, sgc,
-               sgl, STRIDE: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_C: tl.constexpr,
-               J1: tl.constexpr, J2: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
-    """(zhat, gy, valid) of rows g, each (BLOCK_Q, PP, BLOCK_C) fp32 / bool: gy is the pooled gradient routed
-    to the slot ``code`` recorded (0 in the tail past the last whole window)."""
-    c_ok = c < C_OUT
-    z = _band_z(xp_ptr, b1, b2, bias, g, ROWS, TR, LP, STRIDE * POOL, J1, J2, PP, BLOCK_C, INTERP, PRECISION)
-    mean = tl.load(stats_ptr + c, mask=c_ok, other=0.0)
-    invstd = tl.load(stats_ptr + C_OUT + c, mask=c_ok, other=0.0)
-    u = tl.arange(0, PP)
-    n = g // TR
-    q = g % TR
-    ok2 = (g < ROWS)[:, None] & (q[:, None] * POOL + u[None, :] < T) & (u < POOL)[None, :]
-    valid = ok2[:, :, None] & c_ok[None, None, :]
-    zhat = tl.where(valid, (z - mean[None, None, :]) * invstd[None, None, :], 0.0)
-    hit = ((g < ROWS) & (q < TP))[:, None] & c_ok[None, :]
+def _band_pooled(go_ptr, code_ptr, n, r, c, C_OUT, TP, sgn, sgc, sgl):
+    """(go, code) of rows r (BLOCK_Q, BLOCK_C): the pooled gradient (fp32, 0 past the last whole window) and the
+    slot the forward recorded (int32, -1 there)."""
+    hit = (r < TP)[:, None] & (c < C_OUT)[None, :]
     n64 = n.to(tl.int64)
-    code = tl.load(code_ptr + (n64 * C_OUT * TP + q)[:, None] + c[None, :] * TP, mask=hit, other=-1).to(tl.int32)
-    go = tl.load(go_ptr + (n64 * sgn + q * sgl)[:, None] + c[None, :] * sgc, mask=hit, other=0.0).to(tl.float32)
-    gy = tl.where(u[None, :, None] == code[:, None, :], go[:, None, :], 0.0)
-    return zhat, gy, valid
+    code = tl.load(code_ptr + n64 * C_OUT * TP + (r[:, None] + c[None, :] * TP), mask=hit, other=-1).to(tl.int32)
+    go = tl.load(go_ptr + n64 * sgn + (r[:, None] * sgl + c[None, :] * sgc), mask=hit, other=0.0).to(tl.float32)
+    return go, code
 
 
 @triton.jit
-def _band_bwd_reduce_kernel(xp_ptr, w_ptr, b_ptr, stats_ptr, go_ptr, code_ptr, sums_ptr, C_OUT, T, TP, ROWS, LP,
-                            NUM_TILES, P, sgn, sgc, sgl, HAS_BIAS: tl.constexpr, K: tl.constexpr,
-                            STRIDE: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_C: tl.constexpr,
-                            BLOCK_Q: tl.constexpr, J1: tl.constexpr, J2: tl.constexpr,
+def _band_bwd_reduce_kernel(xp_ptr,  # (N, LP) padded waveform
+                            w_ptr, b_ptr, stats_ptr,  # (C_OUT, K), (C_OUT,), (4, C_OUT)
+                            go_ptr, code_ptr,  # (N, C_OUT, TP): grad_out (strides sgn, sgc, sgl), codes
+                            sums_ptr,  # (2, P, C_OUT) fp64 (deterministic) or (2, 1, C_OUT)
+                            C_OUT, TP, TPC, LP, NUM_TILES, P, sgn, sgc, sgl, HAS_BIAS: tl.constexpr,
+                            K: tl.constexpr, STRIDE: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr,
+                            BLOCK_C: tl.constexpr, BLOCK_Q: tl.constexpr, J1: tl.constexpr, J2: tl.constexpr,
                             DETERMINISTIC: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
-    """sum(gy) and sum(gy * zhat) per channel over the rows of whole windows (gy is 0 elsewhere), in fp32 per
-    program, stored to sums[:, p, c] (fp64; summed later in a fixed order) or atomically added to sums[:, 0, c]."""
+    """sum(gy) and sum(gy * zhat) per channel over the whole windows (gy is 0 elsewhere): the gradient reaches
+    one slot per window, so z is read there (zsel) and normalised once per window. In fp32 per program, stored
+    to sums[:, p, c] (fp64; summed later in a fixed order) or atomically added to sums[:, 0, c]."""
     pid_p = tl.program_id(0)
     c0 = tl.program_id(1) * BLOCK_C
     b1, b2, bias = _band_setup(w_ptr, b_ptr, c0, C_OUT, HAS_BIAS, J1, J2, K, STRIDE, POOL, PP, BLOCK_C, INTERP)
     c = c0 + tl.arange(0, BLOCK_C)
+    mb = tl.load(stats_ptr + c, mask=c < C_OUT, other=0.0) - bias
+    invstd = tl.load(stats_ptr + C_OUT + c, mask=c < C_OUT, other=0.0)
+    u = tl.arange(0, PP)[None, :, None]
     s_gy = tl.zeros((BLOCK_C,), dtype=tl.float32)
     s_gyz = tl.zeros((BLOCK_C,), dtype=tl.float32)
     for tile in range(pid_p, NUM_TILES, P):
-        g = tile * BLOCK_Q + tl.arange(0, BLOCK_Q)
-        zhat, gy, valid = _band_grad(xp_ptr, b1, b2, bias, stats_ptr, go_ptr, code_ptr, g, c, C_OUT, T, TP, TP,
-                                     ROWS, LP, sgn, sgc, sgl, STRIDE, POOL, PP, BLOCK_C, J1, J2, INTERP, PRECISION)
-        s_gy += tl.sum(tl.sum(gy, axis=1), axis=0)
-        s_gyz += tl.sum(tl.sum(gy * zhat, axis=1), axis=0)
+        n, r0, r = _clip_tile(tile, TPC, BLOCK_Q)
+        a1, a2 = _band_a(xp_ptr, n, r0, LP, STRIDE * POOL, BLOCK_Q, J1, J2, INTERP)
+        z = _band_z(a1, a2, b1, b2, BLOCK_Q, J2, PP, BLOCK_C, PRECISION)
+        go, code = _band_pooled(go_ptr, code_ptr, n, r, c, C_OUT, TP, sgn, sgc, sgl)
+        zsel = tl.sum(tl.where(u == code[:, None, :], z, 0.0), axis=1)
+        gy = tl.where(code >= 0, go, 0.0)
+        s_gy += tl.sum(gy, axis=0)
+        s_gyz += tl.sum(gy * ((zsel - mb[None, :]) * invstd[None, :]), axis=0)
     store_bn_sums(sums_ptr, s_gy, s_gyz, pid_p, c, C_OUT, P, DETERMINISTIC)
 
 
-
-
 @triton.jit
-def _band_gz_dw_kernel(xp_ptr, w_ptr, b_ptr, stats_ptr, g_ptr, go_ptr, code_ptr, sums_ptr, dband_ptr, db_ptr,
-                       C_OUT, T, TP, TR, ROWS, LP, NUM_TILES, P, sgn, sgc, sgl, HAS_BIAS: tl.constexpr,
+def _band_gz_dw_kernel(xp_ptr,  # (N, LP) padded waveform
+                       w_ptr, b_ptr, stats_ptr, g_ptr,  # (C_OUT, K), (C_OUT,), (4, C_OUT), (C_OUT,)
+                       go_ptr, code_ptr,  # (N, C_OUT, TP): grad_out (strides sgn, sgc, sgl), codes
+                       sums_ptr,  # (2, C_OUT): sum(gy), sum(gy * zhat), all-reduced
+                       dband_ptr,  # (P or 1, JB, PP, C_OUT) fp32 dW in band form
+                       db_ptr,  # (P or 1, C_OUT) fp32
+                       C_OUT, T, TP, TPC, LP, NUM_TILES, P, sgn, sgc, sgl, HAS_BIAS: tl.constexpr,
                        K: tl.constexpr, STRIDE: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr,
                        BLOCK_C: tl.constexpr, BLOCK_Q: tl.constexpr, J1: tl.constexpr, J2: tl.constexpr,
                        TRAINING: tl.constexpr, DETERMINISTIC: tl.constexpr, INTERP: tl.constexpr,
                        PRECISION: tl.constexpr):
     """gz (BN's backward, as ``_bn_grad``) and dW in band form in one pass: dband[j, (u, c)] += sum_q A[q, j]
-    gz[q, u, c] (A^T @ gz on the tensor cores), db[c] += sum gz. Per program to dband[p] (P, JB, PP, C_OUT)
-    and db[p] (P, C_OUT) (deterministic), or atomically added to dband[0], db[0]."""
+    gz[q, u, c] (A^T @ gz on the tensor cores, A loaded once for both dots), db[c] += sum gz. BN's backward
+    gz = scale (gy - mean(gy) - zhat mean(gy zhat)), scale = gamma invstd, is per channel affine in z plus the
+    routed gradient: gz = cz z + c0 + [u == code] scale go, cz = -scale mean(gy zhat) invstd,
+    c0 = -scale mean(gy) - cz (mean - bias). Per program to dband[p], db[p] (deterministic), or atomically
+    added to dband[0], db[0]."""
     pid_p = tl.program_id(0)
     c0 = tl.program_id(1) * BLOCK_C
     b1, b2, bias = _band_setup(w_ptr, b_ptr, c0, C_OUT, HAS_BIAS, J1, J2, K, STRIDE, POOL, PP, BLOCK_C, INTERP)
     c = c0 + tl.arange(0, BLOCK_C)
     c_ok = c < C_OUT
-    scale = tl.load(stats_ptr + C_OUT + c, mask=c_ok, other=0.0)
-    scale *= tl.load(g_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
-    mean_gy = tl.zeros((BLOCK_C,), dtype=tl.float32)
-    mean_gyz = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    invstd = tl.load(stats_ptr + C_OUT + c, mask=c_ok, other=0.0)
+    scale = invstd * tl.load(g_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    cz = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    cc0 = tl.zeros((BLOCK_C,), dtype=tl.float32)
     if TRAINING:
         count = tl.load(stats_ptr + 3 * C_OUT + c, mask=c_ok, other=1.0)
         mean_gy = tl.load(sums_ptr + c, mask=c_ok, other=0.0) / count
         mean_gyz = tl.load(sums_ptr + C_OUT + c, mask=c_ok, other=0.0) / count
+        cz = -scale * mean_gyz * invstd
+        cc0 = -scale * mean_gy - cz * (tl.load(stats_ptr + c, mask=c_ok, other=0.0) - bias)
+    u = tl.arange(0, PP)[None, :, None]
     acc1 = tl.zeros((J1, PP * BLOCK_C), dtype=tl.float32)
-    acc2 = tl.zeros((J2 if J2 > 0 else 16, PP * BLOCK_C), dtype=tl.float32)
-    db = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    # the second chunk's dW transposed, (gz^T @ A2): M = PP * BLOCK_C >= 64 keeps it on wgmma (J2 = 16 as M
+    # took mma.sync and ~80 register moves per tile)
+    acc2t = tl.zeros((PP * BLOCK_C, J2 if J2 > 0 else 16), dtype=tl.float32)
+    db = tl.zeros((BLOCK_Q, BLOCK_C), dtype=tl.float32)
     for tile in range(pid_p, NUM_TILES, P):
-        g = tile * BLOCK_Q + tl.arange(0, BLOCK_Q)
-        zhat, gy, valid = _band_grad(xp_ptr, b1, b2, bias, stats_ptr, go_ptr, code_ptr, g, c, C_OUT, T, TP, TR,
-                                     ROWS, LP, sgn, sgc, sgl, STRIDE, POOL, PP, BLOCK_C, J1, J2, INTERP, PRECISION)
-        gz = scale[None, None, :] * (gy - mean_gy[None, None, :] - zhat * mean_gyz[None, None, :])
+        n, r0, r = _clip_tile(tile, TPC, BLOCK_Q)
+        a1, a2 = _band_a(xp_ptr, n, r0, LP, STRIDE * POOL, BLOCK_Q, J1, J2, INTERP)
+        z = _band_z(a1, a2, b1, b2, BLOCK_Q, J2, PP, BLOCK_C, PRECISION)
+        go, code = _band_pooled(go_ptr, code_ptr, n, r, c, C_OUT, TP, sgn, sgc, sgl)
+        gz = z * cz[None, None, :] + cc0[None, None, :]
+        gz += tl.where(u == code[:, None, :], (go * scale[None, :])[:, None, :], 0.0)
+        gz = tl.where(_positions_ok(r, T, POOL, PP)[:, :, None], gz, 0.0)
+        db += tl.sum(gz, axis=1)
         # rounded to the input dtype, as the unfused path stores gz, for a same-dtype tensor-core dot
-        gzc = cast_out(tl.where(valid, gz, 0.0), xp_ptr.dtype.element_ty, INTERP)
-        db += tl.sum(tl.sum(gzc.to(tl.float32), axis=1), axis=0)
-        gz2 = tl.reshape(gzc, (BLOCK_Q, PP * BLOCK_C))
-        gz2 = fp32_if(gz2, INTERP)
-        gl = tl.minimum(g, ROWS - 1)
-        a1 = _band_rows(xp_ptr, gl, TR, LP, STRIDE * POOL, 0, J1)
-        a1 = fp32_if(a1, INTERP)
+        gz2 = fp32_if(tl.reshape(cast_out(gz, xp_ptr.dtype.element_ty, INTERP), (BLOCK_Q, PP * BLOCK_C)), INTERP)
         acc1 = tl.dot(tl.trans(a1), gz2, acc1, input_precision=PRECISION)
         if J2 > 0:
-            a2 = _band_rows(xp_ptr, gl, TR, LP, STRIDE * POOL, J1, J2)
-            a2 = fp32_if(a2, INTERP)
-            acc2 = tl.dot(tl.trans(a2), gz2, acc2, input_precision=PRECISION)
+            acc2t = tl.dot(tl.trans(gz2), a2, acc2t, input_precision=PRECISION)
     col = tl.arange(0, PP * BLOCK_C)
     cc = c0 + col % BLOCK_C
     wcol = (col // BLOCK_C) * C_OUT + cc  # (u, c) -> u * C_OUT + c in dband's (JB, PP, C_OUT)
@@ -273,8 +318,8 @@ def _band_gz_dw_kernel(xp_ptr, w_ptr, b_ptr, stats_ptr, g_ptr, go_ptr, code_ptr,
     store_partial(base + j1[:, None] * (PP * C_OUT) + wcol[None, :], acc1, (cc < C_OUT)[None, :], DETERMINISTIC)
     if J2 > 0:
         j2 = J1 + tl.arange(0, J2 if J2 > 0 else 16)
-        store_partial(base + j2[:, None] * (PP * C_OUT) + wcol[None, :], acc2, (cc < C_OUT)[None, :], DETERMINISTIC)
-    store_partial(db_ptr + idx * C_OUT + c, db, c_ok, DETERMINISTIC)
+        store_partial(base + j2[None, :] * (PP * C_OUT) + wcol[:, None], acc2t, (cc < C_OUT)[:, None], DETERMINISTIC)
+    store_partial(db_ptr + idx * C_OUT + c, tl.sum(db, axis=0), c_ok, DETERMINISTIC)
 
 
 # ----------------------------------------------------------------------------------------- launchers
@@ -323,9 +368,11 @@ def stats_group(c_out: int) -> int:
     return max(2, MAX_COLS // clamp_pow2(c_out, 16, MAX_COLS))
 
 
-def _layout(x: torch.Tensor, plan: dict, stride: int, pad: int, T: int, rows_per_clip: int) -> int:
-    """LP: a padded clip's length, a multiple of 16 covering the data and every row's window."""
-    need = max(pad + x.shape[-1], (rows_per_clip - 1) * stride * plan["POOL"] + plan["J1"] + plan["J2"])
+def _layout(x: torch.Tensor, plan: dict, stride: int, pad: int, rows: int) -> int:
+    """LP: a padded clip's length, a multiple of 16 covering the data and the window of every row its tiles
+    read (``rows`` rounded up to whole tiles of ``_block_q(rows)``)."""
+    bq = _block_q(rows)
+    need = max(pad + x.shape[-1], (triton.cdiv(rows, bq) * bq - 1) * stride * plan["POOL"] + plan["J1"] + plan["J2"])
     return -(-need // 16) * 16
 
 
@@ -347,13 +394,21 @@ def band_input(x: torch.Tensor, c_out: int, k: int, stride: int, padding: int, T
     a longer pitch only adds zeros. Made once per forward by ``_conv_paths.forward_input``."""
     stats = band_plan(1, c_out, k, stride, stats_group(c_out))
     epi = epilogue_plan(1, c_out, k, stride, pool)
-    lp = max(_layout(x, stats, stride, padding, T, triton.cdiv(T, stats["POOL"])),
-             _layout(x, epi, stride, padding, T, T // pool))
+    lp = max(_layout(x, stats, stride, padding, triton.cdiv(T, stats["POOL"])),
+             _layout(x, epi, stride, padding, T // pool))
     return padded_waveform(x, padding, lp)
 
 
 def _block_q(rows: int) -> int:
-    return clamp_pow2(rows, 16, 128) if INTERPRET else BLOCK_Q_GPU
+    """Rows per tile for ``rows`` rows per clip; under the interpreter at most half a clip, so the tests walk
+    several tiles per clip and a partial last one."""
+    return clamp_pow2(triton.cdiv(rows, 2), 16, 64) if INTERPRET else BLOCK_Q_GPU
+
+
+def _tiles(n_clips: int, rows: int, bq: int) -> tuple[int, int, int]:
+    """(TPC, NUM_TILES, P): tiles per clip, tiles in all, programs (``persistent_grid``)."""
+    tpc = triton.cdiv(rows, bq)
+    return (tpc, *persistent_grid(n_clips * tpc * bq, bq))
 
 
 def _flags(plan: dict, x: torch.Tensor, k: int, stride: int, bias: torch.Tensor | None, block_q: int) -> dict:
@@ -370,13 +425,13 @@ def band_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
     C = w2d.shape[0]
     plan = band_plan(1, C, k, stride, stats_group(C))
     tq = triton.cdiv(T, plan["POOL"])
-    xp, lp = _waveform(x, xp, padding, _layout(x, plan, stride, padding, T, tq))
-    bq = _block_q(N * tq)
-    tiles, P = persistent_grid(N * tq, bq)
+    xp, lp = _waveform(x, xp, padding, _layout(x, plan, stride, padding, tq))
+    bq = _block_q(tq)
+    tpc, tiles, P = _tiles(N, tq, bq)
     part = torch.empty((3, C, P), device=x.device, dtype=torch.float32)
     b = bias if bias is not None else w2d
     wrap_triton(_band_stats_kernel)[(P, triton.cdiv(C, plan["BLOCK_C"]))](
-        xp, w2d, b, part, C, T, tq, N * tq, lp, tiles, P, **(reg_cap(128) if x.element_size() == 2 else {}),
+        xp, w2d, b, part, C, T, tpc, lp, tiles, P, **(reg_cap(128) if x.element_size() == 2 else {}),
         **_flags(plan, x, k, stride, bias, bq))  # fp32: shared memory allows 2 CTAs anyway, and 128 spilled
     return merge_stats(part, 0, 0, eps)
 
@@ -390,15 +445,15 @@ def band_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | N
     C = w2d.shape[0]
     plan = epilogue_plan(1, C, k, stride, pool)
     TP = T // pool
-    xp, lp = _waveform(x, xp, padding, _layout(x, plan, stride, padding, T, TP))
-    bq = _block_q(N * TP)
-    tiles, P = persistent_grid(N * TP, bq)
+    xp, lp = _waveform(x, xp, padding, _layout(x, plan, stride, padding, TP))
+    bq = _block_q(TP)
+    tpc, tiles, P = _tiles(N, TP, bq)
     out = torch.empty((N, C, TP), device=x.device, dtype=x.dtype)
     code = torch.empty((N, C, TP), device=x.device, dtype=code_dtype(pool))
     zmax = torch.empty_like(out) if keeps_zmax(x, pool) else x.new_empty(0)
     b = bias if bias is not None else w2d
     wrap_triton(_band_bn_relu_pool_kernel)[(P, triton.cdiv(C, plan["BLOCK_C"]))](
-        xp, w2d, b, gamma, beta, stats, out, code, zmax, C, TP, N * TP, lp, tiles, P,
+        xp, w2d, b, gamma, beta, stats, out, code, zmax, C, TP, tpc, lp, tiles, P,
         STORE_ZMAX=zmax.numel() > 0, **_flags(plan, x, k, stride, bias, bq))
     return out, code, zmax
 
@@ -416,28 +471,29 @@ def band_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     dev = x.device
     plan = epilogue_plan(1, C, k, stride, pool)
     TP, tq = T // pool, triton.cdiv(T, pool)
-    lp = _layout(x, plan, stride, padding, T, tq)
+    lp = _layout(x, plan, stride, padding, tq)
     xp = padded_waveform(x, padding, lp)
-    flags = _flags(plan, x, k, stride, bias, _block_q(N * tq))
+    bq = _block_q(tq)  # both passes: their rows (TP, tq) differ by at most one
+    flags = _flags(plan, x, k, stride, bias, bq)
     b = bias if bias is not None else w2d
     grid_c = triton.cdiv(C, plan["BLOCK_C"])
     if zmax.numel():  # (2, C): sum(gy), sum(gy * zhat), from the forward's zmax
         local = pooled_bn_sums(grad_out, code, zmax, deterministic)
     else:  # ... or from a recompute (fp32: keeps_zmax)
-        tiles, P = persistent_grid(N * TP, flags["BLOCK_Q"])
+        tpc, tiles, P = _tiles(N, TP, bq)
         part = bn_sum_partials(P, C, deterministic, dev)
         wrap_triton(_band_bwd_reduce_kernel)[(P, grid_c)](
-            xp, w2d, b, stats, grad_out, code, part, C, T, TP, N * TP, lp, tiles, P, *grad_out.stride(),
+            xp, w2d, b, stats, grad_out, code, part, C, TP, tpc, lp, tiles, P, *grad_out.stride(),
             DETERMINISTIC=deterministic, **flags)
         local = part.sum(dim=1).float()  # a fixed-order reduction
     sums = all_reduce(local) if (training and all_reduce is not None) else local
-    tiles, P = persistent_grid(N * tq, flags["BLOCK_Q"])
+    tpc, tiles, P = _tiles(N, tq, bq)
     jb = plan["J1"] + plan["J2"]
     shape = (P if deterministic else 1, jb, plan["PP"], C)
     dband = (torch.empty if deterministic else torch.zeros)(shape, device=dev, dtype=torch.float32)
     db_part = (torch.empty if deterministic else torch.zeros)(shape[:1] + (C,), device=dev, dtype=torch.float32)
     wrap_triton(_band_gz_dw_kernel)[(P, grid_c)](
-        xp, w2d, b, stats, gamma, grad_out, code, sums, dband, db_part, C, T, TP, tq, N * tq, lp, tiles, P,
+        xp, w2d, b, stats, gamma, grad_out, code, sums, dband, db_part, C, T, TP, tpc, lp, tiles, P,
         *grad_out.stride(), TRAINING=training, DETERMINISTIC=deterministic,
         **(reg_cap(168) if x.element_size() == 2 else {}), **flags)  # fp32 spills at 168
     # deterministic: a fixed-order sum of the partials; otherwise the one row the atomics added into

@@ -44,6 +44,8 @@ def padded_mma_flops(name: str, v: dict[str, Any], grid: tuple[int, ...]) -> flo
     if name in BANDED:  # persistent grid: the programs of a channel block walk all NUM_TILES tiles between them
         cols = v["PP"] * v["BLOCK_C"]
         one = 2.0 * v["BLOCK_Q"] * (v["J1"] + v["J2"]) * cols
+        if name == "_band_stats_kernel":  # each program's first tile twice: once more for its shift
+            return (grid[1] * v["NUM_TILES"] + progs) * one
         return grid[1] * v["NUM_TILES"] * one * (2 if name == "_band_gz_dw_kernel" else 1)
     if name == "_rows_stats_kernel":
         return grid[1] * v["NUM_TILES"] * 2.0 * v["BLOCK_M"] * v["R"] * v["BLOCK_CO"]
@@ -82,12 +84,13 @@ def useful_flops(name: str, v: dict[str, Any]) -> float:
         return 2.0 * v["C_IN"] * v["ROWS"] * v["stride"] * v["R2"]
     if name == "_rows_gz_kernel":
         return 2.0 * v["C_OUT"] * v["R"] * v["T"] * (v["ROWS"] // v["TQ"])
-    if name == "_band_stats_kernel":
-        return 2.0 * v["C_OUT"] * v["K"] * v["T"] * (v["ROWS"] // v["TR"])
-    if name in ("_band_bn_relu_pool_kernel", "_band_bwd_reduce_kernel"):
-        return 2.0 * v["C_OUT"] * v["K"] * v["ROWS"] * v["POOL"]
-    if name == "_band_gz_dw_kernel":
-        return 2 * 2.0 * v["C_OUT"] * v["K"] * v["T"] * (v["ROWS"] // v["TR"])
+    if name in BANDED:  # tiles never cross a clip: NUM_TILES // TPC clips
+        clips = v["NUM_TILES"] // v["TPC"]
+        if name == "_band_stats_kernel":
+            return 2.0 * v["C_OUT"] * v["K"] * v["T"] * clips
+        if name == "_band_gz_dw_kernel":
+            return 2 * 2.0 * v["C_OUT"] * v["K"] * v["T"] * clips
+        return 2.0 * v["C_OUT"] * v["K"] * v["TP"] * v["POOL"] * clips
     raise KeyError(name)
 
 

@@ -25,7 +25,7 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from ._common import INTERPRET, clamp_pow2
-from ._conv_fwd import bn_sum_partials, persistent_grid, store_bn_sums
+from ._conv_fwd import bn_sum_partials, bn_sums_of, persistent_grid, store_bn_sums
 
 # fmt: off
 # Hand-wrapped on purpose, as in _conv_fwd.py.
@@ -74,7 +74,7 @@ def pooled_bn_sums(grad_out: torch.Tensor, code: torch.Tensor, zmax: torch.Tenso
     wrap_triton(_pooled_bn_sums_kernel)[(P, triton.cdiv(C, bc))](
         grad_out, code, zmax, part, C, TP, tb, tiles, P, *grad_out.stride(), DETERMINISTIC=deterministic,
         BLOCK_C=bc, BLOCK_T=bt, num_warps=4)
-    return part.sum(dim=1).float()
+    return bn_sums_of(part)
 
 
 def reference_pooled_bn_sums(grad_out: torch.Tensor, code: torch.Tensor, zmax: torch.Tensor) -> torch.Tensor:

@@ -38,6 +38,7 @@ from ._bn_sums import pooled_bn_sums
 from ._common import INTERPRET, clamp_pow2, dot_precision, next_pow2
 from ._conv_fwd import (
     bn_sum_partials,
+    bn_sums_of,
     cast_out,
     code_dtype,
     fp32_if,
@@ -485,7 +486,7 @@ def band_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
         wrap_triton(_band_bwd_reduce_kernel)[(P, grid_c)](
             xp, w2d, b, stats, grad_out, code, part, C, TP, tpc, lp, tiles, P, *grad_out.stride(),
             DETERMINISTIC=deterministic, **flags)
-        local = part.sum(dim=1).float()  # a fixed-order reduction
+        local = bn_sums_of(part)  # a fixed-order reduction
     sums = all_reduce(local) if (training and all_reduce is not None) else local
     tpc, tiles, P = _tiles(N, tq, bq)
     jb = plan["J1"] + plan["J2"]

@@ -42,6 +42,7 @@ from ._common import INTERPRET, clamp_pow2, dot_precision
 from ._conv_fwd import (
     _load_bias,
     bn_sum_partials,
+    bn_sums_of,
     cast_out,
     conv_blocks,
     conv_tile,
@@ -343,7 +344,7 @@ def generic_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor,
             x, w2d, b, stats, grad_out, code, o, part, C, L, R, T, TP, M, P,
             x.stride(0), x.stride(1), x.stride(2), *go_strides, stride, padding, TILES=tiles,
             DETERMINISTIC=deterministic, **flags)
-        local = part.sum(dim=1).float()  # (2, C): sum(gy), sum(gy * zhat); a fixed-order reduction
+        local = bn_sums_of(part)  # (2, C): sum(gy), sum(gy * zhat); a fixed-order reduction
     sums = all_reduce(local) if (training and all_reduce is not None) else local
     if not input_grad and R <= FUSED_DW_MAX_R:  # conv1: gz stays in registers
         rw = clamp_pow2(R, 16, FUSED_DW_MAX_R)

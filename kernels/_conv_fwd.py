@@ -212,34 +212,29 @@ def _part_count(part_ptr, co, p, ok, C_OUT, P, M, PER_PROG, HAS_COUNT: tl.conste
 @triton.jit
 def _merge_stats_kernel(part_ptr, out_ptr, C_OUT, P, M, PER_PROG, eps, BLOCK_C: tl.constexpr,
                         BLOCK_P: tl.constexpr, HAS_COUNT: tl.constexpr, FINALIZE: tl.constexpr):
-    """Merge P partial (count, mean, M2) triples per channel, in a fixed order (deterministic):
-    n = sum n_p, mean = sum n_p mean_p / n, M2 = sum M2_p + sum n_p (mean_p - mean)^2 (Chan's
-    formula for many partitions; no cancellation). part_ptr: (2 or 3, C_OUT, P) fp32; out_ptr: (3, C_OUT)
-    fp32 n, mean, M2, or with FINALIZE (4, C_OUT) fp32 the stats rows ``finalize_stats`` makes from them: mean,
-    invstd = 1 / sqrt(M2 / n + eps), unbiased variance M2 / max(n - 1, 1), n (BN's finalisation, no torch ops).
-    The count n_p of program p is part[2, co, p] when HAS_COUNT (the banded and row kernels), else it follows
-    from M and PER_PROG."""
+    """Merge P partial (count, mean, M2) triples per channel, in a fixed order (deterministic), in one pass over
+    them: each chunk of BLOCK_P partials is merged exactly (n_b = sum n_p, mean_b = sum n_p mean_p / n_b,
+    M2_b = sum M2_p + sum n_p (mean_p - mean_b)^2, from the values in registers), and the chunks one after the
+    other with Chan's pairwise formula (``chan_merge``; no cancellation). part_ptr: (2 or 3, C_OUT, P) fp32;
+    out_ptr: (3, C_OUT) fp32 n, mean, M2, or with FINALIZE (4, C_OUT) fp32 the stats rows ``finalize_stats``
+    makes from them: mean, invstd = 1 / sqrt(M2 / n + eps), unbiased variance M2 / max(n - 1, 1), n (BN's
+    finalisation, no torch ops). The count n_p of program p is part[2, co, p] when HAS_COUNT (the banded and
+    row kernels), else it follows from M and PER_PROG."""
     co = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = co < C_OUT
     s_n = tl.zeros((BLOCK_C,), dtype=tl.float32)
-    s_nm = tl.zeros((BLOCK_C,), dtype=tl.float32)
-    for p0 in range(0, P, BLOCK_P):
-        p = p0 + tl.arange(0, BLOCK_P)
-        ok = c_ok[:, None] & (p < P)[None, :]
-        cnt = _part_count(part_ptr, co, p, ok, C_OUT, P, M, PER_PROG, HAS_COUNT)
-        mu = tl.load(part_ptr + co[:, None] * P + p[None, :], mask=ok, other=0.0)
-        s_nm += tl.sum(mu * cnt, axis=1)
-        s_n += tl.sum(tl.where(ok, cnt, 0.0), axis=1)
-    mean = s_nm / tl.maximum(s_n, 1.0)
+    mean = tl.zeros((BLOCK_C,), dtype=tl.float32)
     m2 = tl.zeros((BLOCK_C,), dtype=tl.float32)
     for p0 in range(0, P, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
         ok = c_ok[:, None] & (p < P)[None, :]
-        cnt = _part_count(part_ptr, co, p, ok, C_OUT, P, M, PER_PROG, HAS_COUNT)
+        cnt = tl.where(ok, _part_count(part_ptr, co, p, ok, C_OUT, P, M, PER_PROG, HAS_COUNT), 0.0)
         mu = tl.load(part_ptr + co[:, None] * P + p[None, :], mask=ok, other=0.0)
         q = tl.load(part_ptr + (C_OUT + co[:, None]) * P + p[None, :], mask=ok, other=0.0)
-        d = mu - mean[:, None]
-        m2 += tl.sum(tl.where(ok, q + cnt * d * d, 0.0), axis=1)
+        n_b = tl.sum(cnt, axis=1)
+        mean_b = tl.sum(mu * cnt, axis=1) / tl.maximum(n_b, 1.0)
+        d = mu - mean_b[:, None]
+        s_n, mean, m2 = chan_merge(s_n, mean, m2, n_b, mean_b, tl.sum(q + cnt * d * d, axis=1))
     if FINALIZE:
         tl.store(out_ptr + co, mean, mask=c_ok)
         # max(n, 1): lanes past C_OUT have n = 0 (every real channel has n = M >= 1)
@@ -385,10 +380,13 @@ def persistent_grid(rows: int, block: int) -> tuple[int, int]:
 
 
 def merge_blocks(c_out: int, parts: int) -> tuple[int, int]:
-    """(BLOCK_C, BLOCK_P) of ``_merge_stats_kernel``: on a GPU at most 2,048 partials per step (three
-    (BLOCK_C, BLOCK_P) fp32 tiles in 128 threads' registers: 64 x 256 spilled 1.4 KB per thread under Triton 3.9,
-    64 x 64 spilled 320 B under 3.6; 64 x 32 spills under neither, by ``bench.sass_report --spills-only``)."""
-    bc = clamp_pow2(c_out, 16, 256 if INTERPRET else 64)
+    """(BLOCK_C, BLOCK_P) of ``_merge_stats_kernel``: on a GPU 16 channels per program and at most 2,048 partials
+    per chunk (three (BLOCK_C, BLOCK_P) fp32 tiles in 128 threads' registers: 64 x 256 spilled 1.4 KB per thread
+    under Triton 3.9, 64 x 64 spilled 320 B under 3.6; 16 x 128 spills under neither, by ``bench.sass_report
+    --spills-only``). Narrow channel blocks give wide layers more programs and each program fewer chunks, whose
+    loads wait on each other: SoundNet-8's seven merges at batch 64, bf16, predicted 81 -> 53 us per step on the
+    H200 (one pass, 16 channels per program, against two passes, up to 64)."""
+    bc = clamp_pow2(c_out, 16, 256 if INTERPRET else 16)
     return bc, clamp_pow2(parts, 16, 1024 if INTERPRET else 2048 // bc)
 
 
@@ -434,6 +432,12 @@ def keeps_zmax(x: torch.Tensor, pool: int | None) -> bool:
     20 s clip, ~1 MB of it zmax). In fp32 zmax would take the trunk from 4.91 to 6.95 MB per clip, so fp32
     recomputes (counts: ``kernels.saved_activation_bytes`` on the meta device)."""
     return pool is not None and x.element_size() == 2
+
+
+def bn_sums_of(part: torch.Tensor) -> torch.Tensor:
+    """(2, C_out) fp32 sums from ``bn_sum_partials``' buffer: a fixed-order sum over its rows of partials, or with
+    one row (the atomics' or a single program's) just its cast: one torch op fewer."""
+    return (part[:, 0] if part.shape[1] == 1 else part.sum(dim=1)).float()
 
 
 def bn_sum_partials(parts: int, c_out: int, deterministic: bool, device: torch.device) -> torch.Tensor:

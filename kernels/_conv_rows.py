@@ -37,6 +37,7 @@ from ._conv_bwd import dx_from_gz
 from ._conv_fwd import (
     _load_bias,
     bn_sum_partials,
+    bn_sums_of,
     cast_out,
     chan_merge,
     code_dtype,
@@ -503,7 +504,7 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
         wrap_triton(_rows_bwd_reduce_kernel)[(P, grid_c)](
             xc, wr, z if has_z else xc, b, stats, grad_out, mask, part, C, T, TP, N * TP, lpc, R, tiles, P, *go,
             DETERMINISTIC=deterministic, HAS_Z=has_z, **flags)
-        local = part.sum(dim=1).float()  # a fixed-order reduction
+        local = bn_sums_of(part)  # a fixed-order reduction
     sums = all_reduce(local) if (training and all_reduce is not None) else local
     M = N * T
     rows_dx = input_grad and dx_rows_ok(C, k, stride)

@@ -333,6 +333,11 @@ ROWS_GPU = 64  # rows (positions) per tile: the M of one warpgroup's wgmma
 # (conv2: each 1 KB row shares all but 64 B with the next), so unpipelined loads that L1 can serve are
 # preferred; the static model predicts one stage 12 % faster for conv2 even counting every load at L2.
 STAGES = 1
+# Elements of the fp32 accumulator of a statistics tile (positions x channels; 8192: 64 registers per thread) and
+# of a dx tile (rows x phases x channels; at 8192 its store tail spilled 312-464 B under Triton 3.9): larger tiles
+# than ROWS_GPU rows re-read the weight less often (conv2 statistics 21 -> 17 MB per clip through L2).
+STATS_ACC = 8192
+DX_ACC = 4096
 BWD_CO = 32  # channels per program of the backward's window kernels (64: conv5's spilled 16-24 B)
 
 
@@ -414,7 +419,7 @@ def rows_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
     plan = rows_plan(C_in, C, k, stride, x.dtype)
     xc, lpc = channels_last(x, padding, T, k, stride, xc)
     M = N * T
-    bm = clamp_pow2(M, 16, 128) if INTERPRET else ROWS_GPU
+    bm = clamp_pow2(M, 16, 128) if INTERPRET else max(ROWS_GPU, STATS_ACC // plan["BLOCK_CO"])
     tiles, P = persistent_grid(M, bm)
     part = torch.empty((3, C, P), device=x.device, dtype=torch.float32)
     b = bias if bias is not None else w2d
@@ -542,10 +547,11 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
         dx = torch.empty((N, C_in, L), device=dev, dtype=x.dtype)
         php = next_pow2(stride)  # the phases side by side on the MMA's N axis: 16 to 64 columns
         bci = clamp_pow2(C_in, max(1, 16 // php), max(1, (512 if INTERPRET else 64) // php))
-        tiles, P = persistent_grid(N * mp, bm)
+        bmx = bm if INTERPRET else max(ROWS_GPU, DX_ACC // (php * bci))  # fewer re-reads of the weight
+        tiles, P = persistent_grid(N * mp, bmx)
         wrap_triton(_rows_dx_kernel)[(P, triton.cdiv(C_in, bci))](
             gzp, _dx_weight(w2d, C_in, k, stride), dx, C_in, L, mp, N * mp, tg * C, J * C, stride, padding,
-            tiles, P, C_OUT=C, PHASES=php, BLOCK_M=bm, BLOCK_CI=bci, BLOCK_R=_block_r(J * C, x.dtype),
+            tiles, P, C_OUT=C, PHASES=php, BLOCK_M=bmx, BLOCK_CI=bci, BLOCK_R=_block_r(J * C, x.dtype),
             INTERP=INTERPRET, PRECISION=dot_precision(x), num_warps=4, num_stages=STAGES)
     elif input_grad:
         dx = dx_from_gz(gz, w2d, x, k, stride, padding, T, 1, C)

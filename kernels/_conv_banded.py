@@ -406,10 +406,17 @@ def _block_q(rows: int) -> int:
     return clamp_pow2(triton.cdiv(rows, 2), 16, 64) if INTERPRET else BLOCK_Q_GPU
 
 
-def _tiles(n_clips: int, rows: int, bq: int) -> tuple[int, int, int]:
-    """(TPC, NUM_TILES, P): tiles per clip, tiles in all, programs (``persistent_grid``)."""
+# CTAs per SM of each kernel (16-bit, fp32) at its register cap and shared memory (the static report: bf16 pool 96
+# registers and 41 KB, gz_dw 168 and 54 KB, statistics 128 and 50 KB; fp32 twice the shared memory): the
+# persistent grid fills exactly that many per SM.
+PER_SM = {"stats": (4, 2), "pool": (5, 2), "grad": (3, 2)}
+
+
+def _tiles(n_clips: int, rows: int, bq: int, kernel: str, x: torch.Tensor, blocks: int) -> tuple[int, int, int]:
+    """(TPC, NUM_TILES, P): tiles per clip, tiles in all, programs (``persistent_grid`` at ``PER_SM[kernel]``)."""
     tpc = triton.cdiv(rows, bq)
-    return (tpc, *persistent_grid(n_clips * tpc * bq, bq))
+    per_sm = PER_SM[kernel][0 if x.element_size() == 2 else 1]
+    return (tpc, *persistent_grid(n_clips * tpc * bq, bq, per_sm, blocks))
 
 
 def _flags(plan: dict, x: torch.Tensor, k: int, stride: int, bias: torch.Tensor | None, block_q: int) -> dict:
@@ -428,7 +435,7 @@ def band_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
     tq = triton.cdiv(T, plan["POOL"])
     xp, lp = _waveform(x, xp, padding, _layout(x, plan, stride, padding, tq))
     bq = _block_q(tq)
-    tpc, tiles, P = _tiles(N, tq, bq)
+    tpc, tiles, P = _tiles(N, tq, bq, "stats", x, triton.cdiv(C, plan["BLOCK_C"]))
     part = torch.empty((3, C, P), device=x.device, dtype=torch.float32)
     b = bias if bias is not None else w2d
     wrap_triton(_band_stats_kernel)[(P, triton.cdiv(C, plan["BLOCK_C"]))](
@@ -448,14 +455,15 @@ def band_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | N
     TP = T // pool
     xp, lp = _waveform(x, xp, padding, _layout(x, plan, stride, padding, TP))
     bq = _block_q(TP)
-    tpc, tiles, P = _tiles(N, TP, bq)
+    tpc, tiles, P = _tiles(N, TP, bq, "pool", x, triton.cdiv(C, plan["BLOCK_C"]))
     out = torch.empty((N, C, TP), device=x.device, dtype=x.dtype)
     code = torch.empty((N, C, TP), device=x.device, dtype=code_dtype(pool))
     zmax = torch.empty_like(out) if keeps_zmax(x, pool) else x.new_empty(0)
     b = bias if bias is not None else w2d
     wrap_triton(_band_bn_relu_pool_kernel)[(P, triton.cdiv(C, plan["BLOCK_C"]))](
         xp, w2d, b, gamma, beta, stats, out, code, zmax, C, TP, tpc, lp, tiles, P,
-        STORE_ZMAX=zmax.numel() > 0, **_flags(plan, x, k, stride, bias, bq))
+        STORE_ZMAX=zmax.numel() > 0, **(reg_cap(96) if x.element_size() == 2 else {}),
+        **_flags(plan, x, k, stride, bias, bq))
     return out, code, zmax
 
 
@@ -481,14 +489,14 @@ def band_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     if zmax.numel():  # (2, C): sum(gy), sum(gy * zhat), from the forward's zmax
         local = pooled_bn_sums(grad_out, code, zmax, deterministic)
     else:  # ... or from a recompute (fp32: keeps_zmax)
-        tpc, tiles, P = _tiles(N, TP, bq)
+        tpc, tiles, P = _tiles(N, TP, bq, "grad", x, grid_c)
         part = bn_sum_partials(P, C, deterministic, dev)
         wrap_triton(_band_bwd_reduce_kernel)[(P, grid_c)](
             xp, w2d, b, stats, grad_out, code, part, C, TP, tpc, lp, tiles, P, *grad_out.stride(),
             DETERMINISTIC=deterministic, **flags)
         local = bn_sums_of(part)  # a fixed-order reduction
     sums = all_reduce(local) if (training and all_reduce is not None) else local
-    tpc, tiles, P = _tiles(N, tq, bq)
+    tpc, tiles, P = _tiles(N, tq, bq, "grad", x, grid_c)
     jb = plan["J1"] + plan["J2"]
     shape = (P if deterministic else 1, jb, plan["PP"], C)
     dband = (torch.empty if deterministic else torch.zeros)(shape, device=dev, dtype=torch.float32)

@@ -361,7 +361,8 @@ def merge_stats(part: torch.Tensor, M: int, per_prog: int, eps: float | None) ->
 
 # The persistent grids of _conv_banded.py and _conv_rows.py on a GPU: 4 programs per SM of a 132-SM H100 / H200,
 # one wave at 4 CTAs per SM. The interpreter runs programs serially: 2, so the tests walk several tiles each.
-PROGRAMS = 2 if INTERPRET else 528
+SMS = 132
+PROGRAMS = 2 if INTERPRET else 4 * SMS
 
 
 def reg_cap(regs: int) -> dict:
@@ -373,10 +374,12 @@ def reg_cap(regs: int) -> dict:
     return {} if torch.compiler.is_compiling() else {"maxnreg": regs}
 
 
-def persistent_grid(rows: int, block: int) -> tuple[int, int]:
-    """(NUM_TILES, P): the row tiles of ``block`` rows and the programs that walk them (tile p, p + P, ...)."""
+def persistent_grid(rows: int, block: int, per_sm: int = 4, blocks: int = 1) -> tuple[int, int]:
+    """(NUM_TILES, P): the row tiles of ``block`` rows and the programs that walk them (tile p, p + P, ...). On a
+    GPU P x ``blocks`` (the grid's other axis) = ``per_sm`` CTAs on each of ``SMS`` SMs: a kernel that fits
+    ``per_sm`` CTAs per SM (its register cap, ``reg_cap``) runs them in one round, with no partial second one."""
     tiles = triton.cdiv(rows, block)
-    return tiles, min(tiles, PROGRAMS)
+    return tiles, min(tiles, PROGRAMS if INTERPRET else max(1, per_sm * SMS // blocks))
 
 
 def merge_blocks(c_out: int, parts: int) -> tuple[int, int]:

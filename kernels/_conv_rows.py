@@ -338,6 +338,9 @@ STAGES = 1
 # than ROWS_GPU rows re-read the weight less often (conv2 statistics 21 -> 17 MB per clip through L2).
 STATS_ACC = 8192
 DX_ACC = 4096
+# CTAs per SM the persistent grids fill (most row kernels hold 2 at 200-255 registers): programs x channel blocks
+# = PER_SM x 132, so each program walks several tiles and its prologue (the per-channel vectors) runs fewer times.
+PER_SM = 2
 BWD_CO = 32  # channels per program of the backward's window kernels (64: conv5's spilled 16-24 B)
 
 
@@ -420,7 +423,7 @@ def rows_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
     xc, lpc = channels_last(x, padding, T, k, stride, xc)
     M = N * T
     bm = clamp_pow2(M, 16, 128) if INTERPRET else max(ROWS_GPU, STATS_ACC // plan["BLOCK_CO"])
-    tiles, P = persistent_grid(M, bm)
+    tiles, P = persistent_grid(M, bm, PER_SM, triton.cdiv(C, plan["BLOCK_CO"]))
     part = torch.empty((3, C, P), device=x.device, dtype=torch.float32)
     b = bias if bias is not None else w2d
     z = _kept(z)
@@ -459,7 +462,7 @@ def rows_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | N
     xc, lpc = channels_last(x, padding, T, k, stride, xc)
     TP = T // (pool or 1)
     flags = _window_flags(x, bias, plan, stride, pool)
-    tiles, P = persistent_grid(N * TP, flags["BLOCK_Q"])
+    tiles, P = persistent_grid(N * TP, flags["BLOCK_Q"])  # 4 per SM: conv2's pool holds 5 (96 registers)
     out = torch.empty((N, C, TP), device=x.device, dtype=x.dtype)
     shape = (N, C, TP) if pool is not None else (0,)
     code = torch.empty(shape, device=x.device, dtype=code_dtype(pool or 1))
@@ -504,7 +507,7 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     if pool is not None and zmax.numel():  # (2, C): sum(gy), sum(gy * zhat), from the forward's zmax
         local = pooled_bn_sums(grad_out, code, zmax, deterministic)
     else:  # ... or from a recompute (fp32: keeps_zmax)
-        tiles, P = persistent_grid(N * TP, flags["BLOCK_Q"])
+        tiles, P = persistent_grid(N * TP, flags["BLOCK_Q"], PER_SM, grid_c)
         part = bn_sum_partials(P, C, deterministic, dev)
         wrap_triton(_rows_bwd_reduce_kernel)[(P, grid_c)](
             xc, wr, z if has_z else xc, b, stats, grad_out, mask, part, C, T, TP, N * TP, lpc, R, tiles, P, *go,
@@ -523,7 +526,7 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
         gz, sgz = gzp[:, J - 1 :], tg * C
     else:
         gz, sgz = torch.empty((M, C), device=dev, dtype=x.dtype), T * C
-    tiles, P = persistent_grid(N * tq, flags["BLOCK_Q"])
+    tiles, P = persistent_grid(N * tq, flags["BLOCK_Q"], PER_SM, grid_c)
     wrap_triton(_rows_gz_kernel)[(P, grid_c)](
         xc, wr, z if has_z else xc, b, stats, gamma, grad_out, mask, sums, gz, C, T, TP, tq, N * tq, lpc, R, tiles, P,
         *go, sgz, TRAINING=training, HAS_Z=has_z, **flags)
@@ -548,7 +551,7 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
         php = next_pow2(stride)  # the phases side by side on the MMA's N axis: 16 to 64 columns
         bci = clamp_pow2(C_in, max(1, 16 // php), max(1, (512 if INTERPRET else 64) // php))
         bmx = bm if INTERPRET else max(ROWS_GPU, DX_ACC // (php * bci))  # fewer re-reads of the weight
-        tiles, P = persistent_grid(N * mp, bmx)
+        tiles, P = persistent_grid(N * mp, bmx, PER_SM, triton.cdiv(C_in, bci))
         wrap_triton(_rows_dx_kernel)[(P, triton.cdiv(C_in, bci))](
             gzp, _dx_weight(w2d, C_in, k, stride), dx, C_in, L, mp, N * mp, tg * C, J * C, stride, padding,
             tiles, P, C_OUT=C, PHASES=php, BLOCK_M=bmx, BLOCK_CI=bci, BLOCK_R=_block_r(J * C, x.dtype),

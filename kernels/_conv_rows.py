@@ -18,9 +18,10 @@ from the pool kernel's zmax (``_conv_fwd.keeps_zmax``).
 
 Symbols (beyond ``_conv_fwd.py``'s): xc, LPC = LP * C_in (a clip's padded length times its channels, a
 multiple of 16); STEP = stride * C_in; R = K * C_in; wr, the reordered weight (C_OUT, R); m, a position row
-(n = m // T, t = m % T); q, u: a pooled output and its slot; TQ = cdiv(T, POOL), windows covering every
-position; ROWS: the launch's rows (M, Q = N * TP, or N * TQ); NUM_TILES / P: row tiles and programs of the
-persistent grid (tile p, p + P, ...).
+of the statistics and dW (n = m // T, t = m % T); q, u: a pooled output and its slot; TQ = cdiv(T, POOL),
+windows covering every position; TPC: window tiles per clip (a window tile never crosses a clip, so its rows
+need no division); mb = mean - bias, the mean of the bias-free z the kernels compute; ROWS: the launch's rows
+(M, or dx's rows); NUM_TILES / P: tiles and programs of the persistent grid (tile p, p + P, ...).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def _row_tile(xc_ptr, wr_ptr, base, co, C_OUT, R, BLOCK_CO: tl.constexpr, BLOCK_
 @triton.jit
 def _rows_z(xc_ptr, wr_ptr, z_ptr, n, t, mask, co, C_OUT, T, LPC, R, STEP: tl.constexpr, BLOCK_CO: tl.constexpr,
             BLOCK_R: tl.constexpr, HAS_Z: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
-    """The conv output without bias at rows (n, t) (each (rows,)), (rows, BLOCK_CO) fp32: read from z_ptr
+    """The conv output without bias at rows t (rows,) of clip n, (rows, BLOCK_CO) fp32: read from z_ptr
     (N * T, C_OUT) where the statistics pass stored it (HAS_Z; mask: the rows and channels to read, 0
     elsewhere), else recomputed by ``_row_tile``."""
     if HAS_Z:
@@ -86,18 +87,19 @@ def _rows_z(xc_ptr, wr_ptr, z_ptr, n, t, mask, co, C_OUT, T, LPC, R, STEP: tl.co
 
 
 @triton.jit
-def _window_rows(tile, TR, ROWS, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.constexpr):
-    """Rows of a tile of BLOCK_Q windows x PP slots: (g, u, n, t, ok) each (BLOCK_Q * PP,), g the window
-    (n = g // TR, window g % TR), t its slot's position (slots clamped into the window, so addresses stay
-    in bounds), ok = window in range and u < POOL."""
+def _window_rows(tile, TPC, TR, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """Rows of tile ``tile``, BLOCK_Q windows x PP slots of one clip (TPC tiles per clip, TR windows):
+    (n, q0, q, u, t, ok): the clip n and first window q0 (scalars), each row's window q, slot u and position t
+    (slots and windows clamped into the clip, so addresses stay in bounds), ok = q < TR and u < POOL. Tiles
+    never cross a clip: no row divides by the windows per clip."""
+    n = tile // TPC
+    q0 = (tile - n * TPC) * BLOCK_Q
     idx = tl.arange(0, BLOCK_Q * PP)
-    g = tile * BLOCK_Q + idx // PP
+    q = q0 + idx // PP
     u = idx % PP
-    ok = (g < ROWS) & (u < POOL)
-    gc = tl.minimum(g, ROWS - 1)
-    n = gc // TR
-    t = (gc % TR) * POOL + tl.minimum(u, POOL - 1)
-    return gc, u, n, t, ok
+    ok = (q < TR) & (u < POOL)
+    t = tl.minimum(q, TR - 1) * POOL + tl.minimum(u, POOL - 1)
+    return n, q0, q, u, t, ok
 
 
 @triton.jit
@@ -133,125 +135,132 @@ def _rows_stats_kernel(xc_ptr, wr_ptr, b_ptr, part_ptr, z_ptr, C_OUT, T, M, LPC,
 
 
 @triton.jit
-def _rows_bn_relu_pool_kernel(xc_ptr, wr_ptr, b_ptr, g_ptr, beta_ptr, stats_ptr, out_ptr, code_ptr, zmax_ptr, z_ptr,
-                              C_OUT, T, TP, Q, LPC, R, NUM_TILES, P, HAS_BIAS: tl.constexpr, STEP: tl.constexpr,
+def _rows_bn_relu_pool_kernel(xc_ptr,  # (N, LP, C_IN) channels-last padded input
+                              wr_ptr, b_ptr, g_ptr, beta_ptr,  # (C_OUT, R), (C_OUT,) x 3
+                              stats_ptr,  # (4, C_OUT): mean, invstd, var, count
+                              out_ptr, code_ptr, zmax_ptr,  # (N, C_OUT, TP) each
+                              z_ptr,  # (N * T, C_OUT): the stored conv output (HAS_Z)
+                              C_OUT, T, TP, TPC, LPC, R, NUM_TILES, P, HAS_BIAS: tl.constexpr, STEP: tl.constexpr,
                               HAS_POOL: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.constexpr,
                               BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr, STORE_ZMAX: tl.constexpr,
                               HAS_Z: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
-    """Pooled output out (N, C_OUT, TP) of BN (stats rows mean, invstd), ReLU and max over each window, code =
-    the window's first maximum, -1 where ReLU gave 0, and when STORE_ZMAX zmax = zhat there (as
-    ``_conv_bn_relu_pool_kernel``). Without HAS_POOL (POOL = PP = 1, TP = T): the ReLU output only, no code.
-    HAS_Z: the conv output read from z_ptr (N * T, C_OUT), as the statistics pass stored it, not recomputed."""
+    """Pooled output out of BN, ReLU and max over each window, y = max(z * a + b, 0) with a = gamma * invstd and
+    b = beta - (mean - bias) * a; code = the window's first maximum, -1 where ReLU gave 0, and when STORE_ZMAX
+    zmax = zhat there, normalised after the choice (as ``_conv_bn_relu_pool_kernel``). Without HAS_POOL (POOL =
+    PP = 1, TP = T): the ReLU output only, no code. HAS_Z: the conv output read from z_ptr, as the statistics
+    pass stored it, not recomputed."""
     co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
     c_ok = co < C_OUT
-    bias = _load_bias(b_ptr, co, C_OUT, HAS_BIAS, BLOCK_CO)
+    mb = tl.load(stats_ptr + co, mask=c_ok, other=0.0) - _load_bias(b_ptr, co, C_OUT, HAS_BIAS, BLOCK_CO)
     invstd = tl.load(stats_ptr + C_OUT + co, mask=c_ok, other=0.0)
-    gamma = tl.load(g_ptr + co, mask=c_ok, other=0.0).to(tl.float32)
-    zshift = (bias - tl.load(stats_ptr + co, mask=c_ok, other=0.0)) * invstd  # zhat = z * invstd + zshift
-    shift = tl.load(beta_ptr + co, mask=c_ok, other=0.0).to(tl.float32)
+    a = invstd * tl.load(g_ptr + co, mask=c_ok, other=0.0).to(tl.float32)
+    b = tl.load(beta_ptr + co, mask=c_ok, other=0.0).to(tl.float32) - mb * a
     slot = tl.arange(0, PP)[None, :, None]
     for tile in range(tl.program_id(0), NUM_TILES, P):
-        gq, u, n, t, ok = _window_rows(tile, TP, Q, POOL, PP, BLOCK_Q)
+        n, q0, q, u, t, ok = _window_rows(tile, TPC, TP, POOL, PP, BLOCK_Q)
         z = _rows_z(xc_ptr, wr_ptr, z_ptr, n, t, c_ok[None, :], co, C_OUT, T, LPC, R, STEP, BLOCK_CO, BLOCK_R,
                     HAS_Z, INTERP, PRECISION)
-        zh = z * invstd[None, :] + zshift[None, :]
-        y = tl.maximum(zh * gamma[None, :] + shift[None, :], 0.0)
+        y = tl.maximum(z * a[None, :] + b[None, :], 0.0)
         if HAS_POOL:
-            y = tl.reshape(tl.where((u < POOL)[:, None], y, -1.0), (BLOCK_Q, PP, BLOCK_CO))  # -1: padded slots
-            o, code, zmax = pool_select(y, tl.reshape(zh, (BLOCK_Q, PP, BLOCK_CO)), slot, PP, 1)
+            if PP > POOL:
+                y = tl.where((u < POOL)[:, None], y, -1.0)  # -1: padded slots
+            o, code, zsel = pool_select(tl.reshape(y, (BLOCK_Q, PP, BLOCK_CO)),
+                                        tl.reshape(z, (BLOCK_Q, PP, BLOCK_CO)), slot, PP, 1)
         else:
             o = y
-        g = tile * BLOCK_Q + tl.arange(0, BLOCK_Q)
-        gc = tl.minimum(g, Q - 1)
-        off = ((gc // TP).to(tl.int64) * C_OUT * TP + gc % TP)[:, None] + co[None, :] * TP
-        smask = (g < Q)[:, None] & c_ok[None, :]
+        qr = q0 + tl.arange(0, BLOCK_Q)
+        off = n.to(tl.int64) * C_OUT * TP + (qr[:, None] + co[None, :] * TP)
+        smask = (qr < TP)[:, None] & c_ok[None, :]
         tl.store(out_ptr + off, cast_out(o, out_ptr.dtype.element_ty, INTERP), mask=smask)
         if HAS_POOL:
             tl.store(code_ptr + off, code.to(code_ptr.dtype.element_ty), mask=smask)
             if STORE_ZMAX:
+                zmax = tl.where(code >= 0, (zsel - mb[None, :]) * invstd[None, :], 0.0)
                 tl.store(zmax_ptr + off, cast_out(zmax, zmax_ptr.dtype.element_ty, INTERP), mask=smask)
 
 
 @triton.jit
-def _rows_grad(xc_ptr, wr_ptr, z_ptr, bias, stats_ptr, go_ptr, code_ptr, tile, co, C_OUT, T, TP, TR, ROWS, LPC,
-               R, sgn, sgc, sgl, STEP: tl.constexpr, HAS_POOL: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr,
-               BLOCK_Q: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr, HAS_Z: tl.constexpr,
-               INTERP: tl.constexpr, PRECISION: tl.constexpr):
-    """(zhat, gy, valid, n, t) of a tile of windows: zhat, gy (BLOCK_Q * PP, BLOCK_CO) fp32; valid: the row is
-    a position < T of a window in range; gy, the pooled gradient routed to the recorded slot (0 past TP).
-    code_ptr: (N, C_OUT, TP) the pool's codes, or without HAS_POOL the block's output (ReLU's mask: gy = the
-    gradient where the output is > 0)."""
-    gq, u, n, t, ok = _window_rows(tile, TR, ROWS, POOL, PP, BLOCK_Q)
+def _rows_grad(xc_ptr, wr_ptr, z_ptr, go_ptr, code_ptr, n, q, u, t, ok, co, C_OUT, T, TP, LPC, R, sgn, sgc, sgl,
+               STEP: tl.constexpr, HAS_POOL: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr,
+               HAS_Z: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
+    """(z, gy, valid) of a tile of windows (``_window_rows``), each (BLOCK_Q * PP, BLOCK_CO): z the conv output
+    without its bias (fp32); gy, the pooled gradient routed to the recorded slot (0 past TP and where invalid);
+    valid: the row is a position < T of a window in range. code_ptr: (N, C_OUT, TP) the pool's codes, or
+    without HAS_POOL the block's output (ReLU's mask: gy = the gradient where the output is > 0)."""
     c_ok = co < C_OUT
     valid = (ok & (t < T))[:, None] & c_ok[None, :]
     z = _rows_z(xc_ptr, wr_ptr, z_ptr, n, t, valid, co, C_OUT, T, LPC, R, STEP, BLOCK_CO, BLOCK_R, HAS_Z, INTERP,
-                PRECISION) + bias[None, :]
-    mean = tl.load(stats_ptr + co, mask=c_ok, other=0.0)
-    invstd = tl.load(stats_ptr + C_OUT + co, mask=c_ok, other=0.0)
-    zhat = tl.where(valid, (z - mean[None, :]) * invstd[None, :], 0.0)
-    q = gq % TR
+                PRECISION)
     hit = valid & (q < TP)[:, None]
     n64 = n.to(tl.int64)
-    go = tl.load(go_ptr + (n64 * sgn + q * sgl)[:, None] + co[None, :] * sgc, mask=hit, other=0.0)
+    go = tl.load(go_ptr + n64 * sgn + (q[:, None] * sgl + co[None, :] * sgc), mask=hit, other=0.0)
     if HAS_POOL:
-        code = tl.load(code_ptr + (n64 * C_OUT * TP + q)[:, None] + co[None, :] * TP, mask=hit, other=-1)
+        code = tl.load(code_ptr + n64 * C_OUT * TP + (q[:, None] + co[None, :] * TP), mask=hit, other=-1)
         gy = tl.where(code.to(tl.int32) == u[:, None], go.to(tl.float32), 0.0)
     else:
-        out = tl.load(code_ptr + (n64 * C_OUT * TP + q)[:, None] + co[None, :] * TP, mask=hit, other=0.0)
+        out = tl.load(code_ptr + n64 * C_OUT * TP + (q[:, None] + co[None, :] * TP), mask=hit, other=0.0)
         gy = tl.where(out > 0, go.to(tl.float32), 0.0)  # masked, not multiplied (an inf gradient at a 0)
-    return zhat, gy, valid, n, t
+    return z, gy, valid
 
 
 @triton.jit
-def _rows_bwd_reduce_kernel(xc_ptr, wr_ptr, z_ptr, b_ptr, stats_ptr, go_ptr, code_ptr, sums_ptr, C_OUT, T, TP, Q,
-                            LPC, R, NUM_TILES, P, sgn, sgc, sgl, HAS_BIAS: tl.constexpr, STEP: tl.constexpr,
-                            HAS_POOL: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.constexpr,
-                            BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr, DETERMINISTIC: tl.constexpr,
-                            HAS_Z: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
+def _rows_bwd_reduce_kernel(xc_ptr, wr_ptr, z_ptr, b_ptr, stats_ptr,  # as _rows_bn_relu_pool_kernel's
+                            go_ptr,  # (N, C_OUT, TP) grad_out, strides sgn, sgc, sgl
+                            code_ptr,  # (N, C_OUT, TP) codes, or the output without a pool
+                            sums_ptr,  # (2, P, C_OUT) fp64 (deterministic) or (2, 1, C_OUT)
+                            C_OUT, T, TP, TPC, LPC, R, NUM_TILES, P, sgn, sgc, sgl, HAS_BIAS: tl.constexpr,
+                            STEP: tl.constexpr, HAS_POOL: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr,
+                            BLOCK_Q: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr,
+                            DETERMINISTIC: tl.constexpr, HAS_Z: tl.constexpr, INTERP: tl.constexpr,
+                            PRECISION: tl.constexpr):
     """sum(gy) and sum(gy * zhat) per channel over the rows of whole windows (gy is 0 elsewhere), as
-    ``_bwd_reduce_kernel``."""
+    ``_bwd_reduce_kernel``; zhat = (z - (mean - bias)) invstd."""
     pid_p = tl.program_id(0)
     co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
-    bias = _load_bias(b_ptr, co, C_OUT, HAS_BIAS, BLOCK_CO)
+    mb = tl.load(stats_ptr + co, mask=co < C_OUT, other=0.0) - _load_bias(b_ptr, co, C_OUT, HAS_BIAS, BLOCK_CO)
+    invstd = tl.load(stats_ptr + C_OUT + co, mask=co < C_OUT, other=0.0)
     s_gy = tl.zeros((BLOCK_CO,), dtype=tl.float32)
     s_gyz = tl.zeros((BLOCK_CO,), dtype=tl.float32)
     for tile in range(pid_p, NUM_TILES, P):
-        zhat, gy, valid, n, t = _rows_grad(xc_ptr, wr_ptr, z_ptr, bias, stats_ptr, go_ptr, code_ptr, tile, co,
-                                           C_OUT, T, TP, TP, Q, LPC, R, sgn, sgc, sgl, STEP, HAS_POOL, POOL, PP,
-                                           BLOCK_Q, BLOCK_CO, BLOCK_R, HAS_Z, INTERP, PRECISION)
+        n, q0, q, u, t, ok = _window_rows(tile, TPC, TP, POOL, PP, BLOCK_Q)
+        z, gy, valid = _rows_grad(xc_ptr, wr_ptr, z_ptr, go_ptr, code_ptr, n, q, u, t, ok, co, C_OUT, T, TP, LPC, R,
+                                  sgn, sgc, sgl, STEP, HAS_POOL, BLOCK_CO, BLOCK_R, HAS_Z, INTERP, PRECISION)
         s_gy += tl.sum(gy, axis=0)
-        s_gyz += tl.sum(gy * zhat, axis=0)
+        s_gyz += tl.sum(gy * ((z - mb[None, :]) * invstd[None, :]), axis=0)
     store_bn_sums(sums_ptr, s_gy, s_gyz, pid_p, co, C_OUT, P, DETERMINISTIC)
 
 
-
-
 @triton.jit
-def _rows_gz_kernel(xc_ptr, wr_ptr, z_ptr, b_ptr, stats_ptr, g_ptr, go_ptr, code_ptr, sums_ptr, gz_ptr, C_OUT, T,
-                    TP, TQ, ROWS, LPC, R, NUM_TILES, P, sgn, sgc, sgl, SGZ, HAS_BIAS: tl.constexpr,
+def _rows_gz_kernel(xc_ptr, wr_ptr, z_ptr, b_ptr, stats_ptr, g_ptr,  # as _rows_bn_relu_pool_kernel's
+                    go_ptr, code_ptr,  # as _rows_bwd_reduce_kernel's
+                    sums_ptr,  # (2, C_OUT): sum(gy), sum(gy * zhat), all-reduced
+                    gz_ptr,  # gz[n, t, co] at n * SGZ + t * C_OUT + co
+                    C_OUT, T, TP, TQ, TPC, LPC, R, NUM_TILES, P, sgn, sgc, sgl, SGZ, HAS_BIAS: tl.constexpr,
                     STEP: tl.constexpr, HAS_POOL: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr,
                     BLOCK_Q: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr, TRAINING: tl.constexpr,
                     HAS_Z: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
-    """gz[n, t, co] at gz_ptr + n * SGZ + t * C_OUT + co in gz's dtype (channel-minor; SGZ = T * C_OUT, or more
-    when the clips are spaced by zero rows for ``_rows_dx_kernel``): BN's backward (as ``_bn_grad``) at every
-    position, over the windows covering them (TQ per clip)."""
+    """gz in gz's dtype (channel-minor; SGZ = T * C_OUT, or more when the clips are spaced by zero rows for
+    ``_rows_dx_kernel``): BN's backward (as ``_bn_grad``) at every position, over the windows covering them (TQ
+    per clip), as the affine form of ``_conv_banded._band_gz_dw_kernel``: gz = cz z + c0 + scale gy."""
     co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
     c_ok = co < C_OUT
-    bias = _load_bias(b_ptr, co, C_OUT, HAS_BIAS, BLOCK_CO)
-    scale = tl.load(stats_ptr + C_OUT + co, mask=c_ok, other=0.0)
-    scale *= tl.load(g_ptr + co, mask=c_ok, other=0.0).to(tl.float32)
-    mean_gy = tl.zeros((BLOCK_CO,), dtype=tl.float32)
-    mean_gyz = tl.zeros((BLOCK_CO,), dtype=tl.float32)
+    invstd = tl.load(stats_ptr + C_OUT + co, mask=c_ok, other=0.0)
+    scale = invstd * tl.load(g_ptr + co, mask=c_ok, other=0.0).to(tl.float32)
+    cz = tl.zeros((BLOCK_CO,), dtype=tl.float32)
+    c0 = tl.zeros((BLOCK_CO,), dtype=tl.float32)
     if TRAINING:
         count = tl.load(stats_ptr + 3 * C_OUT + co, mask=c_ok, other=1.0)
         mean_gy = tl.load(sums_ptr + co, mask=c_ok, other=0.0) / count
         mean_gyz = tl.load(sums_ptr + C_OUT + co, mask=c_ok, other=0.0) / count
+        cz = -scale * mean_gyz * invstd
+        mb = tl.load(stats_ptr + co, mask=c_ok, other=0.0) - _load_bias(b_ptr, co, C_OUT, HAS_BIAS, BLOCK_CO)
+        c0 = -scale * mean_gy - cz * mb
     for tile in range(tl.program_id(0), NUM_TILES, P):
-        zhat, gy, valid, n, t = _rows_grad(xc_ptr, wr_ptr, z_ptr, bias, stats_ptr, go_ptr, code_ptr, tile, co,
-                                           C_OUT, T, TP, TQ, ROWS, LPC, R, sgn, sgc, sgl, STEP, HAS_POOL, POOL, PP,
-                                           BLOCK_Q, BLOCK_CO, BLOCK_R, HAS_Z, INTERP, PRECISION)
-        gz = scale[None, :] * (gy - mean_gy[None, :] - zhat * mean_gyz[None, :])
-        off = (n.to(tl.int64) * SGZ + t * C_OUT)[:, None] + co[None, :]
+        n, q0, q, u, t, ok = _window_rows(tile, TPC, TQ, POOL, PP, BLOCK_Q)
+        z, gy, valid = _rows_grad(xc_ptr, wr_ptr, z_ptr, go_ptr, code_ptr, n, q, u, t, ok, co, C_OUT, T, TP, LPC, R,
+                                  sgn, sgc, sgl, STEP, HAS_POOL, BLOCK_CO, BLOCK_R, HAS_Z, INTERP, PRECISION)
+        gz = z * cz[None, :] + c0[None, :] + gy * scale[None, :]
+        off = n.to(tl.int64) * SGZ + (t[:, None] * C_OUT + co[None, :])
         tl.store(gz_ptr + off, cast_out(gz, gz_ptr.dtype.element_ty, INTERP), mask=valid)
 
 
@@ -406,9 +415,13 @@ def _reorder(w2d: torch.Tensor, c_in: int, k: int) -> torch.Tensor:
     return w2d.reshape(-1, c_in, k).transpose(1, 2).reshape(w2d.shape[0], -1).contiguous()
 
 
-def _window_block(pp: int) -> int:
-    """Windows per tile: ROWS_GPU rows of PP slots each (one window of PP > ROWS_GPU slots)."""
-    return max(1, (128 if INTERPRET else ROWS_GPU) // pp)
+def _window_block(pp: int, windows: int) -> int:
+    """Windows per tile: ROWS_GPU rows of PP slots each (one window of PP > ROWS_GPU slots), fewer for clips of fewer
+    windows (at least 16 rows: the tensor cores' smallest M); under the interpreter
+    at most half the ``windows`` of a clip, so the tests walk several tiles per clip and a partial last one."""
+    if INTERPRET:
+        return clamp_pow2(triton.cdiv(windows, 2), 1, max(1, 128 // pp))
+    return clamp_pow2(windows, max(1, 16 // pp), max(1, ROWS_GPU // pp))  # short clips (conv7: 13): small tiles
 
 
 def rows_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, k: int, stride: int, padding: int,
@@ -435,11 +448,12 @@ def rows_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
     return merge_stats(part, 0, 0, eps)
 
 
-def _window_flags(x: torch.Tensor, bias, plan: dict, stride: int, pool: int | None) -> dict:
-    """The window kernels' constexprs; no pool: windows of one position (POOL = PP = 1, HAS_POOL False)."""
+def _window_flags(x: torch.Tensor, bias, plan: dict, stride: int, pool: int | None, windows: int) -> dict:
+    """The window kernels' constexprs; no pool: windows of one position (POOL = PP = 1, HAS_POOL False);
+    ``windows``: per clip."""
     pp = next_pow2(pool or 1)
     return dict(HAS_BIAS=bias is not None, STEP=stride * x.shape[1], HAS_POOL=pool is not None, POOL=pool or 1,
-                PP=pp, BLOCK_Q=_window_block(pp), INTERP=INTERPRET, PRECISION=dot_precision(x), num_warps=4,
+                PP=pp, BLOCK_Q=_window_block(pp, windows), INTERP=INTERPRET, PRECISION=dot_precision(x), num_warps=4,
                 num_stages=STAGES, **plan)
 
 
@@ -461,8 +475,9 @@ def rows_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | N
     plan = rows_plan(C_in, C, k, stride, x.dtype)
     xc, lpc = channels_last(x, padding, T, k, stride, xc)
     TP = T // (pool or 1)
-    flags = _window_flags(x, bias, plan, stride, pool)
-    tiles, P = persistent_grid(N * TP, flags["BLOCK_Q"])  # 4 per SM: conv2's pool holds 5 (96 registers)
+    flags = _window_flags(x, bias, plan, stride, pool, TP)
+    tpc = triton.cdiv(TP, flags["BLOCK_Q"])
+    tiles, P = persistent_grid(N * tpc, 1)  # 4 per SM: conv2's pool holds 5 (96 registers)
     out = torch.empty((N, C, TP), device=x.device, dtype=x.dtype)
     shape = (N, C, TP) if pool is not None else (0,)
     code = torch.empty(shape, device=x.device, dtype=code_dtype(pool or 1))
@@ -472,7 +487,7 @@ def rows_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | N
     has_z = z is not None
     wrap_triton(_rows_bn_relu_pool_kernel)[(P, triton.cdiv(C, plan["BLOCK_CO"]))](
         xc, w2d if has_z else _reorder(w2d, C_in, k), b, gamma, beta, stats, out, code, zmax, z if has_z else out, C, T,
-        TP, N * TP, lpc, k * C_in, tiles, P, STORE_ZMAX=zmax.numel() > 0, HAS_Z=has_z, **flags)  # z: weight unread
+        TP, tpc, lpc, k * C_in, tiles, P, STORE_ZMAX=zmax.numel() > 0, HAS_Z=has_z, **flags)  # z: weight unread
     return out, code, zmax
 
 
@@ -500,17 +515,18 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     wr = w2d if has_z else _reorder(w2d, C_in, k)  # with z no pass here runs the conv
     R = k * C_in
     plan = dict(plan, BLOCK_CO=min(plan["BLOCK_CO"], BWD_CO))
-    flags = _window_flags(x, bias, plan, stride, pool)
+    flags = _window_flags(x, bias, plan, stride, pool, tq)
     b = bias if bias is not None else w2d
     grid_c = triton.cdiv(C, plan["BLOCK_CO"])
     go = grad_out.stride()
     if pool is not None and zmax.numel():  # (2, C): sum(gy), sum(gy * zhat), from the forward's zmax
         local = pooled_bn_sums(grad_out, code, zmax, deterministic)
     else:  # ... or from a recompute (fp32: keeps_zmax)
-        tiles, P = persistent_grid(N * TP, flags["BLOCK_Q"], PER_SM, grid_c)
+        tpc = triton.cdiv(TP, flags["BLOCK_Q"])
+        tiles, P = persistent_grid(N * tpc, 1, PER_SM, grid_c)
         part = bn_sum_partials(P, C, deterministic, dev)
         wrap_triton(_rows_bwd_reduce_kernel)[(P, grid_c)](
-            xc, wr, z if has_z else xc, b, stats, grad_out, mask, part, C, T, TP, N * TP, lpc, R, tiles, P, *go,
+            xc, wr, z if has_z else xc, b, stats, grad_out, mask, part, C, T, TP, tpc, lpc, R, tiles, P, *go,
             DETERMINISTIC=deterministic, HAS_Z=has_z, **flags)
         local = bn_sums_of(part)  # a fixed-order reduction
     sums = all_reduce(local) if (training and all_reduce is not None) else local
@@ -526,9 +542,10 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
         gz, sgz = gzp[:, J - 1 :], tg * C
     else:
         gz, sgz = torch.empty((M, C), device=dev, dtype=x.dtype), T * C
-    tiles, P = persistent_grid(N * tq, flags["BLOCK_Q"], PER_SM, grid_c)
+    tpc = triton.cdiv(tq, flags["BLOCK_Q"])
+    tiles, P = persistent_grid(N * tpc, 1, PER_SM, grid_c)
     wrap_triton(_rows_gz_kernel)[(P, grid_c)](
-        xc, wr, z if has_z else xc, b, stats, gamma, grad_out, mask, sums, gz, C, T, TP, tq, N * tq, lpc, R, tiles, P,
+        xc, wr, z if has_z else xc, b, stats, gamma, grad_out, mask, sums, gz, C, T, TP, tq, tpc, lpc, R, tiles, P,
         *go, sgz, TRAINING=training, HAS_Z=has_z, **flags)
     rw = plan["BLOCK_R"] if INTERPRET else max(b for b in (16, 32, 64, 128) if R % b == 0)  # dW^T's M: to 128
     bm = clamp_pow2(M, 16, 128) if INTERPRET else ROWS_GPU

@@ -472,7 +472,7 @@ def band_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
                   padding: int, T: int, pool: int, training: bool, deterministic: bool,
                   all_reduce=None) -> tuple[torch.Tensor | None, ...]:
     """The backward of a banded block whose input needs no gradient (as ``_conv_paths.conv_bn_relu_backward``):
-    (None, dw2d fp32, db fp32 or None, local sum(gy * zhat), local sum(gy)). The BN sums from the forward's
+    (None, dw2d fp32, db fp32 or None, local (2, C_out) sum(gy), sum(gy * zhat)). The BN sums from the forward's
     zmax (``pooled_bn_sums``) or, without it, from a pass recomputing Z; then a pass recomputing Z for gz and dW
     in band form; dband is folded to (C_out, K) here."""
     N = x.shape[0]
@@ -511,4 +511,4 @@ def band_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     pp = plan["PP"]
     dw = band.as_strided((C, k, pool), (1, pp * C, stride * pp * C + C)).sum(dim=2).contiguous()
     db = (db_part.sum(dim=0) if deterministic else db_part[0]) if bias is not None else None
-    return None, dw, db, local[1].clone(), local[0].clone()
+    return None, dw, db, local

@@ -311,7 +311,7 @@ def generic_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor,
                      gamma: torch.Tensor, stats: torch.Tensor, code: torch.Tensor, out: torch.Tensor | None, K: int,
                      stride: int, padding: int, T: int, pool: int | None, training: bool, deterministic: bool,
                      input_grad: bool, all_reduce=None) -> tuple[torch.Tensor | None, ...]:
-    """(dx or None, dw2d fp32, db fp32 or None, local sum(gy * zhat), local sum(gy)) for any shape
+    """(dx or None, dw2d fp32, db fp32 or None, local (2, C_out) sum(gy), sum(gy * zhat)) for any shape
     (``_conv_paths.conv_bn_relu_backward`` picks the kernels of a block).
 
     ``all_reduce`` (SyncBatchNorm semantics) receives the (2, C) fp32 local sums and returns the
@@ -356,7 +356,7 @@ def generic_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor,
             x.stride(0), x.stride(1), x.stride(2), *go_strides, stride, padding, TRAINING=training,
             BLOCK_RW=rw, TILES=tiles, DETERMINISTIC=deterministic, **flags)
         db = db_part.sum(dim=0) if bias is not None else None
-        return None, dw_part.sum(dim=0), db, local[1].clone(), local[0].clone()
+        return None, dw_part.sum(dim=0), db, local
 
     gz = torch.empty((C, M), device=dev, dtype=x.dtype)
     wrap_triton(_bwd_gz_kernel)[(num_mt, triton.cdiv(C, bco))](
@@ -381,7 +381,7 @@ def generic_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor,
     db = db_part.sum(dim=0) if bias is not None else None
 
     dx = dx_from_gz(gz, w2d, x, K, stride, padding, T, M, 1) if input_grad else None
-    return dx, dw, db, local[1].clone(), local[0].clone()
+    return dx, dw, db, local
 
 
 def dx_from_gz(gz: torch.Tensor, w2d: torch.Tensor, x: torch.Tensor, K: int, stride: int, padding: int, T: int,

@@ -143,7 +143,7 @@ def conv_bn_relu_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Te
                           K: int, stride: int, padding: int, T: int, pool: int | None, training: bool,
                           deterministic: bool, input_grad: bool, all_reduce=None,
                           z: torch.Tensor | None = None) -> tuple[torch.Tensor | None, ...]:
-    """(dx or None, dw2d fp32, db fp32 or None, local sum(gy * zhat), local sum(gy)); ``out`` and
+    """(dx or None, dw2d fp32, db fp32 or None, local (2, C_out) fp32: sum(gy), sum(gy * zhat)); ``out`` and
     ``all_reduce`` as in ``_conv_bwd.generic_backward``; ``z``: the forward's stored conv output (``keeps_z``; None or
     empty: none kept)."""
     path = block_paths(x.shape[1], w2d.shape[0], K, stride, pool, x.dtype, input_grad).backward

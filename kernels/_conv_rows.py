@@ -497,7 +497,7 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
                   T: int, pool: int | None, training: bool, deterministic: bool, input_grad: bool,
                   all_reduce=None, z: torch.Tensor | None = None) -> tuple[torch.Tensor | None, ...]:
     """The backward of a row-GEMM block (as ``_conv_paths.conv_bn_relu_backward``): (dx or None, dw2d fp32, db
-    fp32 or None, local sum(gy * zhat), local sum(gy)). The BN sums from the forward's zmax (``pooled_bn_sums``)
+    fp32 or None, local (2, C_out) sum(gy), sum(gy * zhat)). The BN sums from the forward's zmax (``pooled_bn_sums``)
     or, without it, a pass recomputing Z; then gz (N * T, C_out) in x.dtype (a pass recomputing Z), then dW from
     the same contiguous rows and dx by ``_rows_dx_kernel`` (or ``_conv_bwd.dx_from_gz`` where ``dx_rows_ok``
     says no). ``zmax``: what the forward saved beside the codes, zmax with a pool, the output (ReLU's mask)
@@ -575,4 +575,4 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
             INTERP=INTERPRET, PRECISION=dot_precision(x), num_warps=4, num_stages=STAGES)
     elif input_grad:
         dx = dx_from_gz(gz, w2d, x, k, stride, padding, T, 1, C)
-    return dx, dw, db, local[1].clone(), local[0].clone()
+    return dx, dw, db, local

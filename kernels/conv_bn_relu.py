@@ -159,9 +159,9 @@ def reference_forward(x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight:
 def reference_backward(grad_out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight: Tensor,
                        stats: Tensor, code: Tensor, out: Tensor | None, z: Tensor, stride: int, padding: int,
                        training: bool, pool: int | None, deterministic: bool, group: int,
-                       input_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+                       input_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Plain PyTorch backward from the same saved tensors as the Triton backward (it recomputes the conv: ``z``,
-    the forward's stored conv output, is not read)."""
+    the forward's stored conv output, is not read); outputs as ``_bwd_op``'s."""
     acc = acc_dtype(x)
     with no_autocast(x.device):
         xf, wf = x.to(acc), weight.to(acc)
@@ -187,7 +187,7 @@ def reference_backward(grad_out: Tensor, x: Tensor, weight: Tensor, bias: Tensor
             [0], 1, [input_grad, True, bias is not None])
         return (dx.to(x.dtype) if input_grad else x.new_empty(0), dw.to(weight.dtype),
                 db.to(bias.dtype) if bias is not None else weight.new_empty(0),
-                local[1].to(bn_weight.dtype, copy=True), local[0].to(bn_weight.dtype, copy=True))
+                local.to(bn_weight.dtype))
 
 
 # -------------------------------------------------------------------------------------------- ops
@@ -231,21 +231,22 @@ def _fwd_fake(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, st
 def _bwd_op(grad_out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight: Tensor,
             stats: Tensor, code: Tensor, out: Tensor | None, z: Tensor, stride: int, padding: int, training: bool,
             pool: int | None, deterministic: bool, group: int,
-            input_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``out``: what the forward saved beside the codes, its output without a pool, zmax with one; ``z``: the
-    forward's stored conv output (empty unless ``keeps_z``)."""
+            input_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dx (empty without ``input_grad``), dW, db (empty without a bias), dbn (2, C_out): BatchNorm's dbeta =
+    sum(gy) and dgamma = sum(gy * zhat) of this process, one tensor so that no copy separates them). ``out``:
+    what the forward saved beside the codes, its output without a pool, zmax with one; ``z``: the forward's
+    stored conv output (empty unless ``keeps_z``)."""
     if not use_triton(x) or x.dtype == torch.float64:
         return reference_backward(grad_out, x, weight, bias, bn_weight, stats, code, out, z, stride, padding,
                                   training, pool, deterministic, group, input_grad)
     c_out, c_in, k = weight.shape
     w2d = weight.reshape(c_out, c_in * k).contiguous()
     t = _out_len(x.shape[-1], k, stride, padding)
-    dx, dw, db, dg, dbeta = conv_bn_relu_backward(
+    dx, dw, db, dbn = conv_bn_relu_backward(
         grad_out, x, w2d, bias, bn_weight, stats, code, out, k, stride, padding, t, pool, training,
         deterministic, input_grad, _all_reduce(group), z)
     return (dx if dx is not None else x.new_empty(0), dw.reshape(weight.shape).to(weight.dtype),
-            db.to(bias.dtype) if db is not None else weight.new_empty(0), dg.to(bn_weight.dtype),
-            dbeta.to(bn_weight.dtype))
+            db.to(bias.dtype) if db is not None else weight.new_empty(0), dbn.to(bn_weight.dtype))
 
 
 @_bwd_op.register_fake
@@ -253,7 +254,7 @@ def _bwd_fake(grad_out, x, weight, bias, bn_weight, stats, code, out, z, stride,
               deterministic, group, input_grad):
     return (x.new_empty(x.shape if input_grad else (0,)), torch.empty_like(weight),
             torch.empty_like(bias) if bias is not None else weight.new_empty(0),
-            torch.empty_like(bn_weight), torch.empty_like(bn_weight))
+            bn_weight.new_empty((2, bn_weight.shape[0])))
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -270,9 +271,10 @@ def _setup_context(ctx, inputs, output) -> None:
 def _backward(ctx, grad_out, _grad_code, _grad_zmax, _grad_stats, _grad_z):
     x, weight, bias, bn_weight, stats, code, out, z = ctx.saved_tensors
     stride, padding, training, pool, deterministic, group = ctx.conf
-    dx, dw, db, dg, dbeta = _bwd_op(grad_out, x, weight, bias, bn_weight, stats, code, out, z, stride, padding,
-                                    training, pool, deterministic, group, ctx.needs_input_grad[0])
-    return (dx if ctx.needs_input_grad[0] else None, dw, db if bias is not None else None, dg, dbeta,
+    dx, dw, db, dbn = _bwd_op(grad_out, x, weight, bias, bn_weight, stats, code, out, z, stride, padding,
+                              training, pool, deterministic, group, ctx.needs_input_grad[0])
+    dbeta, dgamma = dbn.unbind(0)
+    return (dx if ctx.needs_input_grad[0] else None, dw, db if bias is not None else None, dgamma, dbeta,
             None, None, None, None, None, None, None, None, None)
 
 

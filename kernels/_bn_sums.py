@@ -60,17 +60,18 @@ def _pooled_bn_sums_kernel(go_ptr, code_ptr, zmax_ptr, sums_ptr, C_OUT, TP, TB, 
     store_bn_sums(sums_ptr, s_gy, s_gyz, pid_p, c, C_OUT, P, DETERMINISTIC)
 
 
-def pooled_bn_sums(grad_out: torch.Tensor, code: torch.Tensor, zmax: torch.Tensor,
-                   deterministic: bool) -> torch.Tensor:
+def pooled_bn_sums(grad_out: torch.Tensor, code: torch.Tensor, zmax: torch.Tensor, deterministic: bool,
+                   buf: torch.Tensor | None = None) -> torch.Tensor:
     """(2, C) fp32 sum(gy) and sum(gy * zhat) of a pooling block from grad_out, code and zmax, each (N, C, TP)
     (code and zmax contiguous, as the forward made them; grad_out any strides): one launch, then a fixed-order
-    sum of the per-program fp64 partials when ``deterministic``, else relaxed fp64 atomics."""
+    sum of the per-program fp64 partials when ``deterministic``, else relaxed fp64 atomics (into ``buf``, a
+    zeroed (2, 1, C) fp64 buffer, when the caller has one: ``_conv_fwd.zeroed``)."""
     N, C, TP = code.shape
     bc = clamp_pow2(C, 1, 16)
     bt = clamp_pow2(TP, 16, 32 if INTERPRET else 256)
     tb = triton.cdiv(TP, bt)
     tiles, P = persistent_grid(N * tb, 1)
-    part = bn_sum_partials(P, C, deterministic, grad_out.device)
+    part = bn_sum_partials(P, C, deterministic, grad_out.device, buf)
     wrap_triton(_pooled_bn_sums_kernel)[(P, triton.cdiv(C, bc))](
         grad_out, code, zmax, part, C, TP, tb, tiles, P, *grad_out.stride(), DETERMINISTIC=deterministic,
         BLOCK_C=bc, BLOCK_T=bt, num_warps=4)

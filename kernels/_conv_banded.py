@@ -37,6 +37,7 @@ from torch.library import wrap_triton
 from ._bn_sums import pooled_bn_sums
 from ._common import INTERPRET, clamp_pow2, dot_precision, next_pow2
 from ._conv_fwd import (
+    BN_SUMS,
     bn_sum_partials,
     bn_sums_of,
     cast_out,
@@ -50,6 +51,7 @@ from ._conv_fwd import (
     store_bn_sums,
     store_moments,
     store_partial,
+    zeroed,
 )
 
 # fmt: off
@@ -486,21 +488,26 @@ def band_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     flags = _flags(plan, x, k, stride, bias, bq)
     b = bias if bias is not None else w2d
     grid_c = triton.cdiv(C, plan["BLOCK_C"])
+    jb = plan["J1"] + plan["J2"]
+    # non-deterministic: the atomics' accumulators (BN sums, dW in band form, db) zeroed by one fill
+    acc = None if deterministic else zeroed(dev, ((2, 1, C), BN_SUMS), ((1, jb, plan["PP"], C), torch.float32),
+                                           ((1, C), torch.float32))
     if zmax.numel():  # (2, C): sum(gy), sum(gy * zhat), from the forward's zmax
-        local = pooled_bn_sums(grad_out, code, zmax, deterministic)
+        local = pooled_bn_sums(grad_out, code, zmax, deterministic, acc[0] if acc else None)
     else:  # ... or from a recompute (fp32: keeps_zmax)
         tpc, tiles, P = _tiles(N, TP, bq, "grad", x, grid_c)
-        part = bn_sum_partials(P, C, deterministic, dev)
+        part = bn_sum_partials(P, C, deterministic, dev, acc[0] if acc else None)
         wrap_triton(_band_bwd_reduce_kernel)[(P, grid_c)](
             xp, w2d, b, stats, grad_out, code, part, C, TP, tpc, lp, tiles, P, *grad_out.stride(),
             DETERMINISTIC=deterministic, **flags)
         local = bn_sums_of(part)  # a fixed-order reduction
     sums = all_reduce(local) if (training and all_reduce is not None) else local
     tpc, tiles, P = _tiles(N, tq, bq, "grad", x, grid_c)
-    jb = plan["J1"] + plan["J2"]
-    shape = (P if deterministic else 1, jb, plan["PP"], C)
-    dband = (torch.empty if deterministic else torch.zeros)(shape, device=dev, dtype=torch.float32)
-    db_part = (torch.empty if deterministic else torch.zeros)(shape[:1] + (C,), device=dev, dtype=torch.float32)
+    if deterministic:
+        dband = torch.empty((P, jb, plan["PP"], C), device=dev, dtype=torch.float32)
+        db_part = torch.empty((P, C), device=dev, dtype=torch.float32)
+    else:
+        dband, db_part = acc[1:]
     wrap_triton(_band_gz_dw_kernel)[(P, grid_c)](
         xp, w2d, b, stats, gamma, grad_out, code, sums, dband, db_part, C, T, TP, tpc, lp, tiles, P,
         *grad_out.stride(), TRAINING=training, DETERMINISTIC=deterministic,

@@ -40,6 +40,7 @@ from torch.library import wrap_triton
 from ._bn_sums import pooled_bn_sums
 from ._common import INTERPRET, clamp_pow2, dot_precision
 from ._conv_fwd import (
+    BN_SUMS,
     _load_bias,
     bn_sum_partials,
     bn_sums_of,
@@ -48,6 +49,7 @@ from ._conv_fwd import (
     conv_tile,
     stats_tiles,
     store_bn_sums,
+    zeroed,
 )
 
 # fmt: off
@@ -335,22 +337,29 @@ def generic_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor,
     num_mt = triton.cdiv(M, bm)
     tiles = stats_tiles(num_mt)
     P = triton.cdiv(num_mt, tiles)
+    fused_dw = not input_grad and R <= FUSED_DW_MAX_R  # conv1: gz stays in registers
+    # non-deterministic: the atomics' accumulators (BN sums, dW, db; dW and db are summed into new tensors, so
+    # the op's outputs share no buffer) zeroed by one fill
+    acc = None if deterministic else zeroed(dev, ((2, 1, C), BN_SUMS), ((1, C, R), torch.float32),
+                                           ((1, C), torch.float32))
     if pool is not None and out.numel():
         # (2, C): sum(gy), sum(gy * zhat), from the forward's zmax
-        local = pooled_bn_sums(grad_out, code, out, deterministic)
+        local = pooled_bn_sums(grad_out, code, out, deterministic, acc[0] if acc else None)
     else:
-        part = bn_sum_partials(P, C, deterministic, dev)  # fp64 partials: see _bwd_reduce_kernel
+        part = bn_sum_partials(P, C, deterministic, dev, acc[0] if acc else None)  # fp64: _bwd_reduce_kernel
         wrap_triton(_bwd_reduce_kernel)[(P, triton.cdiv(C, bco))](
             x, w2d, b, stats, grad_out, code, o, part, C, L, R, T, TP, M, P,
             x.stride(0), x.stride(1), x.stride(2), *go_strides, stride, padding, TILES=tiles,
             DETERMINISTIC=deterministic, **flags)
         local = bn_sums_of(part)  # (2, C): sum(gy), sum(gy * zhat); a fixed-order reduction
     sums = all_reduce(local) if (training and all_reduce is not None) else local
-    if not input_grad and R <= FUSED_DW_MAX_R:  # conv1: gz stays in registers
+    if fused_dw:
         rw = clamp_pow2(R, 16, FUSED_DW_MAX_R)
-        shape = (P, C, R) if deterministic else (1, C, R)
-        dw_part = (torch.empty if deterministic else torch.zeros)(shape, device=dev, dtype=torch.float32)
-        db_part = (torch.empty if deterministic else torch.zeros)(shape[:2], device=dev, dtype=torch.float32)
+        if deterministic:
+            dw_part = torch.empty((P, C, R), device=dev, dtype=torch.float32)
+            db_part = torch.empty((P, C), device=dev, dtype=torch.float32)
+        else:
+            dw_part, db_part = acc[1:]
         wrap_triton(_bwd_gz_dw_kernel)[(P, triton.cdiv(C, bco))](
             x, w2d, b, stats, gamma, grad_out, code, o, sums, dw_part, db_part, C, L, R, T, TP, M, P,
             x.stride(0), x.stride(1), x.stride(2), *go_strides, stride, padding, TRAINING=training,
@@ -371,8 +380,7 @@ def generic_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor,
         dw_part = torch.empty((split, C, R), device=dev, dtype=torch.float32)
         db_part = torch.empty((split, C), device=dev, dtype=torch.float32)
     else:
-        dw_part = torch.zeros((1, C, R), device=dev, dtype=torch.float32)
-        db_part = torch.zeros((1, C), device=dev, dtype=torch.float32)
+        dw_part, db_part = acc[1:]
     wrap_triton(_dw_kernel)[(triton.cdiv(C, wco), triton.cdiv(R, wr), split)](
         gz, x, dw_part, db_part, C, L, R, T, M, w_mt, split, x.stride(0), x.stride(1), x.stride(2),
         stride, padding, K=K, BLOCK_CO=wco, BLOCK_M=wm, BLOCK_R=wr, DETERMINISTIC=deterministic,

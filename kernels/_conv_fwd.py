@@ -36,6 +36,8 @@ Symbols (here and in ``_conv_bwd.py``); tensors are (N, C, L) inputs, (C_out, C_
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -443,9 +445,27 @@ def bn_sums_of(part: torch.Tensor) -> torch.Tensor:
     return (part[:, 0] if part.shape[1] == 1 else part.sum(dim=1)).float()
 
 
-def bn_sum_partials(parts: int, c_out: int, deterministic: bool, device: torch.device) -> torch.Tensor:
+def bn_sum_partials(parts: int, c_out: int, deterministic: bool, device: torch.device,
+                    buf: torch.Tensor | None = None) -> torch.Tensor:
     """(2, parts or 1, C_out) fp64 buffer of the backward's BN-sum kernels: one row of partials per program
-    (deterministic, summed later in a fixed order) or one row they add into atomically (zeroed)."""
+    (deterministic, summed later in a fixed order) or one row they add into atomically (zeroed; ``buf``: such a
+    row the caller carved with ``zeroed``)."""
     if deterministic:
-        return torch.empty((2, parts, c_out), device=device, dtype=torch.float64)
-    return torch.zeros((2, 1, c_out), device=device, dtype=torch.float64)
+        return torch.empty((2, parts, c_out), device=device, dtype=BN_SUMS)
+    return buf if buf is not None else torch.zeros((2, 1, c_out), device=device, dtype=BN_SUMS)
+
+
+BN_SUMS = torch.float64  # the dtype of the backward's BN-sum partials (``bn_sum_partials``)
+
+
+def zeroed(device: torch.device, *specs: tuple[tuple[int, ...], torch.dtype]) -> tuple[torch.Tensor, ...]:
+    """Zeroed tensors of the given (shape, dtype)s carved 16-byte aligned from one buffer, so one fill launch
+    serves them all: the accumulators a non-deterministic backward adds into atomically (the BN sums, dW's and
+    db's partials). Tensors the op returns must not share one (a custom op's outputs may not alias)."""
+    offsets, total = [], 0
+    for shape, dt in specs:
+        offsets.append(total)
+        total += -(-math.prod(shape) * dt.itemsize // 16) * 16
+    buf = torch.zeros(total, device=device, dtype=torch.uint8)
+    return tuple(buf[o : o + math.prod(s) * dt.itemsize].view(dt).view(s)
+                 for o, (s, dt) in zip(offsets, specs, strict=True))  # fmt: skip

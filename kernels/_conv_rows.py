@@ -36,6 +36,7 @@ from ._bn_sums import pooled_bn_sums
 from ._common import INTERPRET, clamp_pow2, dot_precision, next_pow2
 from ._conv_bwd import dx_from_gz
 from ._conv_fwd import (
+    BN_SUMS,
     _load_bias,
     bn_sum_partials,
     bn_sums_of,
@@ -50,6 +51,7 @@ from ._conv_fwd import (
     store_bn_sums,
     store_moments,
     store_partial,
+    zeroed,
 )
 
 # fmt: off
@@ -519,12 +521,20 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     b = bias if bias is not None else w2d
     grid_c = triton.cdiv(C, plan["BLOCK_CO"])
     go = grad_out.stride()
+    rw = plan["BLOCK_R"] if INTERPRET else max(b for b in (16, 32, 64, 128) if R % b == 0)  # dW^T's M: to 128
+    bm = clamp_pow2(N * T, 16, 128) if INTERPRET else ROWS_GPU
+    num_mt = triton.cdiv(N * T, bm)
+    grid_r = triton.cdiv(R, rw)
+    split = 1 if INTERPRET else max(1, min(num_mt, 1024 // (grid_r * grid_c)))
+    # non-deterministic: the atomics' accumulators zeroed by one fill, the BN sums and db together (dW apart: the
+    # op returns views of dW's and db's rows, and a custom op's outputs may not share a buffer)
+    acc = None if deterministic else zeroed(dev, ((2, 1, C), BN_SUMS), ((1, C), torch.float32))
     if pool is not None and zmax.numel():  # (2, C): sum(gy), sum(gy * zhat), from the forward's zmax
-        local = pooled_bn_sums(grad_out, code, zmax, deterministic)
+        local = pooled_bn_sums(grad_out, code, zmax, deterministic, acc[0] if acc else None)
     else:  # ... or from a recompute (fp32: keeps_zmax)
         tpc = triton.cdiv(TP, flags["BLOCK_Q"])
         tiles, P = persistent_grid(N * tpc, 1, PER_SM, grid_c)
-        part = bn_sum_partials(P, C, deterministic, dev)
+        part = bn_sum_partials(P, C, deterministic, dev, acc[0] if acc else None)
         wrap_triton(_rows_bwd_reduce_kernel)[(P, grid_c)](
             xc, wr, z if has_z else xc, b, stats, grad_out, mask, part, C, T, TP, tpc, lpc, R, tiles, P, *go,
             DETERMINISTIC=deterministic, HAS_Z=has_z, **flags)
@@ -547,14 +557,11 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     wrap_triton(_rows_gz_kernel)[(P, grid_c)](
         xc, wr, z if has_z else xc, b, stats, gamma, grad_out, mask, sums, gz, C, T, TP, tq, tpc, lpc, R, tiles, P,
         *go, sgz, TRAINING=training, HAS_Z=has_z, **flags)
-    rw = plan["BLOCK_R"] if INTERPRET else max(b for b in (16, 32, 64, 128) if R % b == 0)  # dW^T's M: to 128
-    bm = clamp_pow2(M, 16, 128) if INTERPRET else ROWS_GPU
-    num_mt = triton.cdiv(M, bm)
-    grid_r = triton.cdiv(R, rw)
-    split = 1 if INTERPRET else max(1, min(num_mt, 1024 // (grid_r * grid_c)))
-    shape = (split if deterministic else 1, C, R)
-    dwr = (torch.empty if deterministic else torch.zeros)(shape, device=dev, dtype=torch.float32)
-    db_part = (torch.empty if deterministic else torch.zeros)(shape[:2], device=dev, dtype=torch.float32)
+    if deterministic:
+        dwr = torch.empty((split, C, R), device=dev, dtype=torch.float32)
+        db_part = torch.empty((split, C), device=dev, dtype=torch.float32)
+    else:
+        dwr, db_part = torch.zeros((1, C, R), device=dev, dtype=torch.float32), acc[1]
     wrap_triton(_rows_dw_kernel)[(grid_r, grid_c, split)](
         gz, xc, dwr, db_part, C, T, M, sgz, lpc, R, num_mt, split, C_in, k, STEP=stride * C_in, BLOCK_M=bm,
         BLOCK_CO=plan["BLOCK_CO"], BLOCK_RW=rw, DETERMINISTIC=deterministic, INTERP=INTERPRET,

@@ -237,13 +237,16 @@ def _rows_gz_kernel(xc_ptr, wr_ptr, z_ptr, b_ptr, stats_ptr, g_ptr,  # as _rows_
                     go_ptr, code_ptr,  # as _rows_bwd_reduce_kernel's
                     sums_ptr,  # (2, C_OUT): sum(gy), sum(gy * zhat), all-reduced
                     gz_ptr,  # gz[n, t, co] at n * SGZ + t * C_OUT + co
-                    C_OUT, T, TP, TQ, TPC, LPC, R, NUM_TILES, P, sgn, sgc, sgl, SGZ, HAS_BIAS: tl.constexpr,
-                    STEP: tl.constexpr, HAS_POOL: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr,
-                    BLOCK_Q: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr, TRAINING: tl.constexpr,
-                    HAS_Z: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
+                    C_OUT, T, TP, TQ, TPC, LPC, R, NUM_TILES, P, sgn, sgc, sgl, SGZ, N_CLIPS, PAD_LO, PAD_HI,
+                    HAS_BIAS: tl.constexpr, STEP: tl.constexpr, HAS_POOL: tl.constexpr, POOL: tl.constexpr,
+                    PP: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr,
+                    BLOCK_PAD: tl.constexpr, TRAINING: tl.constexpr, HAS_Z: tl.constexpr, INTERP: tl.constexpr,
+                    PRECISION: tl.constexpr):
     """gz in gz's dtype (channel-minor; SGZ = T * C_OUT, or more when the clips are spaced by zero rows for
     ``_rows_dx_kernel``): BN's backward (as ``_bn_grad``) at every position, over the windows covering them (TQ
-    per clip), as the affine form of ``_conv_banded._band_gz_dw_kernel``: gz = cz z + c0 + scale gy."""
+    per clip), as the affine form of ``_conv_banded._band_gz_dw_kernel``: gz = cz z + c0 + scale gy. With
+    BLOCK_PAD > 0 also the zero rows around each of the N_CLIPS clips (PAD_LO before, PAD_HI after, each at most
+    BLOCK_PAD) that ``_rows_dx_kernel`` reads: no fill launch for them."""
     co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
     c_ok = co < C_OUT
     invstd = tl.load(stats_ptr + C_OUT + co, mask=c_ok, other=0.0)
@@ -264,6 +267,14 @@ def _rows_gz_kernel(xc_ptr, wr_ptr, z_ptr, b_ptr, stats_ptr, g_ptr,  # as _rows_
         gz = z * cz[None, :] + c0[None, :] + gy * scale[None, :]
         off = n.to(tl.int64) * SGZ + (t[:, None] * C_OUT + co[None, :])
         tl.store(gz_ptr + off, cast_out(gz, gz_ptr.dtype.element_ty, INTERP), mask=valid)
+    if BLOCK_PAD > 0:
+        i = tl.arange(0, BLOCK_PAD)
+        zero = tl.zeros((BLOCK_PAD, BLOCK_CO), dtype=gz_ptr.dtype.element_ty)
+        for n in range(tl.program_id(0), N_CLIPS, P):
+            base = gz_ptr + tl.cast(n, tl.int64) * SGZ
+            lo = (i < PAD_LO)[:, None] & c_ok[None, :]
+            tl.store(base + ((i - PAD_LO)[:, None] * C_OUT + co[None, :]), zero, mask=lo)
+            tl.store(base + ((T + i)[:, None] * C_OUT + co[None, :]), zero, mask=(i < PAD_HI)[:, None] & c_ok[None, :])
 
 
 @triton.jit
@@ -546,17 +557,18 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     mp = triton.cdiv(L + padding, stride)  # dx rows per clip and phase
     if rows_dx:  # gz with J - 1 zero positions before and after each clip: _rows_dx_kernel's rows
         tg = -(-max(J - 1 + T, mp + J - 1) // 16) * 16
-        gzp = torch.empty((N, tg, C), device=dev, dtype=x.dtype)
-        gzp[:, : J - 1].zero_()
-        gzp[:, J - 1 + T :].zero_()
+        gzp = torch.empty((N, tg, C), device=dev, dtype=x.dtype)  # the gz kernel writes the zero rows too
         gz, sgz = gzp[:, J - 1 :], tg * C
+        pads = (J - 1, tg - (J - 1) - T)
     else:
         gz, sgz = torch.empty((M, C), device=dev, dtype=x.dtype), T * C
+        pads = (0, 0)
     tpc = triton.cdiv(tq, flags["BLOCK_Q"])
     tiles, P = persistent_grid(N * tpc, 1, PER_SM, grid_c)
     wrap_triton(_rows_gz_kernel)[(P, grid_c)](
         xc, wr, z if has_z else xc, b, stats, gamma, grad_out, mask, sums, gz, C, T, TP, tq, tpc, lpc, R, tiles, P,
-        *go, sgz, TRAINING=training, HAS_Z=has_z, **flags)
+        *go, sgz, N, *pads, BLOCK_PAD=next_pow2(max(pads)) if max(pads) else 0, TRAINING=training, HAS_Z=has_z,
+        **flags)
     if deterministic:
         dwr = torch.empty((split, C, R), device=dev, dtype=torch.float32)
         db_part = torch.empty((split, C), device=dev, dtype=torch.float32)

@@ -196,6 +196,27 @@ def test_no_row_reads_past_the_padded_input(monkeypatch: pytest.MonkeyPatch) -> 
     _check_fp32(case, ref, fused, True)
 
 
+@pytest.mark.parametrize("name", ["conv2_three_clips", "stride3_k6_no_pool"])
+def test_no_uninitialised_buffer_is_read(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Every buffer the row path allocates with torch.empty comes back full of NaN: the zero rows around each
+    clip of gz, which _rows_dx_kernel reads, must be written (the gz kernel writes them, no fill), and nothing
+    else may be read before it is written."""
+    real = torch.empty
+
+    def poisoned(*args, **kwargs):
+        t = real(*args, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(rows.torch, "empty", poisoned)
+    n, c_in, c_out, k, s, p, pool, length, bias = SHAPES[name]
+    assert rows.dx_rows_ok(c_out, k, s)
+    case = make_case(n, c_in, c_out, k, length, seed=11, bias=bias)
+    ref = run_reference(case, None, stride=s, padding=p, training=True, pool=pool)
+    fused = run_fused(case, ref[5], stride=s, padding=p, training=True, pool=pool)
+    assert torch.isfinite(fused[1][0]).all(), "dx read an unwritten row"
+    _check_fp32(case, ref, fused, True)
+
+
 @pytest.mark.parametrize("layer", ["conv2", "conv3"])  # pools 8 (zmax sums); no pool (recomputed sums)
 def test_an_infinite_gradient_at_a_zero_output_stays_out_in_16_bit(layer: str) -> None:
     """A gradient like 1 / out is inf where the output is 0; ReLU passes nothing there, so eager's gradients stay

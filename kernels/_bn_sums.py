@@ -68,7 +68,7 @@ def pooled_bn_sums(grad_out: torch.Tensor, code: torch.Tensor, zmax: torch.Tenso
     zeroed (2, 1, C) fp64 buffer, when the caller has one: ``_conv_fwd.zeroed``)."""
     N, C, TP = code.shape
     bc = clamp_pow2(C, 1, 16)
-    bt = clamp_pow2(TP, 16, 32 if INTERPRET else 256)
+    bt = clamp_pow2(TP, 16, 32 if INTERPRET else 128)
     tb = triton.cdiv(TP, bt)
     tiles, P = persistent_grid(N * tb, 1)
     part = bn_sum_partials(P, C, deterministic, grad_out.device, buf)

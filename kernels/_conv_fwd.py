@@ -385,13 +385,14 @@ def persistent_grid(rows: int, block: int, per_sm: int = 4, blocks: int = 1) -> 
 
 
 def merge_blocks(c_out: int, parts: int) -> tuple[int, int]:
-    """(BLOCK_C, BLOCK_P) of ``_merge_stats_kernel``: on a GPU 16 channels per program and at most 2,048 partials
+    """(BLOCK_C, BLOCK_P) of ``_merge_stats_kernel``: on a GPU 2 channels per program and at most 1,024 partials
     per chunk (three (BLOCK_C, BLOCK_P) fp32 tiles in 128 threads' registers: 64 x 256 spilled 1.4 KB per thread
-    under Triton 3.9, 64 x 64 spilled 320 B under 3.6; 16 x 128 spills under neither, by ``bench.sass_report
-    --spills-only``). Narrow channel blocks give wide layers more programs and each program fewer chunks, whose
-    loads wait on each other: SoundNet-8's seven merges at batch 64, bf16, predicted 81 -> 53 us per step on the
-    H200 (one pass, 16 channels per program, against two passes, up to 64)."""
-    bc = clamp_pow2(c_out, 16, 256 if INTERPRET else 16)
+    under Triton 3.9, 64 x 64 spilled 320 B under 3.6; 2 x 512 spills under neither, by ``bench.sass_report
+    --spills-only``). The merge is a short chain of dependent loads and reductions: narrow channel blocks give it
+    more programs and each program one chunk (up to 512 partials): SoundNet-8's seven merges at batch 64, bf16,
+    predicted 81 -> 29 us per step on the H200 (one pass over the chunks, 2 channels per program, against two
+    passes, up to 64)."""
+    bc = clamp_pow2(c_out, 2, 256 if INTERPRET else 2)
     return bc, clamp_pow2(parts, 16, 1024 if INTERPRET else 1024 // bc)
 
 

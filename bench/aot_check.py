@@ -293,9 +293,9 @@ def compile_launches(launches: list[tuple], arch: int = 90, smem_limit: int = 22
         key = (kernel.__name__, tuple(sorted(sig.items())), tuple(sorted((k, str(v)) for k, v in const.items())))
         if key in done:
             continue
-        compiled = triton.compile(
-            ASTSource(kernel, sig, const), target=target, options={"num_warps": kwargs.get("num_warps", 4)}
-        )
+        # the launch's own options (num_stages changes the shared memory the pipeliner allocates)
+        opts = {k: kwargs[k] for k in ("num_warps", "num_stages", "maxnreg") if k in kwargs}
+        compiled = triton.compile(ASTSource(kernel, sig, const), target=target, options={"num_warps": 4, **opts})
         shared = compiled.metadata.shared
         if shared > smem_limit:
             raise ValueError(f"{kernel.__name__} {const}: {shared} B of shared memory > {smem_limit}")

@@ -76,6 +76,31 @@ def _row_tile(xc_ptr, wr_ptr, base, co, C_OUT, R, BLOCK_CO: tl.constexpr, BLOCK_
 
 
 @triton.jit
+def _resident_weight(w_ptr, s_r, s_n, n, n_ok, R: tl.constexpr, BLOCK_R: tl.constexpr, INTERP: tl.constexpr):
+    """A weight's R // BLOCK_R chunks w[r, n] at w_ptr + r * s_r + n * s_n (r < R; n (BLOCK_N,), masked by
+    n_ok), loaded once per program: a tuple of (BLOCK_R, BLOCK_N) tiles that the tile loop's dots read from
+    shared memory, where Triton keeps loop-invariant dot operands, instead of re-reading the weight per tile."""
+    ws = ()
+    for i in tl.static_range(R // BLOCK_R):
+        r = i * BLOCK_R + tl.arange(0, BLOCK_R)
+        ws = ws + (fp32_if(tl.load(w_ptr + r[:, None] * s_r + n[None, :] * s_n, mask=n_ok[None, :], other=0.0),
+                           INTERP),)
+    return ws
+
+
+@triton.jit
+def _row_tile_resident(x_ptr, ws, base, R: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+                       INTERP: tl.constexpr, PRECISION: tl.constexpr):
+    """``_row_tile`` against a resident weight (``_resident_weight``'s chunks): acc (rows, BLOCK_N) fp32 =
+    sum_r x_flat[base + r] * w[r, :]."""
+    acc = tl.zeros((base.shape[0], BLOCK_N), dtype=tl.float32)
+    for i in tl.static_range(R // BLOCK_R):
+        a = fp32_if(tl.load(x_ptr + base[:, None] + (i * BLOCK_R + tl.arange(0, BLOCK_R))[None, :]), INTERP)
+        acc = tl.dot(a, ws[i], acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
 def _rows_z(xc_ptr, wr_ptr, z_ptr, n, t, mask, co, C_OUT, T, LPC, R, STEP: tl.constexpr, BLOCK_CO: tl.constexpr,
             BLOCK_R: tl.constexpr, HAS_Z: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
     """The conv output without bias at rows t (rows,) of clip n, (rows, BLOCK_CO) fp32: read from z_ptr
@@ -105,17 +130,20 @@ def _window_rows(tile, TPC, TR, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: t
 
 
 @triton.jit
-def _rows_stats_kernel(xc_ptr, wr_ptr, b_ptr, part_ptr, z_ptr, C_OUT, T, M, LPC, R, NUM_TILES, P,
+def _rows_stats_kernel(xc_ptr, wr_ptr, b_ptr, part_ptr, z_ptr, C_OUT, T, M, LPC, R: tl.constexpr, NUM_TILES, P,
                        HAS_BIAS: tl.constexpr, STEP: tl.constexpr, BLOCK_M: tl.constexpr,
-                       BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr, STORE_Z: tl.constexpr, INTERP: tl.constexpr,
-                       PRECISION: tl.constexpr):
+                       BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr, RESIDENT: tl.constexpr, STORE_Z: tl.constexpr,
+                       INTERP: tl.constexpr, PRECISION: tl.constexpr):
     """Per program: (mean, M2, count) per channel over its position tiles (Chan merge per tile); part
     (3, C_OUT, P) rows mean, M2, count, merged by ``_merge_stats_kernel`` (HAS_COUNT). With STORE_Z also the conv
     output without its bias, z_ptr (M, C_OUT) position-major in z's dtype, for the passes that follow
-    (``keeps_z``)."""
+    (``keeps_z``). RESIDENT: the weight stays in shared memory for all the program's tiles
+    (``resident_weight``)."""
     pid_p = tl.program_id(0)
     co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
     bias = _load_bias(b_ptr, co, C_OUT, HAS_BIAS, BLOCK_CO)
+    if RESIDENT:
+        ws = _resident_weight(wr_ptr, 1, R, co, co < C_OUT, R, BLOCK_R, INTERP)
     n_a = tl.zeros((BLOCK_CO,), dtype=tl.float32)
     mean_a = tl.zeros((BLOCK_CO,), dtype=tl.float32)
     m2_a = tl.zeros((BLOCK_CO,), dtype=tl.float32)
@@ -124,7 +152,10 @@ def _rows_stats_kernel(xc_ptr, wr_ptr, b_ptr, part_ptr, z_ptr, C_OUT, T, M, LPC,
         ok = m < M
         mc = tl.minimum(m, M - 1)
         base = (mc // T).to(tl.int64) * LPC + (mc % T) * STEP
-        z = _row_tile(xc_ptr, wr_ptr, base, co, C_OUT, R, BLOCK_CO, BLOCK_R, INTERP, PRECISION)
+        if RESIDENT:
+            z = _row_tile_resident(xc_ptr, ws, base, R, BLOCK_R, BLOCK_CO, INTERP, PRECISION)
+        else:
+            z = _row_tile(xc_ptr, wr_ptr, base, co, C_OUT, R, BLOCK_CO, BLOCK_R, INTERP, PRECISION)
         if STORE_Z:
             tl.store(z_ptr + m.to(tl.int64)[:, None] * C_OUT + co[None, :], cast_out(z, z_ptr.dtype.element_ty, INTERP),
                      mask=ok[:, None] & (co < C_OUT)[None, :])
@@ -316,9 +347,9 @@ def _rows_dw_kernel(gz_ptr, xc_ptr, dw_ptr, db_ptr, C_OUT, T, M, SGZ, LPC, R, NU
 
 
 @triton.jit
-def _rows_dx_kernel(gzp_ptr, wd_ptr, dx_ptr, C_IN, L, MP, ROWS, TGC, R2, stride, pad, NUM_TILES, P,
+def _rows_dx_kernel(gzp_ptr, wd_ptr, dx_ptr, C_IN, L, MP, ROWS, TGC, R2: tl.constexpr, stride, pad, NUM_TILES, P,
                     C_OUT: tl.constexpr, PHASES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_CI: tl.constexpr,
-                    BLOCK_R: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
+                    BLOCK_R: tl.constexpr, RESIDENT: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
     """dx (N, C_IN, L), every phase ph < stride from one read of the rows: dx[n, ci, stride * m + ph - pad] =
     sum_{j', co} gzp[n, m + j', co] wd[j' * C_OUT + co, ph, ci], a row GEMM over gzp's contiguous runs of
     R2 = J * C_OUT elements against the phases' weights side by side (N axis (ph, ci): PHASES = stride rounded up
@@ -330,20 +361,25 @@ def _rows_dx_kernel(gzp_ptr, wd_ptr, dx_ptr, C_IN, L, MP, ROWS, TGC, R2, stride,
     ci = tl.program_id(1) * BLOCK_CI + j % BLOCK_CI
     col_ok = (ph < stride) & (ci < C_IN)
     wcol = ph * C_IN + ci  # column of wd's (stride * C_IN)-wide rows
+    if RESIDENT:  # the phases' weights in shared memory for all the program's tiles (``resident_weight``)
+        ws = _resident_weight(wd_ptr, stride * C_IN, 1, wcol, col_ok, R2, BLOCK_R, INTERP)
     for tile in range(tl.program_id(0), NUM_TILES, P):
         g = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         gc = tl.minimum(g, ROWS - 1)
         n = gc // MP
         m = gc % MP
         base = n.to(tl.int64) * TGC + m * C_OUT
-        acc = tl.zeros((BLOCK_M, PHASES * BLOCK_CI), dtype=tl.float32)
-        for r0 in range(0, R2, BLOCK_R):
-            r = r0 + tl.arange(0, BLOCK_R)
-            a = tl.load(gzp_ptr + base[:, None] + r[None, :])
-            b = tl.load(wd_ptr + r[:, None] * (stride * C_IN) + wcol[None, :], mask=col_ok[None, :], other=0.0)
-            a = fp32_if(a, INTERP)
-            b = fp32_if(b, INTERP)
-            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        if RESIDENT:
+            acc = _row_tile_resident(gzp_ptr, ws, base, R2, BLOCK_R, PHASES * BLOCK_CI, INTERP, PRECISION)
+        else:
+            acc = tl.zeros((BLOCK_M, PHASES * BLOCK_CI), dtype=tl.float32)
+            for r0 in range(0, R2, BLOCK_R):
+                r = r0 + tl.arange(0, BLOCK_R)
+                a = tl.load(gzp_ptr + base[:, None] + r[None, :])
+                b = tl.load(wd_ptr + r[:, None] * (stride * C_IN) + wcol[None, :], mask=col_ok[None, :], other=0.0)
+                a = fp32_if(a, INTERP)
+                b = fp32_if(b, INTERP)
+                acc = tl.dot(a, b, acc, input_precision=PRECISION)
         i = m[:, None] * stride + ph[None, :] - pad
         ok = (g < ROWS)[:, None] & (i >= 0) & (i < L) & col_ok[None, :]
         off = n.to(tl.int64)[:, None] * C_IN * L + i + ci[None, :].to(tl.int64) * L
@@ -359,6 +395,9 @@ STAGES = 1
 # of a dx tile (rows x phases x channels; at 8192 its store tail spilled 312-464 B under Triton 3.9): larger tiles
 # than ROWS_GPU rows re-read the weight less often (conv2 statistics 21 -> 17 MB per clip through L2).
 STATS_ACC = 8192
+# A weight this small stays in shared memory for a whole persistent program (two CTAs of a row kernel per SM:
+# 2 x (64 KB + the A tile's staging) of the SM's 228 KB), instead of being re-read from L2 for every tile.
+RESIDENT_BYTES = 64 * 1024
 DX_ACC = 4096
 # CTAs per SM the persistent grids fill (most row kernels hold 2 at 200-255 registers): programs x channel blocks
 # = PER_SM x 132, so each program walks several tiles and its prologue (the per-channel vectors) runs fewer times.
@@ -374,6 +413,13 @@ def rows_plan(c_in: int, c_out: int, k: int, stride: int, dtype: torch.dtype) ->
     if c_in < 2 or r % 16 or (stride * c_in) % 8:
         return None
     return dict(BLOCK_R=_block_r(r, dtype), BLOCK_CO=clamp_pow2(c_out, 16, 256 if INTERPRET else 64))
+
+
+def resident_weight(r: int, cols: int, elem: int) -> bool:
+    """Whether a kernel keeps its weight tile (r rows of the reduction x ``cols`` columns, ``elem`` bytes each) in
+    shared memory for all its tiles: at most ``RESIDENT_BYTES`` (conv2-conv4 in 16 bits; conv5-7's 128-256 KB are
+    re-read per tile)."""
+    return r * cols * elem <= RESIDENT_BYTES
 
 
 def _block_r(r: int, dtype: torch.dtype) -> int:
@@ -448,7 +494,10 @@ def rows_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
     plan = rows_plan(C_in, C, k, stride, x.dtype)
     xc, lpc = channels_last(x, padding, T, k, stride, xc)
     M = N * T
-    bm = clamp_pow2(M, 16, 128) if INTERPRET else max(ROWS_GPU, STATS_ACC // plan["BLOCK_CO"])
+    resident = resident_weight(k * C_in, plan["BLOCK_CO"], x.element_size())
+    # a resident weight is read once per program: the tile then only needs the wgmma's M (larger tiles spill)
+    bm = ROWS_GPU if resident else max(ROWS_GPU, STATS_ACC // plan["BLOCK_CO"])
+    bm = clamp_pow2(M, 16, 128) if INTERPRET else bm
     tiles, P = persistent_grid(M, bm, PER_SM, triton.cdiv(C, plan["BLOCK_CO"]))
     part = torch.empty((3, C, P), device=x.device, dtype=torch.float32)
     b = bias if bias is not None else w2d
@@ -457,7 +506,8 @@ def rows_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
     wrap_triton(_rows_stats_kernel)[(P, triton.cdiv(C, plan["BLOCK_CO"]))](
         xc, _reorder(w2d, C_in, k), b, part, z if store_z else part, C, T, M, lpc, k * C_in, tiles, P,
         HAS_BIAS=bias is not None, STEP=stride * C_in, BLOCK_M=bm, STORE_Z=store_z, INTERP=INTERPRET,
-        PRECISION=dot_precision(x), num_warps=4, num_stages=STAGES, **plan)
+        RESIDENT=resident, PRECISION=dot_precision(x),
+        num_warps=4, num_stages=STAGES, **plan)
     return merge_stats(part, 0, 0, eps)
 
 
@@ -591,6 +641,7 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
         wrap_triton(_rows_dx_kernel)[(P, triton.cdiv(C_in, bci))](
             gzp, _dx_weight(w2d, C_in, k, stride), dx, C_in, L, mp, N * mp, tg * C, J * C, stride, padding,
             tiles, P, C_OUT=C, PHASES=php, BLOCK_M=bmx, BLOCK_CI=bci, BLOCK_R=_block_r(J * C, x.dtype),
+            RESIDENT=resident_weight(J * C, php * bci, x.element_size()),
             INTERP=INTERPRET, PRECISION=dot_precision(x), num_warps=4, num_stages=STAGES)
     elif input_grad:
         dx = dx_from_gz(gz, w2d, x, k, stride, padding, T, 1, C)

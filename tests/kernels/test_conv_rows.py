@@ -28,6 +28,11 @@ def test_the_shape_rule() -> None:
     assert rows.rows_plan(3, 16, 5, 1, torch.float32) is None  # R = 15: not a multiple of 16
     assert rows.rows_plan(4, 16, 4, 1, torch.float32) is None  # a row step of 4 elements: rows not 16-byte aligned
     assert rows.rows_plan(16, 32, 3, 1, torch.bfloat16) is not None  # SampleCNN-style: R = 48, step 16
+    # the weight stays in shared memory up to 64 KB: conv2 (512 x 32) in bf16 and fp32, conv3 (512 x 64) in
+    # bf16; conv3 in fp32 and conv5 (1024 x 64) are re-read per tile (the fp32 parity tests run both paths)
+    assert rows.resident_weight(k * c_in, c_out, 2) and rows.resident_weight(k * c_in, c_out, 4)
+    assert rows.resident_weight(512, 64, 2) and not rows.resident_weight(512, 64, 4)
+    assert not rows.resident_weight(1024, 64, 2)
 
 
 @pytest.mark.parametrize(
@@ -71,14 +76,16 @@ def test_16_bit_keeps_z_and_zmax_and_recomputes_nothing(
         ref = torch.nn.functional.conv1d(x.float(), w.float(), None, s, p).transpose(1, 2)
         torch.testing.assert_close(z.float(), ref, rtol=1e-2, atol=1e-2)
     seen = _Launches(monkeypatch, rows)
-    recomputed = set()  # the kernels that ran the conv tile (the interpreter resolves _row_tile at call time)
-    real_tile = rows._row_tile
-    monkeypatch.setattr(rows, "_row_tile", lambda *a, **kw: recomputed.add(seen.names[-1]) or real_tile(*a, **kw))
+    recomputed = set()  # the kernels that ran a conv tile (the interpreter resolves the helpers at call time)
+    for helper in ("_row_tile", "_row_tile_resident"):
+        real = getattr(rows, helper)
+        monkeypatch.setattr(rows, helper, lambda *a, real=real, **kw: recomputed.add(seen.names[-1]) or real(*a, **kw))
     run_fused(case, run_reference(case, None, stride=s, padding=p, training=True, pool=pool)[5], stride=s,
               padding=p, training=True, pool=pool, dtype=dtype)  # fmt: skip
     assert ("_rows_bwd_reduce_kernel" in seen.names) == (dtype == torch.float32 or pool is None)
     passes = {"_rows_stats_kernel", "_rows_bn_relu_pool_kernel", "_rows_gz_kernel"}
     passes |= {"_rows_bwd_reduce_kernel"} if "_rows_bwd_reduce_kernel" in seen.names else set()
+    recomputed.discard("_rows_dx_kernel")  # its transposed conv shares the resident-weight tile: not a recompute
     assert recomputed == ({"_rows_stats_kernel"} if bf16 else passes)
 
 

@@ -78,12 +78,12 @@ def useful_flops(name: str, v: dict[str, Any]) -> float:
         return 2.0 * v["C_OUT"] * v["M"] * v["C_IN"] * v["K"]
     if name in ("_rows_stats_kernel", "_rows_dw_kernel"):
         return 2.0 * v["C_OUT"] * v["M"] * v["R"]
-    if name in ("_rows_bn_relu_pool_kernel", "_rows_bwd_reduce_kernel"):
-        return 2.0 * v["C_OUT"] * v["Q"] * v["POOL"] * v["R"]
+    if name in ("_rows_bn_relu_pool_kernel", "_rows_bwd_reduce_kernel"):  # window tiles never cross a clip
+        return 2.0 * v["C_OUT"] * (v["NUM_TILES"] // v["TPC"]) * v["TP"] * v["POOL"] * v["R"]
     if name == "_rows_dx_kernel":  # the taps past k of the last slot per phase are zeros, counted (as _dx_kernel)
         return 2.0 * v["C_IN"] * v["ROWS"] * v["stride"] * v["R2"]
     if name == "_rows_gz_kernel":
-        return 2.0 * v["C_OUT"] * v["R"] * v["T"] * (v["ROWS"] // v["TQ"])
+        return 2.0 * v["C_OUT"] * v["R"] * v["T"] * (v["NUM_TILES"] // v["TPC"])
     if name in BANDED:  # tiles never cross a clip: NUM_TILES // TPC clips
         clips = v["NUM_TILES"] // v["TPC"]
         if name == "_band_stats_kernel":

@@ -144,14 +144,16 @@ def _band_stats_kernel(xp_ptr,  # (N, LP) padded waveform
                        BLOCK_Q: tl.constexpr, J1: tl.constexpr, J2: tl.constexpr, INTERP: tl.constexpr,
                        PRECISION: tl.constexpr):
     """Per program: (mean, M2, count) of each channel over its row tiles, from shifted sums: the shift s is the
-    mean of the program's first tile, then sum(z - s) and sum((z - s)^2) gather in per-thread fp32 accumulators
+    mean of a whole tile near the program's (the first of its first tile's clip: a clip's partial last tile could
+    hold one outlying row), then sum(z - s) and sum((z - s)^2) gather in per-thread fp32 accumulators
     (the slots summed in-thread), reduced across threads once at the end: M2 = sum((z-s)^2) - sum(z-s)^2 / n.
     Shifted by a sample mean, the sums lose to cancellation only as (mean - s)^2 / variance grows (the
     shifted-data algorithm; Chan, Golub, LeVeque 1983)."""
     pid_p = tl.program_id(0)
     c0 = tl.program_id(1) * BLOCK_C
     b1, b2, bias = _band_setup(w_ptr, b_ptr, c0, C_OUT, HAS_BIAS, J1, J2, K, STRIDE, POOL, PP, BLOCK_C, INTERP)
-    n, r0, r = _clip_tile(pid_p, TPC, BLOCK_Q)
+    # the shift: the first tile of the clip of the program's first tile (a whole tile, unless the clip has one)
+    n, r0, r = _clip_tile(pid_p - pid_p % TPC, TPC, BLOCK_Q)
     a1, a2 = _band_a(xp_ptr, n, r0, LP, STRIDE * POOL, BLOCK_Q, J1, J2, INTERP)
     z = _band_z(a1, a2, b1, b2, BLOCK_Q, J2, PP, BLOCK_C, PRECISION)
     ok = _positions_ok(r, T, POOL, PP)[:, :, None]
@@ -304,7 +306,8 @@ def _band_gz_dw_kernel(xp_ptr,  # (N, LP) padded waveform
         gz += tl.where(u == code[:, None, :], (go * scale[None, :])[:, None, :], 0.0)
         gz = tl.where(_positions_ok(r, T, POOL, PP)[:, :, None], gz, 0.0)
         db += tl.sum(gz, axis=1)
-        # rounded to the input dtype, as the unfused path stores gz, for a same-dtype tensor-core dot
+        # dW from gz rounded to the input dtype, as the unfused path stores gz, for a same-dtype tensor-core dot (db
+        # from the fp32 gz above: exact up to fp32 sums, where the other paths sum the rounded gz)
         gz2 = fp32_if(tl.reshape(cast_out(gz, xp_ptr.dtype.element_ty, INTERP), (BLOCK_Q, PP * BLOCK_C)), INTERP)
         acc1 = tl.dot(tl.trans(a1), gz2, acc1, input_precision=PRECISION)
         if J2 > 0:
@@ -418,7 +421,7 @@ def _tiles(n_clips: int, rows: int, bq: int, kernel: str, x: torch.Tensor, block
     """(TPC, NUM_TILES, P): tiles per clip, tiles in all, programs (``persistent_grid`` at ``PER_SM[kernel]``)."""
     tpc = triton.cdiv(rows, bq)
     per_sm = PER_SM[kernel][0 if x.element_size() == 2 else 1]
-    return (tpc, *persistent_grid(n_clips * tpc * bq, bq, per_sm, blocks))
+    return (tpc, *persistent_grid(n_clips * tpc, 1, per_sm, blocks))
 
 
 def _flags(plan: dict, x: torch.Tensor, k: int, stride: int, bias: torch.Tensor | None, block_q: int) -> dict:
@@ -489,14 +492,15 @@ def band_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     b = bias if bias is not None else w2d
     grid_c = triton.cdiv(C, plan["BLOCK_C"])
     jb = plan["J1"] + plan["J2"]
-    # non-deterministic: the atomics' accumulators (BN sums, dW in band form, db) zeroed by one fill
-    acc = None if deterministic else zeroed(dev, ((2, 1, C), BN_SUMS), ((1, jb, plan["PP"], C), torch.float32),
-                                           ((1, C), torch.float32))
+    # non-deterministic: the atomics' accumulators (db first: returned as a view, at offset 0; BN sums; dW in band
+    # form) zeroed by one fill
+    acc = None if deterministic else zeroed(dev, ((1, C), torch.float32), ((2, 1, C), BN_SUMS),
+                                           ((1, jb, plan["PP"], C), torch.float32))
     if zmax.numel():  # (2, C): sum(gy), sum(gy * zhat), from the forward's zmax
-        local = pooled_bn_sums(grad_out, code, zmax, deterministic, acc[0] if acc else None)
+        local = pooled_bn_sums(grad_out, code, zmax, deterministic, acc[1] if acc else None)
     else:  # ... or from a recompute (fp32: keeps_zmax)
         tpc, tiles, P = _tiles(N, TP, bq, "grad", x, grid_c)
-        part = bn_sum_partials(P, C, deterministic, dev, acc[0] if acc else None)
+        part = bn_sum_partials(P, C, deterministic, dev, acc[1] if acc else None)
         wrap_triton(_band_bwd_reduce_kernel)[(P, grid_c)](
             xp, w2d, b, stats, grad_out, code, part, C, TP, tpc, lp, tiles, P, *grad_out.stride(),
             DETERMINISTIC=deterministic, **flags)
@@ -507,7 +511,7 @@ def band_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
         dband = torch.empty((P, jb, plan["PP"], C), device=dev, dtype=torch.float32)
         db_part = torch.empty((P, C), device=dev, dtype=torch.float32)
     else:
-        dband, db_part = acc[1:]
+        db_part, _, dband = acc
     wrap_triton(_band_gz_dw_kernel)[(P, grid_c)](
         xp, w2d, b, stats, gamma, grad_out, code, sums, dband, db_part, C, T, TP, tpc, lp, tiles, P,
         *grad_out.stride(), TRAINING=training, DETERMINISTIC=deterministic,

@@ -385,8 +385,8 @@ def persistent_grid(rows: int, block: int, per_sm: int = 4, blocks: int = 1) -> 
 
 
 def merge_blocks(c_out: int, parts: int) -> tuple[int, int]:
-    """(BLOCK_C, BLOCK_P) of ``_merge_stats_kernel``: on a GPU 2 channels per program and at most 1,024 partials
-    per chunk (three (BLOCK_C, BLOCK_P) fp32 tiles in 128 threads' registers: 64 x 256 spilled 1.4 KB per thread
+    """(BLOCK_C, BLOCK_P) of ``_merge_stats_kernel``: on a GPU 2 channels per program and chunks of at most 512
+    partials (three (BLOCK_C, BLOCK_P) fp32 tiles in 128 threads' registers: 64 x 256 spilled 1.4 KB per thread
     under Triton 3.9, 64 x 64 spilled 320 B under 3.6; 2 x 512 spills under neither, by ``bench.sass_report
     --spills-only``). The merge is a short chain of dependent loads and reductions: narrow channel blocks give it
     more programs and each program one chunk (up to 512 partials): SoundNet-8's seven merges at batch 64, bf16,
@@ -440,6 +440,9 @@ def keeps_zmax(x: torch.Tensor, pool: int | None) -> bool:
     return pool is not None and x.element_size() == 2
 
 
+BN_SUMS = torch.float64  # the dtype of the backward's BN-sum partials (``bn_sum_partials``)
+
+
 def bn_sums_of(part: torch.Tensor) -> torch.Tensor:
     """(2, C_out) fp32 sums from ``bn_sum_partials``' buffer: a fixed-order sum over its rows of partials, or with
     one row (the atomics' or a single program's) just its cast: one torch op fewer."""
@@ -456,13 +459,11 @@ def bn_sum_partials(parts: int, c_out: int, deterministic: bool, device: torch.d
     return buf if buf is not None else torch.zeros((2, 1, c_out), device=device, dtype=BN_SUMS)
 
 
-BN_SUMS = torch.float64  # the dtype of the backward's BN-sum partials (``bn_sum_partials``)
-
-
 def zeroed(device: torch.device, *specs: tuple[tuple[int, ...], torch.dtype]) -> tuple[torch.Tensor, ...]:
-    """Zeroed tensors of the given (shape, dtype)s carved 16-byte aligned from one buffer, so one fill launch
-    serves them all: the accumulators a non-deterministic backward adds into atomically (the BN sums, dW's and
-    db's partials). Tensors the op returns must not share one (a custom op's outputs may not alias)."""
+    """Zeroed tensors of the given (shape, dtype)s carved 16-byte aligned from one buffer, in order, so one fill
+    launch serves them all: the accumulators a non-deterministic backward adds into atomically (the BN sums, dW's
+    and db's partials). A custom op's outputs may not alias each other and its fake outputs start at offset 0:
+    at most one carved tensor (or a view of it) may be returned by the op, and it must come first."""
     offsets, total = [], 0
     for shape, dt in specs:
         offsets.append(total)

@@ -540,7 +540,7 @@ def rows_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | N
     TP = T // (pool or 1)
     flags = _window_flags(x, bias, plan, stride, pool, TP)
     tpc = triton.cdiv(TP, flags["BLOCK_Q"])
-    tiles, P = persistent_grid(N * tpc, 1)  # 4 per SM: conv2's pool holds 5 (96 registers)
+    tiles, P = persistent_grid(N * tpc, 1, 4, triton.cdiv(C, plan["BLOCK_CO"]))  # 4 per SM (conv2's holds 5)
     out = torch.empty((N, C, TP), device=x.device, dtype=x.dtype)
     shape = (N, C, TP) if pool is not None else (0,)
     code = torch.empty(shape, device=x.device, dtype=code_dtype(pool or 1))
@@ -587,15 +587,15 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     num_mt = triton.cdiv(N * T, bm)
     grid_r = triton.cdiv(R, rw)
     split = 1 if INTERPRET else max(1, min(num_mt, 1024 // (grid_r * grid_c)))
-    # non-deterministic: the atomics' accumulators zeroed by one fill, the BN sums and db together (dW apart: the
-    # op returns views of dW's and db's rows, and a custom op's outputs may not share a buffer)
-    acc = None if deterministic else zeroed(dev, ((2, 1, C), BN_SUMS), ((1, C), torch.float32))
+    # non-deterministic: the atomics' accumulators zeroed by one fill, db (first: returned as a view, at offset 0)
+    # and the BN sums together; dW apart (also returned as a view: a custom op's outputs may not share a buffer)
+    acc = None if deterministic else zeroed(dev, ((1, C), torch.float32), ((2, 1, C), BN_SUMS))
     if pool is not None and zmax.numel():  # (2, C): sum(gy), sum(gy * zhat), from the forward's zmax
-        local = pooled_bn_sums(grad_out, code, zmax, deterministic, acc[0] if acc else None)
+        local = pooled_bn_sums(grad_out, code, zmax, deterministic, acc[1] if acc else None)
     else:  # ... or from a recompute (fp32: keeps_zmax)
         tpc = triton.cdiv(TP, flags["BLOCK_Q"])
         tiles, P = persistent_grid(N * tpc, 1, PER_SM, grid_c)
-        part = bn_sum_partials(P, C, deterministic, dev, acc[0] if acc else None)
+        part = bn_sum_partials(P, C, deterministic, dev, acc[1] if acc else None)
         wrap_triton(_rows_bwd_reduce_kernel)[(P, grid_c)](
             xc, wr, z if has_z else xc, b, stats, grad_out, mask, part, C, T, TP, tpc, lpc, R, tiles, P, *go,
             DETERMINISTIC=deterministic, HAS_Z=has_z, **flags)
@@ -623,7 +623,7 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
         dwr = torch.empty((split, C, R), device=dev, dtype=torch.float32)
         db_part = torch.empty((split, C), device=dev, dtype=torch.float32)
     else:
-        dwr, db_part = torch.zeros((1, C, R), device=dev, dtype=torch.float32), acc[1]
+        dwr, db_part = torch.zeros((1, C, R), device=dev, dtype=torch.float32), acc[0]
     wrap_triton(_rows_dw_kernel)[(grid_r, grid_c, split)](
         gz, xc, dwr, db_part, C, T, M, sgz, lpc, R, num_mt, split, C_in, k, STEP=stride * C_in, BLOCK_M=bm,
         BLOCK_CO=plan["BLOCK_CO"], BLOCK_RW=rw, DETERMINISTIC=deterministic, INTERP=INTERPRET,

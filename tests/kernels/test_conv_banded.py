@@ -129,6 +129,25 @@ def test_bf16_conv1_within_twice_eager(training: bool) -> None:
         assert norm_rel(fused[1][i], ref[1][i]) <= 2 * norm_rel(eager[1][i], ref[1][i]), i
 
 
+def test_statistics_shift_from_a_whole_tile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The statistics' shifted sums take their shift from a whole tile: with 3 programs, program 1 starts on clip
+    0's partial last tile (one row), which holds an outlier; shifted by that row's mean, M2 lost ~1e-4 of its
+    value (found by review); shifted by the clip's first tile it stays at fp32's ~1e-6."""
+    monkeypatch.setattr(conv_fwd, "PROGRAMS", 3)
+    c_out, k, s = 16, 16, 2
+    group = band.stats_group(c_out)
+    T = 32 * group + 1  # 33 rows of `group` positions: a tile of 32 rows (interpreter) and one of 1
+    L = (T - 1) * s + k
+    gen = torch.Generator().manual_seed(0)
+    x = 1e-3 * torch.randn(16, 1, L, generator=gen, dtype=torch.float64)
+    x[0, 0, -k:] = 1.0  # clip 0's last position: an outlier in its partial tile
+    w = torch.randn(c_out, 1, k, generator=gen, dtype=torch.float64) / 4
+    moments = band.band_moments(x.float(), w.float().reshape(c_out, k), None, k, s, 0, T)
+    z = torch.nn.functional.conv1d(x.float().double(), w.float().double(), None, s)
+    m2 = ((z - z.mean((0, 2))[:, None]) ** 2).sum((0, 2))
+    assert ((moments[2].double() - m2).abs() / m2).max() < 1e-5
+
+
 def test_opcheck_banded() -> None:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 1, 200, generator=gen, requires_grad=True)

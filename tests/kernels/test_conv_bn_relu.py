@@ -17,6 +17,7 @@ import torch
 
 import soundnet_fast.kernels.conv_bn_relu as cbr
 from soundnet_fast.kernels import conv1d_bn_relu
+from soundnet_fast.kernels._conv_paths import block_paths
 from tests.helpers.kernels import (
     SOUNDNET_LAYERS,
     eager_block,
@@ -319,6 +320,22 @@ def test_opcheck_interpreter() -> None:
         cbr._bwd_op, (torch.randn_like(out), x, w, b, g, stats, code, zmax, z, 2, 1, True, 4, True, 0, True)
     )
     torch.library.opcheck(cbr._update_running_stats, (rm.clone(), rv.clone(), torch.tensor(0), stats, 0.1))
+
+
+@pytest.mark.parametrize("path", ["banded", "rows"])
+def test_opcheck_non_deterministic_backward(path: str) -> None:
+    """The default backward (atomics) of the banded and row paths: its accumulators share one zeroed buffer, and
+    a returned view of it must still match the fake outputs (offset 0, no aliasing)."""
+    gen = torch.Generator().manual_seed(3)
+    c_in, c_out, k, pool = (1, 16, 16, 4) if path == "banded" else (16, 24, 3, 3)
+    x = torch.randn(2, c_in, 120, generator=gen)
+    w = torch.randn(c_out, c_in, k, generator=gen) * 0.3
+    b, g, beta = torch.randn(c_out, generator=gen), torch.rand(c_out, generator=gen) + 0.5, torch.randn(c_out)
+    out, code, zmax, stats, z = cbr._fwd_op(x, w, b, g, beta, torch.zeros(c_out), torch.ones(c_out), 2, 4, True,
+                                            1e-5, pool, False, 0)  # fmt: skip
+    assert block_paths(c_in, c_out, k, 2, pool, x.dtype, False).backward == path
+    torch.library.opcheck(cbr._bwd_op, (torch.randn_like(out), x, w, b, g, stats, code, zmax, z, 2, 4, True, pool,
+                                        False, 0, False))  # fmt: skip
 
 
 def test_opcheck_cpu_reference() -> None:

@@ -414,13 +414,13 @@ def _block_q(rows: int) -> int:
 # CTAs per SM of each kernel (16-bit, fp32) at its register cap and shared memory (the static report: bf16 pool 96
 # registers and 41 KB, gz_dw 168 and 54 KB, statistics 128 and 50 KB; fp32 twice the shared memory): the
 # persistent grid fills exactly that many per SM.
-PER_SM = {"stats": (4, 2), "pool": (5, 2), "grad": (3, 2)}
+CTAS_PER_SM = {"stats": (4, 2), "pool": (5, 2), "grad": (3, 2)}
 
 
 def _tiles(n_clips: int, rows: int, bq: int, kernel: str, x: torch.Tensor, blocks: int) -> tuple[int, int, int]:
-    """(TPC, NUM_TILES, P): tiles per clip, tiles in all, programs (``persistent_grid`` at ``PER_SM[kernel]``)."""
+    """(TPC, NUM_TILES, P): tiles per clip, tiles in all, programs (``persistent_grid`` at ``CTAS_PER_SM[kernel]``)."""
     tpc = triton.cdiv(rows, bq)
-    per_sm = PER_SM[kernel][0 if x.element_size() == 2 else 1]
+    per_sm = CTAS_PER_SM[kernel][0 if x.element_size() == 2 else 1]
     return (tpc, *persistent_grid(n_clips * tpc, 1, per_sm, blocks))
 
 

@@ -400,8 +400,8 @@ STATS_ACC = 8192
 RESIDENT_BYTES = 64 * 1024
 DX_ACC = 4096
 # CTAs per SM the persistent grids fill (most row kernels hold 2 at 200-255 registers): programs x channel blocks
-# = PER_SM x 132, so each program walks several tiles and its prologue (the per-channel vectors) runs fewer times.
-PER_SM = 2
+# = ROWS_PER_SM x 132, so each program walks several tiles and its prologue (the per-channel vectors) runs fewer times.
+ROWS_PER_SM = 2
 BWD_CO = 32  # channels per program of the backward's window kernels (64: conv5's spilled 16-24 B)
 
 
@@ -498,7 +498,7 @@ def rows_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
     # a resident weight is read once per program: the tile then only needs the wgmma's M (larger tiles spill)
     bm = ROWS_GPU if resident else max(ROWS_GPU, STATS_ACC // plan["BLOCK_CO"])
     bm = clamp_pow2(M, 16, 128) if INTERPRET else bm
-    tiles, P = persistent_grid(M, bm, PER_SM, triton.cdiv(C, plan["BLOCK_CO"]))
+    tiles, P = persistent_grid(M, bm, ROWS_PER_SM, triton.cdiv(C, plan["BLOCK_CO"]))
     part = torch.empty((3, C, P), device=x.device, dtype=torch.float32)
     b = bias if bias is not None else w2d
     z = _kept(z)
@@ -583,8 +583,9 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     grid_c = triton.cdiv(C, plan["BLOCK_CO"])
     go = grad_out.stride()
     rw = plan["BLOCK_R"] if INTERPRET else max(b for b in (16, 32, 64, 128) if R % b == 0)  # dW^T's M: to 128
-    bm = clamp_pow2(N * T, 16, 128) if INTERPRET else ROWS_GPU
-    num_mt = triton.cdiv(N * T, bm)
+    M = N * T
+    bm = clamp_pow2(M, 16, 128) if INTERPRET else ROWS_GPU
+    num_mt = triton.cdiv(M, bm)
     grid_r = triton.cdiv(R, rw)
     split = 1 if INTERPRET else max(1, min(num_mt, 1024 // (grid_r * grid_c)))
     # non-deterministic: the atomics' accumulators zeroed by one fill, db (first: returned as a view, at offset 0)
@@ -594,14 +595,13 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
         local = pooled_bn_sums(grad_out, code, zmax, deterministic, acc[1] if acc else None)
     else:  # ... or from a recompute (fp32: keeps_zmax)
         tpc = triton.cdiv(TP, flags["BLOCK_Q"])
-        tiles, P = persistent_grid(N * tpc, 1, PER_SM, grid_c)
+        tiles, P = persistent_grid(N * tpc, 1, ROWS_PER_SM, grid_c)
         part = bn_sum_partials(P, C, deterministic, dev, acc[1] if acc else None)
         wrap_triton(_rows_bwd_reduce_kernel)[(P, grid_c)](
             xc, wr, z if has_z else xc, b, stats, grad_out, mask, part, C, T, TP, tpc, lpc, R, tiles, P, *go,
             DETERMINISTIC=deterministic, HAS_Z=has_z, **flags)
         local = bn_sums_of(part)  # a fixed-order reduction
     sums = all_reduce(local) if (training and all_reduce is not None) else local
-    M = N * T
     rows_dx = input_grad and dx_rows_ok(C, k, stride)
     J = triton.cdiv(k, stride)
     mp = triton.cdiv(L + padding, stride)  # dx rows per clip and phase
@@ -614,7 +614,7 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
         gz, sgz = torch.empty((M, C), device=dev, dtype=x.dtype), T * C
         pads = (0, 0)
     tpc = triton.cdiv(tq, flags["BLOCK_Q"])
-    tiles, P = persistent_grid(N * tpc, 1, PER_SM, grid_c)
+    tiles, P = persistent_grid(N * tpc, 1, ROWS_PER_SM, grid_c)
     wrap_triton(_rows_gz_kernel)[(P, grid_c)](
         xc, wr, z if has_z else xc, b, stats, gamma, grad_out, mask, sums, gz, C, T, TP, tq, tpc, lpc, R, tiles, P,
         *go, sgz, N, *pads, BLOCK_PAD=next_pow2(max(pads)) if max(pads) else 0, TRAINING=training, HAS_Z=has_z,
@@ -637,7 +637,7 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
         php = next_pow2(stride)  # the phases side by side on the MMA's N axis: 16 to 64 columns
         bci = clamp_pow2(C_in, max(1, 16 // php), max(1, (512 if INTERPRET else 64) // php))
         bmx = bm if INTERPRET else max(ROWS_GPU, DX_ACC // (php * bci))  # fewer re-reads of the weight
-        tiles, P = persistent_grid(N * mp, bmx, PER_SM, triton.cdiv(C_in, bci))
+        tiles, P = persistent_grid(N * mp, bmx, ROWS_PER_SM, triton.cdiv(C_in, bci))
         wrap_triton(_rows_dx_kernel)[(P, triton.cdiv(C_in, bci))](
             gzp, _dx_weight(w2d, C_in, k, stride), dx, C_in, L, mp, N * mp, tg * C, J * C, stride, padding,
             tiles, P, C_OUT=C, PHASES=php, BLOCK_M=bmx, BLOCK_CI=bci, BLOCK_R=_block_r(J * C, x.dtype),

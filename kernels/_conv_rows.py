@@ -309,29 +309,38 @@ def _rows_gz_kernel(xc_ptr, wr_ptr, z_ptr, b_ptr, stats_ptr, g_ptr,  # as _rows_
 
 
 @triton.jit
-def _rows_dw_kernel(gz_ptr, xc_ptr, dw_ptr, db_ptr, C_OUT, T, M, SGZ, LPC, R, NUM_MT, SPLIT, C_IN, K,
+def _rows_dw_kernel(gz_ptr, xc_ptr, dw_ptr, db_ptr, C_OUT, T, M, SGZ, LPC, R, NUM_MT, TPC, SPLIT, C_IN, K,
                     STEP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_RW: tl.constexpr,
-                    DETERMINISTIC: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
+                    CLIP_TILES: tl.constexpr, DETERMINISTIC: tl.constexpr, INTERP: tl.constexpr,
+                    PRECISION: tl.constexpr):
     """dw[co, ci * K + k] = sum_m gz[m, co] A[m, r] with r = k * C_IN + ci (the GEMM runs in the rows' (k, ci)
     order and stores in the weight's (ci, k) order; gz as ``_rows_gz_kernel`` writes it) over the position tiles
     pid_s, pid_s + SPLIT, ...; db[co] = sum_m gz[m, co] from the pid_r == 0 programs. Partials as ``_dw_kernel``:
-    dw_ptr (SPLIT or 1, C_OUT, R) fp32, db_ptr (SPLIT or 1, C_OUT) fp32."""
+    dw_ptr (SPLIT or 1, C_OUT, R) fp32, db_ptr (SPLIT or 1, C_OUT) fp32. CLIP_TILES: a tile never crosses a clip
+    (TPC tiles per clip, NUM_MT = N * TPC: no row divides by T); else NUM_MT tiles of the flat N * T rows."""
     pid_r = tl.program_id(0)
     co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
     pid_s = tl.program_id(2)
     r = pid_r * BLOCK_RW + tl.arange(0, BLOCK_RW)
     c_ok = co < C_OUT
     acc = tl.zeros((BLOCK_RW, BLOCK_CO), dtype=tl.float32)  # dW^T: the rows' R on the MMA's M axis (wgmma)
-    db = tl.zeros((BLOCK_CO,), dtype=tl.float32)
+    db = tl.zeros((BLOCK_M, BLOCK_CO), dtype=tl.float32)  # per-thread partial sums of gz, reduced once at the end
     for it in range(pid_s, NUM_MT, SPLIT):
-        m = it * BLOCK_M + tl.arange(0, BLOCK_M)
-        mc = tl.minimum(m, M - 1)
-        n = (mc // T).to(tl.int64)
-        t = mc % T
-        g = tl.load(gz_ptr + (n * SGZ + t * C_OUT)[:, None] + co[None, :], mask=(m < M)[:, None] & c_ok[None, :],
+        if CLIP_TILES:  # one clip n per tile: its rows t0 .. t0 + BLOCK_M - 1, those past T masked
+            n = tl.cast(it // TPC, tl.int64)
+            t = (it % TPC) * BLOCK_M + tl.arange(0, BLOCK_M)
+            ok = t < T
+            t = tl.minimum(t, T - 1)
+        else:
+            m = it * BLOCK_M + tl.arange(0, BLOCK_M)
+            ok = m < M
+            mc = tl.minimum(m, M - 1)
+            n = (mc // T).to(tl.int64)
+            t = mc % T
+        g = tl.load(gz_ptr + (n * SGZ + t * C_OUT)[:, None] + co[None, :], mask=ok[:, None] & c_ok[None, :],
                     other=0.0)
         a = tl.load(xc_ptr + (n * LPC + t * STEP)[:, None] + r[None, :])
-        db += tl.sum(g.to(tl.float32), axis=0)
+        db += g.to(tl.float32)
         g = fp32_if(g, INTERP)
         a = fp32_if(a, INTERP)
         acc = tl.dot(tl.trans(a), g, acc, input_precision=PRECISION)
@@ -342,7 +351,7 @@ def _rows_dw_kernel(gz_ptr, xc_ptr, dw_ptr, db_ptr, C_OUT, T, M, SGZ, LPC, R, NU
     col = (r % C_IN) * K + r // C_IN  # (k, ci) -> the weight's (ci, k)
     store_partial(dw_ptr + (idx * C_OUT + co[None, :]).to(tl.int64) * R + col[:, None], acc, c_ok[None, :],
                   DETERMINISTIC)
-    store_partial(db_ptr + idx * C_OUT + co, db, c_ok & ((co * 0 + pid_r) == 0), DETERMINISTIC)
+    store_partial(db_ptr + idx * C_OUT + co, tl.sum(db, axis=0), c_ok & ((co * 0 + pid_r) == 0), DETERMINISTIC)
 
 
 
@@ -403,6 +412,15 @@ DX_ACC = 4096
 # = ROWS_PER_SM x 132, so each program walks several tiles and its prologue (the per-channel vectors) runs fewer times.
 ROWS_PER_SM = 2
 BWD_CO = 32  # channels per program of the backward's window kernels (64: conv5's spilled 16-24 B)
+# dW tiles stay inside a clip (no per-row division by T) where the clips' partial last tiles waste at most 1/16 of
+# the rows (conv2-conv4 at 20 s); shorter clips tile the flat N * T rows (conv6/conv7: T of a few tens).
+DW_WASTE = 16
+# dW^T's rows per program (its M, a divisor of R): each program re-reads gz for its R chunk, so where the rows are
+# many (conv2 at 20 s: 0.88 M per batch of 64) 256-row chunks halve those re-reads (conv2's dW 212 -> 195 us per
+# step, predicted); at 216 registers they halve the resident warps, which costs the short layers more than it saves.
+# 16-bit only: fp32's A tile is twice the registers (255 and a 32 B spill under Triton 3.9).
+DW_RW_LONG = 256
+DW_LONG_ROWS = 1 << 18
 
 
 def rows_plan(c_in: int, c_out: int, k: int, stride: int, dtype: torch.dtype) -> dict | None:
@@ -582,10 +600,13 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     b = bias if bias is not None else w2d
     grid_c = triton.cdiv(C, plan["BLOCK_CO"])
     go = grad_out.stride()
-    rw = plan["BLOCK_R"] if INTERPRET else max(b for b in (16, 32, 64, 128) if R % b == 0)  # dW^T's M: to 128
     M = N * T
+    rw_max = DW_RW_LONG if M >= DW_LONG_ROWS and x.element_size() == 2 else 128
+    rw = plan["BLOCK_R"] if INTERPRET else max(b for b in (16, 32, 64, 128, 256) if b <= rw_max and R % b == 0)
     bm = clamp_pow2(M, 16, 128) if INTERPRET else ROWS_GPU
-    num_mt = triton.cdiv(M, bm)
+    tpc_w = triton.cdiv(T, bm)
+    clip_tiles = (tpc_w * bm - T) * DW_WASTE <= T  # per-clip tiles waste at most 1 / DW_WASTE of the rows
+    num_mt = N * tpc_w if clip_tiles else triton.cdiv(M, bm)
     grid_r = triton.cdiv(R, rw)
     split = 1 if INTERPRET else max(1, min(num_mt, 1024 // (grid_r * grid_c)))
     # non-deterministic: the atomics' accumulators zeroed by one fill, db (first: returned as a view, at offset 0)
@@ -625,8 +646,8 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     else:
         dwr, db_part = torch.zeros((1, C, R), device=dev, dtype=torch.float32), acc[0]
     wrap_triton(_rows_dw_kernel)[(grid_r, grid_c, split)](
-        gz, xc, dwr, db_part, C, T, M, sgz, lpc, R, num_mt, split, C_in, k, STEP=stride * C_in, BLOCK_M=bm,
-        BLOCK_CO=plan["BLOCK_CO"], BLOCK_RW=rw, DETERMINISTIC=deterministic, INTERP=INTERPRET,
+        gz, xc, dwr, db_part, C, T, M, sgz, lpc, R, num_mt, tpc_w, split, C_in, k, STEP=stride * C_in, BLOCK_M=bm,
+        BLOCK_CO=plan["BLOCK_CO"], BLOCK_RW=rw, CLIP_TILES=clip_tiles, DETERMINISTIC=deterministic, INTERP=INTERPRET,
         PRECISION=dot_precision(x), num_warps=4, num_stages=STAGES)
     # deterministic: a fixed-order sum of the partials; otherwise the one row the atomics added into
     dw = dwr.sum(dim=0) if deterministic else dwr[0]

@@ -160,13 +160,16 @@ def test_the_checkout_imports_without_numpy_too() -> None:
 
 NCU_RAW = """\
 "ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size","Grid Size","Device","CC",\
-"dram__bytes_read.sum","dram__bytes_write.sum","gpu__time_duration.sum","launch__registers_per_thread",\
-"lts__t_bytes.sum","smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio",\
+"dram__bytes_read.sum","dram__bytes_write.sum","gpu__time_duration.sum",\
+"l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum","l1tex__t_sectors_pipe_lsu_mem_global_op_ld_lookup_hit.sum",\
+"launch__registers_per_thread","lts__t_bytes.sum","lts__t_sectors_srcunit_tex_op_read.sum",\
+"smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio",\
 "smsp__average_warps_issue_stalled_wait_per_issue_active.ratio","smsp__inst_executed.sum",\
 "smsp__inst_executed_pipe_alu.sum","smsp__inst_executed_pipe_lsu.sum"
-"","","","","","","","","","","","Mbyte","Kbyte","usecond","register/thread","Mbyte","","","inst","inst","inst"
+"","","","","","","","","","","","Mbyte","Kbyte","usecond","sector","sector","register/thread","Mbyte","sector","","",\
+"inst","inst","inst"
 "0","42","python","h","_conv_stats_kernel","1","7","(128, 1, 1)","(13782, 1, 1)","0","9.0","56.50","1.20","250.30",\
-"96","180.2","3.1","0.8","12,345,678","1,000,000","2,000,000"
+"4,000,000","3,000,000","96","180.2","1,500,000","3.1","0.8","12,345,678","1,000,000","2,000,000"
 """
 
 
@@ -187,6 +190,7 @@ def test_ncu_raw_csv_is_parsed_into_a_table(tmp_path: Path) -> None:
     assert row["kernel"] == "_conv_stats_kernel" and row["layer (launch order)"] == "conv1 for"
     assert row["us"] == 250.3 and row["DRAM MB"] == 56.5 and row["L2 MB"] == 180.2
     assert row["warp-instr"] == 12_345_678 and row["top pipes (warp-instr)"] == "lsu 2e+06, alu 1e+06"
+    assert row["L1 global-load hit %"] == 75.0 and row["L2 MB read by L1"] == 48.0  # 1.5 M sectors of 32 B
     assert row["top stalls (cycles per issue)"] == "long_scoreboard 3.1, wait 0.8"
 
 

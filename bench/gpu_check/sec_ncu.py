@@ -3,8 +3,9 @@
 The kernels are the 6 slowest launches section 4 measured (else the 6 with the most FLOPs). A child process
 (``python -m bench.gpu_check --ncu-child IDS``) makes their tensors and launches each once; ncu profiles exactly
 those launches (``--kernel-name regex:^(names)$ --launch-count N``) and collects: instructions executed per pipe,
-L2 (lts) and DRAM bytes, warp-state stall reasons, duration, registers. Metric names are given as ncu regexes; if
-that attempt fails, a second one asks for the equivalent sections (SpeedOfLight, MemoryWorkloadAnalysis,
+L2 (lts) and DRAM bytes, the L1 hits of global loads and the L2 reads their misses make, warp-state stall
+reasons, duration, registers. Metric names are given as ncu regexes; if that attempt fails, a second one asks
+for the equivalent sections (SpeedOfLight, MemoryWorkloadAnalysis,
 ComputeWorkloadAnalysis, WarpStateStats, InstructionStats). ncu locks the clocks to base by default, so its
 durations are not comparable with section 4's. Raw output (the .ncu-rep report, its CSV, ncu's log) is saved to
 ``ncu/`` in the output folder. Without ncu, without permission to the GPU counters (ERR_NVGPUCTRPERM) or when it
@@ -37,6 +38,10 @@ METRICS = ",".join(
         "dram__bytes_read.sum",
         "dram__bytes_write.sum",
         "lts__t_bytes.sum",
+        # L1's share of the global loads (the static model charges every load to L2; these say how many L1 served)
+        "l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum",
+        "l1tex__t_sectors_pipe_lsu_mem_global_op_ld_lookup_hit.sum",
+        "lts__t_sectors_srcunit_tex_op_read.sum",
         "launch__registers_per_thread",
         r"regex:^smsp__inst_executed_pipe_[a-z0-9_]+\.sum$",
         r"regex:^smsp__average_warps_issue_stalled_[a-z0-9_]+_per_issue_active\.ratio$",
@@ -189,6 +194,9 @@ def _report(w: Any, rows: list[dict[str, str]], chosen: list[dict[str, Any]], la
             for k, v in sorted(((k, v) for k, v in d.items() if v), key=lambda kv: -kv[1])[:4]
         )
         dram = sum(v for v in (_num(r, units, "dram__bytes_read.sum"), _num(r, units, "dram__bytes_write.sum")) if v)
+        ld = _num(r, units, "l1tex__t_sectors_pipe_lsu_mem_global_op_ld.sum")
+        hit = _num(r, units, "l1tex__t_sectors_pipe_lsu_mem_global_op_ld_lookup_hit.sum")
+        l2_read = _num(r, units, "lts__t_sectors_srcunit_tex_op_read.sum")
         w.row(
             TABLE,
             {
@@ -198,6 +206,8 @@ def _report(w: Any, rows: list[dict[str, str]], chosen: list[dict[str, Any]], la
                 "warp-instr": _num(r, units, "smsp__inst_executed.sum") or "-",
                 "DRAM MB": round(dram / 1e6, 2) if dram else "-",
                 "L2 MB": round((_num(r, units, "lts__t_bytes.sum") or 0) / 1e6, 2) or "-",
+                "L1 global-load hit %": round(100 * hit / ld, 1) if ld and hit is not None else "-",
+                "L2 MB read by L1": round(l2_read * 32 / 1e6, 2) if l2_read is not None else "-",  # 32 B sectors
                 "regs": r.get("launch__registers_per_thread", "-"),
                 "top pipes (warp-instr)": top(pipes, "inst_executed_pipe_") or "-",
                 "top stalls (cycles per issue)": top(stalls, "issue_stalled_") or "-",

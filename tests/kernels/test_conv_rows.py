@@ -170,6 +170,35 @@ def test_bf16_within_twice_eager(training: bool, layer: str) -> None:
         assert norm_rel(fused[1][i], ref[1][i]) <= 2 * norm_rel(eager[1][i], ref[1][i]), i
 
 
+@pytest.mark.parametrize("waste", [0, 10**9], ids=["tiles_inside_a_clip", "tiles_over_the_flat_rows"])
+def test_dw_tiles_inside_a_clip_or_over_the_flat_rows(monkeypatch: pytest.MonkeyPatch, waste: int) -> None:
+    """dW's position tiles: inside one clip (no per-row division; the clip's last tile masked past T) where the
+    partial tiles waste little, over the flat N * T rows otherwise. DW_WASTE forces each path; both match eager."""
+    n, c_in, c_out, k, s, p, pool, length, bias = SHAPES["m5_k3_pool4_nobias"]
+    monkeypatch.setattr(rows, "DW_WASTE", waste)
+    flags: list[bool] = []
+    real = rows.wrap_triton
+
+    class Spy:
+        def __init__(self, kernel) -> None:
+            self.kernel, self.launch = kernel, real(kernel)
+
+        def __getitem__(self, grid):
+            def run(*args, **kwargs):
+                if self.kernel.fn.__name__ == "_rows_dw_kernel":
+                    flags.append(kwargs["CLIP_TILES"])
+                return self.launch[grid](*args, **kwargs)
+
+            return run
+
+    monkeypatch.setattr(rows, "wrap_triton", Spy)
+    case = make_case(3, c_in, c_out, k, length, seed=12, bias=True)
+    ref = run_reference(case, None, stride=s, padding=p, training=True, pool=pool)
+    fused = run_fused(case, ref[5], stride=s, padding=p, training=True, pool=pool)
+    assert flags == [waste == 0]
+    _check_fp32(case, ref, fused, True)
+
+
 def test_opcheck_rows() -> None:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 16, 40, generator=gen, requires_grad=True)

@@ -89,6 +89,26 @@ def _resident_weight(w_ptr, s_r, s_n, n, n_ok, R: tl.constexpr, BLOCK_R: tl.cons
 
 
 @triton.jit
+def _band_weight(w_ptr, s_r, s_n, col, col_ok, KC, SHIFT: tl.constexpr, BAND: tl.constexpr, R: tl.constexpr,
+                 BLOCK_R: tl.constexpr, INTERP: tl.constexpr):
+    """A band weight as ``_resident_weight``'s R // BLOCK_R chunks (BLOCK_R, BAND * BLOCK_N), from the weight
+    w[r, n] at w_ptr + r * s_r + n * s_n (r < KC): band[r, (g, i)] = w[r - g * SHIFT, col[i]] where
+    0 <= r - g * SHIFT < KC and col_ok[i], else 0 (R >= KC + (BAND - 1) * SHIFT; col, col_ok (BLOCK_N,)). Column
+    block g of a band row that starts g steps before a position is that position's weight. Loaded once per
+    program: the masks cost nothing per tile."""
+    BLOCK_N: tl.constexpr = col.shape[0]
+    c = tl.reshape(tl.broadcast_to(col[None, :], (BAND, BLOCK_N)), (BAND * BLOCK_N,))
+    c_ok = tl.reshape(tl.broadcast_to(col_ok[None, :], (BAND, BLOCK_N)), (BAND * BLOCK_N,))
+    g = tl.arange(0, BAND * BLOCK_N) // BLOCK_N
+    ws = ()
+    for i in tl.static_range(R // BLOCK_R):
+        j = (i * BLOCK_R + tl.arange(0, BLOCK_R))[:, None] - (g * SHIFT)[None, :]
+        ok = (j >= 0) & (j < KC) & c_ok[None, :]
+        ws = ws + (fp32_if(tl.load(w_ptr + j * s_r + c[None, :] * s_n, mask=ok, other=0.0), INTERP),)
+    return ws
+
+
+@triton.jit
 def _row_tile_resident(x_ptr, ws, base, R: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
                        INTERP: tl.constexpr, PRECISION: tl.constexpr):
     """``_row_tile`` against a resident weight (``_resident_weight``'s chunks): acc (rows, BLOCK_N) fp32 =
@@ -130,32 +150,54 @@ def _window_rows(tile, TPC, TR, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: t
 
 
 @triton.jit
-def _rows_stats_kernel(xc_ptr, wr_ptr, b_ptr, part_ptr, z_ptr, C_OUT, T, M, LPC, R: tl.constexpr, NUM_TILES, P,
-                       HAS_BIAS: tl.constexpr, STEP: tl.constexpr, BLOCK_M: tl.constexpr,
-                       BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr, RESIDENT: tl.constexpr, STORE_Z: tl.constexpr,
-                       INTERP: tl.constexpr, PRECISION: tl.constexpr):
+def _rows_stats_kernel(xc_ptr,  # (N, LP, C_IN) channels-last padded input
+                       wr_ptr,  # (C_OUT, KC) reordered weight
+                       b_ptr, part_ptr,  # (C_OUT,), (3, C_OUT, P)
+                       z_ptr,  # (N * T, C_OUT) (STORE_Z)
+                       C_OUT, T, M, LPC, KC, R: tl.constexpr, NUM_TILES, TPC, P, HAS_BIAS: tl.constexpr,
+                       STEP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr,
+                       BAND: tl.constexpr, RESIDENT: tl.constexpr, STORE_Z: tl.constexpr, INTERP: tl.constexpr,
+                       PRECISION: tl.constexpr):
     """Per program: (mean, M2, count) per channel over its position tiles (Chan merge per tile); part
     (3, C_OUT, P) rows mean, M2, count, merged by ``_merge_stats_kernel`` (HAS_COUNT). With STORE_Z also the conv
     output without its bias, z_ptr (M, C_OUT) position-major in z's dtype, for the passes that follow
     (``keeps_z``). RESIDENT: the weight stays in shared memory for all the program's tiles
-    (``resident_weight``)."""
+    (``resident_weight``). KC = K * C_IN, the weight's rows. BAND > 1 (``band_of``): one GEMM row per BAND
+    positions, row q of clip n the R (>= KC + (BAND - 1) * STEP) elements from n * LPC + BAND * q * STEP against
+    the resident band weight (``_band_weight``: columns (g, co) are channel co of position BAND * q + g);
+    tiles of BLOCK_M rows inside one clip, TPC per clip. BAND = 1: R = KC, tiles of BLOCK_M of the flat N * T
+    positions."""
     pid_p = tl.program_id(0)
-    co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    c0 = tl.program_id(1) * BLOCK_CO
+    co = c0 + tl.arange(0, BLOCK_CO)
     bias = _load_bias(b_ptr, co, C_OUT, HAS_BIAS, BLOCK_CO)
-    if RESIDENT:
+    if BAND > 1:
+        ws = _band_weight(wr_ptr, 1, KC, co, co < C_OUT, KC, STEP, BAND, R, BLOCK_R, INTERP)
+    elif RESIDENT:
         ws = _resident_weight(wr_ptr, 1, R, co, co < C_OUT, R, BLOCK_R, INTERP)
     n_a = tl.zeros((BLOCK_CO,), dtype=tl.float32)
     mean_a = tl.zeros((BLOCK_CO,), dtype=tl.float32)
     m2_a = tl.zeros((BLOCK_CO,), dtype=tl.float32)
     for tile in range(pid_p, NUM_TILES, P):
-        m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-        ok = m < M
-        mc = tl.minimum(m, M - 1)
-        base = (mc // T).to(tl.int64) * LPC + (mc % T) * STEP
-        if RESIDENT:
-            z = _row_tile_resident(xc_ptr, ws, base, R, BLOCK_R, BLOCK_CO, INTERP, PRECISION)
+        if BAND > 1:
+            n = tl.cast(tile // TPC, tl.int64)
+            q0 = (tile % TPC) * BLOCK_M
+            q = tl.minimum(q0 + tl.arange(0, BLOCK_M), (T - 1) // BAND)  # rows past the clip's last: masked below
+            zb = _row_tile_resident(xc_ptr, ws, n * LPC + q * (BAND * STEP), R, BLOCK_R, BAND * BLOCK_CO, INTERP,
+                                    PRECISION)
+            z = tl.reshape(zb, (BLOCK_M * BAND, BLOCK_CO))  # row q * BAND + g: position BAND * q + g
+            t = q0 * BAND + tl.arange(0, BLOCK_M * BAND)
+            ok = t < T
+            m = n * T + t
         else:
-            z = _row_tile(xc_ptr, wr_ptr, base, co, C_OUT, R, BLOCK_CO, BLOCK_R, INTERP, PRECISION)
+            m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+            ok = m < M
+            mc = tl.minimum(m, M - 1)
+            base = (mc // T).to(tl.int64) * LPC + (mc % T) * STEP
+            if RESIDENT:
+                z = _row_tile_resident(xc_ptr, ws, base, R, BLOCK_R, BLOCK_CO, INTERP, PRECISION)
+            else:
+                z = _row_tile(xc_ptr, wr_ptr, base, co, C_OUT, R, BLOCK_CO, BLOCK_R, INTERP, PRECISION)
         if STORE_Z:
             tl.store(z_ptr + m.to(tl.int64)[:, None] * C_OUT + co[None, :], cast_out(z, z_ptr.dtype.element_ty, INTERP),
                      mask=ok[:, None] & (co < C_OUT)[None, :])
@@ -356,42 +398,63 @@ def _rows_dw_kernel(gz_ptr, xc_ptr, dw_ptr, db_ptr, C_OUT, T, M, SGZ, LPC, R, NU
 
 
 @triton.jit
-def _rows_dx_kernel(gzp_ptr, wd_ptr, dx_ptr, C_IN, L, MP, ROWS, TGC, R2: tl.constexpr, stride, pad, NUM_TILES, P,
+def _rows_dx_kernel(gzp_ptr,  # (N, TG, C_OUT) gz with J - 1 zero positions around each clip
+                    wd_ptr,  # (KC, stride * C_IN) the phases' weights
+                    dx_ptr,  # (N, C_IN, L)
+                    C_IN, L, MP, ROWS, TGC, KC, R2: tl.constexpr, stride, pad, NUM_TILES, TPC, P,
                     C_OUT: tl.constexpr, PHASES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_CI: tl.constexpr,
-                    BLOCK_R: tl.constexpr, RESIDENT: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
+                    BLOCK_R: tl.constexpr, BAND: tl.constexpr, RESIDENT: tl.constexpr, INTERP: tl.constexpr,
+                    PRECISION: tl.constexpr):
     """dx (N, C_IN, L), every phase ph < stride from one read of the rows: dx[n, ci, stride * m + ph - pad] =
     sum_{j', co} gzp[n, m + j', co] wd[j' * C_OUT + co, ph, ci], a row GEMM over gzp's contiguous runs of
-    R2 = J * C_OUT elements against the phases' weights side by side (N axis (ph, ci): PHASES = stride rounded up
+    KC = J * C_OUT elements against the phases' weights side by side (N axis (ph, ci): PHASES = stride rounded up
     to a power of two, x BLOCK_CI). gzp: gz with J - 1 zero positions before and after each clip; wd_ptr:
-    (R2, stride, C_IN), the weight per phase, taps reversed, zeros past K. Rows m < MP per clip; positions
-    outside [0, L) are not stored."""
+    (KC, stride, C_IN), the weight per phase, taps reversed, zeros past K. Rows m < MP per clip; positions
+    outside [0, L) are not stored. BAND > 1 (``band_of``): one GEMM row of R2 (>= KC + (BAND - 1) * C_OUT)
+    elements per BAND rows m = BAND * q + g against the resident band weight (``_band_weight``), tiles of BLOCK_M
+    band rows inside a clip (TPC per clip); BAND = 1: R2 = KC, tiles of BLOCK_M of the flat ROWS = N * MP rows."""
     j = tl.arange(0, PHASES * BLOCK_CI)
     ph = j // BLOCK_CI
     ci = tl.program_id(1) * BLOCK_CI + j % BLOCK_CI
     col_ok = (ph < stride) & (ci < C_IN)
     wcol = ph * C_IN + ci  # column of wd's (stride * C_IN)-wide rows
-    if RESIDENT:  # the phases' weights in shared memory for all the program's tiles (``resident_weight``)
+    if BAND > 1:
+        ws = _band_weight(wd_ptr, stride * C_IN, 1, wcol, col_ok, KC, C_OUT, BAND, R2, BLOCK_R, INTERP)
+    elif RESIDENT:  # the phases' weights in shared memory for all the program's tiles (``resident_weight``)
         ws = _resident_weight(wd_ptr, stride * C_IN, 1, wcol, col_ok, R2, BLOCK_R, INTERP)
     for tile in range(tl.program_id(0), NUM_TILES, P):
-        g = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-        gc = tl.minimum(g, ROWS - 1)
-        n = gc // MP
-        m = gc % MP
-        base = n.to(tl.int64) * TGC + m * C_OUT
-        if RESIDENT:
-            acc = _row_tile_resident(gzp_ptr, ws, base, R2, BLOCK_R, PHASES * BLOCK_CI, INTERP, PRECISION)
+        if BAND > 1:
+            n = tl.cast(tile // TPC, tl.int64)
+            q0 = (tile % TPC) * BLOCK_M
+            q = tl.minimum(q0 + tl.arange(0, BLOCK_M), (MP - 1) // BAND)  # rows past the clip's last: not stored
+            acc = _row_tile_resident(gzp_ptr, ws, n * TGC + q * (BAND * C_OUT), R2, BLOCK_R, BAND * PHASES * BLOCK_CI,
+                                     INTERP, PRECISION)
+            acc = tl.reshape(acc, (BLOCK_M * BAND, PHASES * BLOCK_CI))  # row q * BAND + g: m = BAND * q + g
+            m = q0 * BAND + tl.arange(0, BLOCK_M * BAND)
+            row_ok = m < MP
         else:
-            acc = tl.zeros((BLOCK_M, PHASES * BLOCK_CI), dtype=tl.float32)
-            for r0 in range(0, R2, BLOCK_R):
-                r = r0 + tl.arange(0, BLOCK_R)
-                a = tl.load(gzp_ptr + base[:, None] + r[None, :])
-                b = tl.load(wd_ptr + r[:, None] * (stride * C_IN) + wcol[None, :], mask=col_ok[None, :], other=0.0)
-                a = fp32_if(a, INTERP)
-                b = fp32_if(b, INTERP)
-                acc = tl.dot(a, b, acc, input_precision=PRECISION)
+            g = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+            gc = tl.minimum(g, ROWS - 1)
+            n = (gc // MP).to(tl.int64)
+            m = gc % MP
+            row_ok = g < ROWS
+            base = n * TGC + m * C_OUT
+            if RESIDENT:
+                acc = _row_tile_resident(gzp_ptr, ws, base, R2, BLOCK_R, PHASES * BLOCK_CI, INTERP, PRECISION)
+            else:
+                acc = tl.zeros((BLOCK_M, PHASES * BLOCK_CI), dtype=tl.float32)
+                for r0 in range(0, R2, BLOCK_R):
+                    r = r0 + tl.arange(0, BLOCK_R)
+                    a = tl.load(gzp_ptr + base[:, None] + r[None, :])
+                    b = tl.load(wd_ptr + r[:, None] * (stride * C_IN) + wcol[None, :], mask=col_ok[None, :],
+                                other=0.0)
+                    a = fp32_if(a, INTERP)
+                    b = fp32_if(b, INTERP)
+                    acc = tl.dot(a, b, acc, input_precision=PRECISION)
+            n = n[:, None]
         i = m[:, None] * stride + ph[None, :] - pad
-        ok = (g < ROWS)[:, None] & (i >= 0) & (i < L) & col_ok[None, :]
-        off = n.to(tl.int64)[:, None] * C_IN * L + i + ci[None, :].to(tl.int64) * L
+        ok = row_ok[:, None] & (i >= 0) & (i < L) & col_ok[None, :]
+        off = n * C_IN * L + i + ci[None, :].to(tl.int64) * L
         tl.store(dx_ptr + off, cast_out(acc, dx_ptr.dtype.element_ty, INTERP), mask=ok)
 
 # ----------------------------------------------------------------------------------------- launchers
@@ -407,6 +470,12 @@ STATS_ACC = 8192
 # A weight this small stays in shared memory for a whole persistent program (two CTAs of a row kernel per SM:
 # 2 x (64 KB + the A tile's staging) of the SM's 228 KB), instead of being re-read from L2 for every tile.
 RESIDENT_BYTES = 64 * 1024
+# A band weight (``band_of``) may fill most of the SM's shared memory: one CTA per SM holds it.
+BAND_BYTES = 168 * 1024
+# Bands widen a narrow output (conv2's 32 channels: 4 x 32 = the wgmma's N of 128); conv3's 64 channels in a band of
+# 2 reached 255 registers and spilled 8 B under Triton 3.6.
+BAND_MAX_CO = 32
+STATS_BAND = 4  # rows per GEMM row of the statistics and dx kernels where it pays (``band_of``)
 DX_ACC = 4096
 # CTAs per SM the persistent grids fill (most row kernels hold 2 at 200-255 registers): programs x channel blocks
 # = ROWS_PER_SM x 132, so each program walks several tiles and its prologue (the per-channel vectors) runs fewer times.
@@ -440,6 +509,29 @@ def resident_weight(r: int, cols: int, elem: int) -> bool:
     return r * cols * elem <= RESIDENT_BYTES
 
 
+def band_of(kc: int, shift: int, block_r: int, cols: int, rows: int, elem: int) -> tuple[int, int]:
+    """(BAND, R) of a row GEMM (``_rows_stats_kernel``, ``_rows_dx_kernel``): BAND rows per GEMM row where that
+    pays and fits, else (1, kc).
+
+    Consecutive rows overlap (conv2's im2col: each 1 KB row shares all but its 64 B step with the next; dx's gz
+    rows the same); one row of R = kc + (BAND - 1) * shift elements (rounded up to ``block_r``) serves BAND rows
+    against a band weight of BAND column blocks, each the weight shifted by one more step (``_band_weight``):
+    per row R / BAND elements are read instead of kc, for R / kc the multiply-adds (conv2 in bf16, BAND 4:
+    R = 640, 320 B instead of 1 KB, 1.25x). Tried from STATS_BAND down to 2: taken where the output is narrow
+    (``cols`` <= BAND_MAX_CO), the band weight (R x BAND * cols) stays resident (<= BAND_BYTES) and tiles of
+    ROWS_GPU band rows inside a clip waste at most 1 / DW_WASTE of its ``rows``. ``kc``: the row length (K * C_in;
+    dx: J * C_out); ``shift``: one row's step (stride * C_in; dx: C_out); ``elem``: bytes per element."""
+    band = STATS_BAND if cols <= BAND_MAX_CO else 1
+    while band > 1:
+        r = -(-(kc + (band - 1) * shift) // block_r) * block_r
+        per_tile = ROWS_GPU * band
+        waste = -(-rows // per_tile) * per_tile - rows
+        if waste * DW_WASTE <= rows and r * band * cols * elem <= BAND_BYTES:
+            return band, r
+        band //= 2
+    return 1, kc
+
+
 def _block_r(r: int, dtype: torch.dtype) -> int:
     """The reduction step: the largest power of two dividing r, from 16 up to 64 (fp32: 32; 512 in the
     interpreter, which runs few, large steps)."""
@@ -469,10 +561,12 @@ def _dx_weight(w2d: torch.Tensor, c_in: int, k: int, stride: int) -> torch.Tenso
 def channels_last(x: torch.Tensor, pad: int, T: int, k: int, stride: int,
                   xc: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """(xc, LPC): x (N, C_in, L) as a zero-padded channels-last copy (N, LP, C_in), xc[n, pad + i] = x[n, :, i]
-    (one F.pad), LP a multiple of 16 covering the windows of the first T positions' rows; LPC = LP * C_in.
+    (one F.pad), LP a multiple of 16 covering the windows of the first T positions' rows and the longer last row
+    of a band (``band_of``: up to STATS_BAND - 1 steps and a BLOCK_R more); LPC = LP * C_in.
     Given ``xc`` (a copy the caller made with the same arguments, ``_conv_paths.forward_input``), only LPC."""
     N, C, L = x.shape
-    lp = -(-max(pad + L, (T - 1) * stride + k) // 16) * 16
+    band = (STATS_BAND - 1) * stride + -(-_block_r(k * C, x.dtype) // C)
+    lp = -(-max(pad + L, (T - 1) * stride + k + band) // 16) * 16
     if xc is not None:
         assert xc.shape == (N, lp, C) and xc.is_contiguous(), "forward_input's copy"
         return xc, lp * C
@@ -512,18 +606,26 @@ def rows_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
     plan = rows_plan(C_in, C, k, stride, x.dtype)
     xc, lpc = channels_last(x, padding, T, k, stride, xc)
     M = N * T
-    resident = resident_weight(k * C_in, plan["BLOCK_CO"], x.element_size())
-    # a resident weight is read once per program: the tile then only needs the wgmma's M (larger tiles spill)
-    bm = ROWS_GPU if resident else max(ROWS_GPU, STATS_ACC // plan["BLOCK_CO"])
-    bm = clamp_pow2(M, 16, 128) if INTERPRET else bm
-    tiles, P = persistent_grid(M, bm, ROWS_PER_SM, triton.cdiv(C, plan["BLOCK_CO"]))
+    kc = k * C_in
+    grid_c = triton.cdiv(C, plan["BLOCK_CO"])
+    band, r = band_of(kc, stride * C_in, plan["BLOCK_R"], plan["BLOCK_CO"], T, x.element_size())
+    resident = resident_weight(kc, plan["BLOCK_CO"], x.element_size())
+    if band > 1:  # tiles of ROWS_GPU band rows inside a clip
+        bm = ROWS_GPU if not INTERPRET else clamp_pow2(triton.cdiv(T, 2 * band), 16, 64)
+        tpc = triton.cdiv(triton.cdiv(T, band), bm)
+        tiles, P = persistent_grid(N * tpc, 1, ROWS_PER_SM, grid_c)
+    else:  # a resident weight is read once per program: the tile then only needs the wgmma's M (larger tiles spill)
+        bm = ROWS_GPU if resident else max(ROWS_GPU, STATS_ACC // plan["BLOCK_CO"])
+        bm = clamp_pow2(M, 16, 128) if INTERPRET else bm
+        tpc = 1
+        tiles, P = persistent_grid(M, bm, ROWS_PER_SM, grid_c)
     part = torch.empty((3, C, P), device=x.device, dtype=torch.float32)
     b = bias if bias is not None else w2d
     z = _kept(z)
     store_z = z is not None
-    wrap_triton(_rows_stats_kernel)[(P, triton.cdiv(C, plan["BLOCK_CO"]))](
-        xc, _reorder(w2d, C_in, k), b, part, z if store_z else part, C, T, M, lpc, k * C_in, tiles, P,
-        HAS_BIAS=bias is not None, STEP=stride * C_in, BLOCK_M=bm, STORE_Z=store_z, INTERP=INTERPRET,
+    wrap_triton(_rows_stats_kernel)[(P, grid_c)](
+        xc, _reorder(w2d, C_in, k), b, part, z if store_z else part, C, T, M, lpc, kc, r, tiles, tpc, P,
+        HAS_BIAS=bias is not None, STEP=stride * C_in, BLOCK_M=bm, BAND=band, STORE_Z=store_z, INTERP=INTERPRET,
         RESIDENT=resident, PRECISION=dot_precision(x),
         num_warps=4, num_stages=STAGES, **plan)
     return merge_stats(part, 0, 0, eps)
@@ -627,7 +729,12 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     J = triton.cdiv(k, stride)
     mp = triton.cdiv(L + padding, stride)  # dx rows per clip and phase
     if rows_dx:  # gz with J - 1 zero positions before and after each clip: _rows_dx_kernel's rows
-        tg = -(-max(J - 1 + T, mp + J - 1) // 16) * 16
+        php = next_pow2(stride)  # the phases side by side on the MMA's N axis: 16 to 64 columns
+        bci = clamp_pow2(C_in, max(1, 16 // php), max(1, (512 if INTERPRET else 64) // php))
+        br = _block_r(J * C, x.dtype)
+        band, r2 = band_of(J * C, C, br, php * bci, mp, x.element_size())
+        reach = mp + J - 1 + (band - 1 + -(-br // C) if band > 1 else 0)  # a band's last row reads further
+        tg = -(-max(J - 1 + T, reach) // 16) * 16
         gzp = torch.empty((N, tg, C), device=dev, dtype=x.dtype)  # the gz kernel writes the zero rows too
         gz, sgz = gzp[:, J - 1 :], tg * C
         pads = (J - 1, tg - (J - 1) - T)
@@ -655,13 +762,17 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     dx = None
     if rows_dx:
         dx = torch.empty((N, C_in, L), device=dev, dtype=x.dtype)
-        php = next_pow2(stride)  # the phases side by side on the MMA's N axis: 16 to 64 columns
-        bci = clamp_pow2(C_in, max(1, 16 // php), max(1, (512 if INTERPRET else 64) // php))
-        bmx = bm if INTERPRET else max(ROWS_GPU, DX_ACC // (php * bci))  # fewer re-reads of the weight
-        tiles, P = persistent_grid(N * mp, bmx, ROWS_PER_SM, triton.cdiv(C_in, bci))
+        if band > 1:  # tiles of ROWS_GPU band rows inside a clip
+            bmx = ROWS_GPU if not INTERPRET else clamp_pow2(triton.cdiv(mp, 2 * band), 16, 64)
+            tpc = triton.cdiv(triton.cdiv(mp, band), bmx)
+            tiles, P = persistent_grid(N * tpc, 1, ROWS_PER_SM, triton.cdiv(C_in, bci))
+        else:
+            bmx = bm if INTERPRET else max(ROWS_GPU, DX_ACC // (php * bci))  # fewer re-reads of the weight
+            tpc = 1
+            tiles, P = persistent_grid(N * mp, bmx, ROWS_PER_SM, triton.cdiv(C_in, bci))
         wrap_triton(_rows_dx_kernel)[(P, triton.cdiv(C_in, bci))](
-            gzp, _dx_weight(w2d, C_in, k, stride), dx, C_in, L, mp, N * mp, tg * C, J * C, stride, padding,
-            tiles, P, C_OUT=C, PHASES=php, BLOCK_M=bmx, BLOCK_CI=bci, BLOCK_R=_block_r(J * C, x.dtype),
+            gzp, _dx_weight(w2d, C_in, k, stride), dx, C_in, L, mp, N * mp, tg * C, J * C, r2, stride, padding,
+            tiles, tpc, P, C_OUT=C, PHASES=php, BLOCK_M=bmx, BLOCK_CI=bci, BLOCK_R=br, BAND=band,
             RESIDENT=resident_weight(J * C, php * bci, x.element_size()),
             INTERP=INTERPRET, PRECISION=dot_precision(x), num_warps=4, num_stages=STAGES)
     elif input_grad:

@@ -47,8 +47,8 @@ def padded_mma_flops(name: str, v: dict[str, Any], grid: tuple[int, ...]) -> flo
         if name == "_band_stats_kernel":  # each program's first tile twice: once more for its shift
             return (grid[1] * v["NUM_TILES"] + progs) * one
         return grid[1] * v["NUM_TILES"] * one * (2 if name == "_band_gz_dw_kernel" else 1)
-    if name == "_rows_stats_kernel":
-        return grid[1] * v["NUM_TILES"] * 2.0 * v["BLOCK_M"] * v["R"] * v["BLOCK_CO"]
+    if name == "_rows_stats_kernel":  # BAND > 1: R the band's rows, BAND column blocks
+        return grid[1] * v["NUM_TILES"] * 2.0 * v["BLOCK_M"] * v["R"] * v["BLOCK_CO"] * v.get("BAND", 1)
     if name in ROWS_WINDOWS:  # HAS_Z: the conv output read from the statistics pass's copy, no dot
         if v.get("HAS_Z"):
             return 0.0
@@ -56,8 +56,8 @@ def padded_mma_flops(name: str, v: dict[str, Any], grid: tuple[int, ...]) -> flo
     if name == "_rows_dw_kernel":
         iters = sum(len(range(s, v["NUM_MT"], v["SPLIT"])) for s in range(grid[2]))
         return grid[0] * grid[1] * iters * 2.0 * v["BLOCK_M"] * v["BLOCK_CO"] * v["BLOCK_RW"]
-    if name == "_rows_dx_kernel":  # each channel block walks all NUM_TILES tiles, the phases side by side
-        return grid[1] * v["NUM_TILES"] * 2.0 * v["BLOCK_M"] * v["R2"] * v["PHASES"] * v["BLOCK_CI"]
+    if name == "_rows_dx_kernel":  # each channel block walks all NUM_TILES tiles, the phases side by side (x BAND)
+        return grid[1] * v["NUM_TILES"] * 2.0 * v["BLOCK_M"] * v["R2"] * v["PHASES"] * v["BLOCK_CI"] * v.get("BAND", 1)
     if name == "_dx_kernel":
         r2 = v["C_OUT"] * v["KMAX"]
         return progs * _cdiv(r2, v["BLOCK_R"]) * 2.0 * v["BLOCK_CI"] * v["BLOCK_Q"] * v["BLOCK_R"]
@@ -76,12 +76,14 @@ def useful_flops(name: str, v: dict[str, Any]) -> float:
         return 2 * 2.0 * v["C_OUT"] * v["M"] * v["R"]
     if name == "_dx_kernel":
         return 2.0 * v["C_OUT"] * v["M"] * v["C_IN"] * v["K"]
-    if name in ("_rows_stats_kernel", "_rows_dw_kernel"):
+    if name == "_rows_stats_kernel":  # KC = K * C_in (R is the band's length where BAND > 1)
+        return 2.0 * v["C_OUT"] * v["M"] * v["KC"]
+    if name == "_rows_dw_kernel":
         return 2.0 * v["C_OUT"] * v["M"] * v["R"]
     if name in ("_rows_bn_relu_pool_kernel", "_rows_bwd_reduce_kernel"):  # window tiles never cross a clip
         return 2.0 * v["C_OUT"] * (v["NUM_TILES"] // v["TPC"]) * v["TP"] * v["POOL"] * v["R"]
     if name == "_rows_dx_kernel":  # the taps past k of the last slot per phase are zeros, counted (as _dx_kernel)
-        return 2.0 * v["C_IN"] * v["ROWS"] * v["stride"] * v["R2"]
+        return 2.0 * v["C_IN"] * v["ROWS"] * v["stride"] * v["KC"]  # KC = J * C_out (R2: a band's longer rows)
     if name == "_rows_gz_kernel":
         return 2.0 * v["C_OUT"] * v["R"] * v["T"] * (v["NUM_TILES"] // v["TPC"])
     if name in BANDED:  # tiles never cross a clip: NUM_TILES // TPC clips

@@ -170,32 +170,70 @@ def test_bf16_within_twice_eager(training: bool, layer: str) -> None:
         assert norm_rel(fused[1][i], ref[1][i]) <= 2 * norm_rel(eager[1][i], ref[1][i]), i
 
 
+class _Flags:
+    """The constexpr ``flag`` of each launch of ``kernel`` through ``rows.wrap_triton``."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, kernel: str, flag: str) -> None:
+        self.values: list = []
+        real = rows.wrap_triton
+        outer = self
+
+        class Spy:
+            def __init__(self, fn) -> None:
+                self.fn, self.launch = fn, real(fn)
+
+            def __getitem__(self, grid):
+                def run(*args, **kwargs):
+                    if self.fn.fn.__name__ == kernel:
+                        outer.values.append(kwargs[flag])
+                    return self.launch[grid](*args, **kwargs)
+
+                return run
+
+        monkeypatch.setattr(rows, "wrap_triton", Spy)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("band", [4, 2, 1])
+def test_statistics_and_dx_in_bands_of_rows(monkeypatch: pytest.MonkeyPatch, band: int, dtype: torch.dtype) -> None:
+    """The statistics and dx kernels with BAND rows per GEMM row (the band weight built in the kernel, tiles inside
+    a clip, the clip's last rows clamped and masked) against the float64 reference, forward and backward (in bf16
+    the pool and backward read the z it stores). The rule is forced open: the interpreter's steps are larger."""
+    c_in, c_out, k, s, p, pool = SOUNDNET_LAYERS["conv2"]
+    monkeypatch.setattr(rows, "STATS_BAND", band)
+    monkeypatch.setattr(rows, "DW_WASTE", 0)
+    monkeypatch.setattr(rows, "BAND_BYTES", 1 << 40)
+    seen = _Flags(monkeypatch, "_rows_stats_kernel", "BAND")
+    seen_dx = _Flags(monkeypatch, "_rows_dx_kernel", "BAND")
+    case = make_case(2, c_in, c_out, k, 301, seed=13)
+    kw = dict(stride=s, padding=p, training=True, pool=pool)
+    if dtype == torch.float32:
+        ref = run_reference(case, None, **kw)
+        _check_fp32(case, ref, run_fused(case, ref[5], **kw), True)
+    else:
+        for f in ("x", "w", "b", "g", "beta"):
+            setattr(case, f, getattr(case, f).to(torch.bfloat16).double())
+        grad = run_reference(case, None, **kw)[5].to(torch.bfloat16).double()
+        ref = run_reference(case, grad, **kw)
+        eager = run_reference(case, grad, dtype=torch.bfloat16, **kw)
+        fused = run_fused(case, grad, dtype=torch.bfloat16, **kw)
+        assert norm_rel(fused[0], ref[0]) <= 2 * norm_rel(eager[0], ref[0])
+        for i in (0, 1, 3, 4):
+            assert norm_rel(fused[1][i], ref[1][i]) <= 2 * norm_rel(eager[1][i], ref[1][i]), i
+    assert seen.values == [band] and seen_dx.values == [band]
+
+
 @pytest.mark.parametrize("waste", [0, 10**9], ids=["tiles_inside_a_clip", "tiles_over_the_flat_rows"])
 def test_dw_tiles_inside_a_clip_or_over_the_flat_rows(monkeypatch: pytest.MonkeyPatch, waste: int) -> None:
     """dW's position tiles: inside one clip (no per-row division; the clip's last tile masked past T) where the
     partial tiles waste little, over the flat N * T rows otherwise. DW_WASTE forces each path; both match eager."""
     n, c_in, c_out, k, s, p, pool, length, bias = SHAPES["m5_k3_pool4_nobias"]
     monkeypatch.setattr(rows, "DW_WASTE", waste)
-    flags: list[bool] = []
-    real = rows.wrap_triton
-
-    class Spy:
-        def __init__(self, kernel) -> None:
-            self.kernel, self.launch = kernel, real(kernel)
-
-        def __getitem__(self, grid):
-            def run(*args, **kwargs):
-                if self.kernel.fn.__name__ == "_rows_dw_kernel":
-                    flags.append(kwargs["CLIP_TILES"])
-                return self.launch[grid](*args, **kwargs)
-
-            return run
-
-    monkeypatch.setattr(rows, "wrap_triton", Spy)
+    seen = _Flags(monkeypatch, "_rows_dw_kernel", "CLIP_TILES")
     case = make_case(3, c_in, c_out, k, length, seed=12, bias=True)
     ref = run_reference(case, None, stride=s, padding=p, training=True, pool=pool)
     fused = run_fused(case, ref[5], stride=s, padding=p, training=True, pool=pool)
-    assert flags == [waste == 0]
+    assert seen.values == [waste == 0]
     _check_fp32(case, ref, fused, True)
 
 
@@ -208,10 +246,12 @@ def test_opcheck_rows() -> None:
     torch.library.opcheck(_fwd_op, args)
 
 
-def test_no_row_reads_past_the_padded_input(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("band", [1, 4], ids=["rows", "bands_of_4"])
+def test_no_row_reads_past_the_padded_input(monkeypatch: pytest.MonkeyPatch, band: int) -> None:
     """Rows are clamped, not masked, so every row a kernel reads must lie inside the padded copy. The copy is
     placed in front of a sentinel clip of infinities: a read past its end makes inf - inf or inf x 0, which the
-    interpreter reports as a RuntimeWarning (an error here). T % pool != 0: the backward's last window runs past T."""
+    interpreter reports as a RuntimeWarning (an error here). T % pool != 0: the backward's last window runs past T.
+    With bands (forced open, conv2's shape) the statistics' rows are longer and clamped to the clip's last."""
     real = rows.channels_last
 
     def guarded(x, pad, T, k, stride, xc=None):
@@ -223,20 +263,30 @@ def test_no_row_reads_past_the_padded_input(monkeypatch: pytest.MonkeyPatch) -> 
         return big[:-1], lpc
 
     monkeypatch.setattr(rows, "channels_last", guarded)
-    n, c_in, c_out, k, s, p, pool, length, bias = SHAPES["m5_k3_pool4_nobias"]
+    monkeypatch.setattr(rows, "STATS_BAND", band)
+    monkeypatch.setattr(rows, "DW_WASTE", 0)
+    monkeypatch.setattr(rows, "BAND_BYTES", 1 << 40)
+    seen = _Flags(monkeypatch, "_rows_stats_kernel", "BAND")
+    n, c_in, c_out, k, s, p, pool, length, bias = SHAPES["conv2_three_clips" if band > 1 else "m5_k3_pool4_nobias"]
     case = make_case(n, c_in, c_out, k, length, seed=8, bias=bias)
     ref = run_reference(case, None, stride=s, padding=p, training=True, pool=pool)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         fused = run_fused(case, ref[5], stride=s, padding=p, training=True, pool=pool)
+    assert seen.values == [band]
     _check_fp32(case, ref, fused, True)
 
 
-@pytest.mark.parametrize("name", ["conv2_three_clips", "stride3_k6_no_pool"])
-def test_no_uninitialised_buffer_is_read(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+@pytest.mark.parametrize(("name", "band"), [("conv2_three_clips", 1), ("stride3_k6_no_pool", 1),
+                                           ("conv2_three_clips", 4)])  # fmt: skip
+def test_no_uninitialised_buffer_is_read(monkeypatch: pytest.MonkeyPatch, name: str, band: int) -> None:
     """Every buffer the row path allocates with torch.empty comes back full of NaN: the zero rows around each
     clip of gz, which _rows_dx_kernel reads, must be written (the gz kernel writes them, no fill), and nothing
-    else may be read before it is written."""
+    else may be read before it is written. In bands (forced open) dx's last rows read further into those rows."""
+    monkeypatch.setattr(rows, "STATS_BAND", band)
+    monkeypatch.setattr(rows, "DW_WASTE", 0)
+    monkeypatch.setattr(rows, "BAND_BYTES", 1 << 40)
+    seen = _Flags(monkeypatch, "_rows_dx_kernel", "BAND")
     real = torch.empty
 
     def poisoned(*args, **kwargs):
@@ -250,6 +300,7 @@ def test_no_uninitialised_buffer_is_read(monkeypatch: pytest.MonkeyPatch, name: 
     ref = run_reference(case, None, stride=s, padding=p, training=True, pool=pool)
     fused = run_fused(case, ref[5], stride=s, padding=p, training=True, pool=pool)
     assert torch.isfinite(fused[1][0]).all(), "dx read an unwritten row"
+    assert seen.values == [band]
     _check_fp32(case, ref, fused, True)
 
 

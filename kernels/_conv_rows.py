@@ -351,15 +351,27 @@ def _rows_gz_kernel(xc_ptr, wr_ptr, z_ptr, b_ptr, stats_ptr, g_ptr,  # as _rows_
 
 
 @triton.jit
-def _rows_dw_kernel(gz_ptr, xc_ptr, dw_ptr, db_ptr, C_OUT, T, M, SGZ, LPC, R, NUM_MT, TPC, SPLIT, C_IN, K,
+def _rows_dw_kernel(gz_ptr,  # (N * T, C_OUT), clip n's rows at n * SGZ
+                    xc_ptr,  # (N, LP, C_IN) channels-last padded input
+                    dw_ptr, db_ptr,  # (SPLIT or 1, C_OUT, KC), (SPLIT or 1, C_OUT) fp32
+                    C_OUT, T, M, SGZ, LPC, KC, NUM_MT, TPC, SPLIT, C_IN, K,
                     STEP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_RW: tl.constexpr,
-                    CLIP_TILES: tl.constexpr, DETERMINISTIC: tl.constexpr, INTERP: tl.constexpr,
-                    PRECISION: tl.constexpr):
+                    CLIP_TILES: tl.constexpr, BAND: tl.constexpr, DETERMINISTIC: tl.constexpr,
+                    INTERP: tl.constexpr, PRECISION: tl.constexpr):
     """dw[co, ci * K + k] = sum_m gz[m, co] A[m, r] with r = k * C_IN + ci (the GEMM runs in the rows' (k, ci)
     order and stores in the weight's (ci, k) order; gz as ``_rows_gz_kernel`` writes it) over the position tiles
     pid_s, pid_s + SPLIT, ...; db[co] = sum_m gz[m, co] from the pid_r == 0 programs. Partials as ``_dw_kernel``:
     dw_ptr (SPLIT or 1, C_OUT, R) fp32, db_ptr (SPLIT or 1, C_OUT) fp32. CLIP_TILES: a tile never crosses a clip
-    (TPC tiles per clip, NUM_MT = N * TPC: no row divides by T); else NUM_MT tiles of the flat N * T rows."""
+    (TPC tiles per clip, NUM_MT = N * TPC: no row divides by T); else NUM_MT tiles of the flat N * T rows.
+    KC = K * C_IN. BAND > 1 (``band_of``; tiles inside a clip, atomics, BLOCK_CO = C_OUT): tiles of BLOCK_M band
+    rows q, A's row the KC + (BAND - 1) * STEP elements from BAND * q * STEP (``_rows_stats_kernel``'s) and gz's
+    row the BAND * C_OUT elements of positions BAND * q + g; their product P[r, (g, co)] adds to
+    dw[co, r - g * STEP] (the band weight's transpose), each program's rows r a BLOCK_RW chunk of the band."""
+    if BAND > 1:
+        _rows_dw_band(gz_ptr, xc_ptr, dw_ptr, db_ptr, C_OUT, T, SGZ, LPC, KC, NUM_MT, TPC, SPLIT, C_IN, K, STEP,
+                      BLOCK_M, BLOCK_CO, BLOCK_RW, BAND, INTERP, PRECISION)
+        return
+    R = KC
     pid_r = tl.program_id(0)
     co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
     pid_s = tl.program_id(2)
@@ -395,6 +407,40 @@ def _rows_dw_kernel(gz_ptr, xc_ptr, dw_ptr, db_ptr, C_OUT, T, M, SGZ, LPC, R, NU
                   DETERMINISTIC)
     store_partial(db_ptr + idx * C_OUT + co, tl.sum(db, axis=0), c_ok & ((co * 0 + pid_r) == 0), DETERMINISTIC)
 
+
+
+@triton.jit
+def _rows_dw_band(gz_ptr, xc_ptr, dw_ptr, db_ptr, C_OUT, T, SGZ, LPC, KC, NUM_MT, TPC, SPLIT, C_IN, K,
+                  STEP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_RW: tl.constexpr,
+                  BAND: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
+    """``_rows_dw_kernel`` in bands (BAND > 1): see there. Column cb = g * BLOCK_CO + co of gz's band row is
+    element cb of the row's BAND * C_OUT (BLOCK_CO = C_OUT), so its loads are contiguous."""
+    pid_r = tl.program_id(0)
+    pid_s = tl.program_id(2)
+    cb = tl.arange(0, BAND * BLOCK_CO)
+    g = cb // BLOCK_CO
+    co = cb % BLOCK_CO
+    r = pid_r * BLOCK_RW + tl.arange(0, BLOCK_RW)  # the band's rows
+    acc = tl.zeros((BLOCK_RW, BAND * BLOCK_CO), dtype=tl.float32)
+    db = tl.zeros((BLOCK_M, BAND * BLOCK_CO), dtype=tl.float32)
+    for it in range(pid_s, NUM_MT, SPLIT):
+        n = tl.cast(it // TPC, tl.int64)
+        q = (it % TPC) * BLOCK_M + tl.arange(0, BLOCK_M)
+        ok = (BAND * q[:, None] + g[None, :]) < T
+        gz = tl.load(gz_ptr + n * SGZ + (q * (BAND * C_OUT))[:, None] + cb[None, :], mask=ok, other=0.0)
+        q = tl.minimum(q, (T - 1) // BAND)  # rows past the clip's last: their gz is 0
+        a = tl.load(xc_ptr + (n * LPC + q * (BAND * STEP))[:, None] + r[None, :])
+        db += gz.to(tl.float32)
+        gz = fp32_if(gz, INTERP)
+        a = fp32_if(a, INTERP)
+        acc = tl.dot(tl.trans(a), gz, acc, input_precision=PRECISION)
+    k = r[:, None] - (g * STEP)[None, :]  # the weight's row (k, ci order) each band row adds to
+    ok = (k >= 0) & (k < KC)
+    k = tl.minimum(tl.maximum(k, 0), KC - 1)
+    col = (k % C_IN) * K + k // C_IN  # (k, ci) -> the weight's (ci, k)
+    store_partial(dw_ptr + co[None, :].to(tl.int64) * KC + col, acc, ok, False)
+    dbs = tl.sum(tl.reshape(tl.sum(db, axis=0), (BAND, BLOCK_CO)), axis=0)
+    store_partial(db_ptr + tl.arange(0, BLOCK_CO), dbs, (tl.arange(0, BLOCK_CO) * 0 + pid_r) == 0, False)
 
 
 @triton.jit
@@ -490,6 +536,9 @@ DW_WASTE = 16
 # 16-bit only: fp32's A tile is twice the registers (255 and a 32 B spill under Triton 3.9).
 DW_RW_LONG = 256
 DW_LONG_ROWS = 1 << 18
+# dW in bands (``_rows_dw_band``): 128 of the band's rows x BAND * C_out columns per program (8 warps: 64
+# accumulator registers per thread at conv2's 4 x 32 columns).
+DW_BAND_RW = 128
 
 
 def rows_plan(c_in: int, c_out: int, k: int, stride: int, dtype: torch.dtype) -> dict | None:
@@ -562,10 +611,10 @@ def channels_last(x: torch.Tensor, pad: int, T: int, k: int, stride: int,
                   xc: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """(xc, LPC): x (N, C_in, L) as a zero-padded channels-last copy (N, LP, C_in), xc[n, pad + i] = x[n, :, i]
     (one F.pad), LP a multiple of 16 covering the windows of the first T positions' rows and the longer last row
-    of a band (``band_of``: up to STATS_BAND - 1 steps and a BLOCK_R more); LPC = LP * C_in.
+    of a band (``band_of``: up to STATS_BAND - 1 steps and a BLOCK_R or DW_BAND_RW more); LPC = LP * C_in.
     Given ``xc`` (a copy the caller made with the same arguments, ``_conv_paths.forward_input``), only LPC."""
     N, C, L = x.shape
-    band = (STATS_BAND - 1) * stride + -(-_block_r(k * C, x.dtype) // C)
+    band = (STATS_BAND - 1) * stride + -(-max(_block_r(k * C, x.dtype), DW_BAND_RW) // C)
     lp = -(-max(pad + L, (T - 1) * stride + k + band) // 16) * 16
     if xc is not None:
         assert xc.shape == (N, lp, C) and xc.is_contiguous(), "forward_input's copy"
@@ -703,13 +752,22 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     grid_c = triton.cdiv(C, plan["BLOCK_CO"])
     go = grad_out.stride()
     M = N * T
+    # dW in bands (atomics only: a deterministic band would need a partial per split of the whole band)
+    band_w, rb = (1, R) if deterministic or C != plan["BLOCK_CO"] else band_of(
+        R, stride * C_in, DW_BAND_RW, C, T, x.element_size())  # fmt: skip
     rw_max = DW_RW_LONG if M >= DW_LONG_ROWS and x.element_size() == 2 else 128
     rw = plan["BLOCK_R"] if INTERPRET else max(b for b in (16, 32, 64, 128, 256) if b <= rw_max and R % b == 0)
     bm = clamp_pow2(M, 16, 128) if INTERPRET else ROWS_GPU
-    tpc_w = triton.cdiv(T, bm)
-    clip_tiles = (tpc_w * bm - T) * DW_WASTE <= T  # per-clip tiles waste at most 1 / DW_WASTE of the rows
+    if band_w > 1:
+        rw = DW_BAND_RW  # divides the band's rows (band_of rounds them up to it)
+        bm = clamp_pow2(triton.cdiv(T, 2 * band_w), 16, 64) if INTERPRET else ROWS_GPU
+        tpc_w = triton.cdiv(triton.cdiv(T, band_w), bm)
+        clip_tiles = True
+    else:
+        tpc_w = triton.cdiv(T, bm)
+        clip_tiles = (tpc_w * bm - T) * DW_WASTE <= T  # per-clip tiles waste at most 1 / DW_WASTE of the rows
     num_mt = N * tpc_w if clip_tiles else triton.cdiv(M, bm)
-    grid_r = triton.cdiv(R, rw)
+    grid_r = triton.cdiv(rb, rw)
     split = 1 if INTERPRET else max(1, min(num_mt, 1024 // (grid_r * grid_c)))
     # non-deterministic: the atomics' accumulators zeroed by one fill, db (first: returned as a view, at offset 0)
     # and the BN sums together; dW apart (also returned as a view: a custom op's outputs may not share a buffer)
@@ -754,8 +812,8 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
         dwr, db_part = torch.zeros((1, C, R), device=dev, dtype=torch.float32), acc[0]
     wrap_triton(_rows_dw_kernel)[(grid_r, grid_c, split)](
         gz, xc, dwr, db_part, C, T, M, sgz, lpc, R, num_mt, tpc_w, split, C_in, k, STEP=stride * C_in, BLOCK_M=bm,
-        BLOCK_CO=plan["BLOCK_CO"], BLOCK_RW=rw, CLIP_TILES=clip_tiles, DETERMINISTIC=deterministic, INTERP=INTERPRET,
-        PRECISION=dot_precision(x), num_warps=4, num_stages=STAGES)
+        BLOCK_CO=plan["BLOCK_CO"], BLOCK_RW=rw, CLIP_TILES=clip_tiles, BAND=band_w, DETERMINISTIC=deterministic,
+        INTERP=INTERPRET, PRECISION=dot_precision(x), num_warps=8 if band_w > 1 else 4, num_stages=STAGES)
     # deterministic: a fixed-order sum of the partials; otherwise the one row the atomics added into
     dw = dwr.sum(dim=0) if deterministic else dwr[0]
     db = (db_part.sum(dim=0) if deterministic else db_part[0]) if bias is not None else None

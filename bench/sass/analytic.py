@@ -53,9 +53,9 @@ def padded_mma_flops(name: str, v: dict[str, Any], grid: tuple[int, ...]) -> flo
         if v.get("HAS_Z"):
             return 0.0
         return grid[1] * v["NUM_TILES"] * 2.0 * v["BLOCK_Q"] * v["PP"] * v["R"] * v["BLOCK_CO"]
-    if name == "_rows_dw_kernel":
+    if name == "_rows_dw_kernel":  # BAND > 1: BAND * BLOCK_CO columns (gz's band rows)
         iters = sum(len(range(s, v["NUM_MT"], v["SPLIT"])) for s in range(grid[2]))
-        return grid[0] * grid[1] * iters * 2.0 * v["BLOCK_M"] * v["BLOCK_CO"] * v["BLOCK_RW"]
+        return grid[0] * grid[1] * iters * 2.0 * v["BLOCK_M"] * v["BLOCK_CO"] * v["BLOCK_RW"] * v.get("BAND", 1)
     if name == "_rows_dx_kernel":  # each channel block walks all NUM_TILES tiles, the phases side by side (x BAND)
         return grid[1] * v["NUM_TILES"] * 2.0 * v["BLOCK_M"] * v["R2"] * v["PHASES"] * v["BLOCK_CI"] * v.get("BAND", 1)
     if name == "_dx_kernel":
@@ -79,7 +79,7 @@ def useful_flops(name: str, v: dict[str, Any]) -> float:
     if name == "_rows_stats_kernel":  # KC = K * C_in (R is the band's length where BAND > 1)
         return 2.0 * v["C_OUT"] * v["M"] * v["KC"]
     if name == "_rows_dw_kernel":
-        return 2.0 * v["C_OUT"] * v["M"] * v["R"]
+        return 2.0 * v["C_OUT"] * v["M"] * v["KC"]
     if name in ("_rows_bn_relu_pool_kernel", "_rows_bwd_reduce_kernel"):  # window tiles never cross a clip
         return 2.0 * v["C_OUT"] * (v["NUM_TILES"] // v["TPC"]) * v["TP"] * v["POOL"] * v["R"]
     if name == "_rows_dx_kernel":  # the taps past k of the last slot per phase are zeros, counted (as _dx_kernel)

@@ -195,16 +195,18 @@ class _Flags:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("band", [4, 2, 1])
-def test_statistics_and_dx_in_bands_of_rows(monkeypatch: pytest.MonkeyPatch, band: int, dtype: torch.dtype) -> None:
-    """The statistics and dx kernels with BAND rows per GEMM row (the band weight built in the kernel, tiles inside
-    a clip, the clip's last rows clamped and masked) against the float64 reference, forward and backward (in bf16
-    the pool and backward read the z it stores). The rule is forced open: the interpreter's steps are larger."""
+def test_statistics_dx_and_dw_in_bands_of_rows(monkeypatch: pytest.MonkeyPatch, band: int, dtype: torch.dtype) -> None:
+    """The statistics, dx and dW kernels with BAND rows per GEMM row (the band weight built in the kernel, tiles
+    inside a clip, the clip's last rows clamped and masked; dW adds each band column block into the weight row it
+    belongs to) against the float64 reference, forward and backward (in bf16 the pool and backward read the z the
+    statistics store). The rule is forced open: the interpreter's steps are larger than a GPU's."""
     c_in, c_out, k, s, p, pool = SOUNDNET_LAYERS["conv2"]
     monkeypatch.setattr(rows, "STATS_BAND", band)
     monkeypatch.setattr(rows, "DW_WASTE", 0)
     monkeypatch.setattr(rows, "BAND_BYTES", 1 << 40)
     seen = _Flags(monkeypatch, "_rows_stats_kernel", "BAND")
     seen_dx = _Flags(monkeypatch, "_rows_dx_kernel", "BAND")
+    seen_dw = _Flags(monkeypatch, "_rows_dw_kernel", "BAND")
     case = make_case(2, c_in, c_out, k, 301, seed=13)
     kw = dict(stride=s, padding=p, training=True, pool=pool)
     if dtype == torch.float32:
@@ -220,7 +222,23 @@ def test_statistics_and_dx_in_bands_of_rows(monkeypatch: pytest.MonkeyPatch, ban
         assert norm_rel(fused[0], ref[0]) <= 2 * norm_rel(eager[0], ref[0])
         for i in (0, 1, 3, 4):
             assert norm_rel(fused[1][i], ref[1][i]) <= 2 * norm_rel(eager[1][i], ref[1][i]), i
-    assert seen.values == [band] and seen_dx.values == [band]
+    assert seen.values == [band] and seen_dx.values == [band] and seen_dw.values == [band]
+
+
+def test_deterministic_dw_takes_no_band(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A band of dW adds into the weight by atomics; the deterministic backward keeps per-split partials of the
+    plain rows (a band's partials would be the whole band per split): bitwise repeatable, equal to eager."""
+    c_in, c_out, k, s, p, pool = SOUNDNET_LAYERS["conv2"]
+    monkeypatch.setattr(rows, "DW_WASTE", 0)
+    monkeypatch.setattr(rows, "BAND_BYTES", 1 << 40)
+    seen = _Flags(monkeypatch, "_rows_dw_kernel", "BAND")
+    case = make_case(2, c_in, c_out, k, 301, seed=14)
+    kw = dict(stride=s, padding=p, training=True, pool=pool)
+    ref = run_reference(case, None, **kw)
+    runs = [run_fused(case, ref[5], deterministic=True, **kw) for _ in range(2)]
+    assert seen.values == [1, 1]
+    assert torch.equal(runs[0][1][1], runs[1][1][1])
+    _check_fp32(case, ref, runs[0], True)
 
 
 @pytest.mark.parametrize("waste", [0, 10**9], ids=["tiles_inside_a_clip", "tiles_over_the_flat_rows"])

@@ -536,6 +536,8 @@ DW_WASTE = 16
 # 16-bit only: fp32's A tile is twice the registers (255 and a 32 B spill under Triton 3.9).
 DW_RW_LONG = 256
 DW_LONG_ROWS = 1 << 18
+# dW^T's accumulator, elements (rows x channels): 256 x 64 spilled 600-840 B (SoundNet-5's conv2 at batch 256).
+DW_ACC = 8192
 # dW in bands (``_rows_dw_band``): 128 of the band's rows x BAND * C_out columns per program (8 warps: 64
 # accumulator registers per thread at conv2's 4 x 32 columns).
 DW_BAND_RW = 128
@@ -746,6 +748,7 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     has_z = z is not None
     wr = w2d if has_z else _reorder(w2d, C_in, k)  # with z no pass here runs the conv
     R = k * C_in
+    dw_co = plan["BLOCK_CO"]  # dW's channels per program (rows_plan's, up to 64: each block re-reads the rows)
     plan = dict(plan, BLOCK_CO=min(plan["BLOCK_CO"], BWD_CO))
     flags = _window_flags(x, bias, plan, stride, pool, tq)
     b = bias if bias is not None else w2d
@@ -753,9 +756,10 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     go = grad_out.stride()
     M = N * T
     # dW in bands (atomics only: a deterministic band would need a partial per split of the whole band)
-    band_w, rb = (1, R) if deterministic or C != plan["BLOCK_CO"] else band_of(
+    grid_cw = triton.cdiv(C, dw_co)
+    band_w, rb = (1, R) if deterministic or C != dw_co else band_of(
         R, stride * C_in, DW_BAND_RW, C, T, x.element_size())  # fmt: skip
-    rw_max = DW_RW_LONG if M >= DW_LONG_ROWS and x.element_size() == 2 else 128
+    rw_max = min(DW_RW_LONG if M >= DW_LONG_ROWS and x.element_size() == 2 else 128, DW_ACC // dw_co)
     rw = plan["BLOCK_R"] if INTERPRET else max(b for b in (16, 32, 64, 128, 256) if b <= rw_max and R % b == 0)
     bm = clamp_pow2(M, 16, 128) if INTERPRET else ROWS_GPU
     if band_w > 1:
@@ -768,7 +772,7 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
         clip_tiles = (tpc_w * bm - T) * DW_WASTE <= T  # per-clip tiles waste at most 1 / DW_WASTE of the rows
     num_mt = N * tpc_w if clip_tiles else triton.cdiv(M, bm)
     grid_r = triton.cdiv(rb, rw)
-    split = 1 if INTERPRET else max(1, min(num_mt, 1024 // (grid_r * grid_c)))
+    split = 1 if INTERPRET else max(1, min(num_mt, 1024 // (grid_r * grid_cw)))
     # non-deterministic: the atomics' accumulators zeroed by one fill, db (first: returned as a view, at offset 0)
     # and the BN sums together; dW apart (also returned as a view: a custom op's outputs may not share a buffer)
     acc = None if deterministic else zeroed(dev, ((1, C), torch.float32), ((2, 1, C), BN_SUMS))
@@ -810,9 +814,9 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
         db_part = torch.empty((split, C), device=dev, dtype=torch.float32)
     else:
         dwr, db_part = torch.zeros((1, C, R), device=dev, dtype=torch.float32), acc[0]
-    wrap_triton(_rows_dw_kernel)[(grid_r, grid_c, split)](
+    wrap_triton(_rows_dw_kernel)[(grid_r, grid_cw, split)](
         gz, xc, dwr, db_part, C, T, M, sgz, lpc, R, num_mt, tpc_w, split, C_in, k, STEP=stride * C_in, BLOCK_M=bm,
-        BLOCK_CO=plan["BLOCK_CO"], BLOCK_RW=rw, CLIP_TILES=clip_tiles, BAND=band_w, DETERMINISTIC=deterministic,
+        BLOCK_CO=dw_co, BLOCK_RW=rw, CLIP_TILES=clip_tiles, BAND=band_w, DETERMINISTIC=deterministic,
         INTERP=INTERPRET, PRECISION=dot_precision(x), num_warps=8 if band_w > 1 else 4, num_stages=STAGES)
     # deterministic: a fixed-order sum of the partials; otherwise the one row the atomics added into
     dw = dwr.sum(dim=0) if deterministic else dwr[0]

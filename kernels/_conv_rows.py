@@ -255,9 +255,10 @@ def _rows_bn_relu_pool_kernel(xc_ptr,  # (N, LP, C_IN) channels-last padded inpu
 
 
 @triton.jit
-def _rows_grad(xc_ptr, wr_ptr, z_ptr, go_ptr, code_ptr, n, q, u, t, ok, co, C_OUT, T, TP, LPC, R, sgn, sgc, sgl,
-               STEP: tl.constexpr, HAS_POOL: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr,
-               HAS_Z: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
+def _rows_grad(xc_ptr, wr_ptr, z_ptr, go_ptr, code_ptr, n, q0, t, ok, co, C_OUT, T, TP, LPC, R, sgn, sgc, sgl,
+               STEP: tl.constexpr, HAS_POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.constexpr,
+               BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr, HAS_Z: tl.constexpr, INTERP: tl.constexpr,
+               PRECISION: tl.constexpr):
     """(z, gy, valid) of a tile of windows (``_window_rows``), each (BLOCK_Q * PP, BLOCK_CO): z the conv output
     without its bias (fp32); gy, the pooled gradient routed to the recorded slot (0 past TP and where invalid);
     valid: the row is a position < T of a window in range. code_ptr: (N, C_OUT, TP) the pool's codes, or
@@ -266,15 +267,19 @@ def _rows_grad(xc_ptr, wr_ptr, z_ptr, go_ptr, code_ptr, n, q, u, t, ok, co, C_OU
     valid = (ok & (t < T))[:, None] & c_ok[None, :]
     z = _rows_z(xc_ptr, wr_ptr, z_ptr, n, t, valid, co, C_OUT, T, LPC, R, STEP, BLOCK_CO, BLOCK_R, HAS_Z, INTERP,
                 PRECISION)
-    hit = valid & (q < TP)[:, None]
+    # the gradient and codes once per window (BLOCK_Q, BLOCK_CO), routed to its slots in registers
+    qw = q0 + tl.arange(0, BLOCK_Q)
+    hit = (qw < TP)[:, None] & c_ok[None, :]
     n64 = n.to(tl.int64)
-    go = tl.load(go_ptr + n64 * sgn + (q[:, None] * sgl + co[None, :] * sgc), mask=hit, other=0.0)
+    go = tl.load(go_ptr + n64 * sgn + (qw[:, None] * sgl + co[None, :] * sgc), mask=hit, other=0.0).to(tl.float32)
     if HAS_POOL:
-        code = tl.load(code_ptr + n64 * C_OUT * TP + (q[:, None] + co[None, :] * TP), mask=hit, other=-1)
-        gy = tl.where(code.to(tl.int32) == u[:, None], go.to(tl.float32), 0.0)
-    else:
-        out = tl.load(code_ptr + n64 * C_OUT * TP + (q[:, None] + co[None, :] * TP), mask=hit, other=0.0)
-        gy = tl.where(out > 0, go.to(tl.float32), 0.0)  # masked, not multiplied (an inf gradient at a 0)
+        code = tl.load(code_ptr + n64 * C_OUT * TP + (qw[:, None] + co[None, :] * TP), mask=hit, other=-1)
+        slot = tl.arange(0, PP)[None, :, None]
+        gy = tl.where(code.to(tl.int32)[:, None, :] == slot, go[:, None, :], 0.0)
+    else:  # windows of one position
+        out = tl.load(code_ptr + n64 * C_OUT * TP + (qw[:, None] + co[None, :] * TP), mask=hit, other=0.0)
+        gy = tl.where(out > 0, go, 0.0)[:, None, :]  # masked, not multiplied (an inf gradient at a 0)
+    gy = tl.where(valid, tl.reshape(gy, (BLOCK_Q * PP, BLOCK_CO)), 0.0)
     return z, gy, valid
 
 
@@ -298,8 +303,9 @@ def _rows_bwd_reduce_kernel(xc_ptr, wr_ptr, z_ptr, b_ptr, stats_ptr,  # as _rows
     s_gyz = tl.zeros((BLOCK_CO,), dtype=tl.float32)
     for tile in range(pid_p, NUM_TILES, P):
         n, q0, q, u, t, ok = _window_rows(tile, TPC, TP, POOL, PP, BLOCK_Q)
-        z, gy, valid = _rows_grad(xc_ptr, wr_ptr, z_ptr, go_ptr, code_ptr, n, q, u, t, ok, co, C_OUT, T, TP, LPC, R,
-                                  sgn, sgc, sgl, STEP, HAS_POOL, BLOCK_CO, BLOCK_R, HAS_Z, INTERP, PRECISION)
+        z, gy, valid = _rows_grad(xc_ptr, wr_ptr, z_ptr, go_ptr, code_ptr, n, q0, t, ok, co, C_OUT, T, TP, LPC, R,
+                                  sgn, sgc, sgl, STEP, HAS_POOL, PP, BLOCK_Q, BLOCK_CO, BLOCK_R, HAS_Z, INTERP,
+                                  PRECISION)
         s_gy += tl.sum(gy, axis=0)
         s_gyz += tl.sum(gy * ((z - mb[None, :]) * invstd[None, :]), axis=0)
     store_bn_sums(sums_ptr, s_gy, s_gyz, pid_p, co, C_OUT, P, DETERMINISTIC)
@@ -335,8 +341,9 @@ def _rows_gz_kernel(xc_ptr, wr_ptr, z_ptr, b_ptr, stats_ptr, g_ptr,  # as _rows_
         c0 = -scale * mean_gy - cz * mb
     for tile in range(tl.program_id(0), NUM_TILES, P):
         n, q0, q, u, t, ok = _window_rows(tile, TPC, TQ, POOL, PP, BLOCK_Q)
-        z, gy, valid = _rows_grad(xc_ptr, wr_ptr, z_ptr, go_ptr, code_ptr, n, q, u, t, ok, co, C_OUT, T, TP, LPC, R,
-                                  sgn, sgc, sgl, STEP, HAS_POOL, BLOCK_CO, BLOCK_R, HAS_Z, INTERP, PRECISION)
+        z, gy, valid = _rows_grad(xc_ptr, wr_ptr, z_ptr, go_ptr, code_ptr, n, q0, t, ok, co, C_OUT, T, TP, LPC, R,
+                                  sgn, sgc, sgl, STEP, HAS_POOL, PP, BLOCK_Q, BLOCK_CO, BLOCK_R, HAS_Z, INTERP,
+                                  PRECISION)
         gz = z * cz[None, :] + c0[None, :] + gy * scale[None, :]
         off = n.to(tl.int64) * SGZ + (t[:, None] * C_OUT + co[None, :])
         tl.store(gz_ptr + off, cast_out(gz, gz_ptr.dtype.element_ty, INTERP), mask=valid)
@@ -526,6 +533,9 @@ DX_ACC = 4096
 # CTAs per SM the persistent grids fill (most row kernels hold 2 at 200-255 registers): programs x channel blocks
 # = ROWS_PER_SM x 132, so each program walks several tiles and its prologue (the per-channel vectors) runs fewer times.
 ROWS_PER_SM = 2
+# The gz kernel (48-124 registers since it reads the gradient and codes once per window) holds 4 or more: conv2's
+# gz 40 -> 29 us per step at 4 per SM (6: 29 us, more programs' prologues), predicted.
+GZ_PER_SM = 4
 BWD_CO = 32  # channels per program of the backward's window kernels (64: conv5's spilled 16-24 B)
 # dW tiles stay inside a clip (no per-row division by T) where the clips' partial last tiles waste at most 1/16 of
 # the rows (conv2-conv4 at 20 s); shorter clips tile the flat N * T rows (conv6/conv7: T of a few tens).
@@ -804,7 +814,7 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
         gz, sgz = torch.empty((M, C), device=dev, dtype=x.dtype), T * C
         pads = (0, 0)
     tpc = triton.cdiv(tq, flags["BLOCK_Q"])
-    tiles, P = persistent_grid(N * tpc, 1, ROWS_PER_SM, grid_c)
+    tiles, P = persistent_grid(N * tpc, 1, GZ_PER_SM, grid_c)
     wrap_triton(_rows_gz_kernel)[(P, grid_c)](
         xc, wr, z if has_z else xc, b, stats, gamma, grad_out, mask, sums, gz, C, T, TP, tq, tpc, lpc, R, tiles, P,
         *go, sgz, N, *pads, BLOCK_PAD=next_pow2(max(pads)) if max(pads) else 0, TRAINING=training, HAS_Z=has_z,

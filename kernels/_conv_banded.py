@@ -259,6 +259,33 @@ def _band_bwd_reduce_kernel(xp_ptr,  # (N, LP) padded waveform
 
 
 @triton.jit
+def _gz_dw_tile(tile, acc1, acc2t, db, xp_ptr, go_ptr, code_ptr, b1, b2, cz, cc0, scale, c, u, C_OUT, T, TP, TPC,
+                LP, sgn, sgc, sgl, STRIDE: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr,
+                BLOCK_C: tl.constexpr, BLOCK_Q: tl.constexpr, J1: tl.constexpr, J2: tl.constexpr,
+                LAST: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
+    """One row tile of ``_band_gz_dw_kernel``: (acc1, acc2t, db) updated. LAST: a clip's last tile, whose
+    positions past T are masked (the others hold only whole windows; slots past POOL are masked in all)."""
+    n, r0, r = _clip_tile(tile, TPC, BLOCK_Q)
+    a1, a2 = _band_a(xp_ptr, n, r0, LP, STRIDE * POOL, BLOCK_Q, J1, J2, INTERP)
+    z = _band_z(a1, a2, b1, b2, BLOCK_Q, J2, PP, BLOCK_C, PRECISION)
+    go, code = _band_pooled(go_ptr, code_ptr, n, r, c, C_OUT, TP, sgn, sgc, sgl)
+    gz = z * cz[None, None, :] + cc0[None, None, :]
+    gz += tl.where(u == code[:, None, :], (go * scale[None, :])[:, None, :], 0.0)
+    if LAST:
+        gz = tl.where(_positions_ok(r, T, POOL, PP)[:, :, None], gz, 0.0)
+    elif PP > POOL:
+        gz = tl.where(u < POOL, gz, 0.0)
+    db += tl.sum(gz, axis=1)
+    # dW from gz rounded to the input dtype, as the unfused path stores gz, for a same-dtype tensor-core dot (db
+    # from the fp32 gz above: exact up to fp32 sums, where the other paths sum the rounded gz)
+    gz2 = fp32_if(tl.reshape(cast_out(gz, xp_ptr.dtype.element_ty, INTERP), (BLOCK_Q, PP * BLOCK_C)), INTERP)
+    acc1 = tl.dot(tl.trans(a1), gz2, acc1, input_precision=PRECISION)
+    if J2 > 0:
+        acc2t = tl.dot(tl.trans(gz2), a2, acc2t, input_precision=PRECISION)
+    return acc1, acc2t, db
+
+
+@triton.jit
 def _band_gz_dw_kernel(xp_ptr,  # (N, LP) padded waveform
                        w_ptr, b_ptr, stats_ptr, g_ptr,  # (C_OUT, K), (C_OUT,), (4, C_OUT), (C_OUT,)
                        go_ptr, code_ptr,  # (N, C_OUT, TP): grad_out (strides sgn, sgc, sgl), codes
@@ -297,21 +324,16 @@ def _band_gz_dw_kernel(xp_ptr,  # (N, LP) padded waveform
     # took mma.sync and ~80 register moves per tile)
     acc2t = tl.zeros((PP * BLOCK_C, J2 if J2 > 0 else 16), dtype=tl.float32)
     db = tl.zeros((BLOCK_Q, BLOCK_C), dtype=tl.float32)
-    for tile in range(pid_p, NUM_TILES, P):
-        n, r0, r = _clip_tile(tile, TPC, BLOCK_Q)
-        a1, a2 = _band_a(xp_ptr, n, r0, LP, STRIDE * POOL, BLOCK_Q, J1, J2, INTERP)
-        z = _band_z(a1, a2, b1, b2, BLOCK_Q, J2, PP, BLOCK_C, PRECISION)
-        go, code = _band_pooled(go_ptr, code_ptr, n, r, c, C_OUT, TP, sgn, sgc, sgl)
-        gz = z * cz[None, None, :] + cc0[None, None, :]
-        gz += tl.where(u == code[:, None, :], (go * scale[None, :])[:, None, :], 0.0)
-        gz = tl.where(_positions_ok(r, T, POOL, PP)[:, :, None], gz, 0.0)
-        db += tl.sum(gz, axis=1)
-        # dW from gz rounded to the input dtype, as the unfused path stores gz, for a same-dtype tensor-core dot (db
-        # from the fp32 gz above: exact up to fp32 sums, where the other paths sum the rounded gz)
-        gz2 = fp32_if(tl.reshape(cast_out(gz, xp_ptr.dtype.element_ty, INTERP), (BLOCK_Q, PP * BLOCK_C)), INTERP)
-        acc1 = tl.dot(tl.trans(a1), gz2, acc1, input_precision=PRECISION)
-        if J2 > 0:
-            acc2t = tl.dot(tl.trans(gz2), a2, acc2t, input_precision=PRECISION)
+    # a clip's tiles but its last hold only whole windows (no position past T): the positions mask runs only in the
+    # second loop, over each clip's last tile
+    for i in range(pid_p, (NUM_TILES // TPC) * (TPC - 1), P):
+        acc1, acc2t, db = _gz_dw_tile((i // (TPC - 1)) * TPC + i % (TPC - 1), acc1, acc2t, db, xp_ptr, go_ptr,
+                                      code_ptr, b1, b2, cz, cc0, scale, c, u, C_OUT, T, TP, TPC, LP, sgn, sgc, sgl,
+                                      STRIDE, POOL, PP, BLOCK_C, BLOCK_Q, J1, J2, False, INTERP, PRECISION)
+    for n in range(pid_p, NUM_TILES // TPC, P):
+        acc1, acc2t, db = _gz_dw_tile(n * TPC + TPC - 1, acc1, acc2t, db, xp_ptr, go_ptr, code_ptr, b1, b2, cz, cc0,
+                                      scale, c, u, C_OUT, T, TP, TPC, LP, sgn, sgc, sgl, STRIDE, POOL, PP, BLOCK_C,
+                                      BLOCK_Q, J1, J2, True, INTERP, PRECISION)
     col = tl.arange(0, PP * BLOCK_C)
     cc = c0 + col % BLOCK_C
     wcol = (col // BLOCK_C) * C_OUT + cc  # (u, c) -> u * C_OUT + c in dband's (JB, PP, C_OUT)

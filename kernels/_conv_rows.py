@@ -528,6 +528,7 @@ BAND_BYTES = 168 * 1024
 # Bands widen a narrow output (conv2's 32 channels: 4 x 32 = the wgmma's N of 128); conv3's 64 channels in a band of
 # 2 reached 255 registers and spilled 8 B under Triton 3.6.
 BAND_MAX_CO = 32
+BAND_WARPS, BAND_ROWS = 8, 128  # a band's one CTA per SM runs two warpgroups, each a wgmma's 64 rows
 STATS_BAND = 4  # rows per GEMM row of the statistics and dx kernels where it pays (``band_of``)
 DX_ACC = 4096
 # CTAs per SM the persistent grids fill (most row kernels hold 2 at 200-255 registers): programs x channel blocks
@@ -672,7 +673,7 @@ def rows_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
     band, r = band_of(kc, stride * C_in, plan["BLOCK_R"], plan["BLOCK_CO"], T, x.element_size())
     resident = resident_weight(kc, plan["BLOCK_CO"], x.element_size())
     if band > 1:  # tiles of ROWS_GPU band rows inside a clip
-        bm = ROWS_GPU if not INTERPRET else clamp_pow2(triton.cdiv(T, 2 * band), 16, 64)
+        bm = BAND_ROWS if not INTERPRET else clamp_pow2(triton.cdiv(T, 2 * band), 16, 64)
         tpc = triton.cdiv(triton.cdiv(T, band), bm)
         tiles, P = persistent_grid(N * tpc, 1, ROWS_PER_SM, grid_c)
     else:  # a resident weight is read once per program: the tile then only needs the wgmma's M (larger tiles spill)
@@ -688,7 +689,7 @@ def rows_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
         xc, _reorder(w2d, C_in, k), b, part, z if store_z else part, C, T, M, lpc, kc, r, tiles, tpc, P,
         HAS_BIAS=bias is not None, STEP=stride * C_in, BLOCK_M=bm, BAND=band, STORE_Z=store_z, INTERP=INTERPRET,
         RESIDENT=resident, PRECISION=dot_precision(x),
-        num_warps=4, num_stages=STAGES, **plan)
+        num_warps=BAND_WARPS if band > 1 else 4, num_stages=STAGES, **plan)
     return merge_stats(part, 0, 0, eps)
 
 
@@ -835,7 +836,7 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     if rows_dx:
         dx = torch.empty((N, C_in, L), device=dev, dtype=x.dtype)
         if band > 1:  # tiles of ROWS_GPU band rows inside a clip
-            bmx = ROWS_GPU if not INTERPRET else clamp_pow2(triton.cdiv(mp, 2 * band), 16, 64)
+            bmx = BAND_ROWS if not INTERPRET else clamp_pow2(triton.cdiv(mp, 2 * band), 16, 64)
             tpc = triton.cdiv(triton.cdiv(mp, band), bmx)
             tiles, P = persistent_grid(N * tpc, 1, ROWS_PER_SM, triton.cdiv(C_in, bci))
         else:
@@ -846,7 +847,7 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
             gzp, _dx_weight(w2d, C_in, k, stride), dx, C_in, L, mp, N * mp, tg * C, J * C, r2, stride, padding,
             tiles, tpc, P, C_OUT=C, PHASES=php, BLOCK_M=bmx, BLOCK_CI=bci, BLOCK_R=br, BAND=band,
             RESIDENT=resident_weight(J * C, php * bci, x.element_size()),
-            INTERP=INTERPRET, PRECISION=dot_precision(x), num_warps=4, num_stages=STAGES)
+            INTERP=INTERPRET, PRECISION=dot_precision(x), num_warps=BAND_WARPS if band > 1 else 4, num_stages=STAGES)
     elif input_grad:
         dx = dx_from_gz(gz, w2d, x, k, stride, padding, T, 1, C)
     return dx, dw, db, local

@@ -29,6 +29,12 @@ from ._conv_fwd import bn_sum_partials, bn_sums_of, persistent_grid, store_bn_su
 
 # fmt: off
 # Hand-wrapped on purpose, as in _conv_fwd.py.
+ROWS_BLOCK = 2048  # elements per chunk of a row: 16 per thread, 16-byte loads of the int8 codes too
+ROWS_PER_SM = 4  # programs per SM of the row kernel (a streaming pass: enough warps to keep the loads in flight)
+# Rows at least this long take the row kernel: each row ends in a reduction and a channel update, which short rows
+# do not amortise (SoundNet-8's conv5, 53 pooled positions: 6 -> 65 us per step on rows, predicted); the
+# interpreter takes it from 16 so that the tests run it.
+ROWS_MIN_TP = 16 if INTERPRET else 1024
 
 
 @triton.jit
@@ -60,6 +66,40 @@ def _pooled_bn_sums_kernel(go_ptr, code_ptr, zmax_ptr, sums_ptr, C_OUT, TP, TB, 
     store_bn_sums(sums_ptr, s_gy, s_gyz, pid_p, c, C_OUT, P, DETERMINISTIC)
 
 
+@triton.jit
+def _pooled_bn_sums_rows_kernel(go_ptr, code_ptr, zmax_ptr,  # (N, C_OUT, TP) each, contiguous
+                                sums_ptr,  # (2, P or 1, C_OUT) fp64
+                                C_OUT, TP, ROWS, TOTAL, NB, P, DETERMINISTIC: tl.constexpr, BLOCK_C: tl.constexpr,
+                                BLOCK: tl.constexpr):
+    """``_pooled_bn_sums_kernel`` for a contiguous gradient, row by row: program p sums the rows (n, c) = p,
+    p + P, ... of the flat (ROWS = N * C_OUT, TP) views in NB chunks of BLOCK elements that start on a multiple of
+    16 before the row (TP is seldom one: SoundNet-8's conv1 has 27,562), so every load is 16 bytes wide and
+    unmasked but at the tensors' end (TOTAL = ROWS * TP); the neighbouring rows' elements it reads are selected
+    out, not multiplied. Each row's sums go to its channel's entry of the program's (BLOCK_C,) partials."""
+    pid_p = tl.program_id(0)
+    ch = tl.arange(0, BLOCK_C)
+    s_gy = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    s_gyz = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    for row in range(pid_p, ROWS, P):
+        start = tl.cast(row, tl.int64) * TP
+        a0 = (start // 16) * 16
+        acc_gy = tl.zeros((BLOCK,), dtype=tl.float32)
+        acc_gyz = tl.zeros((BLOCK,), dtype=tl.float32)
+        for j in range(0, NB):
+            f = a0 + j * BLOCK + tl.arange(0, BLOCK)
+            ok = f < TOTAL
+            code = tl.load(code_ptr + f, mask=ok, other=-1)
+            g = tl.load(go_ptr + f, mask=ok, other=0.0).to(tl.float32)
+            z = tl.load(zmax_ptr + f, mask=ok, other=0.0).to(tl.float32)
+            sel = (f >= start) & (f < start + TP) & (code >= 0)
+            acc_gy += tl.where(sel, g, 0.0)  # selected, not multiplied: an inf gradient at a 0 stays out
+            acc_gyz += tl.where(sel, g * z, 0.0)
+        here = ch == row % C_OUT
+        s_gy = tl.where(here, s_gy + tl.sum(acc_gy, axis=0), s_gy)
+        s_gyz = tl.where(here, s_gyz + tl.sum(acc_gyz, axis=0), s_gyz)
+    store_bn_sums(sums_ptr, s_gy.to(tl.float64), s_gyz.to(tl.float64), pid_p, ch, C_OUT, P, DETERMINISTIC)
+
+
 def pooled_bn_sums(grad_out: torch.Tensor, code: torch.Tensor, zmax: torch.Tensor, deterministic: bool,
                    buf: torch.Tensor | None = None) -> torch.Tensor:
     """(2, C) fp32 sum(gy) and sum(gy * zhat) of a pooling block from grad_out, code and zmax, each (N, C, TP)
@@ -67,6 +107,14 @@ def pooled_bn_sums(grad_out: torch.Tensor, code: torch.Tensor, zmax: torch.Tenso
     sum of the per-program fp64 partials when ``deterministic``, else relaxed fp64 atomics (into ``buf``, a
     zeroed (2, 1, C) fp64 buffer, when the caller has one: ``_conv_fwd.zeroed``)."""
     N, C, TP = code.shape
+    if grad_out.is_contiguous() and TP >= ROWS_MIN_TP:  # long rows of 16-byte loads (``_pooled_bn_sums_rows_kernel``)
+        block = clamp_pow2(TP, 16, 64 if INTERPRET else ROWS_BLOCK)
+        _, P = persistent_grid(N * C, 1, ROWS_PER_SM)
+        part = bn_sum_partials(P, C, deterministic, grad_out.device, buf)
+        wrap_triton(_pooled_bn_sums_rows_kernel)[(P,)](
+            grad_out, code, zmax, part, C, TP, N * C, N * C * TP, triton.cdiv(TP + 15, block), P,
+            DETERMINISTIC=deterministic, BLOCK_C=triton.next_power_of_2(C), BLOCK=block, num_warps=4)
+        return bn_sums_of(part)
     bc = clamp_pow2(C, 1, 16)
     bt = clamp_pow2(TP, 16, 32 if INTERPRET else 128)
     tb = triton.cdiv(TP, bt)

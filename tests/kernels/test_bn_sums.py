@@ -47,3 +47,21 @@ def test_an_infinite_gradient_outside_the_maxima_stays_out() -> None:
     got = pooled_bn_sums(grad, code, zmax, True)
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got, reference_pooled_bn_sums(grad, code, zmax), rtol=1e-5, atol=1e-5)
+
+
+def test_a_contiguous_gradient_takes_the_row_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Long contiguous rows run ``_pooled_bn_sums_rows_kernel`` (chunks from a 16-element boundary before each row,
+    the neighbours' elements selected out); a strided gradient or short rows the tile kernel. Both match."""
+    import soundnet_fast.kernels._bn_sums as bn_sums
+
+    names: list[str] = []
+    real = bn_sums.wrap_triton
+    monkeypatch.setattr(bn_sums, "wrap_triton", lambda k: (names.append(k.fn.__name__), real(k))[1])
+    grad, code, zmax = _case(3, 5, 77, torch.bfloat16, seed=3)
+    ref = reference_pooled_bn_sums(grad, code, zmax)
+    strided = grad.transpose(1, 2).contiguous().transpose(1, 2)
+    for g, tp in ((grad, 77), (strided, 77), (grad[..., :9].contiguous(), 9)):
+        got = pooled_bn_sums(g, code[..., :tp].contiguous(), zmax[..., :tp].contiguous(), False)
+        want = ref if tp == 77 else reference_pooled_bn_sums(g, code[..., :tp], zmax[..., :tp])
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert names == ["_pooled_bn_sums_rows_kernel", "_pooled_bn_sums_kernel", "_pooled_bn_sums_kernel"]

@@ -91,9 +91,9 @@ def _pooled_bn_sums_rows_kernel(go_ptr, code_ptr, zmax_ptr,  # (N, C_OUT, TP) ea
             code = tl.load(code_ptr + f, mask=ok, other=-1)
             g = tl.load(go_ptr + f, mask=ok, other=0.0).to(tl.float32)
             z = tl.load(zmax_ptr + f, mask=ok, other=0.0).to(tl.float32)
-            sel = (f >= start) & (f < start + TP) & (code >= 0)
-            acc_gy += tl.where(sel, g, 0.0)  # selected, not multiplied: an inf gradient at a 0 stays out
-            acc_gyz += tl.where(sel, g * z, 0.0)
+            g = tl.where((f >= start) & (f < start + TP) & (code >= 0), g, 0.0)  # selected, not multiplied: an
+            acc_gy += g  # inf gradient at a 0, or a neighbouring row's, stays out
+            acc_gyz += g * z
         here = ch == row % C_OUT
         s_gy = tl.where(here, s_gy + tl.sum(acc_gy, axis=0), s_gy)
         s_gyz = tl.where(here, s_gyz + tl.sum(acc_gyz, axis=0), s_gyz)

@@ -581,12 +581,12 @@ def band_of(kc: int, shift: int, block_r: int, cols: int, rows: int, elem: int) 
     per row R / BAND elements are read instead of kc, for R / kc the multiply-adds (conv2 in bf16, BAND 4:
     R = 640, 320 B instead of 1 KB, 1.25x). Tried from STATS_BAND down to 2: taken where the output is narrow
     (``cols`` <= BAND_MAX_CO), the band weight (R x BAND * cols) stays resident (<= BAND_BYTES) and tiles of
-    ROWS_GPU band rows inside a clip waste at most 1 / DW_WASTE of its ``rows``. ``kc``: the row length (K * C_in;
+    BAND_ROWS band rows inside a clip waste at most 1 / DW_WASTE of its ``rows``. ``kc``: the row length (K * C_in;
     dx: J * C_out); ``shift``: one row's step (stride * C_in; dx: C_out); ``elem``: bytes per element."""
     band = STATS_BAND if cols <= BAND_MAX_CO else 1
     while band > 1:
         r = -(-(kc + (band - 1) * shift) // block_r) * block_r
-        per_tile = ROWS_GPU * band
+        per_tile = BAND_ROWS * band
         waste = -(-rows // per_tile) * per_tile - rows
         if waste * DW_WASTE <= rows and r * band * cols * elem <= BAND_BYTES:
             return band, r
@@ -672,7 +672,7 @@ def rows_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
     grid_c = triton.cdiv(C, plan["BLOCK_CO"])
     band, r = band_of(kc, stride * C_in, plan["BLOCK_R"], plan["BLOCK_CO"], T, x.element_size())
     resident = resident_weight(kc, plan["BLOCK_CO"], x.element_size())
-    if band > 1:  # tiles of ROWS_GPU band rows inside a clip
+    if band > 1:  # tiles of BAND_ROWS band rows inside a clip
         bm = BAND_ROWS if not INTERPRET else clamp_pow2(triton.cdiv(T, 2 * band), 16, 64)
         tpc = triton.cdiv(triton.cdiv(T, band), bm)
         tiles, P = persistent_grid(N * tpc, 1, ROWS_PER_SM, grid_c)
@@ -835,7 +835,7 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     dx = None
     if rows_dx:
         dx = torch.empty((N, C_in, L), device=dev, dtype=x.dtype)
-        if band > 1:  # tiles of ROWS_GPU band rows inside a clip
+        if band > 1:  # tiles of BAND_ROWS band rows inside a clip
             bmx = BAND_ROWS if not INTERPRET else clamp_pow2(triton.cdiv(mp, 2 * band), 16, 64)
             tpc = triton.cdiv(triton.cdiv(mp, band), bmx)
             tiles, P = persistent_grid(N * tpc, 1, ROWS_PER_SM, triton.cdiv(C_in, bci))

@@ -4,6 +4,8 @@ several tiles and channel blocks."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -39,12 +41,17 @@ def test_strided_gradient_and_repeatability() -> None:
     assert torch.equal(a, pooled_bn_sums(strided, code, zmax, True))  # deterministic: bitwise
 
 
-def test_an_infinite_gradient_outside_the_maxima_stays_out() -> None:
+@pytest.mark.parametrize("contiguous", [True, False], ids=["rows", "tiles"])
+def test_an_infinite_gradient_outside_the_maxima_stays_out(contiguous: bool) -> None:
+    """Selected out, never multiplied (inf x 0 would be NaN: the interpreter warns, turned into an error here)."""
     grad, code, zmax = _case(2, 4, 40, torch.bfloat16, seed=2)
     code[0, 1, 3] = -1  # ReLU output 0 there: no gradient passes
     zmax[0, 1, 3] = 0
     grad[0, 1, 3] = float("inf")
-    got = pooled_bn_sums(grad, code, zmax, True)
+    g = grad if contiguous else grad.transpose(1, 2).contiguous().transpose(1, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        got = pooled_bn_sums(g, code, zmax, True)
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got, reference_pooled_bn_sums(grad, code, zmax), rtol=1e-5, atol=1e-5)
 

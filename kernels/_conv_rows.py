@@ -76,26 +76,45 @@ def _row_tile(xc_ptr, wr_ptr, base, co, C_OUT, R, BLOCK_CO: tl.constexpr, BLOCK_
 
 
 @triton.jit
-def _resident_weight(w_ptr, s_r, s_n, n, n_ok, R: tl.constexpr, BLOCK_R: tl.constexpr, INTERP: tl.constexpr):
-    """A weight's R // BLOCK_R chunks w[r, n] at w_ptr + r * s_r + n * s_n (r < R; n (BLOCK_N,), masked by
-    n_ok), loaded once per program: a tuple of (BLOCK_R, BLOCK_N) tiles that the tile loop's dots read from
-    shared memory, where Triton keeps loop-invariant dot operands, instead of re-reading the weight per tile."""
+def _weight_at(w_ptr, r, n, s_r, s_n, C_IN, K, STRIDE, C_OUT, MODE: tl.constexpr):
+    """(pointers, mask) of w[r, n] (r, n int tensors that broadcast; r the reduction's row, n the output column).
+    MODE 0: a prepared weight at w_ptr + r * s_r + n * s_n. MODE 1: the conv weight w2d (C_OUT, C_IN * K) read
+    as the rows' reordered weight, w[r, n] = w2d[n, (r % C_IN) * K + r // C_IN] (r = k * C_IN + ci). MODE 2: w2d
+    read as dx's phase weight (``_dx_weight``), w[r, n] = w2d[co, ci * K + STRIDE * (J - 1 - j) + ph] with
+    r = j * C_OUT + co, n = ph * C_IN + ci, J = cdiv(K, STRIDE), masked where that tap is >= K. Modes 1 and 2 are
+    gathers: for the weights a program loads once (``_resident_weight``, ``_band_weight``), they save the launcher
+    its reorder copies."""
+    if MODE == 1:
+        return w_ptr + n * (C_IN * K) + (r % C_IN) * K + r // C_IN, r >= 0
+    elif MODE == 2:
+        tap = STRIDE * ((K + STRIDE - 1) // STRIDE - 1 - r // C_OUT) + n // C_IN
+        return w_ptr + (r % C_OUT) * (C_IN * K) + (n % C_IN) * K + tap, tap < K
+    else:
+        return w_ptr + r * s_r + n * s_n, r >= 0
+
+
+@triton.jit
+def _resident_weight(w_ptr, s_r, s_n, n, n_ok, C_IN, K, STRIDE, C_OUT, MODE: tl.constexpr, R: tl.constexpr,
+                     BLOCK_R: tl.constexpr, INTERP: tl.constexpr):
+    """A weight's R // BLOCK_R chunks w[r, n] (``_weight_at``; r < R; n (BLOCK_N,), masked by n_ok), loaded once
+    per program: a tuple of (BLOCK_R, BLOCK_N) tiles that the tile loop's dots read from shared memory, where
+    Triton keeps loop-invariant dot operands, instead of re-reading the weight per tile."""
     ws = ()
     for i in tl.static_range(R // BLOCK_R):
         r = i * BLOCK_R + tl.arange(0, BLOCK_R)
-        ws = ws + (fp32_if(tl.load(w_ptr + r[:, None] * s_r + n[None, :] * s_n, mask=n_ok[None, :], other=0.0),
-                           INTERP),)
+        ptr, ok = _weight_at(w_ptr, r[:, None], n[None, :], s_r, s_n, C_IN, K, STRIDE, C_OUT, MODE)
+        ws = ws + (fp32_if(tl.load(ptr, mask=ok & n_ok[None, :], other=0.0), INTERP),)
     return ws
 
 
 @triton.jit
-def _band_weight(w_ptr, s_r, s_n, col, col_ok, KC, SHIFT: tl.constexpr, BAND: tl.constexpr, R: tl.constexpr,
-                 BLOCK_R: tl.constexpr, INTERP: tl.constexpr):
+def _band_weight(w_ptr, s_r, s_n, col, col_ok, KC, SHIFT: tl.constexpr, BAND: tl.constexpr, C_IN, K, STRIDE,
+                 C_OUT, MODE: tl.constexpr, R: tl.constexpr, BLOCK_R: tl.constexpr, INTERP: tl.constexpr):
     """A band weight as ``_resident_weight``'s R // BLOCK_R chunks (BLOCK_R, BAND * BLOCK_N), from the weight
-    w[r, n] at w_ptr + r * s_r + n * s_n (r < KC): band[r, (g, i)] = w[r - g * SHIFT, col[i]] where
-    0 <= r - g * SHIFT < KC and col_ok[i], else 0 (R >= KC + (BAND - 1) * SHIFT; col, col_ok (BLOCK_N,)). Column
-    block g of a band row that starts g steps before a position is that position's weight. Loaded once per
-    program: the masks cost nothing per tile."""
+    w[r, n] (``_weight_at``; r < KC): band[r, (g, i)] = w[r - g * SHIFT, col[i]] where 0 <= r - g * SHIFT < KC
+    and col_ok[i], else 0 (R >= KC + (BAND - 1) * SHIFT; col, col_ok (BLOCK_N,)). Column block g of a band row
+    that starts g steps before a position is that position's weight. Loaded once per program: the masks and
+    gathers cost nothing per tile."""
     BLOCK_N: tl.constexpr = col.shape[0]
     c = tl.reshape(tl.broadcast_to(col[None, :], (BAND, BLOCK_N)), (BAND * BLOCK_N,))
     c_ok = tl.reshape(tl.broadcast_to(col_ok[None, :], (BAND, BLOCK_N)), (BAND * BLOCK_N,))
@@ -103,8 +122,9 @@ def _band_weight(w_ptr, s_r, s_n, col, col_ok, KC, SHIFT: tl.constexpr, BAND: tl
     ws = ()
     for i in tl.static_range(R // BLOCK_R):
         j = (i * BLOCK_R + tl.arange(0, BLOCK_R))[:, None] - (g * SHIFT)[None, :]
-        ok = (j >= 0) & (j < KC) & c_ok[None, :]
-        ws = ws + (fp32_if(tl.load(w_ptr + j * s_r + c[None, :] * s_n, mask=ok, other=0.0), INTERP),)
+        ptr, ok = _weight_at(w_ptr, j, c[None, :], s_r, s_n, C_IN, K, STRIDE, C_OUT, MODE)
+        ok = ok & (j >= 0) & (j < KC) & c_ok[None, :]
+        ws = ws + (fp32_if(tl.load(ptr, mask=ok, other=0.0), INTERP),)
     return ws
 
 
@@ -151,13 +171,13 @@ def _window_rows(tile, TPC, TR, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: t
 
 @triton.jit
 def _rows_stats_kernel(xc_ptr,  # (N, LP, C_IN) channels-last padded input
-                       wr_ptr,  # (C_OUT, KC) reordered weight
+                       wr_ptr,  # (C_OUT, KC) reordered weight; W_MODE 1: the conv weight (C_OUT, C_IN * K)
                        b_ptr, part_ptr,  # (C_OUT,), (3, C_OUT, P)
                        z_ptr,  # (N * T, C_OUT) (STORE_Z)
-                       C_OUT, T, M, LPC, KC, R: tl.constexpr, NUM_TILES, TPC, P, HAS_BIAS: tl.constexpr,
+                       C_OUT, T, M, LPC, KC, R: tl.constexpr, NUM_TILES, TPC, P, C_IN, HAS_BIAS: tl.constexpr,
                        STEP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr,
-                       BAND: tl.constexpr, RESIDENT: tl.constexpr, STORE_Z: tl.constexpr, INTERP: tl.constexpr,
-                       PRECISION: tl.constexpr):
+                       BAND: tl.constexpr, RESIDENT: tl.constexpr, W_MODE: tl.constexpr, STORE_Z: tl.constexpr,
+                       INTERP: tl.constexpr, PRECISION: tl.constexpr):
     """Per program: (mean, M2, count) per channel over its position tiles (Chan merge per tile); part
     (3, C_OUT, P) rows mean, M2, count, merged by ``_merge_stats_kernel`` (HAS_COUNT). With STORE_Z also the conv
     output without its bias, z_ptr (M, C_OUT) position-major in z's dtype, for the passes that follow
@@ -172,9 +192,10 @@ def _rows_stats_kernel(xc_ptr,  # (N, LP, C_IN) channels-last padded input
     co = c0 + tl.arange(0, BLOCK_CO)
     bias = _load_bias(b_ptr, co, C_OUT, HAS_BIAS, BLOCK_CO)
     if BAND > 1:
-        ws = _band_weight(wr_ptr, 1, KC, co, co < C_OUT, KC, STEP, BAND, R, BLOCK_R, INTERP)
+        ws = _band_weight(wr_ptr, 1, KC, co, co < C_OUT, KC, STEP, BAND, C_IN, KC // C_IN, 1, C_OUT, W_MODE, R,
+                          BLOCK_R, INTERP)
     elif RESIDENT:
-        ws = _resident_weight(wr_ptr, 1, R, co, co < C_OUT, R, BLOCK_R, INTERP)
+        ws = _resident_weight(wr_ptr, 1, R, co, co < C_OUT, C_IN, KC // C_IN, 1, C_OUT, W_MODE, R, BLOCK_R, INTERP)
     n_a = tl.zeros((BLOCK_CO,), dtype=tl.float32)
     mean_a = tl.zeros((BLOCK_CO,), dtype=tl.float32)
     m2_a = tl.zeros((BLOCK_CO,), dtype=tl.float32)
@@ -452,12 +473,12 @@ def _rows_dw_band(gz_ptr, xc_ptr, dw_ptr, db_ptr, C_OUT, T, SGZ, LPC, KC, NUM_MT
 
 @triton.jit
 def _rows_dx_kernel(gzp_ptr,  # (N, TG, C_OUT) gz with J - 1 zero positions around each clip
-                    wd_ptr,  # (KC, stride * C_IN) the phases' weights
+                    wd_ptr,  # (KC, stride * C_IN) the phases' weights; W_MODE 2: the conv weight (C_OUT, C_IN * K)
                     dx_ptr,  # (N, C_IN, L)
-                    C_IN, L, MP, ROWS, TGC, KC, R2: tl.constexpr, stride, pad, NUM_TILES, TPC, P,
+                    C_IN, L, MP, ROWS, TGC, KC, R2: tl.constexpr, stride, pad, NUM_TILES, TPC, P, K,
                     C_OUT: tl.constexpr, PHASES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_CI: tl.constexpr,
-                    BLOCK_R: tl.constexpr, BAND: tl.constexpr, RESIDENT: tl.constexpr, INTERP: tl.constexpr,
-                    PRECISION: tl.constexpr):
+                    BLOCK_R: tl.constexpr, BAND: tl.constexpr, RESIDENT: tl.constexpr, W_MODE: tl.constexpr,
+                    INTERP: tl.constexpr, PRECISION: tl.constexpr):
     """dx (N, C_IN, L), every phase ph < stride from one read of the rows: dx[n, ci, stride * m + ph - pad] =
     sum_{j', co} gzp[n, m + j', co] wd[j' * C_OUT + co, ph, ci], a row GEMM over gzp's contiguous runs of
     KC = J * C_OUT elements against the phases' weights side by side (N axis (ph, ci): PHASES = stride rounded up
@@ -472,9 +493,11 @@ def _rows_dx_kernel(gzp_ptr,  # (N, TG, C_OUT) gz with J - 1 zero positions arou
     col_ok = (ph < stride) & (ci < C_IN)
     wcol = ph * C_IN + ci  # column of wd's (stride * C_IN)-wide rows
     if BAND > 1:
-        ws = _band_weight(wd_ptr, stride * C_IN, 1, wcol, col_ok, KC, C_OUT, BAND, R2, BLOCK_R, INTERP)
+        ws = _band_weight(wd_ptr, stride * C_IN, 1, wcol, col_ok, KC, C_OUT, BAND, C_IN, K, stride, C_OUT, W_MODE,
+                          R2, BLOCK_R, INTERP)
     elif RESIDENT:  # the phases' weights in shared memory for all the program's tiles (``resident_weight``)
-        ws = _resident_weight(wd_ptr, stride * C_IN, 1, wcol, col_ok, R2, BLOCK_R, INTERP)
+        ws = _resident_weight(wd_ptr, stride * C_IN, 1, wcol, col_ok, C_IN, K, stride, C_OUT, W_MODE, R2, BLOCK_R,
+                              INTERP)
     for tile in range(tl.program_id(0), NUM_TILES, P):
         if BAND > 1:
             n = tl.cast(tile // TPC, tl.int64)
@@ -685,10 +708,11 @@ def rows_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
     b = bias if bias is not None else w2d
     z = _kept(z)
     store_z = z is not None
+    direct = band > 1 or resident  # the weight loaded once per program, straight from w2d (no reorder copy)
     wrap_triton(_rows_stats_kernel)[(P, grid_c)](
-        xc, _reorder(w2d, C_in, k), b, part, z if store_z else part, C, T, M, lpc, kc, r, tiles, tpc, P,
-        HAS_BIAS=bias is not None, STEP=stride * C_in, BLOCK_M=bm, BAND=band, STORE_Z=store_z, INTERP=INTERPRET,
-        RESIDENT=resident, PRECISION=dot_precision(x),
+        xc, w2d if direct else _reorder(w2d, C_in, k), b, part, z if store_z else part, C, T, M, lpc, kc, r, tiles,
+        tpc, P, C_in, HAS_BIAS=bias is not None, STEP=stride * C_in, BLOCK_M=bm, BAND=band, STORE_Z=store_z,
+        INTERP=INTERPRET, RESIDENT=resident, W_MODE=1 if direct else 0, PRECISION=dot_precision(x),
         num_warps=BAND_WARPS if band > 1 else 4, num_stages=STAGES, **plan)
     return merge_stats(part, 0, 0, eps)
 
@@ -843,10 +867,14 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
             bmx = bm if INTERPRET else max(ROWS_GPU, DX_ACC // (php * bci))  # fewer re-reads of the weight
             tpc = 1
             tiles, P = persistent_grid(N * mp, bmx, ROWS_PER_SM, triton.cdiv(C_in, bci))
+        resident = resident_weight(J * C, php * bci, x.element_size())
+        # a band's weight is gathered straight from w2d (no flip copies); a resident one is not: the gather's
+        # per-element pointers took conv3-conv5's dx to 255 registers and 64-504 B of spills under Triton 3.6
+        direct = band > 1
         wrap_triton(_rows_dx_kernel)[(P, triton.cdiv(C_in, bci))](
-            gzp, _dx_weight(w2d, C_in, k, stride), dx, C_in, L, mp, N * mp, tg * C, J * C, r2, stride, padding,
-            tiles, tpc, P, C_OUT=C, PHASES=php, BLOCK_M=bmx, BLOCK_CI=bci, BLOCK_R=br, BAND=band,
-            RESIDENT=resident_weight(J * C, php * bci, x.element_size()),
+            gzp, w2d if direct else _dx_weight(w2d, C_in, k, stride), dx, C_in, L, mp, N * mp, tg * C, J * C, r2,
+            stride, padding, tiles, tpc, P, k, C_OUT=C, PHASES=php, BLOCK_M=bmx, BLOCK_CI=bci, BLOCK_R=br, BAND=band,
+            RESIDENT=resident, W_MODE=2 if direct else 0,
             INTERP=INTERPRET, PRECISION=dot_precision(x), num_warps=BAND_WARPS if band > 1 else 4, num_stages=STAGES)
     elif input_grad:
         dx = dx_from_gz(gz, w2d, x, k, stride, padding, T, 1, C)

@@ -30,7 +30,7 @@ from ._conv_fwd import bn_sum_partials, bn_sums_of, persistent_grid, store_bn_su
 # fmt: off
 # Hand-wrapped on purpose, as in _conv_fwd.py.
 ROWS_BLOCK = 2048  # elements per chunk of a row: 16 per thread, 16-byte loads of the int8 codes too
-ROWS_PER_SM = 4  # programs per SM of the row kernel (a streaming pass: enough warps to keep the loads in flight)
+SUMS_PER_SM = 4  # programs per SM of the row kernel (a streaming pass: enough warps to keep the loads in flight)
 # Rows at least this long take the row kernel: each row ends in a reduction and a channel update, which short rows
 # do not amortise (SoundNet-8's conv5, 53 pooled positions: 6 -> 65 us per step on rows, predicted); the
 # interpreter takes it from 16 so that the tests run it.
@@ -73,7 +73,8 @@ def _pooled_bn_sums_rows_kernel(go_ptr, code_ptr, zmax_ptr,  # (N, C_OUT, TP) ea
                                 BLOCK: tl.constexpr):
     """``_pooled_bn_sums_kernel`` for a contiguous gradient, row by row: program p sums the rows (n, c) = p,
     p + P, ... of the flat (ROWS = N * C_OUT, TP) views in NB chunks of BLOCK elements that start on a multiple of
-    16 before the row (TP is seldom one: SoundNet-8's conv1 has 27,562), so every load is 16 bytes wide and
+    16 at or before the row's start (rows seldom start on one: SoundNet-8's conv1 has TP = 27,562), so every load
+    is 16 bytes wide and
     unmasked but at the tensors' end (TOTAL = ROWS * TP); the neighbouring rows' elements it reads are selected
     out, not multiplied. Each row's sums go to its channel's entry of the program's (BLOCK_C,) partials."""
     pid_p = tl.program_id(0)
@@ -109,7 +110,7 @@ def pooled_bn_sums(grad_out: torch.Tensor, code: torch.Tensor, zmax: torch.Tenso
     N, C, TP = code.shape
     if grad_out.is_contiguous() and TP >= ROWS_MIN_TP:  # long rows of 16-byte loads (``_pooled_bn_sums_rows_kernel``)
         block = clamp_pow2(TP, 16, 64 if INTERPRET else ROWS_BLOCK)
-        _, P = persistent_grid(N * C, 1, ROWS_PER_SM)
+        _, P = persistent_grid(N * C, 1, SUMS_PER_SM)
         part = bn_sum_partials(P, C, deterministic, grad_out.device, buf)
         wrap_triton(_pooled_bn_sums_rows_kernel)[(P,)](
             grad_out, code, zmax, part, C, TP, N * C, N * C * TP, triton.cdiv(TP + 15, block), P,

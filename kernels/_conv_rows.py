@@ -389,7 +389,7 @@ def _rows_dw_kernel(gz_ptr,  # (N * T, C_OUT), clip n's rows at n * SGZ
     """dw[co, ci * K + k] = sum_m gz[m, co] A[m, r] with r = k * C_IN + ci (the GEMM runs in the rows' (k, ci)
     order and stores in the weight's (ci, k) order; gz as ``_rows_gz_kernel`` writes it) over the position tiles
     pid_s, pid_s + SPLIT, ...; db[co] = sum_m gz[m, co] from the pid_r == 0 programs. Partials as ``_dw_kernel``:
-    dw_ptr (SPLIT or 1, C_OUT, R) fp32, db_ptr (SPLIT or 1, C_OUT) fp32. CLIP_TILES: a tile never crosses a clip
+    dw_ptr (SPLIT or 1, C_OUT, KC) fp32, db_ptr (SPLIT or 1, C_OUT) fp32. CLIP_TILES: a tile never crosses a clip
     (TPC tiles per clip, NUM_MT = N * TPC: no row divides by T); else NUM_MT tiles of the flat N * T rows.
     KC = K * C_IN. BAND > 1 (``band_of``; tiles inside a clip, atomics, BLOCK_CO = C_OUT): tiles of BLOCK_M band
     rows q, A's row the KC + (BAND - 1) * STEP elements from BAND * q * STEP (``_rows_stats_kernel``'s) and gz's
@@ -399,13 +399,12 @@ def _rows_dw_kernel(gz_ptr,  # (N * T, C_OUT), clip n's rows at n * SGZ
         _rows_dw_band(gz_ptr, xc_ptr, dw_ptr, db_ptr, C_OUT, T, SGZ, LPC, KC, NUM_MT, TPC, SPLIT, C_IN, K, STEP,
                       BLOCK_M, BLOCK_CO, BLOCK_RW, BAND, INTERP, PRECISION)
         return
-    R = KC
     pid_r = tl.program_id(0)
     co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
     pid_s = tl.program_id(2)
     r = pid_r * BLOCK_RW + tl.arange(0, BLOCK_RW)
     c_ok = co < C_OUT
-    acc = tl.zeros((BLOCK_RW, BLOCK_CO), dtype=tl.float32)  # dW^T: the rows' R on the MMA's M axis (wgmma)
+    acc = tl.zeros((BLOCK_RW, BLOCK_CO), dtype=tl.float32)  # dW^T: the rows' KC on the MMA's M axis (wgmma)
     db = tl.zeros((BLOCK_M, BLOCK_CO), dtype=tl.float32)  # per-thread partial sums of gz, reduced once at the end
     for it in range(pid_s, NUM_MT, SPLIT):
         if CLIP_TILES:  # one clip n per tile: its rows t0 .. t0 + BLOCK_M - 1, those past T masked
@@ -431,10 +430,9 @@ def _rows_dw_kernel(gz_ptr,  # (N * T, C_OUT), clip n's rows at n * SGZ
     else:
         idx = pid_s * 0
     col = (r % C_IN) * K + r // C_IN  # (k, ci) -> the weight's (ci, k)
-    store_partial(dw_ptr + (idx * C_OUT + co[None, :]).to(tl.int64) * R + col[:, None], acc, c_ok[None, :],
+    store_partial(dw_ptr + (idx * C_OUT + co[None, :]).to(tl.int64) * KC + col[:, None], acc, c_ok[None, :],
                   DETERMINISTIC)
     store_partial(db_ptr + idx * C_OUT + co, tl.sum(db, axis=0), c_ok & ((co * 0 + pid_r) == 0), DETERMINISTIC)
-
 
 
 @triton.jit
@@ -790,7 +788,8 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     grid_c = triton.cdiv(C, plan["BLOCK_CO"])
     go = grad_out.stride()
     M = N * T
-    # dW in bands (atomics only: a deterministic band would need a partial per split of the whole band)
+    # dW in bands where the statistics take them (the same rule: one channel block; atomics only, as a deterministic
+    # band would need a partial per split of the whole band)
     grid_cw = triton.cdiv(C, dw_co)
     band_w, rb = (1, R) if deterministic or C != dw_co else band_of(
         R, stride * C_in, DW_BAND_RW, C, T, x.element_size())  # fmt: skip
@@ -852,7 +851,7 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     wrap_triton(_rows_dw_kernel)[(grid_r, grid_cw, split)](
         gz, xc, dwr, db_part, C, T, M, sgz, lpc, R, num_mt, tpc_w, split, C_in, k, STEP=stride * C_in, BLOCK_M=bm,
         BLOCK_CO=dw_co, BLOCK_RW=rw, CLIP_TILES=clip_tiles, BAND=band_w, DETERMINISTIC=deterministic,
-        INTERP=INTERPRET, PRECISION=dot_precision(x), num_warps=8 if band_w > 1 else 4, num_stages=STAGES)
+        INTERP=INTERPRET, PRECISION=dot_precision(x), num_warps=BAND_WARPS if band_w > 1 else 4, num_stages=STAGES)
     # deterministic: a fixed-order sum of the partials; otherwise the one row the atomics added into
     dw = dwr.sum(dim=0) if deterministic else dwr[0]
     db = (db_part.sum(dim=0) if deterministic else db_part[0]) if bias is not None else None

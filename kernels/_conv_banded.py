@@ -11,8 +11,8 @@ M axis and (slot, channel) on its N axis, so conv1's 16 channels still fill a 64
 tile. The band costs W / K of the multiply-adds (conv1: 80 / 64 = 1.25 with W padded to 80); the
 gathers and index arithmetic of the generic implicit GEMM (``_conv_fwd.conv_tile``) disappear.
 
-Programs walk the row tiles with a fixed stride (tile ``p``, ``p + P``, ...; a persistent grid of at most
-``_conv_fwd.PROGRAMS`` programs), so no compile-time constant depends on the batch or the length. A tile
+Programs walk the row tiles with a fixed stride (tile ``p``, ``p + P``, ...; a persistent grid,
+``_conv_fwd.persistent_grid``), so no compile-time constant depends on the batch or the length. A tile
 holds BLOCK_Q rows of one clip (the last tile of a clip is partial), so a row's address is the tile's uniform
 base plus a per-thread constant: no row divides by the rows per clip.
 
@@ -41,6 +41,7 @@ from ._conv_fwd import (
     bn_sum_partials,
     bn_sums_of,
     cast_out,
+    clip_tile,
     code_dtype,
     fp32_if,
     keeps_zmax,
@@ -69,15 +70,6 @@ def _band_weight(w_ptr, c0, C_OUT, J0: tl.constexpr, J: tl.constexpr, K: tl.cons
     k = j[:, None] - STRIDE * u[None, :]
     ok = (k >= 0) & (k < K) & ((c < C_OUT) & (u < POOL))[None, :]
     return tl.load(w_ptr + c[None, :] * K + k, mask=ok, other=0.0)
-
-
-@triton.jit
-def _clip_tile(tile, TPC, BLOCK_Q: tl.constexpr):
-    """Row tile ``tile`` -> (n, r0, r): its clip n = tile // TPC, its first row r0 and its rows r (BLOCK_Q,).
-    Tiles never cross a clip, so no row needs a division of its own."""
-    n = tile // TPC
-    r0 = (tile - n * TPC) * BLOCK_Q
-    return n, r0, r0 + tl.arange(0, BLOCK_Q)
 
 
 @triton.jit
@@ -153,7 +145,7 @@ def _band_stats_kernel(xp_ptr,  # (N, LP) padded waveform
     c0 = tl.program_id(1) * BLOCK_C
     b1, b2, bias = _band_setup(w_ptr, b_ptr, c0, C_OUT, HAS_BIAS, J1, J2, K, STRIDE, POOL, PP, BLOCK_C, INTERP)
     # the shift: the first tile of the clip of the program's first tile (a whole tile, unless the clip has one)
-    n, r0, r = _clip_tile(pid_p - pid_p % TPC, TPC, BLOCK_Q)
+    n, r0, r = clip_tile(pid_p - pid_p % TPC, TPC, BLOCK_Q)
     a1, a2 = _band_a(xp_ptr, n, r0, LP, STRIDE * POOL, BLOCK_Q, J1, J2, INTERP)
     z = _band_z(a1, a2, b1, b2, BLOCK_Q, J2, PP, BLOCK_C, PRECISION)
     ok = _positions_ok(r, T, POOL, PP)[:, :, None]
@@ -163,7 +155,7 @@ def _band_stats_kernel(xp_ptr,  # (N, LP) padded waveform
     acc_q = tl.zeros((BLOCK_Q, BLOCK_C), dtype=tl.float32)
     count = tl.zeros((BLOCK_C,), dtype=tl.float32)
     for tile in range(pid_p, NUM_TILES, P):
-        n, r0, r = _clip_tile(tile, TPC, BLOCK_Q)
+        n, r0, r = clip_tile(tile, TPC, BLOCK_Q)
         a1, a2 = _band_a(xp_ptr, n, r0, LP, STRIDE * POOL, BLOCK_Q, J1, J2, INTERP)
         z = _band_z(a1, a2, b1, b2, BLOCK_Q, J2, PP, BLOCK_C, PRECISION)
         d = tl.where(_positions_ok(r, T, POOL, PP)[:, :, None], z - shift[None, None, :], 0.0)
@@ -198,7 +190,7 @@ def _band_bn_relu_pool_kernel(xp_ptr,  # (N, LP) padded waveform
     b = tl.load(beta_ptr + c, mask=c_ok, other=0.0).to(tl.float32) - mb * a
     slot = tl.arange(0, PP)[None, :, None]
     for tile in range(tl.program_id(0), NUM_TILES, P):
-        n, r0, r = _clip_tile(tile, TPC, BLOCK_Q)
+        n, r0, r = clip_tile(tile, TPC, BLOCK_Q)
         a1, a2 = _band_a(xp_ptr, n, r0, LP, STRIDE * POOL, BLOCK_Q, J1, J2, INTERP)
         z = _band_z(a1, a2, b1, b2, BLOCK_Q, J2, PP, BLOCK_C, PRECISION)
         y = tl.maximum(z * a[None, None, :] + b[None, None, :], 0.0)
@@ -247,7 +239,7 @@ def _band_bwd_reduce_kernel(xp_ptr,  # (N, LP) padded waveform
     s_gy = tl.zeros((BLOCK_C,), dtype=tl.float32)
     s_gyz = tl.zeros((BLOCK_C,), dtype=tl.float32)
     for tile in range(pid_p, NUM_TILES, P):
-        n, r0, r = _clip_tile(tile, TPC, BLOCK_Q)
+        n, r0, r = clip_tile(tile, TPC, BLOCK_Q)
         a1, a2 = _band_a(xp_ptr, n, r0, LP, STRIDE * POOL, BLOCK_Q, J1, J2, INTERP)
         z = _band_z(a1, a2, b1, b2, BLOCK_Q, J2, PP, BLOCK_C, PRECISION)
         go, code = _band_pooled(go_ptr, code_ptr, n, r, c, C_OUT, TP, sgn, sgc, sgl)
@@ -265,7 +257,7 @@ def _gz_dw_tile(tile, acc1, acc2t, db, xp_ptr, go_ptr, code_ptr, b1, b2, cz, cc0
                 LAST: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
     """One row tile of ``_band_gz_dw_kernel``: (acc1, acc2t, db) updated. LAST: a clip's last tile, whose
     positions past T are masked (the others hold only whole windows; slots past POOL are masked in all)."""
-    n, r0, r = _clip_tile(tile, TPC, BLOCK_Q)
+    n, r0, r = clip_tile(tile, TPC, BLOCK_Q)
     a1, a2 = _band_a(xp_ptr, n, r0, LP, STRIDE * POOL, BLOCK_Q, J1, J2, INTERP)
     z = _band_z(a1, a2, b1, b2, BLOCK_Q, J2, PP, BLOCK_C, PRECISION)
     go, code = _band_pooled(go_ptr, code_ptr, n, r, c, C_OUT, TP, sgn, sgc, sgl)

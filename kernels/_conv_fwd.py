@@ -140,6 +140,16 @@ def store_bn_sums(sums_ptr, s_gy, s_gyz, pid_p, c, C_OUT, P, DETERMINISTIC: tl.c
 
 
 @triton.jit
+def clip_tile(tile, TPC, BLOCK_Q: tl.constexpr):
+    """Row tile ``tile`` of a persistent grid whose tiles never cross a clip (TPC tiles per clip) -> (n, r0, r):
+    its clip n = tile // TPC, its first row r0 and its rows r (BLOCK_Q,) inside the clip. One division per tile,
+    none per row."""
+    n = tile // TPC
+    r0 = (tile - n * TPC) * BLOCK_Q
+    return n, r0, r0 + tl.arange(0, BLOCK_Q)
+
+
+@triton.jit
 def pool_select(y, zh, slot, PP: tl.constexpr, AXIS: tl.constexpr):
     """Max-pool of y (ReLU outputs, -1 in padded slots) over the window's slots on axis AXIS (slot: their
     index, broadcastable): (o, code, zmax) with code the first maximum's slot (PyTorch's tie rule) and zmax
@@ -361,10 +371,11 @@ def merge_stats(part: torch.Tensor, M: int, per_prog: int, eps: float | None) ->
     return out
 
 
-# The persistent grids of _conv_banded.py and _conv_rows.py on a GPU: 4 programs per SM of a 132-SM H100 / H200,
-# one wave at 4 CTAs per SM. The interpreter runs programs serially: 2, so the tests walk several tiles each.
+# The persistent grids of _conv_banded.py, _conv_rows.py and _bn_sums.py (``persistent_grid``): on a GPU a
+# kernel's CTAs per SM on each of the 132 SMs of an H100 / H200 (NVIDIA datasheets); the interpreter runs programs
+# serially: PROGRAMS = 2, so the tests walk several tiles each.
 SMS = 132
-PROGRAMS = 2 if INTERPRET else 4 * SMS
+PROGRAMS = 2
 
 
 def reg_cap(regs: int) -> dict:

@@ -42,6 +42,7 @@ from ._conv_fwd import (
     bn_sums_of,
     cast_out,
     chan_merge,
+    clip_tile,
     code_dtype,
     fp32_if,
     keeps_zmax,
@@ -141,6 +142,23 @@ def _row_tile_resident(x_ptr, ws, base, R: tl.constexpr, BLOCK_R: tl.constexpr, 
 
 
 @triton.jit
+def _band_tile(x_ptr, ws, tile, TPC, ROWS, CLIP, ROW_STEP, R: tl.constexpr, BLOCK_R: tl.constexpr,
+               BAND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, INTERP: tl.constexpr,
+               PRECISION: tl.constexpr):
+    """One tile of a row GEMM in bands (``band_of``), inside clip n: its BLOCK_M band rows q each read R elements
+    from n * CLIP + BAND * q * ROW_STEP against the band weight ws (``_band_weight``). Returns (acc, n, m):
+    acc (BLOCK_M * BAND, BLOCK_N) fp32, whose row q * BAND + g is row m = BAND * q + g of the plain GEMM; n the
+    clip (int64); m (BLOCK_M * BAND,). Band rows past the clip's ROWS rows are clamped to its last: the caller
+    masks the rows m >= ROWS."""
+    n, q0, q = clip_tile(tile, TPC, BLOCK_M)
+    n = n.to(tl.int64)
+    q = tl.minimum(q, (ROWS - 1) // BAND)
+    acc = _row_tile_resident(x_ptr, ws, n * CLIP + q * (BAND * ROW_STEP), R, BLOCK_R, BAND * BLOCK_N, INTERP,
+                             PRECISION)
+    return tl.reshape(acc, (BLOCK_M * BAND, BLOCK_N)), n, q0 * BAND + tl.arange(0, BLOCK_M * BAND)
+
+
+@triton.jit
 def _rows_z(xc_ptr, wr_ptr, z_ptr, n, t, mask, co, C_OUT, T, LPC, R, STEP: tl.constexpr, BLOCK_CO: tl.constexpr,
             BLOCK_R: tl.constexpr, HAS_Z: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
     """The conv output without bias at rows t (rows,) of clip n, (rows, BLOCK_CO) fp32: read from z_ptr
@@ -159,8 +177,7 @@ def _window_rows(tile, TPC, TR, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: t
     (n, q0, q, u, t, ok): the clip n and first window q0 (scalars), each row's window q, slot u and position t
     (slots and windows clamped into the clip, so addresses stay in bounds), ok = q < TR and u < POOL. Tiles
     never cross a clip: no row divides by the windows per clip."""
-    n = tile // TPC
-    q0 = (tile - n * TPC) * BLOCK_Q
+    n, q0, _ = clip_tile(tile, TPC, BLOCK_Q)
     idx = tl.arange(0, BLOCK_Q * PP)
     q = q0 + idx // PP
     u = idx % PP
@@ -201,13 +218,8 @@ def _rows_stats_kernel(xc_ptr,  # (N, LP, C_IN) channels-last padded input
     m2_a = tl.zeros((BLOCK_CO,), dtype=tl.float32)
     for tile in range(pid_p, NUM_TILES, P):
         if BAND > 1:
-            n = tl.cast(tile // TPC, tl.int64)
-            q0 = (tile % TPC) * BLOCK_M
-            q = tl.minimum(q0 + tl.arange(0, BLOCK_M), (T - 1) // BAND)  # rows past the clip's last: masked below
-            zb = _row_tile_resident(xc_ptr, ws, n * LPC + q * (BAND * STEP), R, BLOCK_R, BAND * BLOCK_CO, INTERP,
-                                    PRECISION)
-            z = tl.reshape(zb, (BLOCK_M * BAND, BLOCK_CO))  # row q * BAND + g: position BAND * q + g
-            t = q0 * BAND + tl.arange(0, BLOCK_M * BAND)
+            z, n, t = _band_tile(xc_ptr, ws, tile, TPC, T, LPC, STEP, R, BLOCK_R, BAND, BLOCK_M, BLOCK_CO, INTERP,
+                                 PRECISION)
             ok = t < T
             m = n * T + t
         else:
@@ -407,9 +419,9 @@ def _rows_dw_kernel(gz_ptr,  # (N * T, C_OUT), clip n's rows at n * SGZ
     acc = tl.zeros((BLOCK_RW, BLOCK_CO), dtype=tl.float32)  # dW^T: the rows' KC on the MMA's M axis (wgmma)
     db = tl.zeros((BLOCK_M, BLOCK_CO), dtype=tl.float32)  # per-thread partial sums of gz, reduced once at the end
     for it in range(pid_s, NUM_MT, SPLIT):
-        if CLIP_TILES:  # one clip n per tile: its rows t0 .. t0 + BLOCK_M - 1, those past T masked
-            n = tl.cast(it // TPC, tl.int64)
-            t = (it % TPC) * BLOCK_M + tl.arange(0, BLOCK_M)
+        if CLIP_TILES:  # one clip n per tile, its rows past T masked
+            n, _, t = clip_tile(it, TPC, BLOCK_M)
+            n = n.to(tl.int64)
             ok = t < T
             t = tl.minimum(t, T - 1)
         else:
@@ -450,8 +462,8 @@ def _rows_dw_band(gz_ptr, xc_ptr, dw_ptr, db_ptr, C_OUT, T, SGZ, LPC, KC, NUM_MT
     acc = tl.zeros((BLOCK_RW, BAND * BLOCK_CO), dtype=tl.float32)
     db = tl.zeros((BLOCK_M, BAND * BLOCK_CO), dtype=tl.float32)
     for it in range(pid_s, NUM_MT, SPLIT):
-        n = tl.cast(it // TPC, tl.int64)
-        q = (it % TPC) * BLOCK_M + tl.arange(0, BLOCK_M)
+        n, _, q = clip_tile(it, TPC, BLOCK_M)
+        n = n.to(tl.int64)
         ok = (BAND * q[:, None] + g[None, :]) < T
         gz = tl.load(gz_ptr + n * SGZ + (q * (BAND * C_OUT))[:, None] + cb[None, :], mask=ok, other=0.0)
         q = tl.minimum(q, (T - 1) // BAND)  # rows past the clip's last: their gz is 0
@@ -498,13 +510,8 @@ def _rows_dx_kernel(gzp_ptr,  # (N, TG, C_OUT) gz with J - 1 zero positions arou
                               INTERP)
     for tile in range(tl.program_id(0), NUM_TILES, P):
         if BAND > 1:
-            n = tl.cast(tile // TPC, tl.int64)
-            q0 = (tile % TPC) * BLOCK_M
-            q = tl.minimum(q0 + tl.arange(0, BLOCK_M), (MP - 1) // BAND)  # rows past the clip's last: not stored
-            acc = _row_tile_resident(gzp_ptr, ws, n * TGC + q * (BAND * C_OUT), R2, BLOCK_R, BAND * PHASES * BLOCK_CI,
-                                     INTERP, PRECISION)
-            acc = tl.reshape(acc, (BLOCK_M * BAND, PHASES * BLOCK_CI))  # row q * BAND + g: m = BAND * q + g
-            m = q0 * BAND + tl.arange(0, BLOCK_M * BAND)
+            acc, n, m = _band_tile(gzp_ptr, ws, tile, TPC, MP, TGC, C_OUT, R2, BLOCK_R, BAND, BLOCK_M,
+                                   PHASES * BLOCK_CI, INTERP, PRECISION)
             row_ok = m < MP
         else:
             g = tile * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -615,6 +622,13 @@ def band_of(kc: int, shift: int, block_r: int, cols: int, rows: int, elem: int) 
     return 1, kc
 
 
+def _band_tiles(rows: int, band: int, rows_gpu: int) -> tuple[int, int]:
+    """(BLOCK_M, TPC) of a kernel in bands: ``rows_gpu`` band rows per tile on a GPU (under the interpreter
+    fewer, so that the tests walk several tiles per clip) and the tiles a clip of ``rows`` rows takes."""
+    bm = clamp_pow2(triton.cdiv(rows, 2 * band), 16, 64) if INTERPRET else rows_gpu
+    return bm, triton.cdiv(triton.cdiv(rows, band), bm)
+
+
 def _block_r(r: int, dtype: torch.dtype) -> int:
     """The reduction step: the largest power of two dividing r, from 16 up to 64 (fp32: 32; 512 in the
     interpreter, which runs few, large steps)."""
@@ -694,8 +708,7 @@ def rows_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
     band, r = band_of(kc, stride * C_in, plan["BLOCK_R"], plan["BLOCK_CO"], T, x.element_size())
     resident = resident_weight(kc, plan["BLOCK_CO"], x.element_size())
     if band > 1:  # tiles of BAND_ROWS band rows inside a clip
-        bm = BAND_ROWS if not INTERPRET else clamp_pow2(triton.cdiv(T, 2 * band), 16, 64)
-        tpc = triton.cdiv(triton.cdiv(T, band), bm)
+        bm, tpc = _band_tiles(T, band, BAND_ROWS)
         tiles, P = persistent_grid(N * tpc, 1, ROWS_PER_SM, grid_c)
     else:  # a resident weight is read once per program: the tile then only needs the wgmma's M (larger tiles spill)
         bm = ROWS_GPU if resident else max(ROWS_GPU, STATS_ACC // plan["BLOCK_CO"])
@@ -798,8 +811,7 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     bm = clamp_pow2(M, 16, 128) if INTERPRET else ROWS_GPU
     if band_w > 1:
         rw = DW_BAND_RW  # divides the band's rows (band_of rounds them up to it)
-        bm = clamp_pow2(triton.cdiv(T, 2 * band_w), 16, 64) if INTERPRET else ROWS_GPU
-        tpc_w = triton.cdiv(triton.cdiv(T, band_w), bm)
+        bm, tpc_w = _band_tiles(T, band_w, ROWS_GPU)
         clip_tiles = True
     else:
         tpc_w = triton.cdiv(T, bm)
@@ -859,8 +871,7 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     if rows_dx:
         dx = torch.empty((N, C_in, L), device=dev, dtype=x.dtype)
         if band > 1:  # tiles of BAND_ROWS band rows inside a clip
-            bmx = BAND_ROWS if not INTERPRET else clamp_pow2(triton.cdiv(mp, 2 * band), 16, 64)
-            tpc = triton.cdiv(triton.cdiv(mp, band), bmx)
+            bmx, tpc = _band_tiles(mp, band, BAND_ROWS)
             tiles, P = persistent_grid(N * tpc, 1, ROWS_PER_SM, triton.cdiv(C_in, bci))
         else:
             bmx = bm if INTERPRET else max(ROWS_GPU, DX_ACC // (php * bci))  # fewer re-reads of the weight

@@ -38,6 +38,7 @@ from ._bn_sums import pooled_bn_sums
 from ._common import INTERPRET, clamp_pow2, dot_precision, next_pow2
 from ._conv_fwd import (
     BN_SUMS,
+    bn_sign,
     bn_sum_partials,
     bn_sums_of,
     cast_out,
@@ -178,7 +179,7 @@ def _band_bn_relu_pool_kernel(xp_ptr,  # (N, LP) padded waveform
                               J2: tl.constexpr, STORE_ZMAX: tl.constexpr, INTERP: tl.constexpr,
                               PRECISION: tl.constexpr):
     """Pooled output out of BN, ReLU and max over each window, y = max(z * a + b, 0) with a = gamma * invstd and
-    b = beta - (mean - bias) * a; code = the window's first maximum, -1 where ReLU gave 0; when STORE_ZMAX,
+    b = beta - (mean - bias) * a; code = the window's maximum (``pool_select``), -1 where ReLU gave 0; when STORE_ZMAX,
     zmax = zhat there (as ``_conv_bn_relu_pool_kernel``), normalised after the choice (one per window)."""
     c0 = tl.program_id(1) * BLOCK_C
     b1, b2, bias = _band_setup(w_ptr, b_ptr, c0, C_OUT, HAS_BIAS, J1, J2, K, STRIDE, POOL, PP, BLOCK_C, INTERP)
@@ -188,21 +189,27 @@ def _band_bn_relu_pool_kernel(xp_ptr,  # (N, LP) padded waveform
     invstd = tl.load(stats_ptr + C_OUT + c, mask=c_ok, other=0.0)
     a = invstd * tl.load(g_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
     b = tl.load(beta_ptr + c, mask=c_ok, other=0.0).to(tl.float32) - mb * a
+    s = bn_sign(a)
+    # the band's columns times their channel's sign: the GEMM gives pool_select's key z * s (exactly: a sign flip)
+    s_col = tl.reshape(tl.broadcast_to(s[None, :], (PP, BLOCK_C)), (PP * BLOCK_C,))[None, :]
+    b1 = (b1 * s_col).to(b1.dtype)
+    b2 = (b2 * s_col).to(b2.dtype)
     slot = tl.arange(0, PP)[None, :, None]
     for tile in range(tl.program_id(0), NUM_TILES, P):
         n, r0, r = clip_tile(tile, TPC, BLOCK_Q)
         a1, a2 = _band_a(xp_ptr, n, r0, LP, STRIDE * POOL, BLOCK_Q, J1, J2, INTERP)
-        z = _band_z(a1, a2, b1, b2, BLOCK_Q, J2, PP, BLOCK_C, PRECISION)
-        y = tl.maximum(z * a[None, None, :] + b[None, None, :], 0.0)
+        key = _band_z(a1, a2, b1, b2, BLOCK_Q, J2, PP, BLOCK_C, PRECISION)
         if PP > POOL:
-            y = tl.where(slot < POOL, y, -1.0)  # ReLU outputs are >= 0: -1 marks the padded slots
-        o, code, zsel = pool_select(y, z, slot, PP, 1)
+            key = tl.where(slot < POOL, key, -float("inf"))
+        zsel, first = pool_select(key, s[None, :], slot, PP, 1)
+        o = tl.maximum(zsel * a[None, :] + b[None, :], 0.0)
+        code = tl.where(o > 0.0, first, -1)  # -1: ReLU passes no gradient
         off = n.to(tl.int64) * C_OUT * TP + r0 + (tl.arange(0, BLOCK_Q)[:, None] + c[None, :] * TP)
         smask = (r < TP)[:, None] & c_ok[None, :]
         tl.store(out_ptr + off, cast_out(o, out_ptr.dtype.element_ty, INTERP), mask=smask)
         tl.store(code_ptr + off, code.to(code_ptr.dtype.element_ty), mask=smask)
         if STORE_ZMAX:
-            zmax = tl.where(code >= 0, (zsel - mb[None, :]) * invstd[None, :], 0.0)
+            zmax = tl.where(o > 0.0, (zsel - mb[None, :]) * invstd[None, :], 0.0)
             tl.store(zmax_ptr + off, cast_out(zmax, zmax_ptr.dtype.element_ty, INTERP), mask=smask)
 
 
@@ -261,8 +268,9 @@ def _gz_dw_tile(tile, acc1, acc2t, db, xp_ptr, go_ptr, code_ptr, b1, b2, cz, cc0
     a1, a2 = _band_a(xp_ptr, n, r0, LP, STRIDE * POOL, BLOCK_Q, J1, J2, INTERP)
     z = _band_z(a1, a2, b1, b2, BLOCK_Q, J2, PP, BLOCK_C, PRECISION)
     go, code = _band_pooled(go_ptr, code_ptr, n, r, c, C_OUT, TP, sgn, sgc, sgl)
-    gz = z * cz[None, None, :] + cc0[None, None, :]
-    gz += tl.where(u == code[:, None, :], (go * scale[None, :])[:, None, :], 0.0)
+    # the routed gradient folded into the affine term per window, so each element takes one select and one FMA
+    t = tl.where(u == code[:, None, :], (cc0[None, :] + go * scale[None, :])[:, None, :], cc0[None, None, :])
+    gz = z * cz[None, None, :] + t
     if LAST:
         gz = tl.where(_positions_ok(r, T, POOL, PP)[:, :, None], gz, 0.0)
     elif PP > POOL:
@@ -345,8 +353,8 @@ def _band_gz_dw_kernel(xp_ptr,  # (N, LP) padded waveform
 # ----------------------------------------------------------------------------------------- launchers
 BLOCK_Q_GPU = 64  # rows per tile: the M of one warpgroup's wgmma
 MAX_COLS = 128  # B's columns PP * BLOCK_C: one m64n128 wgmma, a 64-register fp32 accumulator per thread
-# Columns of the kernels with a per-element epilogue (pool, backward): at 128 the backward spilled 96 B per thread
-# (Triton 3.9) and the pool kernel, choosing zmax, needed 196 registers (predicted 5.7 against 4.4 us per clip).
+# Columns of the backward (and the gate of the pool, ``pool_plan``): at 128 the backward spilled 96 B per thread
+# (Triton 3.9).
 EPILOGUE_COLS = 64
 MAX_WINDOW = 256  # W = stride * (pool - 1) + K beyond which the band wastes too much (and B too big)
 
@@ -380,6 +388,13 @@ def epilogue_plan(c_in: int, c_out: int, k: int, stride: int, pool: int | None) 
     """``band_plan`` for the pool and the backward (at most ``EPILOGUE_COLS`` columns): None sends the block's
     pool and backward to the generic kernels (a pool of 65-128 bands its statistics only)."""
     return band_plan(c_in, c_out, k, stride, pool, EPILOGUE_COLS)
+
+
+def pool_plan(c_in: int, c_out: int, k: int, stride: int, pool: int | None) -> dict | None:
+    """The pool's constexprs for a block ``epilogue_plan`` takes: all ``MAX_COLS`` columns (conv1's 16 channels in
+    one program, so the rows are read once; the pool keeps no per-element zhat since ``pool_select`` chooses on
+    z, which took it from 196 to 123 registers)."""
+    return band_plan(c_in, c_out, k, stride, pool) if epilogue_plan(c_in, c_out, k, stride, pool) else None
 
 
 def stats_group(c_out: int) -> int:
@@ -425,10 +440,10 @@ def _block_q(rows: int) -> int:
     return clamp_pow2(triton.cdiv(rows, 2), 16, 64) if INTERPRET else BLOCK_Q_GPU
 
 
-# CTAs per SM of each kernel (16-bit, fp32) at its register cap and shared memory (the static report: bf16 pool 96
-# registers and 41 KB, gz_dw 168 and 54 KB, statistics 128 and 50 KB; fp32 twice the shared memory): the
+# CTAs per SM of each kernel (16-bit, fp32) at its register cap and shared memory (the static report: bf16 pool 123
+# registers and 52 KB, gz_dw 168 and 54 KB, statistics 128 and 50 KB; fp32 twice the shared memory): the
 # persistent grid fills exactly that many per SM.
-CTAS_PER_SM = {"stats": (4, 2), "pool": (5, 2), "grad": (3, 2)}
+CTAS_PER_SM = {"stats": (4, 2), "pool": (4, 2), "grad": (3, 2)}
 
 
 def _tiles(n_clips: int, rows: int, bq: int, kernel: str, x: torch.Tensor, blocks: int) -> tuple[int, int, int]:
@@ -470,7 +485,7 @@ def band_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | N
     zmax. ``xp``: ``band_input``'s copy, or None to make one."""
     N = x.shape[0]
     C = w2d.shape[0]
-    plan = epilogue_plan(1, C, k, stride, pool)
+    plan = pool_plan(1, C, k, stride, pool)
     TP = T // pool
     xp, lp = _waveform(x, xp, padding, _layout(x, plan, stride, padding, TP))
     bq = _block_q(TP)
@@ -481,7 +496,7 @@ def band_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | N
     b = bias if bias is not None else w2d
     wrap_triton(_band_bn_relu_pool_kernel)[(P, triton.cdiv(C, plan["BLOCK_C"]))](
         xp, w2d, b, gamma, beta, stats, out, code, zmax, C, TP, tpc, lp, tiles, P,
-        STORE_ZMAX=zmax.numel() > 0, **(reg_cap(96) if x.element_size() == 2 else {}),
+        STORE_ZMAX=zmax.numel() > 0, **(reg_cap(128) if x.element_size() == 2 else {}),
         **_flags(plan, x, k, stride, bias, bq))
     return out, code, zmax
 

@@ -28,7 +28,7 @@ Symbols (here and in ``_conv_bwd.py``); tensors are (N, C, L) inputs, (C_out, C_
 - HAS_BIAS, HAS_POOL: the block has a conv bias, a max-pool.
 - part: per-program partial (mean, M2) of each channel; moments: merged (count, mean, M2), (3, C_OUT);
   stats: (mean, invstd, unbiased variance, count), (4, C_OUT) fp32 (count 0 in eval).
-- code: per pooled output, the offset of its window's first maximum, -1 where ReLU gave 0.
+- code: per pooled output, the offset of its window's maximum (``pool_select``), -1 where ReLU gave 0.
 - sxn, sxc, sxl (sgn, sgc, sgl): element strides of x (of grad_out, the gradient of the block's output: pooled
   when it pools) along N, C, L.
 - INTERP: running under TRITON_INTERPRET=1 (fp32 dots); PRECISION: tl.dot's input_precision.
@@ -150,16 +150,26 @@ def clip_tile(tile, TPC, BLOCK_Q: tl.constexpr):
 
 
 @triton.jit
-def pool_select(y, zh, slot, PP: tl.constexpr, AXIS: tl.constexpr):
-    """Max-pool of y (ReLU outputs, -1 in padded slots) over the window's slots on axis AXIS (slot: their
-    index, broadcastable): (o, code, zmax) with code the first maximum's slot (PyTorch's tie rule) and zmax
-    the normalised conv output zhat there; -1 and 0 where o = 0 (ReLU passes no gradient). zmax lets the
-    backward's BN sums skip a recompute: sum(gy * zhat) = sum over pooled outputs of grad * zmax."""
-    o = tl.max(y, axis=AXIS)
-    first = tl.min(tl.where(y == tl.expand_dims(o, AXIS), slot, PP), axis=AXIS)
-    zsel = tl.max(tl.where(slot == tl.expand_dims(first, AXIS), zh, -float("inf")), axis=AXIS)
-    pos = o > 0.0
-    return o, tl.where(pos, first, -1), tl.where(pos, zsel, 0.0)
+def pool_select(key, s, slot, PP: tl.constexpr, AXIS: tl.constexpr):
+    """Max-pool of a BN + ReLU output y = relu(bn(z)) over the window's slots on axis AXIS, chosen on the conv
+    output z itself: key = z * s, s = -1 where the channel's BN scale (gamma * invstd) is negative and +1
+    elsewhere (``bn_sign``; per channel, broadcast like the pooled output), -inf in padded slots (slot: their
+    index, broadcastable). bn and its rounding are monotone in z, so the first slot where key is largest holds
+    y's maximum: relu(bn(zsel)) is exactly the max-pool of y, with one reduction for the value, one for the slot
+    and none to fetch z there. y ties where z does (the first slot wins, PyTorch's rule); where rounding alone
+    makes two y equal, or a zero scale makes y constant, the slot is z's maximum (the choice at a slightly
+    positive scale). Returns (zsel, first): z at the chosen slot and the slot; the caller's code is -1 where
+    relu(bn(zsel)) = 0 (ReLU passes no gradient there), and zmax = zhat at the slot lets the backward's BN sums
+    skip a recompute (sum(gy * zhat) = sum over pooled outputs of grad * zmax)."""
+    m = tl.max(key, axis=AXIS)
+    first = tl.min(tl.where(key == tl.expand_dims(m, AXIS), slot, PP), axis=AXIS)
+    return m * s, first
+
+
+@triton.jit
+def bn_sign(a):
+    """``pool_select``'s s: -1 where the BN scale a is negative, +1 elsewhere."""
+    return tl.where(a < 0.0, -1.0, 1.0)
 
 
 @triton.jit
@@ -268,7 +278,7 @@ def _conv_bn_relu_pool_kernel(x_ptr, w_ptr, b_ptr, g_ptr, beta_ptr, stats_ptr, o
                               PRECISION: tl.constexpr):
     """Conv tile over BLOCK_Q pooled outputs x PP window slots (PP = next power of two >= POOL),
     then BN (stats[0] = mean, stats[1] = invstd), ReLU and max over each window; writes the pooled
-    output, ``code`` = offset of the window's first maximum (PyTorch's tie rule), or -1 where the
+    output, ``code`` = offset of the window's maximum (``pool_select``), or -1 where the
     pooled output is 0 (ReLU passes no gradient there), and when STORE_ZMAX ``zmax`` = zhat there
     (``pool_select``, ``keeps_zmax``). Without a pool, POOL = PP = 1."""
     pid_q = tl.program_id(0)
@@ -288,13 +298,14 @@ def _conv_bn_relu_pool_kernel(x_ptr, w_ptr, b_ptr, g_ptr, beta_ptr, stats_ptr, o
     invstd = tl.load(stats_ptr + C_OUT + co, mask=c_ok, other=0.0)
     gamma = tl.load(g_ptr + co, mask=c_ok, other=0.0).to(tl.float32)
     shift = tl.load(beta_ptr + co, mask=c_ok, other=0.0).to(tl.float32)
-    zh = (z - mean[:, None]) * invstd[:, None]
-    y = tl.maximum(zh * gamma[:, None] + shift[:, None], 0.0)
     if HAS_POOL:
-        # ReLU outputs are >= 0, so -1 marks the padded slots u >= POOL.
-        y3 = tl.reshape(tl.where((u < POOL)[None, :], y, -1.0), (BLOCK_CO, BLOCK_Q, PP))
-        zh3 = tl.reshape(zh, (BLOCK_CO, BLOCK_Q, PP))
-        o, code, zmax = pool_select(y3, zh3, tl.arange(0, PP)[None, None, :], PP, 2)
+        s = bn_sign(gamma)  # invstd > 0
+        key = tl.reshape(tl.where((u < POOL)[None, :], z * s[:, None], -float("inf")), (BLOCK_CO, BLOCK_Q, PP))
+        zsel, first = pool_select(key, s[:, None], tl.arange(0, PP)[None, None, :], PP, 2)
+        zmax = (zsel - mean[:, None]) * invstd[:, None]
+        o = tl.maximum(zmax * gamma[:, None] + shift[:, None], 0.0)
+        code = tl.where(o > 0.0, first, -1)
+        zmax = tl.where(o > 0.0, zmax, 0.0)
         qq = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
         off = ((qq // TP).to(tl.int64) * C_OUT)[None, :] * TP + co[:, None] * TP + (qq % TP)[None, :]
         smask = c_ok[:, None] & (qq < Q)[None, :]
@@ -303,6 +314,7 @@ def _conv_bn_relu_pool_kernel(x_ptr, w_ptr, b_ptr, g_ptr, beta_ptr, stats_ptr, o
         if STORE_ZMAX:
             tl.store(zmax_ptr + off, cast_out(zmax, zmax_ptr.dtype.element_ty, INTERP), mask=smask)
     else:
+        y = tl.maximum((z - mean[:, None]) * invstd[:, None] * gamma[:, None] + shift[:, None], 0.0)
         off = (n.to(tl.int64) * C_OUT)[None, :] * T + co[:, None] * T + t[None, :]
         tl.store(out_ptr + off, cast_out(y, out_ptr.dtype.element_ty, INTERP), mask=c_ok[:, None] & ok[None, :])
 

@@ -38,6 +38,7 @@ from ._conv_bwd import dx_from_gz
 from ._conv_fwd import (
     BN_SUMS,
     _load_bias,
+    bn_sign,
     bn_sum_partials,
     bn_sums_of,
     cast_out,
@@ -253,29 +254,31 @@ def _rows_bn_relu_pool_kernel(xc_ptr,  # (N, LP, C_IN) channels-last padded inpu
                               BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr, STORE_ZMAX: tl.constexpr,
                               HAS_Z: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
     """Pooled output out of BN, ReLU and max over each window, y = max(z * a + b, 0) with a = gamma * invstd and
-    b = beta - (mean - bias) * a; code = the window's first maximum, -1 where ReLU gave 0, and when STORE_ZMAX
-    zmax = zhat there, normalised after the choice (as ``_conv_bn_relu_pool_kernel``). Without HAS_POOL (POOL =
-    PP = 1, TP = T): the ReLU output only, no code. HAS_Z: the conv output read from z_ptr, as the statistics
-    pass stored it, not recomputed."""
+    b = beta - (mean - bias) * a; code = the window's maximum (``pool_select``), -1 where ReLU gave 0, and when
+    STORE_ZMAX zmax = zhat there, normalised after the choice (as ``_conv_bn_relu_pool_kernel``). Without HAS_POOL
+    (POOL = PP = 1, TP = T): the ReLU output only, no code. HAS_Z: the conv output read from z_ptr, as the
+    statistics pass stored it, not recomputed."""
     co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
     c_ok = co < C_OUT
     mb = tl.load(stats_ptr + co, mask=c_ok, other=0.0) - _load_bias(b_ptr, co, C_OUT, HAS_BIAS, BLOCK_CO)
     invstd = tl.load(stats_ptr + C_OUT + co, mask=c_ok, other=0.0)
     a = invstd * tl.load(g_ptr + co, mask=c_ok, other=0.0).to(tl.float32)
     b = tl.load(beta_ptr + co, mask=c_ok, other=0.0).to(tl.float32) - mb * a
+    s = bn_sign(a)
     slot = tl.arange(0, PP)[None, :, None]
     for tile in range(tl.program_id(0), NUM_TILES, P):
         n, q0, q, u, t, ok = _window_rows(tile, TPC, TP, POOL, PP, BLOCK_Q)
         z = _rows_z(xc_ptr, wr_ptr, z_ptr, n, t, c_ok[None, :], co, C_OUT, T, LPC, R, STEP, BLOCK_CO, BLOCK_R,
                     HAS_Z, INTERP, PRECISION)
-        y = tl.maximum(z * a[None, :] + b[None, :], 0.0)
         if HAS_POOL:
+            key = z * s[None, :]
             if PP > POOL:
-                y = tl.where((u < POOL)[:, None], y, -1.0)  # -1: padded slots
-            o, code, zsel = pool_select(tl.reshape(y, (BLOCK_Q, PP, BLOCK_CO)),
-                                        tl.reshape(z, (BLOCK_Q, PP, BLOCK_CO)), slot, PP, 1)
+                key = tl.where((u < POOL)[:, None], key, -float("inf"))  # padded slots
+            zsel, first = pool_select(tl.reshape(key, (BLOCK_Q, PP, BLOCK_CO)), s[None, :], slot, PP, 1)
+            o = tl.maximum(zsel * a[None, :] + b[None, :], 0.0)
+            code = tl.where(o > 0.0, first, -1)  # -1: ReLU passes no gradient
         else:
-            o = y
+            o = tl.maximum(z * a[None, :] + b[None, :], 0.0)
         qr = q0 + tl.arange(0, BLOCK_Q)
         off = n.to(tl.int64) * C_OUT * TP + (qr[:, None] + co[None, :] * TP)
         smask = (qr < TP)[:, None] & c_ok[None, :]
@@ -283,7 +286,7 @@ def _rows_bn_relu_pool_kernel(xc_ptr,  # (N, LP, C_IN) channels-last padded inpu
         if HAS_POOL:
             tl.store(code_ptr + off, code.to(code_ptr.dtype.element_ty), mask=smask)
             if STORE_ZMAX:
-                zmax = tl.where(code >= 0, (zsel - mb[None, :]) * invstd[None, :], 0.0)
+                zmax = tl.where(o > 0.0, (zsel - mb[None, :]) * invstd[None, :], 0.0)
                 tl.store(zmax_ptr + off, cast_out(zmax, zmax_ptr.dtype.element_ty, INTERP), mask=smask)
 
 

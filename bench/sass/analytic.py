@@ -20,8 +20,13 @@ def _cdiv(a: int, b: int) -> int:
 BANDED = ("_band_stats_kernel", "_band_bn_relu_pool_kernel", "_band_bwd_reduce_kernel", "_band_gz_dw_kernel")
 # Kernels without a tl.dot: the statistics merge, BN's running-statistics update (kernels/bn_running.py), the
 # pooled BN sums (kernels/_bn_sums.py), KL.
-ELEMENTWISE = ("_merge_stats_kernel", "_running_stats_kernel", "_pooled_bn_sums_kernel", "_pooled_bn_sums_rows_kernel",
-               "_kl_kernel")
+ELEMENTWISE = (
+    "_merge_stats_kernel",
+    "_running_stats_kernel",
+    "_pooled_bn_sums_kernel",
+    "_pooled_bn_sums_rows_kernel",
+    "_kl_kernel",
+)
 # The row-GEMM kernels (kernels/_conv_rows.py) that walk windows x slots.
 ROWS_WINDOWS = ("_rows_bn_relu_pool_kernel", "_rows_bwd_reduce_kernel", "_rows_gz_kernel")
 

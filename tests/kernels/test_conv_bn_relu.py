@@ -6,6 +6,7 @@ path is tested by switching dispatch off for one test.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -111,6 +112,30 @@ def test_pool_ties_go_to_first_index(training: bool) -> None:
     expect = torch.zeros(40)
     expect[::4] = 2 / (1 + 1e-5) ** 0.5
     torch.testing.assert_close(x.grad[0, 0], expect)
+
+
+# One pooling block per kernel family (C_in, C_out, k, stride, padding, pool): a waveform (banded), 16-byte
+# channel rows (rows), C_in 3 (generic)
+FAMILIES = {"banded": (1, 8, 16, 2, 8, 8), "rows": (16, 32, 8, 2, 4, 4), "generic": (3, 8, 5, 1, 2, 4)}
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_pool_chooses_on_z_under_negative_and_zero_bn_scales(family: str, training: bool) -> None:
+    """The pool picks each window's slot on the conv output z signed by its channel's BN scale (``pool_select``):
+    with gamma < 0 the maximum of y sits at z's minimum; with gamma = 0 (y constant, beta > 0) the slot is z's
+    maximum, the choice at a slightly positive gamma, so the reference runs that channel at gamma = 1e-9."""
+    c_in, c_out, k, s, p, pool = FAMILIES[family]
+    x_grad = family != "banded"  # the banded backward runs when the waveform needs no gradient
+    assert block_paths(c_in, c_out, k, s, pool, torch.float32, input_grad=x_grad).pool == family
+    case = make_case(2, c_in, c_out, k, 200, seed=11)
+    case.g[: c_out // 2] *= -1  # negative BN scales on half the channels
+    case.g[-1], case.beta[-1] = 0.0, 0.5  # a zero scale: y = 0.5 in every slot
+    ref_case = dataclasses.replace(case, g=case.g.clone())
+    ref_case.g[-1] = 1e-9
+    ref = run_reference(ref_case, None, stride=s, padding=p, training=training, pool=pool, x_grad=x_grad)
+    fused = run_fused(case, ref[5], stride=s, padding=p, training=training, pool=pool, x_grad=x_grad)
+    _check_fp32(case, ref, fused, training)
 
 
 def test_non_contiguous_inputs_and_grad() -> None:

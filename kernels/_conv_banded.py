@@ -53,6 +53,8 @@ from ._conv_fwd import (
     store_bn_sums,
     store_moments,
     store_partial,
+    walk_next,
+    walk_start,
     zeroed,
 )
 
@@ -77,7 +79,7 @@ def _band_weight(w_ptr, c0, C_OUT, J0: tl.constexpr, J: tl.constexpr, K: tl.cons
 def _band_rows(xp_ptr, n, r0, LP, STEP: tl.constexpr, BLOCK_Q: tl.constexpr, J0: tl.constexpr, J: tl.constexpr):
     """A's columns J0 .. J0 + J of clip n's rows r0 .. r0 + BLOCK_Q: xp[n, (r0 + i) * STEP + j], a uniform base
     plus per-thread constants; unmasked (the launcher pads each clip past its last tile's rows)."""
-    base = n.to(tl.int64) * LP + r0 * STEP + J0
+    base = tl.cast(n, tl.int64) * LP + r0 * STEP + J0
     return tl.load(xp_ptr + base + (tl.arange(0, BLOCK_Q)[:, None] * STEP + tl.arange(0, J)[None, :]))
 
 
@@ -155,10 +157,13 @@ def _band_stats_kernel(xp_ptr,  # (N, LP) padded waveform
     acc_s = tl.zeros((BLOCK_Q, BLOCK_C), dtype=tl.float32)
     acc_q = tl.zeros((BLOCK_Q, BLOCK_C), dtype=tl.float32)
     count = tl.zeros((BLOCK_C,), dtype=tl.float32)
-    for tile in range(pid_p, NUM_TILES, P):
-        n, r0, r = clip_tile(tile, TPC, BLOCK_Q)
+    n, t, dn, dt = walk_start(pid_p, P, TPC)
+    for _ in range(pid_p, NUM_TILES, P):
+        r0 = t * BLOCK_Q
+        r = r0 + tl.arange(0, BLOCK_Q)
         a1, a2 = _band_a(xp_ptr, n, r0, LP, STRIDE * POOL, BLOCK_Q, J1, J2, INTERP)
         z = _band_z(a1, a2, b1, b2, BLOCK_Q, J2, PP, BLOCK_C, PRECISION)
+        n, t = walk_next(n, t, dn, dt, TPC)
         d = tl.where(_positions_ok(r, T, POOL, PP)[:, :, None], z - shift[None, None, :], 0.0)
         acc_s += tl.sum(d, axis=1)
         acc_q += tl.sum(d * d, axis=1)
@@ -195,8 +200,10 @@ def _band_bn_relu_pool_kernel(xp_ptr,  # (N, LP) padded waveform
     b1 = (b1 * s_col).to(b1.dtype)
     b2 = (b2 * s_col).to(b2.dtype)
     slot = tl.arange(0, PP)[None, :, None]
-    for tile in range(tl.program_id(0), NUM_TILES, P):
-        n, r0, r = clip_tile(tile, TPC, BLOCK_Q)
+    n, t, dn, dt = walk_start(tl.program_id(0), P, TPC)
+    for _ in range(tl.program_id(0), NUM_TILES, P):
+        r0 = t * BLOCK_Q
+        r = r0 + tl.arange(0, BLOCK_Q)
         a1, a2 = _band_a(xp_ptr, n, r0, LP, STRIDE * POOL, BLOCK_Q, J1, J2, INTERP)
         key = _band_z(a1, a2, b1, b2, BLOCK_Q, J2, PP, BLOCK_C, PRECISION)
         if PP > POOL:
@@ -211,6 +218,7 @@ def _band_bn_relu_pool_kernel(xp_ptr,  # (N, LP) padded waveform
         if STORE_ZMAX:
             zmax = tl.where(o > 0.0, (zsel - mb[None, :]) * invstd[None, :], 0.0)
             tl.store(zmax_ptr + off, cast_out(zmax, zmax_ptr.dtype.element_ty, INTERP), mask=smask)
+        n, t = walk_next(n, t, dn, dt, TPC)
 
 
 @triton.jit
@@ -218,7 +226,7 @@ def _band_pooled(go_ptr, code_ptr, n, r, c, C_OUT, TP, sgn, sgc, sgl):
     """(go, code) of rows r (BLOCK_Q, BLOCK_C): the pooled gradient (fp32, 0 past the last whole window) and the
     slot the forward recorded (int32, -1 there)."""
     hit = (r < TP)[:, None] & (c < C_OUT)[None, :]
-    n64 = n.to(tl.int64)
+    n64 = tl.cast(n, tl.int64)
     code = tl.load(code_ptr + n64 * C_OUT * TP + (r[:, None] + c[None, :] * TP), mask=hit, other=-1).to(tl.int32)
     go = tl.load(go_ptr + n64 * sgn + (r[:, None] * sgl + c[None, :] * sgc), mask=hit, other=0.0).to(tl.float32)
     return go, code
@@ -245,11 +253,14 @@ def _band_bwd_reduce_kernel(xp_ptr,  # (N, LP) padded waveform
     u = tl.arange(0, PP)[None, :, None]
     s_gy = tl.zeros((BLOCK_C,), dtype=tl.float32)
     s_gyz = tl.zeros((BLOCK_C,), dtype=tl.float32)
-    for tile in range(pid_p, NUM_TILES, P):
-        n, r0, r = clip_tile(tile, TPC, BLOCK_Q)
+    n, t, dn, dt = walk_start(pid_p, P, TPC)
+    for _ in range(pid_p, NUM_TILES, P):
+        r0 = t * BLOCK_Q
+        r = r0 + tl.arange(0, BLOCK_Q)
         a1, a2 = _band_a(xp_ptr, n, r0, LP, STRIDE * POOL, BLOCK_Q, J1, J2, INTERP)
         z = _band_z(a1, a2, b1, b2, BLOCK_Q, J2, PP, BLOCK_C, PRECISION)
         go, code = _band_pooled(go_ptr, code_ptr, n, r, c, C_OUT, TP, sgn, sgc, sgl)
+        n, t = walk_next(n, t, dn, dt, TPC)
         zsel = tl.sum(tl.where(u == code[:, None, :], z, 0.0), axis=1)
         gy = tl.where(code >= 0, go, 0.0)
         s_gy += tl.sum(gy, axis=0)
@@ -258,26 +269,32 @@ def _band_bwd_reduce_kernel(xp_ptr,  # (N, LP) padded waveform
 
 
 @triton.jit
-def _gz_dw_tile(tile, acc1, acc2t, db, xp_ptr, go_ptr, code_ptr, b1, b2, cz, cc0, scale, c, u, C_OUT, T, TP, TPC,
+def _gz_dw_tile(n, t, acc1, acc2t, db, xp_ptr, go_ptr, code_ptr, b1, b2, cz, cc0, scale, c, u, C_OUT, T, TP, TPC,
                 LP, sgn, sgc, sgl, STRIDE: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr,
                 BLOCK_C: tl.constexpr, BLOCK_Q: tl.constexpr, J1: tl.constexpr, J2: tl.constexpr,
-                LAST: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
+                LAST: tl.constexpr, DB_DOT: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
     """One row tile of ``_band_gz_dw_kernel``: (acc1, acc2t, db) updated. LAST: a clip's last tile, whose
-    positions past T are masked (the others hold only whole windows; slots past POOL are masked in all)."""
-    n, r0, r = clip_tile(tile, TPC, BLOCK_Q)
+    positions past T are masked (the others hold only whole windows; slots past POOL are masked in all). (n, t): the
+    tile's clip and index in it."""
+    r0 = t * BLOCK_Q
+    r = r0 + tl.arange(0, BLOCK_Q)
     a1, a2 = _band_a(xp_ptr, n, r0, LP, STRIDE * POOL, BLOCK_Q, J1, J2, INTERP)
+    if DB_DOT:  # A's last column lies past the window (B is 0 there): ones, so gz^T @ A2 also sums gz (db)
+        a2 = tl.where((tl.arange(0, J2) == J2 - 1)[None, :], 1.0, a2).to(a2.dtype)
     z = _band_z(a1, a2, b1, b2, BLOCK_Q, J2, PP, BLOCK_C, PRECISION)
     go, code = _band_pooled(go_ptr, code_ptr, n, r, c, C_OUT, TP, sgn, sgc, sgl)
     # the routed gradient folded into the affine term per window, so each element takes one select and one FMA
-    t = tl.where(u == code[:, None, :], (cc0[None, :] + go * scale[None, :])[:, None, :], cc0[None, None, :])
-    gz = z * cz[None, None, :] + t
+    routed = tl.where(u == code[:, None, :], (cc0[None, :] + go * scale[None, :])[:, None, :], cc0[None, None, :])
+    gz = z * cz[None, None, :] + routed
     if LAST:
         gz = tl.where(_positions_ok(r, T, POOL, PP)[:, :, None], gz, 0.0)
     elif PP > POOL:
         gz = tl.where(u < POOL, gz, 0.0)
-    db += tl.sum(gz, axis=1)
-    # dW from gz rounded to the input dtype, as the unfused path stores gz, for a same-dtype tensor-core dot (db
-    # from the fp32 gz above: exact up to fp32 sums, where the other paths sum the rounded gz)
+    if not DB_DOT:
+        db += tl.sum(gz, axis=1)
+    # dW from gz rounded to the input dtype, as the unfused path stores gz, for a same-dtype tensor-core dot (db: in
+    # 16 bits from the same rounded gz, as the other paths sum it; in fp32 from the fp32 gz, as TF32 dots would
+    # round it)
     gz2 = fp32_if(tl.reshape(cast_out(gz, xp_ptr.dtype.element_ty, INTERP), (BLOCK_Q, PP * BLOCK_C)), INTERP)
     acc1 = tl.dot(tl.trans(a1), gz2, acc1, input_precision=PRECISION)
     if J2 > 0:
@@ -295,10 +312,11 @@ def _band_gz_dw_kernel(xp_ptr,  # (N, LP) padded waveform
                        C_OUT, T, TP, TPC, LP, NUM_TILES, P, sgn, sgc, sgl, HAS_BIAS: tl.constexpr,
                        K: tl.constexpr, STRIDE: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr,
                        BLOCK_C: tl.constexpr, BLOCK_Q: tl.constexpr, J1: tl.constexpr, J2: tl.constexpr,
-                       TRAINING: tl.constexpr, DETERMINISTIC: tl.constexpr, INTERP: tl.constexpr,
-                       PRECISION: tl.constexpr):
+                       TRAINING: tl.constexpr, DB_DOT: tl.constexpr, DETERMINISTIC: tl.constexpr,
+                       INTERP: tl.constexpr, PRECISION: tl.constexpr):
     """gz (BN's backward, as ``_bn_grad``) and dW in band form in one pass: dband[j, (u, c)] += sum_q A[q, j]
-    gz[q, u, c] (A^T @ gz on the tensor cores, A loaded once for both dots), db[c] += sum gz. BN's backward
+    gz[q, u, c] (A^T @ gz on the tensor cores, A loaded once for both dots), db[c] += sum gz (DB_DOT: by the same
+    dot, from A's spare last column set to ones; otherwise per thread). BN's backward
     gz = scale (gy - mean(gy) - zhat mean(gy zhat)), scale = gamma invstd, is per channel affine in z plus the
     routed gradient: gz = cz z + c0 + [u == code] scale go, cz = -scale mean(gy zhat) invstd,
     c0 = -scale mean(gy) - cz (mean - bias). Per program to dband[p], db[p] (deterministic), or atomically
@@ -326,14 +344,17 @@ def _band_gz_dw_kernel(xp_ptr,  # (N, LP) padded waveform
     db = tl.zeros((BLOCK_Q, BLOCK_C), dtype=tl.float32)
     # a clip's tiles but its last hold only whole windows (no position past T): the positions mask runs only in the
     # second loop, over each clip's last tile
-    for i in range(pid_p, (NUM_TILES // TPC) * (TPC - 1), P):
-        acc1, acc2t, db = _gz_dw_tile((i // (TPC - 1)) * TPC + i % (TPC - 1), acc1, acc2t, db, xp_ptr, go_ptr,
-                                      code_ptr, b1, b2, cz, cc0, scale, c, u, C_OUT, T, TP, TPC, LP, sgn, sgc, sgl,
-                                      STRIDE, POOL, PP, BLOCK_C, BLOCK_Q, J1, J2, False, INTERP, PRECISION)
+    inner = tl.maximum(TPC - 1, 1)  # the interior tiles per clip (the walk's modulus: none run when TPC is 1)
+    n, t, dn, dt = walk_start(pid_p, P, inner)
+    for _ in range(pid_p, (NUM_TILES // TPC) * (TPC - 1), P):
+        acc1, acc2t, db = _gz_dw_tile(n, t, acc1, acc2t, db, xp_ptr, go_ptr, code_ptr, b1, b2, cz, cc0, scale, c, u,
+                                      C_OUT, T, TP, TPC, LP, sgn, sgc, sgl, STRIDE, POOL, PP, BLOCK_C, BLOCK_Q, J1, J2,
+                                      False, DB_DOT, INTERP, PRECISION)
+        n, t = walk_next(n, t, dn, dt, inner)
     for n in range(pid_p, NUM_TILES // TPC, P):
-        acc1, acc2t, db = _gz_dw_tile(n * TPC + TPC - 1, acc1, acc2t, db, xp_ptr, go_ptr, code_ptr, b1, b2, cz, cc0,
-                                      scale, c, u, C_OUT, T, TP, TPC, LP, sgn, sgc, sgl, STRIDE, POOL, PP, BLOCK_C,
-                                      BLOCK_Q, J1, J2, True, INTERP, PRECISION)
+        acc1, acc2t, db = _gz_dw_tile(n, TPC - 1, acc1, acc2t, db, xp_ptr, go_ptr, code_ptr, b1, b2, cz, cc0, scale,
+                                      c, u, C_OUT, T, TP, TPC, LP, sgn, sgc, sgl, STRIDE, POOL, PP, BLOCK_C, BLOCK_Q,
+                                      J1, J2, True, DB_DOT, INTERP, PRECISION)
     col = tl.arange(0, PP * BLOCK_C)
     cc = c0 + col % BLOCK_C
     wcol = (col // BLOCK_C) * C_OUT + cc  # (u, c) -> u * C_OUT + c in dband's (JB, PP, C_OUT)
@@ -347,7 +368,12 @@ def _band_gz_dw_kernel(xp_ptr,  # (N, LP) padded waveform
     if J2 > 0:
         j2 = J1 + tl.arange(0, J2 if J2 > 0 else 16)
         store_partial(base + j2[None, :] * (PP * C_OUT) + wcol[:, None], acc2t, (cc < C_OUT)[:, None], DETERMINISTIC)
-    store_partial(db_ptr + idx * C_OUT + c, tl.sum(db, axis=0), c_ok, DETERMINISTIC)
+    if DB_DOT:  # the ones column of gz^T @ A2, summed over the slots
+        dbs = tl.sum(tl.where((tl.arange(0, J2) == J2 - 1)[None, :], acc2t, 0.0), axis=1)
+        dbs = tl.sum(tl.reshape(dbs, (PP, BLOCK_C)), axis=0)
+    else:
+        dbs = tl.sum(db, axis=0)
+    store_partial(db_ptr + idx * C_OUT + c, dbs, c_ok, DETERMINISTIC)
 
 
 # ----------------------------------------------------------------------------------------- launchers
@@ -536,6 +562,7 @@ def band_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
         local = bn_sums_of(part)  # a fixed-order reduction
     sums = all_reduce(local) if (training and all_reduce is not None) else local
     tpc, tiles, P = _tiles(N, tq, bq, "grad", x, grid_c)
+    window = stride * (pool - 1) + k
     if deterministic:
         dband = torch.empty((P, jb, plan["PP"], C), device=dev, dtype=torch.float32)
         db_part = torch.empty((P, C), device=dev, dtype=torch.float32)
@@ -543,8 +570,8 @@ def band_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
         db_part, _, dband = acc
     wrap_triton(_band_gz_dw_kernel)[(P, grid_c)](
         xp, w2d, b, stats, gamma, grad_out, code, sums, dband, db_part, C, T, TP, tpc, lp, tiles, P,
-        *grad_out.stride(), TRAINING=training, DETERMINISTIC=deterministic,
-        **(reg_cap(168) if x.element_size() == 2 else {}), **flags)  # fp32 spills at 168
+        *grad_out.stride(), TRAINING=training, DB_DOT=x.element_size() == 2 and window < jb,
+        DETERMINISTIC=deterministic, **(reg_cap(168) if x.element_size() == 2 else {}), **flags)  # fp32 spills at 168
     # deterministic: a fixed-order sum of the partials; otherwise the one row the atomics added into
     band = dband.sum(dim=0) if deterministic else dband[0]  # (JB, PP, C), contiguous
     # fold: dw[c, kk] = sum_u band[kk + stride * u, u, c], a strided view (c, kk, u) summed over u

@@ -150,6 +150,22 @@ def clip_tile(tile, TPC, BLOCK_Q: tl.constexpr):
 
 
 @triton.jit
+def walk_start(first, P, TPC):
+    """A persistent program's walk over the tiles first, first + P, first + 2 P, ... of clips of TPC tiles each,
+    with no division per tile: (n, t, dn, dt), the first tile's clip and index in it, and a step's whole clips and
+    remaining tiles (``walk_next``; t * BLOCK rows is then the tile's first row, as ``clip_tile``'s r0)."""
+    return first // TPC, first % TPC, P // TPC, P % TPC
+
+
+@triton.jit
+def walk_next(n, t, dn, dt, TPC):
+    """``walk_start``'s (n, t) advanced by P tiles."""
+    t = t + dt
+    wrap = t >= TPC
+    return tl.where(wrap, n + dn + 1, n + dn), tl.where(wrap, t - TPC, t)
+
+
+@triton.jit
 def pool_select(key, s, slot, PP: tl.constexpr, AXIS: tl.constexpr):
     """Max-pool of a BN + ReLU output y = relu(bn(z)) over the window's slots on axis AXIS, chosen on the conv
     output z itself: key = z * s, s = -1 where the channel's BN scale (gamma * invstd) is negative and +1

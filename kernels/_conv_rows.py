@@ -43,7 +43,6 @@ from ._conv_fwd import (
     bn_sums_of,
     cast_out,
     chan_merge,
-    clip_tile,
     code_dtype,
     fp32_if,
     keeps_zmax,
@@ -53,6 +52,8 @@ from ._conv_fwd import (
     store_bn_sums,
     store_moments,
     store_partial,
+    walk_next,
+    walk_start,
     zeroed,
 )
 
@@ -143,17 +144,17 @@ def _row_tile_resident(x_ptr, ws, base, R: tl.constexpr, BLOCK_R: tl.constexpr, 
 
 
 @triton.jit
-def _band_tile(x_ptr, ws, tile, TPC, ROWS, CLIP, ROW_STEP, R: tl.constexpr, BLOCK_R: tl.constexpr,
+def _band_tile(x_ptr, ws, n, t, ROWS, CLIP, ROW_STEP, R: tl.constexpr, BLOCK_R: tl.constexpr,
                BAND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, INTERP: tl.constexpr,
                PRECISION: tl.constexpr):
-    """One tile of a row GEMM in bands (``band_of``), inside clip n: its BLOCK_M band rows q each read R elements
+    """Tile t of clip n of a row GEMM in bands (``band_of``): its BLOCK_M band rows q each read R elements
     from n * CLIP + BAND * q * ROW_STEP against the band weight ws (``_band_weight``). Returns (acc, n, m):
     acc (BLOCK_M * BAND, BLOCK_N) fp32, whose row q * BAND + g is row m = BAND * q + g of the plain GEMM; n the
     clip (int64); m (BLOCK_M * BAND,). Band rows past the clip's ROWS rows are clamped to its last: the caller
     masks the rows m >= ROWS."""
-    n, q0, q = clip_tile(tile, TPC, BLOCK_M)
+    q0 = t * BLOCK_M
     n = n.to(tl.int64)
-    q = tl.minimum(q, (ROWS - 1) // BAND)
+    q = tl.minimum(q0 + tl.arange(0, BLOCK_M), (ROWS - 1) // BAND)
     acc = _row_tile_resident(x_ptr, ws, n * CLIP + q * (BAND * ROW_STEP), R, BLOCK_R, BAND * BLOCK_N, INTERP,
                              PRECISION)
     return tl.reshape(acc, (BLOCK_M * BAND, BLOCK_N)), n, q0 * BAND + tl.arange(0, BLOCK_M * BAND)
@@ -173,12 +174,12 @@ def _rows_z(xc_ptr, wr_ptr, z_ptr, n, t, mask, co, C_OUT, T, LPC, R, STEP: tl.co
 
 
 @triton.jit
-def _window_rows(tile, TPC, TR, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.constexpr):
-    """Rows of tile ``tile``, BLOCK_Q windows x PP slots of one clip (TPC tiles per clip, TR windows):
+def _window_rows(n, tile, TR, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """Rows of tile ``tile`` of clip n, BLOCK_Q windows x PP slots (TR windows per clip):
     (n, q0, q, u, t, ok): the clip n and first window q0 (scalars), each row's window q, slot u and position t
     (slots and windows clamped into the clip, so addresses stay in bounds), ok = q < TR and u < POOL. Tiles
     never cross a clip: no row divides by the windows per clip."""
-    n, q0, _ = clip_tile(tile, TPC, BLOCK_Q)
+    q0 = tile * BLOCK_Q
     idx = tl.arange(0, BLOCK_Q * PP)
     q = q0 + idx // PP
     u = idx % PP
@@ -217,10 +218,12 @@ def _rows_stats_kernel(xc_ptr,  # (N, LP, C_IN) channels-last padded input
     n_a = tl.zeros((BLOCK_CO,), dtype=tl.float32)
     mean_a = tl.zeros((BLOCK_CO,), dtype=tl.float32)
     m2_a = tl.zeros((BLOCK_CO,), dtype=tl.float32)
+    nw, tw, dn, dt = walk_start(pid_p, P, TPC)
     for tile in range(pid_p, NUM_TILES, P):
         if BAND > 1:
-            z, n, t = _band_tile(xc_ptr, ws, tile, TPC, T, LPC, STEP, R, BLOCK_R, BAND, BLOCK_M, BLOCK_CO, INTERP,
+            z, n, t = _band_tile(xc_ptr, ws, nw, tw, T, LPC, STEP, R, BLOCK_R, BAND, BLOCK_M, BLOCK_CO, INTERP,
                                  PRECISION)
+            nw, tw = walk_next(nw, tw, dn, dt, TPC)
             ok = t < T
             m = n * T + t
         else:
@@ -266,8 +269,10 @@ def _rows_bn_relu_pool_kernel(xc_ptr,  # (N, LP, C_IN) channels-last padded inpu
     b = tl.load(beta_ptr + co, mask=c_ok, other=0.0).to(tl.float32) - mb * a
     s = bn_sign(a)
     slot = tl.arange(0, PP)[None, :, None]
-    for tile in range(tl.program_id(0), NUM_TILES, P):
-        n, q0, q, u, t, ok = _window_rows(tile, TPC, TP, POOL, PP, BLOCK_Q)
+    nw, tw, dn, dt = walk_start(tl.program_id(0), P, TPC)
+    for _ in range(tl.program_id(0), NUM_TILES, P):
+        n, q0, q, u, t, ok = _window_rows(nw, tw, TP, POOL, PP, BLOCK_Q)
+        nw, tw = walk_next(nw, tw, dn, dt, TPC)
         z = _rows_z(xc_ptr, wr_ptr, z_ptr, n, t, c_ok[None, :], co, C_OUT, T, LPC, R, STEP, BLOCK_CO, BLOCK_R,
                     HAS_Z, INTERP, PRECISION)
         if HAS_POOL:
@@ -337,8 +342,10 @@ def _rows_bwd_reduce_kernel(xc_ptr, wr_ptr, z_ptr, b_ptr, stats_ptr,  # as _rows
     invstd = tl.load(stats_ptr + C_OUT + co, mask=co < C_OUT, other=0.0)
     s_gy = tl.zeros((BLOCK_CO,), dtype=tl.float32)
     s_gyz = tl.zeros((BLOCK_CO,), dtype=tl.float32)
-    for tile in range(pid_p, NUM_TILES, P):
-        n, q0, q, u, t, ok = _window_rows(tile, TPC, TP, POOL, PP, BLOCK_Q)
+    nw, tw, dn, dt = walk_start(pid_p, P, TPC)
+    for _ in range(pid_p, NUM_TILES, P):
+        n, q0, q, u, t, ok = _window_rows(nw, tw, TP, POOL, PP, BLOCK_Q)
+        nw, tw = walk_next(nw, tw, dn, dt, TPC)
         z, gy, valid = _rows_grad(xc_ptr, wr_ptr, z_ptr, go_ptr, code_ptr, n, q0, t, ok, co, C_OUT, T, TP, LPC, R,
                                   sgn, sgc, sgl, STEP, HAS_POOL, PP, BLOCK_Q, BLOCK_CO, BLOCK_R, HAS_Z, INTERP,
                                   PRECISION)
@@ -375,8 +382,10 @@ def _rows_gz_kernel(xc_ptr, wr_ptr, z_ptr, b_ptr, stats_ptr, g_ptr,  # as _rows_
         cz = -scale * mean_gyz * invstd
         mb = tl.load(stats_ptr + co, mask=c_ok, other=0.0) - _load_bias(b_ptr, co, C_OUT, HAS_BIAS, BLOCK_CO)
         c0 = -scale * mean_gy - cz * mb
-    for tile in range(tl.program_id(0), NUM_TILES, P):
-        n, q0, q, u, t, ok = _window_rows(tile, TPC, TQ, POOL, PP, BLOCK_Q)
+    nw, tw, dn, dt = walk_start(tl.program_id(0), P, TPC)
+    for _ in range(tl.program_id(0), NUM_TILES, P):
+        n, q0, q, u, t, ok = _window_rows(nw, tw, TQ, POOL, PP, BLOCK_Q)
+        nw, tw = walk_next(nw, tw, dn, dt, TPC)
         z, gy, valid = _rows_grad(xc_ptr, wr_ptr, z_ptr, go_ptr, code_ptr, n, q0, t, ok, co, C_OUT, T, TP, LPC, R,
                                   sgn, sgc, sgl, STEP, HAS_POOL, PP, BLOCK_Q, BLOCK_CO, BLOCK_R, HAS_Z, INTERP,
                                   PRECISION)
@@ -421,10 +430,12 @@ def _rows_dw_kernel(gz_ptr,  # (N * T, C_OUT), clip n's rows at n * SGZ
     c_ok = co < C_OUT
     acc = tl.zeros((BLOCK_RW, BLOCK_CO), dtype=tl.float32)  # dW^T: the rows' KC on the MMA's M axis (wgmma)
     db = tl.zeros((BLOCK_M, BLOCK_CO), dtype=tl.float32)  # per-thread partial sums of gz, reduced once at the end
+    nw, tw, dn, dt = walk_start(pid_s, SPLIT, TPC)
     for it in range(pid_s, NUM_MT, SPLIT):
         if CLIP_TILES:  # one clip n per tile, its rows past T masked
-            n, _, t = clip_tile(it, TPC, BLOCK_M)
-            n = n.to(tl.int64)
+            n = nw.to(tl.int64)
+            t = tw * BLOCK_M + tl.arange(0, BLOCK_M)
+            nw, tw = walk_next(nw, tw, dn, dt, TPC)
             ok = t < T
             t = tl.minimum(t, T - 1)
         else:
@@ -464,9 +475,11 @@ def _rows_dw_band(gz_ptr, xc_ptr, dw_ptr, db_ptr, C_OUT, T, SGZ, LPC, KC, NUM_MT
     r = pid_r * BLOCK_RW + tl.arange(0, BLOCK_RW)  # the band's rows
     acc = tl.zeros((BLOCK_RW, BAND * BLOCK_CO), dtype=tl.float32)
     db = tl.zeros((BLOCK_M, BAND * BLOCK_CO), dtype=tl.float32)
-    for it in range(pid_s, NUM_MT, SPLIT):
-        n, _, q = clip_tile(it, TPC, BLOCK_M)
-        n = n.to(tl.int64)
+    nw, tw, dn, dt = walk_start(pid_s, SPLIT, TPC)
+    for _ in range(pid_s, NUM_MT, SPLIT):
+        n = nw.to(tl.int64)
+        q = tw * BLOCK_M + tl.arange(0, BLOCK_M)
+        nw, tw = walk_next(nw, tw, dn, dt, TPC)
         ok = (BAND * q[:, None] + g[None, :]) < T
         gz = tl.load(gz_ptr + n * SGZ + (q * (BAND * C_OUT))[:, None] + cb[None, :], mask=ok, other=0.0)
         q = tl.minimum(q, (T - 1) // BAND)  # rows past the clip's last: their gz is 0
@@ -511,10 +524,12 @@ def _rows_dx_kernel(gzp_ptr,  # (N, TG, C_OUT) gz with J - 1 zero positions arou
     elif RESIDENT:  # the phases' weights in shared memory for all the program's tiles (``resident_weight``)
         ws = _resident_weight(wd_ptr, stride * C_IN, 1, wcol, col_ok, C_IN, K, stride, C_OUT, W_MODE, R2, BLOCK_R,
                               INTERP)
+    nw, tw, dn, dt = walk_start(tl.program_id(0), P, TPC)
     for tile in range(tl.program_id(0), NUM_TILES, P):
         if BAND > 1:
-            acc, n, m = _band_tile(gzp_ptr, ws, tile, TPC, MP, TGC, C_OUT, R2, BLOCK_R, BAND, BLOCK_M,
+            acc, n, m = _band_tile(gzp_ptr, ws, nw, tw, MP, TGC, C_OUT, R2, BLOCK_R, BAND, BLOCK_M,
                                    PHASES * BLOCK_CI, INTERP, PRECISION)
+            nw, tw = walk_next(nw, tw, dn, dt, TPC)
             row_ok = m < MP
         else:
             g = tile * BLOCK_M + tl.arange(0, BLOCK_M)

@@ -92,7 +92,7 @@ def soundnet8_launches(batch: int, samples: int, precision: str = "tf32", blocks
                 for momentum in (0.1, None):
                     bn_running.update_running_stats(g, g, nbt, stats, momentum)
                 out, code, zmax = _conv_paths.conv_bn_relu_pool(x, w2d, b, g, g, stats, k, s, p, t, pool)
-                z = _conv_paths.block_forward(x, w2d, b, g, g, k, s, p, t, pool, True, 1e-5)[4]  # keeps_z's passes
+                z, xk = _conv_paths.block_forward(x, w2d, b, g, g, k, s, p, t, pool, True, 1e-5)[4:]  # kept tensors
                 go = torch.empty(out.shape, dtype=dtype, device="meta")
                 saved_out = out if pool is None else zmax
                 for training, det in ((True, False), (True, True), (False, False)):
@@ -115,6 +115,7 @@ def soundnet8_launches(batch: int, samples: int, precision: str = "tf32", blocks
                         i > 0,
                         None,
                         z if training else None,
+                        xk,
                     )
                 length, c_in = (t // pool if pool else t), c_out
         n_obj, n_scn = HEAD_CLASSES["objects"], HEAD_CLASSES["scenes"]
@@ -219,7 +220,7 @@ def train_step_launches(
             res: dict[str, Any] = {}
 
             def fwd(x=x, w2d=w2d, b=b, g=g, k=k, s=s, p=p, t=t, pool=pool, res=res, running=running, c_out=c_out):
-                res["out"], res["code"], res["zmax"], res["stats"], res["z"] = _conv_paths.block_forward(
+                res["out"], res["code"], res["zmax"], res["stats"], res["z"], res["xk"] = _conv_paths.block_forward(
                     x, w2d, b, g, g, k, s, p, t, pool, True, 1e-5
                 )  # as the op runs it
                 bn_running.update_running_stats(*running, res["stats"], 0.1)
@@ -228,7 +229,7 @@ def train_step_launches(
             out_t, code, stats = res["out"], res["code"], res["stats"]
             go = torch.empty(out_t.shape, dtype=dtype, device="meta")
             saved = out_t if pool is None else res["zmax"]
-            z = res["z"]  # empty unless keeps_z
+            z, xk = res["z"], res["xk"]  # empty unless keeps_z, kept_input
 
             def bwd(
                 go=go,
@@ -246,9 +247,10 @@ def train_step_launches(
                 pool=pool,
                 i=i,
                 z=z,
+                xk=xk,
             ):
                 _conv_paths.conv_bn_relu_backward(
-                    go, x, w2d, b, g, stats, code, saved, k, s, p, t, pool, True, deterministic, i > 0, None, z
+                    go, x, w2d, b, g, stats, code, saved, k, s, p, t, pool, True, deterministic, i > 0, None, z, xk
                 )
 
             section(name, "backward", bwd)

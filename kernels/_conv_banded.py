@@ -450,14 +450,21 @@ def _waveform(x: torch.Tensor, xp: torch.Tensor | None, pad: int, lp: int) -> tu
     return xp, xp.shape[1]
 
 
-def band_input(x: torch.Tensor, c_out: int, k: int, stride: int, padding: int, T: int, pool: int) -> torch.Tensor:
-    """The padded waveform both banded forward passes (statistics, pool) can read: LP covers both plans' rows,
-    a longer pitch only adds zeros. Made once per forward by ``_conv_paths.forward_input``."""
+def band_input_length(x: torch.Tensor, c_out: int, k: int, stride: int, padding: int, T: int, pool: int) -> int:
+    """LP of ``band_input``'s copy: it covers the rows of both forward plans (statistics, pool) and the backward's
+    (one more window: the positions past the last whole one), so all three read one copy; a longer pitch only adds
+    zeros. Reads x's shape only (the op's fake calls it too)."""
     stats = band_plan(1, c_out, k, stride, stats_group(c_out))
     epi = epilogue_plan(1, c_out, k, stride, pool)
-    lp = max(_layout(x, stats, stride, padding, triton.cdiv(T, stats["POOL"])),
-             _layout(x, epi, stride, padding, T // pool))
-    return padded_waveform(x, padding, lp)
+    return max(_layout(x, stats, stride, padding, triton.cdiv(T, stats["POOL"])),
+               _layout(x, epi, stride, padding, T // pool), _layout(x, epi, stride, padding, triton.cdiv(T, pool)))
+
+
+def band_input(x: torch.Tensor, c_out: int, k: int, stride: int, padding: int, T: int, pool: int) -> torch.Tensor:
+    """The padded waveform (N, ``band_input_length``) the banded forward passes read and the backward reuses (the
+    op keeps it instead of x: ``_conv_paths.kept_input``). Made once per forward by
+    ``_conv_paths.forward_input``."""
+    return padded_waveform(x, padding, band_input_length(x, c_out, k, stride, padding, T, pool))
 
 
 def _block_q(rows: int) -> int:
@@ -530,18 +537,18 @@ def band_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | N
 def band_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None,
                   gamma: torch.Tensor, stats: torch.Tensor, code: torch.Tensor, zmax: torch.Tensor, k: int, stride: int,
                   padding: int, T: int, pool: int, training: bool, deterministic: bool,
-                  all_reduce=None) -> tuple[torch.Tensor | None, ...]:
+                  all_reduce=None, xp: torch.Tensor | None = None) -> tuple[torch.Tensor | None, ...]:
     """The backward of a banded block whose input needs no gradient (as ``_conv_paths.conv_bn_relu_backward``):
     (None, dw2d fp32, db fp32 or None, local (2, C_out) sum(gy), sum(gy * zhat)). The BN sums from the forward's
     zmax (``pooled_bn_sums``) or, without it, from a pass recomputing Z; then a pass recomputing Z for gz and dW
-    in band form; dband is folded to (C_out, K) here."""
+    in band form; dband is folded to (C_out, K) here. ``xp``: the forward's ``band_input`` copy, or None to make
+    one."""
     N = x.shape[0]
     C = w2d.shape[0]
     dev = x.device
     plan = epilogue_plan(1, C, k, stride, pool)
     TP, tq = T // pool, triton.cdiv(T, pool)
-    lp = _layout(x, plan, stride, padding, tq)
-    xp = padded_waveform(x, padding, lp)
+    xp, lp = _waveform(x, xp, padding, _layout(x, plan, stride, padding, tq))
     bq = _block_q(tq)  # both passes: their rows (TP, tq) differ by at most one
     flags = _flags(plan, x, k, stride, bias, bq)
     b = bias if bias is not None else w2d

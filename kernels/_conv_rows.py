@@ -678,22 +678,36 @@ def channels_last(x: torch.Tensor, pad: int, T: int, k: int, stride: int,
     """(xc, LPC): x (N, C_in, L) as a zero-padded channels-last copy (N, LP, C_in), xc[n, pad + i] = x[n, :, i]
     (one F.pad), LP a multiple of 16 covering the windows of the first T positions' rows and the longer last row
     of a band (``band_of``: up to STATS_BAND - 1 steps and a BLOCK_R or DW_BAND_RW more); LPC = LP * C_in.
-    Given ``xc`` (a copy the caller made with the same arguments, ``_conv_paths.forward_input``), only LPC."""
+    Given ``xc`` (a copy the caller made, ``_conv_paths.forward_input``: a longer one only adds zeros), only LPC."""
     N, C, L = x.shape
-    band = (STATS_BAND - 1) * stride + -(-max(_block_r(k * C, x.dtype), DW_BAND_RW) // C)
-    lp = -(-max(pad + L, (T - 1) * stride + k + band) // 16) * 16
+    lp = rows_input_length(x, pad, T, k, stride)
     if xc is not None:
-        assert xc.shape == (N, lp, C) and xc.is_contiguous(), "forward_input's copy"
-        return xc, lp * C
+        assert xc.shape[0] == N and xc.shape[2] == C and xc.shape[1] >= lp and xc.is_contiguous(), "forward_input"
+        return xc, xc.shape[1] * C
     # contiguous(): with nothing to pad F.pad returns a clone, which keeps the transposed strides
     xc = F.pad(x.transpose(1, 2), (0, 0, pad, lp - pad - L)).contiguous()
     return xc, lp * C
 
 
-def rows_input(x: torch.Tensor, pad: int, T: int, k: int, stride: int) -> torch.Tensor:
-    """The channels-last copy both row forward passes (statistics, pool) read, made once per forward by
-    ``_conv_paths.forward_input``."""
-    return channels_last(x, pad, T, k, stride)[0]
+def rows_input_length(x: torch.Tensor, pad: int, T: int, k: int, stride: int) -> int:
+    """LP of ``channels_last``'s copy (x's shape and dtype only: the op's fake calls it too)."""
+    _, C, L = x.shape
+    band = (STATS_BAND - 1) * stride + -(-max(_block_r(k * C, x.dtype), DW_BAND_RW) // C)
+    return -(-max(pad + L, (T - 1) * stride + k + band) // 16) * 16
+
+
+def rows_input(x: torch.Tensor, pad: int, T: int, k: int, stride: int, pool: int | None) -> torch.Tensor:
+    """The channels-last copy both row forward passes (statistics, pool) read and the backward reuses (the op keeps
+    it instead of x: ``_conv_paths.kept_input``), made once per forward by ``_conv_paths.forward_input``; its rows
+    cover the backward's whole last window (T rounded up to the pool)."""
+    return channels_last(x, pad, rows_cover(T, pool), k, stride)[0]
+
+
+def rows_cover(T: int, pool: int | None) -> int:
+    """Positions the backward's windows cover: T rounded up to whole windows (its gz kernel's last window runs past
+    T)."""
+    p = pool or 1
+    return triton.cdiv(T, p) * p
 
 
 def _reorder(w2d: torch.Tensor, c_in: int, k: int) -> torch.Tensor:
@@ -793,20 +807,22 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
                   gamma: torch.Tensor, stats: torch.Tensor, code: torch.Tensor, zmax: torch.Tensor, k: int,
                   stride: int, padding: int,
                   T: int, pool: int | None, training: bool, deterministic: bool, input_grad: bool,
-                  all_reduce=None, z: torch.Tensor | None = None) -> tuple[torch.Tensor | None, ...]:
+                  all_reduce=None, z: torch.Tensor | None = None,
+                  xc: torch.Tensor | None = None) -> tuple[torch.Tensor | None, ...]:
     """The backward of a row-GEMM block (as ``_conv_paths.conv_bn_relu_backward``): (dx or None, dw2d fp32, db
     fp32 or None, local (2, C_out) sum(gy), sum(gy * zhat)). The BN sums from the forward's zmax (``pooled_bn_sums``)
     or, without it, a pass recomputing Z; then gz (N * T, C_out) in x.dtype (a pass recomputing Z), then dW from
     the same contiguous rows and dx by ``_rows_dx_kernel`` (or ``_conv_bwd.dx_from_gz`` where ``dx_rows_ok``
     says no). ``zmax``: what the forward saved beside the codes, zmax with a pool, the output (ReLU's mask)
-    without one; ``z``: the forward's stored conv output (``keeps_z``): then no pass recomputes the conv."""
+    without one; ``z``: the forward's stored conv output (``keeps_z``): then no pass recomputes the conv; ``xc``: the
+    forward's ``rows_input`` copy, or None to make one."""
     N, C_in, L = x.shape
     C = w2d.shape[0]
     dev = x.device
     plan = rows_plan(C_in, C, k, stride, x.dtype)
     p = pool or 1
     TP, tq = T // p, triton.cdiv(T, p)
-    xc, lpc = channels_last(x, padding, tq * p, k, stride)  # the gz kernel's last window runs past T
+    xc, lpc = channels_last(x, padding, rows_cover(T, pool), k, stride, xc)
     mask = code if pool is not None else zmax  # the codes, or without a pool the output (ReLU's mask)
     z = _kept(z)
     has_z = z is not None

@@ -20,7 +20,15 @@ from torch.library import triton_op
 
 from ._common import INTERPRET, no_autocast, use_triton
 from ._conv_fwd import code_dtype, keeps_zmax
-from ._conv_paths import block_forward, conv_bn_relu_backward, keeps_z
+from ._conv_paths import (
+    block_forward,
+    conv_bn_relu_backward,
+    forward_input,
+    keeps_z,
+    kept_input,
+    kept_input_shape,
+    x_of_kept,
+)
 from .bn_running import reference_update_running_stats, update_running_stats
 
 # fmt: off
@@ -124,12 +132,19 @@ def _out_len(length: int, kernel: int, stride: int, padding: int) -> int:
 def reference_forward(x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight: Tensor, bn_bias: Tensor,
                       running_mean: Tensor | None, running_var: Tensor | None, stride: int, padding: int,
                       training: bool, eps: float, pool: int | None, deterministic: bool,
-                      group: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+                      group: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Plain PyTorch forward in fp32 (fp64 for fp64 inputs) with the fused op's outputs (pooled output,
-    window codes, zmax, stats, z: the conv output without bias (N, T, C_out) in x.dtype when ``keeps_z``)."""
+    window codes, zmax, stats, z: the conv output without bias (N, T, C_out) in x.dtype when ``keeps_z``, xk: the
+    padded copy of x when ``kept_input``)."""
     acc = acc_dtype(x)
     with no_autocast(x.device):
         z = F.conv1d(x.to(acc), weight.to(acc), bias.to(acc) if bias is not None else None, stride, padding)
+        # the padded copy the kernels' backward would reuse (``kept_input``): made here too, so the reference keeps
+        # what the kernels keep
+        c_out, k = weight.shape[0], weight.shape[-1]
+        xk = x.new_empty(0)
+        if kept_input(x.shape[1], c_out, k, stride, pool, x.dtype) is not None:
+            xk = forward_input(x, c_out, k, stride, padding, _out_len(x.shape[-1], k, stride, padding), pool)
         kept = x.new_empty(0)
         if keeps_z(x, weight.shape[0], weight.shape[-1], stride, pool, training):
             z0 = z - bias.to(acc)[:, None] if bias is not None else z
@@ -145,22 +160,23 @@ def reference_forward(x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight:
             stats = eval_stats(running_mean, running_var, eps, acc)
         y = F.relu((z - stats[0, :, None]) * (stats[1] * bn_weight.to(acc))[:, None] + bn_bias.to(acc)[:, None])
         if pool is None:
-            return y.to(x.dtype), torch.empty(0, dtype=torch.int8, device=x.device), x.new_empty(0), stats, kept
+            return y.to(x.dtype), torch.empty(0, dtype=torch.int8, device=x.device), x.new_empty(0), stats, kept, xk
         out, idx = F.max_pool1d(y, pool, pool, return_indices=True)
         start = torch.arange(out.shape[-1], device=x.device) * pool
         code = torch.where(out > 0, idx - start, -1).to(code_dtype(pool))
         if not keeps_zmax(x, pool):
-            return out.to(x.dtype), code, x.new_empty(0), stats, kept
+            return out.to(x.dtype), code, x.new_empty(0), stats, kept, xk
         zhat = (z - stats[0, :, None]) * stats[1, :, None]
         zmax = torch.where(out > 0, zhat.gather(2, idx), 0.0)
-        return out.to(x.dtype), code, zmax.to(x.dtype), stats, kept
+        return out.to(x.dtype), code, zmax.to(x.dtype), stats, kept, xk
 
 
 def reference_backward(grad_out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight: Tensor,
-                       stats: Tensor, code: Tensor, out: Tensor | None, z: Tensor, stride: int, padding: int,
-                       training: bool, pool: int | None, deterministic: bool, group: int,
+                       stats: Tensor, code: Tensor, out: Tensor | None, z: Tensor, xk: Tensor, stride: int,
+                       padding: int, training: bool, pool: int | None, deterministic: bool, group: int,
                        input_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Plain PyTorch backward from the same saved tensors as the Triton backward (it recomputes the conv: ``z``,
+    """Plain PyTorch backward from the same saved tensors as the Triton backward (it reads x, a view of ``xk``
+    where the forward kept its padded copy, and recomputes the conv: ``z``,
     the forward's stored conv output, is not read); outputs as ``_bwd_op``'s."""
     acc = acc_dtype(x)
     with no_autocast(x.device):
@@ -195,13 +211,14 @@ def reference_backward(grad_out: Tensor, x: Tensor, weight: Tensor, bias: Tensor
 def _fwd_op(x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight: Tensor, bn_bias: Tensor,
             running_mean: Tensor | None, running_var: Tensor | None, stride: int, padding: int,
             training: bool, eps: float, pool: int | None, deterministic: bool,
-            group: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+            group: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Outputs: pooled (or plain) output, pool window codes (int8; empty without pool), zmax (the normalised
     conv output at each window's maximum, 0 where the output is 0, in x.dtype; empty without pool or with
     32- / 64-bit inputs, ``keeps_zmax``), stats (4, C_out) fp32 rows mean, invstd, unbiased variance, count,
-    and z: the conv output without bias (N, T, C_out) in x.dtype, kept for pass 2 and the backward by 16-bit
-    training forwards on the row kernels (``_conv_paths.keeps_z``; empty otherwise). ``deterministic`` is for
-    backward."""
+    z: the conv output without bias (N, T, C_out) in x.dtype, kept for pass 2 and the backward by 16-bit
+    training forwards on the row kernels (``_conv_paths.keeps_z``; empty otherwise), and xk: the padded copy of x
+    the forward passes read, which the backward reuses (``_conv_paths.kept_input``; empty otherwise).
+    ``deterministic`` is for backward."""
     if not use_triton(x) or x.dtype == torch.float64:  # the kernels accumulate in fp32
         return reference_forward(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, stride,
                                  padding, training, eps, pool, deterministic, group)
@@ -224,33 +241,35 @@ def _fwd_fake(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, st
     zmax = x.new_empty(shape if keeps_zmax(x, pool) else (0,))
     keep = keeps_z(x, weight.shape[0], weight.shape[-1], stride, pool, training)
     z = x.new_empty((x.shape[0], t, weight.shape[0]) if keep else (0,))
-    return x.new_empty(shape), code, zmax, x.new_empty((4, weight.shape[0]), dtype=acc_dtype(x)), z
+    xk = x.new_empty(kept_input_shape(x, weight.shape[0], weight.shape[-1], stride, padding, t, pool) or (0,))
+    return x.new_empty(shape), code, zmax, x.new_empty((4, weight.shape[0]), dtype=acc_dtype(x)), z, xk
 
 
 @triton_op("soundnet_fast::conv1d_bn_relu_backward", mutates_args=())
 def _bwd_op(grad_out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight: Tensor,
-            stats: Tensor, code: Tensor, out: Tensor | None, z: Tensor, stride: int, padding: int, training: bool,
-            pool: int | None, deterministic: bool, group: int,
+            stats: Tensor, code: Tensor, out: Tensor | None, z: Tensor, xk: Tensor, stride: int, padding: int,
+            training: bool, pool: int | None, deterministic: bool, group: int,
             input_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(dx (empty without ``input_grad``), dW, db (empty without a bias), dbn (2, C_out): BatchNorm's dbeta =
     sum(gy) and dgamma = sum(gy * zhat) of this process, one tensor so that no copy separates them). ``out``:
     what the forward saved beside the codes, its output without a pool, zmax with one; ``z``: the forward's
-    stored conv output (empty unless ``keeps_z``)."""
+    stored conv output (empty unless ``keeps_z``); ``xk``: the forward's padded copy of x (empty unless
+    ``kept_input``; x is then a view of it)."""
     if not use_triton(x) or x.dtype == torch.float64:
-        return reference_backward(grad_out, x, weight, bias, bn_weight, stats, code, out, z, stride, padding,
+        return reference_backward(grad_out, x, weight, bias, bn_weight, stats, code, out, z, xk, stride, padding,
                                   training, pool, deterministic, group, input_grad)
     c_out, c_in, k = weight.shape
     w2d = weight.reshape(c_out, c_in * k).contiguous()
     t = _out_len(x.shape[-1], k, stride, padding)
     dx, dw, db, dbn = conv_bn_relu_backward(
         grad_out, x, w2d, bias, bn_weight, stats, code, out, k, stride, padding, t, pool, training,
-        deterministic, input_grad, _all_reduce(group), z)
+        deterministic, input_grad, _all_reduce(group), z, xk)
     return (dx if dx is not None else x.new_empty(0), dw.reshape(weight.shape).to(weight.dtype),
             db.to(bias.dtype) if db is not None else weight.new_empty(0), dbn.to(bn_weight.dtype))
 
 
 @_bwd_op.register_fake
-def _bwd_fake(grad_out, x, weight, bias, bn_weight, stats, code, out, z, stride, padding, training, pool,
+def _bwd_fake(grad_out, x, weight, bias, bn_weight, stats, code, out, z, xk, stride, padding, training, pool,
               deterministic, group, input_grad):
     return (x.new_empty(x.shape if input_grad else (0,)), torch.empty_like(weight),
             torch.empty_like(bias) if bias is not None else weight.new_empty(0),
@@ -259,19 +278,23 @@ def _bwd_fake(grad_out, x, weight, bias, bn_weight, stats, code, out, z, stride,
 
 def _setup_context(ctx, inputs, output) -> None:
     x, weight, bias, bn_weight, _, _, _, stride, padding, training, _, pool, deterministic, group = inputs
-    out, code, zmax, stats, z = output
-    ctx.mark_non_differentiable(code, zmax, stats, z)
-    # Saved: the input, parameters, per-channel stats, the pool's int8 argmax offsets and zmax (pooled size:
-    # the BN sums need no recompute), the output only without a pool (ReLU's mask; it is the next layer's
-    # input anyway), and z, the unpooled conv output, only where keeps_z says it pays (16-bit, row kernels).
-    ctx.save_for_backward(x, weight, bias, bn_weight, stats, code, out if pool is None else zmax, z)
-    ctx.conf = (stride, padding, training, pool, deterministic, group)
+    out, code, zmax, stats, z, xk = output
+    ctx.mark_non_differentiable(code, zmax, stats, z, xk)
+    # Saved: the input (or, where the backward reuses it, the forward's padded copy of it: x is then a view of the
+    # copy), parameters, per-channel stats, the pool's int8 argmax offsets and zmax (pooled size: the BN sums need
+    # no recompute), the output only without a pool (ReLU's mask; it is the next layer's input anyway), and z, the
+    # unpooled conv output, only where keeps_z says it pays (16-bit, row kernels).
+    kept = xk.numel() > 0
+    ctx.save_for_backward(xk if kept else x, weight, bias, bn_weight, stats, code, out if pool is None else zmax, z)
+    ctx.conf = (stride, padding, training, pool, deterministic, group, kept, x.shape[-1])
 
 
-def _backward(ctx, grad_out, _grad_code, _grad_zmax, _grad_stats, _grad_z):
+def _backward(ctx, grad_out, _grad_code, _grad_zmax, _grad_stats, _grad_z, _grad_xk):
     x, weight, bias, bn_weight, stats, code, out, z = ctx.saved_tensors
-    stride, padding, training, pool, deterministic, group = ctx.conf
-    dx, dw, db, dbn = _bwd_op(grad_out, x, weight, bias, bn_weight, stats, code, out, z, stride, padding,
+    stride, padding, training, pool, deterministic, group, kept, length = ctx.conf
+    xk = x if kept else x.new_empty(0)
+    x = x_of_kept(xk, length, padding) if kept else x
+    dx, dw, db, dbn = _bwd_op(grad_out, x, weight, bias, bn_weight, stats, code, out, z, xk, stride, padding,
                               training, pool, deterministic, group, ctx.needs_input_grad[0])
     dbeta, dgamma = dbn.unbind(0)
     return (dx if ctx.needs_input_grad[0] else None, dw, db if bias is not None else None, dgamma, dbeta,
@@ -364,7 +387,7 @@ def conv1d_bn_relu(x: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, bn_
     if deterministic is None:
         deterministic = torch.are_deterministic_algorithms_enabled()
     group = _group_key(process_group) if training else 0
-    out, _, _, stats, _ = _fwd_op(x, conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var,
+    out, _, _, stats, _, _ = _fwd_op(x, conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var,
                                   stride, padding, bool(training), float(eps), None if pool is None else int(pool),
                                   bool(deterministic), group)
     if training and running_mean is not None and running_var is not None:

@@ -101,7 +101,7 @@ def bf16_training_launches(batch: int, samples: int) -> list[dict[str, Any]]:
             torch.empty((), dtype=torch.int64, device="meta"),
         )  # mean, var, num_batches_tracked
         with aot_check.record_launches("tf32") as rec:  # bf16 operands: the recorder passes "ieee"
-            y, code, zmax, stats, z = _conv_paths.block_forward(x, w2d, b, g, g, k, s, p, t, pool, True, 1e-5)
+            y, code, zmax, stats, z, xk = _conv_paths.block_forward(x, w2d, b, g, g, k, s, p, t, pool, True, 1e-5)
             bn_running.update_running_stats(*running, stats, 0.1)
         take(rec, spec.name, "forward")
         go = torch.empty(y.shape, dtype=bf16, device="meta")
@@ -125,6 +125,7 @@ def bf16_training_launches(batch: int, samples: int) -> list[dict[str, Any]]:
                 i > 0,
                 None,
                 z,
+                xk,
             )
         take(rec, spec.name, "backward")
         length, c_in = (t // pool if pool else t), c_out

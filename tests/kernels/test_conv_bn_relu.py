@@ -18,7 +18,7 @@ import torch
 
 import soundnet_fast.kernels.conv_bn_relu as cbr
 from soundnet_fast.kernels import conv1d_bn_relu
-from soundnet_fast.kernels._conv_paths import block_paths
+from soundnet_fast.kernels._conv_paths import block_paths, x_of_kept
 from tests.helpers.kernels import (
     SOUNDNET_LAYERS,
     eager_block,
@@ -340,9 +340,9 @@ def test_opcheck_interpreter() -> None:
     for args in opcheck_samples():
         torch.library.opcheck(cbr._fwd_op, args)
     x, w, b, g, beta, rm, rv = (a.detach() for a in opcheck_samples()[0][:7])
-    out, code, zmax, stats, z = cbr._fwd_op(x, w, b, g, beta, rm, rv, 2, 1, True, 1e-5, 4, True, 0)
+    out, code, zmax, stats, z, xk = cbr._fwd_op(x, w, b, g, beta, rm, rv, 2, 1, True, 1e-5, 4, True, 0)
     torch.library.opcheck(
-        cbr._bwd_op, (torch.randn_like(out), x, w, b, g, stats, code, zmax, z, 2, 1, True, 4, True, 0, True)
+        cbr._bwd_op, (torch.randn_like(out), x, w, b, g, stats, code, zmax, z, xk, 2, 1, True, 4, True, 0, True)
     )
     torch.library.opcheck(cbr._update_running_stats, (rm.clone(), rv.clone(), torch.tensor(0), stats, 0.1))
 
@@ -356,11 +356,14 @@ def test_opcheck_non_deterministic_backward(path: str) -> None:
     x = torch.randn(2, c_in, 120, generator=gen)
     w = torch.randn(c_out, c_in, k, generator=gen) * 0.3
     b, g, beta = torch.randn(c_out, generator=gen), torch.rand(c_out, generator=gen) + 0.5, torch.randn(c_out)
-    out, code, zmax, stats, z = cbr._fwd_op(x, w, b, g, beta, torch.zeros(c_out), torch.ones(c_out), 2, 4, True,
-                                            1e-5, pool, False, 0)  # fmt: skip
+    out, code, zmax, stats, z, xk = cbr._fwd_op(x, w, b, g, beta, torch.zeros(c_out), torch.ones(c_out), 2, 4, True,
+                                                1e-5, pool, False, 0)  # fmt: skip
     assert block_paths(c_in, c_out, k, 2, pool, x.dtype, False).backward == path
-    torch.library.opcheck(cbr._bwd_op, (torch.randn_like(out), x, w, b, g, stats, code, zmax, z, 2, 4, True, pool,
-                                        False, 0, False))  # fmt: skip
+    # x as the backward gets it: a view of the kept padded copy
+    xv = x_of_kept(xk, x.shape[-1], 4)
+    torch.testing.assert_close(xv, x)
+    torch.library.opcheck(cbr._bwd_op, (torch.randn_like(out), xv, w, b, g, stats, code, zmax, z, xk, 2, 4, True,
+                                        pool, False, 0, False))  # fmt: skip
 
 
 def test_opcheck_cpu_reference() -> None:
@@ -377,8 +380,8 @@ def test_opcheck_cpu_reference() -> None:
         for args in opcheck_samples():
             torch.library.opcheck(cbr._fwd_op, args)
         x, w, b, g, beta, rm, rv = (a.detach() for a in opcheck_samples()[0][:7])
-        out, code, zmax, stats, z = cbr._fwd_op(x, w, b, g, beta, rm, rv, 2, 1, True, 1e-5, 4, True, 0)
-        torch.library.opcheck(cbr._bwd_op, (torch.randn_like(out), x, w, b, g, stats, code, zmax, z, 2, 1,
+        out, code, zmax, stats, z, xk = cbr._fwd_op(x, w, b, g, beta, rm, rv, 2, 1, True, 1e-5, 4, True, 0)
+        torch.library.opcheck(cbr._bwd_op, (torch.randn_like(out), x, w, b, g, stats, code, zmax, z, xk, 2, 1,
                                             True, 4, True, 0, True))
         torch.library.opcheck(cbr._update_running_stats, (rm, rv, torch.tensor(0), stats, None))
         z = torch.randn(3, 7, 5, requires_grad=True)

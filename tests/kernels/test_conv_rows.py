@@ -66,8 +66,8 @@ def test_16_bit_keeps_z_and_zmax_and_recomputes_nothing(
     case = make_case(2, c_in, c_out, k, 300, seed=3)
     x = case.x.to(dtype)
     w = case.w.to(dtype)
-    out, code, zmax, stats, z = _fwd_op(x, w, case.b.to(dtype), case.g.float(), case.beta.float(), None, None, s,
-                                        p, True, 1e-5, pool, True, 0)  # fmt: skip
+    out, code, zmax, stats, z, _ = _fwd_op(x, w, case.b.to(dtype), case.g.float(), case.beta.float(), None, None,
+                                           s, p, True, 1e-5, pool, True, 0)  # fmt: skip
     bf16 = dtype == torch.bfloat16
     t = (300 + 2 * p - k) // s + 1
     assert zmax.shape == (out.shape if bf16 and pool else (0,))

@@ -40,10 +40,11 @@ def test_soundnet8_trunk_20s_fused_at_most_quarter_of_eager() -> None:
 
 def test_soundnet8_trunk_20s_bf16_within_the_budget() -> None:
     """16-bit blocks keep more to recompute less (zmax; the row kernels' unpooled conv output z): the trunk must
-    still stay within 6.5 MB per 20 s clip, and above fp32's count (which keeps neither)."""
+    still stay within 6.5 MB per 20 s clip, and keep more values than fp32 (which keeps neither; both keep the
+    blocks' padded inputs, ``_conv_paths.kept_input``)."""
     fused16 = _trunk_bytes("fused", 20 * SAMPLE_RATE, 1, "meta", dtype=torch.bfloat16)
     fused32 = _trunk_bytes("fused", 20 * SAMPLE_RATE, 1, "meta")
-    assert fused32 < fused16 <= 6.5e6, (fused16, fused32)
+    assert fused32 / 2 < fused16 <= 6.5e6, (fused16, fused32)
     print(f"saved for backward per 20 s clip (bf16): fused {fused16 / 1e6:.2f} MB")
 
 

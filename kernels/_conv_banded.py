@@ -50,6 +50,7 @@ from ._conv_fwd import (
     persistent_grid,
     pool_select,
     reg_cap,
+    stats_partials,
     store_bn_sums,
     store_moments,
     store_partial,
@@ -133,8 +134,8 @@ def _band_setup(w_ptr, b_ptr, c0, C_OUT, HAS_BIAS: tl.constexpr, J1: tl.constexp
 @triton.jit
 def _band_stats_kernel(xp_ptr,  # (N, LP) padded waveform
                        w_ptr, b_ptr,  # (C_OUT, K), (C_OUT,)
-                       part_ptr,  # (3, C_OUT, P) per-program mean, M2, count
-                       C_OUT, T, TPC, LP, NUM_TILES, P, HAS_BIAS: tl.constexpr, K: tl.constexpr,
+                       part_ptr,  # (3, C_OUT, P) per-program mean, M2, count; rows PITCH apart
+                       C_OUT, T, TPC, LP, NUM_TILES, P, PITCH, HAS_BIAS: tl.constexpr, K: tl.constexpr,
                        STRIDE: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_C: tl.constexpr,
                        BLOCK_Q: tl.constexpr, J1: tl.constexpr, J2: tl.constexpr, INTERP: tl.constexpr,
                        PRECISION: tl.constexpr):
@@ -170,7 +171,7 @@ def _band_stats_kernel(xp_ptr,  # (N, LP) padded waveform
         count += (tl.minimum(r0 * POOL + BLOCK_Q * POOL, T) - r0 * POOL).to(tl.float32)
     s = tl.sum(acc_s, axis=0)
     m2 = tl.maximum(tl.sum(acc_q, axis=0) - s * s / count, 0.0)
-    store_moments(part_ptr, c0 + tl.arange(0, BLOCK_C), C_OUT, P, pid_p, shift + s / count + bias, m2, count)
+    store_moments(part_ptr, c0 + tl.arange(0, BLOCK_C), C_OUT, PITCH, pid_p, shift + s / count + bias, m2, count)
 
 
 @triton.jit
@@ -503,10 +504,10 @@ def band_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
     xp, lp = _waveform(x, xp, padding, _layout(x, plan, stride, padding, tq))
     bq = _block_q(tq)
     tpc, tiles, P = _tiles(N, tq, bq, "stats", x, triton.cdiv(C, plan["BLOCK_C"]))
-    part = torch.empty((3, C, P), device=x.device, dtype=torch.float32)
+    part = stats_partials(3, C, P, x.device)
     b = bias if bias is not None else w2d
     wrap_triton(_band_stats_kernel)[(P, triton.cdiv(C, plan["BLOCK_C"]))](
-        xp, w2d, b, part, C, T, tpc, lp, tiles, P, **(reg_cap(128) if x.element_size() == 2 else {}),
+        xp, w2d, b, part, C, T, tpc, lp, tiles, P, part.stride(1), **(reg_cap(128) if x.element_size() == 2 else {}),
         **_flags(plan, x, k, stride, bias, bq))  # fp32: shared memory allows 2 CTAs anyway, and 128 spilled
     return merge_stats(part, 0, 0, eps)
 

@@ -198,24 +198,24 @@ def fp32_if(v, INTERP: tl.constexpr):
 
 
 @triton.jit
-def store_moments(part_ptr, co, C_OUT, P, pid_p, mean, m2, n):
-    """A program's per-channel (mean, M2, count) into part (3, C_OUT, P) at [:, co, pid_p], as
-    ``_merge_stats_kernel`` with HAS_COUNT reads them."""
+def store_moments(part_ptr, co, C_OUT, PITCH, pid_p, mean, m2, n):
+    """A program's per-channel (mean, M2, count) into part (3, C_OUT, P) (rows PITCH apart: ``stats_partials``) at
+    [:, co, pid_p], as ``_merge_stats_kernel`` with HAS_COUNT reads them."""
     c_ok = co < C_OUT
-    tl.store(part_ptr + co * P + pid_p, mean, mask=c_ok)
-    tl.store(part_ptr + (C_OUT + co) * P + pid_p, m2, mask=c_ok)
-    tl.store(part_ptr + (2 * C_OUT + co) * P + pid_p, n, mask=c_ok)
+    tl.store(part_ptr + co * PITCH + pid_p, mean, mask=c_ok)
+    tl.store(part_ptr + (C_OUT + co) * PITCH + pid_p, m2, mask=c_ok)
+    tl.store(part_ptr + (2 * C_OUT + co) * PITCH + pid_p, n, mask=c_ok)
 
 
 @triton.jit
-def _conv_stats_kernel(x_ptr, w_ptr, b_ptr, part_ptr, C_OUT, L, R, T, M, P, sxn, sxc, sxl, stride, pad,
+def _conv_stats_kernel(x_ptr, w_ptr, b_ptr, part_ptr, C_OUT, L, R, T, M, PITCH, sxn, sxc, sxl, stride, pad,
                        HAS_BIAS: tl.constexpr, K: tl.constexpr, BLOCK_CO: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, TILES: tl.constexpr,
                        INTERP: tl.constexpr, PRECISION: tl.constexpr):
     """Per program: TILES consecutive conv tiles, each reduced to (count, mean, M2) per channel and
     merged into a running triple (Chan, Golub, LeVeque 1979: delta = mean_b - mean_a,
-    M2 = M2_a + M2_b + delta^2 n_a n_b / n). Writes part[0, co, p] = mean, part[1, co, p] = M2;
-    the count of program p follows from M and is recomputed by the merge kernel."""
+    M2 = M2_a + M2_b + delta^2 n_a n_b / n). Writes part[0, co, p] = mean, part[1, co, p] = M2 (rows PITCH
+    apart); the count of program p follows from M and is recomputed by the merge kernel."""
     pid_p = tl.program_id(0)  # the long axis first: CUDA caps grid axes 1 and 2 at 65,535
     pid_c = tl.program_id(1)
     co = pid_c * BLOCK_CO + tl.arange(0, BLOCK_CO)
@@ -234,26 +234,27 @@ def _conv_stats_kernel(x_ptr, w_ptr, b_ptr, part_ptr, C_OUT, L, R, T, M, P, sxn,
         m2_b = tl.sum(d * d, axis=1)
         n_a, mean_a, m2_a = chan_merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b)
     c_ok = co < C_OUT
-    tl.store(part_ptr + co * P + pid_p, mean_a, mask=c_ok)
-    tl.store(part_ptr + (C_OUT + co) * P + pid_p, m2_a, mask=c_ok)
+    tl.store(part_ptr + co * PITCH + pid_p, mean_a, mask=c_ok)
+    tl.store(part_ptr + (C_OUT + co) * PITCH + pid_p, m2_a, mask=c_ok)
 
 
 @triton.jit
-def _part_count(part_ptr, co, p, ok, C_OUT, P, M, PER_PROG, HAS_COUNT: tl.constexpr):
+def _part_count(part_ptr, co, p, ok, C_OUT, PITCH, M, PER_PROG, HAS_COUNT: tl.constexpr):
     """Counts (BLOCK_C, BLOCK_P) of the partials p: stored in part[2], or the columns behind program p."""
     if HAS_COUNT:
-        return tl.load(part_ptr + (2 * C_OUT + co[:, None]) * P + p[None, :], mask=ok, other=0.0)
+        return tl.load(part_ptr + (2 * C_OUT + co[:, None]) * PITCH + p[None, :], mask=ok, other=0.0)
     cnt = tl.minimum(tl.maximum(M - p.to(tl.int64) * PER_PROG, 0), PER_PROG).to(tl.float32)
     return tl.broadcast_to(cnt[None, :], (co.shape[0], p.shape[0]))
 
 
 @triton.jit
-def _merge_stats_kernel(part_ptr, out_ptr, C_OUT, P, M, PER_PROG, eps, BLOCK_C: tl.constexpr,
+def _merge_stats_kernel(part_ptr, out_ptr, C_OUT, P, PITCH, M, PER_PROG, eps, BLOCK_C: tl.constexpr,
                         BLOCK_P: tl.constexpr, HAS_COUNT: tl.constexpr, FINALIZE: tl.constexpr):
     """Merge P partial (count, mean, M2) triples per channel, in a fixed order (deterministic), in one pass over
     them: each chunk of BLOCK_P partials is merged exactly (n_b = sum n_p, mean_b = sum n_p mean_p / n_b,
     M2_b = sum M2_p + sum n_p (mean_p - mean_b)^2, from the values in registers), and the chunks one after the
-    other with Chan's pairwise formula (``chan_merge``; no cancellation). part_ptr: (2 or 3, C_OUT, P) fp32;
+    other with Chan's pairwise formula (``chan_merge``; no cancellation). part_ptr: (2 or 3, C_OUT, P) fp32, rows
+    PITCH apart (``stats_partials``);
     out_ptr: (3, C_OUT) fp32 n, mean, M2, or with FINALIZE (4, C_OUT) fp32 the stats rows ``finalize_stats``
     makes from them: mean, invstd = 1 / sqrt(M2 / n + eps), unbiased variance M2 / max(n - 1, 1), n (BN's
     finalisation, no torch ops). The count n_p of program p is part[2, co, p] when HAS_COUNT (the banded and
@@ -266,9 +267,12 @@ def _merge_stats_kernel(part_ptr, out_ptr, C_OUT, P, M, PER_PROG, eps, BLOCK_C: 
     for p0 in range(0, P, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
         ok = c_ok[:, None] & (p < P)[None, :]
-        cnt = tl.where(ok, _part_count(part_ptr, co, p, ok, C_OUT, P, M, PER_PROG, HAS_COUNT), 0.0)
-        mu = tl.load(part_ptr + co[:, None] * P + p[None, :], mask=ok, other=0.0)
-        q = tl.load(part_ptr + (C_OUT + co[:, None]) * P + p[None, :], mask=ok, other=0.0)
+        # loads of whole 16-element runs up to the pitch (16-byte loads: P itself is seldom a multiple of 16); the
+        # pitch's padding, never written, is selected out, not multiplied
+        ld = c_ok[:, None] & (p < PITCH)[None, :]
+        cnt = tl.where(ok, _part_count(part_ptr, co, p, ld, C_OUT, PITCH, M, PER_PROG, HAS_COUNT), 0.0)
+        mu = tl.where(ok, tl.load(part_ptr + co[:, None] * PITCH + p[None, :], mask=ld, other=0.0), 0.0)
+        q = tl.where(ok, tl.load(part_ptr + (C_OUT + co[:, None]) * PITCH + p[None, :], mask=ld, other=0.0), 0.0)
         n_b = tl.sum(cnt, axis=1)
         mean_b = tl.sum(mu * cnt, axis=1) / tl.maximum(n_b, 1.0)
         d = mu - mean_b[:, None]
@@ -376,13 +380,19 @@ def generic_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | Non
     num_tiles = triton.cdiv(M, bm)
     tiles = stats_tiles(num_tiles)
     P = triton.cdiv(num_tiles, tiles)
-    part = torch.empty((2, C, P), device=x.device, dtype=torch.float32)
+    part = stats_partials(2, C, P, x.device)
     b = bias if bias is not None else w2d
     wrap_triton(_conv_stats_kernel)[(P, triton.cdiv(C, bco))](
-        x, w2d, b, part, C, L, R, T, M, P, x.stride(0), x.stride(1), x.stride(2), stride, padding,
+        x, w2d, b, part, C, L, R, T, M, part.stride(1), x.stride(0), x.stride(1), x.stride(2), stride, padding,
         HAS_BIAS=bias is not None, K=K, BLOCK_CO=bco, BLOCK_M=bm, BLOCK_R=br, TILES=tiles,
         INTERP=INTERPRET, PRECISION=dot_precision(x), num_warps=warps)
     return merge_stats(part, M, tiles * bm, eps)
+
+
+def stats_partials(rows: int, c_out: int, P: int, device: torch.device) -> torch.Tensor:
+    """The statistics kernels' partials (rows, C_out, P) fp32, each (row, channel) run of P values starting 64 bytes
+    aligned (a pitch of P rounded up to 16), so the merge reads them 16 bytes at a time whatever P is."""
+    return torch.empty((rows, c_out, -(-P // 16) * 16), device=device, dtype=torch.float32)[:, :, :P]
 
 
 def merge_stats(part: torch.Tensor, M: int, per_prog: int, eps: float | None) -> torch.Tensor:
@@ -394,7 +404,7 @@ def merge_stats(part: torch.Tensor, M: int, per_prog: int, eps: float | None) ->
     out = torch.empty((3 if eps is None else 4, C), device=part.device, dtype=torch.float32)
     bc, bp = merge_blocks(C, P)
     wrap_triton(_merge_stats_kernel)[(triton.cdiv(C, bc),)](
-        part, out, C, P, M, per_prog, 0.0 if eps is None else float(eps), BLOCK_C=bc, BLOCK_P=bp,
+        part, out, C, P, part.stride(1), M, per_prog, 0.0 if eps is None else float(eps), BLOCK_C=bc, BLOCK_P=bp,
         HAS_COUNT=part.shape[0] == 3, FINALIZE=eps is not None, num_warps=4)
     return out
 
@@ -430,9 +440,10 @@ def merge_blocks(c_out: int, parts: int) -> tuple[int, int]:
     --spills-only``). The merge is a short chain of dependent loads and reductions: narrow channel blocks give it
     more programs and each program one chunk (up to 512 partials): SoundNet-8's seven merges at batch 64, bf16,
     predicted 81 -> 29 us per step on the H200 (one pass over the chunks, 2 channels per program, against two
-    passes, up to 64)."""
+    passes, up to 64). At least 256 partials per chunk on a GPU (a 2 x 256 tile: 4 per thread, so the loads are
+    16 bytes wide however few partials there are; the lanes past them are masked)."""
     bc = clamp_pow2(c_out, 2, 256 if INTERPRET else 2)
-    return bc, clamp_pow2(parts, 16, 1024 if INTERPRET else 1024 // bc)
+    return bc, clamp_pow2(parts, 16 if INTERPRET else 256, 1024 if INTERPRET else 1024 // bc)
 
 
 def code_dtype(pool: int) -> torch.dtype:

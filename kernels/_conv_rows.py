@@ -49,6 +49,7 @@ from ._conv_fwd import (
     merge_stats,
     persistent_grid,
     pool_select,
+    stats_partials,
     store_bn_sums,
     store_moments,
     store_partial,
@@ -191,9 +192,9 @@ def _window_rows(n, tile, TR, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.
 @triton.jit
 def _rows_stats_kernel(xc_ptr,  # (N, LP, C_IN) channels-last padded input
                        wr_ptr,  # (C_OUT, KC) reordered weight; W_MODE 1: the conv weight (C_OUT, C_IN * K)
-                       b_ptr, part_ptr,  # (C_OUT,), (3, C_OUT, P)
+                       b_ptr, part_ptr,  # (C_OUT,), (3, C_OUT, P) rows PITCH apart
                        z_ptr,  # (N * T, C_OUT) (STORE_Z)
-                       C_OUT, T, M, LPC, KC, R: tl.constexpr, NUM_TILES, TPC, P, C_IN, HAS_BIAS: tl.constexpr,
+                       C_OUT, T, M, LPC, KC, R: tl.constexpr, NUM_TILES, TPC, P, PITCH, C_IN, HAS_BIAS: tl.constexpr,
                        STEP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr,
                        BAND: tl.constexpr, RESIDENT: tl.constexpr, W_MODE: tl.constexpr, STORE_Z: tl.constexpr,
                        INTERP: tl.constexpr, PRECISION: tl.constexpr):
@@ -243,7 +244,7 @@ def _rows_stats_kernel(xc_ptr,  # (N, LP, C_IN) channels-last padded input
         mean_b = tl.sum(tl.where(ok[:, None], z, 0.0), axis=0) / tl.maximum(n_b, 1.0)
         d = tl.where(ok[:, None], z - mean_b[None, :], 0.0)
         n_a, mean_a, m2_a = chan_merge(n_a, mean_a, m2_a, n_b, mean_b, tl.sum(d * d, axis=0))
-    store_moments(part_ptr, co, C_OUT, P, pid_p, mean_a, m2_a, n_a)
+    store_moments(part_ptr, co, C_OUT, PITCH, pid_p, mean_a, m2_a, n_a)
 
 
 @triton.jit
@@ -747,15 +748,15 @@ def rows_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
         bm = clamp_pow2(M, 16, 128) if INTERPRET else bm
         tpc = 1
         tiles, P = persistent_grid(M, bm, ROWS_PER_SM, grid_c)
-    part = torch.empty((3, C, P), device=x.device, dtype=torch.float32)
+    part = stats_partials(3, C, P, x.device)
     b = bias if bias is not None else w2d
     z = _kept(z)
     store_z = z is not None
     direct = band > 1 or resident  # the weight loaded once per program, straight from w2d (no reorder copy)
     wrap_triton(_rows_stats_kernel)[(P, grid_c)](
         xc, w2d if direct else _reorder(w2d, C_in, k), b, part, z if store_z else part, C, T, M, lpc, kc, r, tiles,
-        tpc, P, C_in, HAS_BIAS=bias is not None, STEP=stride * C_in, BLOCK_M=bm, BAND=band, STORE_Z=store_z,
-        INTERP=INTERPRET, RESIDENT=resident, W_MODE=1 if direct else 0, PRECISION=dot_precision(x),
+        tpc, P, part.stride(1), C_in, HAS_BIAS=bias is not None, STEP=stride * C_in, BLOCK_M=bm, BAND=band,
+        STORE_Z=store_z, INTERP=INTERPRET, RESIDENT=resident, W_MODE=1 if direct else 0, PRECISION=dot_precision(x),
         num_warps=BAND_WARPS if band > 1 else 4, num_stages=STAGES, **plan)
     return merge_stats(part, 0, 0, eps)
 

@@ -27,6 +27,9 @@ from ._conv_fwd import cast_out
 
 # fmt: off
 # Hand-wrapped on purpose, as in _conv_fwd.py.
+# Channels per step on a GPU: 4 per thread of the one warp, so every load is 16 bytes wide (fewer channels than
+# threads left them one element, or none, per thread).
+RUNNING_BLOCK = 128
 
 
 @triton.jit
@@ -76,7 +79,7 @@ def update_running_stats(running_mean: torch.Tensor, running_var: torch.Tensor,
     wrap_triton(_running_stats_kernel)[(1,)](
         running_mean, running_var, nbt, stats, C, 0.0 if momentum is None else float(momentum),
         HAS_NBT=num_batches_tracked is not None, CUMULATIVE=momentum is None,
-        BLOCK_C=clamp_pow2(C, 16, 1024), INTERP=INTERPRET, num_warps=4)
+        BLOCK_C=clamp_pow2(C, 16 if INTERPRET else RUNNING_BLOCK, 1024), INTERP=INTERPRET, num_warps=1)
 
 
 def reference_update_running_stats(running_mean: torch.Tensor, running_var: torch.Tensor,

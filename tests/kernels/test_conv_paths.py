@@ -5,8 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+import soundnet_fast.kernels._conv_banded as banded
+import soundnet_fast.kernels._conv_rows as rows
+from soundnet_fast.kernels import conv1d_bn_relu
 from soundnet_fast.kernels._common import INTERPRET
-from soundnet_fast.kernels._conv_paths import Paths, block_paths, conv_moments
+from soundnet_fast.kernels._conv_paths import Paths, block_paths, conv_moments, kept_input
 from soundnet_fast.kernels.conv_bn_relu import finalize_stats
 from tests.helpers.kernels import SOUNDNET_LAYERS
 
@@ -67,8 +70,6 @@ def test_a_training_forward_pads_its_input_once(c_in, c_out, k, s, p, pool, monk
     statistics pass reads one). Counted as calls of F.pad, which makes every such copy."""
     import torch.nn.functional as F
 
-    from soundnet_fast.kernels import conv1d_bn_relu
-
     calls = []
     real = F.pad
     monkeypatch.setattr(F, "pad", lambda *a, **kw: calls.append(1) or real(*a, **kw))
@@ -82,3 +83,35 @@ def test_a_training_forward_pads_its_input_once(c_in, c_out, k, s, p, pool, monk
     ref = F.batch_norm(F.conv1d(x, w, None, s, p), None, None, ones, zeros, True)
     ref = F.max_pool1d(torch.relu(ref), pool, pool) if pool else torch.relu(ref)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+class _Pads:
+    """Counts the padded copies the kernels' launchers make (their ``F.pad`` calls)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        for mod in (banded, rows):
+            monkeypatch.setattr(mod, "F", self)
+
+    def pad(self, *args, **kwargs):
+        self.count += 1
+        return torch.nn.functional.pad(*args, **kwargs)
+
+
+@pytest.mark.skipif(not INTERPRET, reason="needs TRITON_INTERPRET=1 (the kernels on CPU tensors)")
+@pytest.mark.parametrize("layer", ["conv1", "conv2"])  # banded, rows
+def test_the_backward_reuses_the_forwards_padded_copy(monkeypatch: pytest.MonkeyPatch, layer: str) -> None:
+    """The forward pads x once (``forward_input``) and keeps that copy in place of x (``kept_input``); the backward
+    reads x as a view of it and pads nothing (a re-pad: 113 MB per step for conv1 and for conv2 at batch 64)."""
+    c_in, c_out, k, s, p, pool = SOUNDNET_LAYERS[layer]
+    assert kept_input(c_in, c_out, k, s, pool, torch.bfloat16) == ("banded" if layer == "conv1" else "rows")
+    torch.manual_seed(0)
+    x = torch.randn(2, c_in, 900 if layer == "conv1" else 300, dtype=torch.bfloat16, requires_grad=layer != "conv1")
+    w = (torch.randn(c_out, c_in, k) / (c_in * k) ** 0.5).to(torch.bfloat16).requires_grad_()
+    g, beta = torch.ones(c_out, requires_grad=True), torch.zeros(c_out, requires_grad=True)
+    pads = _Pads(monkeypatch)
+    out = conv1d_bn_relu(x, w, None, g, beta, None, None, stride=s, padding=p, training=True, pool=pool)
+    assert pads.count == 1
+    out.backward(torch.randn_like(out))
+    assert pads.count == 1
+    assert w.grad is not None and (layer == "conv1" or x.grad is not None)

@@ -364,16 +364,16 @@ def _band_gz_dw_kernel(xp_ptr,  # (N, LP) padded waveform
     else:
         idx = pid_p * 0
     base = dband_ptr + idx.to(tl.int64) * ((J1 + J2) * PP * C_OUT)
-    j1 = tl.arange(0, J1)
-    store_partial(base + j1[:, None] * (PP * C_OUT) + wcol[None, :], acc1, (cc < C_OUT)[None, :], DETERMINISTIC)
-    if J2 > 0:
-        j2 = J1 + tl.arange(0, J2 if J2 > 0 else 16)
-        store_partial(base + j2[None, :] * (PP * C_OUT) + wcol[:, None], acc2t, (cc < C_OUT)[:, None], DETERMINISTIC)
     if DB_DOT:  # the ones column of gz^T @ A2, summed over the slots
         dbs = tl.sum(tl.where((tl.arange(0, J2) == J2 - 1)[None, :], acc2t, 0.0), axis=1)
         dbs = tl.sum(tl.reshape(dbs, (PP, BLOCK_C)), axis=0)
     else:
         dbs = tl.sum(db, axis=0)
+    if J2 > 0:  # the smaller accumulator first, freeing its registers for the larger one's store
+        j2 = J1 + tl.arange(0, J2 if J2 > 0 else 16)
+        store_partial(base + j2[None, :] * (PP * C_OUT) + wcol[:, None], acc2t, (cc < C_OUT)[:, None], DETERMINISTIC)
+    j1 = tl.arange(0, J1)
+    store_partial(base + j1[:, None] * (PP * C_OUT) + wcol[None, :], acc1, (cc < C_OUT)[None, :], DETERMINISTIC)
     store_partial(db_ptr + idx * C_OUT + c, dbs, c_ok, DETERMINISTIC)
 
 

@@ -273,7 +273,6 @@ def _rows_bn_relu_pool_kernel(xc_ptr,  # (N, LP, C_IN) channels-last padded inpu
     nw, tw, dn, dt = walk_start(tl.program_id(0), P, TPC)
     for _ in range(tl.program_id(0), NUM_TILES, P):
         n, q0, q, u, t, ok = _window_rows(nw, tw, TP, POOL, PP, BLOCK_Q)
-        nw, tw = walk_next(nw, tw, dn, dt, TPC)
         z = _rows_z(xc_ptr, wr_ptr, z_ptr, n, t, c_ok[None, :], co, C_OUT, T, LPC, R, STEP, BLOCK_CO, BLOCK_R,
                     HAS_Z, INTERP, PRECISION)
         if HAS_POOL:
@@ -294,6 +293,7 @@ def _rows_bn_relu_pool_kernel(xc_ptr,  # (N, LP, C_IN) channels-last padded inpu
             if STORE_ZMAX:
                 zmax = tl.where(o > 0.0, (zsel - mb[None, :]) * invstd[None, :], 0.0)
                 tl.store(zmax_ptr + off, cast_out(zmax, zmax_ptr.dtype.element_ty, INTERP), mask=smask)
+        nw, tw = walk_next(nw, tw, dn, dt, TPC)
 
 
 @triton.jit
@@ -346,12 +346,12 @@ def _rows_bwd_reduce_kernel(xc_ptr, wr_ptr, z_ptr, b_ptr, stats_ptr,  # as _rows
     nw, tw, dn, dt = walk_start(pid_p, P, TPC)
     for _ in range(pid_p, NUM_TILES, P):
         n, q0, q, u, t, ok = _window_rows(nw, tw, TP, POOL, PP, BLOCK_Q)
-        nw, tw = walk_next(nw, tw, dn, dt, TPC)
         z, gy, valid = _rows_grad(xc_ptr, wr_ptr, z_ptr, go_ptr, code_ptr, n, q0, t, ok, co, C_OUT, T, TP, LPC, R,
                                   sgn, sgc, sgl, STEP, HAS_POOL, PP, BLOCK_Q, BLOCK_CO, BLOCK_R, HAS_Z, INTERP,
                                   PRECISION)
         s_gy += tl.sum(gy, axis=0)
         s_gyz += tl.sum(gy * ((z - mb[None, :]) * invstd[None, :]), axis=0)
+        nw, tw = walk_next(nw, tw, dn, dt, TPC)
     store_bn_sums(sums_ptr, s_gy, s_gyz, pid_p, co, C_OUT, P, DETERMINISTIC)
 
 
@@ -386,13 +386,13 @@ def _rows_gz_kernel(xc_ptr, wr_ptr, z_ptr, b_ptr, stats_ptr, g_ptr,  # as _rows_
     nw, tw, dn, dt = walk_start(tl.program_id(0), P, TPC)
     for _ in range(tl.program_id(0), NUM_TILES, P):
         n, q0, q, u, t, ok = _window_rows(nw, tw, TQ, POOL, PP, BLOCK_Q)
-        nw, tw = walk_next(nw, tw, dn, dt, TPC)
         z, gy, valid = _rows_grad(xc_ptr, wr_ptr, z_ptr, go_ptr, code_ptr, n, q0, t, ok, co, C_OUT, T, TP, LPC, R,
                                   sgn, sgc, sgl, STEP, HAS_POOL, PP, BLOCK_Q, BLOCK_CO, BLOCK_R, HAS_Z, INTERP,
                                   PRECISION)
         gz = z * cz[None, :] + c0[None, :] + gy * scale[None, :]
         off = n.to(tl.int64) * SGZ + (t[:, None] * C_OUT + co[None, :])
         tl.store(gz_ptr + off, cast_out(gz, gz_ptr.dtype.element_ty, INTERP), mask=valid)
+        nw, tw = walk_next(nw, tw, dn, dt, TPC)
     if BLOCK_PAD > 0:
         i = tl.arange(0, BLOCK_PAD)
         zero = tl.zeros((BLOCK_PAD, BLOCK_CO), dtype=gz_ptr.dtype.element_ty)

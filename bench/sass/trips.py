@@ -180,12 +180,52 @@ def range_trips(ev: Evaluator, level: int, loop: ast.For) -> Any:
     return np.maximum(0, (stop - start + step - 1) // step)
 
 
-def source_loop(cfg: Cfg, loop: Loop) -> tuple[int, ast.For, tuple[Frame, ...]]:
-    """(chain level, For node, chain) of the source loop a SASS loop implements: the innermost frame of
-    its closing branch's inlining chain that is a ``for`` statement."""
+def for_around(path: str, line: int) -> ast.For | None:
+    """The innermost ``for`` statement whose body holds ``line`` (None if none does)."""
+    if not Path(path).exists():
+        return None
+    best = None
+    for n in ast.walk(_module_ast(path)):
+        if isinstance(n, ast.For) and n.lineno < line <= (n.end_lineno or n.lineno):
+            if best is None or n.lineno > best.lineno:
+                best = n
+    return best
+
+
+def _direct_loop(cfg: Cfg, loop: Loop) -> tuple[int, ast.For, tuple[Frame, ...]] | None:
+    """The innermost frame of the loop's closing branch's inlining chain that is a ``for`` statement, or None."""
     ins = cfg.back_edge_instr(loop)
     for level, (path, line) in enumerate(ins.loc):
         node = for_at(path, line)
+        if node is not None:
+            return level, node, ins.loc
+    return None
+
+
+def source_loop(cfg: Cfg, loop: Loop, claimed: frozenset = frozenset()) -> tuple[int, ast.For, tuple[Frame, ...]]:
+    """(chain level, For node, chain) of the source loop a SASS loop implements: the innermost frame of
+    its closing branch's inlining chain that is a ``for`` statement. ptxas sometimes gives the closing branch the
+    line of a statement of the body, or of an inlined helper's body with its caller's frame lost: then, of the
+    ``for`` statements no other loop's closing branch names (``claimed``: (path, line)), the one most instructions
+    of the loop's own blocks name (the induction variable's update and compare carry its line), or else the
+    innermost ``for`` around the branch's own line."""
+    direct = _direct_loop(cfg, loop)
+    if direct is not None:
+        return direct
+    ins = cfg.back_edge_instr(loop)
+    inner = set().union(*(o.blocks for o in cfg.loops if o is not loop and o.blocks < loop.blocks))
+    votes: dict[tuple[str, int, int], list] = {}
+    for b in sorted(loop.blocks - inner):
+        for other in cfg.instrs_of(b):
+            for level, (path, line) in enumerate(other.loc or ()):
+                node = for_at(path, line)
+                if node is not None and (path, line) not in claimed:
+                    votes.setdefault((path, line, level), []).append((level, node, other.loc))
+                    break
+    if votes:
+        return max(votes.values(), key=len)[0]
+    for level, (path, line) in enumerate(ins.loc):
+        node = for_around(path, line)
         if node is not None:
             return level, node, ins.loc
     raise TripError(f"loop closing at {ins.offset:#x} has no source for-loop in its line info {ins.loc}")
@@ -193,9 +233,11 @@ def source_loop(cfg: Cfg, loop: Loop) -> tuple[int, ast.For, tuple[Frame, ...]]:
 
 def loop_trips(cfg: Cfg, launch: dict[str, Any], grid: tuple[int, ...]) -> list[dict[str, Any]]:
     """Per SASS loop: its source location and per-program trip counts (array broadcastable to the grid)."""
+    direct = [_direct_loop(cfg, lp) for lp in cfg.loops]
+    claimed = frozenset(d[2][d[0]] for d in direct if d is not None)
     out = []
-    for lp in cfg.loops:
-        level, node, chain = source_loop(cfg, lp)
+    for lp, d in zip(cfg.loops, direct, strict=True):
+        level, node, chain = d if d is not None else source_loop(cfg, lp, claimed)
         ev = Evaluator(chain, launch, grid)
         trips = range_trips(ev, level, node)
         path, line = chain[level]

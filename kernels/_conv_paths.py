@@ -85,7 +85,8 @@ def kept_input(c_in: int, c_out: int, K: int, stride: int, pool: int | None, dty
     """The family ("banded" or "rows") whose backward reuses the forward's padded copy of x (``forward_input``), or
     None. The op then keeps that copy for the backward instead of x, and hands the backward x as a view of it
     (``x_of_kept``): the backward makes no copy of its own (SoundNet-8, bf16, batch 64: 113 MB each for conv1 and
-    conv2), and what the graph keeps is the copy's few padding rows more than x."""
+    conv2). The graph keeps the copy's padding rows more than x, or the whole copy more where x stays saved anyway
+    (the previous block's ReLU mask when it has no pool)."""
     paths = block_paths(c_in, c_out, K, stride, pool, dtype, input_grad=False)
     return paths.backward if paths.stats == paths.pool == paths.backward != "generic" else None
 
@@ -172,8 +173,8 @@ def block_forward(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None,
         else:
             stats = conv_moments(x, w2d, bias, K, stride, padding, T, eps, xp, z)
     out, code, zmax = conv_bn_relu_pool(x, w2d, bias, gamma, beta, stats, K, stride, padding, T, pool, xp, z)
-    keep = xp is not None and kept_input(x.shape[1], c_out, K, stride, pool, x.dtype) is not None
-    return out, code, zmax, stats, z, xp if keep else x.new_empty(0)
+    kept = xp is not None and kept_input(x.shape[1], c_out, K, stride, pool, x.dtype) is not None
+    return out, code, zmax, stats, z, xp if kept else x.new_empty(0)
 
 
 def conv_bn_relu_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None,

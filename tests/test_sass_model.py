@@ -124,6 +124,22 @@ def test_trips_through_program_id_and_inlining(toy) -> None:
     assert freq0[5] == 0 and freq0[6] == 4 and freq0[3] == 0
 
 
+def test_a_closing_branch_on_a_helper_line_maps_to_its_loops_for(tmp_path: Path) -> None:
+    """ptxas may give a loop's closing branch the line of an inlined helper with its caller's frame lost (the tile
+    walk's ``walk_next``): the loop then maps to the ``for`` its own blocks name, the one no other loop claims."""
+    src = tmp_path / "toy_kernel.py"
+    src.write_text(SRC + "\n\ndef step(n):\n    return n + 1\n")  # line 15: ``return n + 1``, in no for
+    lines = _sass(str(src)).splitlines()
+    at = next(i for i, line in enumerate(lines) if "/*00a0*/" in line) - 1  # the outer loop's closing branch
+    lines[at] = lines[at].replace("line 3", "line 15")
+    g = C.Cfg("\n".join(lines) + "\n")
+    outer = next(lp for lp in g.loops if lp.header == 2)
+    assert g.back_edge_instr(outer).loc == ((str(src), 15),)
+    by = {r["source"]: r for r in loop_trips(g, {"N": 100, "REPS": 3, "BLOCK": 16, "x_ptr": None}, (4,))}
+    assert by["toy_kernel.py:3"]["trips"] == 3  # the outer for (line 3), not the inner one (line 4) it holds
+    assert np.array_equal(np.ravel(by["toy_kernel.py:4"]["trips"]), [7, 7, 7, 7])
+
+
 def test_classification() -> None:
     def ins(op: str, operands: str = "R0, R1, R2", pred: str = "") -> C.Instr:
         return C.Instr(0, pred, op, operands, ())

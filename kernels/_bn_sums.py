@@ -102,11 +102,12 @@ def _pooled_bn_sums_rows_kernel(go_ptr, code_ptr, zmax_ptr,  # (N, C_OUT, TP) ea
 
 
 def pooled_bn_sums(grad_out: torch.Tensor, code: torch.Tensor, zmax: torch.Tensor, deterministic: bool,
-                   buf: torch.Tensor | None = None) -> torch.Tensor:
-    """(2, C) fp32 sum(gy) and sum(gy * zhat) of a pooling block from grad_out, code and zmax, each (N, C, TP)
+                   buf: torch.Tensor | None = None, cast: bool = True) -> torch.Tensor:
+    """(2, C) sum(gy) and sum(gy * zhat) of a pooling block from grad_out, code and zmax, each (N, C, TP)
     (code and zmax contiguous, as the forward made them; grad_out any strides): one launch, then a fixed-order
     sum of the per-program fp64 partials when ``deterministic``, else relaxed fp64 atomics (into ``buf``, a
-    zeroed (2, 1, C) fp64 buffer, when the caller has one: ``_conv_fwd.zeroed``)."""
+    zeroed (2, 1, C) fp64 buffer, when the caller has one: ``_conv_fwd.zeroed``). fp32, or fp64 with ``cast``
+    False (``_conv_fwd.bn_sums_of``)."""
     N, C, TP = code.shape
     if grad_out.is_contiguous() and TP >= ROWS_MIN_TP:  # long rows of 16-byte loads (``_pooled_bn_sums_rows_kernel``)
         block = clamp_pow2(TP, 16, 64 if INTERPRET else ROWS_BLOCK)
@@ -115,7 +116,7 @@ def pooled_bn_sums(grad_out: torch.Tensor, code: torch.Tensor, zmax: torch.Tenso
         wrap_triton(_pooled_bn_sums_rows_kernel)[(P,)](
             grad_out, code, zmax, part, C, TP, N * C, N * C * TP, triton.cdiv(TP + 15, block), P,
             DETERMINISTIC=deterministic, BLOCK_C=triton.next_power_of_2(C), BLOCK=block, num_warps=4)
-        return bn_sums_of(part)
+        return bn_sums_of(part, cast)
     bc = clamp_pow2(C, 1, 16)
     bt = clamp_pow2(TP, 16, 32 if INTERPRET else 128)
     tb = triton.cdiv(TP, bt)
@@ -124,7 +125,7 @@ def pooled_bn_sums(grad_out: torch.Tensor, code: torch.Tensor, zmax: torch.Tenso
     wrap_triton(_pooled_bn_sums_kernel)[(P, triton.cdiv(C, bc))](
         grad_out, code, zmax, part, C, TP, tb, tiles, P, *grad_out.stride(), DETERMINISTIC=deterministic,
         BLOCK_C=bc, BLOCK_T=bt, num_warps=4)
-    return bn_sums_of(part)
+    return bn_sums_of(part, cast)
 
 
 def reference_pooled_bn_sums(grad_out: torch.Tensor, code: torch.Tensor, zmax: torch.Tensor) -> torch.Tensor:

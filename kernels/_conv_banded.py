@@ -46,6 +46,7 @@ from ._conv_fwd import (
     code_dtype,
     fp32_if,
     keeps_zmax,
+    local_sums,
     merge_stats,
     persistent_grid,
     pool_select,
@@ -54,6 +55,7 @@ from ._conv_fwd import (
     store_bn_sums,
     store_moments,
     store_partial,
+    store_sums_fp32,
     walk_next,
     walk_start,
     zeroed,
@@ -307,21 +309,22 @@ def _gz_dw_tile(n, t, acc1, acc2t, db, xp_ptr, go_ptr, code_ptr, b1, b2, cz, cc0
 def _band_gz_dw_kernel(xp_ptr,  # (N, LP) padded waveform
                        w_ptr, b_ptr, stats_ptr, g_ptr,  # (C_OUT, K), (C_OUT,), (4, C_OUT), (C_OUT,)
                        go_ptr, code_ptr,  # (N, C_OUT, TP): grad_out (strides sgn, sgc, sgl), codes
-                       sums_ptr,  # (2, C_OUT): sum(gy), sum(gy * zhat), all-reduced
+                       sums_ptr,  # (2, C_OUT) fp32 or fp64: sum(gy), sum(gy * zhat), all-reduced
                        dband_ptr,  # (P or 1, JB, PP, C_OUT) fp32 dW in band form
                        db_ptr,  # (P or 1, C_OUT) fp32
+                       dbn_ptr,  # (2, C_OUT) fp32: the sums' copy the op returns (STORE_SUMS)
                        C_OUT, T, TP, TPC, LP, NUM_TILES, P, sgn, sgc, sgl, HAS_BIAS: tl.constexpr,
                        K: tl.constexpr, STRIDE: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr,
                        BLOCK_C: tl.constexpr, BLOCK_Q: tl.constexpr, J1: tl.constexpr, J2: tl.constexpr,
                        TRAINING: tl.constexpr, DB_DOT: tl.constexpr, DETERMINISTIC: tl.constexpr,
-                       INTERP: tl.constexpr, PRECISION: tl.constexpr):
+                       STORE_SUMS: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
     """gz (BN's backward, as ``_bn_grad``) and dW in band form in one pass: dband[j, (u, c)] += sum_q A[q, j]
     gz[q, u, c] (A^T @ gz on the tensor cores, A loaded once for both dots), db[c] += sum gz (DB_DOT: by the same
     dot, from A's spare last column set to ones; otherwise per thread). BN's backward
     gz = scale (gy - mean(gy) - zhat mean(gy zhat)), scale = gamma invstd, is per channel affine in z plus the
     routed gradient: gz = cz z + c0 + [u == code] scale go, cz = -scale mean(gy zhat) invstd,
     c0 = -scale mean(gy) - cz (mean - bias). Per program to dband[p], db[p] (deterministic), or atomically
-    added to dband[0], db[0]."""
+    added to dband[0], db[0]. STORE_SUMS: also the sums as fp32 (``_conv_fwd.store_sums_fp32``)."""
     pid_p = tl.program_id(0)
     c0 = tl.program_id(1) * BLOCK_C
     b1, b2, bias = _band_setup(w_ptr, b_ptr, c0, C_OUT, HAS_BIAS, J1, J2, K, STRIDE, POOL, PP, BLOCK_C, INTERP)
@@ -333,8 +336,8 @@ def _band_gz_dw_kernel(xp_ptr,  # (N, LP) padded waveform
     cc0 = tl.zeros((BLOCK_C,), dtype=tl.float32)
     if TRAINING:
         count = tl.load(stats_ptr + 3 * C_OUT + c, mask=c_ok, other=1.0)
-        mean_gy = tl.load(sums_ptr + c, mask=c_ok, other=0.0) / count
-        mean_gyz = tl.load(sums_ptr + C_OUT + c, mask=c_ok, other=0.0) / count
+        mean_gy = tl.load(sums_ptr + c, mask=c_ok, other=0.0).to(tl.float32) / count
+        mean_gyz = tl.load(sums_ptr + C_OUT + c, mask=c_ok, other=0.0).to(tl.float32) / count
         cz = -scale * mean_gyz * invstd
         cc0 = -scale * mean_gy - cz * (tl.load(stats_ptr + c, mask=c_ok, other=0.0) - bias)
     u = tl.arange(0, PP)[None, :, None]
@@ -375,6 +378,8 @@ def _band_gz_dw_kernel(xp_ptr,  # (N, LP) padded waveform
     j1 = tl.arange(0, J1)
     store_partial(base + j1[:, None] * (PP * C_OUT) + wcol[None, :], acc1, (cc < C_OUT)[None, :], DETERMINISTIC)
     store_partial(db_ptr + idx * C_OUT + c, dbs, c_ok, DETERMINISTIC)
+    if STORE_SUMS:
+        store_sums_fp32(sums_ptr, dbn_ptr, c, c_ok, C_OUT)
 
 
 # ----------------------------------------------------------------------------------------- launchers
@@ -560,15 +565,15 @@ def band_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     acc = None if deterministic else zeroed(dev, ((1, C), torch.float32), ((2, 1, C), BN_SUMS),
                                            ((1, jb, plan["PP"], C), torch.float32))
     if zmax.numel():  # (2, C): sum(gy), sum(gy * zhat), from the forward's zmax
-        local = pooled_bn_sums(grad_out, code, zmax, deterministic, acc[1] if acc else None)
+        raw = pooled_bn_sums(grad_out, code, zmax, deterministic, acc[1] if acc else None, cast=False)
     else:  # ... or from a recompute (fp32: keeps_zmax)
         tpc, tiles, P = _tiles(N, TP, bq, "grad", x, grid_c)
         part = bn_sum_partials(P, C, deterministic, dev, acc[1] if acc else None)
         wrap_triton(_band_bwd_reduce_kernel)[(P, grid_c)](
             xp, w2d, b, stats, grad_out, code, part, C, TP, tpc, lp, tiles, P, *grad_out.stride(),
             DETERMINISTIC=deterministic, **flags)
-        local = bn_sums_of(part)  # a fixed-order reduction
-    sums = all_reduce(local) if (training and all_reduce is not None) else local
+        raw = bn_sums_of(part, cast=False)  # a fixed-order reduction
+    local, sums, store_sums = local_sums(raw, training, all_reduce)
     tpc, tiles, P = _tiles(N, tq, bq, "grad", x, grid_c)
     window = stride * (pool - 1) + k
     if deterministic:
@@ -577,9 +582,10 @@ def band_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     else:
         db_part, _, dband = acc
     wrap_triton(_band_gz_dw_kernel)[(P, grid_c)](
-        xp, w2d, b, stats, gamma, grad_out, code, sums, dband, db_part, C, T, TP, tpc, lp, tiles, P,
+        xp, w2d, b, stats, gamma, grad_out, code, sums, dband, db_part, local, C, T, TP, tpc, lp, tiles, P,
         *grad_out.stride(), TRAINING=training, DB_DOT=x.element_size() == 2 and window < jb,
-        DETERMINISTIC=deterministic, **(reg_cap(168) if x.element_size() == 2 else {}), **flags)  # fp32 spills at 168
+        DETERMINISTIC=deterministic, STORE_SUMS=store_sums,
+        **(reg_cap(168) if x.element_size() == 2 else {}), **flags)  # fp32 spills at 168
     # deterministic: a fixed-order sum of the partials; otherwise the one row the atomics added into
     band = dband.sum(dim=0) if deterministic else dband[0]  # (JB, PP, C), contiguous
     # fold: dw[c, kk] = sum_u band[kk + stride * u, u, c], a strided view (c, kk, u) summed over u

@@ -140,6 +140,15 @@ def store_bn_sums(sums_ptr, s_gy, s_gyz, pid_p, c, C_OUT, P, DETERMINISTIC: tl.c
 
 
 @triton.jit
+def store_sums_fp32(sums_ptr, dbn_ptr, c, c_ok, C_OUT):
+    """The BN sums sums_ptr (2, C_OUT) (fp64, ``bn_sums_of(cast=False)``) of channels c as dbn_ptr (2, C_OUT) fp32:
+    the gz launches' copy of the sums the op returns (``local_sums``), from their programs (0, c)."""
+    if tl.program_id(0) == 0:
+        tl.store(dbn_ptr + c, tl.load(sums_ptr + c, mask=c_ok, other=0.0).to(tl.float32), mask=c_ok)
+        tl.store(dbn_ptr + C_OUT + c, tl.load(sums_ptr + C_OUT + c, mask=c_ok, other=0.0).to(tl.float32), mask=c_ok)
+
+
+@triton.jit
 def clip_tile(tile, TPC, BLOCK_Q: tl.constexpr):
     """Row tile ``tile`` of a persistent grid whose tiles never cross a clip (TPC tiles per clip) -> (n, r0, r):
     its clip n = tile // TPC, its first row r0 and its rows r (BLOCK_Q,) inside the clip. One division per tile,
@@ -493,10 +502,25 @@ def keeps_zmax(x: torch.Tensor, pool: int | None) -> bool:
 BN_SUMS = torch.float64  # the dtype of the backward's BN-sum partials (``bn_sum_partials``)
 
 
-def bn_sums_of(part: torch.Tensor) -> torch.Tensor:
-    """(2, C_out) fp32 sums from ``bn_sum_partials``' buffer: a fixed-order sum over its rows of partials, or with
-    one row (the atomics' or a single program's) just its cast: one torch op fewer."""
-    return (part[:, 0] if part.shape[1] == 1 else part.sum(dim=1)).float()
+def bn_sums_of(part: torch.Tensor, cast: bool = True) -> torch.Tensor:
+    """(2, C_out) sums from ``bn_sum_partials``' buffer: a fixed-order sum over its rows of partials, or with one
+    row (the atomics' or a single program's) a view of it: one torch op fewer. In fp32 (one more op, the cast), or
+    in the buffer's fp64 with ``cast`` False (the gz launch then writes the fp32 copy: ``_conv_rows.backward_prep``)."""
+    sums = part[:, 0] if part.shape[1] == 1 else part.sum(dim=1)
+    return sums.float() if cast else sums
+
+
+def local_sums(raw: torch.Tensor, training: bool, all_reduce) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(local, sums, store_sums) of a backward from its BN sums ``raw`` (2, C_out) (``bn_sums_of(cast=False)``):
+    local, the fp32 sums of this process the op returns; sums, those the gz launch reads (all-reduced across a
+    process group in training); store_sums: whether the gz launch writes local from raw (no process group: the
+    cast is then no torch op of its own; ``local`` is an empty (2, C_out) buffer for it)."""
+    if training and all_reduce is not None:
+        local = raw.float()
+        return local, all_reduce(local), False
+    if raw.dtype == torch.float32:
+        return raw, raw, False
+    return torch.empty(raw.shape, device=raw.device, dtype=torch.float32), raw, True
 
 
 def bn_sum_partials(parts: int, c_out: int, deterministic: bool, device: torch.device,

@@ -46,6 +46,7 @@ from ._conv_fwd import (
     code_dtype,
     fp32_if,
     keeps_zmax,
+    local_sums,
     merge_stats,
     persistent_grid,
     pool_select,
@@ -53,6 +54,7 @@ from ._conv_fwd import (
     store_bn_sums,
     store_moments,
     store_partial,
+    store_sums_fp32,
     walk_next,
     walk_start,
     zeroed,
@@ -355,21 +357,69 @@ def _rows_bwd_reduce_kernel(xc_ptr, wr_ptr, z_ptr, b_ptr, stats_ptr,  # as _rows
     store_bn_sums(sums_ptr, s_gy, s_gyz, pid_p, co, C_OUT, P, DETERMINISTIC)
 
 
+# Side jobs of the gz launch (``backward_prep``): elements of dW's accumulator one program zeroes per step (16-byte
+# stores), and the weight's rows x columns it reorders per step into dx's phase weight.
+ZERO_BLOCK = tl.constexpr(512)
+PREP_ROWS = tl.constexpr(4)
+PREP_COLS = tl.constexpr(512)
+
+
+@triton.jit
+def backward_prep(sums_ptr, dbn_ptr, dw_ptr, w_ptr, wd_ptr, co, c_ok, C_OUT, DW_SIZE, C_IN,
+                  STORE_SUMS: tl.constexpr, ZERO_DW: tl.constexpr, DX_K: tl.constexpr, DX_STRIDE: tl.constexpr):
+    """What the gz launch does for the launches after it, so that no torch op runs between them (each would be a
+    launch of its own). Programs (p, c) of a (P, C-blocks) grid, f = c * P + p of F:
+    - STORE_SUMS: the BN sums (sums_ptr (2, C_OUT), the fp64 atomics' row) as the fp32 dbn_ptr (2, C_OUT) the op
+      returns (programs p = 0, channels co);
+    - ZERO_DW: dw_ptr (DW_SIZE,) fp32, dW's accumulator that the dW launch adds into, zeroed (slices of F);
+    - DX_K > 0: dx's phase weight wd_ptr (J * C_OUT, DX_STRIDE * C_IN), J = cdiv(DX_K, DX_STRIDE), wd[j * C_OUT + co,
+      ph * C_IN + ci] = w[co, ci * DX_K + DX_STRIDE * (J - 1 - j) + ph] (``_dx_weight``) from the conv weight w_ptr
+      (C_OUT, C_IN * DX_K): rows of F read 16 bytes at a time and scattered (entries past DX_K, when DX_K is not a
+      multiple of DX_STRIDE, are not written: the launcher zeroes wd then)."""
+    f = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
+    nf = tl.num_programs(0) * tl.num_programs(1)
+    if STORE_SUMS:
+        store_sums_fp32(sums_ptr, dbn_ptr, co, c_ok, C_OUT)
+    if ZERO_DW:
+        i = tl.arange(0, ZERO_BLOCK)
+        for s in range(f * ZERO_BLOCK, DW_SIZE, nf * ZERO_BLOCK):
+            tl.store(dw_ptr + s + i, tl.zeros((ZERO_BLOCK,), dtype=tl.float32), mask=s + i < DW_SIZE)
+    if DX_K > 0:
+        J: tl.constexpr = (DX_K + DX_STRIDE - 1) // DX_STRIDE
+        KC = C_IN * DX_K
+        e = tl.arange(0, PREP_COLS)
+        for r0 in range(f * PREP_ROWS, C_OUT, nf * PREP_ROWS):
+            r = r0 + tl.arange(0, PREP_ROWS)  # conv weight rows: output channels
+            for e0 in range(0, KC, PREP_COLS):
+                ee = e0 + e  # ci * DX_K + tap
+                ok = (r < C_OUT)[:, None] & (ee < KC)[None, :]
+                v = tl.load(w_ptr + r[:, None] * KC + ee[None, :], mask=ok, other=0.0)
+                tap = ee % DX_K
+                j = J - 1 - tap // DX_STRIDE
+                col = (tap % DX_STRIDE) * C_IN + ee // DX_K
+                tl.store(wd_ptr + (j * C_OUT)[None, :] * (DX_STRIDE * C_IN) + r[:, None] * (DX_STRIDE * C_IN)
+                         + col[None, :], v, mask=ok)
+
+
 @triton.jit
 def _rows_gz_kernel(xc_ptr, wr_ptr, z_ptr, b_ptr, stats_ptr, g_ptr,  # as _rows_bn_relu_pool_kernel's
                     go_ptr, code_ptr,  # as _rows_bwd_reduce_kernel's
-                    sums_ptr,  # (2, C_OUT): sum(gy), sum(gy * zhat), all-reduced
+                    sums_ptr,  # (2, C_OUT) fp32 or fp64: sum(gy), sum(gy * zhat), all-reduced
                     gz_ptr,  # gz[n, t, co] at n * SGZ + t * C_OUT + co
-                    C_OUT, T, TP, TQ, TPC, LPC, R, NUM_TILES, P, sgn, sgc, sgl, SGZ, N_CLIPS, PAD_LO, PAD_HI,
-                    HAS_BIAS: tl.constexpr, STEP: tl.constexpr, HAS_POOL: tl.constexpr, POOL: tl.constexpr,
+                    dbn_ptr, dw_ptr, w_ptr, wd_ptr,  # (2, C_OUT) fp32, (DW_SIZE,) fp32, (C_OUT, KC), (J * C_OUT, DXS)
+                    C_OUT, T, TP, TQ, TPC, LPC, R, NUM_TILES, P, sgn, sgc, sgl, SGZ, N_CLIPS, PAD_LO, PAD_HI, DW_SIZE,
+                    C_IN, HAS_BIAS: tl.constexpr, STEP: tl.constexpr, HAS_POOL: tl.constexpr, POOL: tl.constexpr,
                     PP: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr,
-                    BLOCK_PAD: tl.constexpr, TRAINING: tl.constexpr, HAS_Z: tl.constexpr, INTERP: tl.constexpr,
+                    BLOCK_PAD: tl.constexpr, TRAINING: tl.constexpr, HAS_Z: tl.constexpr, STORE_SUMS: tl.constexpr,
+                    ZERO_DW: tl.constexpr, DX_K: tl.constexpr, DX_STRIDE: tl.constexpr, INTERP: tl.constexpr,
                     PRECISION: tl.constexpr):
     """gz in gz's dtype (channel-minor; SGZ = T * C_OUT, or more when the clips are spaced by zero rows for
     ``_rows_dx_kernel``): BN's backward (as ``_bn_grad``) at every position, over the windows covering them (TQ
     per clip), as the affine form of ``_conv_banded._band_gz_dw_kernel``: gz = cz z + c0 + scale gy. With
     BLOCK_PAD > 0 also the zero rows around each of the N_CLIPS clips (PAD_LO before, PAD_HI after, each at most
-    BLOCK_PAD) that ``_rows_dx_kernel`` reads: no fill launch for them."""
+    BLOCK_PAD) that ``_rows_dx_kernel`` reads: no fill launch for them. Side jobs for the launches after it
+    (``backward_prep``): the BN sums in fp32 (STORE_SUMS), dW's accumulator zeroed (ZERO_DW), dx's phase weight
+    (DX_K > 0)."""
     co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
     c_ok = co < C_OUT
     invstd = tl.load(stats_ptr + C_OUT + co, mask=c_ok, other=0.0)
@@ -378,8 +428,8 @@ def _rows_gz_kernel(xc_ptr, wr_ptr, z_ptr, b_ptr, stats_ptr, g_ptr,  # as _rows_
     c0 = tl.zeros((BLOCK_CO,), dtype=tl.float32)
     if TRAINING:
         count = tl.load(stats_ptr + 3 * C_OUT + co, mask=c_ok, other=1.0)
-        mean_gy = tl.load(sums_ptr + co, mask=c_ok, other=0.0) / count
-        mean_gyz = tl.load(sums_ptr + C_OUT + co, mask=c_ok, other=0.0) / count
+        mean_gy = tl.load(sums_ptr + co, mask=c_ok, other=0.0).to(tl.float32) / count
+        mean_gyz = tl.load(sums_ptr + C_OUT + co, mask=c_ok, other=0.0).to(tl.float32) / count
         cz = -scale * mean_gyz * invstd
         mb = tl.load(stats_ptr + co, mask=c_ok, other=0.0) - _load_bias(b_ptr, co, C_OUT, HAS_BIAS, BLOCK_CO)
         c0 = -scale * mean_gy - cz * mb
@@ -401,6 +451,8 @@ def _rows_gz_kernel(xc_ptr, wr_ptr, z_ptr, b_ptr, stats_ptr, g_ptr,  # as _rows_
             lo = (i < PAD_LO)[:, None] & c_ok[None, :]
             tl.store(base + ((i - PAD_LO)[:, None] * C_OUT + co[None, :]), zero, mask=lo)
             tl.store(base + ((T + i)[:, None] * C_OUT + co[None, :]), zero, mask=(i < PAD_HI)[:, None] & c_ok[None, :])
+    backward_prep(sums_ptr, dbn_ptr, dw_ptr, w_ptr, wd_ptr, co, c_ok, C_OUT, DW_SIZE, C_IN, STORE_SUMS, ZERO_DW,
+                  DX_K, DX_STRIDE)
 
 
 @triton.jit
@@ -858,7 +910,7 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     # and the BN sums together; dW apart (also returned as a view: a custom op's outputs may not share a buffer)
     acc = None if deterministic else zeroed(dev, ((1, C), torch.float32), ((2, 1, C), BN_SUMS))
     if pool is not None and zmax.numel():  # (2, C): sum(gy), sum(gy * zhat), from the forward's zmax
-        local = pooled_bn_sums(grad_out, code, zmax, deterministic, acc[1] if acc else None)
+        raw = pooled_bn_sums(grad_out, code, zmax, deterministic, acc[1] if acc else None, cast=False)
     else:  # ... or from a recompute (fp32: keeps_zmax)
         tpc = triton.cdiv(TP, flags["BLOCK_Q"])
         tiles, P = persistent_grid(N * tpc, 1, ROWS_PER_SM, grid_c)
@@ -866,8 +918,8 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
         wrap_triton(_rows_bwd_reduce_kernel)[(P, grid_c)](
             xc, wr, z if has_z else xc, b, stats, grad_out, mask, part, C, T, TP, tpc, lpc, R, tiles, P, *go,
             DETERMINISTIC=deterministic, HAS_Z=has_z, **flags)
-        local = bn_sums_of(part)  # a fixed-order reduction
-    sums = all_reduce(local) if (training and all_reduce is not None) else local
+        raw = bn_sums_of(part, cast=False)  # a fixed-order reduction
+    local, sums, store_sums = local_sums(raw, training, all_reduce)
     rows_dx = input_grad and dx_rows_ok(C, k, stride)
     J = triton.cdiv(k, stride)
     mp = triton.cdiv(L + padding, stride)  # dx rows per clip and phase
@@ -884,17 +936,23 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     else:
         gz, sgz = torch.empty((M, C), device=dev, dtype=x.dtype), T * C
         pads = (0, 0)
-    tpc = triton.cdiv(tq, flags["BLOCK_Q"])
-    tiles, P = persistent_grid(N * tpc, 1, GZ_PER_SM, grid_c)
-    wrap_triton(_rows_gz_kernel)[(P, grid_c)](
-        xc, wr, z if has_z else xc, b, stats, gamma, grad_out, mask, sums, gz, C, T, TP, tq, tpc, lpc, R, tiles, P,
-        *go, sgz, N, *pads, BLOCK_PAD=next_pow2(max(pads)) if max(pads) else 0, TRAINING=training, HAS_Z=has_z,
-        **flags)
     if deterministic:
         dwr = torch.empty((split, C, R), device=dev, dtype=torch.float32)
         db_part = torch.empty((split, C), device=dev, dtype=torch.float32)
-    else:
-        dwr, db_part = torch.zeros((1, C, R), device=dev, dtype=torch.float32), acc[0]
+    else:  # zeroed by the gz launch (ZERO_DW)
+        dwr, db_part = torch.empty((1, C, R), device=dev, dtype=torch.float32), acc[0]
+    # dx's phase weight, made by the gz launch where dx reads a prepared one (not a band's: that gathers from w2d)
+    dxw = rows_dx and band == 1
+    wd = torch.empty((J * C, stride * C_in) if dxw else (0,), device=dev, dtype=w2d.dtype)
+    if dxw and J * stride != k:
+        wd.zero_()  # the taps past k stay 0
+    tpc = triton.cdiv(tq, flags["BLOCK_Q"])
+    tiles, P = persistent_grid(N * tpc, 1, GZ_PER_SM, grid_c)
+    wrap_triton(_rows_gz_kernel)[(P, grid_c)](
+        xc, wr, z if has_z else xc, b, stats, gamma, grad_out, mask, sums, gz, local, dwr, w2d, wd, C, T, TP, tq, tpc,
+        lpc, R, tiles, P, *go, sgz, N, *pads, dwr.numel(), C_in, BLOCK_PAD=next_pow2(max(pads)) if max(pads) else 0,
+        TRAINING=training, HAS_Z=has_z, STORE_SUMS=store_sums, ZERO_DW=not deterministic, DX_K=k if dxw else 0,
+        DX_STRIDE=stride, **flags)
     wrap_triton(_rows_dw_kernel)[(grid_r, grid_cw, split)](
         gz, xc, dwr, db_part, C, T, M, sgz, lpc, R, num_mt, tpc_w, split, C_in, k, STEP=stride * C_in, BLOCK_M=bm,
         BLOCK_CO=dw_co, BLOCK_RW=rw, CLIP_TILES=clip_tiles, BAND=band_w, DETERMINISTIC=deterministic,
@@ -917,7 +975,7 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
         # per-element pointers took conv3-conv5's dx to 255 registers and 64-504 B of spills under Triton 3.6
         direct = band > 1
         wrap_triton(_rows_dx_kernel)[(P, triton.cdiv(C_in, bci))](
-            gzp, w2d if direct else _dx_weight(w2d, C_in, k, stride), dx, C_in, L, mp, N * mp, tg * C, J * C, r2,
+            gzp, w2d if direct else wd, dx, C_in, L, mp, N * mp, tg * C, J * C, r2,
             stride, padding, tiles, tpc, P, k, C_OUT=C, PHASES=php, BLOCK_M=bmx, BLOCK_CI=bci, BLOCK_R=br, BAND=band,
             RESIDENT=resident, W_MODE=2 if direct else 0,
             INTERP=INTERPRET, PRECISION=dot_precision(x), num_warps=BAND_WARPS if band > 1 else 4, num_stages=STAGES)

@@ -143,6 +143,8 @@ class Evaluator:
             args = node.args
             if fname == "program_id":
                 return self.program_id(int(self.evaluate(level, args[0])))
+            if fname == "num_programs":
+                return self.grid[int(self.evaluate(level, args[0]))]
             vals = [self.evaluate(level, a) for a in args]
             if fname == "cdiv":
                 return (vals[0] + vals[1] - 1) // vals[1]

@@ -105,6 +105,8 @@ SHAPES = {
     # dx's phases side by side: stride 3 (a fourth, masked phase column block) and stride 4
     "stride3_k6_no_pool": (2, 8, 16, 6, 3, 2, None, 70, True),
     "stride4_k8_pool2": (2, 8, 16, 8, 4, 3, 2, 90, True),
+    # k not a multiple of the stride: dx's phase weight has taps past k (zeros), J = 3
+    "k5_stride2_taps_past_k": (2, 16, 16, 5, 2, 2, 2, 70, True),
 }
 
 
@@ -296,7 +298,7 @@ def test_no_row_reads_past_the_padded_input(monkeypatch: pytest.MonkeyPatch, ban
 
 
 @pytest.mark.parametrize(("name", "band"), [("conv2_three_clips", 1), ("stride3_k6_no_pool", 1),
-                                           ("conv2_three_clips", 4)])  # fmt: skip
+                                           ("k5_stride2_taps_past_k", 1), ("conv2_three_clips", 4)])  # fmt: skip
 def test_no_uninitialised_buffer_is_read(monkeypatch: pytest.MonkeyPatch, name: str, band: int) -> None:
     """Every buffer the row path allocates with torch.empty comes back full of NaN: the zero rows around each
     clip of gz, which _rows_dx_kernel reads, must be written (the gz kernel writes them, no fill), and nothing
@@ -367,3 +369,20 @@ def _codes(y: torch.Tensor, pool: int) -> torch.Tensor:
     """Each window's first maximum (PyTorch's max-pool), -1 where it is 0 (ReLU passes nothing)."""
     out, idx = torch.nn.functional.max_pool1d(y, pool, pool, return_indices=True)
     return torch.where(out > 0, idx - torch.arange(out.shape[-1]) * pool, -1)
+
+
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomics", "deterministic"])
+def test_the_row_backward_runs_no_torch_op_between_its_launches(deterministic: bool) -> None:
+    """A torch op beside the kernels is a launch of its own (3 us each in the static model): with atomics the row
+    backward runs one, the fill of db's and the BN sums' accumulators; the fp32 copy of the BN sums, dW's zeroed
+    accumulator and dx's phase weight (``_dx_weight``, a flip and a copy as torch ops) come from the gz launch
+    (``backward_prep``). Deterministic: the fixed-order sums of the partials, no fill. Counted on the meta device,
+    as ``bench.sass`` counts a training step."""
+    from bench.aot_check import train_step_launches
+    from bench.sass.launches import trunk_rows
+
+    trunk = trunk_rows("soundnet8")[:4]  # conv3 and conv4: dx from a resident weight
+    _, ops = train_step_launches(trunk, 4, 8000, torch.bfloat16, deterministic=deterministic)
+    for layer in ("conv3", "conv4"):
+        names = [name for name, _ in ops[(layer, "backward")]]
+        assert names == (["sum", "sum", "sum"] if deterministic else ["zeros"]), (layer, names)

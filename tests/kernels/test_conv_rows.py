@@ -386,3 +386,33 @@ def test_the_row_backward_runs_no_torch_op_between_its_launches(deterministic: b
     for layer in ("conv3", "conv4"):
         names = [name for name, _ in ops[(layer, "backward")]]
         assert names == (["sum", "sum", "sum"] if deterministic else ["zeros"]), (layer, names)
+
+
+@pytest.mark.parametrize("name", ["k5_stride2_taps_past_k", "stride3_k6_no_pool", "conv3_no_pool"])
+def test_the_gz_launch_makes_dxs_phase_weight(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """dx's phase weight, which the gz launch now writes (``backward_prep``), is ``_dx_weight``'s (the torch
+    reference: a flip and a copy), taps past k included (zeros): read back from the dx launch's arguments."""
+    seen: list = []
+    real = rows.wrap_triton
+
+    class Spy:
+        def __init__(self, fn) -> None:
+            self.fn, self.launch = fn, real(fn)
+
+        def __getitem__(self, grid):
+            def run(*args, **kwargs):
+                if self.fn.fn.__name__ == "_rows_dx_kernel":
+                    seen.append(args[1].clone())
+                return self.launch[grid](*args, **kwargs)
+
+            return run
+
+    monkeypatch.setattr(rows, "wrap_triton", Spy)
+    monkeypatch.setattr(rows, "STATS_BAND", 1)  # dx from a prepared weight (a band gathers from the conv weight)
+    n, c_in, c_out, k, s, p, pool, length, bias = SHAPES[name]
+    case = make_case(n, c_in, c_out, k, length, seed=5, bias=bias)
+    ref = run_reference(case, None, stride=s, padding=p, training=True, pool=pool)
+    run_fused(case, ref[5], stride=s, padding=p, training=True, pool=pool)
+    assert len(seen) == 1
+    w2d = case.w.float().reshape(c_out, c_in * k)
+    assert torch.equal(seen[0], rows._dx_weight(w2d, c_in, k, s))

@@ -461,7 +461,7 @@ def _rows_dw_kernel(gz_ptr,  # (N * T, C_OUT), clip n's rows at n * SGZ
                     dw_ptr, db_ptr,  # (SPLIT or 1, C_OUT, KC), (SPLIT or 1, C_OUT) fp32
                     C_OUT, T, M, SGZ, LPC, KC, NUM_MT, TPC, SPLIT, C_IN, K,
                     STEP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_RW: tl.constexpr,
-                    CLIP_TILES: tl.constexpr, BAND: tl.constexpr, DETERMINISTIC: tl.constexpr,
+                    CLIP_TILES: tl.constexpr, BAND: tl.constexpr, SHIFTS: tl.constexpr, DETERMINISTIC: tl.constexpr,
                     INTERP: tl.constexpr, PRECISION: tl.constexpr):
     """dw[co, ci * K + k] = sum_m gz[m, co] A[m, r] with r = k * C_IN + ci (the GEMM runs in the rows' (k, ci)
     order and stores in the weight's (ci, k) order; gz as ``_rows_gz_kernel`` writes it) over the position tiles
@@ -471,7 +471,12 @@ def _rows_dw_kernel(gz_ptr,  # (N * T, C_OUT), clip n's rows at n * SGZ
     KC = K * C_IN. BAND > 1 (``band_of``; tiles inside a clip, atomics, BLOCK_CO = C_OUT): tiles of BLOCK_M band
     rows q, A's row the KC + (BAND - 1) * STEP elements from BAND * q * STEP (``_rows_stats_kernel``'s) and gz's
     row the BAND * C_OUT elements of positions BAND * q + g; their product P[r, (g, co)] adds to
-    dw[co, r - g * STEP] (the band weight's transpose), each program's rows r a BLOCK_RW chunk of the band."""
+    dw[co, r - g * STEP] (the band weight's transpose), each program's rows r a BLOCK_RW chunk of the band.
+    SHIFTS > 0: ``_rows_dw_shift``."""
+    if SHIFTS > 0:
+        _rows_dw_shift(gz_ptr, xc_ptr, dw_ptr, db_ptr, C_OUT, T, SGZ, LPC, KC, NUM_MT, TPC, SPLIT, C_IN, K, STEP,
+                       BLOCK_M, BLOCK_CO, BLOCK_RW, SHIFTS, DETERMINISTIC, INTERP, PRECISION)
+        return
     if BAND > 1:
         _rows_dw_band(gz_ptr, xc_ptr, dw_ptr, db_ptr, C_OUT, T, SGZ, LPC, KC, NUM_MT, TPC, SPLIT, C_IN, K, STEP,
                       BLOCK_M, BLOCK_CO, BLOCK_RW, BAND, INTERP, PRECISION)
@@ -512,6 +517,57 @@ def _rows_dw_kernel(gz_ptr,  # (N * T, C_OUT), clip n's rows at n * SGZ
     store_partial(dw_ptr + (idx * C_OUT + co[None, :]).to(tl.int64) * KC + col[:, None], acc, c_ok[None, :],
                   DETERMINISTIC)
     store_partial(db_ptr + idx * C_OUT + co, tl.sum(db, axis=0), c_ok & ((co * 0 + pid_r) == 0), DETERMINISTIC)
+
+
+@triton.jit
+def _rows_dw_shift(gz_ptr, xc_ptr, dw_ptr, db_ptr, C_OUT, T, SGZ, LPC, KC, NUM_MT, TPC, SPLIT, C_IN, K,
+                   STEP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_RW: tl.constexpr,
+                   SHIFTS: tl.constexpr, DETERMINISTIC: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
+    """``_rows_dw_kernel`` with the reduction's chunks as shifts of gz (SHIFTS > 0, ``dw_shifts``): the rows' chunk
+    j (elements j * BLOCK_RW + e, e < BLOCK_RW) at position t is chunk 0 at position t + j * SH (SH = BLOCK_RW /
+    STEP), so dW^T[j * BLOCK_RW + e, co] = sum_t A0[t, e] gz[t - j * SH, co] with A0[t] the BLOCK_RW elements
+    from t * STEP: one GEMM of A0^T (BLOCK_RW x positions) by gz's NS = KC / BLOCK_RW shifted copies side by side
+    (columns (j, co), SHIFTS = NS rounded up to a power of two) gives all of dW, each of its rows once (no
+    column block folded onto another, no chunk re-reading gz). Positions t < T + (NS - 1) SH of each clip (the
+    shifted copies reach that far; gz is 0 outside [0, T), so A0 rows there add nothing but stay in the
+    padded input), tiles of BLOCK_M inside a clip, TPC per clip, tiles pid_s, pid_s + SPLIT, ...; all channels
+    (BLOCK_CO >= C_OUT). Per position BLOCK_RW + NS C_OUT elements are read (conv2: 256, against the bands' 320
+    re-read by each of their 5 chunks' programs)."""
+    pid_s = tl.program_id(2)
+    cb = tl.arange(0, SHIFTS * BLOCK_CO)
+    j = cb // BLOCK_CO
+    co = cb % BLOCK_CO
+    NS = KC // BLOCK_RW
+    SH: tl.constexpr = BLOCK_RW // STEP
+    col_ok = (j < NS) & (co < C_OUT)
+    e = tl.arange(0, BLOCK_RW)
+    last = T + (NS - 1) * SH - 1  # a clip's last position whose shifted copies hold gz
+    acc = tl.zeros((BLOCK_RW, SHIFTS * BLOCK_CO), dtype=tl.float32)  # dW^T rows (e), columns (j, co)
+    db = tl.zeros((BLOCK_M, SHIFTS * BLOCK_CO), dtype=tl.float32)
+    nw, tw, dn, dt = walk_start(pid_s, SPLIT, TPC)
+    for _ in range(pid_s, NUM_MT, SPLIT):
+        n = nw.to(tl.int64)
+        t = tw * BLOCK_M + tl.arange(0, BLOCK_M)
+        nw, tw = walk_next(nw, tw, dn, dt, TPC)
+        src = t[:, None] - (j * SH)[None, :]  # gz's position in copy j
+        ok = (src >= 0) & (src < T) & col_ok[None, :]
+        g = tl.load(gz_ptr + n * SGZ + src * C_OUT + co[None, :], mask=ok, other=0.0)
+        a = tl.load(xc_ptr + (n * LPC + tl.minimum(t, last) * STEP)[:, None] + e[None, :])
+        db += g.to(tl.float32)
+        g = fp32_if(g, INTERP)
+        a = fp32_if(a, INTERP)
+        acc = tl.dot(tl.trans(a), g, acc, input_precision=PRECISION)
+    if DETERMINISTIC:
+        idx = pid_s
+    else:
+        idx = pid_s * 0
+    r = (j * BLOCK_RW)[None, :] + e[:, None]  # the weight's row (k, ci order)
+    col = (r % C_IN) * K + r // C_IN  # (k, ci) -> the weight's (ci, k)
+    store_partial(dw_ptr + (idx * C_OUT + co[None, :]).to(tl.int64) * KC + col, acc, col_ok[None, :], DETERMINISTIC)
+    # copy 0 is gz itself (each other copy holds the same rows, shifted): db from its columns only
+    dbs = tl.sum(tl.reshape(tl.where(j == 0, tl.sum(db, axis=0), 0.0), (SHIFTS, BLOCK_CO)), axis=0)
+    c = tl.arange(0, BLOCK_CO)
+    store_partial(db_ptr + idx * C_OUT + c, dbs, c < C_OUT, DETERMINISTIC)
 
 
 @triton.jit
@@ -651,6 +707,27 @@ DW_ACC = 8192
 # dW in bands (``_rows_dw_band``): 128 of the band's rows x BAND * C_out columns per program (8 warps: 64
 # accumulator registers per thread at conv2's 4 x 32 columns).
 DW_BAND_RW = 128
+# dW from gz's shifted copies (``_rows_dw_shift``, ``dw_shifts``): chunks of at most 128 of the rows' elements and
+# at most 128 columns (copies x channels: conv2's 4 x 32), one m64n128 accumulator per warpgroup on 8 warps; tiles of
+# 64 positions. 0 columns turns it off (the tests then reach the bands).
+DW_SHIFT_RW = 128
+DW_SHIFT_COLS = 128
+DW_SHIFT_ROWS = 64
+
+
+def dw_shifts(kc: int, step: int, c_out: int) -> tuple[int, int]:
+    """(SHIFTS, BLOCK_RW) of dW as gz's shifted copies (``_rows_dw_shift``), or (0, 0) where it does not apply:
+    BLOCK_RW the largest power of two (16 to ``DW_SHIFT_RW``) that divides the rows' KC = k C_in and is a multiple of
+    their step (stride C_in), SHIFTS its KC / BLOCK_RW copies rounded up to a power of two, C_out a power of two and
+    SHIFTS x C_out at most ``DW_SHIFT_COLS`` (conv2: (4, 128))."""
+    if c_out & (c_out - 1):
+        return 0, 0
+    rw = DW_SHIFT_RW
+    while rw >= 16 and (kc % rw or rw % step):
+        rw //= 2
+    if rw < 16 or kc // rw < 2 or next_pow2(kc // rw) * c_out > DW_SHIFT_COLS:
+        return 0, 0
+    return next_pow2(kc // rw), rw
 
 
 def rows_plan(c_in: int, c_out: int, k: int, stride: int, dtype: torch.dtype) -> dict | None:
@@ -891,7 +968,8 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     # dW in bands where the statistics take them (the same rule: one channel block; atomics only, as a deterministic
     # band would need a partial per split of the whole band)
     grid_cw = triton.cdiv(C, dw_co)
-    band_w, rb = (1, R) if deterministic or C != dw_co else band_of(
+    shifts, rw_s = dw_shifts(R, stride * C_in, C)
+    band_w, rb = (1, R) if deterministic or C != dw_co or shifts else band_of(
         R, stride * C_in, DW_BAND_RW, C, T, x.element_size())  # fmt: skip
     rw_max = min(DW_RW_LONG if M >= DW_LONG_ROWS and x.element_size() == 2 else 128, DW_ACC // dw_co)
     rw = plan["BLOCK_R"] if INTERPRET else max(b for b in (16, 32, 64, 128, 256) if b <= rw_max and R % b == 0)
@@ -906,6 +984,11 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     num_mt = N * tpc_w if clip_tiles else triton.cdiv(M, bm)
     grid_r = triton.cdiv(rb, rw)
     split = 1 if INTERPRET else max(1, min(num_mt, 1024 // (grid_r * grid_cw)))
+    if shifts:  # tiles inside a clip over the positions the shifted copies reach; one CTA of 8 warps per SM
+        rw, grid_r, grid_cw, dw_co, clip_tiles = rw_s, 1, 1, C, True
+        bm = clamp_pow2(T, 16, 32) if INTERPRET else DW_SHIFT_ROWS
+        tpc_w = triton.cdiv(T + (R // rw - 1) * (rw // (stride * C_in)), bm)
+        num_mt, split = persistent_grid(N * tpc_w, 1, 1)
     # non-deterministic: the atomics' accumulators zeroed by one fill, db (first: returned as a view, at offset 0)
     # and the BN sums together; dW apart (also returned as a view: a custom op's outputs may not share a buffer)
     acc = None if deterministic else zeroed(dev, ((1, C), torch.float32), ((2, 1, C), BN_SUMS))
@@ -955,8 +1038,9 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
         DX_STRIDE=stride, **flags)
     wrap_triton(_rows_dw_kernel)[(grid_r, grid_cw, split)](
         gz, xc, dwr, db_part, C, T, M, sgz, lpc, R, num_mt, tpc_w, split, C_in, k, STEP=stride * C_in, BLOCK_M=bm,
-        BLOCK_CO=dw_co, BLOCK_RW=rw, CLIP_TILES=clip_tiles, BAND=band_w, DETERMINISTIC=deterministic,
-        INTERP=INTERPRET, PRECISION=dot_precision(x), num_warps=BAND_WARPS if band_w > 1 else 4, num_stages=STAGES)
+        BLOCK_CO=dw_co, BLOCK_RW=rw, CLIP_TILES=clip_tiles, BAND=band_w, SHIFTS=shifts, DETERMINISTIC=deterministic,
+        INTERP=INTERPRET, PRECISION=dot_precision(x), num_warps=BAND_WARPS if band_w > 1 or shifts else 4,
+        num_stages=STAGES)
     # deterministic: a fixed-order sum of the partials; otherwise the one row the atomics added into
     dw = dwr.sum(dim=0) if deterministic else dwr[0]
     db = (db_part.sum(dim=0) if deterministic else db_part[0]) if bias is not None else None

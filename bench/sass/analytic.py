@@ -59,9 +59,10 @@ def padded_mma_flops(name: str, v: dict[str, Any], grid: tuple[int, ...]) -> flo
         if v.get("HAS_Z"):
             return 0.0
         return grid[1] * v["NUM_TILES"] * 2.0 * v["BLOCK_Q"] * v["PP"] * v["R"] * v["BLOCK_CO"]
-    if name == "_rows_dw_kernel":  # BAND > 1: BAND * BLOCK_CO columns (gz's band rows)
+    if name == "_rows_dw_kernel":  # BAND > 1: BAND * BLOCK_CO columns (gz's band rows); SHIFTS > 0: SHIFTS * BLOCK_CO
         iters = sum(len(range(s, v["NUM_MT"], v["SPLIT"])) for s in range(grid[2]))
-        return grid[0] * grid[1] * iters * 2.0 * v["BLOCK_M"] * v["BLOCK_CO"] * v["BLOCK_RW"] * v.get("BAND", 1)
+        cols = v["BLOCK_CO"] * v.get("BAND", 1) * max(v.get("SHIFTS", 0), 1)
+        return grid[0] * grid[1] * iters * 2.0 * v["BLOCK_M"] * cols * v["BLOCK_RW"]
     if name == "_rows_dx_kernel":  # each channel block walks all NUM_TILES tiles, the phases side by side (x BAND)
         return grid[1] * v["NUM_TILES"] * 2.0 * v["BLOCK_M"] * v["R2"] * v["PHASES"] * v["BLOCK_CI"] * v.get("BAND", 1)
     if name == "_dx_kernel":

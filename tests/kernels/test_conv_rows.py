@@ -206,6 +206,7 @@ def test_statistics_dx_and_dw_in_bands_of_rows(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setattr(rows, "STATS_BAND", band)
     monkeypatch.setattr(rows, "DW_WASTE", 0)
     monkeypatch.setattr(rows, "BAND_BYTES", 1 << 40)
+    monkeypatch.setattr(rows, "DW_SHIFT_COLS", 0)  # dW in bands, not as gz's shifted copies
     seen = _Flags(monkeypatch, "_rows_stats_kernel", "BAND")
     seen_dx = _Flags(monkeypatch, "_rows_dx_kernel", "BAND")
     seen_dw = _Flags(monkeypatch, "_rows_dw_kernel", "BAND")
@@ -233,6 +234,7 @@ def test_deterministic_dw_takes_no_band(monkeypatch: pytest.MonkeyPatch) -> None
     c_in, c_out, k, s, p, pool = SOUNDNET_LAYERS["conv2"]
     monkeypatch.setattr(rows, "DW_WASTE", 0)
     monkeypatch.setattr(rows, "BAND_BYTES", 1 << 40)
+    monkeypatch.setattr(rows, "DW_SHIFT_COLS", 0)
     seen = _Flags(monkeypatch, "_rows_dw_kernel", "BAND")
     case = make_case(2, c_in, c_out, k, 301, seed=14)
     kw = dict(stride=s, padding=p, training=True, pool=pool)
@@ -241,6 +243,50 @@ def test_deterministic_dw_takes_no_band(monkeypatch: pytest.MonkeyPatch) -> None
     assert seen.values == [1, 1]
     assert torch.equal(runs[0][1][1], runs[1][1][1])
     _check_fp32(case, ref, runs[0], True)
+
+
+def test_the_shift_rule() -> None:
+    """dW takes gz's shifted copies where a power-of-two chunk of the rows is whole steps and the copies x channels
+    fit 128 columns: conv2 (4 copies of 128 elements), a SampleCNN-style k 3 / 32 channels (chunks of one step);
+    not conv3's 64 channels (4 x 64 columns), not 24 channels (no power of two), not a single chunk."""
+    assert rows.dw_shifts(512, 32, 32) == (4, 128)
+    assert rows.dw_shifts(48, 16, 32) == (4, 16)
+    assert rows.dw_shifts(512, 64, 64) == (0, 0)
+    assert rows.dw_shifts(48, 16, 24) == (0, 0)
+    assert rows.dw_shifts(128, 32, 16) == (0, 0)
+
+
+@pytest.mark.parametrize("deterministic", [False, True], ids=["atomics", "deterministic"])
+@pytest.mark.parametrize(("name", "dtype"), [("conv2_three_clips", torch.float32),
+                                            ("conv2_three_clips", torch.bfloat16),
+                                            ("samplecnn32_k3_s1_pool3", torch.float32)])  # fmt: skip
+def test_dw_from_gzs_shifted_copies(monkeypatch: pytest.MonkeyPatch, name: str, dtype: torch.dtype,
+                                    deterministic: bool) -> None:
+    """dW as A0^T times gz's shifted copies side by side (``_rows_dw_shift``): the copies reach T + (NS - 1) SH
+    positions into each clip (masked outside gz's [0, T), the A0 rows past them clamped), tiles inside a clip, db
+    from the unshifted copy; bitwise repeatable when deterministic. fp32 against float64; bf16 within twice eager's
+    error."""
+    shapes = {**SHAPES, "samplecnn32_k3_s1_pool3": (2, 16, 32, 3, 1, 1, 3, 50, True)}
+    n, c_in, c_out, k, s, p, pool, length, bias = shapes[name]
+    seen = _Flags(monkeypatch, "_rows_dw_kernel", "SHIFTS")
+    case = make_case(n, c_in, c_out, k, length, seed=21, bias=bias)
+    kw = dict(stride=s, padding=p, training=True, pool=pool)
+    if dtype == torch.float32:
+        ref = run_reference(case, None, **kw)
+        runs = [run_fused(case, ref[5], deterministic=deterministic, **kw) for _ in range(2 if deterministic else 1)]
+        _check_fp32(case, ref, runs[0], True)
+        if deterministic:
+            assert torch.equal(runs[0][1][1], runs[1][1][1]) and torch.equal(runs[0][1][2], runs[1][1][2])
+    else:
+        for f in ("x", "w", "b", "g", "beta"):
+            setattr(case, f, getattr(case, f).to(torch.bfloat16).double())
+        grad = run_reference(case, None, **kw)[5].to(torch.bfloat16).double()
+        ref = run_reference(case, grad, **kw)
+        eager = run_reference(case, grad, dtype=torch.bfloat16, **kw)
+        fused = run_fused(case, grad, dtype=torch.bfloat16, deterministic=deterministic, **kw)
+        for i in (1, 2):
+            assert norm_rel(fused[1][i], ref[1][i]) <= 2 * norm_rel(eager[1][i], ref[1][i]), i
+    assert set(seen.values) == {rows.dw_shifts(k * c_in, s * c_in, c_out)[0]} and seen.values[0] > 0
 
 
 @pytest.mark.parametrize("waste", [0, 10**9], ids=["tiles_inside_a_clip", "tiles_over_the_flat_rows"])

@@ -164,13 +164,48 @@ def _band_tile(x_ptr, ws, n, t, ROWS, CLIP, ROW_STEP, R: tl.constexpr, BLOCK_R: 
 
 
 @triton.jit
-def _rows_z(xc_ptr, wr_ptr, z_ptr, n, t, mask, co, C_OUT, T, LPC, R, STEP: tl.constexpr, BLOCK_CO: tl.constexpr,
-            BLOCK_R: tl.constexpr, HAS_Z: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
-    """The conv output without bias at rows t (rows,) of clip n, (rows, BLOCK_CO) fp32: read from z_ptr
-    (N * T, C_OUT) where the statistics pass stored it (HAS_Z; mask: the rows and channels to read, 0
-    elsewhere), else recomputed by ``_row_tile``."""
+def z_at(z_ptr, n, t, co, ZC, C_OUT, POOL: tl.constexpr, PP: tl.constexpr):
+    """Pointers (rows, channels) to the stored conv output z (``_conv_paths.kept_z_shape``: (N, TQ, C_OUT, PP), a
+    clip ZC = TQ * C_OUT * PP elements, window-major with each window's slots last) at positions t (rows,) of
+    clip n (a scalar, or per row), channels co: z[n, t // POOL, co, t % POOL]. Without a pool (POOL = PP = 1)
+    plain (N, T, C_OUT)."""
+    row = n.to(tl.int64) * ZC + (t // POOL) * (C_OUT * PP) + t % POOL
+    return z_ptr + row[:, None] + (co * PP)[None, :]
+
+
+@triton.jit
+def window_z(z_ptr, n, q0, c0, TR, ZC, C_OUT, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.constexpr,
+             BLOCK_CO: tl.constexpr, FLAT: tl.constexpr):
+    """The stored z of windows q0 + i (i < BLOCK_Q, clamped to TR - 1) of clip n, channels c0 + c (c < BLOCK_CO),
+    (BLOCK_Q, BLOCK_CO, PP) fp32, -inf in the padded slots (u >= POOL, never written): each (window, channel)'s
+    slots sit in one thread, so the reductions over them stay in registers (no shuffles). A (window, channel)'s
+    slots are one contiguous run, 16 bytes in bf16 at PP = 8; FLAT loads a window's channels x slots as one run
+    and splits it (16-byte loads at PP = 4 too: the pool's choice there; the gz kernel's tiles then took a layout
+    conversion that cost it more)."""
+    q = tl.minimum(q0 + tl.arange(0, BLOCK_Q), TR - 1)
+    base = z_ptr + n.to(tl.int64) * ZC + c0 * PP + q * (C_OUT * PP)
+    if FLAT:
+        j = tl.arange(0, BLOCK_CO * PP)
+        z = tl.load(base[:, None] + j[None, :], mask=(c0 * PP + j < C_OUT * PP)[None, :], other=0.0)
+        z = tl.reshape(z.to(tl.float32), (BLOCK_Q, BLOCK_CO, PP))
+    else:
+        c = tl.arange(0, BLOCK_CO)
+        z = tl.load(base[:, None, None] + (c * PP)[None, :, None] + tl.arange(0, PP)[None, None, :],
+                    mask=(c0 + c < C_OUT)[None, :, None], other=0.0).to(tl.float32)
+    if PP > POOL:
+        z = tl.where(tl.arange(0, PP)[None, None, :] < POOL, z, -float("inf"))
+    return z
+
+
+@triton.jit
+def _rows_z(xc_ptr, wr_ptr, z_ptr, n, t, mask, co, C_OUT, T, LPC, R, ZC, STEP: tl.constexpr, POOL: tl.constexpr,
+            PP: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr, HAS_Z: tl.constexpr, INTERP: tl.constexpr,
+            PRECISION: tl.constexpr):
+    """The conv output without bias at rows t (rows,) of clip n, (rows, BLOCK_CO) fp32: read from z_ptr (``z_at``)
+    where the statistics pass stored it (HAS_Z; mask: the rows and channels to read, 0 elsewhere), else
+    recomputed by ``_row_tile``."""
     if HAS_Z:
-        z = tl.load(z_ptr + ((n.to(tl.int64) * T + t) * C_OUT)[:, None] + co[None, :], mask=mask, other=0.0)
+        z = tl.load(z_at(z_ptr, n, t, co, ZC, C_OUT, POOL, PP), mask=mask, other=0.0)
         return z.to(tl.float32)
     return _row_tile(xc_ptr, wr_ptr, n.to(tl.int64) * LPC + t * STEP, co, C_OUT, R, BLOCK_CO, BLOCK_R, INTERP,
                      PRECISION)
@@ -195,15 +230,16 @@ def _window_rows(n, tile, TR, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.
 def _rows_stats_kernel(xc_ptr,  # (N, LP, C_IN) channels-last padded input
                        wr_ptr,  # (C_OUT, KC) reordered weight; W_MODE 1: the conv weight (C_OUT, C_IN * K)
                        b_ptr, part_ptr,  # (C_OUT,), (3, C_OUT, P) rows PITCH apart
-                       z_ptr,  # (N * T, C_OUT) (STORE_Z)
-                       C_OUT, T, M, LPC, KC, R: tl.constexpr, NUM_TILES, TPC, P, PITCH, C_IN, HAS_BIAS: tl.constexpr,
-                       STEP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr,
-                       BAND: tl.constexpr, RESIDENT: tl.constexpr, W_MODE: tl.constexpr, STORE_Z: tl.constexpr,
-                       INTERP: tl.constexpr, PRECISION: tl.constexpr):
+                       z_ptr,  # (N, TQ, C_OUT, ZPP) (STORE_Z; ``z_at``)
+                       C_OUT, T, M, LPC, KC, R: tl.constexpr, NUM_TILES, TPC, P, PITCH, C_IN, ZC,
+                       HAS_BIAS: tl.constexpr, STEP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_CO: tl.constexpr,
+                       BLOCK_R: tl.constexpr, BAND: tl.constexpr, RESIDENT: tl.constexpr, W_MODE: tl.constexpr,
+                       STORE_Z: tl.constexpr, ZPOOL: tl.constexpr, ZPP: tl.constexpr, INTERP: tl.constexpr,
+                       PRECISION: tl.constexpr):
     """Per program: (mean, M2, count) per channel over its position tiles (Chan merge per tile); part
     (3, C_OUT, P) rows mean, M2, count, merged by ``_merge_stats_kernel`` (HAS_COUNT). With STORE_Z also the conv
-    output without its bias, z_ptr (M, C_OUT) position-major in z's dtype, for the passes that follow
-    (``keeps_z``). RESIDENT: the weight stays in shared memory for all the program's tiles
+    output without its bias into z_ptr in z's dtype, window-major for the block's pool (ZPOOL, ZPP: ``z_at``), for
+    the passes that follow (``keeps_z``). RESIDENT: the weight stays in shared memory for all the program's tiles
     (``resident_weight``). KC = K * C_IN, the weight's rows. BAND > 1 (``band_of``): one GEMM row per BAND
     positions, row q of clip n the R (>= KC + (BAND - 1) * STEP) elements from n * LPC + BAND * q * STEP against
     the resident band weight (``_band_weight``: columns (g, co) are channel co of position BAND * q + g);
@@ -228,18 +264,19 @@ def _rows_stats_kernel(xc_ptr,  # (N, LP, C_IN) channels-last padded input
                                  PRECISION)
             nw, tw = walk_next(nw, tw, dn, dt, TPC)
             ok = t < T
-            m = n * T + t
         else:
             m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
             ok = m < M
             mc = tl.minimum(m, M - 1)
-            base = (mc // T).to(tl.int64) * LPC + (mc % T) * STEP
+            n = mc // T
+            t = mc % T
+            base = n.to(tl.int64) * LPC + t * STEP
             if RESIDENT:
                 z = _row_tile_resident(xc_ptr, ws, base, R, BLOCK_R, BLOCK_CO, INTERP, PRECISION)
             else:
                 z = _row_tile(xc_ptr, wr_ptr, base, co, C_OUT, R, BLOCK_CO, BLOCK_R, INTERP, PRECISION)
         if STORE_Z:
-            tl.store(z_ptr + m.to(tl.int64)[:, None] * C_OUT + co[None, :], cast_out(z, z_ptr.dtype.element_ty, INTERP),
+            tl.store(z_at(z_ptr, n, t, co, ZC, C_OUT, ZPOOL, ZPP), cast_out(z, z_ptr.dtype.element_ty, INTERP),
                      mask=ok[:, None] & (co < C_OUT)[None, :])
         z += bias[None, :]
         n_b = tl.sum(ok.to(tl.float32), axis=0)
@@ -254,8 +291,8 @@ def _rows_bn_relu_pool_kernel(xc_ptr,  # (N, LP, C_IN) channels-last padded inpu
                               wr_ptr, b_ptr, g_ptr, beta_ptr,  # (C_OUT, R), (C_OUT,) x 3
                               stats_ptr,  # (4, C_OUT): mean, invstd, var, count
                               out_ptr, code_ptr, zmax_ptr,  # (N, C_OUT, TP) each
-                              z_ptr,  # (N * T, C_OUT): the stored conv output (HAS_Z)
-                              C_OUT, T, TP, TPC, LPC, R, NUM_TILES, P, HAS_BIAS: tl.constexpr, STEP: tl.constexpr,
+                              z_ptr,  # (N, TQ, C_OUT, PP): the stored conv output (HAS_Z; ``z_at``)
+                              C_OUT, T, TP, TPC, LPC, R, NUM_TILES, P, ZC, HAS_BIAS: tl.constexpr, STEP: tl.constexpr,
                               HAS_POOL: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.constexpr,
                               BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr, STORE_ZMAX: tl.constexpr,
                               HAS_Z: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
@@ -275,9 +312,15 @@ def _rows_bn_relu_pool_kernel(xc_ptr,  # (N, LP, C_IN) channels-last padded inpu
     nw, tw, dn, dt = walk_start(tl.program_id(0), P, TPC)
     for _ in range(tl.program_id(0), NUM_TILES, P):
         n, q0, q, u, t, ok = _window_rows(nw, tw, TP, POOL, PP, BLOCK_Q)
-        z = _rows_z(xc_ptr, wr_ptr, z_ptr, n, t, c_ok[None, :], co, C_OUT, T, LPC, R, STEP, BLOCK_CO, BLOCK_R,
-                    HAS_Z, INTERP, PRECISION)
-        if HAS_POOL:
+        if HAS_POOL and HAS_Z:  # each (window, channel)'s slots in one thread: the reductions stay in registers
+            key = window_z(z_ptr, n, q0, tl.program_id(1) * BLOCK_CO, TP, ZC, C_OUT, POOL, PP, BLOCK_Q,
+                           BLOCK_CO, PP * z_ptr.dtype.element_ty.primitive_bitwidth < 128) * s[None, :, None]
+            zsel, first = pool_select(key, s[None, :], tl.arange(0, PP)[None, None, :], PP, 2)
+            o = tl.maximum(zsel * a[None, :] + b[None, :], 0.0)
+            code = tl.where(o > 0.0, first, -1)  # -1: ReLU passes no gradient
+        elif HAS_POOL:
+            z = _rows_z(xc_ptr, wr_ptr, z_ptr, n, t, c_ok[None, :], co, C_OUT, T, LPC, R, ZC, STEP, POOL, PP,
+                        BLOCK_CO, BLOCK_R, HAS_Z, INTERP, PRECISION)
             key = z * s[None, :]
             if PP > POOL:
                 key = tl.where((u < POOL)[:, None], key, -float("inf"))  # padded slots
@@ -285,6 +328,8 @@ def _rows_bn_relu_pool_kernel(xc_ptr,  # (N, LP, C_IN) channels-last padded inpu
             o = tl.maximum(zsel * a[None, :] + b[None, :], 0.0)
             code = tl.where(o > 0.0, first, -1)  # -1: ReLU passes no gradient
         else:
+            z = _rows_z(xc_ptr, wr_ptr, z_ptr, n, t, c_ok[None, :], co, C_OUT, T, LPC, R, ZC, STEP, POOL, PP,
+                        BLOCK_CO, BLOCK_R, HAS_Z, INTERP, PRECISION)
             o = tl.maximum(z * a[None, :] + b[None, :], 0.0)
         qr = q0 + tl.arange(0, BLOCK_Q)
         off = n.to(tl.int64) * C_OUT * TP + (qr[:, None] + co[None, :] * TP)
@@ -299,8 +344,8 @@ def _rows_bn_relu_pool_kernel(xc_ptr,  # (N, LP, C_IN) channels-last padded inpu
 
 
 @triton.jit
-def _rows_grad(xc_ptr, wr_ptr, z_ptr, go_ptr, code_ptr, n, q0, t, ok, co, C_OUT, T, TP, LPC, R, sgn, sgc, sgl,
-               STEP: tl.constexpr, HAS_POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.constexpr,
+def _rows_grad(xc_ptr, wr_ptr, z_ptr, go_ptr, code_ptr, n, q0, t, ok, co, C_OUT, T, TP, LPC, R, ZC, sgn, sgc, sgl,
+               STEP: tl.constexpr, HAS_POOL: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.constexpr,
                BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr, HAS_Z: tl.constexpr, INTERP: tl.constexpr,
                PRECISION: tl.constexpr):
     """(z, gy, valid) of a tile of windows (``_window_rows``), each (BLOCK_Q * PP, BLOCK_CO): z the conv output
@@ -309,8 +354,8 @@ def _rows_grad(xc_ptr, wr_ptr, z_ptr, go_ptr, code_ptr, n, q0, t, ok, co, C_OUT,
     without HAS_POOL the block's output (ReLU's mask: gy = the gradient where the output is > 0)."""
     c_ok = co < C_OUT
     valid = (ok & (t < T))[:, None] & c_ok[None, :]
-    z = _rows_z(xc_ptr, wr_ptr, z_ptr, n, t, valid, co, C_OUT, T, LPC, R, STEP, BLOCK_CO, BLOCK_R, HAS_Z, INTERP,
-                PRECISION)
+    z = _rows_z(xc_ptr, wr_ptr, z_ptr, n, t, valid, co, C_OUT, T, LPC, R, ZC, STEP, POOL, PP, BLOCK_CO, BLOCK_R,
+                HAS_Z, INTERP, PRECISION)
     # the gradient and codes once per window (BLOCK_Q, BLOCK_CO), routed to its slots in registers
     qw = q0 + tl.arange(0, BLOCK_Q)
     hit = (qw < TP)[:, None] & c_ok[None, :]
@@ -332,7 +377,7 @@ def _rows_bwd_reduce_kernel(xc_ptr, wr_ptr, z_ptr, b_ptr, stats_ptr,  # as _rows
                             go_ptr,  # (N, C_OUT, TP) grad_out, strides sgn, sgc, sgl
                             code_ptr,  # (N, C_OUT, TP) codes, or the output without a pool
                             sums_ptr,  # (2, P, C_OUT) fp64 (deterministic) or (2, 1, C_OUT)
-                            C_OUT, T, TP, TPC, LPC, R, NUM_TILES, P, sgn, sgc, sgl, HAS_BIAS: tl.constexpr,
+                            C_OUT, T, TP, TPC, LPC, R, NUM_TILES, P, sgn, sgc, sgl, ZC, HAS_BIAS: tl.constexpr,
                             STEP: tl.constexpr, HAS_POOL: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr,
                             BLOCK_Q: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr,
                             DETERMINISTIC: tl.constexpr, HAS_Z: tl.constexpr, INTERP: tl.constexpr,
@@ -349,8 +394,8 @@ def _rows_bwd_reduce_kernel(xc_ptr, wr_ptr, z_ptr, b_ptr, stats_ptr,  # as _rows
     for _ in range(pid_p, NUM_TILES, P):
         n, q0, q, u, t, ok = _window_rows(nw, tw, TP, POOL, PP, BLOCK_Q)
         z, gy, valid = _rows_grad(xc_ptr, wr_ptr, z_ptr, go_ptr, code_ptr, n, q0, t, ok, co, C_OUT, T, TP, LPC, R,
-                                  sgn, sgc, sgl, STEP, HAS_POOL, PP, BLOCK_Q, BLOCK_CO, BLOCK_R, HAS_Z, INTERP,
-                                  PRECISION)
+                                  ZC, sgn, sgc, sgl, STEP, HAS_POOL, POOL, PP, BLOCK_Q, BLOCK_CO, BLOCK_R, HAS_Z,
+                                  INTERP, PRECISION)
         s_gy += tl.sum(gy, axis=0)
         s_gyz += tl.sum(gy * ((z - mb[None, :]) * invstd[None, :]), axis=0)
         nw, tw = walk_next(nw, tw, dn, dt, TPC)
@@ -408,7 +453,7 @@ def _rows_gz_kernel(xc_ptr, wr_ptr, z_ptr, b_ptr, stats_ptr, g_ptr,  # as _rows_
                     gz_ptr,  # gz[n, t, co] at n * SGZ + t * C_OUT + co
                     dbn_ptr, dw_ptr, w_ptr, wd_ptr,  # (2, C_OUT) fp32, (DW_SIZE,) fp32, (C_OUT, KC), (J * C_OUT, DXS)
                     C_OUT, T, TP, TQ, TPC, LPC, R, NUM_TILES, P, sgn, sgc, sgl, SGZ, N_CLIPS, PAD_LO, PAD_HI, DW_SIZE,
-                    C_IN, HAS_BIAS: tl.constexpr, STEP: tl.constexpr, HAS_POOL: tl.constexpr, POOL: tl.constexpr,
+                    C_IN, ZC, HAS_BIAS: tl.constexpr, STEP: tl.constexpr, HAS_POOL: tl.constexpr, POOL: tl.constexpr,
                     PP: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr,
                     BLOCK_PAD: tl.constexpr, TRAINING: tl.constexpr, HAS_Z: tl.constexpr, STORE_SUMS: tl.constexpr,
                     ZERO_DW: tl.constexpr, DX_K: tl.constexpr, DX_STRIDE: tl.constexpr, INTERP: tl.constexpr,
@@ -436,12 +481,28 @@ def _rows_gz_kernel(xc_ptr, wr_ptr, z_ptr, b_ptr, stats_ptr, g_ptr,  # as _rows_
     nw, tw, dn, dt = walk_start(tl.program_id(0), P, TPC)
     for _ in range(tl.program_id(0), NUM_TILES, P):
         n, q0, q, u, t, ok = _window_rows(nw, tw, TQ, POOL, PP, BLOCK_Q)
-        z, gy, valid = _rows_grad(xc_ptr, wr_ptr, z_ptr, go_ptr, code_ptr, n, q0, t, ok, co, C_OUT, T, TP, LPC, R,
-                                  sgn, sgc, sgl, STEP, HAS_POOL, PP, BLOCK_Q, BLOCK_CO, BLOCK_R, HAS_Z, INTERP,
-                                  PRECISION)
-        gz = z * cz[None, :] + c0[None, :] + gy * scale[None, :]
-        off = n.to(tl.int64) * SGZ + (t[:, None] * C_OUT + co[None, :])
-        tl.store(gz_ptr + off, cast_out(gz, gz_ptr.dtype.element_ty, INTERP), mask=valid)
+        if HAS_POOL and HAS_Z:  # z window-major (``window_z``): each (window, channel)'s slots in one thread
+            z3 = window_z(z_ptr, n, q0, tl.program_id(1) * BLOCK_CO, TQ, ZC, C_OUT, POOL, PP, BLOCK_Q, BLOCK_CO,
+                          False)
+            qw = q0 + tl.arange(0, BLOCK_Q)
+            hit = (qw < TP)[:, None] & c_ok[None, :]
+            n64 = n.to(tl.int64)
+            go = tl.load(go_ptr + n64 * sgn + (qw[:, None] * sgl + co[None, :] * sgc), mask=hit, other=0.0)
+            code = tl.load(code_ptr + n64 * C_OUT * TP + (qw[:, None] + co[None, :] * TP), mask=hit, other=-1)
+            slot = tl.arange(0, PP)[None, None, :]
+            tt = (qw * POOL)[:, None, None] + slot  # positions
+            valid = (qw < TQ)[:, None, None] & (slot < POOL) & (tt < T) & c_ok[None, :, None]
+            gy = tl.where(code.to(tl.int32)[:, :, None] == slot, go.to(tl.float32)[:, :, None], 0.0)
+            gz = tl.where(valid, z3, 0.0) * cz[None, :, None] + c0[None, :, None] + gy * scale[None, :, None]
+            off = n64 * SGZ + (tt * C_OUT + co[None, :, None])
+            tl.store(gz_ptr + off, cast_out(gz, gz_ptr.dtype.element_ty, INTERP), mask=valid)
+        else:
+            z, gy, valid = _rows_grad(xc_ptr, wr_ptr, z_ptr, go_ptr, code_ptr, n, q0, t, ok, co, C_OUT, T, TP, LPC,
+                                      R, ZC, sgn, sgc, sgl, STEP, HAS_POOL, POOL, PP, BLOCK_Q, BLOCK_CO, BLOCK_R,
+                                      HAS_Z, INTERP, PRECISION)
+            gz = z * cz[None, :] + c0[None, :] + gy * scale[None, :]
+            off = n.to(tl.int64) * SGZ + (t[:, None] * C_OUT + co[None, :])
+            tl.store(gz_ptr + off, cast_out(gz, gz_ptr.dtype.element_ty, INTERP), mask=valid)
         nw, tw = walk_next(nw, tw, dn, dt, TPC)
     if BLOCK_PAD > 0:
         i = tl.arange(0, BLOCK_PAD)
@@ -856,10 +917,11 @@ def _window_block(pp: int, windows: int) -> int:
 
 def rows_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, k: int, stride: int, padding: int,
                  T: int, eps: float | None = None, xc: torch.Tensor | None = None,
-                 z: torch.Tensor | None = None) -> torch.Tensor:
+                 z: torch.Tensor | None = None, pool: int | None = None) -> torch.Tensor:
     """(3, C_out) fp32 count, mean, M2 per channel, or with ``eps`` the (4, C_out) stats rows (as
-    ``_conv_paths.conv_moments``). ``xc``: the ``channels_last`` copy, or None to make one; ``z``: None, or an
-    (N, T, C_out) contiguous buffer in x.dtype that receives the conv output without its bias (``keeps_z``)."""
+    ``_conv_paths.conv_moments``). ``xc``: the ``channels_last`` copy, or None to make one; ``z``: None, or a
+    ``kept_z_shape(N, T, C_out, pool)`` contiguous buffer in x.dtype that receives the conv output without its bias
+    (``keeps_z``), window-major for the block's ``pool`` (``z_at``)."""
     N, C_in, _ = x.shape
     C = w2d.shape[0]
     plan = rows_plan(C_in, C, k, stride, x.dtype)
@@ -884,8 +946,9 @@ def rows_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
     direct = band > 1 or resident  # the weight loaded once per program, straight from w2d (no reorder copy)
     wrap_triton(_rows_stats_kernel)[(P, grid_c)](
         xc, w2d if direct else _reorder(w2d, C_in, k), b, part, z if store_z else part, C, T, M, lpc, kc, r, tiles,
-        tpc, P, part.stride(1), C_in, HAS_BIAS=bias is not None, STEP=stride * C_in, BLOCK_M=bm, BAND=band,
-        STORE_Z=store_z, INTERP=INTERPRET, RESIDENT=resident, W_MODE=1 if direct else 0, PRECISION=dot_precision(x),
+        tpc, P, part.stride(1), C_in, z[0].numel() if store_z else 0, HAS_BIAS=bias is not None, STEP=stride * C_in,
+        BLOCK_M=bm, BAND=band, STORE_Z=store_z, ZPOOL=pool or 1, ZPP=next_pow2(pool or 1),
+        INTERP=INTERPRET, RESIDENT=resident, W_MODE=1 if direct else 0, PRECISION=dot_precision(x),
         num_warps=BAND_WARPS if band > 1 else 4, num_stages=STAGES, **plan)
     return merge_stats(part, 0, 0, eps)
 
@@ -897,6 +960,25 @@ def _window_flags(x: torch.Tensor, bias, plan: dict, stride: int, pool: int | No
     return dict(HAS_BIAS=bias is not None, STEP=stride * x.shape[1], HAS_POOL=pool is not None, POOL=pool or 1,
                 PP=pp, BLOCK_Q=_window_block(pp, windows), INTERP=INTERPRET, PRECISION=dot_precision(x), num_warps=4,
                 num_stages=STAGES, **plan)
+
+
+def kept_z_shape(n: int, T: int, c_out: int, pool: int | None) -> tuple[int, int, int, int]:
+    """Shape of the stored conv output (``_conv_paths.keeps_z``): (N, TQ, C_out, PP), window-major with each window's
+    PP slots last (TQ = cdiv(T, pool) windows cover every position; PP = pool rounded up to a power of two; the
+    padded slots and the positions past T are never written), so a window's slots of one channel are one
+    contiguous run the pool and the backward reduce in one thread (``window_z``). Without a pool (N, T, C_out, 1)."""
+    p = pool or 1
+    return n, triton.cdiv(T, p), c_out, next_pow2(p)
+
+
+def window_major(z: torch.Tensor, pool: int | None) -> torch.Tensor:
+    """The conv output z (N, C_out, T) in ``kept_z_shape``'s layout (a contiguous copy; zeros where the kernels
+    write nothing): what the references keep, so that they keep what the kernels keep."""
+    n, c, t = z.shape
+    _, tq, _, pp = kept_z_shape(n, t, c, pool)
+    p = pool or 1
+    zz = F.pad(z, (0, tq * p - t)).reshape(n, c, tq, p)
+    return F.pad(zz, (0, pp - p)).permute(0, 2, 1, 3).contiguous()
 
 
 def _kept(z: torch.Tensor | None) -> torch.Tensor | None:
@@ -929,7 +1011,8 @@ def rows_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | N
     has_z = z is not None
     wrap_triton(_rows_bn_relu_pool_kernel)[(P, triton.cdiv(C, plan["BLOCK_CO"]))](
         xc, w2d if has_z else _reorder(w2d, C_in, k), b, gamma, beta, stats, out, code, zmax, z if has_z else out, C, T,
-        TP, tpc, lpc, k * C_in, tiles, P, STORE_ZMAX=zmax.numel() > 0, HAS_Z=has_z, **flags)  # z: weight unread
+        TP, tpc, lpc, k * C_in, tiles, P, z[0].numel() if has_z else 0, STORE_ZMAX=zmax.numel() > 0, HAS_Z=has_z,
+        **flags)  # z: weight unread
     return out, code, zmax
 
 
@@ -1000,7 +1083,7 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
         part = bn_sum_partials(P, C, deterministic, dev, acc[1] if acc else None)
         wrap_triton(_rows_bwd_reduce_kernel)[(P, grid_c)](
             xc, wr, z if has_z else xc, b, stats, grad_out, mask, part, C, T, TP, tpc, lpc, R, tiles, P, *go,
-            DETERMINISTIC=deterministic, HAS_Z=has_z, **flags)
+            z[0].numel() if has_z else 0, DETERMINISTIC=deterministic, HAS_Z=has_z, **flags)
         raw = bn_sums_of(part, cast=False)  # a fixed-order reduction
     local, sums, store_sums = local_sums(raw, training, all_reduce)
     rows_dx = input_grad and dx_rows_ok(C, k, stride)
@@ -1033,7 +1116,8 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     tiles, P = persistent_grid(N * tpc, 1, GZ_PER_SM, grid_c)
     wrap_triton(_rows_gz_kernel)[(P, grid_c)](
         xc, wr, z if has_z else xc, b, stats, gamma, grad_out, mask, sums, gz, local, dwr, w2d, wd, C, T, TP, tq, tpc,
-        lpc, R, tiles, P, *go, sgz, N, *pads, dwr.numel(), C_in, BLOCK_PAD=next_pow2(max(pads)) if max(pads) else 0,
+        lpc, R, tiles, P, *go, sgz, N, *pads, dwr.numel(), C_in, z[0].numel() if has_z else 0,
+        BLOCK_PAD=next_pow2(max(pads)) if max(pads) else 0,
         TRAINING=training, HAS_Z=has_z, STORE_SUMS=store_sums, ZERO_DW=not deterministic, DX_K=k if dxw else 0,
         DX_STRIDE=stride, **flags)
     wrap_triton(_rows_dw_kernel)[(grid_r, grid_cw, split)](

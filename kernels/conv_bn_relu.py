@@ -27,8 +27,10 @@ from ._conv_paths import (
     keeps_z,
     kept_input,
     kept_input_shape,
+    kept_z_shape,
     x_of_kept,
 )
+from ._conv_rows import window_major
 from .bn_running import reference_update_running_stats, update_running_stats
 
 # fmt: off
@@ -148,7 +150,7 @@ def reference_forward(x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight:
         kept = x.new_empty(0)
         if keeps_z(x, weight.shape[0], weight.shape[-1], stride, pool, training):
             z0 = z - bias.to(acc)[:, None] if bias is not None else z
-            kept = z0.transpose(1, 2).to(x.dtype).contiguous()
+            kept = window_major(z0.to(x.dtype), pool)
         if training:
             var, mean = torch.var_mean(z, dim=(0, 2), correction=0)
             count = torch.full_like(mean, z.shape[0] * z.shape[2])
@@ -240,7 +242,7 @@ def _fwd_fake(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, st
     code = x.new_empty(shape if pool is not None else (0,), dtype=code_dtype(pool or 1))
     zmax = x.new_empty(shape if keeps_zmax(x, pool) else (0,))
     keep = keeps_z(x, weight.shape[0], weight.shape[-1], stride, pool, training)
-    z = x.new_empty((x.shape[0], t, weight.shape[0]) if keep else (0,))
+    z = x.new_empty(kept_z_shape(x.shape[0], t, weight.shape[0], pool) if keep else (0,))
     xk = x.new_empty(kept_input_shape(x, weight.shape[0], weight.shape[-1], stride, padding, t, pool) or (0,))
     return x.new_empty(shape), code, zmax, x.new_empty((4, weight.shape[0]), dtype=acc_dtype(x)), z, xk
 

@@ -279,8 +279,9 @@ def test_the_shift_rule() -> None:
 @pytest.mark.parametrize(("name", "dtype"), [("conv2_three_clips", torch.float32),
                                             ("conv2_three_clips", torch.bfloat16),
                                             ("samplecnn32_k3_s1_pool3", torch.float32)])  # fmt: skip
-def test_dw_from_gzs_shifted_copies(monkeypatch: pytest.MonkeyPatch, name: str, dtype: torch.dtype,
-                                    deterministic: bool) -> None:
+def test_dw_from_gzs_shifted_copies(
+    monkeypatch: pytest.MonkeyPatch, name: str, dtype: torch.dtype, deterministic: bool
+) -> None:
     """dW as A0^T times gz's shifted copies side by side (``_rows_dw_shift``): the copies reach T + (NS - 1) SH
     positions into each clip (masked outside gz's [0, T), the A0 rows past them clamped), tiles inside a clip, db
     from the unshifted copy; bitwise repeatable when deterministic. fp32 against float64; bf16 within twice eager's

@@ -169,7 +169,10 @@ def z_at(z_ptr, n, t, co, ZC, C_OUT, POOL: tl.constexpr, PP: tl.constexpr):
     clip ZC = TQ * C_OUT * PP elements, window-major with each window's slots last) at positions t (rows,) of
     clip n (a scalar, or per row), channels co: z[n, t // POOL, co, t % POOL]. Without a pool (POOL = PP = 1)
     plain (N, T, C_OUT)."""
-    row = n.to(tl.int64) * ZC + (t // POOL) * (C_OUT * PP) + t % POOL
+    if POOL == 1:
+        row = n.to(tl.int64) * ZC + t * C_OUT
+    else:
+        row = n.to(tl.int64) * ZC + (t // POOL) * (C_OUT * PP) + t % POOL
     return z_ptr + row[:, None] + (co * PP)[None, :]
 
 
@@ -205,8 +208,11 @@ def _rows_z(xc_ptr, wr_ptr, z_ptr, n, t, mask, co, C_OUT, T, LPC, R, ZC, STEP: t
     where the statistics pass stored it (HAS_Z; mask: the rows and channels to read, 0 elsewhere), else
     recomputed by ``_row_tile``."""
     if HAS_Z:
-        z = tl.load(z_at(z_ptr, n, t, co, ZC, C_OUT, POOL, PP), mask=mask, other=0.0)
-        return z.to(tl.float32)
+        if POOL == 1:  # z_at's plain (N, T, C_OUT) in this form: a different one spilled 8 B (conv6, Triton 3.6)
+            ptr = z_ptr + ((n.to(tl.int64) * T + t) * C_OUT)[:, None] + co[None, :]
+        else:
+            ptr = z_at(z_ptr, n, t, co, ZC, C_OUT, POOL, PP)
+        return tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
     return _row_tile(xc_ptr, wr_ptr, n.to(tl.int64) * LPC + t * STEP, co, C_OUT, R, BLOCK_CO, BLOCK_R, INTERP,
                      PRECISION)
 
@@ -268,14 +274,15 @@ def _rows_stats_kernel(xc_ptr,  # (N, LP, C_IN) channels-last padded input
             m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
             ok = m < M
             mc = tl.minimum(m, M - 1)
-            n = mc // T
-            t = mc % T
-            base = n.to(tl.int64) * LPC + t * STEP
+            base = (mc // T).to(tl.int64) * LPC + (mc % T) * STEP
             if RESIDENT:
                 z = _row_tile_resident(xc_ptr, ws, base, R, BLOCK_R, BLOCK_CO, INTERP, PRECISION)
             else:
                 z = _row_tile(xc_ptr, wr_ptr, base, co, C_OUT, R, BLOCK_CO, BLOCK_R, INTERP, PRECISION)
         if STORE_Z:
+            if BAND == 1:  # the rows' clip and position, after the dot (fewer registers live across it)
+                n = mc // T
+                t = mc - n * T
             tl.store(z_at(z_ptr, n, t, co, ZC, C_OUT, ZPOOL, ZPP), cast_out(z, z_ptr.dtype.element_ty, INTERP),
                      mask=ok[:, None] & (co < C_OUT)[None, :])
         z += bias[None, :]
@@ -928,8 +935,12 @@ def rows_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
     xc, lpc = channels_last(x, padding, T, k, stride, xc)
     M = N * T
     kc = k * C_in
-    grid_c = triton.cdiv(C, plan["BLOCK_CO"])
     band, r = band_of(kc, stride * C_in, plan["BLOCK_R"], plan["BLOCK_CO"], T, x.element_size())
+    if band == 1 and _kept(z) is not None and (pool or 1) > 1:
+        # a window-major z store from row tiles (``z_at``: each element its own 2-byte store): 64 channels per
+        # program spilled 16 B (conv5) to 192 B (SoundNet-5's conv2) under Triton 3.9; 32 do not
+        plan = dict(plan, BLOCK_CO=min(plan["BLOCK_CO"], 32))
+    grid_c = triton.cdiv(C, plan["BLOCK_CO"])
     resident = resident_weight(kc, plan["BLOCK_CO"], x.element_size())
     if band > 1:  # tiles of BAND_ROWS band rows inside a clip
         bm, tpc = _band_tiles(T, band, BAND_ROWS)

@@ -37,6 +37,7 @@ from ._common import INTERPRET, clamp_pow2, dot_precision, next_pow2
 from ._conv_bwd import dx_from_gz
 from ._conv_fwd import (
     BN_SUMS,
+    SMS,
     _load_bias,
     bn_sign,
     bn_sum_partials,
@@ -773,6 +774,10 @@ DW_WASTE = 16
 # 16-bit only: fp32's A tile is twice the registers (255 and a 32 B spill under Triton 3.9).
 DW_RW_LONG = 256
 DW_LONG_ROWS = 1 << 18
+# dW's programs (chunks x channel blocks x position splits) per SM: one round of CTAs at its 238 registers (two
+# per SM), each walking several position tiles before its atomics. At 1024 programs (8 per SM) the splits' prologues
+# and atomics cost conv3-conv7's dW 132 -> 100 us per step against 2 per SM (predicted).
+DW_PER_SM = 2
 # dW^T's accumulator, elements (rows x channels): 256 x 64 spilled 600-840 B (SoundNet-5's conv2 at batch 256).
 DW_ACC = 8192
 # dW in bands (``_rows_dw_band``): 128 of the band's rows x BAND * C_out columns per program (8 warps: 64
@@ -1080,7 +1085,7 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
         clip_tiles = (tpc_w * bm - T) * DW_WASTE <= T  # per-clip tiles waste at most 1 / DW_WASTE of the rows
     num_mt = N * tpc_w if clip_tiles else triton.cdiv(M, bm)
     grid_r = triton.cdiv(rb, rw)
-    split = 1 if INTERPRET else max(1, min(num_mt, 1024 // (grid_r * grid_cw)))
+    split = 1 if INTERPRET else max(1, min(num_mt, DW_PER_SM * SMS // (grid_r * grid_cw)))
     if shifts:  # tiles inside a clip over the positions the shifted copies reach; one CTA of 8 warps per SM
         rw, grid_r, grid_cw, dw_co, clip_tiles = rw_s, 1, 1, C, True
         bm = clamp_pow2(T, 16, 32) if INTERPRET else DW_SHIFT_ROWS

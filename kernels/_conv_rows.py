@@ -181,11 +181,12 @@ def z_at(z_ptr, n, t, co, ZC, C_OUT, POOL: tl.constexpr, PP: tl.constexpr):
 def window_z(z_ptr, n, q0, c0, TR, ZC, C_OUT, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.constexpr,
              BLOCK_CO: tl.constexpr, FLAT: tl.constexpr):
     """The stored z of windows q0 + i (i < BLOCK_Q, clamped to TR - 1) of clip n, channels c0 + c (c < BLOCK_CO),
-    (BLOCK_Q, BLOCK_CO, PP) fp32, -inf in the padded slots (u >= POOL, never written): each (window, channel)'s
-    slots sit in one thread, so the reductions over them stay in registers (no shuffles). A (window, channel)'s
-    slots are one contiguous run, 16 bytes in bf16 at PP = 8; FLAT loads a window's channels x slots as one run
-    and splits it (16-byte loads at PP = 4 too: the pool's choice there; the gz kernel's tiles then took a layout
-    conversion that cost it more)."""
+    (BLOCK_Q, BLOCK_CO, PP) fp32; the padded slots (u >= POOL) are never written, so they hold anything: the caller
+    masks them (after any sign it applies: -inf times a negative BN scale's -1 was +inf, and won the pool; found by
+    review). Each (window, channel)'s slots sit in one thread, so the reductions over them stay in registers (no
+    shuffles). A (window, channel)'s slots are one contiguous run, 16 bytes in bf16 at PP = 8; FLAT loads a
+    window's channels x slots as one run and splits it (16-byte loads at PP = 4 too: the pool's choice there; the
+    gz kernel's tiles then took a layout conversion that cost it more)."""
     q = tl.minimum(q0 + tl.arange(0, BLOCK_Q), TR - 1)
     base = z_ptr + n.to(tl.int64) * ZC + c0 * PP + q * (C_OUT * PP)
     if FLAT:
@@ -196,8 +197,6 @@ def window_z(z_ptr, n, q0, c0, TR, ZC, C_OUT, POOL: tl.constexpr, PP: tl.constex
         c = tl.arange(0, BLOCK_CO)
         z = tl.load(base[:, None, None] + (c * PP)[None, :, None] + tl.arange(0, PP)[None, None, :],
                     mask=(c0 + c < C_OUT)[None, :, None], other=0.0).to(tl.float32)
-    if PP > POOL:
-        z = tl.where(tl.arange(0, PP)[None, None, :] < POOL, z, -float("inf"))
     return z
 
 
@@ -323,6 +322,8 @@ def _rows_bn_relu_pool_kernel(xc_ptr,  # (N, LP, C_IN) channels-last padded inpu
         if HAS_POOL and HAS_Z:  # each (window, channel)'s slots in one thread: the reductions stay in registers
             key = window_z(z_ptr, n, q0, tl.program_id(1) * BLOCK_CO, TP, ZC, C_OUT, POOL, PP, BLOCK_Q,
                            BLOCK_CO, PP * z_ptr.dtype.element_ty.primitive_bitwidth < 128) * s[None, :, None]
+            if PP > POOL:  # the padded slots, after the sign
+                key = tl.where(tl.arange(0, PP)[None, None, :] < POOL, key, -float("inf"))
             zsel, first = pool_select(key, s[None, :], tl.arange(0, PP)[None, None, :], PP, 2)
             o = tl.maximum(zsel * a[None, :] + b[None, :], 0.0)
             code = tl.where(o > 0.0, first, -1)  # -1: ReLU passes no gradient

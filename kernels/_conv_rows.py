@@ -796,13 +796,14 @@ def dw_shifts(kc: int, step: int, c_out: int) -> tuple[int, int]:
     """(SHIFTS, BLOCK_RW) of dW as gz's shifted copies (``_rows_dw_shift``), or (0, 0) where it does not apply:
     BLOCK_RW the largest power of two (16 to ``DW_SHIFT_RW``) that divides the rows' KC = k C_in and is a multiple of
     their step (stride C_in), SHIFTS its KC / BLOCK_RW copies rounded up to a power of two, C_out a power of two and
-    SHIFTS x C_out at most ``DW_SHIFT_COLS`` (conv2: (4, 128))."""
+    SHIFTS x C_out from 16 (tl.dot's least N on a GPU) to ``DW_SHIFT_COLS`` (conv2: (4, 128))."""
     if c_out & (c_out - 1):
         return 0, 0
     rw = DW_SHIFT_RW
     while rw >= 16 and (kc % rw or rw % step):
         rw //= 2
-    if rw < 16 or kc // rw < 2 or next_pow2(kc // rw) * c_out > DW_SHIFT_COLS:
+    cols = next_pow2(kc // rw) * c_out if rw >= 16 else 0
+    if rw < 16 or kc // rw < 2 or not 16 <= cols <= DW_SHIFT_COLS:  # tl.dot's N >= 16 on a GPU
         return 0, 0
     return next_pow2(kc // rw), rw
 

@@ -277,6 +277,7 @@ def test_the_shift_rule() -> None:
     assert rows.dw_shifts(512, 64, 64) == (0, 0)
     assert rows.dw_shifts(48, 16, 24) == (0, 0)
     assert rows.dw_shifts(128, 32, 16) == (0, 0)
+    assert rows.dw_shifts(48, 8, 2) == (0, 0)  # 8 columns: under tl.dot's least N on a GPU
 
 
 @pytest.mark.parametrize("deterministic", [False, True], ids=["atomics", "deterministic"])

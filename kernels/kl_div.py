@@ -39,7 +39,9 @@ def _kl_kernel(z_ptr, p_ptr, loss_ptr, grad_ptr, part_ptr, C, INNER, s_o, s_c, s
     """Program o * n_ib + ib: the C classes of positions i in [ib * BLOCK_I, ...) of outer index o; element
     (o, c, i) sits at o * s_o * VEC + c * s_c * VEC + i * s_i in every (contiguous) tensor (VEC: a common factor
     of the outer and class strides, taken out so that the compiler sees a run of VEC positions 16 bytes aligned).
-    Writes the per-element loss (NONE) or this program's partial sum, and the gradient (GRAD)."""
+    Writes the per-element loss (NONE) or this program's partial sum times ``scale`` (the reduction's factor: the
+    launcher's fixed-order sum of the partials is then the loss, no torch op to scale it), and the gradient
+    (GRAD)."""
     n_ib = tl.cdiv(INNER, BLOCK_I)
     ib = tl.program_id(0) % n_ib  # one grid axis: CUDA caps axes 1 and 2 at 65,535
     o = tl.program_id(0) // n_ib
@@ -84,7 +86,7 @@ def _kl_kernel(z_ptr, p_ptr, loss_ptr, grad_ptr, part_ptr, C, INNER, s_o, s_c, s
             else:
                 tl.store(grad_ptr + off, (tl.exp(logq) * p_sum[None, :] - p) * scale, mask=ok)
     if not NONE:
-        tl.store(part_ptr + tl.program_id(0), tl.sum(acc, axis=0))
+        tl.store(part_ptr + tl.program_id(0), tl.sum(acc, axis=0) * scale)
 
 
 def _scale(shape: tuple[int, ...], reduction: str) -> float:
@@ -151,7 +153,7 @@ def triton_kl(z: Tensor, p: Tensor, dim: int, reduction: str, compute_grad: bool
     wrap_triton(_kl_kernel)[grid](z, p, loss, grad, part, c, inner, *strides, scale, BLOCK_C=bc, BLOCK_I=bi,
                                   VEC=vec, EVEN_I=inner % bi == 0, NONE=none, GRAD=compute_grad, num_warps=4)
     if not none:
-        loss = part.sum() * scale  # a fixed-order torch reduction: deterministic, no host sync
+        loss = part.sum()  # the scaled partials' fixed-order torch reduction: deterministic, no host sync
     return loss.to(_result_dtype(z, p)), grad
 
 

@@ -15,6 +15,7 @@ Dispatch (one rule for every op in this package):
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 
 import torch
@@ -45,6 +46,26 @@ def no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
     if device.type in ("cpu", "cuda"):
         return torch.autocast(device_type=device.type, enabled=False)
     return contextlib.nullcontext()
+
+
+# Shared memory one CTA may use where no CUDA device says (the meta device the static model records on, the
+# interpreter): the H100 / H200's 227 KB (CUDA C++ Programming Guide, compute capability 9.0).
+SMEM_DEFAULT = 227 * 1024
+
+
+@functools.cache
+def _cuda_smem(index: int) -> int:
+    props = torch.cuda.get_device_properties(index)
+    return int(getattr(props, "shared_memory_per_block_optin", SMEM_DEFAULT))
+
+
+def smem_per_block(device: torch.device) -> int:
+    """Bytes of shared memory one CTA may use on ``device``: a CUDA device's opt-in limit (A100 163 KB, Ada 99 KB,
+    H100 / H200 227 KB); none to speak of for the interpreter's CPU tensors (the tests force any band); else
+    ``SMEM_DEFAULT``. The row kernels size their resident and band weights by it."""
+    if device.type == "cuda":
+        return _cuda_smem(device.index if device.index is not None else torch.cuda.current_device())
+    return 1 << 40 if INTERPRET and device.type == "cpu" else SMEM_DEFAULT
 
 
 def dot_precision(x: torch.Tensor) -> str:

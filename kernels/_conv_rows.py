@@ -33,7 +33,7 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from ._bn_sums import pooled_bn_sums
-from ._common import INTERPRET, clamp_pow2, dot_precision, next_pow2
+from ._common import INTERPRET, SMEM_DEFAULT, clamp_pow2, dot_precision, next_pow2, smem_per_block
 from ._conv_bwd import dx_from_gz
 from ._conv_fwd import (
     BN_SUMS,
@@ -750,6 +750,11 @@ STATS_ACC = 8192
 RESIDENT_BYTES = 64 * 1024
 # A band weight (``band_of``) may fill most of the SM's shared memory: one CTA per SM holds it.
 BAND_BYTES = 168 * 1024
+# Shared memory a row kernel takes beside its resident or band weight (the A tile's staging, layout conversions:
+# conv2's band kernels hold 196 KB for a 160 KB band, compiled for sm_90 and sm_100). Both weights are capped at
+# what a CTA may use on the device (``_common.smem_per_block``) less this: an A100 (163 KB) takes bands of 2, an Ada
+# GPU (99 KB) smaller residents and no band, where the H100's sizes would not launch.
+SMEM_STAGING = 40 * 1024
 # Bands widen a narrow output (conv2's 32 channels: 4 x 32 = the wgmma's N of 128); conv3's 64 channels in a band of
 # 2 reached 255 registers and spilled 8 B under Triton 3.6.
 BAND_MAX_CO = 32
@@ -818,14 +823,15 @@ def rows_plan(c_in: int, c_out: int, k: int, stride: int, dtype: torch.dtype) ->
     return dict(BLOCK_R=_block_r(r, dtype), BLOCK_CO=clamp_pow2(c_out, 16, 256 if INTERPRET else 64))
 
 
-def resident_weight(r: int, cols: int, elem: int) -> bool:
+def resident_weight(r: int, cols: int, elem: int, smem: int = SMEM_DEFAULT) -> bool:
     """Whether a kernel keeps its weight tile (r rows of the reduction x ``cols`` columns, ``elem`` bytes each) in
     shared memory for all its tiles: at most ``RESIDENT_BYTES`` (conv2-conv4 in 16 bits; conv5-7's 128-256 KB are
-    re-read per tile)."""
-    return r * cols * elem <= RESIDENT_BYTES
+    re-read per tile) and at most ``smem`` (a CTA's shared memory on the device) less ``SMEM_STAGING``."""
+    return r * cols * elem <= min(RESIDENT_BYTES, smem - SMEM_STAGING)
 
 
-def band_of(kc: int, shift: int, block_r: int, cols: int, rows: int, elem: int) -> tuple[int, int]:
+def band_of(kc: int, shift: int, block_r: int, cols: int, rows: int, elem: int,
+            smem: int = SMEM_DEFAULT) -> tuple[int, int]:
     """(BAND, R) of a row GEMM (``_rows_stats_kernel``, ``_rows_dx_kernel``): BAND rows per GEMM row where that
     pays and fits, else (1, kc).
 
@@ -834,7 +840,8 @@ def band_of(kc: int, shift: int, block_r: int, cols: int, rows: int, elem: int) 
     against a band weight of BAND column blocks, each the weight shifted by one more step (``_band_weight``):
     per row R / BAND elements are read instead of kc, for R / kc the multiply-adds (conv2 in bf16, BAND 4:
     R = 640, 320 B instead of 1 KB, 1.25x). Tried from STATS_BAND down to 2: taken where the output is narrow
-    (``cols`` <= BAND_MAX_CO), the band weight (R x BAND * cols) stays resident (<= BAND_BYTES) and tiles of
+    (``cols`` <= BAND_MAX_CO), the band weight (R x BAND * cols) stays resident (<= BAND_BYTES, and <= ``smem``, a
+    CTA's shared memory on the device, less ``SMEM_STAGING``) and tiles of
     BAND_ROWS band rows inside a clip waste at most 1 / DW_WASTE of its ``rows``. ``kc``: the row length (K * C_in;
     dx: J * C_out); ``shift``: one row's step (stride * C_in; dx: C_out); ``elem``: bytes per element."""
     band = STATS_BAND if cols <= BAND_MAX_CO else 1
@@ -842,7 +849,7 @@ def band_of(kc: int, shift: int, block_r: int, cols: int, rows: int, elem: int) 
         r = -(-(kc + (band - 1) * shift) // block_r) * block_r
         per_tile = BAND_ROWS * band
         waste = -(-rows // per_tile) * per_tile - rows
-        if waste * DW_WASTE <= rows and r * band * cols * elem <= BAND_BYTES:
+        if waste * DW_WASTE <= rows and r * band * cols * elem <= min(BAND_BYTES, smem - SMEM_STAGING):
             return band, r
         band //= 2
     return 1, kc
@@ -871,7 +878,8 @@ def dx_rows_ok(c_out: int, k: int, stride: int) -> bool:
 def _dx_weight(w2d: torch.Tensor, c_in: int, k: int, stride: int) -> torch.Tensor:
     """wd (J * C_out, stride * C_in): wd[j' * C_out + co, ph * C_in + ci] = w[co, ci, stride * (J - 1 - j') + ph],
     0 past k: the taps zero-padded to J * stride (when k is not a multiple of stride), split (J, stride), the J
-    axis reversed; two copies (flip, then the layout), three with the pad."""
+    axis reversed. The torch reference of the phase weight ``backward_prep`` builds in the gz launch (as torch ops
+    it took two copies, flip then layout, three with the pad: the launcher no longer runs them)."""
     c_out = w2d.shape[0]
     j = triton.cdiv(k, stride)
     w = w2d.reshape(c_out, c_in, k)
@@ -945,13 +953,14 @@ def rows_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
     xc, lpc = channels_last(x, padding, T, k, stride, xc)
     M = N * T
     kc = k * C_in
-    band, r = band_of(kc, stride * C_in, plan["BLOCK_R"], plan["BLOCK_CO"], T, x.element_size())
+    smem = smem_per_block(x.device)
+    band, r = band_of(kc, stride * C_in, plan["BLOCK_R"], plan["BLOCK_CO"], T, x.element_size(), smem)
     if band == 1 and _kept(z) is not None and (pool or 1) > 1:
         # a window-major z store from row tiles (``z_at``: each element its own 2-byte store): 64 channels per
         # program spilled 16 B (conv5) to 192 B (SoundNet-5's conv2) under Triton 3.9; 32 do not
         plan = dict(plan, BLOCK_CO=min(plan["BLOCK_CO"], 32))
     grid_c = triton.cdiv(C, plan["BLOCK_CO"])
-    resident = resident_weight(kc, plan["BLOCK_CO"], x.element_size())
+    resident = resident_weight(kc, plan["BLOCK_CO"], x.element_size(), smem)
     if band > 1:  # tiles of BAND_ROWS band rows inside a clip
         bm, tpc = _band_tiles(T, band, BAND_ROWS)
         tiles, P = persistent_grid(N * tpc, 1, ROWS_PER_SM, grid_c)
@@ -1053,6 +1062,7 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     N, C_in, L = x.shape
     C = w2d.shape[0]
     dev = x.device
+    smem = smem_per_block(dev)
     plan = rows_plan(C_in, C, k, stride, x.dtype)
     p = pool or 1
     TP, tq = T // p, triton.cdiv(T, p)
@@ -1074,7 +1084,7 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     grid_cw = triton.cdiv(C, dw_co)
     shifts, rw_s = dw_shifts(R, stride * C_in, C)
     band_w, rb = (1, R) if deterministic or C != dw_co or shifts else band_of(
-        R, stride * C_in, DW_BAND_RW, C, T, x.element_size())  # fmt: skip
+        R, stride * C_in, DW_BAND_RW, C, T, x.element_size(), smem)  # fmt: skip
     rw_max = min(DW_RW_LONG if M >= DW_LONG_ROWS and x.element_size() == 2 else 128, DW_ACC // dw_co)
     rw = plan["BLOCK_R"] if INTERPRET else max(b for b in (16, 32, 64, 128, 256) if b <= rw_max and R % b == 0)
     bm = clamp_pow2(M, 16, 128) if INTERPRET else ROWS_GPU
@@ -1114,7 +1124,7 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
         php = next_pow2(stride)  # the phases side by side on the MMA's N axis: 16 to 64 columns
         bci = clamp_pow2(C_in, max(1, 16 // php), max(1, (512 if INTERPRET else 64) // php))
         br = _block_r(J * C, x.dtype)
-        band, r2 = band_of(J * C, C, br, php * bci, mp, x.element_size())
+        band, r2 = band_of(J * C, C, br, php * bci, mp, x.element_size(), smem)
         reach = mp + J - 1 + (band - 1 + -(-br // C) if band > 1 else 0)  # a band's last row reads further
         tg = -(-max(J - 1 + T, reach) // 16) * 16
         gzp = torch.empty((N, tg, C), device=dev, dtype=x.dtype)  # the gz kernel writes the zero rows too
@@ -1155,7 +1165,7 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
         if band > 1:  # tiles of BAND_ROWS band rows inside a clip
             bmx, tpc = _band_tiles(mp, band, BAND_ROWS)
             tiles, P = persistent_grid(N * tpc, 1, ROWS_PER_SM, triton.cdiv(C_in, bci))
-        resident = resident_weight(J * C, php * bci, x.element_size())
+        resident = resident_weight(J * C, php * bci, x.element_size(), smem)
         dx_warps = BAND_WARPS if band > 1 else 4
         if band == 1:
             bmx = bm if INTERPRET else max(ROWS_GPU, DX_ACC // (php * bci))  # fewer re-reads of the weight

@@ -268,6 +268,19 @@ def test_deterministic_dw_takes_no_band(monkeypatch: pytest.MonkeyPatch) -> None
     _check_fp32(case, ref, runs[0], True)
 
 
+def test_resident_and_band_weights_fit_the_devices_shared_memory() -> None:
+    """A CTA's shared memory differs by GPU (A100 163 KB, Ada 99 KB, H100 227 KB): the weights a row kernel keeps
+    resident or banded shrink to fit, or the launch would fail on the smaller GPUs (the H100's conv2 band of 4 takes
+    196 KB). conv2 in bf16 (k C_in 512, step 32, 32 channels), 20 s at 16 kHz."""
+    h100, a100, ada = 227 * 1024, 163 * 1024, 99 * 1024
+    assert rows.band_of(512, 32, 64, 32, 13781, 2, h100)[0] == 4
+    assert rows.band_of(512, 32, 64, 32, 13781, 2, a100)[0] == 2
+    assert rows.band_of(512, 32, 64, 32, 13781, 2, ada)[0] == 1
+    assert rows.band_of(512, 32, 32, 32, 13781, 4, a100)[0] == 1  # fp32: a band of 2 is 139 KB
+    assert rows.resident_weight(512, 64, 2, h100) and not rows.resident_weight(512, 64, 2, ada)
+    assert rows.resident_weight(512, 32, 2, ada)
+
+
 def test_the_shift_rule() -> None:
     """dW takes gz's shifted copies where a power-of-two chunk of the rows is whole steps and the copies x channels
     fit 128 columns: conv2 (4 copies of 128 elements), a SampleCNN-style k 3 / 32 channels (chunks of one step);

@@ -156,21 +156,29 @@ def test_non_contiguous_input_and_grad(name: str) -> None:
     _check_fp32(case, ref, fused, True)
 
 
+def _within_twice_eager_bf16(case, kw: dict, grads=(0, 1, 3, 4), **fused_kw) -> tuple:
+    """The case rounded to bf16, run fused in bf16, and eager bf16 and the float64 reference on the same inputs and
+    gradient: the output and the gradients ``grads`` (0 x, 1 conv weight, 2 conv bias, 3 BN weight, 4 BN bias;
+    the conv bias cancels in training, so by default only fp32 tests judge it) within twice eager's error.
+    Returns the fused run."""
+    for f in ("x", "w", "b", "g", "beta"):
+        setattr(case, f, getattr(case, f).to(torch.bfloat16).double())
+    grad = run_reference(case, None, **kw)[5].to(torch.bfloat16).double()
+    ref = run_reference(case, grad, **kw)
+    eager = run_reference(case, grad, dtype=torch.bfloat16, **kw)
+    fused = run_fused(case, grad, dtype=torch.bfloat16, **kw, **fused_kw)
+    assert norm_rel(fused[0], ref[0]) <= 2 * norm_rel(eager[0], ref[0])
+    for i in grads:
+        assert norm_rel(fused[1][i], ref[1][i]) <= 2 * norm_rel(eager[1][i], ref[1][i]), i
+    return fused
+
+
 @pytest.mark.parametrize("layer", ["conv2", "conv3"])  # pools 8; no pool
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_bf16_within_twice_eager(training: bool, layer: str) -> None:
     c_in, c_out, k, s, p, pool = SOUNDNET_LAYERS[layer]
     case = make_case(2, c_in, c_out, k, 260, seed=9)
-    for f in ("x", "w", "b", "g", "beta"):
-        setattr(case, f, getattr(case, f).to(torch.bfloat16).double())
-    kw = dict(stride=s, padding=p, training=training, pool=pool)
-    grad = run_reference(case, None, **kw)[5].to(torch.bfloat16).double()
-    ref = run_reference(case, grad, **kw)
-    eager = run_reference(case, grad, dtype=torch.bfloat16, **kw)
-    fused = run_fused(case, grad, dtype=torch.bfloat16, **kw)
-    assert norm_rel(fused[0], ref[0]) <= 2 * norm_rel(eager[0], ref[0])
-    for i in (0, 1, 3, 4):  # x, conv weight, BN weight and bias (the conv bias cancels in training: fp32 tests)
-        assert norm_rel(fused[1][i], ref[1][i]) <= 2 * norm_rel(eager[1][i], ref[1][i]), i
+    _within_twice_eager_bf16(case, dict(stride=s, padding=p, training=training, pool=pool))
 
 
 @pytest.mark.parametrize("pool", [3, 4, 5])
@@ -182,17 +190,8 @@ def test_bf16_pools_read_the_window_major_z(pool: int) -> None:
     review): finite, and within twice eager bf16's error."""
     case = make_case(2, 16, 32, 3, 97, seed=17)
     case.g[::3] = -case.g[::3].abs()
-    for f in ("x", "w", "b", "g", "beta"):
-        setattr(case, f, getattr(case, f).to(torch.bfloat16).double())
-    kw = dict(stride=1, padding=1, training=True, pool=pool)
-    grad = run_reference(case, None, **kw)[5].to(torch.bfloat16).double()
-    ref = run_reference(case, grad, **kw)
-    eager = run_reference(case, grad, dtype=torch.bfloat16, **kw)
-    fused = run_fused(case, grad, dtype=torch.bfloat16, **kw)
+    fused = _within_twice_eager_bf16(case, dict(stride=1, padding=1, training=True, pool=pool))
     assert torch.isfinite(fused[0]).all() and all(torch.isfinite(g).all() for g in fused[1] if g is not None)
-    assert norm_rel(fused[0], ref[0]) <= 2 * norm_rel(eager[0], ref[0])
-    for i in (0, 1, 3, 4):
-        assert norm_rel(fused[1][i], ref[1][i]) <= 2 * norm_rel(eager[1][i], ref[1][i]), i
 
 
 class _Flags:
@@ -239,15 +238,7 @@ def test_statistics_dx_and_dw_in_bands_of_rows(monkeypatch: pytest.MonkeyPatch, 
         ref = run_reference(case, None, **kw)
         _check_fp32(case, ref, run_fused(case, ref[5], **kw), True)
     else:
-        for f in ("x", "w", "b", "g", "beta"):
-            setattr(case, f, getattr(case, f).to(torch.bfloat16).double())
-        grad = run_reference(case, None, **kw)[5].to(torch.bfloat16).double()
-        ref = run_reference(case, grad, **kw)
-        eager = run_reference(case, grad, dtype=torch.bfloat16, **kw)
-        fused = run_fused(case, grad, dtype=torch.bfloat16, **kw)
-        assert norm_rel(fused[0], ref[0]) <= 2 * norm_rel(eager[0], ref[0])
-        for i in (0, 1, 3, 4):
-            assert norm_rel(fused[1][i], ref[1][i]) <= 2 * norm_rel(eager[1][i], ref[1][i]), i
+        _within_twice_eager_bf16(case, kw)
     assert seen.values == [band] and seen_dx.values == [band] and seen_dw.values == [band]
 
 
@@ -316,14 +307,7 @@ def test_dw_from_gzs_shifted_copies(
         if deterministic:
             assert torch.equal(runs[0][1][1], runs[1][1][1]) and torch.equal(runs[0][1][2], runs[1][1][2])
     else:
-        for f in ("x", "w", "b", "g", "beta"):
-            setattr(case, f, getattr(case, f).to(torch.bfloat16).double())
-        grad = run_reference(case, None, **kw)[5].to(torch.bfloat16).double()
-        ref = run_reference(case, grad, **kw)
-        eager = run_reference(case, grad, dtype=torch.bfloat16, **kw)
-        fused = run_fused(case, grad, dtype=torch.bfloat16, deterministic=deterministic, **kw)
-        for i in (1, 2):
-            assert norm_rel(fused[1][i], ref[1][i]) <= 2 * norm_rel(eager[1][i], ref[1][i]), i
+        _within_twice_eager_bf16(case, kw, (1, 2), deterministic=deterministic)
     assert set(seen.values) == {rows.dw_shifts(k * c_in, s * c_in, c_out)[0]} and seen.values[0] > 0
 
 

@@ -48,6 +48,7 @@ from ._conv_fwd import (
     keeps_zmax,
     local_sums,
     merge_stats,
+    partial_row,
     persistent_grid,
     pool_select,
     reg_cap,
@@ -362,10 +363,7 @@ def _band_gz_dw_kernel(xp_ptr,  # (N, LP) padded waveform
     col = tl.arange(0, PP * BLOCK_C)
     cc = c0 + col % BLOCK_C
     wcol = (col // BLOCK_C) * C_OUT + cc  # (u, c) -> u * C_OUT + c in dband's (JB, PP, C_OUT)
-    if DETERMINISTIC:
-        idx = pid_p
-    else:
-        idx = pid_p * 0
+    idx = partial_row(pid_p, DETERMINISTIC)
     base = dband_ptr + idx.to(tl.int64) * ((J1 + J2) * PP * C_OUT)
     if DB_DOT:  # the ones column of gz^T @ A2, summed over the slots
         dbs = tl.sum(tl.where((tl.arange(0, J2) == J2 - 1)[None, :], acc2t, 0.0), axis=1)

@@ -123,17 +123,22 @@ def store_partial(ptr, value, mask, DETERMINISTIC: tl.constexpr):
 
 
 @triton.jit
+def partial_row(pid, DETERMINISTIC: tl.constexpr):
+    """The row of a (programs or 1, ...) partials buffer program ``pid`` writes (``store_partial``): its own when
+    DETERMINISTIC, else the one row all programs add into atomically."""
+    if DETERMINISTIC:
+        return pid
+    return pid * 0
+
+
+@triton.jit
 def store_bn_sums(sums_ptr, s_gy, s_gyz, pid_p, c, C_OUT, P, DETERMINISTIC: tl.constexpr):
     """The backward's per-channel sums of one program (``_bwd_reduce_kernel`` and its banded and row-GEMM
     twins) into sums (2, P, C_OUT) at [:, pid_p] (deterministic) or atomically added to sums (2, 1, C_OUT), in
     sums' dtype (fp64: see ``_bwd_reduce_kernel``)."""
     c_ok = c < C_OUT
-    if DETERMINISTIC:
-        rows = P
-        idx = pid_p
-    else:
-        rows = 1
-        idx = pid_p * 0
+    rows = P if DETERMINISTIC else 1
+    idx = partial_row(pid_p, DETERMINISTIC)
     dt = sums_ptr.dtype.element_ty
     store_partial(sums_ptr + idx * C_OUT + c, s_gy.to(dt), c_ok, DETERMINISTIC)
     store_partial(sums_ptr + (rows + idx) * C_OUT + c, s_gyz.to(dt), c_ok, DETERMINISTIC)

@@ -49,6 +49,7 @@ from ._conv_fwd import (
     keeps_zmax,
     local_sums,
     merge_stats,
+    partial_row,
     persistent_grid,
     pool_select,
     stats_partials,
@@ -526,6 +527,15 @@ def _rows_gz_kernel(xc_ptr, wr_ptr, z_ptr, b_ptr, stats_ptr, g_ptr,  # as _rows_
 
 
 @triton.jit
+def _dw_step(a, g, acc, db, INTERP: tl.constexpr, PRECISION: tl.constexpr):
+    """One position tile of dW: (acc + a^T g, db + g) with a (positions, rows' elements) and g (positions, columns)
+    in the inputs' dtype; the rows' elements on the MMA's M axis (wgmma), db summed per thread (reduced once at
+    the end of the program)."""
+    db += g.to(tl.float32)
+    return tl.dot(tl.trans(fp32_if(a, INTERP)), fp32_if(g, INTERP), acc, input_precision=PRECISION), db
+
+
+@triton.jit
 def _rows_dw_kernel(gz_ptr,  # (N * T, C_OUT), clip n's rows at n * SGZ
                     xc_ptr,  # (N, LP, C_IN) channels-last padded input
                     dw_ptr, db_ptr,  # (SPLIT or 1, C_OUT, KC), (SPLIT or 1, C_OUT) fp32
@@ -575,14 +585,8 @@ def _rows_dw_kernel(gz_ptr,  # (N * T, C_OUT), clip n's rows at n * SGZ
         g = tl.load(gz_ptr + (n * SGZ + t * C_OUT)[:, None] + co[None, :], mask=ok[:, None] & c_ok[None, :],
                     other=0.0)
         a = tl.load(xc_ptr + (n * LPC + t * STEP)[:, None] + r[None, :])
-        db += g.to(tl.float32)
-        g = fp32_if(g, INTERP)
-        a = fp32_if(a, INTERP)
-        acc = tl.dot(tl.trans(a), g, acc, input_precision=PRECISION)
-    if DETERMINISTIC:
-        idx = pid_s
-    else:
-        idx = pid_s * 0
+        acc, db = _dw_step(a, g, acc, db, INTERP, PRECISION)
+    idx = partial_row(pid_s, DETERMINISTIC)
     col = (r % C_IN) * K + r // C_IN  # (k, ci) -> the weight's (ci, k)
     store_partial(dw_ptr + (idx * C_OUT + co[None, :]).to(tl.int64) * KC + col[:, None], acc, c_ok[None, :],
                   DETERMINISTIC)
@@ -623,14 +627,8 @@ def _rows_dw_shift(gz_ptr, xc_ptr, dw_ptr, db_ptr, C_OUT, T, SGZ, LPC, KC, NUM_M
         ok = (src >= 0) & (src < T) & col_ok[None, :]
         g = tl.load(gz_ptr + n * SGZ + src * C_OUT + co[None, :], mask=ok, other=0.0)
         a = tl.load(xc_ptr + (n * LPC + tl.minimum(t, last) * STEP)[:, None] + e[None, :])
-        db += g.to(tl.float32)
-        g = fp32_if(g, INTERP)
-        a = fp32_if(a, INTERP)
-        acc = tl.dot(tl.trans(a), g, acc, input_precision=PRECISION)
-    if DETERMINISTIC:
-        idx = pid_s
-    else:
-        idx = pid_s * 0
+        acc, db = _dw_step(a, g, acc, db, INTERP, PRECISION)
+    idx = partial_row(pid_s, DETERMINISTIC)
     r = (j * BLOCK_RW)[None, :] + e[:, None]  # the weight's row (k, ci order)
     col = (r % C_IN) * K + r // C_IN  # (k, ci) -> the weight's (ci, k)
     store_partial(dw_ptr + (idx * C_OUT + co[None, :]).to(tl.int64) * KC + col, acc, col_ok[None, :], DETERMINISTIC)
@@ -663,10 +661,7 @@ def _rows_dw_band(gz_ptr, xc_ptr, dw_ptr, db_ptr, C_OUT, T, SGZ, LPC, KC, NUM_MT
         gz = tl.load(gz_ptr + n * SGZ + (q * (BAND * C_OUT))[:, None] + cb[None, :], mask=ok, other=0.0)
         q = tl.minimum(q, (T - 1) // BAND)  # rows past the clip's last: their gz is 0
         a = tl.load(xc_ptr + (n * LPC + q * (BAND * STEP))[:, None] + r[None, :])
-        db += gz.to(tl.float32)
-        gz = fp32_if(gz, INTERP)
-        a = fp32_if(a, INTERP)
-        acc = tl.dot(tl.trans(a), gz, acc, input_precision=PRECISION)
+        acc, db = _dw_step(a, gz, acc, db, INTERP, PRECISION)
     k = r[:, None] - (g * STEP)[None, :]  # the weight's row (k, ci order) each band row adds to
     ok = (k >= 0) & (k < KC)
     k = tl.minimum(tl.maximum(k, 0), KC - 1)

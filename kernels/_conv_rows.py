@@ -605,8 +605,8 @@ def _rows_dw_shift(gz_ptr, xc_ptr, dw_ptr, db_ptr, C_OUT, T, SGZ, LPC, KC, NUM_M
     column block folded onto another, no chunk re-reading gz). Positions t < T + (NS - 1) SH of each clip (the
     shifted copies reach that far; gz is 0 outside [0, T), so A0 rows there add nothing but stay in the
     padded input), tiles of BLOCK_M inside a clip, TPC per clip, tiles pid_s, pid_s + SPLIT, ...; all channels
-    (BLOCK_CO >= C_OUT). Per position BLOCK_RW + NS C_OUT elements are read (conv2: 256, against the bands' 320
-    re-read by each of their 5 chunks' programs)."""
+    (BLOCK_CO >= C_OUT). Per position BLOCK_RW + NS C_OUT elements are read (conv2: 256; the band read 320, its 5
+    chunks' programs each reading gz's 32 again)."""
     pid_s = tl.program_id(2)
     cb = tl.arange(0, SHIFTS * BLOCK_CO)
     j = cb // BLOCK_CO

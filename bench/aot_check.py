@@ -73,15 +73,37 @@ def record_launches(precision: str) -> Iterator[list[tuple]]:
                 m.dot_precision = prec
 
 
+def next_chain(
+    c_out: int, t: int, pool: int | None, following: tuple | None, dtype: torch.dtype
+) -> tuple[int, int] | None:
+    """The ``chain`` a block's forward gets where the model chains it to the block ``following`` it,
+    (C_out, k, s, p, pool) (``soundnet_fast.model``: every pair of fused blocks), or None."""
+    if following is None:
+        return None
+    nc, nk, ns, npad, npool = following
+    return _conv_paths.chain_rows(c_out, t // pool if pool else t, nc, nk, ns, npad, npool, dtype)
+
+
+def grad_like(out: torch.Tensor, following: tuple | None) -> torch.Tensor:
+    """The gradient a block's backward receives for ``out`` (meta): the dx of the block that reads it,
+    ``following`` = (C_out, k, s, p, pool), in the layout that block's backward stores it
+    (``_conv_paths.dx_channels_last``); contiguous after the last block (the heads' convs)."""
+    go = torch.empty(out.shape, dtype=out.dtype, device="meta")
+    if following is None:
+        return go
+    c_out, k, s, _, pool = following
+    return _conv_paths.as_layout(go, _conv_paths.dx_channels_last(out.shape[1], c_out, k, s, pool, out.dtype))
+
+
 def soundnet8_launches(batch: int, samples: int, precision: str = "tf32", blocks: int = len(_TRUNK)) -> list[tuple]:
     """Launches of a training step (forward, deterministic and atomics backward, eval backward) of the
     first ``blocks`` trunk blocks in fp32 and bf16, plus the KL loss of both heads."""
     with record_launches(precision) as launches:
         for dtype in (torch.float32, torch.bfloat16):
             c_in, length = 1, samples
+            x = torch.empty(batch, c_in, length, dtype=dtype, device="meta")
             for i, (c_out, k, s, p, pool) in enumerate(_TRUNK[:blocks]):
                 t = (length + 2 * p - k) // s + 1
-                x = torch.empty(batch, c_in, length, dtype=dtype, device="meta")
                 w2d = torch.empty(c_out, c_in * k, dtype=dtype, device="meta")
                 b = torch.empty(c_out, dtype=dtype, device="meta")
                 g = torch.empty(c_out, device="meta")
@@ -91,9 +113,12 @@ def soundnet8_launches(batch: int, samples: int, precision: str = "tf32", blocks
                 nbt = torch.empty((), dtype=torch.int64, device="meta")
                 for momentum in (0.1, None):
                     bn_running.update_running_stats(g, g, nbt, stats, momentum)
-                out, code, zmax = _conv_paths.conv_bn_relu_pool(x, w2d, b, g, g, stats, k, s, p, t, pool)
-                z, xk = _conv_paths.block_forward(x, w2d, b, g, g, k, s, p, t, pool, True, 1e-5)[4:]  # kept tensors
-                go = torch.empty(out.shape, dtype=dtype, device="meta")
+                _conv_paths.conv_bn_relu_pool(x, w2d, b, g, g, stats, k, s, p, t, pool)  # unchained (fuse())
+                chain = next_chain(c_out, t, pool, _TRUNK[i + 1] if i + 1 < blocks else None, dtype)
+                out, code, zmax, _, z, xk = _conv_paths.block_forward(
+                    x, w2d, b, g, g, k, s, p, t, pool, True, 1e-5, chain=chain, padded=i > 0
+                )  # chained, as the model runs it
+                go = grad_like(out, _TRUNK[i + 1] if i + 1 < blocks else None)
                 saved_out = out if pool is None else zmax
                 for training, det in ((True, False), (True, True), (False, False)):
                     _conv_paths.conv_bn_relu_backward(
@@ -116,8 +141,9 @@ def soundnet8_launches(batch: int, samples: int, precision: str = "tf32", blocks
                         None,
                         z if training else None,
                         xk,
+                        i > 0,
                     )
-                length, c_in = (t // pool if pool else t), c_out
+                length, c_in, x = (t // pool if pool else t), c_out, out  # the next block reads this one's output
         n_obj, n_scn = HEAD_CLASSES["objects"], HEAD_CLASSES["scenes"]
         for shape in [(batch, n_obj, 4), (batch, n_scn, 4), (batch, n_obj)]:
             z = torch.empty(shape, device="meta")
@@ -206,9 +232,9 @@ def train_step_launches(
             out.extend(Launch(layer, phase, k, tuple(int(g) for g in grid), a, kw) for k, grid, a, kw in rec[start:])
 
         c_in, length = 1, samples
+        x = torch.empty(batch, c_in, length, dtype=dtype, device="meta")
         for i, (name, c_out, k, s, p, pool) in enumerate(trunk):
             t = (length + 2 * p - k) // s + 1
-            x = torch.empty(batch, c_in, length, dtype=dtype, device="meta")
             w2d = torch.empty(c_out, c_in * k, dtype=dtype, device="meta")
             b = torch.empty(c_out, dtype=dtype, device="meta")
             g = torch.empty(c_out, device="meta")
@@ -219,15 +245,17 @@ def train_step_launches(
             )  # mean, var, num_batches_tracked
             res: dict[str, Any] = {}
 
-            def fwd(x=x, w2d=w2d, b=b, g=g, k=k, s=s, p=p, t=t, pool=pool, res=res, running=running, c_out=c_out):
+            chain = next_chain(c_out, t, pool, trunk[i + 1][1:] if i + 1 < len(trunk) else None, dtype)
+
+            def fwd(x=x, w2d=w2d, b=b, g=g, k=k, s=s, p=p, t=t, pool=pool, res=res, running=running, chain=chain, i=i):
                 res["out"], res["code"], res["zmax"], res["stats"], res["z"], res["xk"] = _conv_paths.block_forward(
-                    x, w2d, b, g, g, k, s, p, t, pool, True, 1e-5
-                )  # as the op runs it
+                    x, w2d, b, g, g, k, s, p, t, pool, True, 1e-5, chain=chain, padded=i > 0
+                )  # as the op runs it, chained as the model chains its fused blocks
                 bn_running.update_running_stats(*running, res["stats"], 0.1)
 
             section(name, "forward", fwd)
             out_t, code, stats = res["out"], res["code"], res["stats"]
-            go = torch.empty(out_t.shape, dtype=dtype, device="meta")
+            go = grad_like(out_t, trunk[i + 1][1:] if i + 1 < len(trunk) else None)
             saved = out_t if pool is None else res["zmax"]
             z, xk = res["z"], res["xk"]  # empty unless keeps_z, kept_input
 
@@ -250,11 +278,30 @@ def train_step_launches(
                 xk=xk,
             ):
                 _conv_paths.conv_bn_relu_backward(
-                    go, x, w2d, b, g, stats, code, saved, k, s, p, t, pool, True, deterministic, i > 0, None, z, xk
+                    go,
+                    x,
+                    w2d,
+                    b,
+                    g,
+                    stats,
+                    code,
+                    saved,
+                    k,
+                    s,
+                    p,
+                    t,
+                    pool,
+                    True,
+                    deterministic,
+                    i > 0,
+                    None,
+                    z,
+                    xk,
+                    i > 0,
                 )
 
             section(name, "backward", bwd)
-            length, c_in = (t // pool if pool else t), c_out
+            length, c_in, x = (t // pool if pool else t), c_out, out_t  # the next block reads this one's output
         for name, classes, steps in heads:
             z = torch.empty(batch, classes, steps, device="meta")
             section(name, "forward", lambda z=z: _KL.triton_kl(z, z, 1, "sum", True))

@@ -38,13 +38,14 @@ ROWS_MIN_TP = 16 if INTERPRET else 1024
 
 
 @triton.jit
-def _pooled_bn_sums_kernel(go_ptr, code_ptr, zmax_ptr, sums_ptr, C_OUT, TP, TB, NUM_TILES, P, sgn, sgc, sgt,
-                           DETERMINISTIC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr):
+def _pooled_bn_sums_kernel(go_ptr, code_ptr, zmax_ptr, sums_ptr, C_OUT, TP, TB, NUM_TILES, P, sgn, sgc, sgt, scn,
+                           scc, sct, DETERMINISTIC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr):
     """Per program: the tiles pid_p, pid_p + P, ... of channel block program_id(1); writes its sums with
     ``store_bn_sums`` (a row of partials when DETERMINISTIC, else relaxed fp64 atomics).
-    go_ptr: (N, C_OUT, TP) grad_out, strides (sgn, sgc, sgt), 16-bit; code_ptr: (N, C_OUT, TP) contiguous int,
-    the window's first maximum or -1; zmax_ptr: (N, C_OUT, TP) contiguous, go's dtype; sums_ptr: (2, P or 1,
-    C_OUT) fp64."""
+    go_ptr: (N, C_OUT, TP) grad_out, strides (sgn, sgc, sgt), 16-bit; code_ptr: (N, C_OUT, TP) int, strides (scn,
+    scc, sct), the window's first maximum or -1; zmax_ptr: (N, C_OUT, TP), code's strides, go's dtype; sums_ptr:
+    (2, P or 1, C_OUT) fp64. Channels-last tensors (strides (TP * C_OUT, 1, C_OUT), as the banded and row kernels
+    store them) load as runs of channels: a unit stride is a constexpr to Triton."""
     pid_p = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < C_OUT
@@ -54,7 +55,7 @@ def _pooled_bn_sums_kernel(go_ptr, code_ptr, zmax_ptr, sums_ptr, C_OUT, TP, TB, 
         n = tile // TB
         t = (tile % TB) * BLOCK_T + tl.arange(0, BLOCK_T)
         ok = c_ok[:, None] & (t < TP)[None, :]
-        off = (n * C_OUT + c[:, None]).to(tl.int64) * TP + t[None, :]
+        off = n.to(tl.int64) * scn + c[:, None] * scc + t[None, :] * sct
         code = tl.load(code_ptr + off, mask=ok, other=-1)
         g = tl.load(go_ptr + n.to(tl.int64) * sgn + c[:, None] * sgc + t[None, :] * sgt, mask=ok, other=0.0)
         g = tl.where(code >= 0, g.to(tl.float32), 0.0)  # masked, not multiplied: an inf gradient at a 0 stays out
@@ -104,12 +105,13 @@ def _pooled_bn_sums_rows_kernel(go_ptr, code_ptr, zmax_ptr,  # (N, C_OUT, TP) ea
 def pooled_bn_sums(grad_out: torch.Tensor, code: torch.Tensor, zmax: torch.Tensor, deterministic: bool,
                    buf: torch.Tensor | None = None, cast: bool = True) -> torch.Tensor:
     """(2, C) sum(gy) and sum(gy * zhat) of a pooling block from grad_out, code and zmax, each (N, C, TP)
-    (code and zmax contiguous, as the forward made them; grad_out any strides): one launch, then a fixed-order
+    (code and zmax with the same strides, as the forward made them; grad_out any): one launch, then a fixed-order
     sum of the per-program fp64 partials when ``deterministic``, else relaxed fp64 atomics (into ``buf``, a
     zeroed (2, 1, C) fp64 buffer, when the caller has one: ``_conv_fwd.zeroed``). fp32, or fp64 with ``cast``
     False (``_conv_fwd.bn_sums_of``)."""
     N, C, TP = code.shape
-    if grad_out.is_contiguous() and TP >= ROWS_MIN_TP:  # long rows of 16-byte loads (``_pooled_bn_sums_rows_kernel``)
+    assert zmax.stride() == code.stride(), "pooled_bn_sums: code and zmax differ in layout"
+    if grad_out.is_contiguous() and code.is_contiguous() and TP >= ROWS_MIN_TP:  # long rows of 16-byte loads
         block = clamp_pow2(TP, 16, 64 if INTERPRET else ROWS_BLOCK)
         _, P = persistent_grid(N * C, 1, SUMS_PER_SM)
         part = bn_sum_partials(P, C, deterministic, grad_out.device, buf)
@@ -123,8 +125,8 @@ def pooled_bn_sums(grad_out: torch.Tensor, code: torch.Tensor, zmax: torch.Tenso
     tiles, P = persistent_grid(N * tb, 1)
     part = bn_sum_partials(P, C, deterministic, grad_out.device, buf)
     wrap_triton(_pooled_bn_sums_kernel)[(P, triton.cdiv(C, bc))](
-        grad_out, code, zmax, part, C, TP, tb, tiles, P, *grad_out.stride(), DETERMINISTIC=deterministic,
-        BLOCK_C=bc, BLOCK_T=bt, num_warps=4)
+        grad_out, code, zmax, part, C, TP, tb, tiles, P, *grad_out.stride(), *code.stride(),
+        DETERMINISTIC=deterministic, BLOCK_C=bc, BLOCK_T=bt, num_warps=4)
     return bn_sums_of(part, cast)
 
 

@@ -42,6 +42,9 @@ from ._conv_fwd import (
     bn_sum_partials,
     bn_sums_of,
     cast_out,
+    chain_pads,
+    channels_last_empty,
+    cl_at,
     clip_tile,
     code_dtype,
     fp32_if,
@@ -50,6 +53,7 @@ from ._conv_fwd import (
     merge_stats,
     partial_row,
     persistent_grid,
+    pool_output,
     pool_select,
     reg_cap,
     stats_partials,
@@ -181,15 +185,18 @@ def _band_stats_kernel(xp_ptr,  # (N, LP) padded waveform
 def _band_bn_relu_pool_kernel(xp_ptr,  # (N, LP) padded waveform
                               w_ptr, b_ptr, g_ptr, beta_ptr,  # (C_OUT, K), (C_OUT,) x 3
                               stats_ptr,  # (4, C_OUT): mean, invstd, var, count
-                              out_ptr, code_ptr, zmax_ptr,  # (N, C_OUT, TP) each
-                              C_OUT, TP, TPC, LP, NUM_TILES, P, HAS_BIAS: tl.constexpr, K: tl.constexpr,
+                              out_ptr,  # (N, C_OUT, TP), strides son, soc, sot (``chain_pads``)
+                              code_ptr, zmax_ptr,  # (N, C_OUT, TP) each, channels-last (``cl_at``)
+                              C_OUT, TP, TPC, LP, NUM_TILES, P, son, soc, sot, PAD, TAIL, ZERO_ROWS: tl.constexpr,
+                              HAS_BIAS: tl.constexpr, K: tl.constexpr,
                               STRIDE: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr,
                               BLOCK_C: tl.constexpr, BLOCK_Q: tl.constexpr, J1: tl.constexpr,
                               J2: tl.constexpr, STORE_ZMAX: tl.constexpr, INTERP: tl.constexpr,
                               PRECISION: tl.constexpr):
     """Pooled output out of BN, ReLU and max over each window, y = max(z * a + b, 0) with a = gamma * invstd and
     b = beta - (mean - bias) * a; code = the window's maximum (``pool_select``), -1 where ReLU gave 0; when STORE_ZMAX,
-    zmax = zhat there (as ``_conv_bn_relu_pool_kernel``), normalised after the choice (one per window)."""
+    zmax = zhat there (as ``_conv_bn_relu_pool_kernel``), normalised after the choice (one per window). ZERO_ROWS > 0:
+    out is chained (``chain_pads``)."""
     c0 = tl.program_id(1) * BLOCK_C
     b1, b2, bias = _band_setup(w_ptr, b_ptr, c0, C_OUT, HAS_BIAS, J1, J2, K, STRIDE, POOL, PP, BLOCK_C, INTERP)
     c = c0 + tl.arange(0, BLOCK_C)
@@ -215,14 +222,18 @@ def _band_bn_relu_pool_kernel(xp_ptr,  # (N, LP) padded waveform
         zsel, first = pool_select(key, s[None, :], slot, PP, 1)
         o = tl.maximum(zsel * a[None, :] + b[None, :], 0.0)
         code = tl.where(o > 0.0, first, -1)  # -1: ReLU passes no gradient
-        off = n.to(tl.int64) * C_OUT * TP + r0 + (tl.arange(0, BLOCK_Q)[:, None] + c[None, :] * TP)
+        off = cl_at(n, r, c, C_OUT, TP)
         smask = (r < TP)[:, None] & c_ok[None, :]
-        tl.store(out_ptr + off, cast_out(o, out_ptr.dtype.element_ty, INTERP), mask=smask)
+        ooff = tl.cast(n, tl.int64) * son + (r[:, None] * sot + c[None, :] * soc)
+        tl.store(out_ptr + ooff, cast_out(o, out_ptr.dtype.element_ty, INTERP), mask=smask)
         tl.store(code_ptr + off, code.to(code_ptr.dtype.element_ty), mask=smask)
         if STORE_ZMAX:
             zmax = tl.where(o > 0.0, (zsel - mb[None, :]) * invstd[None, :], 0.0)
             tl.store(zmax_ptr + off, cast_out(zmax, zmax_ptr.dtype.element_ty, INTERP), mask=smask)
         n, t = walk_next(n, t, dn, dt, TPC)
+    if ZERO_ROWS > 0:  # a chained output's zero rows, once per clip (``chain_pads``)
+        for n in range(tl.program_id(0), NUM_TILES // TPC, P):
+            chain_pads(out_ptr, n, c, c_ok, son, soc, sot, TP, PAD, TAIL, ZERO_ROWS)
 
 
 @triton.jit
@@ -231,7 +242,7 @@ def _band_pooled(go_ptr, code_ptr, n, r, c, C_OUT, TP, sgn, sgc, sgl):
     slot the forward recorded (int32, -1 there)."""
     hit = (r < TP)[:, None] & (c < C_OUT)[None, :]
     n64 = tl.cast(n, tl.int64)
-    code = tl.load(code_ptr + n64 * C_OUT * TP + (r[:, None] + c[None, :] * TP), mask=hit, other=-1).to(tl.int32)
+    code = tl.load(code_ptr + cl_at(n, r, c, C_OUT, TP), mask=hit, other=-1).to(tl.int32)
     go = tl.load(go_ptr + n64 * sgn + (r[:, None] * sgl + c[None, :] * sgc), mask=hit, other=0.0).to(tl.float32)
     return go, code
 
@@ -239,7 +250,7 @@ def _band_pooled(go_ptr, code_ptr, n, r, c, C_OUT, TP, sgn, sgc, sgl):
 @triton.jit
 def _band_bwd_reduce_kernel(xp_ptr,  # (N, LP) padded waveform
                             w_ptr, b_ptr, stats_ptr,  # (C_OUT, K), (C_OUT,), (4, C_OUT)
-                            go_ptr, code_ptr,  # (N, C_OUT, TP): grad_out (strides sgn, sgc, sgl), codes
+                            go_ptr, code_ptr,  # (N, C_OUT, TP): grad_out (strides sgn, sgc, sgl), codes (``cl_at``)
                             sums_ptr,  # (2, P, C_OUT) fp64 (deterministic) or (2, 1, C_OUT)
                             C_OUT, TP, TPC, LP, NUM_TILES, P, sgn, sgc, sgl, HAS_BIAS: tl.constexpr,
                             K: tl.constexpr, STRIDE: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr,
@@ -309,7 +320,7 @@ def _gz_dw_tile(n, t, acc1, acc2t, db, xp_ptr, go_ptr, code_ptr, b1, b2, cz, cc0
 @triton.jit
 def _band_gz_dw_kernel(xp_ptr,  # (N, LP) padded waveform
                        w_ptr, b_ptr, stats_ptr, g_ptr,  # (C_OUT, K), (C_OUT,), (4, C_OUT), (C_OUT,)
-                       go_ptr, code_ptr,  # (N, C_OUT, TP): grad_out (strides sgn, sgc, sgl), codes
+                       go_ptr, code_ptr,  # (N, C_OUT, TP): grad_out (strides sgn, sgc, sgl), codes (``cl_at``)
                        sums_ptr,  # (2, C_OUT) fp32 or fp64: sum(gy), sum(gy * zhat), all-reduced
                        dband_ptr,  # (P or 1, JB, PP, C_OUT) fp32 dW in band form
                        db_ptr,  # (P or 1, C_OUT) fp32
@@ -517,9 +528,10 @@ def band_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
 
 def band_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor,
                       beta: torch.Tensor, stats: torch.Tensor, k: int, stride: int, padding: int, T: int,
-                      pool: int, xp: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pass 2 (as ``_conv_paths.conv_bn_relu_pool``): pooled output (N, C_out, T // pool) in x.dtype, codes,
-    zmax. ``xp``: ``band_input``'s copy, or None to make one."""
+                      pool: int, xp: torch.Tensor | None = None,
+                      chain: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pass 2 (as ``_conv_paths.conv_bn_relu_pool``): pooled output (N, C_out, T // pool) in x.dtype (contiguous,
+    or chained: ``_conv_fwd.pool_output``), codes, zmax. ``xp``: ``band_input``'s copy, or None to make one."""
     N = x.shape[0]
     C = w2d.shape[0]
     plan = pool_plan(1, C, k, stride, pool)
@@ -527,13 +539,13 @@ def band_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | N
     xp, lp = _waveform(x, xp, padding, _layout(x, plan, stride, padding, TP))
     bq = _block_q(TP)
     tpc, tiles, P = _tiles(N, TP, bq, "pool", x, triton.cdiv(C, plan["BLOCK_C"]))
-    out = torch.empty((N, C, TP), device=x.device, dtype=x.dtype)
-    code = torch.empty((N, C, TP), device=x.device, dtype=code_dtype(pool))
-    zmax = torch.empty_like(out) if keeps_zmax(x, pool) else x.new_empty(0)
+    out, chained, zero_rows = pool_output(N, C, TP, x.dtype, x.device, chain)
+    code = channels_last_empty(N, C, TP, code_dtype(pool), x.device)
+    zmax = channels_last_empty(N, C, TP, x.dtype, x.device) if keeps_zmax(x, pool) else x.new_empty(0)
     b = bias if bias is not None else w2d
     wrap_triton(_band_bn_relu_pool_kernel)[(P, triton.cdiv(C, plan["BLOCK_C"]))](
-        xp, w2d, b, gamma, beta, stats, out, code, zmax, C, TP, tpc, lp, tiles, P,
-        STORE_ZMAX=zmax.numel() > 0, **(reg_cap(128) if x.element_size() == 2 else {}),
+        xp, w2d, b, gamma, beta, stats, out, code, zmax, C, TP, tpc, lp, tiles, P, *out.stride(), *chained,
+        ZERO_ROWS=zero_rows, STORE_ZMAX=zmax.numel() > 0, **(reg_cap(128) if x.element_size() == 2 else {}),
         **_flags(plan, x, k, stride, bias, bq))
     return out, code, zmax
 

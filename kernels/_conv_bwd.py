@@ -329,6 +329,10 @@ def generic_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor,
     bco, bm, br, warps = conv_blocks(C, R, M, x.dtype)
     prec = dot_precision(x)
     b = bias if bias is not None else w2d
+    # its kernels read the codes and zmax contiguous: a banded pool stores them channels-last
+    # (``_conv_paths.codes_channels_last``; this backward then runs only where x needs a gradient: conv1 of a user's
+    # model that trains its input)
+    code, out = code.contiguous(), out.contiguous() if out is not None else None
     o = out if out is not None else code
     go_strides = grad_out.stride()
     common = (C, L, R, T, TP, M, x.stride(0), x.stride(1), x.stride(2), *go_strides, stride, padding)

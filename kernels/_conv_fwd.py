@@ -96,6 +96,26 @@ def cast_out(v, dtype: tl.constexpr, INTERP: tl.constexpr):
 
 
 @triton.jit
+def cl_at(n, q, c, C, TP):
+    """Offsets (len(q), len(c)) of the elements (n, c, q) of an (N, C, TP) tensor stored channels-last
+    (``channels_last_empty``: strides (TP * C, 1, C)): each position's channels are one contiguous run."""
+    return tl.cast(n, tl.int64) * TP * C + (q[:, None] * C + c[None, :])
+
+
+@triton.jit
+def chain_pads(out_ptr, n, c, c_ok, son, soc, sot, TP, PAD, TAIL, ZERO_ROWS: tl.constexpr):
+    """A chained output's zero rows (``_conv_paths.chain_rows``) of clip n: out_ptr points at position 0 of clip 0
+    in a zero-padded channels-last buffer (strides son, soc, sot); zeros in channels c of the PAD <= ZERO_ROWS rows
+    before the clip's TP positions and of the TAIL <= ZERO_ROWS rows after them (``pool_output``). The next block's
+    kernels read the buffer as their padded input. The pool kernels call it once per clip, after their tiles."""
+    r = tl.arange(0, ZERO_ROWS)
+    zero = tl.zeros((ZERO_ROWS, c.shape[0]), dtype=out_ptr.dtype.element_ty)
+    base = out_ptr + tl.cast(n, tl.int64) * son + c[None, :] * soc
+    tl.store(base + (r - PAD)[:, None] * sot, zero, mask=(r < PAD)[:, None] & c_ok[None, :])
+    tl.store(base + (TP + r)[:, None] * sot, zero, mask=(r < TAIL)[:, None] & c_ok[None, :])
+
+
+@triton.jit
 def _load_bias(b_ptr, co, C_OUT, HAS_BIAS: tl.constexpr, BLOCK_CO: tl.constexpr):
     if HAS_BIAS:
         return tl.load(b_ptr + co, mask=co < C_OUT, other=0.0).to(tl.float32)
@@ -458,6 +478,38 @@ def merge_blocks(c_out: int, parts: int) -> tuple[int, int]:
     16 bytes wide however few partials there are; the lanes past them are masked)."""
     bc = clamp_pow2(c_out, 2, 256 if INTERPRET else 2)
     return bc, clamp_pow2(parts, 16 if INTERPRET else 256, 1024 if INTERPRET else 1024 // bc)
+
+
+def channels_last_empty(n: int, c: int, t: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An uninitialised (N, C, T) tensor stored channels-last, strides (T * C, 1, C) (``cl_at``): how the banded and
+    row kernels store a block's codes and zmax (``_conv_paths.codes_channels_last``) and the row kernels' dx."""
+    return torch.empty((n, t, c), dtype=dtype, device=device).transpose(1, 2)
+
+
+CHAIN_ZERO_ROWS = 256  # most rows of zeros before or after a chained output (``chain_pads`` stores them at once)
+
+
+def pool_output(n: int, c: int, tp: int, dtype: torch.dtype, device: torch.device,
+                chain: tuple[int, int] | None) -> tuple[torch.Tensor, tuple[int, int], int]:
+    """A pool pass's output (N, C, TP) and its kernel's (PAD, TAIL) and ZERO_ROWS (``chain_pads``): contiguous, or
+    with ``chain`` = (pad, LP) (``_conv_paths.chain_rows``; ``chain_fits``) the view at row pad of an uninitialised
+    channels-last (N, LP, C) buffer, strides (LP * C, 1, C), whose pad rows before and LP - pad - TP after the
+    kernel zeroes: the next block reads the buffer as its padded input (no copy)."""
+    if chain is None:
+        return torch.empty((n, c, tp), dtype=dtype, device=device), (0, 0), 0
+    pad, lp = chain
+    if not chain_fits(pad, lp, tp):
+        raise ValueError(f"pool_output: a chained buffer of {lp} rows cannot hold {pad} + {tp} with at most "
+                         f"{CHAIN_ZERO_ROWS} rows of zeros on each side")
+    buf = torch.empty((n, lp, c), dtype=dtype, device=device)
+    tail = lp - pad - tp
+    return buf[:, pad : pad + tp].transpose(1, 2), (pad, tail), next_pow2(max(pad, tail, 1))
+
+
+def chain_fits(pad: int, lp: int, tp: int) -> bool:
+    """Whether an output of TP positions can be chained into a buffer of LP rows from row pad: the zero rows on
+    each side at most ``CHAIN_ZERO_ROWS`` (one store of ``chain_pads``)."""
+    return 0 <= pad <= CHAIN_ZERO_ROWS and 0 <= lp - pad - tp <= CHAIN_ZERO_ROWS
 
 
 def code_dtype(pool: int) -> torch.dtype:

@@ -29,14 +29,16 @@ from ._conv_banded import (
     stats_group,
 )
 from ._conv_bwd import generic_backward
-from ._conv_fwd import generic_bn_relu_pool, generic_moments
+from ._conv_fwd import chain_fits, generic_bn_relu_pool, generic_moments
 from ._conv_rows import (
+    dx_rows_ok,
     kept_z_shape,
     rows_backward,
     rows_bn_relu_pool,
     rows_cover,
     rows_input,
     rows_input_length,
+    rows_input_rows,
     rows_moments,
     rows_plan,
 )
@@ -69,6 +71,75 @@ def block_paths(c_in: int, c_out: int, k: int, stride: int, pool: int | None, dt
                  backward="banded" if (epilogue and not input_grad) else pooled)  # fmt: skip
 
 
+def codes_channels_last(c_in: int, c_out: int, k: int, stride: int, pool: int | None, dtype: torch.dtype) -> bool:
+    """Whether the block's codes and zmax (N, C_out, TP) are stored channels-last, strides (TP * C_out, 1, C_out)
+    (``_conv_fwd.channels_last_empty``), and its output may be chained to the next block (``out_chain``): where the
+    banded or row kernels run the pool pass. Every path follows the rule (the PyTorch reference too), so the op's
+    fake gives the strides the kernels do. The backward then reads codes, a chained output (ReLU's mask) and (from
+    the next block's dx, ``dx_channels_last``) the gradient as 16-byte runs of channels."""
+    return block_paths(c_in, c_out, k, stride, pool, dtype).pool != "generic"
+
+
+def out_chain(c_in: int, c_out: int, k: int, stride: int, pool: int | None, dtype: torch.dtype,
+              chain: tuple[int, int] | None) -> tuple[int, int] | None:
+    """The next block's ``chain_rows`` where this block's pool pass writes its output into that buffer (its banded
+    or row kernels: ``codes_channels_last``), else None (a contiguous output)."""
+    return chain if chain is not None and codes_channels_last(c_in, c_out, k, stride, pool, dtype) else None
+
+
+def dx_channels_last(c_in: int, c_out: int, k: int, stride: int, pool: int | None, dtype: torch.dtype) -> bool:
+    """Whether the backward's dx (N, C_in, L) is stored channels-last: where ``_rows_dx_kernel`` writes it (each
+    row's phases and channels one run); ``_conv_bwd``'s dx stays contiguous."""
+    paths = block_paths(c_in, c_out, k, stride, pool, dtype, input_grad=True)
+    return paths.backward == "rows" and dx_rows_ok(c_out, k, stride)
+
+
+def as_layout(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """t (N, C, T) with the strides of ``_conv_fwd.channels_last_empty`` when ``channels_last`` (a copy unless it
+    has them), else contiguous: how the reference and the fakes follow ``codes_channels_last`` and
+    ``dx_channels_last``."""
+    if t.dim() != 3:
+        return t
+    return t.transpose(1, 2).contiguous().transpose(1, 2) if channels_last else t.contiguous()
+
+
+def chain_rows(c_in: int, length: int, c_out: int, k: int, stride: int, padding: int, pool: int | None,
+               dtype: torch.dtype) -> tuple[int, int] | None:
+    """(pad, LP) of the zero-padded channels-last copy (N, LP, C_in) a block reads its input (N, C_in, length) from
+    (``forward_input``'s rows copy, covering the backward's windows too), or None where it reads none (or the zero
+    rows around x would exceed ``_conv_fwd.chain_fits``'s bound). A block whose
+    pool pass writes its output straight into such a buffer (``_conv_fwd.pool_output``; "chained") spares the next
+    block that copy (SoundNet-8, bf16, batch 64: conv2's is 113 MB moved per step)."""
+    paths = block_paths(c_in, c_out, k, stride, pool, dtype)
+    if not paths.stats == paths.pool == "rows":
+        return None
+    t = (length + 2 * padding - k) // stride + 1
+    lp = rows_input_rows(c_in, length, dtype, padding, rows_cover(t, pool), k, stride)
+    return (padding, lp) if chain_fits(padding, lp, length) else None
+
+
+def chained_input(x: torch.Tensor, pad: int, lp: int) -> torch.Tensor | None:
+    """x's chained buffer (N, LP, C_in) (``chain_rows``), a view of x's storage from ``pad`` rows before x to LP
+    rows per clip, where x has the chained layout: strides (LP * C_in, 1, C_in), at least ``pad`` rows of its
+    storage before it and the whole last clip after. None otherwise (then x is copied, as any input). The rows
+    outside x are read as zeros: the caller vouches for them (the op's ``padded_input``)."""
+    N, C, L = x.shape
+    start = x.storage_offset() - pad * C
+    if C < 2 or x.stride() != (lp * C, 1, C) or start < 0 or lp < pad + L:
+        return None
+    if x.untyped_storage().nbytes() < (start + N * lp * C) * x.element_size():
+        return None
+    return x.as_strided((N, lp, C), (lp * C, C, 1), start)
+
+
+def reused_input(x: torch.Tensor, c_out: int, K: int, stride: int, padding: int,
+                 pool: int | None) -> torch.Tensor | None:
+    """x's chained buffer (``chained_input``) where the block reads one (``chain_rows``) and x has its layout, else
+    None: what a block whose caller vouches for x's padding (the op's ``padded_input``) reads instead of copying x."""
+    chain = chain_rows(x.shape[1], x.shape[2], c_out, K, stride, padding, pool, x.dtype)
+    return chained_input(x, *chain) if chain is not None else None
+
+
 def forward_input(x: torch.Tensor, c_out: int, K: int, stride: int, padding: int, T: int,
                   pool: int | None) -> torch.Tensor | None:
     """The padded copy of x both forward passes of a block read when they run the same family (banded: the
@@ -93,9 +164,12 @@ def kept_input(c_in: int, c_out: int, K: int, stride: int, pool: int | None, dty
 
 
 def kept_input_shape(x: torch.Tensor, c_out: int, K: int, stride: int, padding: int, T: int,
-                     pool: int | None) -> tuple[int, ...] | None:
-    """The shape of ``forward_input``'s copy where ``kept_input`` keeps it (None elsewhere), from x's shape and
-    dtype only (the op's fake)."""
+                     pool: int | None, padded: bool = False) -> tuple[int, ...] | None:
+    """The shape of ``forward_input``'s copy where ``kept_input`` keeps it (None elsewhere, and where the block
+    reads x's chained buffer, ``padded`` and ``reused_input``: the backward reads that again), from x's shape,
+    strides and dtype only (the op's fake)."""
+    if padded and reused_input(x, c_out, K, stride, padding, pool) is not None:
+        return None
     family = kept_input(x.shape[1], c_out, K, stride, pool, x.dtype)
     if family == "banded":
         return (x.shape[0], band_input_length(x, c_out, K, stride, padding, T, pool))
@@ -142,31 +216,35 @@ def conv_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
 
 def conv_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor,
                       beta: torch.Tensor, stats: torch.Tensor, K: int, stride: int, padding: int, T: int,
-                      pool: int | None, xp: torch.Tensor | None = None,
-                      z: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      pool: int | None, xp: torch.Tensor | None = None, z: torch.Tensor | None = None,
+                      chain: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pass 2: (pooled output (N, C_out, T // pool) in x.dtype, window codes, zmax: zhat at each window's
     maximum in x.dtype when ``_conv_fwd.keeps_zmax``; without a pool the codes and zmax are empty). stats:
     (4, C_out) fp32 rows mean, invstd, unbiased variance, count; ``xp``: ``forward_input``'s copy or None;
-    ``z``: the conv output pass 1 stored (``keeps_z``) or None."""
+    ``z``: the conv output pass 1 stored (``keeps_z``) or None; ``chain``: the next block's ``chain_rows``, or
+    None: the output is chained where ``out_chain`` says so, else contiguous."""
     path = block_paths(x.shape[1], w2d.shape[0], K, stride, pool, x.dtype).pool
+    chain = out_chain(x.shape[1], w2d.shape[0], K, stride, pool, x.dtype, chain)
     if path == "generic":
         return generic_bn_relu_pool(x, w2d, bias, gamma, beta, stats, K, stride, padding, T, pool)
     if path == "banded":
-        return band_bn_relu_pool(x, w2d, bias, gamma, beta, stats, K, stride, padding, T, pool, xp)
-    return rows_bn_relu_pool(x, w2d, bias, gamma, beta, stats, K, stride, padding, T, pool, xp, z)
+        return band_bn_relu_pool(x, w2d, bias, gamma, beta, stats, K, stride, padding, T, pool, xp, chain)
+    return rows_bn_relu_pool(x, w2d, bias, gamma, beta, stats, K, stride, padding, T, pool, xp, z, chain)
 
 
 def block_forward(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor,
                   beta: torch.Tensor, K: int, stride: int, padding: int, T: int, pool: int | None, training: bool,
-                  eps: float, stats: torch.Tensor | None = None,
-                  sync=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                  eps: float, stats: torch.Tensor | None = None, sync=None, chain: tuple[int, int] | None = None,
+                  padded: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """A block's forward as the op runs it (and ``bench`` records it): one padded copy of x for both passes
-    (``forward_input``), in training the statistics (finalised by the merge kernel, or per-rank moments handed to
-    ``sync``, which returns the stats rows) storing z where ``keeps_z`` says so, then pass 2. ``stats``: eval
-    mode's (4, C_out) rows from the running statistics. Returns (out, code, zmax, stats, z, xk; z empty unless
-    kept, xk the padded copy where ``kept_input`` keeps it, else empty)."""
+    (``forward_input``; none where ``padded`` and x is a chained output: ``reused_input``), in training the
+    statistics (finalised by the merge kernel, or per-rank moments handed to ``sync``, which returns the stats
+    rows) storing z where ``keeps_z`` says so, then pass 2 (its output chained to the next block where ``chain``,
+    ``conv_bn_relu_pool``). ``stats``: eval mode's (4, C_out) rows from the running statistics. Returns (out, code,
+    zmax, stats, z, xk; z empty unless kept, xk the padded copy where ``kept_input`` keeps it, else empty)."""
     c_out = w2d.shape[0]
-    xp = forward_input(x, c_out, K, stride, padding, T, pool)
+    reused = reused_input(x, c_out, K, stride, padding, pool) if padded else None
+    xp = reused if reused is not None else forward_input(x, c_out, K, stride, padding, T, pool)
     keep = keeps_z(x, c_out, K, stride, pool, training)
     z = x.new_empty(kept_z_shape(x.shape[0], T, c_out, pool) if keep else (0,))
     if training:
@@ -174,8 +252,8 @@ def block_forward(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None,
             stats = sync(conv_moments(x, w2d, bias, K, stride, padding, T, None, xp, z, pool))
         else:
             stats = conv_moments(x, w2d, bias, K, stride, padding, T, eps, xp, z, pool)
-    out, code, zmax = conv_bn_relu_pool(x, w2d, bias, gamma, beta, stats, K, stride, padding, T, pool, xp, z)
-    kept = xp is not None and kept_input(x.shape[1], c_out, K, stride, pool, x.dtype) is not None
+    out, code, zmax = conv_bn_relu_pool(x, w2d, bias, gamma, beta, stats, K, stride, padding, T, pool, xp, z, chain)
+    kept = reused is None and xp is not None and kept_input(x.shape[1], c_out, K, stride, pool, x.dtype) is not None
     return out, code, zmax, stats, z, xp if kept else x.new_empty(0)
 
 
@@ -183,11 +261,14 @@ def conv_bn_relu_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Te
                           gamma: torch.Tensor, stats: torch.Tensor, code: torch.Tensor, out: torch.Tensor | None,
                           K: int, stride: int, padding: int, T: int, pool: int | None, training: bool,
                           deterministic: bool, input_grad: bool, all_reduce=None, z: torch.Tensor | None = None,
-                          xk: torch.Tensor | None = None) -> tuple[torch.Tensor | None, ...]:
+                          xk: torch.Tensor | None = None, padded: bool = False) -> tuple[torch.Tensor | None, ...]:
     """(dx or None, dw2d fp32, db fp32 or None, local (2, C_out) fp32: sum(gy), sum(gy * zhat)); ``out`` and
     ``all_reduce`` as in ``_conv_bwd.generic_backward``; ``z``: the forward's stored conv output (``keeps_z``; None or
-    empty: none kept); ``xk``: the forward's padded copy of x (``kept_input``; None or empty: none kept)."""
+    empty: none kept); ``xk``: the forward's padded copy of x (``kept_input``; None or empty: none kept);
+    ``padded``: as the forward's (where it kept no copy, x's chained buffer is read again: ``reused_input``)."""
     xk = xk if xk is not None and xk.numel() > 0 else None
+    if xk is None and padded:
+        xk = reused_input(x, w2d.shape[0], K, stride, padding, pool)
     path = block_paths(x.shape[1], w2d.shape[0], K, stride, pool, x.dtype, input_grad).backward
     if path == "banded":
         return band_backward(grad_out, x, w2d, bias, gamma, stats, code, out, K, stride, padding, T, pool,

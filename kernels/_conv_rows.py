@@ -43,7 +43,10 @@ from ._conv_fwd import (
     bn_sum_partials,
     bn_sums_of,
     cast_out,
+    chain_pads,
     chan_merge,
+    channels_last_empty,
+    cl_at,
     code_dtype,
     fp32_if,
     keeps_zmax,
@@ -51,6 +54,7 @@ from ._conv_fwd import (
     merge_stats,
     partial_row,
     persistent_grid,
+    pool_output,
     pool_select,
     stats_partials,
     store_bn_sums,
@@ -298,9 +302,11 @@ def _rows_stats_kernel(xc_ptr,  # (N, LP, C_IN) channels-last padded input
 def _rows_bn_relu_pool_kernel(xc_ptr,  # (N, LP, C_IN) channels-last padded input
                               wr_ptr, b_ptr, g_ptr, beta_ptr,  # (C_OUT, R), (C_OUT,) x 3
                               stats_ptr,  # (4, C_OUT): mean, invstd, var, count
-                              out_ptr, code_ptr, zmax_ptr,  # (N, C_OUT, TP) each
+                              out_ptr,  # (N, C_OUT, TP), strides son, soc, sot (``chain_pads``)
+                              code_ptr, zmax_ptr,  # (N, C_OUT, TP) each, channels-last (``cl_at``)
                               z_ptr,  # (N, TQ, C_OUT, PP): the stored conv output (HAS_Z; ``z_at``)
-                              C_OUT, T, TP, TPC, LPC, R, NUM_TILES, P, ZC, HAS_BIAS: tl.constexpr, STEP: tl.constexpr,
+                              C_OUT, T, TP, TPC, LPC, R, NUM_TILES, P, ZC, son, soc, sot, PAD, TAIL,
+                              ZERO_ROWS: tl.constexpr, HAS_BIAS: tl.constexpr, STEP: tl.constexpr,
                               HAS_POOL: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.constexpr,
                               BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr, STORE_ZMAX: tl.constexpr,
                               HAS_Z: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
@@ -308,7 +314,7 @@ def _rows_bn_relu_pool_kernel(xc_ptr,  # (N, LP, C_IN) channels-last padded inpu
     b = beta - (mean - bias) * a; code = the window's maximum (``pool_select``), -1 where ReLU gave 0, and when
     STORE_ZMAX zmax = zhat there, normalised after the choice (as ``_conv_bn_relu_pool_kernel``). Without HAS_POOL
     (POOL = PP = 1, TP = T): the ReLU output only, no code. HAS_Z: the conv output read from z_ptr, as the
-    statistics pass stored it, not recomputed."""
+    statistics pass stored it, not recomputed. ZERO_ROWS > 0: out is chained (``chain_pads``)."""
     co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
     c_ok = co < C_OUT
     mb = tl.load(stats_ptr + co, mask=c_ok, other=0.0) - _load_bias(b_ptr, co, C_OUT, HAS_BIAS, BLOCK_CO)
@@ -342,26 +348,31 @@ def _rows_bn_relu_pool_kernel(xc_ptr,  # (N, LP, C_IN) channels-last padded inpu
                         BLOCK_CO, BLOCK_R, HAS_Z, INTERP, PRECISION)
             o = tl.maximum(z * a[None, :] + b[None, :], 0.0)
         qr = q0 + tl.arange(0, BLOCK_Q)
-        off = n.to(tl.int64) * C_OUT * TP + (qr[:, None] + co[None, :] * TP)
+        off = cl_at(n, qr, co, C_OUT, TP)
         smask = (qr < TP)[:, None] & c_ok[None, :]
-        tl.store(out_ptr + off, cast_out(o, out_ptr.dtype.element_ty, INTERP), mask=smask)
+        ooff = tl.cast(n, tl.int64) * son + (qr[:, None] * sot + co[None, :] * soc)
+        tl.store(out_ptr + ooff, cast_out(o, out_ptr.dtype.element_ty, INTERP), mask=smask)
         if HAS_POOL:
             tl.store(code_ptr + off, code.to(code_ptr.dtype.element_ty), mask=smask)
             if STORE_ZMAX:
                 zmax = tl.where(o > 0.0, (zsel - mb[None, :]) * invstd[None, :], 0.0)
                 tl.store(zmax_ptr + off, cast_out(zmax, zmax_ptr.dtype.element_ty, INTERP), mask=smask)
         nw, tw = walk_next(nw, tw, dn, dt, TPC)
+    if ZERO_ROWS > 0:  # a chained output's zero rows, once per clip (``chain_pads``)
+        for n in range(tl.program_id(0), NUM_TILES // TPC, P):
+            chain_pads(out_ptr, n, co, c_ok, son, soc, sot, TP, PAD, TAIL, ZERO_ROWS)
 
 
 @triton.jit
 def _rows_grad(xc_ptr, wr_ptr, z_ptr, go_ptr, code_ptr, n, q0, t, ok, co, C_OUT, T, TP, LPC, R, ZC, sgn, sgc, sgl,
+               smn, smc, sml,
                STEP: tl.constexpr, HAS_POOL: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.constexpr,
                BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr, HAS_Z: tl.constexpr, INTERP: tl.constexpr,
                PRECISION: tl.constexpr):
     """(z, gy, valid) of a tile of windows (``_window_rows``), each (BLOCK_Q * PP, BLOCK_CO): z the conv output
     without its bias (fp32); gy, the pooled gradient routed to the recorded slot (0 past TP and where invalid);
-    valid: the row is a position < T of a window in range. code_ptr: (N, C_OUT, TP) the pool's codes, or
-    without HAS_POOL the block's output (ReLU's mask: gy = the gradient where the output is > 0)."""
+    valid: the row is a position < T of a window in range. code_ptr: (N, C_OUT, TP), strides smn, smc, sml, the
+    pool's codes, or without HAS_POOL the block's output (ReLU's mask: gy = the gradient where the output is > 0)."""
     c_ok = co < C_OUT
     valid = (ok & (t < T))[:, None] & c_ok[None, :]
     z = _rows_z(xc_ptr, wr_ptr, z_ptr, n, t, valid, co, C_OUT, T, LPC, R, ZC, STEP, POOL, PP, BLOCK_CO, BLOCK_R,
@@ -372,11 +383,11 @@ def _rows_grad(xc_ptr, wr_ptr, z_ptr, go_ptr, code_ptr, n, q0, t, ok, co, C_OUT,
     n64 = n.to(tl.int64)
     go = tl.load(go_ptr + n64 * sgn + (qw[:, None] * sgl + co[None, :] * sgc), mask=hit, other=0.0).to(tl.float32)
     if HAS_POOL:
-        code = tl.load(code_ptr + n64 * C_OUT * TP + (qw[:, None] + co[None, :] * TP), mask=hit, other=-1)
+        code = tl.load(code_ptr + n64 * smn + (qw[:, None] * sml + co[None, :] * smc), mask=hit, other=-1)
         slot = tl.arange(0, PP)[None, :, None]
         gy = tl.where(code.to(tl.int32)[:, None, :] == slot, go[:, None, :], 0.0)
     else:  # windows of one position
-        out = tl.load(code_ptr + n64 * C_OUT * TP + (qw[:, None] + co[None, :] * TP), mask=hit, other=0.0)
+        out = tl.load(code_ptr + n64 * smn + (qw[:, None] * sml + co[None, :] * smc), mask=hit, other=0.0)
         gy = tl.where(out > 0, go, 0.0)[:, None, :]  # masked, not multiplied (an inf gradient at a 0)
     gy = tl.where(valid, tl.reshape(gy, (BLOCK_Q * PP, BLOCK_CO)), 0.0)
     return z, gy, valid
@@ -385,9 +396,10 @@ def _rows_grad(xc_ptr, wr_ptr, z_ptr, go_ptr, code_ptr, n, q0, t, ok, co, C_OUT,
 @triton.jit
 def _rows_bwd_reduce_kernel(xc_ptr, wr_ptr, z_ptr, b_ptr, stats_ptr,  # as _rows_bn_relu_pool_kernel's
                             go_ptr,  # (N, C_OUT, TP) grad_out, strides sgn, sgc, sgl
-                            code_ptr,  # (N, C_OUT, TP) codes, or the output without a pool
+                            code_ptr,  # (N, C_OUT, TP) codes, or the output without a pool, strides smn, smc, sml
                             sums_ptr,  # (2, P, C_OUT) fp64 (deterministic) or (2, 1, C_OUT)
-                            C_OUT, T, TP, TPC, LPC, R, NUM_TILES, P, sgn, sgc, sgl, ZC, HAS_BIAS: tl.constexpr,
+                            C_OUT, T, TP, TPC, LPC, R, NUM_TILES, P, sgn, sgc, sgl, smn, smc, sml, ZC,
+                            HAS_BIAS: tl.constexpr,
                             STEP: tl.constexpr, HAS_POOL: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr,
                             BLOCK_Q: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr,
                             DETERMINISTIC: tl.constexpr, HAS_Z: tl.constexpr, INTERP: tl.constexpr,
@@ -404,8 +416,8 @@ def _rows_bwd_reduce_kernel(xc_ptr, wr_ptr, z_ptr, b_ptr, stats_ptr,  # as _rows
     for _ in range(pid_p, NUM_TILES, P):
         n, q0, q, u, t, ok = _window_rows(nw, tw, TP, POOL, PP, BLOCK_Q)
         z, gy, valid = _rows_grad(xc_ptr, wr_ptr, z_ptr, go_ptr, code_ptr, n, q0, t, ok, co, C_OUT, T, TP, LPC, R,
-                                  ZC, sgn, sgc, sgl, STEP, HAS_POOL, POOL, PP, BLOCK_Q, BLOCK_CO, BLOCK_R, HAS_Z,
-                                  INTERP, PRECISION)
+                                  ZC, sgn, sgc, sgl, smn, smc, sml, STEP, HAS_POOL, POOL, PP, BLOCK_Q, BLOCK_CO,
+                                  BLOCK_R, HAS_Z, INTERP, PRECISION)
         s_gy += tl.sum(gy, axis=0)
         s_gyz += tl.sum(gy * ((z - mb[None, :]) * invstd[None, :]), axis=0)
         nw, tw = walk_next(nw, tw, dn, dt, TPC)
@@ -462,12 +474,12 @@ def _rows_gz_kernel(xc_ptr, wr_ptr, z_ptr, b_ptr, stats_ptr, g_ptr,  # as _rows_
                     sums_ptr,  # (2, C_OUT) fp32 or fp64: sum(gy), sum(gy * zhat), all-reduced
                     gz_ptr,  # gz[n, t, co] at n * SGZ + t * C_OUT + co
                     dbn_ptr, dw_ptr, w_ptr, wd_ptr,  # (2, C_OUT) fp32, (DW_SIZE,) fp32, (C_OUT, KC), (J * C_OUT, DXS)
-                    C_OUT, T, TP, TQ, TPC, LPC, R, NUM_TILES, P, sgn, sgc, sgl, SGZ, N_CLIPS, PAD_LO, PAD_HI, DW_SIZE,
-                    C_IN, ZC, HAS_BIAS: tl.constexpr, STEP: tl.constexpr, HAS_POOL: tl.constexpr, POOL: tl.constexpr,
-                    PP: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr,
-                    BLOCK_PAD: tl.constexpr, TRAINING: tl.constexpr, HAS_Z: tl.constexpr, STORE_SUMS: tl.constexpr,
-                    ZERO_DW: tl.constexpr, DX_K: tl.constexpr, DX_STRIDE: tl.constexpr, INTERP: tl.constexpr,
-                    PRECISION: tl.constexpr):
+                    C_OUT, T, TP, TQ, TPC, LPC, R, NUM_TILES, P, sgn, sgc, sgl, smn, smc, sml, SGZ, N_CLIPS, PAD_LO,
+                    PAD_HI, DW_SIZE, C_IN, ZC, HAS_BIAS: tl.constexpr, STEP: tl.constexpr, HAS_POOL: tl.constexpr,
+                    POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_CO: tl.constexpr,
+                    BLOCK_R: tl.constexpr, BLOCK_PAD: tl.constexpr, TRAINING: tl.constexpr, HAS_Z: tl.constexpr,
+                    STORE_SUMS: tl.constexpr, ZERO_DW: tl.constexpr, DX_K: tl.constexpr, DX_STRIDE: tl.constexpr,
+                    INTERP: tl.constexpr, PRECISION: tl.constexpr):
     """gz in gz's dtype (channel-minor; SGZ = T * C_OUT, or more when the clips are spaced by zero rows for
     ``_rows_dx_kernel``): BN's backward (as ``_bn_grad``) at every position, over the windows covering them (TQ
     per clip), as the affine form of ``_conv_banded._band_gz_dw_kernel``: gz = cz z + c0 + scale gy. With
@@ -498,7 +510,7 @@ def _rows_gz_kernel(xc_ptr, wr_ptr, z_ptr, b_ptr, stats_ptr, g_ptr,  # as _rows_
             hit = (qw < TP)[:, None] & c_ok[None, :]
             n64 = n.to(tl.int64)
             go = tl.load(go_ptr + n64 * sgn + (qw[:, None] * sgl + co[None, :] * sgc), mask=hit, other=0.0)
-            code = tl.load(code_ptr + n64 * C_OUT * TP + (qw[:, None] + co[None, :] * TP), mask=hit, other=-1)
+            code = tl.load(code_ptr + n64 * smn + (qw[:, None] * sml + co[None, :] * smc), mask=hit, other=-1)
             slot = tl.arange(0, PP)[None, None, :]
             tt = (qw * POOL)[:, None, None] + slot  # positions
             valid = (qw < TQ)[:, None, None] & (slot < POOL) & (tt < T) & c_ok[None, :, None]
@@ -508,8 +520,8 @@ def _rows_gz_kernel(xc_ptr, wr_ptr, z_ptr, b_ptr, stats_ptr, g_ptr,  # as _rows_
             tl.store(gz_ptr + off, cast_out(gz, gz_ptr.dtype.element_ty, INTERP), mask=valid)
         else:
             z, gy, valid = _rows_grad(xc_ptr, wr_ptr, z_ptr, go_ptr, code_ptr, n, q0, t, ok, co, C_OUT, T, TP, LPC,
-                                      R, ZC, sgn, sgc, sgl, STEP, HAS_POOL, POOL, PP, BLOCK_Q, BLOCK_CO, BLOCK_R,
-                                      HAS_Z, INTERP, PRECISION)
+                                      R, ZC, sgn, sgc, sgl, smn, smc, sml, STEP, HAS_POOL, POOL, PP, BLOCK_Q,
+                                      BLOCK_CO, BLOCK_R, HAS_Z, INTERP, PRECISION)
             gz = z * cz[None, :] + c0[None, :] + gy * scale[None, :]
             off = n.to(tl.int64) * SGZ + (t[:, None] * C_OUT + co[None, :])
             tl.store(gz_ptr + off, cast_out(gz, gz_ptr.dtype.element_ty, INTERP), mask=valid)
@@ -674,7 +686,7 @@ def _rows_dw_band(gz_ptr, xc_ptr, dw_ptr, db_ptr, C_OUT, T, SGZ, LPC, KC, NUM_MT
 @triton.jit
 def _rows_dx_kernel(gzp_ptr,  # (N, TG, C_OUT) gz with J - 1 zero positions around each clip
                     wd_ptr,  # (KC, stride * C_IN) the phases' weights; W_MODE 2: the conv weight (C_OUT, C_IN * K)
-                    dx_ptr,  # (N, C_IN, L)
+                    dx_ptr,  # (N, C_IN, L) channels-last (``cl_at``)
                     C_IN, L, MP, ROWS, TGC, KC, R2: tl.constexpr, stride, pad, NUM_TILES, TPC, P, K,
                     C_OUT: tl.constexpr, PHASES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_CI: tl.constexpr,
                     BLOCK_R: tl.constexpr, BAND: tl.constexpr, RESIDENT: tl.constexpr, W_MODE: tl.constexpr,
@@ -727,7 +739,7 @@ def _rows_dx_kernel(gzp_ptr,  # (N, TG, C_OUT) gz with J - 1 zero positions arou
             n = n[:, None]
         i = m[:, None] * stride + ph[None, :] - pad
         ok = row_ok[:, None] & (i >= 0) & (i < L) & col_ok[None, :]
-        off = n * C_IN * L + i + ci[None, :].to(tl.int64) * L
+        off = n * L * C_IN + i * C_IN + ci[None, :]  # channels-last: a row's phases and channels one run
         tl.store(dx_ptr + off, cast_out(acc, dx_ptr.dtype.element_ty, INTERP), mask=ok)
 
 # ----------------------------------------------------------------------------------------- launchers
@@ -902,8 +914,12 @@ def channels_last(x: torch.Tensor, pad: int, T: int, k: int, stride: int,
 
 def rows_input_length(x: torch.Tensor, pad: int, T: int, k: int, stride: int) -> int:
     """LP of ``channels_last``'s copy (x's shape and dtype only: the op's fake calls it too)."""
-    _, C, L = x.shape
-    band = (STATS_BAND - 1) * stride + -(-max(_block_r(k * C, x.dtype), DW_BAND_RW) // C)
+    return rows_input_rows(x.shape[1], x.shape[2], x.dtype, pad, T, k, stride)
+
+
+def rows_input_rows(C: int, L: int, dtype: torch.dtype, pad: int, T: int, k: int, stride: int) -> int:
+    """``rows_input_length`` of an input (N, C, L) in ``dtype``."""
+    band = (STATS_BAND - 1) * stride + -(-max(_block_r(k * C, dtype), DW_BAND_RW) // C)
     return -(-max(pad + L, (T - 1) * stride + k + band) // 16) * 16
 
 
@@ -1013,12 +1029,12 @@ def _kept(z: torch.Tensor | None) -> torch.Tensor | None:
 
 def rows_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor,
                       beta: torch.Tensor, stats: torch.Tensor, k: int, stride: int, padding: int, T: int,
-                      pool: int | None, xc: torch.Tensor | None = None,
-                      z: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pass 2 (as ``_conv_paths.conv_bn_relu_pool``): (N, C_out, T // pool) in x.dtype, the window codes
-    (``code_dtype``), zmax (empty unless ``keeps_zmax``); without a pool (N, C_out, T) and empty codes and zmax.
-    ``xc`` as in ``rows_moments``; ``z``: the statistics pass's stored conv output (read, not recomputed) or
-    None / empty."""
+                      pool: int | None, xc: torch.Tensor | None = None, z: torch.Tensor | None = None,
+                      chain: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pass 2 (as ``_conv_paths.conv_bn_relu_pool``): (N, C_out, T // pool) in x.dtype (contiguous, or chained:
+    ``_conv_fwd.pool_output``), the window codes (``code_dtype``), zmax (empty unless ``keeps_zmax``); without a
+    pool (N, C_out, T) and empty codes and zmax. ``xc`` as in ``rows_moments``; ``z``: the statistics pass's stored
+    conv output (read, not recomputed) or None / empty."""
     N, C_in, _ = x.shape
     C = w2d.shape[0]
     plan = rows_plan(C_in, C, k, stride, x.dtype)
@@ -1027,16 +1043,17 @@ def rows_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | N
     flags = _window_flags(x, bias, plan, stride, pool, TP)
     tpc = triton.cdiv(TP, flags["BLOCK_Q"])
     tiles, P = persistent_grid(N * tpc, 1, 4, triton.cdiv(C, plan["BLOCK_CO"]))  # 4 per SM (conv2's holds 5)
-    out = torch.empty((N, C, TP), device=x.device, dtype=x.dtype)
-    shape = (N, C, TP) if pool is not None else (0,)
-    code = torch.empty(shape, device=x.device, dtype=code_dtype(pool or 1))
-    zmax = torch.empty_like(out) if keeps_zmax(x, pool) else x.new_empty(0)
+    out, chained, zero_rows = pool_output(N, C, TP, x.dtype, x.device, chain)
+    code = (channels_last_empty(N, C, TP, code_dtype(pool), x.device) if pool is not None
+            else x.new_empty(0, dtype=torch.int8))
+    zmax = channels_last_empty(N, C, TP, x.dtype, x.device) if keeps_zmax(x, pool) else x.new_empty(0)
     b = bias if bias is not None else w2d
     z = _kept(z)
     has_z = z is not None
     wrap_triton(_rows_bn_relu_pool_kernel)[(P, triton.cdiv(C, plan["BLOCK_CO"]))](
         xc, w2d if has_z else _reorder(w2d, C_in, k), b, gamma, beta, stats, out, code, zmax, z if has_z else out, C, T,
-        TP, tpc, lpc, k * C_in, tiles, P, z[0].numel() if has_z else 0, STORE_ZMAX=zmax.numel() > 0, HAS_Z=has_z,
+        TP, tpc, lpc, k * C_in, tiles, P, z[0].numel() if has_z else 0, *out.stride(), *chained, ZERO_ROWS=zero_rows,
+        STORE_ZMAX=zmax.numel() > 0, HAS_Z=has_z,
         **flags)  # z: weight unread
     return out, code, zmax
 
@@ -1109,7 +1126,7 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
         part = bn_sum_partials(P, C, deterministic, dev, acc[1] if acc else None)
         wrap_triton(_rows_bwd_reduce_kernel)[(P, grid_c)](
             xc, wr, z if has_z else xc, b, stats, grad_out, mask, part, C, T, TP, tpc, lpc, R, tiles, P, *go,
-            z[0].numel() if has_z else 0, DETERMINISTIC=deterministic, HAS_Z=has_z, **flags)
+            *mask.stride(), z[0].numel() if has_z else 0, DETERMINISTIC=deterministic, HAS_Z=has_z, **flags)
         raw = bn_sums_of(part, cast=False)  # a fixed-order reduction
     local, sums, store_sums = local_sums(raw, training, all_reduce)
     rows_dx = input_grad and dx_rows_ok(C, k, stride)
@@ -1142,7 +1159,7 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     tiles, P = persistent_grid(N * tpc, 1, GZ_PER_SM, grid_c)
     wrap_triton(_rows_gz_kernel)[(P, grid_c)](
         xc, wr, z if has_z else xc, b, stats, gamma, grad_out, mask, sums, gz, local, dwr, w2d, wd, C, T, TP, tq, tpc,
-        lpc, R, tiles, P, *go, sgz, N, *pads, dwr.numel(), C_in, z[0].numel() if has_z else 0,
+        lpc, R, tiles, P, *go, *mask.stride(), sgz, N, *pads, dwr.numel(), C_in, z[0].numel() if has_z else 0,
         BLOCK_PAD=next_pow2(max(pads)) if max(pads) else 0,
         TRAINING=training, HAS_Z=has_z, STORE_SUMS=store_sums, ZERO_DW=not deterministic, DX_K=k if dxw else 0,
         DX_STRIDE=stride, **flags)
@@ -1156,7 +1173,7 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     db = (db_part.sum(dim=0) if deterministic else db_part[0]) if bias is not None else None
     dx = None
     if rows_dx:
-        dx = torch.empty((N, C_in, L), device=dev, dtype=x.dtype)
+        dx = channels_last_empty(N, C_in, L, x.dtype, dev)
         if band > 1:  # tiles of BAND_ROWS band rows inside a clip
             bmx, tpc = _band_tiles(mp, band, BAND_ROWS)
             tiles, P = persistent_grid(N * tpc, 1, ROWS_PER_SM, triton.cdiv(C_in, bci))

@@ -19,15 +19,21 @@ from torch import Tensor
 from torch.library import triton_op
 
 from ._common import INTERPRET, no_autocast, use_triton
-from ._conv_fwd import code_dtype, keeps_zmax
+from ._conv_fwd import code_dtype, keeps_zmax, pool_output
 from ._conv_paths import (
+    as_layout,
     block_forward,
+    chain_rows,
+    codes_channels_last,
     conv_bn_relu_backward,
+    dx_channels_last,
     forward_input,
     keeps_z,
     kept_input,
     kept_input_shape,
     kept_z_shape,
+    out_chain,
+    reused_input,
     x_of_kept,
 )
 from ._conv_rows import window_major
@@ -133,11 +139,35 @@ def _out_len(length: int, kernel: int, stride: int, padding: int) -> int:
 # -------------------------------------------------------------------------------------- reference
 def reference_forward(x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight: Tensor, bn_bias: Tensor,
                       running_mean: Tensor | None, running_var: Tensor | None, stride: int, padding: int,
-                      training: bool, eps: float, pool: int | None, deterministic: bool,
-                      group: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+                      training: bool, eps: float, pool: int | None, deterministic: bool, group: int,
+                      out_pad: int = 0, out_rows: int = 0,
+                      padded_input: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Plain PyTorch forward in fp32 (fp64 for fp64 inputs) with the fused op's outputs (pooled output,
     window codes, zmax, stats, z: the conv output without bias (N, T, C_out) in x.dtype when ``keeps_z``, xk: the
-    padded copy of x when ``kept_input``)."""
+    padded copy of x when ``kept_input``), in the kernels' layouts (``codes_channels_last``, ``out_chain``: a
+    chained output's buffer zero-padded as the kernels leave it)."""
+    c_out, k = weight.shape[0], weight.shape[-1]
+    cl = codes_channels_last(x.shape[1], c_out, k, stride, pool, x.dtype)
+    out, code, zmax, stats, kept, xk = _reference_forward(x, weight, bias, bn_weight, bn_bias, running_mean,
+                                                          running_var, stride, padding, training, eps, pool, group)
+    if padded_input and reused_input(x, c_out, k, stride, padding, pool) is not None:
+        xk = x.new_empty(0)  # the kernels keep no copy: the backward reads x's chained buffer again
+    chain = out_chain(x.shape[1], c_out, k, stride, pool, x.dtype, (out_pad, out_rows) if out_rows else None)
+    if chain is not None:
+        buf, _, _ = pool_output(out.shape[0], c_out, out.shape[-1], out.dtype, out.device, chain)
+        buf.copy_(out)
+        whole = buf.as_strided((out.shape[0], chain[1], c_out), (chain[1] * c_out, c_out, 1),
+                               buf.storage_offset() - chain[0] * c_out)
+        whole[:, : chain[0]].zero_()
+        whole[:, chain[0] + out.shape[-1] :].zero_()
+        out = buf
+    return out, as_layout(code, cl), as_layout(zmax, cl), stats, kept, xk
+
+
+def _reference_forward(x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight: Tensor, bn_bias: Tensor,
+                       running_mean: Tensor | None, running_var: Tensor | None, stride: int, padding: int,
+                       training: bool, eps: float, pool: int | None,
+                       group: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     acc = acc_dtype(x)
     with no_autocast(x.device):
         z = F.conv1d(x.to(acc), weight.to(acc), bias.to(acc) if bias is not None else None, stride, padding)
@@ -176,7 +206,7 @@ def reference_forward(x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight:
 def reference_backward(grad_out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight: Tensor,
                        stats: Tensor, code: Tensor, out: Tensor | None, z: Tensor, xk: Tensor, stride: int,
                        padding: int, training: bool, pool: int | None, deterministic: bool, group: int,
-                       input_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                       input_grad: bool, padded_input: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Plain PyTorch backward from the same saved tensors as the Triton backward (it reads x, a view of ``xk``
     where the forward kept its padded copy, and recomputes the conv: ``z``,
     the forward's stored conv output, is not read); outputs as ``_bwd_op``'s."""
@@ -203,7 +233,8 @@ def reference_backward(grad_out: Tensor, x: Tensor, weight: Tensor, bias: Tensor
         dx, dw, db = torch.ops.aten.convolution_backward(
             gz, xf, wf, [weight.shape[0]] if bias is not None else None, [stride], [padding], [1], False,
             [0], 1, [input_grad, True, bias is not None])
-        return (dx.to(x.dtype) if input_grad else x.new_empty(0), dw.to(weight.dtype),
+        cl = dx_channels_last(x.shape[1], weight.shape[0], weight.shape[-1], stride, pool, x.dtype)
+        return (as_layout(dx.to(x.dtype), cl) if input_grad else x.new_empty(0), dw.to(weight.dtype),
                 db.to(bias.dtype) if bias is not None else weight.new_empty(0),
                 local.to(bn_weight.dtype))
 
@@ -212,74 +243,82 @@ def reference_backward(grad_out: Tensor, x: Tensor, weight: Tensor, bias: Tensor
 @triton_op("soundnet_fast::conv1d_bn_relu", mutates_args=())
 def _fwd_op(x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight: Tensor, bn_bias: Tensor,
             running_mean: Tensor | None, running_var: Tensor | None, stride: int, padding: int,
-            training: bool, eps: float, pool: int | None, deterministic: bool,
-            group: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Outputs: pooled (or plain) output, pool window codes (int8; empty without pool), zmax (the normalised
-    conv output at each window's maximum, 0 where the output is 0, in x.dtype; empty without pool or with
-    32- / 64-bit inputs, ``keeps_zmax``), stats (4, C_out) fp32 rows mean, invstd, unbiased variance, count,
+            training: bool, eps: float, pool: int | None, deterministic: bool, group: int, out_pad: int = 0,
+            out_rows: int = 0, padded_input: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Outputs: pooled (or plain) output (chained to the next block where ``out_rows`` > 0 and ``out_chain`` says
+    so: the next block's ``chain_rows`` (out_pad, out_rows)), pool window codes (int8; empty without pool), zmax
+    (the normalised conv output at each window's maximum, 0 where the output is 0, in x.dtype; empty without pool or
+    with 32- / 64-bit inputs, ``keeps_zmax``), stats (4, C_out) fp32 rows mean, invstd, unbiased variance, count,
     z: the conv output without bias (N, T, C_out) in x.dtype, kept for pass 2 and the backward by 16-bit
     training forwards on the row kernels (``_conv_paths.keeps_z``; empty otherwise), and xk: the padded copy of x
-    the forward passes read, which the backward reuses (``_conv_paths.kept_input``; empty otherwise).
-    ``deterministic`` is for backward."""
+    the forward passes read, which the backward reuses (``_conv_paths.kept_input``; empty otherwise, and where
+    ``padded_input`` and x is chained: ``reused_input``). ``deterministic`` is for backward."""
     if not use_triton(x) or x.dtype == torch.float64:  # the kernels accumulate in fp32
         return reference_forward(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, stride,
-                                 padding, training, eps, pool, deterministic, group)
+                                 padding, training, eps, pool, deterministic, group, out_pad, out_rows, padded_input)
     c_out, c_in, k = weight.shape
     w2d = weight.reshape(c_out, c_in * k).contiguous()
     t = _out_len(x.shape[-1], k, stride, padding)
     stats = None if training else eval_stats(running_mean, running_var, eps)
     # a process group: per-rank moments, merged across ranks, then finalised
     sync = (lambda moments: finalize_stats(_sync_moments(moments, group), eps)) if group else None
-    return block_forward(x, w2d, bias, bn_weight, bn_bias, k, stride, padding, t, pool, training, eps, stats, sync)
+    return block_forward(x, w2d, bias, bn_weight, bn_bias, k, stride, padding, t, pool, training, eps, stats, sync,
+                         (out_pad, out_rows) if out_rows else None, padded_input)
 
 
 @_fwd_op.register_fake
 def _fwd_fake(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, stride, padding, training,
-              eps, pool, deterministic, group):
-    t = _out_len(x.shape[-1], weight.shape[-1], stride, padding)
+              eps, pool, deterministic, group, out_pad=0, out_rows=0, padded_input=False):
+    c_out, k = weight.shape[0], weight.shape[-1]
+    t = _out_len(x.shape[-1], k, stride, padding)
     tp = t // pool if pool is not None else t
-    shape = (x.shape[0], weight.shape[0], tp)
-    code = x.new_empty(shape if pool is not None else (0,), dtype=code_dtype(pool or 1))
-    zmax = x.new_empty(shape if keeps_zmax(x, pool) else (0,))
+    shape = (x.shape[0], c_out, tp)
+    cl = codes_channels_last(x.shape[1], c_out, k, stride, pool, x.dtype)
+    chain = out_chain(x.shape[1], c_out, k, stride, pool, x.dtype, (out_pad, out_rows) if out_rows else None)
+    out = pool_output(x.shape[0], c_out, tp, x.dtype, x.device, chain)[0]
+    code = as_layout(x.new_empty(shape if pool is not None else (0,), dtype=code_dtype(pool or 1)), cl)
+    zmax = as_layout(x.new_empty(shape if keeps_zmax(x, pool) else (0,)), cl)
     keep = keeps_z(x, weight.shape[0], weight.shape[-1], stride, pool, training)
     z = x.new_empty(kept_z_shape(x.shape[0], t, weight.shape[0], pool) if keep else (0,))
-    xk = x.new_empty(kept_input_shape(x, weight.shape[0], weight.shape[-1], stride, padding, t, pool) or (0,))
-    return x.new_empty(shape), code, zmax, x.new_empty((4, weight.shape[0]), dtype=acc_dtype(x)), z, xk
+    xk = x.new_empty(kept_input_shape(x, c_out, k, stride, padding, t, pool, padded_input) or (0,))
+    return out, code, zmax, x.new_empty((4, c_out), dtype=acc_dtype(x)), z, xk
 
 
 @triton_op("soundnet_fast::conv1d_bn_relu_backward", mutates_args=())
 def _bwd_op(grad_out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight: Tensor,
             stats: Tensor, code: Tensor, out: Tensor | None, z: Tensor, xk: Tensor, stride: int, padding: int,
-            training: bool, pool: int | None, deterministic: bool, group: int,
-            input_grad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+            training: bool, pool: int | None, deterministic: bool, group: int, input_grad: bool,
+            padded_input: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(dx (empty without ``input_grad``), dW, db (empty without a bias), dbn (2, C_out): BatchNorm's dbeta =
     sum(gy) and dgamma = sum(gy * zhat) of this process, one tensor so that no copy separates them). ``out``:
     what the forward saved beside the codes, its output without a pool, zmax with one; ``z``: the forward's
     stored conv output (empty unless ``keeps_z``); ``xk``: the forward's padded copy of x (empty unless
-    ``kept_input``; x is then a view of it)."""
+    ``kept_input``; x is then a view of it); ``padded_input``: as the forward's (x's chained buffer read again,
+    ``reused_input``, where the forward kept no copy)."""
     if not use_triton(x) or x.dtype == torch.float64:
         return reference_backward(grad_out, x, weight, bias, bn_weight, stats, code, out, z, xk, stride, padding,
-                                  training, pool, deterministic, group, input_grad)
+                                  training, pool, deterministic, group, input_grad, padded_input)
     c_out, c_in, k = weight.shape
     w2d = weight.reshape(c_out, c_in * k).contiguous()
     t = _out_len(x.shape[-1], k, stride, padding)
     dx, dw, db, dbn = conv_bn_relu_backward(
         grad_out, x, w2d, bias, bn_weight, stats, code, out, k, stride, padding, t, pool, training,
-        deterministic, input_grad, _all_reduce(group), z, xk)
+        deterministic, input_grad, _all_reduce(group), z, xk, padded_input)
     return (dx if dx is not None else x.new_empty(0), dw.reshape(weight.shape).to(weight.dtype),
             db.to(bias.dtype) if db is not None else weight.new_empty(0), dbn.to(bn_weight.dtype))
 
 
 @_bwd_op.register_fake
 def _bwd_fake(grad_out, x, weight, bias, bn_weight, stats, code, out, z, xk, stride, padding, training, pool,
-              deterministic, group, input_grad):
-    return (x.new_empty(x.shape if input_grad else (0,)), torch.empty_like(weight),
+              deterministic, group, input_grad, padded_input=False):
+    cl = dx_channels_last(x.shape[1], weight.shape[0], weight.shape[-1], stride, pool, x.dtype)
+    return (as_layout(x.new_empty(x.shape if input_grad else (0,)), cl), torch.empty_like(weight),
             torch.empty_like(bias) if bias is not None else weight.new_empty(0),
             bn_weight.new_empty((2, bn_weight.shape[0])))
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, weight, bias, bn_weight, _, _, _, stride, padding, training, _, pool, deterministic, group = inputs
+    x, weight, bias, bn_weight, _, _, _, stride, padding, training, _, pool, deterministic, group, _, _, padded = inputs
     out, code, zmax, stats, z, xk = output
     ctx.mark_non_differentiable(code, zmax, stats, z, xk)
     # Saved: the input (or, where the backward reuses it, the forward's padded copy of it: x is then a view of the
@@ -288,19 +327,19 @@ def _setup_context(ctx, inputs, output) -> None:
     # unpooled conv output, only where keeps_z says it pays (16-bit, row kernels).
     kept = xk.numel() > 0
     ctx.save_for_backward(xk if kept else x, weight, bias, bn_weight, stats, code, out if pool is None else zmax, z)
-    ctx.conf = (stride, padding, training, pool, deterministic, group, kept, x.shape[-1])
+    ctx.conf = (stride, padding, training, pool, deterministic, group, kept, x.shape[-1], padded)
 
 
 def _backward(ctx, grad_out, _grad_code, _grad_zmax, _grad_stats, _grad_z, _grad_xk):
     x, weight, bias, bn_weight, stats, code, out, z = ctx.saved_tensors
-    stride, padding, training, pool, deterministic, group, kept, length = ctx.conf
+    stride, padding, training, pool, deterministic, group, kept, length, padded = ctx.conf
     xk = x if kept else x.new_empty(0)
     x = x_of_kept(xk, length, padding) if kept else x
     dx, dw, db, dbn = _bwd_op(grad_out, x, weight, bias, bn_weight, stats, code, out, z, xk, stride, padding,
-                              training, pool, deterministic, group, ctx.needs_input_grad[0])
+                              training, pool, deterministic, group, ctx.needs_input_grad[0], padded)
     dbeta, dgamma = dbn.unbind(0)
     return (dx if ctx.needs_input_grad[0] else None, dw, db if bias is not None else None, dgamma, dbeta,
-            None, None, None, None, None, None, None, None, None)
+            None, None, None, None, None, None, None, None, None, None, None, None)
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -343,13 +382,21 @@ def conv1d_bn_relu(x: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, bn_
                    stride: int | tuple[int], padding: int | tuple[int], training: bool,
                    momentum: float | None = 0.1, eps: float = 1e-5, pool: int | None = None,
                    process_group: "dist.ProcessGroup | None" = None, num_batches_tracked: Tensor | None = None,
-                   deterministic: bool | None = None) -> Tensor:
+                   deterministic: bool | None = None, feeds: "tuple[int, int, int, int, int | None] | None" = None,
+                   padded_input: bool = False) -> Tensor:
     """``max_pool1d(relu(batch_norm(conv1d(x, ...))), pool, pool)`` in one fused op (see the module
     docstring and ``SUPPORT_MATRIX``). ``x`` is (N, C_in, L); ``conv_weight`` (C_out, C_in, k).
     In training, ``running_mean`` / ``running_var`` (when given) are updated in place and
     ``num_batches_tracked`` (when given) incremented; with ``process_group`` the batch statistics and
     the backward's reductions span all its ranks (SyncBatchNorm). ``deterministic=None`` follows
-    ``torch.are_deterministic_algorithms_enabled()``."""
+    ``torch.are_deterministic_algorithms_enabled()``.
+
+    Chaining two fused blocks (no copy of the activation between them): ``feeds`` = (C_out, kernel, stride,
+    padding, pool) of the fused block that reads this output directly; where both blocks run the kernels that
+    chain (``_conv_paths.chain_rows`` / ``out_chain``) the output is written into the zero-padded channels-last
+    buffer that block reads (the output is a strided view of it), else it is contiguous. Call that block with
+    ``padded_input=True``: it then reads the buffer around x, which the caller vouches holds the zeros written
+    there (any x without the chained layout is read as usual)."""
     stride, padding = _as_int(stride, "stride"), _as_int(padding, "padding")
     if x.dim() != 3:
         raise ValueError(f"conv1d_bn_relu expects x shaped (batch, channels, length), got {tuple(x.shape)}")
@@ -389,9 +436,14 @@ def conv1d_bn_relu(x: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, bn_
     if deterministic is None:
         deterministic = torch.are_deterministic_algorithms_enabled()
     group = _group_key(process_group) if training else 0
+    chain = None
+    if feeds is not None:
+        nc, nk, ns, npad, npool = (int(v) if v is not None else None for v in feeds)
+        chain = chain_rows(c_out, t // pool if pool is not None else t, nc, nk, ns, npad, npool, x.dtype)
+    out_pad, out_rows = chain if chain is not None else (0, 0)
     out, _, _, stats, _, _ = _fwd_op(x, conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var,
                                   stride, padding, bool(training), float(eps), None if pool is None else int(pool),
-                                  bool(deterministic), group)
+                                  bool(deterministic), group, out_pad, out_rows, bool(padded_input))
     if training and running_mean is not None and running_var is not None:
         _update_running_stats(running_mean, running_var, num_batches_tracked, stats.detach(),
                               None if momentum is None else float(momentum))

@@ -82,10 +82,13 @@ def conv_bn_relu_modules(
     pool: int | None = None,
     process_group: torch.distributed.ProcessGroup | None = None,
     deterministic: bool | None = None,
+    feeds: tuple[int, int, int, int, int | None] | None = None,
+    padded_input: bool = False,
 ) -> Tensor:
     """:func:`conv1d_bn_relu` on the parameters and buffers of existing ``conv`` and ``bn`` modules, with
     ``bn``'s mode: batch statistics in training (or without running statistics), running ones in eval.
-    The one place that maps modules to the op's arguments (``FusedConv1dBNReLU`` and model blocks use it)."""
+    The one place that maps modules to the op's arguments (``FusedConv1dBNReLU`` and model blocks use it);
+    ``feeds`` / ``padded_input``: chaining into / from the neighbouring fused block, as the op's."""
     update = bn.training and bn.running_mean is not None
     return conv1d_bn_relu(
         x,
@@ -104,6 +107,8 @@ def conv_bn_relu_modules(
         process_group=process_group,
         num_batches_tracked=bn.num_batches_tracked if update else None,
         deterministic=deterministic,
+        feeds=feeds,
+        padded_input=padded_input,
     )
 
 

@@ -145,13 +145,29 @@ class Block(nn.Sequential):
         self.register_buffer("folded_bias", None, persistent=False)
         self.register_load_state_dict_post_hook(_refold_after_load)
 
-    def forward(self, x: Tensor, pool: bool = True) -> Tensor:  # type: ignore[override]
+    def runs_fused(self, x: Tensor) -> bool:
+        """Whether :meth:`forward` on ``x`` (or an activation on its device) runs the fused Triton op."""
+        return self.backend == "fused" or (self.backend == "auto" and fused_pays(self[0], x, self.training))
+
+    def chain_spec(self, pool: bool = True) -> tuple[int, int, int, int, int | None]:
+        """(C_out, kernel, stride, padding, pool): what the block before it passes as ``feeds`` to chain into it."""
+        s = self.spec
+        return s.out_channels, s.kernel, s.stride, s.padding, s.pool if pool else None
+
+    def forward(  # type: ignore[override]
+        self, x: Tensor, pool: bool = True, feeds: tuple | None = None, padded_input: bool = False
+    ) -> Tensor:
+        """``feeds``: the next fused block's :meth:`chain_spec` (this output is then written into the padded buffer
+        it reads: no copy between them); ``padded_input``: x came from a block called with this one's ``feeds``
+        (both: ``soundnet_fast.kernels.conv1d_bn_relu``). Unfused blocks ignore them."""
         conv, bn = self[0], self[1]
         pool_k = self.spec.pool if pool else None
-        if self.backend == "fused" or (self.backend == "auto" and fused_pays(conv, x, self.training)):  # Triton: BN too
+        if self.runs_fused(x):  # Triton: BN too
             from soundnet_fast.kernels import conv_bn_relu_modules  # torch + triton only; imported on use
 
-            return conv_bn_relu_modules(x, conv, bn, pool=pool_k, process_group=_sync_group(bn))
+            return conv_bn_relu_modules(
+                x, conv, bn, pool=pool_k, process_group=_sync_group(bn), feeds=feeds, padded_input=padded_input
+            )
         if self.folded and not _wants_param_grads(conv, bn):  # BN inside the conv; max-pool, then ReLU (they
             if not torch.compiler.is_compiling():  # commute); conv layer features: relu(y). Weight gradients: plain
                 self._refold_if_stale()  # ops. Under torch.compile the fold is taken as it stands (no version checks)
@@ -433,12 +449,20 @@ class SoundNet(nn.Module):
             raise ValueError("input waveform holds non-finite samples (NaN or Inf)")
 
     def _trunk(self, x: Tensor, stop: str | None = None) -> Tensor:
-        for block in self.blocks:
+        padded = False  # x is a chained output (Block.forward's feeds)
+        blocks = list(self.blocks)
+        for i, block in enumerate(blocks):
             s = block.spec
             if stop == s.name:
-                return block(x, pool=False)
-            x = block(x)
-            if stop is not None and stop == s.pool_name:
+                return block(x, pool=False, padded_input=padded)
+            last = i + 1 == len(blocks) or (stop is not None and stop == s.pool_name)
+            nxt = None if last else blocks[i + 1]
+            feeds = None
+            if nxt is not None and block.runs_fused(x) and nxt.runs_fused(x):  # two fused blocks: chained
+                feeds = nxt.chain_spec(pool=stop != nxt.spec.name)
+            x = block(x, feeds=feeds, padded_input=padded)
+            padded = feeds is not None
+            if last and stop is not None:
                 return x
         return x
 

@@ -9,7 +9,14 @@ import soundnet_fast.kernels._conv_banded as banded
 import soundnet_fast.kernels._conv_rows as rows
 from soundnet_fast.kernels import conv1d_bn_relu
 from soundnet_fast.kernels._common import INTERPRET
-from soundnet_fast.kernels._conv_paths import Paths, block_paths, conv_moments, kept_input
+from soundnet_fast.kernels._conv_paths import (
+    Paths,
+    block_paths,
+    chain_rows,
+    conv_moments,
+    kept_input,
+    reused_input,
+)
 from soundnet_fast.kernels.conv_bn_relu import finalize_stats
 from tests.helpers.kernels import SOUNDNET_LAYERS
 
@@ -115,3 +122,106 @@ def test_the_backward_reuses_the_forwards_padded_copy(monkeypatch: pytest.Monkey
     out.backward(torch.randn_like(out))
     assert pads.count == 1
     assert w.grad is not None and (layer == "conv1" or x.grad is not None)
+
+
+# conv1 -> conv2 -> conv3 -> conv4 -> conv5 of SoundNet-8 at test sizes: banded into rows (pool 8), rows into rows
+# without a pool and with pool 4
+_CHAIN = [SOUNDNET_LAYERS[name] for name in ("conv1", "conv2", "conv3", "conv4", "conv5")]
+
+
+def _run_chain(x: torch.Tensor, params: list, chained: bool) -> tuple[torch.Tensor, list, list]:
+    """The blocks of _CHAIN in training on x, chained (``feeds`` / ``padded_input``, as the model runs its fused
+    blocks) or not; returns (output, the gradients of a fixed loss, each block's output)."""
+    outs, h = [], x
+    for i, ((_, _, _, s, p, pool), (w, b, g, beta)) in enumerate(zip(_CHAIN, params, strict=True)):
+        feeds = _CHAIN[i + 1][1:] if chained and i + 1 < len(_CHAIN) else None
+        h = conv1d_bn_relu(h, w, b, g, beta, None, None, stride=s, padding=p, training=True, pool=pool,
+                           feeds=feeds, padded_input=chained and i > 0)  # fmt: skip
+        outs.append(h)
+    loss = (h.float() * torch.linspace(-1, 1, h.shape[-1])).sum()
+    return h, list(torch.autograd.grad(loss, [t for ps in params for t in ps])), outs
+
+
+def _chain_params(dtype: torch.dtype) -> list:
+    gen = torch.Generator().manual_seed(3)
+    params = []
+    for c_in, c_out, k, *_ in _CHAIN:
+        w = (torch.randn(c_out, c_in, k, generator=gen) / (c_in * k) ** 0.5).to(dtype).requires_grad_()
+        b = (0.1 * torch.randn(c_out, generator=gen)).to(dtype).requires_grad_()
+        g = (1 + 0.2 * torch.randn(c_out, generator=gen)).requires_grad_()
+        params.append((w, b, g, (0.1 * torch.randn(c_out, generator=gen)).requires_grad_()))
+    return params
+
+
+@pytest.mark.skipif(not INTERPRET, reason="needs TRITON_INTERPRET=1 (the kernels on CPU tensors)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_chained_blocks_copy_nothing_between_them_and_equal_unchained(
+    monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype
+) -> None:
+    """Chained, each block's pool pass writes its output into the zero-padded channels-last buffer the next block
+    reads (no F.pad after the waveform's: the unchained blocks pad each input, and their backward reuses that copy),
+    and every output and gradient is bit for bit the unchained one. Each buffer is poisoned with NaN where torch.empty
+    makes it: the zero rows around each clip must be written by the kernel."""
+    import soundnet_fast.kernels._conv_fwd as fwd
+
+    x = torch.randn(2, 1, 6000, generator=torch.Generator().manual_seed(4)).to(dtype)
+    params = _chain_params(dtype)
+    out0, grads0, outs0 = _run_chain(x, params, chained=False)
+    real = torch.empty
+
+    def poisoned(*args, **kwargs):
+        t = real(*args, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(fwd.torch, "empty", poisoned)
+    pads = _Pads(monkeypatch)
+    out1, grads1, outs1 = _run_chain(x, params, chained=True)
+    assert pads.count == 1  # conv1's waveform only
+    for i, h in enumerate(outs1[:-1]):
+        _, c2, k2, s2, p2, pool2 = _CHAIN[i + 1]
+        buf = reused_input(h, c2, k2, s2, p2, pool2)
+        assert buf is not None and h.stride()[1:] == (1, _CHAIN[i][1])  # the chained layout
+        assert torch.isfinite(buf).all() and buf[:, :p2].eq(0).all() and buf[:, p2 + h.shape[-1] :].eq(0).all()
+    assert outs0[-1].is_contiguous() and outs1[-1].is_contiguous()  # the last feeds nothing: the usual layout
+    assert torch.equal(out0, out1)
+    for a, b in zip(grads0, grads1, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not INTERPRET, reason="needs TRITON_INTERPRET=1 (the kernels on CPU tensors)")
+def test_padded_input_without_the_chained_layout_is_copied_as_usual() -> None:
+    """``padded_input`` vouches only for a chained x: any other x (here contiguous, and a chained one cloned) is
+    read through a copy, with the same results."""
+    c_in, c_out, k, s, p, pool = SOUNDNET_LAYERS["conv2"]
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, c_in, 300, generator=gen)
+    w = torch.randn(c_out, c_in, k, generator=gen) / (c_in * k) ** 0.5
+    g, beta = torch.ones(c_out), torch.zeros(c_out)
+    ref = conv1d_bn_relu(x, w, None, g, beta, None, None, stride=s, padding=p, training=True, pool=pool)
+    assert reused_input(x, c_out, k, s, p, pool) is None
+    for xin in (x, x.transpose(1, 2).contiguous().transpose(1, 2)):
+        out = conv1d_bn_relu(xin, w, None, g, beta, None, None, stride=s, padding=p, training=True, pool=pool,
+                             padded_input=True)  # fmt: skip
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+def test_the_fake_gives_the_chained_layout() -> None:
+    """The op's fake (torch.compile, meta) returns a chained output as the kernels do: a view at the pad row of a
+    (N, LP, C) buffer, with the real op's strides and storage offset; a consumer of it keeps no copy of its input."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from soundnet_fast.kernels.conv_bn_relu import _fwd_op
+
+    (_, c1, k1, s1, p1, pool1), (_, c2, k2, s2, p2, pool2) = _CHAIN[1], _CHAIN[2]
+    with FakeTensorMode():
+        x = torch.empty(2, 16, 300, dtype=torch.bfloat16)
+        w = torch.empty(c1, 16, k1, dtype=torch.bfloat16)
+        g = torch.empty(c1)
+        tp = ((300 + 2 * p1 - k1) // s1 + 1) // pool1
+        chain = chain_rows(c1, tp, c2, k2, s2, p2, pool2, torch.bfloat16)
+        out = _fwd_op(x, w, None, g, g, None, None, s1, p1, True, 1e-5, pool1, False, 0, *chain, True)[0]
+        assert out.shape == (2, c1, tp) and out.stride() == (chain[1] * c1, 1, c1) and out.storage_offset() == p2 * c1
+        w2 = torch.empty(c2, c1, k2, dtype=torch.bfloat16)
+        xk = _fwd_op(out, w2, None, torch.empty(c2), torch.empty(c2), None, None, s2, p2, True, 1e-5, pool2,
+                     False, 0, 0, 0, True)[5]  # fmt: skip
+        assert xk.numel() == 0

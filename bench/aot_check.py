@@ -116,8 +116,8 @@ def soundnet8_launches(batch: int, samples: int, precision: str = "tf32", blocks
                 _conv_paths.conv_bn_relu_pool(x, w2d, b, g, g, stats, k, s, p, t, pool)  # unchained (fuse())
                 chain = next_chain(c_out, t, pool, _TRUNK[i + 1] if i + 1 < blocks else None, dtype)
                 out, code, zmax, _, z, xk = _conv_paths.block_forward(
-                    x, w2d, b, g, g, k, s, p, t, pool, True, 1e-5, chain=chain, padded=i > 0
-                )  # chained, as the model runs it
+                    x, w2d, b, g, g, k, s, p, t, pool, True, 1e-5, chain=chain, padded=i > 0, running=(g, g, nbt, 0.1)
+                )  # chained, as the model runs it, the running statistics updated by the merge
                 go = grad_like(out, _TRUNK[i + 1] if i + 1 < blocks else None)
                 saved_out = out if pool is None else zmax
                 for training, det in ((True, False), (True, True), (False, False)):
@@ -216,8 +216,8 @@ def train_step_launches(
 
     Returns (launches in issue order, {(layer, phase): (name, bytes) of the other device ops (torch) the
     fused path runs beside them}): the launchers' own torch ops (zero fills, partial sums, clones). BN's
-    statistics finalisation runs in the merge kernel and its running-statistics update is one launch
-    (``bn_running``), as in the op. Not included: autocast casts, gradient
+    statistics finalisation and its running-statistics update (momentum 0.1) run in the merge kernel, as in the
+    ops. Not included: autocast casts, gradient
     accumulation, the heads' convs, the optimizer."""
     out: list[Launch] = []
     torch_ops: dict[tuple, list] = {}
@@ -249,9 +249,8 @@ def train_step_launches(
 
             def fwd(x=x, w2d=w2d, b=b, g=g, k=k, s=s, p=p, t=t, pool=pool, res=res, running=running, chain=chain, i=i):
                 res["out"], res["code"], res["zmax"], res["stats"], res["z"], res["xk"] = _conv_paths.block_forward(
-                    x, w2d, b, g, g, k, s, p, t, pool, True, 1e-5, chain=chain, padded=i > 0
-                )  # as the op runs it, chained as the model chains its fused blocks
-                bn_running.update_running_stats(*running, res["stats"], 0.1)
+                    x, w2d, b, g, g, k, s, p, t, pool, True, 1e-5, chain=chain, padded=i > 0, running=(*running, 0.1)
+                )  # as the ops run it (the running statistics updated by the merge), chained as the model chains
 
             section(name, "forward", fwd)
             out_t, code, stats = res["out"], res["code"], res["stats"]

@@ -507,10 +507,11 @@ def _flags(plan: dict, x: torch.Tensor, k: int, stride: int, bias: torch.Tensor 
 
 
 def band_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, k: int, stride: int,
-                 padding: int, T: int, eps: float | None = None, xp: torch.Tensor | None = None) -> torch.Tensor:
+                 padding: int, T: int, eps: float | None = None, xp: torch.Tensor | None = None,
+                 running: tuple | None = None) -> torch.Tensor:
     """(3, C_out) fp32 count, mean, M2 of the conv output per channel, or with ``eps`` the (4, C_out) stats rows
-    (as ``_conv_paths.conv_moments``), for a block ``band_plan`` accepts with any pool: rows of ``stats_group``
-    positions. ``xp``: ``band_input``'s copy, or None to make one."""
+    (as ``_conv_paths.conv_moments``, ``running`` too), for a block ``band_plan`` accepts with any pool: rows of
+    ``stats_group`` positions. ``xp``: ``band_input``'s copy, or None to make one."""
     N = x.shape[0]
     C = w2d.shape[0]
     plan = band_plan(1, C, k, stride, stats_group(C))
@@ -523,7 +524,7 @@ def band_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
     wrap_triton(_band_stats_kernel)[(P, triton.cdiv(C, plan["BLOCK_C"]))](
         xp, w2d, b, part, C, T, tpc, lp, tiles, P, part.stride(1), **(reg_cap(128) if x.element_size() == 2 else {}),
         **_flags(plan, x, k, stride, bias, bq))  # fp32: shared memory allows 2 CTAs anyway, and 128 spilled
-    return merge_stats(part, 0, 0, eps)
+    return merge_stats(part, 0, 0, eps, running)
 
 
 def band_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor,

@@ -282,8 +282,11 @@ def _part_count(part_ptr, co, p, ok, C_OUT, PITCH, M, PER_PROG, HAS_COUNT: tl.co
 
 
 @triton.jit
-def _merge_stats_kernel(part_ptr, out_ptr, C_OUT, P, PITCH, M, PER_PROG, eps, BLOCK_C: tl.constexpr,
-                        BLOCK_P: tl.constexpr, HAS_COUNT: tl.constexpr, FINALIZE: tl.constexpr):
+def _merge_stats_kernel(part_ptr, out_ptr,
+                        rm_ptr, rv_ptr, nbt_ptr,  # (C_OUT,) x 2 BN's running buffers, (1,) int64 (UPDATE)
+                        C_OUT, P, PITCH, M, PER_PROG, eps, momentum, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+                        HAS_COUNT: tl.constexpr, FINALIZE: tl.constexpr, UPDATE: tl.constexpr, HAS_NBT: tl.constexpr,
+                        INTERP: tl.constexpr):
     """Merge P partial (count, mean, M2) triples per channel, in a fixed order (deterministic), in one pass over
     them: each chunk of BLOCK_P partials is merged exactly (n_b = sum n_p, mean_b = sum n_p mean_p / n_b,
     M2_b = sum M2_p + sum n_p (mean_p - mean_b)^2, from the values in registers), and the chunks one after the
@@ -292,7 +295,9 @@ def _merge_stats_kernel(part_ptr, out_ptr, C_OUT, P, PITCH, M, PER_PROG, eps, BL
     out_ptr: (3, C_OUT) fp32 n, mean, M2, or with FINALIZE (4, C_OUT) fp32 the stats rows ``finalize_stats``
     makes from them: mean, invstd = 1 / sqrt(M2 / n + eps), unbiased variance M2 / max(n - 1, 1), n (BN's
     finalisation, no torch ops). The count n_p of program p is part[2, co, p] when HAS_COUNT (the banded and
-    row kernels), else it follows from M and PER_PROG."""
+    row kernels), else it follows from M and PER_PROG. UPDATE (with FINALIZE): also BN's running-statistics update
+    of ``bn_running`` with f = momentum (running = (1 - f) running + f batch, the variance unbiased; program 0 adds
+    1 to num_batches_tracked when HAS_NBT), so no launch of its own."""
     co = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = co < C_OUT
     s_n = tl.zeros((BLOCK_C,), dtype=tl.float32)
@@ -317,6 +322,16 @@ def _merge_stats_kernel(part_ptr, out_ptr, C_OUT, P, PITCH, M, PER_PROG, eps, BL
         tl.store(out_ptr + C_OUT + co, 1.0 / tl.sqrt_rn(m2 / tl.maximum(s_n, 1.0) + eps), mask=c_ok)
         tl.store(out_ptr + 2 * C_OUT + co, m2 / tl.maximum(s_n - 1.0, 1.0), mask=c_ok)
         tl.store(out_ptr + 3 * C_OUT + co, s_n, mask=c_ok)
+        if UPDATE:
+            f = momentum
+            rm = tl.load(rm_ptr + co, mask=c_ok, other=0.0).to(tl.float32)
+            rv = tl.load(rv_ptr + co, mask=c_ok, other=0.0).to(tl.float32)
+            var = m2 / tl.maximum(s_n - 1.0, 1.0)
+            tl.store(rm_ptr + co, cast_out(rm * (1.0 - f) + mean * f, rm_ptr.dtype.element_ty, INTERP), mask=c_ok)
+            tl.store(rv_ptr + co, cast_out(rv * (1.0 - f) + var * f, rv_ptr.dtype.element_ty, INTERP), mask=c_ok)
+            if HAS_NBT:
+                if tl.program_id(0) == 0:
+                    tl.store(nbt_ptr, tl.load(nbt_ptr) + 1)
     else:
         tl.store(out_ptr + co, s_n, mask=c_ok)
         tl.store(out_ptr + C_OUT + co, mean, mask=c_ok)
@@ -403,10 +418,10 @@ def stats_tiles(num_tiles: int) -> int:
 
 
 def generic_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, K: int, stride: int,
-                    padding: int, T: int, eps: float | None = None) -> torch.Tensor:
+                    padding: int, T: int, eps: float | None = None, running: tuple | None = None) -> torch.Tensor:
     """(3, C_out) fp32: count, mean and M2 of the conv output per channel, over batch x time, by the implicit
-    GEMM of any shape, or with ``eps`` the (4, C_out) stats rows (``merge_stats``; ``_conv_paths.conv_moments``
-    picks the kernels of a block)."""
+    GEMM of any shape, or with ``eps`` the (4, C_out) stats rows (``merge_stats``, ``running`` too;
+    ``_conv_paths.conv_moments`` picks the kernels of a block)."""
     N, C_in, L = x.shape
     C, R = w2d.shape
     M = N * T
@@ -420,7 +435,7 @@ def generic_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | Non
         x, w2d, b, part, C, L, R, T, M, part.stride(1), x.stride(0), x.stride(1), x.stride(2), stride, padding,
         HAS_BIAS=bias is not None, K=K, BLOCK_CO=bco, BLOCK_M=bm, BLOCK_R=br, TILES=tiles,
         INTERP=INTERPRET, PRECISION=dot_precision(x), num_warps=warps)
-    return merge_stats(part, M, tiles * bm, eps)
+    return merge_stats(part, M, tiles * bm, eps, running)
 
 
 def stats_partials(rows: int, c_out: int, P: int, device: torch.device) -> torch.Tensor:
@@ -429,17 +444,23 @@ def stats_partials(rows: int, c_out: int, P: int, device: torch.device) -> torch
     return torch.empty((rows, c_out, -(-P // 16) * 16), device=device, dtype=torch.float32)[:, :, :P]
 
 
-def merge_stats(part: torch.Tensor, M: int, per_prog: int, eps: float | None) -> torch.Tensor:
+def merge_stats(part: torch.Tensor, M: int, per_prog: int, eps: float | None,
+                running: tuple | None = None) -> torch.Tensor:
     """Merge the statistics kernels' partials part (2 or 3, C_out, P) fp32 (3: each program's count in part[2];
     2: counts from M rows, ``per_prog`` per program) with one ``_merge_stats_kernel`` launch: (3, C_out) fp32
     count, mean, M2 when ``eps`` is None (a process group merges them across ranks first), else the (4, C_out)
-    stats rows of ``conv_bn_relu.finalize_stats`` (mean, invstd, unbiased variance, count)."""
+    stats rows of ``conv_bn_relu.finalize_stats`` (mean, invstd, unbiased variance, count). ``running``: None, or
+    (running_mean, running_var, num_batches_tracked or None, momentum) updated in place by the same launch
+    (``bn_running.merge_updates`` says when it may)."""
     C, P = part.shape[1], part.shape[2]
     out = torch.empty((3 if eps is None else 4, C), device=part.device, dtype=torch.float32)
     bc, bp = merge_blocks(C, P)
+    rm, rv, nbt, momentum = running if running is not None else (out, out, None, 0.0)
     wrap_triton(_merge_stats_kernel)[(triton.cdiv(C, bc),)](
-        part, out, C, P, part.stride(1), M, per_prog, 0.0 if eps is None else float(eps), BLOCK_C=bc, BLOCK_P=bp,
-        HAS_COUNT=part.shape[0] == 3, FINALIZE=eps is not None, num_warps=4)
+        part, out, rm, rv, nbt if nbt is not None else out, C, P, part.stride(1), M, per_prog,
+        0.0 if eps is None else float(eps), float(momentum), BLOCK_C=bc, BLOCK_P=bp, HAS_COUNT=part.shape[0] == 3,
+        FINALIZE=eps is not None, UPDATE=running is not None and eps is not None, HAS_NBT=nbt is not None,
+        INTERP=INTERPRET, num_warps=4)
     return out
 
 

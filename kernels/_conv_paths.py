@@ -42,6 +42,7 @@ from ._conv_rows import (
     rows_moments,
     rows_plan,
 )
+from .bn_running import merge_updates, update_running
 
 # fmt: off
 # Hand-wrapped on purpose, as in _conv_fwd.py.
@@ -163,14 +164,17 @@ def kept_input(c_in: int, c_out: int, K: int, stride: int, pool: int | None, dty
     return paths.backward if paths.stats == paths.pool == paths.backward != "generic" else None
 
 
-def kept_input_shape(x: torch.Tensor, c_out: int, K: int, stride: int, padding: int, T: int,
-                     pool: int | None, padded: bool = False) -> tuple[int, ...] | None:
-    """The shape of ``forward_input``'s copy where ``kept_input`` keeps it (None elsewhere, and where the block
-    reads x's chained buffer, ``padded`` and ``reused_input``: the backward reads that again), from x's shape,
-    strides and dtype only (the op's fake)."""
+def forward_input_shape(x: torch.Tensor, c_out: int, K: int, stride: int, padding: int, T: int, pool: int | None,
+                        padded: bool = False, kept: bool = False) -> tuple[int, ...] | None:
+    """The shape of ``forward_input``'s copy, None where a forward makes none (or reads x's chained buffer instead:
+    ``padded`` and ``reused_input``); with ``kept``, only where ``kept_input`` keeps it for the backward. From x's
+    shape, strides and dtype only (the ops' fakes)."""
     if padded and reused_input(x, c_out, K, stride, padding, pool) is not None:
         return None
-    family = kept_input(x.shape[1], c_out, K, stride, pool, x.dtype)
+    paths = block_paths(x.shape[1], c_out, K, stride, pool, x.dtype)
+    family = paths.stats if paths.stats == paths.pool != "generic" else None
+    if kept:
+        family = kept_input(x.shape[1], c_out, K, stride, pool, x.dtype)
     if family == "banded":
         return (x.shape[0], band_input_length(x, c_out, K, stride, padding, T, pool))
     if family == "rows":
@@ -200,18 +204,20 @@ def keeps_z(x: torch.Tensor, c_out: int, K: int, stride: int, pool: int | None, 
 
 def conv_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, K: int, stride: int,
                  padding: int, T: int, eps: float | None = None, xp: torch.Tensor | None = None,
-                 z: torch.Tensor | None = None, pool: int | None = None) -> torch.Tensor:
+                 z: torch.Tensor | None = None, pool: int | None = None, running: tuple | None = None) -> torch.Tensor:
     """Training's pass 1 over batch x time: (3, C_out) fp32 count, mean and M2 of the conv output per channel, or
     given BN's ``eps`` the (4, C_out) fp32 stats rows mean, invstd, unbiased variance, count, finalised by the
-    merge kernel (``_conv_fwd.merge_stats``). x (N, C_in, L); w2d (C_out, C_in * K) in x.dtype; ``xp``:
-    ``forward_input``'s copy (with the same pool as the pass 2 it serves) or None; ``z``: a buffer for the conv
-    output (``keeps_z``, row kernels only; its layout follows the block's ``pool``: ``kept_z_shape``) or None."""
+    merge kernel (``_conv_fwd.merge_stats``), which with ``running`` (running_mean, running_var,
+    num_batches_tracked or None, momentum; ``bn_running.merge_updates``) also updates BN's running statistics.
+    x (N, C_in, L); w2d (C_out, C_in * K) in x.dtype; ``xp``: ``forward_input``'s copy (with the same pool as the
+    pass 2 it serves) or None; ``z``: a buffer for the conv output (``keeps_z``, row kernels only; its layout
+    follows the block's ``pool``: ``kept_z_shape``) or None."""
     path = block_paths(x.shape[1], w2d.shape[0], K, stride, None, x.dtype).stats
     if path == "generic":
-        return generic_moments(x, w2d, bias, K, stride, padding, T, eps)
+        return generic_moments(x, w2d, bias, K, stride, padding, T, eps, running)
     if path == "banded":
-        return band_moments(x, w2d, bias, K, stride, padding, T, eps, xp)
-    return rows_moments(x, w2d, bias, K, stride, padding, T, eps, xp, z, pool)
+        return band_moments(x, w2d, bias, K, stride, padding, T, eps, xp, running)
+    return rows_moments(x, w2d, bias, K, stride, padding, T, eps, xp, z, pool, running)
 
 
 def conv_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor,
@@ -232,29 +238,64 @@ def conv_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | N
     return rows_bn_relu_pool(x, w2d, bias, gamma, beta, stats, K, stride, padding, T, pool, xp, z, chain)
 
 
-def block_forward(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor,
-                  beta: torch.Tensor, K: int, stride: int, padding: int, T: int, pool: int | None, training: bool,
-                  eps: float, stats: torch.Tensor | None = None, sync=None, chain: tuple[int, int] | None = None,
-                  padded: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A block's forward as the op runs it (and ``bench`` records it): one padded copy of x for both passes
-    (``forward_input``; none where ``padded`` and x is a chained output: ``reused_input``), in training the
-    statistics (finalised by the merge kernel, or per-rank moments handed to ``sync``, which returns the stats
-    rows) storing z where ``keeps_z`` says so, then pass 2 (its output chained to the next block where ``chain``,
-    ``conv_bn_relu_pool``). ``stats``: eval mode's (4, C_out) rows from the running statistics. Returns (out, code,
-    zmax, stats, z, xk; z empty unless kept, xk the padded copy where ``kept_input`` keeps it, else empty)."""
+def block_stats(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, K: int, stride: int, padding: int,
+                T: int, pool: int | None, eps: float, sync=None, padded: bool = False,
+                running: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A training forward's statistics (the op's statistics pass): one padded copy of x for both passes
+    (``forward_input``; none where ``padded`` and x is a chained output: ``reused_input``), the statistics finalised
+    by the merge kernel (or per-rank moments handed to ``sync``, which returns the stats rows), storing z where
+    ``keeps_z`` says so, and BN's running statistics (``running``: (running_mean, running_var, num_batches_tracked or
+    None, momentum), or None) updated by the merge launch where ``bn_running.merge_updates`` allows, else by their
+    own. Returns (stats (4, C_out) fp32, z (empty unless kept), the padded copy it made or None)."""
     c_out = w2d.shape[0]
     reused = reused_input(x, c_out, K, stride, padding, pool) if padded else None
     xp = reused if reused is not None else forward_input(x, c_out, K, stride, padding, T, pool)
-    keep = keeps_z(x, c_out, K, stride, pool, training)
+    keep = keeps_z(x, c_out, K, stride, pool, True)
     z = x.new_empty(kept_z_shape(x.shape[0], T, c_out, pool) if keep else (0,))
-    if training:
-        if sync is not None:
-            stats = sync(conv_moments(x, w2d, bias, K, stride, padding, T, None, xp, z, pool))
-        else:
-            stats = conv_moments(x, w2d, bias, K, stride, padding, T, eps, xp, z, pool)
+    fused = sync is None and running is not None and merge_updates(running[0], running[1], running[3])
+    if sync is not None:
+        stats = sync(conv_moments(x, w2d, bias, K, stride, padding, T, None, xp, z, pool))
+    else:
+        stats = conv_moments(x, w2d, bias, K, stride, padding, T, eps, xp, z, pool, running if fused else None)
+    if running is not None and not fused:
+        update_running(*running[:3], stats, running[3])
+    return stats, z, xp if reused is None else None
+
+
+def block_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor,
+               beta: torch.Tensor, stats: torch.Tensor, K: int, stride: int, padding: int, T: int, pool: int | None,
+               xp: torch.Tensor | None = None, z: torch.Tensor | None = None, chain: tuple[int, int] | None = None,
+               padded: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A forward's pool pass (the op's pass 2) from the stats rows (``block_stats``'s, or eval mode's from the
+    running statistics): x read through ``xp`` (``block_stats``'s copy), else its chained buffer (``padded``), else a
+    copy made here (``forward_input``), z where the statistics kept it. Returns (out, code, zmax, xk: the copy made
+    here where ``kept_input`` keeps it for the backward, else empty)."""
+    c_out = w2d.shape[0]
+    made = None
+    if xp is None and padded:
+        xp = reused_input(x, c_out, K, stride, padding, pool)
+    if xp is None:
+        xp = made = forward_input(x, c_out, K, stride, padding, T, pool)
     out, code, zmax = conv_bn_relu_pool(x, w2d, bias, gamma, beta, stats, K, stride, padding, T, pool, xp, z, chain)
-    kept = reused is None and xp is not None and kept_input(x.shape[1], c_out, K, stride, pool, x.dtype) is not None
-    return out, code, zmax, stats, z, xp if kept else x.new_empty(0)
+    kept = made is not None and kept_input(x.shape[1], c_out, K, stride, pool, x.dtype) is not None
+    return out, code, zmax, made if kept else x.new_empty(0)
+
+
+def block_forward(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor,
+                  beta: torch.Tensor, K: int, stride: int, padding: int, T: int, pool: int | None, training: bool,
+                  eps: float, stats: torch.Tensor | None = None, sync=None, chain: tuple[int, int] | None = None,
+                  padded: bool = False, running: tuple | None = None) -> tuple[torch.Tensor, ...]:
+    """A block's forward as the op runs it (and ``bench`` records it): in training ``block_stats``, then
+    ``block_pool`` (``stats``: eval mode's (4, C_out) rows from the running statistics). Returns (out, code, zmax,
+    stats, z, xk; z empty unless kept, xk the padded copy where ``kept_input`` keeps it, else empty)."""
+    z = xp = None
+    if training:
+        stats, z, xp = block_stats(x, w2d, bias, K, stride, padding, T, pool, eps, sync, padded, running)
+    out, code, zmax, xk = block_pool(x, w2d, bias, gamma, beta, stats, K, stride, padding, T, pool, xp, z, chain,
+                                     padded)
+    if xp is not None and kept_input(x.shape[1], w2d.shape[0], K, stride, pool, x.dtype) is not None:
+        xk = xp
+    return out, code, zmax, stats, z if z is not None else x.new_empty(0), xk
 
 
 def conv_bn_relu_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None,

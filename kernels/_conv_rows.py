@@ -953,8 +953,8 @@ def _window_block(pp: int, windows: int) -> int:
 
 def rows_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, k: int, stride: int, padding: int,
                  T: int, eps: float | None = None, xc: torch.Tensor | None = None,
-                 z: torch.Tensor | None = None, pool: int | None = None) -> torch.Tensor:
-    """(3, C_out) fp32 count, mean, M2 per channel, or with ``eps`` the (4, C_out) stats rows (as
+                 z: torch.Tensor | None = None, pool: int | None = None, running: tuple | None = None) -> torch.Tensor:
+    """(3, C_out) fp32 count, mean, M2 per channel, or with ``eps`` the (4, C_out) stats rows (``running`` too: as
     ``_conv_paths.conv_moments``). ``xc``: the ``channels_last`` copy, or None to make one; ``z``: None, or a
     ``kept_z_shape(N, T, C_out, pool)`` contiguous buffer in x.dtype that receives the conv output without its bias
     (``keeps_z``), window-major for the block's ``pool`` (``z_at``)."""
@@ -991,7 +991,7 @@ def rows_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
         BLOCK_M=bm, BAND=band, STORE_Z=store_z, ZPOOL=pool or 1, ZPP=next_pow2(pool or 1),
         INTERP=INTERPRET, RESIDENT=resident, W_MODE=1 if direct else 0, PRECISION=dot_precision(x),
         num_warps=BAND_WARPS if band > 1 else 4, num_stages=STAGES, **plan)
-    return merge_stats(part, 0, 0, eps)
+    return merge_stats(part, 0, 0, eps, running)
 
 
 def _window_flags(x: torch.Tensor, bias, plan: dict, stride: int, pool: int | None, windows: int) -> dict:

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ._common import INTERPRET, clamp_pow2
+from ._common import INTERPRET, clamp_pow2, use_triton
 from ._conv_fwd import cast_out
 
 # fmt: off
@@ -80,6 +80,22 @@ def update_running_stats(running_mean: torch.Tensor, running_var: torch.Tensor,
         running_mean, running_var, nbt, stats, C, 0.0 if momentum is None else float(momentum),
         HAS_NBT=num_batches_tracked is not None, CUMULATIVE=momentum is None,
         BLOCK_C=clamp_pow2(C, 16 if INTERPRET else RUNNING_BLOCK, 1024), INTERP=INTERPRET, num_warps=1)
+
+
+def merge_updates(running_mean: torch.Tensor, running_var: torch.Tensor, momentum: float | None) -> bool:
+    """Whether the statistics' merge launch (``_conv_fwd.merge_stats``) may apply this update itself (no launch of
+    its own): with a momentum (a cumulative average reads num_batches_tracked after the increment, which one program
+    of the merge's grid cannot order before the others' reads) and contiguous buffers."""
+    return momentum is not None and running_mean.is_contiguous() and running_var.is_contiguous()
+
+
+def update_running(running_mean: torch.Tensor, running_var: torch.Tensor, num_batches_tracked: torch.Tensor | None,
+                   stats: torch.Tensor, momentum: float | None) -> None:
+    """``update_running_stats`` where the kernels run (fp32 statistics, contiguous buffers), else the reference."""
+    fast = (use_triton(running_mean) and stats.dtype == torch.float32 and running_mean.is_contiguous()
+            and running_var.is_contiguous())
+    update = update_running_stats if fast else reference_update_running_stats
+    update(running_mean, running_var, num_batches_tracked, stats, momentum)
 
 
 def reference_update_running_stats(running_mean: torch.Tensor, running_var: torch.Tensor,

@@ -22,22 +22,22 @@ from ._common import INTERPRET, no_autocast, use_triton
 from ._conv_fwd import code_dtype, keeps_zmax, pool_output
 from ._conv_paths import (
     as_layout,
-    block_forward,
+    block_pool,
+    block_stats,
     chain_rows,
     codes_channels_last,
     conv_bn_relu_backward,
     dx_channels_last,
     forward_input,
+    forward_input_shape,
     keeps_z,
     kept_input,
-    kept_input_shape,
     kept_z_shape,
     out_chain,
-    reused_input,
     x_of_kept,
 )
 from ._conv_rows import window_major
-from .bn_running import reference_update_running_stats, update_running_stats
+from .bn_running import reference_update_running_stats, update_running
 
 # fmt: off
 # Hand-wrapped on purpose: Triton kernels and launches take 15-30 arguments, and one per line (the
@@ -137,70 +137,73 @@ def _out_len(length: int, kernel: int, stride: int, padding: int) -> int:
 
 
 # -------------------------------------------------------------------------------------- reference
-def reference_forward(x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight: Tensor, bn_bias: Tensor,
-                      running_mean: Tensor | None, running_var: Tensor | None, stride: int, padding: int,
-                      training: bool, eps: float, pool: int | None, deterministic: bool, group: int,
-                      out_pad: int = 0, out_rows: int = 0,
-                      padded_input: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Plain PyTorch forward in fp32 (fp64 for fp64 inputs) with the fused op's outputs (pooled output,
-    window codes, zmax, stats, z: the conv output without bias (N, T, C_out) in x.dtype when ``keeps_z``, xk: the
-    padded copy of x when ``kept_input``), in the kernels' layouts (``codes_channels_last``, ``out_chain``: a
-    chained output's buffer zero-padded as the kernels leave it)."""
+def _reference_conv(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int, padding: int) -> Tensor:
+    acc = acc_dtype(x)
+    return F.conv1d(x.to(acc), weight.to(acc), bias.to(acc) if bias is not None else None, stride, padding)
+
+
+def reference_stats(x: Tensor, weight: Tensor, bias: Tensor | None, running_mean: Tensor | None,
+                    running_var: Tensor | None, num_batches_tracked: Tensor | None, stride: int, padding: int,
+                    eps: float, momentum: float | None, pool: int | None, group: int,
+                    padded_input: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """``_stats_op`` in plain PyTorch, fp32 (fp64 for fp64 inputs): (stats (4, C_out) rows mean, invstd, unbiased
+    variance, count; z: the conv output without bias, kept where the kernels keep it (``keeps_z``, window-major);
+    xp: the padded copy of x the kernels would make for both passes (``forward_input``; empty where they make none
+    or read x's chained buffer)); BN's running statistics updated in place as ``bn_running``'s reference does."""
     c_out, k = weight.shape[0], weight.shape[-1]
-    cl = codes_channels_last(x.shape[1], c_out, k, stride, pool, x.dtype)
-    out, code, zmax, stats, kept, xk = _reference_forward(x, weight, bias, bn_weight, bn_bias, running_mean,
-                                                          running_var, stride, padding, training, eps, pool, group)
-    if padded_input and reused_input(x, c_out, k, stride, padding, pool) is not None:
-        xk = x.new_empty(0)  # the kernels keep no copy: the backward reads x's chained buffer again
-    chain = out_chain(x.shape[1], c_out, k, stride, pool, x.dtype, (out_pad, out_rows) if out_rows else None)
-    if chain is not None:
-        buf, _, _ = pool_output(out.shape[0], c_out, out.shape[-1], out.dtype, out.device, chain)
-        buf.copy_(out)
-        whole = buf.as_strided((out.shape[0], chain[1], c_out), (chain[1] * c_out, c_out, 1),
-                               buf.storage_offset() - chain[0] * c_out)
-        whole[:, : chain[0]].zero_()
-        whole[:, chain[0] + out.shape[-1] :].zero_()
-        out = buf
-    return out, as_layout(code, cl), as_layout(zmax, cl), stats, kept, xk
+    t = _out_len(x.shape[-1], k, stride, padding)
+    with no_autocast(x.device):
+        z = _reference_conv(x, weight, bias, stride, padding)
+        var, mean = torch.var_mean(z, dim=(0, 2), correction=0)
+        count = torch.full_like(mean, z.shape[0] * z.shape[2])
+        moments = torch.stack([count, mean, var * count])
+        if group:
+            moments = _sync_moments(moments, group)
+        stats = finalize_stats(moments, eps)
+        kept = x.new_empty(0)
+        if keeps_z(x, c_out, k, stride, pool, True):
+            kept = window_major((z - bias.to(z.dtype)[:, None] if bias is not None else z).to(x.dtype), pool)
+    xp = x.new_empty(0)
+    if forward_input_shape(x, c_out, k, stride, padding, t, pool, padded_input) is not None:
+        xp = forward_input(x, c_out, k, stride, padding, t, pool)
+    if running_mean is not None and running_var is not None:
+        reference_update_running_stats(running_mean, running_var, num_batches_tracked, stats, momentum)
+    return stats, kept, xp
 
 
-def _reference_forward(x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight: Tensor, bn_bias: Tensor,
-                       running_mean: Tensor | None, running_var: Tensor | None, stride: int, padding: int,
-                       training: bool, eps: float, pool: int | None,
-                       group: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+def reference_forward(x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight: Tensor, bn_bias: Tensor,
+                      stats: Tensor, z: Tensor, xp: Tensor, stride: int, padding: int, training: bool,
+                      pool: int | None, deterministic: bool, group: int, out_pad: int = 0, out_rows: int = 0,
+                      padded_input: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``_fwd_op`` in plain PyTorch, fp32 (fp64 for fp64 inputs), from the stats rows: (pooled output, window codes,
+    zmax, xk: the padded copy of x made here where ``kept_input`` keeps it, else empty), in the kernels' layouts
+    (``codes_channels_last``; ``out_chain``: a chained output's buffer zero-padded as the kernels leave it)."""
+    c_out, k = weight.shape[0], weight.shape[-1]
     acc = acc_dtype(x)
     with no_autocast(x.device):
-        z = F.conv1d(x.to(acc), weight.to(acc), bias.to(acc) if bias is not None else None, stride, padding)
-        # the padded copy the kernels' backward would reuse (``kept_input``): made here too, so the reference keeps
-        # what the kernels keep
-        c_out, k = weight.shape[0], weight.shape[-1]
-        xk = x.new_empty(0)
-        if kept_input(x.shape[1], c_out, k, stride, pool, x.dtype) is not None:
-            xk = forward_input(x, c_out, k, stride, padding, _out_len(x.shape[-1], k, stride, padding), pool)
-        kept = x.new_empty(0)
-        if keeps_z(x, weight.shape[0], weight.shape[-1], stride, pool, training):
-            z0 = z - bias.to(acc)[:, None] if bias is not None else z
-            kept = window_major(z0.to(x.dtype), pool)
-        if training:
-            var, mean = torch.var_mean(z, dim=(0, 2), correction=0)
-            count = torch.full_like(mean, z.shape[0] * z.shape[2])
-            moments = torch.stack([count, mean, var * count])
-            if group:
-                moments = _sync_moments(moments, group)
-            stats = finalize_stats(moments, eps)
-        else:
-            stats = eval_stats(running_mean, running_var, eps, acc)
-        y = F.relu((z - stats[0, :, None]) * (stats[1] * bn_weight.to(acc))[:, None] + bn_bias.to(acc)[:, None])
-        if pool is None:
-            return y.to(x.dtype), torch.empty(0, dtype=torch.int8, device=x.device), x.new_empty(0), stats, kept, xk
-        out, idx = F.max_pool1d(y, pool, pool, return_indices=True)
-        start = torch.arange(out.shape[-1], device=x.device) * pool
-        code = torch.where(out > 0, idx - start, -1).to(code_dtype(pool))
-        if not keeps_zmax(x, pool):
-            return out.to(x.dtype), code, x.new_empty(0), stats, kept, xk
-        zhat = (z - stats[0, :, None]) * stats[1, :, None]
-        zmax = torch.where(out > 0, zhat.gather(2, idx), 0.0)
-        return out.to(x.dtype), code, zmax.to(x.dtype), stats, kept, xk
+        zc = _reference_conv(x, weight, bias, stride, padding)
+        y = F.relu((zc - stats[0, :, None]) * (stats[1] * bn_weight.to(acc))[:, None] + bn_bias.to(acc)[:, None])
+        code, zmax = torch.empty(0, dtype=torch.int8, device=x.device), x.new_empty(0)
+        if pool is not None:
+            y, idx = F.max_pool1d(y, pool, pool, return_indices=True)
+            start = torch.arange(y.shape[-1], device=x.device) * pool
+            code = torch.where(y > 0, idx - start, -1).to(code_dtype(pool))
+            if keeps_zmax(x, pool):
+                zhat = (zc - stats[0, :, None]) * stats[1, :, None]
+                zmax = torch.where(y > 0, zhat.gather(2, idx), 0.0).to(x.dtype)
+    out = y.to(x.dtype)
+    chain = out_chain(x.shape[1], c_out, k, stride, pool, x.dtype, (out_pad, out_rows) if out_rows else None)
+    if chain is not None:  # as ``_conv_fwd.pool_output`` lays it out, the zero rows as the kernels write them
+        pad, tp = chain[0], out.shape[-1]
+        buf = out.new_zeros((out.shape[0], chain[1], c_out))
+        buf[:, pad : pad + tp] = out.transpose(1, 2)
+        out = buf[:, pad : pad + tp].transpose(1, 2)
+    cl = codes_channels_last(x.shape[1], c_out, k, stride, pool, x.dtype)
+    t = _out_len(x.shape[-1], k, stride, padding)
+    xk = x.new_empty(0)
+    if xp.numel() == 0 and forward_input_shape(x, c_out, k, stride, padding, t, pool, padded_input, kept=True):
+        xk = forward_input(x, c_out, k, stride, padding, t, pool)
+    return out, as_layout(code, cl), as_layout(zmax, cl), xk
 
 
 def reference_backward(grad_out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight: Tensor,
@@ -240,35 +243,69 @@ def reference_backward(grad_out: Tensor, x: Tensor, weight: Tensor, bias: Tensor
 
 
 # -------------------------------------------------------------------------------------------- ops
-@triton_op("soundnet_fast::conv1d_bn_relu", mutates_args=())
-def _fwd_op(x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight: Tensor, bn_bias: Tensor,
-            running_mean: Tensor | None, running_var: Tensor | None, stride: int, padding: int,
-            training: bool, eps: float, pool: int | None, deterministic: bool, group: int, out_pad: int = 0,
-            out_rows: int = 0, padded_input: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Outputs: pooled (or plain) output (chained to the next block where ``out_rows`` > 0 and ``out_chain`` says
-    so: the next block's ``chain_rows`` (out_pad, out_rows)), pool window codes (int8; empty without pool), zmax
-    (the normalised conv output at each window's maximum, 0 where the output is 0, in x.dtype; empty without pool or
-    with 32- / 64-bit inputs, ``keeps_zmax``), stats (4, C_out) fp32 rows mean, invstd, unbiased variance, count,
-    z: the conv output without bias (N, T, C_out) in x.dtype, kept for pass 2 and the backward by 16-bit
-    training forwards on the row kernels (``_conv_paths.keeps_z``; empty otherwise), and xk: the padded copy of x
-    the forward passes read, which the backward reuses (``_conv_paths.kept_input``; empty otherwise, and where
-    ``padded_input`` and x is chained: ``reused_input``). ``deterministic`` is for backward."""
+@triton_op("soundnet_fast::conv1d_bn_stats_", mutates_args=("running_mean", "running_var", "num_batches_tracked"))
+def _stats_op(x: Tensor, weight: Tensor, bias: Tensor | None, running_mean: Tensor | None,
+              running_var: Tensor | None, num_batches_tracked: Tensor | None, stride: int, padding: int, eps: float,
+              momentum: float | None, pool: int | None, group: int,
+              padded_input: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """Training's statistics pass (``_conv_paths.block_stats``), called on detached tensors: the fused op's
+    backward differentiates through the batch statistics itself. Outputs: stats (4, C_out) fp32 rows mean, invstd,
+    unbiased variance, count (fp64 for fp64 inputs); z: the conv output without bias, kept for the pool pass and
+    the backward by 16-bit forwards on the row kernels (``_conv_paths.keeps_z``; empty otherwise); xp: the padded
+    copy of x both passes read (``forward_input``; empty where none is made). In place: BN's running statistics
+    (when given), updated by the statistics' merge launch (``bn_running.merge_updates``), num_batches_tracked + 1.
+    A separate op because it mutates: an op with autograd may not."""
     if not use_triton(x) or x.dtype == torch.float64:  # the kernels accumulate in fp32
-        return reference_forward(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, stride,
-                                 padding, training, eps, pool, deterministic, group, out_pad, out_rows, padded_input)
+        return reference_stats(x, weight, bias, running_mean, running_var, num_batches_tracked, stride, padding, eps,
+                               momentum, pool, group, padded_input)
     c_out, c_in, k = weight.shape
     w2d = weight.reshape(c_out, c_in * k).contiguous()
     t = _out_len(x.shape[-1], k, stride, padding)
-    stats = None if training else eval_stats(running_mean, running_var, eps)
     # a process group: per-rank moments, merged across ranks, then finalised
     sync = (lambda moments: finalize_stats(_sync_moments(moments, group), eps)) if group else None
-    return block_forward(x, w2d, bias, bn_weight, bn_bias, k, stride, padding, t, pool, training, eps, stats, sync,
-                         (out_pad, out_rows) if out_rows else None, padded_input)
+    running = None
+    if running_mean is not None and running_var is not None:
+        running = (running_mean, running_var, num_batches_tracked, momentum)
+    stats, z, xp = block_stats(x, w2d, bias, k, stride, padding, t, pool, eps, sync, padded_input, running)
+    return stats, z, xp if xp is not None else x.new_empty(0)
+
+
+@_stats_op.register_fake
+def _stats_fake(x, weight, bias, running_mean, running_var, num_batches_tracked, stride, padding, eps, momentum,
+                pool, group, padded_input=False):
+    c_out, k = weight.shape[0], weight.shape[-1]
+    t = _out_len(x.shape[-1], k, stride, padding)
+    keep = keeps_z(x, c_out, k, stride, pool, True)
+    z = x.new_empty(kept_z_shape(x.shape[0], t, c_out, pool) if keep else (0,))
+    xp = x.new_empty(forward_input_shape(x, c_out, k, stride, padding, t, pool, padded_input) or (0,))
+    return x.new_empty((4, c_out), dtype=acc_dtype(x)), z, xp
+
+
+@triton_op("soundnet_fast::conv1d_bn_relu", mutates_args=())
+def _fwd_op(x: Tensor, weight: Tensor, bias: Tensor | None, bn_weight: Tensor, bn_bias: Tensor, stats: Tensor,
+            z: Tensor, xp: Tensor, stride: int, padding: int, training: bool, pool: int | None, deterministic: bool,
+            group: int, out_pad: int = 0, out_rows: int = 0,
+            padded_input: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The pool pass (``_conv_paths.block_pool``) from the stats rows (``_stats_op``'s in training, eval mode's from
+    the running statistics) and the statistics pass's z and xp (empty in eval). Outputs: pooled (or plain) output
+    (chained to the next block where ``out_rows`` > 0 and ``out_chain`` says so: the next block's ``chain_rows``
+    (out_pad, out_rows)), pool window codes (int8; empty without pool), zmax (the normalised conv output at each
+    window's maximum, 0 where the output is 0, in x.dtype; empty without pool or with 32- / 64-bit inputs,
+    ``keeps_zmax``), xk: a padded copy of x made here (eval) that the backward reuses (``kept_input``; empty
+    otherwise). ``deterministic`` is for backward."""
+    if not use_triton(x) or x.dtype == torch.float64:  # the kernels accumulate in fp32
+        return reference_forward(x, weight, bias, bn_weight, bn_bias, stats, z, xp, stride, padding, training, pool,
+                                 deterministic, group, out_pad, out_rows, padded_input)
+    c_out, c_in, k = weight.shape
+    w2d = weight.reshape(c_out, c_in * k).contiguous()
+    t = _out_len(x.shape[-1], k, stride, padding)
+    return block_pool(x, w2d, bias, bn_weight, bn_bias, stats, k, stride, padding, t, pool,
+                      xp if xp.numel() else None, z, (out_pad, out_rows) if out_rows else None, padded_input)
 
 
 @_fwd_op.register_fake
-def _fwd_fake(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, stride, padding, training,
-              eps, pool, deterministic, group, out_pad=0, out_rows=0, padded_input=False):
+def _fwd_fake(x, weight, bias, bn_weight, bn_bias, stats, z, xp, stride, padding, training, pool, deterministic,
+              group, out_pad=0, out_rows=0, padded_input=False):
     c_out, k = weight.shape[0], weight.shape[-1]
     t = _out_len(x.shape[-1], k, stride, padding)
     tp = t // pool if pool is not None else t
@@ -278,10 +315,8 @@ def _fwd_fake(x, weight, bias, bn_weight, bn_bias, running_mean, running_var, st
     out = pool_output(x.shape[0], c_out, tp, x.dtype, x.device, chain)[0]
     code = as_layout(x.new_empty(shape if pool is not None else (0,), dtype=code_dtype(pool or 1)), cl)
     zmax = as_layout(x.new_empty(shape if keeps_zmax(x, pool) else (0,)), cl)
-    keep = keeps_z(x, weight.shape[0], weight.shape[-1], stride, pool, training)
-    z = x.new_empty(kept_z_shape(x.shape[0], t, weight.shape[0], pool) if keep else (0,))
-    xk = x.new_empty(kept_input_shape(x, c_out, k, stride, padding, t, pool, padded_input) or (0,))
-    return out, code, zmax, x.new_empty((4, c_out), dtype=acc_dtype(x)), z, xk
+    kept = forward_input_shape(x, c_out, k, stride, padding, t, pool, padded_input, kept=True)
+    return out, code, zmax, x.new_empty(kept if kept is not None and xp.numel() == 0 else (0,))
 
 
 @triton_op("soundnet_fast::conv1d_bn_relu_backward", mutates_args=())
@@ -318,19 +353,23 @@ def _bwd_fake(grad_out, x, weight, bias, bn_weight, stats, code, out, z, xk, str
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, weight, bias, bn_weight, _, _, _, stride, padding, training, _, pool, deterministic, group, _, _, padded = inputs
-    out, code, zmax, stats, z, xk = output
-    ctx.mark_non_differentiable(code, zmax, stats, z, xk)
-    # Saved: the input (or, where the backward reuses it, the forward's padded copy of it: x is then a view of the
-    # copy), parameters, per-channel stats, the pool's int8 argmax offsets and zmax (pooled size: the BN sums need
-    # no recompute), the output only without a pool (ReLU's mask; it is the next layer's input anyway), and z, the
-    # unpooled conv output, only where keeps_z says it pays (16-bit, row kernels).
+    x, weight, bias, bn_weight, _, stats, z, xp, stride, padding, training, pool, deterministic, group = inputs[:14]
+    padded = inputs[16]
+    out, code, zmax, xk = output
+    ctx.mark_non_differentiable(code, zmax, xk)
+    # Saved: the input (or, where the backward reuses it, the padded copy of it one of the passes made: x is then a
+    # view of the copy), parameters, per-channel stats, the pool's int8 argmax offsets and zmax (pooled size: the BN
+    # sums need no recompute), the output only without a pool (ReLU's mask; it is the next layer's input anyway),
+    # and z, the unpooled conv output, only where keeps_z says it pays (16-bit, row kernels).
+    if xk.numel() == 0 and xp.numel() and kept_input(x.shape[1], weight.shape[0], weight.shape[-1], stride, pool,
+                                                     x.dtype) is not None:  # fmt: skip
+        xk = xp
     kept = xk.numel() > 0
     ctx.save_for_backward(xk if kept else x, weight, bias, bn_weight, stats, code, out if pool is None else zmax, z)
     ctx.conf = (stride, padding, training, pool, deterministic, group, kept, x.shape[-1], padded)
 
 
-def _backward(ctx, grad_out, _grad_code, _grad_zmax, _grad_stats, _grad_z, _grad_xk):
+def _backward(ctx, grad_out, _grad_code, _grad_zmax, _grad_xk):
     x, weight, bias, bn_weight, stats, code, out, z = ctx.saved_tensors
     stride, padding, training, pool, deterministic, group, kept, length, padded = ctx.conf
     xk = x if kept else x.new_empty(0)
@@ -339,11 +378,12 @@ def _backward(ctx, grad_out, _grad_code, _grad_zmax, _grad_stats, _grad_z, _grad
                               training, pool, deterministic, group, ctx.needs_input_grad[0], padded)
     dbeta, dgamma = dbn.unbind(0)
     return (dx if ctx.needs_input_grad[0] else None, dw, db if bias is not None else None, dgamma, dbeta,
-            None, None, None, None, None, None, None, None, None, None, None, None)
+            *(None,) * 12)
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 if not INTERPRET:  # CPU tensors run the reference; under TRITON_INTERPRET=1 they run the Triton body
+    _stats_op.register_kernel("cpu")(reference_stats)
     _fwd_op.register_kernel("cpu")(reference_forward)
     _bwd_op.register_kernel("cpu")(reference_backward)
 
@@ -352,12 +392,10 @@ if not INTERPRET:  # CPU tensors run the reference; under TRITON_INTERPRET=1 the
                          mutates_args=("running_mean", "running_var", "num_batches_tracked"))
 def _update_running_stats(running_mean: Tensor, running_var: Tensor, num_batches_tracked: Tensor | None,
                           stats: Tensor, momentum: float | None) -> None:
-    """nn.BatchNorm1d's update (``bn_running.py``): one Triton launch where the op runs the kernels, the
-    PyTorch reference elsewhere (CPU, fp64 statistics, non-contiguous buffers)."""
-    fast = (use_triton(running_mean) and stats.dtype == torch.float32 and running_mean.is_contiguous()
-            and running_var.is_contiguous())
-    update = update_running_stats if fast else reference_update_running_stats
-    update(running_mean, running_var, num_batches_tracked, stats, momentum)
+    """nn.BatchNorm1d's update (``bn_running.py``) as an op of its own: one Triton launch where the op runs the
+    kernels, the PyTorch reference elsewhere (CPU, fp64 statistics, non-contiguous buffers). The fused block runs
+    it inside ``_stats_op`` (in the merge launch where it may)."""
+    update_running(running_mean, running_var, num_batches_tracked, stats, momentum)
 
 
 @_update_running_stats.register_fake
@@ -396,7 +434,7 @@ def conv1d_bn_relu(x: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, bn_
     chain (``_conv_paths.chain_rows`` / ``out_chain``) the output is written into the zero-padded channels-last
     buffer that block reads (the output is a strided view of it), else it is contiguous. Call that block with
     ``padded_input=True``: it then reads the buffer around x, which the caller vouches holds the zeros written
-    there (any x without the chained layout is read as usual)."""
+    there (any x without the chained layout is read as usual). Under ``torch.compile`` both are ignored."""
     stride, padding = _as_int(stride, "stride"), _as_int(padding, "padding")
     if x.dim() != 3:
         raise ValueError(f"conv1d_bn_relu expects x shaped (batch, channels, length), got {tuple(x.shape)}")
@@ -437,14 +475,23 @@ def conv1d_bn_relu(x: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, bn_
         deterministic = torch.are_deterministic_algorithms_enabled()
     group = _group_key(process_group) if training else 0
     chain = None
+    if torch.compiler.is_compiling():
+        # torch.compile's functionalisation sees the pool kernel write the output view only (it may clone it densely,
+        # and the zero rows around it lie outside it): chaining is for eager and CUDA-graph runs
+        feeds, padded_input = None, False
     if feeds is not None:
         nc, nk, ns, npad, npool = (int(v) if v is not None else None for v in feeds)
         chain = chain_rows(c_out, t // pool if pool is not None else t, nc, nk, ns, npad, npool, x.dtype)
     out_pad, out_rows = chain if chain is not None else (0, 0)
-    out, _, _, stats, _, _ = _fwd_op(x, conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var,
-                                  stride, padding, bool(training), float(eps), None if pool is None else int(pool),
-                                  bool(deterministic), group, out_pad, out_rows, bool(padded_input))
-    if training and running_mean is not None and running_var is not None:
-        _update_running_stats(running_mean, running_var, num_batches_tracked, stats.detach(),
-                              None if momentum is None else float(momentum))
-    return out
+    pool = None if pool is None else int(pool)
+    momentum = None if momentum is None else float(momentum)
+    if training:  # the statistics (and the running ones' update) on detached tensors: the backward covers them
+        track = running_mean is not None and running_var is not None
+        b0 = conv_bias.detach() if conv_bias is not None else None
+        stats, z, xp = _stats_op(x.detach(), conv_weight.detach(), b0, running_mean if track else None,
+                                 running_var if track else None, num_batches_tracked if track else None, stride,
+                                 padding, float(eps), momentum, pool, group, bool(padded_input))
+    else:
+        stats, z, xp = eval_stats(running_mean, running_var, eps, acc_dtype(x)), x.new_empty(0), x.new_empty(0)
+    return _fwd_op(x, conv_weight, conv_bias, bn_weight, bn_bias, stats, z, xp, stride, padding, bool(training), pool,
+                   bool(deterministic), group, out_pad, out_rows, bool(padded_input))[0]

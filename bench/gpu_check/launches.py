@@ -2,12 +2,10 @@
 
 ``bench/aot_check.py``'s ``record_launches`` replaces ``wrap_triton`` in the launcher modules by a recorder, and
 the launchers run on meta tensors: the exact specialisations a step uses (block sizes, constexprs, dtypes, grids)
-come out at full size in well under a second, on any machine. Recorded here per block and phase, as the model
-runs them under bf16 autocast in training: forward ``conv_moments`` + ``conv_bn_relu_pool``, backward
-``conv_bn_relu_backward`` (atomics, the default: ``torch.are_deterministic_algorithms_enabled()`` is False; no input
-gradient for conv1, whose input is the waveform), and the KL loss of both heads (``reduction="sum"``, as
-``soundnet_fast.train.losses`` calls it with the fused backend), labelled with the head's layer name (conv8, conv8_2) as
-``bench/sass_report.py`` labels them.
+come out at full size in well under a second, on any machine. The step is the one the static model predicts
+(``bench.sass.launches.record``): per block the statistics and pool passes as the ops run them in training (blocks
+chained as the model chains its fused ones), the backward with atomics (the default) and no input gradient for
+conv1, and the KL loss of both heads (``reduction="sum"``), labelled with the head's layer name (conv8, conv8_2).
 
 A launch is described as JSON (tensors as shape / stride / dtype) so sections can hand it to a process pool or a
 profiler child; :func:`materialize` makes real tensors of those shapes to launch it, :func:`work` counts its
@@ -23,7 +21,7 @@ from typing import Any
 
 from bench.sass.analytic import BANDED, useful_flops
 
-from .common import HEAD_CLASSES
+from .common import HEAD_CLASSES, SAMPLE_RATE
 
 KL_HEADS_CLASSES = tuple(HEAD_CLASSES.values())  # objects head (conv8), scenes head (conv8_2)
 
@@ -72,69 +70,13 @@ def describe(kernel: Any, grid: Any, args: tuple, kwargs: dict, layer: str, phas
 
 
 def bf16_training_launches(batch: int, samples: int) -> list[dict[str, Any]]:
-    """Every Triton launch of one bf16 training step of SoundNet-8 (trunk + KL of both heads), in order."""
-    import torch
+    """Every Triton launch of one bf16 training step of SoundNet-8 (trunk + KL of both heads), in order: the step
+    ``bench.sass.launches.record`` models (``aot_check.train_step_launches``: blocks chained as the model runs them,
+    running statistics updated by the merge launches), so each launch meets its prediction."""
+    from bench.sass.launches import Config, record
 
-    from bench import aot_check
-    from soundnet_fast.kernels import _conv_paths, bn_running
-    from soundnet_fast.model import SOUNDNET8_TRUNK, SoundNet8, conv_out_len
-
-    kl = importlib.import_module("soundnet_fast.kernels.kl_div")
-    bf16 = torch.bfloat16
-    out: list[dict[str, Any]] = []
-
-    def take(rec: list[tuple], layer: str, phase: str) -> None:
-        for kernel, grid, args, kwargs in rec:
-            out.append(describe(kernel, grid, args, kwargs, layer, phase))
-
-    c_in, length = 1, samples
-    for i, spec in enumerate(SOUNDNET8_TRUNK):
-        k, s, p, pool, c_out = spec.kernel, spec.stride, spec.padding, spec.pool, spec.out_channels
-        t = conv_out_len(length, k, s, p)
-        x = torch.empty(batch, c_in, length, dtype=bf16, device="meta")
-        w2d = torch.empty(c_out, c_in * k, dtype=bf16, device="meta")
-        b = torch.empty(c_out, dtype=bf16, device="meta")
-        g = torch.empty(c_out, device="meta")  # BN weight and bias stay fp32 under autocast
-        running = (
-            torch.empty(c_out, device="meta"),
-            torch.empty(c_out, device="meta"),
-            torch.empty((), dtype=torch.int64, device="meta"),
-        )  # mean, var, num_batches_tracked
-        with aot_check.record_launches("tf32") as rec:  # bf16 operands: the recorder passes "ieee"
-            y, code, zmax, stats, z, xk = _conv_paths.block_forward(x, w2d, b, g, g, k, s, p, t, pool, True, 1e-5)
-            bn_running.update_running_stats(*running, stats, 0.1)
-        take(rec, spec.name, "forward")
-        go = torch.empty(y.shape, dtype=bf16, device="meta")
-        with aot_check.record_launches("tf32") as rec:
-            _conv_paths.conv_bn_relu_backward(
-                go,
-                x,
-                w2d,
-                b,
-                g,
-                stats,
-                code,
-                y if pool is None else zmax,
-                k,
-                s,
-                p,
-                t,
-                pool,
-                True,
-                False,
-                i > 0,
-                None,
-                z,
-                xk,
-            )
-        take(rec, spec.name, "backward")
-        length, c_in = (t // pool if pool else t), c_out
-    frames = SoundNet8.output_lengths(samples)["heads"]
-    for head, classes in zip(SoundNet8.head_specs, KL_HEADS_CLASSES, strict=True):
-        z = torch.empty(batch, classes, frames, device="meta")
-        with aot_check.record_launches("tf32") as rec:
-            kl.triton_kl(z, z, 1, "sum", True)
-        take(rec, head.name, "forward")  # the KL loss of a head is labelled with the head's name (conv8, conv8_2)
+    out = [describe(lc.kernel, lc.grid, lc.args, lc.kwargs, lc.layer, lc.phase)
+           for lc in record(Config("soundnet8", batch, "bf16", samples / SAMPLE_RATE))[0]]  # fmt: skip
     for i, launch in enumerate(out):
         launch["index"] = i
     return out

@@ -79,6 +79,7 @@ def determinism(ctx: Any) -> None:
 
 def _opcheck_cases(torch: Any, device: str = "cuda") -> list[tuple[str, Any, tuple]]:
     from soundnet_fast import kernels  # noqa: F401  (registers the ops)
+    from soundnet_fast.kernels._conv_paths import kept_input, x_of_kept
 
     ops = torch.ops.soundnet_fast
     gen = torch.Generator(device="cpu").manual_seed(7)
@@ -90,48 +91,30 @@ def _opcheck_cases(torch: Any, device: str = "cuda") -> list[tuple[str, Any, tup
     cases = []
     for dtype in (torch.float32, torch.bfloat16):
         for training, pool in ((True, 8), (True, None), (False, 8)):
-            args = (
-                r(4, 16, 300, grad=True, dtype=dtype),
-                r(32, 16, 32, scale=0.05, grad=True, dtype=dtype),
-                r(32, grad=True, dtype=dtype),
-                (1 + r(32, scale=0.1)).requires_grad_(),
-                r(32, grad=True),
-                torch.zeros(32, device=device),
-                torch.ones(32, device=device),
-                2,
-                16,
-                training,
-                1e-5,
-                pool,
-                True,  # deterministic: atomics would make eager and AOT gradients differ by their summation order
-                0,
-            )
-            cases.append(
-                (f"conv1d_bn_relu {str(dtype)[6:]} training={training} pool={pool}", ops.conv1d_bn_relu.default, args)
-            )
+            x, w = r(4, 16, 300, grad=True, dtype=dtype), r(32, 16, 32, scale=0.05, grad=True, dtype=dtype)
+            b = r(32, grad=True, dtype=dtype)
+            g, beta = (1 + r(32, scale=0.1)).requires_grad_(), r(32, grad=True)
+            rm, rv = torch.zeros(32, device=device), torch.ones(32, device=device)
+            nbt = torch.zeros((), dtype=torch.long, device=device)
+            name = f"{str(dtype)[6:]} training={training} pool={pool}"
+            detached = (x.detach(), w.detach(), b.detach())
+            if training:  # the statistics op (mutating BN's running statistics), then the pool op on its outputs
+                sargs = (*detached, rm, rv, nbt, 2, 16, 1e-5, 0.1, pool, 0)
+                cases.append((f"conv1d_bn_stats_ {name}", ops.conv1d_bn_stats_.default, sargs))
+                stats, z, xp = ops.conv1d_bn_stats_.default(*detached, None, None, None, *sargs[6:])
+            else:
+                stats, z, xp = torch.stack([rm, rv.rsqrt(), rv, torch.zeros_like(rm)]), x.new_empty(0), x.new_empty(0)
+            # deterministic: atomics would make eager and AOT gradients differ by their summation order
+            args = (x, w, b, g, beta, stats, z, xp, 2, 16, training, pool, True, 0)
+            cases.append((f"conv1d_bn_relu {name}", ops.conv1d_bn_relu.default, args))
             with torch.no_grad():
-                out, code, zmax, stats = ops.conv1d_bn_relu.default(*args)
-            bargs = (
-                torch.randn_like(out),
-                *[a.detach() for a in args[:4]],
-                stats,
-                code,
-                zmax if pool else out,
-                2,
-                16,
-                training,
-                pool,
-                True,
-                0,
-                True,
-            )
-            cases.append(
-                (
-                    f"conv1d_bn_relu_backward {str(dtype)[6:]} training={training} pool={pool}",
-                    ops.conv1d_bn_relu_backward.default,
-                    bargs,
-                )
-            )
+                out, code, zmax, xk = ops.conv1d_bn_relu.default(*args)
+            if not xk.numel() and kept_input(16, 32, 32, 2, pool, dtype):
+                xk = xp  # the padded copy the backward reuses (kept by one of the two ops)
+            xv = x_of_kept(xk, x.shape[-1], 16) if xk.numel() else x.detach()
+            bargs = (torch.randn_like(out), xv, *detached[1:], g.detach(), stats, code, zmax if pool else out, z, xk,
+                     2, 16, training, pool, True, 0, True)  # fmt: skip
+            cases.append((f"conv1d_bn_relu_backward {name}", ops.conv1d_bn_relu_backward.default, bargs))
     for red in ("batchmean", "sum", "none"):
         z = r(4, 1000, 4, scale=3.0, grad=True)
         p = torch.softmax(r(4, 1000, 4), 1)

@@ -171,18 +171,92 @@ def run_fused(
     return out.detach(), [p.grad if p is not None else None for p in ps], rm, rv
 
 
+def fused_outputs(
+    x: Tensor,
+    w: Tensor,
+    b: Tensor | None,
+    g: Tensor,
+    beta: Tensor,
+    rm: Tensor | None,
+    rv: Tensor | None,
+    stride: int,
+    padding: int,
+    training: bool,
+    eps: float,
+    pool: int | None,
+    deterministic: bool,
+    group: int = 0,
+) -> tuple[Tensor, ...]:
+    """The fused block's ops as ``conv1d_bn_relu`` runs them (in training the statistics op on detached tensors,
+    running statistics untouched, then the pool op), with what the backward op reads: (out, code, zmax, stats, z,
+    xk: the padded copy of x the backward reuses, from either op, or empty)."""
+    import soundnet_fast.kernels.conv_bn_relu as cbr
+    from soundnet_fast.kernels._conv_paths import kept_input
+
+    empty = x.new_empty(0)
+    if training:
+        stats, z, xp = cbr._stats_op(x.detach(), w.detach(), b.detach() if b is not None else None, None, None, None,
+                                     stride, padding, eps, 0.1, pool, group)  # fmt: skip
+    else:
+        stats, z, xp = cbr.eval_stats(rm, rv, eps, cbr.acc_dtype(x)), empty, empty
+    out, code, zmax, xk = cbr._fwd_op(x, w, b, g, beta, stats, z, xp, stride, padding, training, pool, deterministic,
+                                      group)  # fmt: skip
+    if xk.numel() == 0 and xp.numel() and kept_input(x.shape[1], w.shape[0], w.shape[-1], stride, pool, x.dtype):
+        xk = xp
+    return out, code, zmax, stats, z, xk
+
+
 def opcheck_samples() -> list[tuple]:
-    """Argument tuples of ``conv_bn_relu._fwd_op`` for ``torch.library.opcheck``: (x, w, b, bn_w, bn_b,
-    running_mean, running_var, stride, padding, training, eps, pool, deterministic, group) with a pool and
-    gradients, without a pool in eval mode, and without a conv bias; tiny (2 x 3 x 20) for the interpreter."""
+    """(op, arguments) pairs for ``torch.library.opcheck`` of the fused block's statistics and pool ops: with a
+    pool and gradients (the statistics op updating running statistics with a momentum), without a pool in eval
+    mode, and without a conv bias (a cumulative average); tiny (2 x 3 x 20) for the interpreter."""
+    import soundnet_fast.kernels.conv_bn_relu as cbr
+
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 20, generator=gen)
     w = torch.randn(8, 3, 4, generator=gen) * 0.3
     b, g, beta = torch.randn(8, generator=gen), torch.rand(8, generator=gen) + 0.5, torch.randn(8, generator=gen)
     rm, rv = torch.zeros(8), torch.ones(8)
     req = [t.clone().requires_grad_() for t in (x, w, b, g, beta)]
-    return [
-        (*req, rm, rv, 2, 1, True, 1e-5, 4, True, 0),
-        (*req, rm, rv, 1, 2, False, 1e-5, None, False, 0),
-        (x, w, None, g, beta, rm, rv, 3, 0, True, 1e-5, 2, True, 0),
-    ]
+    nbt = torch.tensor(0)
+    samples = []
+    for (xs, ws, bs, gs, betas), s, p, training, pool, det, momentum in (
+        (req, 2, 1, True, 4, True, 0.1),
+        (req, 1, 2, False, None, False, 0.1),
+        ((x, w, None, g, beta), 3, 0, True, 2, True, None),
+    ):
+        if training:
+            sargs = (xs.detach(), ws.detach(), bs.detach() if bs is not None else None, rm.clone(), rv.clone(),
+                     nbt.clone(), s, p, 1e-5, momentum, pool, 0)  # fmt: skip
+            samples.append((cbr._stats_op, sargs))
+            stats, z, xp = cbr._stats_op(*sargs[:3], None, None, None, *sargs[6:])
+        else:
+            stats, z, xp = cbr.eval_stats(rm, rv, 1e-5), x.new_empty(0), x.new_empty(0)
+        samples.append((cbr._fwd_op, (xs, ws, bs, gs, betas, stats, z, xp, s, p, training, pool, det, 0)))
+    return samples
+
+
+def opcheck_block(
+    x: Tensor,
+    w: Tensor,
+    b: Tensor | None,
+    g: Tensor,
+    beta: Tensor,
+    stride: int,
+    padding: int,
+    pool: int | None,
+    padded_input: bool = False,
+    out_pad: int = 0,
+    out_rows: int = 0,
+) -> None:
+    """``torch.library.opcheck`` of a training block's statistics op (updating running statistics) and its pool
+    op fed with the statistics' outputs; ``padded_input``, ``out_pad`` and ``out_rows``: chaining, as the ops'."""
+    import soundnet_fast.kernels.conv_bn_relu as cbr
+
+    c_out = w.shape[0]
+    detached = (x.detach(), w.detach(), b.detach() if b is not None else None)
+    tail = (stride, padding, 1e-5, 0.1, pool, 0, padded_input)
+    torch.library.opcheck(cbr._stats_op, (*detached, torch.zeros(c_out), torch.ones(c_out), torch.tensor(0), *tail))
+    stats, z, xp = cbr._stats_op(*detached, None, None, None, *tail)
+    args = (x, w, b, g, beta, stats, z, xp, stride, padding, True, pool, True, 0, out_pad, out_rows, padded_input)
+    torch.library.opcheck(cbr._fwd_op, args)

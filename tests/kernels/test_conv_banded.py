@@ -14,8 +14,7 @@ import torch
 import soundnet_fast.kernels._conv_banded as band
 import soundnet_fast.kernels._conv_bwd as conv_bwd
 import soundnet_fast.kernels._conv_fwd as conv_fwd
-from soundnet_fast.kernels.conv_bn_relu import _fwd_op
-from tests.helpers.kernels import SOUNDNET_LAYERS, make_case, norm_rel, run_fused, run_reference
+from tests.helpers.kernels import SOUNDNET_LAYERS, make_case, norm_rel, opcheck_block, run_fused, run_reference
 from tests.kernels.test_conv_bn_relu import _check_fp32
 
 BANDED_FWD = ["_band_stats_kernel", "_merge_stats_kernel", "_band_bn_relu_pool_kernel"]
@@ -155,8 +154,7 @@ def test_opcheck_banded() -> None:
     x = torch.randn(2, 1, 200, generator=gen, requires_grad=True)
     w = (torch.randn(16, 1, 64, generator=gen) * 0.1).requires_grad_()
     g, beta = torch.rand(16, generator=gen) + 0.5, torch.randn(16, generator=gen)
-    args = (x, w, None, g, beta, torch.zeros(16), torch.ones(16), 2, 32, True, 1e-5, 8, True, 0)
-    torch.library.opcheck(_fwd_op, args)
+    opcheck_block(x, w, None, g, beta, 2, 32, 8)
 
 
 def test_no_row_reads_past_the_padded_waveform(monkeypatch: pytest.MonkeyPatch) -> None:

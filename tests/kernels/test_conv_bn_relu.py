@@ -22,6 +22,7 @@ from soundnet_fast.kernels._conv_paths import block_paths, x_of_kept
 from tests.helpers.kernels import (
     SOUNDNET_LAYERS,
     eager_block,
+    fused_outputs,
     make_case,
     max_rel,
     norm_rel,
@@ -337,10 +338,11 @@ def test_refusals() -> None:
 def test_opcheck_interpreter() -> None:
     """opcheck with the Triton kernels (interpreter) as the eager implementation; its traced variant
     (test_aot_dispatch_dynamic) runs the reference on fake CPU tensors."""
-    for args in opcheck_samples():
-        torch.library.opcheck(cbr._fwd_op, args)
-    x, w, b, g, beta, rm, rv = (a.detach() for a in opcheck_samples()[0][:7])
-    out, code, zmax, stats, z, xk = cbr._fwd_op(x, w, b, g, beta, rm, rv, 2, 1, True, 1e-5, 4, True, 0)
+    for op, args in opcheck_samples():
+        torch.library.opcheck(op, args)
+    x, w, b, g, beta = (a.detach() for a in opcheck_samples()[1][1][:5])
+    rm, rv = torch.zeros(8), torch.ones(8)
+    out, code, zmax, stats, z, xk = fused_outputs(x, w, b, g, beta, rm, rv, 2, 1, True, 1e-5, 4, True)
     torch.library.opcheck(
         cbr._bwd_op, (torch.randn_like(out), x, w, b, g, stats, code, zmax, z, xk, 2, 1, True, 4, True, 0, True)
     )
@@ -356,8 +358,8 @@ def test_opcheck_non_deterministic_backward(path: str) -> None:
     x = torch.randn(2, c_in, 120, generator=gen)
     w = torch.randn(c_out, c_in, k, generator=gen) * 0.3
     b, g, beta = torch.randn(c_out, generator=gen), torch.rand(c_out, generator=gen) + 0.5, torch.randn(c_out)
-    out, code, zmax, stats, z, xk = cbr._fwd_op(x, w, b, g, beta, torch.zeros(c_out), torch.ones(c_out), 2, 4, True,
-                                                1e-5, pool, False, 0)  # fmt: skip
+    out, code, zmax, stats, z, xk = fused_outputs(x, w, b, g, beta, torch.zeros(c_out), torch.ones(c_out), 2, 4,
+                                                  True, 1e-5, pool, False)  # fmt: skip
     assert block_paths(c_in, c_out, k, 2, pool, x.dtype, False).backward == path
     # x as the backward gets it: a view of the kept padded copy
     xv = x_of_kept(xk, x.shape[-1], 4)
@@ -372,15 +374,16 @@ def test_opcheck_cpu_reference() -> None:
         """
         import torch, sys
         sys.path.insert(0, %r)
-        from tests.helpers.kernels import opcheck_samples
+        from tests.helpers.kernels import fused_outputs, opcheck_samples
         import soundnet_fast.kernels.conv_bn_relu as cbr
         from soundnet_fast.kernels import kl_div  # noqa: F401
         from soundnet_fast.kernels.kl_div import _kl_op
         assert not cbr.INTERPRET
-        for args in opcheck_samples():
-            torch.library.opcheck(cbr._fwd_op, args)
-        x, w, b, g, beta, rm, rv = (a.detach() for a in opcheck_samples()[0][:7])
-        out, code, zmax, stats, z, xk = cbr._fwd_op(x, w, b, g, beta, rm, rv, 2, 1, True, 1e-5, 4, True, 0)
+        for op, args in opcheck_samples():
+            torch.library.opcheck(op, args)
+        x, w, b, g, beta = (a.detach() for a in opcheck_samples()[1][1][:5])
+        rm, rv = torch.zeros(8), torch.ones(8)
+        out, code, zmax, stats, z, xk = fused_outputs(x, w, b, g, beta, rm, rv, 2, 1, True, 1e-5, 4, True)
         torch.library.opcheck(cbr._bwd_op, (torch.randn_like(out), x, w, b, g, stats, code, zmax, z, xk, 2, 1,
                                             True, 4, True, 0, True))
         torch.library.opcheck(cbr._update_running_stats, (rm, rv, torch.tensor(0), stats, None))

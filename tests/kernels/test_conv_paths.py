@@ -206,22 +206,39 @@ def test_padded_input_without_the_chained_layout_is_copied_as_usual() -> None:
 
 
 def test_the_fake_gives_the_chained_layout() -> None:
-    """The op's fake (torch.compile, meta) returns a chained output as the kernels do: a view at the pad row of a
-    (N, LP, C) buffer, with the real op's strides and storage offset; a consumer of it keeps no copy of its input."""
+    """The ops' fakes (torch.compile, meta) return a chained output as the kernels do: a view at the pad row of a
+    (N, LP, C) buffer, with the real op's strides and storage offset; a consumer of it makes no copy of its input.
+    opcheck compares them with the real ops (the interpreter's kernels, or the reference without it)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from soundnet_fast.kernels.conv_bn_relu import _fwd_op
+    from soundnet_fast.kernels.conv_bn_relu import _fwd_op, _stats_op
+    from tests.helpers.kernels import opcheck_block
 
     (_, c1, k1, s1, p1, pool1), (_, c2, k2, s2, p2, pool2) = _CHAIN[1], _CHAIN[2]
+    tp = ((300 + 2 * p1 - k1) // s1 + 1) // pool1
+    chain = chain_rows(c1, tp, c2, k2, s2, p2, pool2, torch.bfloat16)
     with FakeTensorMode():
         x = torch.empty(2, 16, 300, dtype=torch.bfloat16)
         w = torch.empty(c1, 16, k1, dtype=torch.bfloat16)
         g = torch.empty(c1)
-        tp = ((300 + 2 * p1 - k1) // s1 + 1) // pool1
-        chain = chain_rows(c1, tp, c2, k2, s2, p2, pool2, torch.bfloat16)
-        out = _fwd_op(x, w, None, g, g, None, None, s1, p1, True, 1e-5, pool1, False, 0, *chain, True)[0]
+        stats, z, xp = _stats_op(x, w, None, None, None, None, s1, p1, 1e-5, 0.1, pool1, 0)
+        out = _fwd_op(x, w, None, g, g, stats, z, xp, s1, p1, True, pool1, False, 0, *chain, True)[0]
         assert out.shape == (2, c1, tp) and out.stride() == (chain[1] * c1, 1, c1) and out.storage_offset() == p2 * c1
         w2 = torch.empty(c2, c1, k2, dtype=torch.bfloat16)
-        xk = _fwd_op(out, w2, None, torch.empty(c2), torch.empty(c2), None, None, s2, p2, True, 1e-5, pool2,
-                     False, 0, 0, 0, True)[5]  # fmt: skip
-        assert xk.numel() == 0
+        _, _, xp2 = _stats_op(out, w2, None, None, None, None, s2, p2, 1e-5, 0.1, pool2, 0, True)
+        assert xp2.numel() == 0
+    # opcheck at a small reduction (16 channels x 3 taps: the reference's and the kernels' sums stay within its
+    # tolerance): a rows block chained into a rows block without a pool
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 16, 40, generator=gen, requires_grad=True)
+    w = (torch.randn(16, 16, 3, generator=gen) * 0.2).requires_grad_()
+    g, beta = torch.rand(16, generator=gen) + 0.5, torch.randn(16, generator=gen)
+    nxt = (16, 3, 1, 1, None)
+    chain = chain_rows(16, 20, *nxt, torch.float32)
+    assert chain is not None
+    opcheck_block(x, w, None, g, beta, 1, 1, 2, out_pad=chain[0], out_rows=chain[1])
+    h = conv1d_bn_relu(x.detach(), w.detach(), None, g, beta, None, None, stride=1, padding=1, training=True, pool=2,
+                       feeds=nxt)  # fmt: skip
+    assert reused_input(h, 16, 3, 1, 1, None) is not None
+    w2 = (torch.randn(16, 16, 3, generator=gen) * 0.2).requires_grad_()
+    opcheck_block(h.requires_grad_(), w2, None, g, beta, 1, 1, None, padded_input=True)

@@ -12,8 +12,15 @@ import pytest
 import torch
 
 import soundnet_fast.kernels._conv_rows as rows
-from soundnet_fast.kernels.conv_bn_relu import _fwd_op
-from tests.helpers.kernels import SOUNDNET_LAYERS, make_case, norm_rel, run_fused, run_reference
+from tests.helpers.kernels import (
+    SOUNDNET_LAYERS,
+    fused_outputs,
+    make_case,
+    norm_rel,
+    opcheck_block,
+    run_fused,
+    run_reference,
+)
 from tests.kernels.test_conv_banded import _Launches
 from tests.kernels.test_conv_bn_relu import _check_fp32
 
@@ -66,8 +73,8 @@ def test_16_bit_keeps_z_and_zmax_and_recomputes_nothing(
     case = make_case(2, c_in, c_out, k, 300, seed=3)
     x = case.x.to(dtype)
     w = case.w.to(dtype)
-    out, code, zmax, stats, z, _ = _fwd_op(x, w, case.b.to(dtype), case.g.float(), case.beta.float(), None, None,
-                                           s, p, True, 1e-5, pool, True, 0)  # fmt: skip
+    out, code, zmax, stats, z, _ = fused_outputs(x, w, case.b.to(dtype), case.g.float(), case.beta.float(), None,
+                                                 None, s, p, True, 1e-5, pool, True)  # fmt: skip
     bf16 = dtype == torch.bfloat16
     t = (300 + 2 * p - k) // s + 1
     assert zmax.shape == (out.shape if bf16 and pool else (0,))
@@ -330,8 +337,7 @@ def test_opcheck_rows() -> None:
     x = torch.randn(2, 16, 40, generator=gen, requires_grad=True)
     w = (torch.randn(24, 16, 3, generator=gen) * 0.2).requires_grad_()
     b, g, beta = torch.randn(24, generator=gen), torch.rand(24, generator=gen) + 0.5, torch.randn(24, generator=gen)
-    args = (x, w, b.requires_grad_(), g, beta, torch.zeros(24), torch.ones(24), 1, 1, True, 1e-5, 3, True, 0)
-    torch.library.opcheck(_fwd_op, args)
+    opcheck_block(x, w, b.requires_grad_(), g, beta, 1, 1, 3)
 
 
 @pytest.mark.parametrize("band", [1, 4], ids=["rows", "bands_of_4"])
@@ -422,7 +428,7 @@ def test_bf16_pool_near_ties_flip_no_more_often_than_eager() -> None:
         case = make_case(n, c_in, c_out, k, length, seed=seed)
         x, w, b = case.x.bfloat16(), case.w.bfloat16(), case.b.bfloat16()
         g, beta = case.g.bfloat16(), case.beta.bfloat16()
-        code = _fwd_op(x, w, b, g.float(), beta.float(), None, None, s, p, True, 1e-5, pool, True, 0)[1]
+        code = fused_outputs(x, w, b, g.float(), beta.float(), None, None, s, p, True, 1e-5, pool, True)[1]
         z = torch.nn.functional.conv1d(x.double(), w.double(), b.double(), s, p)
         y = torch.relu(torch.nn.functional.batch_norm(z, None, None, g.double(), beta.double(), True, 0.0, 1e-5))
         ze = torch.nn.functional.conv1d(x, w, b, s, p)

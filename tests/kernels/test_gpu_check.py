@@ -162,3 +162,19 @@ def test_kernels_section_puts_the_prediction_beside_each_launch(tmp_path: Path) 
     unmatched = [(r["layer"], r["kernel"]) for r in rows if r["pred us (H200)"] != 10.0]
     assert unmatched == [("conv3", "_rows_dx_kernel")]
     assert fixture.name in (out / "report.md").read_text()
+
+
+def test_opcheck_cases_match_the_ops() -> None:
+    """Section 6c runs only on CUDA: here its cases run on CPU tensors (the PyTorch reference, a process without
+    TRITON_INTERPRET), so a change of the ops' signatures cannot leave the GPU check calling them wrongly."""
+    code = (
+        "import torch\n"
+        "from bench.gpu_check.sec_extra import _opcheck_cases\n"
+        "cases = _opcheck_cases(torch, device='cpu')\n"
+        "for name, op, args in cases:\n"
+        "    torch.library.opcheck(op, args)\n"
+        "print('CASES', len(cases))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert "CASES 20" in res.stdout, res.stderr[-3000:]

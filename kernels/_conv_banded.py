@@ -233,7 +233,8 @@ def _band_bn_relu_pool_kernel(xp_ptr,  # (N, LP) padded waveform
         n, t = walk_next(n, t, dn, dt, TPC)
     if ZERO_ROWS > 0:  # a chained output's zero rows, once per clip (``chain_pads``)
         for n in range(tl.program_id(0), NUM_TILES // TPC, P):
-            chain_pads(out_ptr, n, c, c_ok, son, soc, sot, TP, PAD, TAIL, ZERO_ROWS)
+            for z0 in range(0, tl.maximum(PAD, TAIL), ZERO_ROWS):
+                chain_pads(out_ptr, n, z0, c, c_ok, son, soc, sot, TP, PAD, TAIL, ZERO_ROWS)
 
 
 @triton.jit

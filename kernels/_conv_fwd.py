@@ -103,12 +103,13 @@ def cl_at(n, q, c, C, TP):
 
 
 @triton.jit
-def chain_pads(out_ptr, n, c, c_ok, son, soc, sot, TP, PAD, TAIL, ZERO_ROWS: tl.constexpr):
-    """A chained output's zero rows (``_conv_paths.chain_rows``) of clip n: out_ptr points at position 0 of clip 0
-    in a zero-padded channels-last buffer (strides son, soc, sot); zeros in channels c of the PAD <= ZERO_ROWS rows
-    before the clip's TP positions and of the TAIL <= ZERO_ROWS rows after them (``pool_output``). The next block's
-    kernels read the buffer as their padded input. The pool kernels call it once per clip, after their tiles."""
-    r = tl.arange(0, ZERO_ROWS)
+def chain_pads(out_ptr, n, z0, c, c_ok, son, soc, sot, TP, PAD, TAIL, ZERO_ROWS: tl.constexpr):
+    """Rows z0 .. z0 + ZERO_ROWS of a chained output's zero rows (``_conv_paths.chain_rows``) of clip n: out_ptr
+    points at position 0 of clip 0 in a zero-padded channels-last buffer (strides son, soc, sot); zeros in channels c
+    of those of the PAD rows before the clip's TP positions and of the TAIL rows after them (``pool_output``). The
+    next block's kernels read the buffer as their padded input. The pool kernels call it once per clip and chunk of
+    ZERO_ROWS (at most 16: a wider chunk of fp32 zeros spilled under Triton 3.6), after their tiles."""
+    r = z0 + tl.arange(0, ZERO_ROWS)
     zero = tl.zeros((ZERO_ROWS, c.shape[0]), dtype=out_ptr.dtype.element_ty)
     base = out_ptr + tl.cast(n, tl.int64) * son + c[None, :] * soc
     tl.store(base + (r - PAD)[:, None] * sot, zero, mask=(r < PAD)[:, None] & c_ok[None, :])
@@ -507,7 +508,8 @@ def channels_last_empty(n: int, c: int, t: int, dtype: torch.dtype, device: torc
     return torch.empty((n, t, c), dtype=dtype, device=device).transpose(1, 2)
 
 
-CHAIN_ZERO_ROWS = 256  # most rows of zeros before or after a chained output (``chain_pads`` stores them at once)
+CHAIN_ZERO_ROWS = 256  # most rows of zeros before or after a chained output (``chain_fits``)
+CHAIN_ZERO_CHUNK = 16  # rows of zeros one ``chain_pads`` call stores
 
 
 def pool_output(n: int, c: int, tp: int, dtype: torch.dtype, device: torch.device,
@@ -524,12 +526,12 @@ def pool_output(n: int, c: int, tp: int, dtype: torch.dtype, device: torch.devic
                          f"{CHAIN_ZERO_ROWS} rows of zeros on each side")
     buf = torch.empty((n, lp, c), dtype=dtype, device=device)
     tail = lp - pad - tp
-    return buf[:, pad : pad + tp].transpose(1, 2), (pad, tail), next_pow2(max(pad, tail, 1))
+    return buf[:, pad : pad + tp].transpose(1, 2), (pad, tail), min(CHAIN_ZERO_CHUNK, next_pow2(max(pad, tail, 1)))
 
 
 def chain_fits(pad: int, lp: int, tp: int) -> bool:
     """Whether an output of TP positions can be chained into a buffer of LP rows from row pad: the zero rows on
-    each side at most ``CHAIN_ZERO_ROWS`` (one store of ``chain_pads``)."""
+    each side at most ``CHAIN_ZERO_ROWS``."""
     return 0 <= pad <= CHAIN_ZERO_ROWS and 0 <= lp - pad - tp <= CHAIN_ZERO_ROWS
 
 

@@ -34,6 +34,7 @@ from ._conv_rows import (
     dx_rows_ok,
     kept_z_shape,
     rows_backward,
+    rows_band,
     rows_bn_relu_pool,
     rows_cover,
     rows_input,
@@ -106,16 +107,24 @@ def as_layout(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
 
 def chain_rows(c_in: int, length: int, c_out: int, k: int, stride: int, padding: int, pool: int | None,
                dtype: torch.dtype) -> tuple[int, int] | None:
-    """(pad, LP) of the zero-padded channels-last copy (N, LP, C_in) a block reads its input (N, C_in, length) from
-    (``forward_input``'s rows copy, covering the backward's windows too), or None where it reads none (or the zero
-    rows around x would exceed ``_conv_fwd.chain_fits``'s bound). A block whose
-    pool pass writes its output straight into such a buffer (``_conv_fwd.pool_output``; "chained") spares the next
-    block that copy (SoundNet-8, bf16, batch 64: conv2's is 113 MB moved per step)."""
+    """(pad, LP) of the zero-padded channels-last buffer (N, LP, C_in) a block reads its input (N, C_in, length)
+    from when the previous block wrote it there ("chained": ``_conv_fwd.pool_output``), or None where the block
+    reads no such buffer (not rows in both forward passes; C_in not a multiple of 16, which keeps every clip's
+    start, LP * C_in elements apart, 16-element aligned for any LP; more zero rows around x than
+    ``_conv_fwd.chain_fits`` allows). A chained buffer spares the block
+    ``forward_input``'s copy (SoundNet-8, bf16, batch 64: conv2's is 113 MB moved per step).
+
+    LP = pad + length + tail with tail independent of length: at least the copy's rows (``rows_input_rows``, a
+    multiple of 16, covering the backward's windows too) for every length, so a view cropped in time (fewer
+    positions, the buffer's strides) fails ``chained_input``'s stride check and is copied: the rows after it hold
+    data, not zeros. tail = padding + (pool - 1) * stride + the band's extra rows + 15: the last window's rows past
+    x (at most 2 * padding + (pool - 1) * stride + band - k beyond (T - 1) * stride + k) and the rounding to 16."""
     paths = block_paths(c_in, c_out, k, stride, pool, dtype)
-    if not paths.stats == paths.pool == "rows":
+    if not paths.stats == paths.pool == "rows" or c_in % 16:
         return None
+    lp = padding + length + padding + ((pool or 1) - 1) * stride + rows_band(c_in, dtype, k, stride) + 15
     t = (length + 2 * padding - k) // stride + 1
-    lp = rows_input_rows(c_in, length, dtype, padding, rows_cover(t, pool), k, stride)
+    assert lp >= rows_input_rows(c_in, length, dtype, padding, rows_cover(t, pool), k, stride), "chain_rows"
     return (padding, lp) if chain_fits(padding, lp, length) else None
 
 
@@ -123,7 +132,9 @@ def chained_input(x: torch.Tensor, pad: int, lp: int) -> torch.Tensor | None:
     """x's chained buffer (N, LP, C_in) (``chain_rows``), a view of x's storage from ``pad`` rows before x to LP
     rows per clip, where x has the chained layout: strides (LP * C_in, 1, C_in), at least ``pad`` rows of its
     storage before it and the whole last clip after. None otherwise (then x is copied, as any input). The rows
-    outside x are read as zeros: the caller vouches for them (the op's ``padded_input``)."""
+    outside x are read as zeros: the caller vouches for them (the op's ``padded_input``: x is a chained output
+    made for this block). A view of one cropped in time or channels has other strides (``chain_rows``: LP grows
+    with x's length, one row per row) and is copied; one cropped in batch reads the clips it keeps."""
     N, C, L = x.shape
     start = x.storage_offset() - pad * C
     if C < 2 or x.stride() != (lp * C, 1, C) or start < 0 or lp < pad + L:

@@ -360,7 +360,8 @@ def _rows_bn_relu_pool_kernel(xc_ptr,  # (N, LP, C_IN) channels-last padded inpu
         nw, tw = walk_next(nw, tw, dn, dt, TPC)
     if ZERO_ROWS > 0:  # a chained output's zero rows, once per clip (``chain_pads``)
         for n in range(tl.program_id(0), NUM_TILES // TPC, P):
-            chain_pads(out_ptr, n, co, c_ok, son, soc, sot, TP, PAD, TAIL, ZERO_ROWS)
+            for z0 in range(0, tl.maximum(PAD, TAIL), ZERO_ROWS):
+                chain_pads(out_ptr, n, z0, co, c_ok, son, soc, sot, TP, PAD, TAIL, ZERO_ROWS)
 
 
 @triton.jit
@@ -919,8 +920,13 @@ def rows_input_length(x: torch.Tensor, pad: int, T: int, k: int, stride: int) ->
 
 def rows_input_rows(C: int, L: int, dtype: torch.dtype, pad: int, T: int, k: int, stride: int) -> int:
     """``rows_input_length`` of an input (N, C, L) in ``dtype``."""
-    band = (STATS_BAND - 1) * stride + -(-max(_block_r(k * C, dtype), DW_BAND_RW) // C)
-    return -(-max(pad + L, (T - 1) * stride + k + band) // 16) * 16
+    return -(-max(pad + L, (T - 1) * stride + k + rows_band(C, dtype, k, stride)) // 16) * 16
+
+
+def rows_band(C: int, dtype: torch.dtype, k: int, stride: int) -> int:
+    """Rows a band reads past its first window's k (``band_of``): up to STATS_BAND - 1 steps and a BLOCK_R or
+    DW_BAND_RW more elements."""
+    return (STATS_BAND - 1) * stride + -(-max(_block_r(k * C, dtype), DW_BAND_RW) // C)
 
 
 def rows_input(x: torch.Tensor, pad: int, T: int, k: int, stride: int, pool: int | None) -> torch.Tensor:

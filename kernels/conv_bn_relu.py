@@ -64,6 +64,11 @@ Fused Conv1d -> BatchNorm1d -> ReLU (-> MaxPool1d): `conv1d_bn_relu`, `FusedConv
   offset (int8), for 16-bit inputs the normalised conv output there, and for 16-bit blocks on the
   channels-last row kernels the unpooled conv output (so no pass recomputes the conv); otherwise the
   conv is recomputed. Max-pool ties go to the first index, as in PyTorch. No double backward.
+- Chaining: `feeds=` (the next fused block's C_out, kernel, stride, padding, pool) writes the output
+  into the zero-padded channels-last buffer that block reads, as a strided view; that block, called
+  with `padded_input=True`, reads it without a copy (`SoundNet8(backend="fused")` chains its blocks);
+  a view of it cropped in time or channels is copied as usual. Ignored under `torch.compile`.
+  Without `feeds` the output is contiguous.
 - Deterministic: `deterministic=True` (default: `torch.are_deterministic_algorithms_enabled()`) uses
   no atomics in the backward's reductions; forward statistics never use atomics.
 - Devices: CUDA runs the Triton kernels; CPU runs the PyTorch reference (the Triton kernels in the
@@ -434,7 +439,10 @@ def conv1d_bn_relu(x: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, bn_
     chain (``_conv_paths.chain_rows`` / ``out_chain``) the output is written into the zero-padded channels-last
     buffer that block reads (the output is a strided view of it), else it is contiguous. Call that block with
     ``padded_input=True``: it then reads the buffer around x, which the caller vouches holds the zeros written
-    there (any x without the chained layout is read as usual). Under ``torch.compile`` both are ignored."""
+    there: pass it the output itself or a view of it cropped in batch (a view cropped in time or channels has
+    other strides and is copied, as is any x without the chained layout; a view with that layout over another
+    buffer is trusted). The chained output is a view: ``reshape`` works on it, ``view`` across its dimensions
+    does not. Under ``torch.compile`` both are ignored."""
     stride, padding = _as_int(stride, "stride"), _as_int(padding, "padding")
     if x.dim() != 3:
         raise ValueError(f"conv1d_bn_relu expects x shaped (batch, channels, length), got {tuple(x.shape)}")

@@ -205,6 +205,29 @@ def test_padded_input_without_the_chained_layout_is_copied_as_usual() -> None:
         torch.testing.assert_close(out, ref, rtol=0, atol=0)
 
 
+@pytest.mark.skipif(not INTERPRET, reason="needs TRITON_INTERPRET=1 (the kernels on CPU tensors)")
+def test_a_chained_output_cropped_in_time_is_copied_not_read_as_padded() -> None:
+    """A view of a chained output cropped in time keeps the buffer's strides, and the rows after it hold data: the
+    consumer must not read them as its zero padding (``chain_rows`` makes LP grow with x's length, so the view's
+    strides fail ``chained_input``). Cropped in batch, it reads the clips it keeps. Either way the output equals
+    that of the same block on a contiguous copy of the view."""
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(2, 16, 120, generator=gen)
+    w1 = torch.randn(32, 16, 3, generator=gen) / 48**0.5
+    w2 = torch.randn(32, 32, 3, generator=gen) / 96**0.5
+    g, beta = torch.rand(32, generator=gen) + 0.5, torch.randn(32, generator=gen)
+    h = conv1d_bn_relu(x, w1, None, g, beta, None, None, stride=1, padding=1, training=True, pool=2,
+                       feeds=(32, 3, 1, 1, None))  # fmt: skip
+    assert not h.is_contiguous() and reused_input(h, 32, 3, 1, 1, None) is not None, "h is chained"
+    views = {"h[..., :-1]": h[..., :-1], "h[..., 1:]": h[..., 1:], "h[..., 2:-3]": h[..., 2:-3], "h[1:]": h[1:]}
+    for name, v in views.items():
+        assert (reused_input(v, 32, 3, 1, 1, None) is not None) == (name == "h[1:]"), name
+        out = conv1d_bn_relu(v, w2, None, g, beta, None, None, stride=1, padding=1, training=True,
+                             padded_input=True)  # fmt: skip
+        ref = conv1d_bn_relu(v.contiguous(), w2, None, g, beta, None, None, stride=1, padding=1, training=True)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5, msg=name)
+
+
 def test_the_fake_gives_the_chained_layout() -> None:
     """The ops' fakes (torch.compile, meta) return a chained output as the kernels do: a view at the pad row of a
     (N, LP, C) buffer, with the real op's strides and storage offset; a consumer of it makes no copy of its input.

@@ -27,6 +27,7 @@ from torch.utils._pytree import tree_flatten
 import soundnet_fast.kernels  # noqa: F401  (registers the ops; its ``kl_div`` attribute is the function)
 from soundnet_fast.constants import HEAD_CLASSES, SAMPLE_RATE
 from soundnet_fast.kernels import _bn_sums, _conv_banded, _conv_bwd, _conv_fwd, _conv_paths, _conv_rows, bn_running
+from soundnet_fast.kernels.inputs import padded_input_buffer
 from soundnet_fast.model import SOUNDNET8_TRUNK
 
 _KL = sys.modules["soundnet_fast.kernels.kl_div"]
@@ -232,7 +233,8 @@ def train_step_launches(
             out.extend(Launch(layer, phase, k, tuple(int(g) for g in grid), a, kw) for k, grid, a, kw in rec[start:])
 
         c_in, length = 1, samples
-        x = torch.empty(batch, c_in, length, dtype=dtype, device="meta")
+        # conv1 reads its input in place, as the CUDA-graph trainer's static input (SoundNet.input_buffer)
+        x = padded_input_buffer(batch, c_in, length, trunk[0][1:], dtype, "meta")
         for i, (name, c_out, k, s, p, pool) in enumerate(trunk):
             t = (length + 2 * p - k) // s + 1
             w2d = torch.empty(c_out, c_in * k, dtype=dtype, device="meta")
@@ -249,7 +251,7 @@ def train_step_launches(
 
             def fwd(x=x, w2d=w2d, b=b, g=g, k=k, s=s, p=p, t=t, pool=pool, res=res, running=running, chain=chain, i=i):
                 res["out"], res["code"], res["zmax"], res["stats"], res["z"], res["xk"] = _conv_paths.block_forward(
-                    x, w2d, b, g, g, k, s, p, t, pool, True, 1e-5, chain=chain, padded=i > 0, running=(*running, 0.1)
+                    x, w2d, b, g, g, k, s, p, t, pool, True, 1e-5, chain=chain, padded=True, running=(*running, 0.1)
                 )  # as the ops run it (the running statistics updated by the merge), chained as the model chains
 
             section(name, "forward", fwd)
@@ -296,7 +298,7 @@ def train_step_launches(
                     None,
                     z,
                     xk,
-                    i > 0,
+                    True,
                 )
 
             section(name, "backward", bwd)

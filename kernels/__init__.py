@@ -6,6 +6,7 @@ fused conv op supports and refuses.
 """
 
 from .conv_bn_relu import SUPPORT_MATRIX, conv1d_bn_relu
+from .inputs import is_padded_input, padded_input_buffer
 from .kl_div import kl_div
 from .memory import saved_activation_bytes
 from .modules import FusedConv1dBNReLU, conv_bn_relu_modules, fold, fuse, unfuse
@@ -17,7 +18,9 @@ __all__ = [
     "conv_bn_relu_modules",
     "fold",
     "fuse",
+    "is_padded_input",
     "kl_div",
+    "padded_input_buffer",
     "saved_activation_bytes",
     "unfuse",
 ]

@@ -445,11 +445,11 @@ def stats_group(c_out: int) -> int:
     return max(2, MAX_COLS // clamp_pow2(c_out, 16, MAX_COLS))
 
 
-def _layout(x: torch.Tensor, plan: dict, stride: int, pad: int, rows: int) -> int:
+def _layout(length: int, plan: dict, stride: int, pad: int, rows: int) -> int:
     """LP: a padded clip's length, a multiple of 16 covering the data and the window of every row its tiles
     read (``rows`` rounded up to whole tiles of ``_block_q(rows)``)."""
     bq = _block_q(rows)
-    need = max(pad + x.shape[-1], (triton.cdiv(rows, bq) * bq - 1) * stride * plan["POOL"] + plan["J1"] + plan["J2"])
+    need = max(pad + length, (triton.cdiv(rows, bq) * bq - 1) * stride * plan["POOL"] + plan["J1"] + plan["J2"])
     return -(-need // 16) * 16
 
 
@@ -470,10 +470,15 @@ def band_input_length(x: torch.Tensor, c_out: int, k: int, stride: int, padding:
     """LP of ``band_input``'s copy: it covers the rows of both forward plans (statistics, pool) and the backward's
     (one more window: the positions past the last whole one), so all three read one copy; a longer pitch only adds
     zeros. Reads x's shape only (the op's fake calls it too)."""
+    return band_input_rows(x.shape[-1], c_out, k, stride, padding, T, pool)
+
+
+def band_input_rows(length: int, c_out: int, k: int, stride: int, padding: int, T: int, pool: int) -> int:
+    """``band_input_length`` of a waveform of ``length`` samples (a multiple of 16)."""
     stats = band_plan(1, c_out, k, stride, stats_group(c_out))
     epi = epilogue_plan(1, c_out, k, stride, pool)
-    return max(_layout(x, stats, stride, padding, triton.cdiv(T, stats["POOL"])),
-               _layout(x, epi, stride, padding, T // pool), _layout(x, epi, stride, padding, triton.cdiv(T, pool)))
+    plans = ((stats, triton.cdiv(T, stats["POOL"])), (epi, T // pool), (epi, triton.cdiv(T, pool)))
+    return max(_layout(length, plan, stride, padding, rows) for plan, rows in plans)
 
 
 def band_input(x: torch.Tensor, c_out: int, k: int, stride: int, padding: int, T: int, pool: int) -> torch.Tensor:
@@ -517,7 +522,7 @@ def band_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
     C = w2d.shape[0]
     plan = band_plan(1, C, k, stride, stats_group(C))
     tq = triton.cdiv(T, plan["POOL"])
-    xp, lp = _waveform(x, xp, padding, _layout(x, plan, stride, padding, tq))
+    xp, lp = _waveform(x, xp, padding, _layout(x.shape[-1], plan, stride, padding, tq))
     bq = _block_q(tq)
     tpc, tiles, P = _tiles(N, tq, bq, "stats", x, triton.cdiv(C, plan["BLOCK_C"]))
     part = stats_partials(3, C, P, x.device)
@@ -538,7 +543,7 @@ def band_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | N
     C = w2d.shape[0]
     plan = pool_plan(1, C, k, stride, pool)
     TP = T // pool
-    xp, lp = _waveform(x, xp, padding, _layout(x, plan, stride, padding, TP))
+    xp, lp = _waveform(x, xp, padding, _layout(x.shape[-1], plan, stride, padding, TP))
     bq = _block_q(TP)
     tpc, tiles, P = _tiles(N, TP, bq, "pool", x, triton.cdiv(C, plan["BLOCK_C"]))
     out, chained, zero_rows = pool_output(N, C, TP, x.dtype, x.device, chain)
@@ -566,7 +571,7 @@ def band_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     dev = x.device
     plan = epilogue_plan(1, C, k, stride, pool)
     TP, tq = T // pool, triton.cdiv(T, pool)
-    xp, lp = _waveform(x, xp, padding, _layout(x, plan, stride, padding, tq))
+    xp, lp = _waveform(x, xp, padding, _layout(x.shape[-1], plan, stride, padding, tq))
     bq = _block_q(tq)  # both passes: their rows (TP, tq) differ by at most one
     flags = _flags(plan, x, k, stride, bias, bq)
     b = bias if bias is not None else w2d

@@ -23,6 +23,7 @@ from ._conv_banded import (
     band_bn_relu_pool,
     band_input,
     band_input_length,
+    band_input_rows,
     band_moments,
     band_plan,
     epilogue_plan,
@@ -144,12 +145,42 @@ def chained_input(x: torch.Tensor, pad: int, lp: int) -> torch.Tensor | None:
     return x.as_strided((N, lp, C), (lp * C, C, 1), start)
 
 
+def input_rows(c_in: int, length: int, c_out: int, k: int, stride: int, padding: int, pool: int | None,
+               dtype: torch.dtype) -> tuple[int, int] | None:
+    """(pad, LP) of the zero-padded buffer a block reads its input (N, C_in, length) from without a copy when the
+    caller vouches for the zeros around it (the op's ``padded_input``): for the banded kernels (a waveform) the
+    (N, LP) layout of ``band_input``'s copy, for the row kernels a chained buffer (``chain_rows``); None where the
+    block reads no such buffer."""
+    paths = block_paths(c_in, c_out, k, stride, pool, dtype)
+    if c_in == 1 and paths.stats == paths.pool == "banded":
+        t = (length + 2 * padding - k) // stride + 1
+        return padding, band_input_rows(length, c_out, k, stride, padding, t, pool)
+    return chain_rows(c_in, length, c_out, k, stride, padding, pool, dtype)
+
+
+def waveform_input(x: torch.Tensor, pad: int, lp: int) -> torch.Tensor | None:
+    """x's padded waveform (N, LP) (``input_rows``), a view of x's storage from ``pad`` samples before x to LP per
+    clip, where x (N, 1, L) lies in one: strides (LP, any, 1), ``pad`` samples of its storage before it and the
+    whole last clip after. None otherwise (then x is copied). The samples outside x are read as zeros: the caller
+    vouches for them (the op's ``padded_input``; ``inputs.padded_input_buffer`` makes such an x)."""
+    N, C, L = x.shape
+    start = x.storage_offset() - pad
+    if C != 1 or x.stride(0) != lp or x.stride(2) != 1 or start < 0 or lp < pad + L:
+        return None
+    if x.untyped_storage().nbytes() < (start + N * lp) * x.element_size():
+        return None
+    return x.as_strided((N, lp), (lp, 1), start)
+
+
 def reused_input(x: torch.Tensor, c_out: int, K: int, stride: int, padding: int,
                  pool: int | None) -> torch.Tensor | None:
-    """x's chained buffer (``chained_input``) where the block reads one (``chain_rows``) and x has its layout, else
-    None: what a block whose caller vouches for x's padding (the op's ``padded_input``) reads instead of copying x."""
-    chain = chain_rows(x.shape[1], x.shape[2], c_out, K, stride, padding, pool, x.dtype)
-    return chained_input(x, *chain) if chain is not None else None
+    """x's padded buffer (``waveform_input`` or ``chained_input``) where the block reads one (``input_rows``) and
+    x lies in one, else None: what a block whose caller vouches for x's padding (the op's ``padded_input``) reads
+    instead of copying x."""
+    rows = input_rows(x.shape[1], x.shape[2], c_out, K, stride, padding, pool, x.dtype)
+    if rows is None:
+        return None
+    return waveform_input(x, *rows) if x.shape[1] == 1 else chained_input(x, *rows)
 
 
 def forward_input(x: torch.Tensor, c_out: int, K: int, stride: int, padding: int, T: int,

@@ -67,8 +67,9 @@ Fused Conv1d -> BatchNorm1d -> ReLU (-> MaxPool1d): `conv1d_bn_relu`, `FusedConv
 - Chaining: `feeds=` (the next fused block's C_out, kernel, stride, padding, pool) writes the output
   into the zero-padded channels-last buffer that block reads, as a strided view; that block, called
   with `padded_input=True`, reads it without a copy (`SoundNet8(backend="fused")` chains its blocks);
-  a view of it cropped in time or channels is copied as usual. Ignored under `torch.compile`.
-  Without `feeds` the output is contiguous.
+  a view of it cropped in time or channels is copied as usual. `padded_input_buffer` allocates an
+  input laid out so (a training loop's static input; `is_padded_input` tells it from its views).
+  Ignored under `torch.compile`. Without `feeds` the output is contiguous.
 - Deterministic: `deterministic=True` (default: `torch.are_deterministic_algorithms_enabled()`) uses
   no atomics in the backward's reductions; forward statistics never use atomics.
 - Devices: CUDA runs the Triton kernels; CPU runs the PyTorch reference (the Triton kernels in the

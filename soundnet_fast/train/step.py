@@ -13,9 +13,10 @@ rather than by a host-side ``if``:
 What a captured step relies on (each is true of the code below; break one and a replay silently computes
 something else):
 
-1. Static inputs. :meth:`Stepper.capture` clones the first batch into static audio / target tensors; each
-   replay copies the next batch into them (``copy_``), so every batch must have the same shapes, dtypes,
-   device and teacher keys (the training loader drops the last partial batch: ``drop_last=True``).
+1. Static inputs. :meth:`Stepper.capture` copies the first batch into static audio / target tensors (the audio
+   in the model's ``input_buffer``, bf16 under bf16 autocast); each replay copies the next batch into them
+   (``copy_``), so every batch must have the same shapes, device and teacher keys (the training loader drops the
+   last partial batch: ``drop_last=True``).
 2. No host sync and no host-side branching inside the body: no ``.item()``, no ``if`` on a tensor; the skip is
    ``found_inf`` plus ``torch.where``; every tensor the body reads that is made on the host (``_divisor``,
    ``force_skip``, ``found_inf``, the counters, the BN backups) is made once in ``__init__``, since a
@@ -166,7 +167,7 @@ class Stepper:
         """
         if self.device.type != "cuda":
             raise RuntimeError(f"CUDA graphs need a CUDA device, not {self.device}")
-        self._static = (audio.clone(), {k: v.clone() for k, v in targets.items()})
+        self._static = (self._static_audio(audio), {k: v.clone() for k, v in targets.items()})
         s_audio, s_targets = self._static
         saved = {k: v.clone() for k, v in self.counters.items()}
         self.force_skip.fill_(True)
@@ -185,6 +186,14 @@ class Stepper:
         for k, v in saved.items():
             self.counters[k].copy_(v)
         self.graph = graph
+
+    def _static_audio(self, audio: Tensor) -> Tensor:
+        """The static audio (invariant 1) holding ``audio``: the model's :meth:`SoundNet.input_buffer` (for a fused
+        conv1 laid out inside the zero-padded waveform its kernels read, so no replay pads it), in bf16 under bf16
+        autocast (the cast autocast makes on entry, done by each replay's ``copy_`` instead)."""
+        dtype = torch.bfloat16 if self.bf16 and audio.is_floating_point() else audio.dtype
+        static = self.core.input_buffer(audio.shape[0], audio.shape[-1], dtype, audio.device)
+        return static.copy_(audio)
 
     def read(self, reset: bool = True) -> dict[str, float]:
         """Host copy of the counters (one sync); with ``reset`` the per-interval sums start again from zero."""

@@ -7,7 +7,7 @@ import torch
 
 import soundnet_fast.kernels._conv_banded as banded
 import soundnet_fast.kernels._conv_rows as rows
-from soundnet_fast.kernels import conv1d_bn_relu
+from soundnet_fast.kernels import conv1d_bn_relu, is_padded_input, padded_input_buffer
 from soundnet_fast.kernels._common import INTERPRET
 from soundnet_fast.kernels._conv_paths import (
     Paths,
@@ -122,6 +122,36 @@ def test_the_backward_reuses_the_forwards_padded_copy(monkeypatch: pytest.Monkey
     out.backward(torch.randn_like(out))
     assert pads.count == 1
     assert w.grad is not None and (layer == "conv1" or x.grad is not None)
+
+
+@pytest.mark.skipif(not INTERPRET, reason="needs TRITON_INTERPRET=1 (the kernels on CPU tensors)")
+@pytest.mark.parametrize("layer", ["conv1", "conv2"])  # banded (a waveform), rows (channels-last)
+def test_a_padded_input_buffer_is_read_in_place(monkeypatch: pytest.MonkeyPatch, layer: str) -> None:
+    """x from ``padded_input_buffer``, called with ``padded_input=True``: neither the forward nor the backward pads
+    it (the trainer's static input: conv1's pad was a 113 MB pass per step at batch 64), the results are those of
+    the same data in a plain tensor, and only x itself is vouched for (not a view or a copy of it)."""
+    c_in, c_out, k, s, p, pool = SOUNDNET_LAYERS[layer]
+    gen = torch.Generator().manual_seed(7)
+    data = torch.randn(2, c_in, 900 if layer == "conv1" else 300, generator=gen)
+    w = torch.randn(c_out, c_in, k, generator=gen) / (c_in * k) ** 0.5
+    g, beta = torch.rand(c_out, generator=gen) + 0.5, torch.randn(c_out, generator=gen)
+    x = padded_input_buffer(2, c_in, data.shape[-1], (c_out, k, s, p, pool), torch.float32, "cpu")
+    assert not x.is_contiguous() and reused_input(x, c_out, k, s, p, pool) is not None
+    x.copy_(data)
+    assert is_padded_input(x) and not is_padded_input(x[..., :-1]) and not is_padded_input(x.clone())
+    results = []
+    for xin, padded in ((data, False), (x, True)):
+        xin = xin.detach().requires_grad_(layer != "conv1")
+        wi, gi, bi = (t.clone().requires_grad_() for t in (w, g, beta))
+        pads = _Pads(monkeypatch)
+        out = conv1d_bn_relu(xin, wi, None, gi, bi, None, None, stride=s, padding=p, training=True, pool=pool,
+                             padded_input=padded)  # fmt: skip
+        out.backward(torch.linspace(-1, 1, out.numel()).reshape(out.shape))
+        assert pads.count == (0 if padded else 1)
+        monkeypatch.undo()
+        results.append([out, wi.grad, gi.grad, bi.grad] + ([xin.grad] if layer != "conv1" else []))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 # conv1 -> conv2 -> conv3 -> conv4 -> conv5 of SoundNet-8 at test sizes: banded into rows (pool 8), rows into rows

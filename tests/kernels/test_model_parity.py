@@ -99,3 +99,34 @@ def test_soundnet5_heads_with_kl_loss() -> None:
         loss.backward()
     assert max_rel(losses[2], losses[0]) <= max(2 * max_rel(losses[1], losses[0]), 1e-5)
     _check(ref64, ref, fused, logits)
+
+
+def test_an_input_buffer_feeds_conv1_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``SoundNet8.input_buffer`` (the trainer's static input) lies inside the zero-padded waveform conv1's banded
+    kernels read: the trunk reads it there (the banded launchers make no padded copy, forward or backward) and
+    gives the outputs, gradients and running statistics of the same batch in a plain tensor."""
+    import copy
+
+    import soundnet_fast.kernels._conv_banded as banded
+
+    torch.manual_seed(4)
+    plain = SoundNet8(backend="fused").train()
+    buffered = copy.deepcopy(plain)
+    x = torch.randn(2, 1, 8000) * 64
+    buf = buffered.input_buffer(2, 8000)
+    assert not buf.is_contiguous() and buf.dtype == torch.float32
+    buf.copy_(x)
+    out_p = plain.features(x, "conv7")
+    pads = []
+    monkeypatch.setattr(banded, "padded_waveform", lambda *a: pads.append(a) or pytest.fail("conv1 padded x"))
+    out_b = buffered.features(buf, "conv7")
+    grad = torch.randn(out_p.shape)
+    out_b.backward(grad)
+    monkeypatch.undo()
+    out_p.backward(grad)
+    assert not pads
+    torch.testing.assert_close(out_b, out_p, rtol=0, atol=0)
+    for (name, a), b in zip(buffered.named_parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0, msg=name)
+    for (name, a), b in zip(buffered.named_buffers(), plain.buffers(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)

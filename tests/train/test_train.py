@@ -247,6 +247,24 @@ def test_cuda_graphs_fall_back_on_cpu_with_a_message(tmp_path, sn5_shards, capsy
         _stepper()[2].capture(*_first_batch(sn5_shards))
 
 
+@pytest.mark.parametrize(("backend", "precision"), [("fused", "bf16"), ("fused", "fp32"), ("reference", "bf16")])
+def test_the_captured_steps_static_audio_is_the_models_input_buffer(sn5_shards, backend, precision):
+    """What capture copies the first batch into (invariant 1): for a fused conv1 the model's input_buffer, laid out
+    inside the zero-padded waveform conv1's kernels read (the trunk then pads nothing per replay), else a plain
+    tensor; bf16 under bf16 autocast (the cast autocast makes on entry), holding the batch."""
+    from soundnet_fast.kernels import is_padded_input
+
+    torch.manual_seed(0)
+    model = build("soundnet5", CLASSES["objects"], CLASSES["scenes"], backend=backend)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    st = Stepper(model, model, opt, device=torch.device("cpu"), backend=backend, precision=precision)
+    audio = _first_batch(sn5_shards)[0]
+    static = st._static_audio(audio)
+    assert static.shape == audio.shape and static.dtype == (torch.bfloat16 if precision == "bf16" else audio.dtype)
+    assert torch.equal(static, audio.to(static.dtype))
+    assert is_padded_input(static) == (backend == "fused") and static.is_contiguous() == (backend != "fused")
+
+
 # ------------------------------------------------------------------------------------- validation
 def test_validation_reports_the_checkpoint_models_loss_and_agreement(tmp_path, sn5_shards, capsys):
     val = make_shards(tmp_path / "val", num_clips=3, seed=7)

@@ -210,7 +210,7 @@ def _band_bn_relu_pool_kernel(xp_ptr,  # (N, LP) padded waveform
     s_col = tl.reshape(tl.broadcast_to(s[None, :], (PP, BLOCK_C)), (PP * BLOCK_C,))[None, :]
     b1 = (b1 * s_col).to(b1.dtype)
     b2 = (b2 * s_col).to(b2.dtype)
-    slot = tl.arange(0, PP)[None, :, None]
+    slot = tl.arange(0, PP)[None, :, None].to(tl.float32)  # fp32: pool_select's min over a middle axis
     n, t, dn, dt = walk_start(tl.program_id(0), P, TPC)
     for _ in range(tl.program_id(0), NUM_TILES, P):
         r0 = t * BLOCK_Q

@@ -14,6 +14,7 @@ The launchers here are what the op (``conv_bn_relu.py``), ``bench/aot_check.py``
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -158,11 +159,28 @@ def input_rows(c_in: int, length: int, c_out: int, k: int, stride: int, padding:
     return chain_rows(c_in, length, c_out, k, stride, padding, pool, dtype)
 
 
+_MADE: dict[int, weakref.ref] = {}  # id(x) -> x, for every x ``inputs.padded_input_buffer`` returned still alive
+
+
+def made_input(x: torch.Tensor) -> None:
+    """Records x as made by ``inputs.padded_input_buffer`` (``is_made_input``) for as long as it lives."""
+    key = id(x)
+    _MADE[key] = weakref.ref(x, lambda _, key=key: _MADE.pop(key, None))
+
+
+def is_made_input(x: torch.Tensor) -> bool:
+    """Whether x is itself a tensor ``inputs.padded_input_buffer`` returned (not a view or a copy of it)."""
+    ref = _MADE.get(id(x))
+    return ref is not None and ref() is x
+
+
 def waveform_input(x: torch.Tensor, pad: int, lp: int) -> torch.Tensor | None:
     """x's padded waveform (N, LP) (``input_rows``), a view of x's storage from ``pad`` samples before x to LP per
     clip, where x (N, 1, L) lies in one: strides (LP, any, 1), ``pad`` samples of its storage before it and the
     whole last clip after. None otherwise (then x is copied). The samples outside x are read as zeros: the caller
-    vouches for them (the op's ``padded_input``; ``inputs.padded_input_buffer`` makes such an x)."""
+    vouches for them (the op's ``padded_input``, which the op's entry keeps for a waveform only where x is the
+    tensor ``inputs.padded_input_buffer`` made: ``is_made_input``; the waveform's LP is rounded to whole tiles for
+    16-byte aligned clips, so unlike ``chain_rows``'s it cannot tell a view cropped in time from its strides)."""
     N, C, L = x.shape
     start = x.storage_offset() - pad
     if C != 1 or x.stride(0) != lp or x.stride(2) != 1 or start < 0 or lp < pad + L:

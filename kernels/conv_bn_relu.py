@@ -30,6 +30,7 @@ from ._conv_paths import (
     dx_channels_last,
     forward_input,
     forward_input_shape,
+    is_made_input,
     keeps_z,
     kept_input,
     kept_z_shape,
@@ -68,8 +69,9 @@ Fused Conv1d -> BatchNorm1d -> ReLU (-> MaxPool1d): `conv1d_bn_relu`, `FusedConv
   into the zero-padded channels-last buffer that block reads, as a strided view; that block, called
   with `padded_input=True`, reads it without a copy (`SoundNet8(backend="fused")` chains its blocks);
   a view of it cropped in time or channels is copied as usual. `padded_input_buffer` allocates an
-  input laid out so (a training loop's static input; `is_padded_input` tells it from its views).
-  Ignored under `torch.compile`. Without `feeds` the output is contiguous.
+  input laid out so (a training loop's static input), read in place when that tensor itself is
+  passed with `padded_input=True` (`is_padded_input`). Ignored under `torch.compile`. Without
+  `feeds` the output is contiguous.
 - Deterministic: `deterministic=True` (default: `torch.are_deterministic_algorithms_enabled()`) uses
   no atomics in the backward's reductions; forward statistics never use atomics.
 - Devices: CUDA runs the Triton kernels; CPU runs the PyTorch reference (the Triton kernels in the
@@ -440,10 +442,12 @@ def conv1d_bn_relu(x: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, bn_
     chain (``_conv_paths.chain_rows`` / ``out_chain``) the output is written into the zero-padded channels-last
     buffer that block reads (the output is a strided view of it), else it is contiguous. Call that block with
     ``padded_input=True``: it then reads the buffer around x, which the caller vouches holds the zeros written
-    there: pass it the output itself or a view of it cropped in batch (a view cropped in time or channels has
-    other strides and is copied, as is any x without the chained layout; a view with that layout over another
-    buffer is trusted). The chained output is a view: ``reshape`` works on it, ``view`` across its dimensions
-    does not. Under ``torch.compile`` both are ignored."""
+    there: pass it the output itself or a view of it cropped in batch, to the block named in ``feeds`` (a view
+    cropped in time or channels has other strides for that block and is copied, as is any x without the chained
+    layout; a view with that layout over another buffer is trusted). ``padded_input=True`` also reads in place an
+    x that ``padded_input_buffer`` made for this block: that tensor itself (for a waveform, any view of it is
+    copied). The chained output is a view: ``reshape`` works on it, ``view`` across its dimensions does not.
+    Under ``torch.compile`` both are ignored."""
     stride, padding = _as_int(stride, "stride"), _as_int(padding, "padding")
     if x.dim() != 3:
         raise ValueError(f"conv1d_bn_relu expects x shaped (batch, channels, length), got {tuple(x.shape)}")
@@ -473,6 +477,8 @@ def conv1d_bn_relu(x: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, bn_
         dt = torch.get_autocast_dtype(dev)  # conv runs in autocast's lower precision, as F.conv1d would
         x, conv_weight = x.to(dt), conv_weight.to(dt)
         conv_bias = conv_bias.to(dt) if conv_bias is not None else None
+    if padded_input and x.shape[1] == 1 and not is_made_input(x):
+        padded_input = False  # a waveform is read in place only as padded_input_buffer made it (waveform_input)
     if conv_weight.dtype != x.dtype or (conv_bias is not None and conv_bias.dtype != x.dtype):
         raise TypeError(f"conv1d_bn_relu: input dtype {x.dtype} and conv weight/bias dtypes "
                         f"{conv_weight.dtype} differ (as in F.conv1d; use torch.autocast to mix)")

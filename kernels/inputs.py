@@ -10,13 +10,9 @@ clips: a 113 MB pass per step) is gone.
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 
-from ._conv_paths import input_rows
-
-_MADE: dict[int, weakref.ref] = {}  # id(x) -> x, for every x padded_input_buffer returned that is still alive
+from ._conv_paths import input_rows, is_made_input, made_input
 
 
 def padded_input_buffer(
@@ -30,11 +26,20 @@ def padded_input_buffer(
     """A zeroed input x (batch, channels, length) for a fused block of geometry ``conv`` = (C_out, kernel, stride,
     padding, pool), laid out inside the zero-padded buffer the block's kernels read (``_conv_paths.input_rows``:
     (batch, LP) for a waveform on the banded kernels, (batch, LP, channels) channels-last for the row kernels) where
-    the block reads one; a contiguous tensor otherwise. Write x in place (``x.copy_(batch)``): the rows around it
-    stay zero, and ``is_padded_input(x)`` holds. Raises ValueError on a non-positive size."""
+    the block reads one; a contiguous tensor otherwise. ``dtype``: the one the block runs in (under autocast, the
+    autocast dtype: the op's cast would make a new tensor, which it pads as usual). Write x in place
+    (``x.copy_(batch)``): the rows around it stay zero. Pass x itself, not a view of it, with ``padded_input=True``
+    (``is_padded_input(x)``). Raises ValueError on a non-positive size or an invalid ``conv``."""
     if min(batch, channels, length) < 1:
         raise ValueError(f"padded_input_buffer: need positive sizes, got ({batch}, {channels}, {length})")
+    if not isinstance(conv, (tuple, list)) or len(conv) != 5:
+        raise ValueError(f"padded_input_buffer: conv must be (C_out, kernel, stride, padding, pool), got {conv!r}")
     c_out, k, stride, padding, pool = conv
+    ints = (c_out, k, stride, padding) + (() if pool is None else (pool,))
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in ints):
+        raise ValueError(f"padded_input_buffer: conv's entries must be Python ints (pool may be None), got {conv!r}")
+    if min(c_out, k, stride) < 1 or padding < 0 or (pool is not None and pool < 1):
+        raise ValueError(f"padded_input_buffer: need C_out, kernel, stride, pool >= 1 and padding >= 0, got {conv!r}")
     rows = input_rows(channels, length, c_out, k, stride, padding, pool, dtype)
     if rows is None:
         return torch.zeros((batch, channels, length), dtype=dtype, device=device)
@@ -43,13 +48,11 @@ def padded_input_buffer(
         x = torch.zeros((batch, lp), dtype=dtype, device=device)[:, pad : pad + length].unsqueeze(1)
     else:
         x = torch.zeros((batch, lp, channels), dtype=dtype, device=device)[:, pad : pad + length].transpose(1, 2)
-    key = id(x)
-    _MADE[key] = weakref.ref(x, lambda _, key=key: _MADE.pop(key, None))
+    made_input(x)
     return x
 
 
 def is_padded_input(x: torch.Tensor) -> bool:
     """Whether x is a tensor ``padded_input_buffer`` returned (itself, not a view or copy of it): its caller may
     pass ``padded_input=True`` to the block it was made for."""
-    ref = _MADE.get(id(x))
-    return ref is not None and ref() is x
+    return is_made_input(x)

@@ -454,8 +454,9 @@ class SoundNet(nn.Module):
         """A zeroed input (batch, 1, samples) to copy batches into (``x.copy_(audio)``), such as a CUDA graph's
         static input. Where conv1 runs fused it lies inside the zero-padded waveform conv1's kernels read
         (``soundnet_fast.kernels.padded_input_buffer``), and the forward reads it there: no padded copy per step
-        (SoundNet-8, bf16, batch 64 of 20 s clips: a 113 MB pass). Otherwise a plain tensor. ``device`` defaults
-        to the parameters'."""
+        (SoundNet-8, bf16, batch 64 of 20 s clips: a 113 MB pass). Otherwise a plain tensor. ``dtype``: the one
+        conv1 runs in, under autocast the autocast dtype (the op's cast would make a new tensor, padded as usual;
+        the trainer passes bf16 under bf16 autocast). ``device`` defaults to the parameters'."""
         device = next(self.parameters()).device if device is None else device
         x = torch.zeros((batch, 1, samples), dtype=dtype, device=device)
         first = self.blocks[0]

@@ -139,9 +139,19 @@ def test_a_padded_input_buffer_is_read_in_place(monkeypatch: pytest.MonkeyPatch,
     assert not x.is_contiguous() and reused_input(x, c_out, k, s, p, pool) is not None
     x.copy_(data)
     assert is_padded_input(x) and not is_padded_input(x[..., :-1]) and not is_padded_input(x.clone())
+    # views: a waveform's never read in place (its LP is rounded: the op's entry asks is_padded_input), a chained
+    # buffer's where the strides fit (cropped in batch)
+    for view in (x[..., :-8], x[..., 8:], x[:1]):
+        if layer == "conv2":
+            assert (reused_input(view, c_out, k, s, p, pool) is not None) == (view.shape[0] == 1)
+        out = conv1d_bn_relu(view, w, None, g, beta, None, None, stride=s, padding=p, training=True, pool=pool,
+                             padded_input=True)  # fmt: skip
+        ref = conv1d_bn_relu(view.contiguous(), w, None, g, beta, None, None, stride=s, padding=p, training=True,
+                             pool=pool)  # fmt: skip
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     results = []
     for xin, padded in ((data, False), (x, True)):
-        xin = xin.detach().requires_grad_(layer != "conv1")
+        xin = xin if layer == "conv1" else xin.detach().requires_grad_()  # conv1: x itself (is_padded_input)
         wi, gi, bi = (t.clone().requires_grad_() for t in (w, g, beta))
         pads = _Pads(monkeypatch)
         out = conv1d_bn_relu(xin, wi, None, gi, bi, None, None, stride=s, padding=p, training=True, pool=pool,
@@ -152,6 +162,18 @@ def test_a_padded_input_buffer_is_read_in_place(monkeypatch: pytest.MonkeyPatch,
         results.append([out, wi.grad, gi.grad, bi.grad] + ([xin.grad] if layer != "conv1" else []))
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("conv", "problem"),
+    [((16, 64, 2, -1, 8), "padding >= 0"), ((16, 64, 0, 32, 8), "stride"), ((16, 64, 2, 32), "(C_out, kernel"),
+     ((16, torch.tensor(64), 2, 32, 8), "Python ints"), ((16, 64, 2, 32, 0), "pool >= 1")],
+)  # fmt: skip
+def test_padded_input_buffer_rejects_a_bad_geometry(conv: tuple, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem.replace("(", r"\(")):
+        padded_input_buffer(2, 1, 1000, conv, torch.float32, "cpu")
+    with pytest.raises(ValueError, match="positive sizes"):
+        padded_input_buffer(2, 1, 0, (16, 64, 2, 32, 8), torch.float32, "cpu")
 
 
 # conv1 -> conv2 -> conv3 -> conv4 -> conv5 of SoundNet-8 at test sizes: banded into rows (pool 8), rows into rows

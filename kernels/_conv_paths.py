@@ -113,8 +113,8 @@ def chain_rows(c_in: int, length: int, c_out: int, k: int, stride: int, padding:
     from when the previous block wrote it there ("chained": ``_conv_fwd.pool_output``), or None where the block
     reads no such buffer (not rows in both forward passes; C_in not a multiple of 16, which keeps every clip's
     start, LP * C_in elements apart, 16-element aligned for any LP; more zero rows around x than
-    ``_conv_fwd.chain_fits`` allows). A chained buffer spares the block
-    ``forward_input``'s copy (SoundNet-8, bf16, batch 64: conv2's is 113 MB moved per step).
+    ``_conv_fwd.chain_fits`` allows). A chained buffer spares the block ``forward_input``'s copy (SoundNet-8, bf16,
+    batch 64: conv2's is 113 MB moved per step).
 
     LP = pad + length + tail with tail independent of length: at least the copy's rows (``rows_input_rows``, a
     multiple of 16, covering the backward's windows too) for every length, so a view cropped in time (fewer
@@ -162,14 +162,15 @@ def input_rows(c_in: int, length: int, c_out: int, k: int, stride: int, padding:
 _MADE: dict[int, weakref.ref] = {}  # id(x) -> x, for every x ``inputs.padded_input_buffer`` returned still alive
 
 
-def made_input(x: torch.Tensor) -> None:
-    """Records x as made by ``inputs.padded_input_buffer`` (``is_made_input``) for as long as it lives."""
+def register_padded_input(x: torch.Tensor) -> None:
+    """Records x as made by ``inputs.padded_input_buffer`` (``is_padded_input``) for as long as it lives."""
     key = id(x)
     _MADE[key] = weakref.ref(x, lambda _, key=key: _MADE.pop(key, None))
 
 
-def is_made_input(x: torch.Tensor) -> bool:
-    """Whether x is itself a tensor ``inputs.padded_input_buffer`` returned (not a view or a copy of it)."""
+def is_padded_input(x: torch.Tensor) -> bool:
+    """Whether x is a tensor ``inputs.padded_input_buffer`` returned (itself, not a view or a copy of it): its
+    caller may pass ``padded_input=True`` to the block it was made for."""
     ref = _MADE.get(id(x))
     return ref is not None and ref() is x
 
@@ -179,7 +180,7 @@ def waveform_input(x: torch.Tensor, pad: int, lp: int) -> torch.Tensor | None:
     clip, where x (N, 1, L) lies in one: strides (LP, any, 1), ``pad`` samples of its storage before it and the
     whole last clip after. None otherwise (then x is copied). The samples outside x are read as zeros: the caller
     vouches for them (the op's ``padded_input``, which the op's entry keeps for a waveform only where x is the
-    tensor ``inputs.padded_input_buffer`` made: ``is_made_input``; the waveform's LP is rounded to whole tiles for
+    tensor ``inputs.padded_input_buffer`` made: ``is_padded_input``; the waveform's LP is rounded to whole tiles for
     16-byte aligned clips, so unlike ``chain_rows``'s it cannot tell a view cropped in time from its strides)."""
     N, C, L = x.shape
     start = x.storage_offset() - pad

@@ -30,7 +30,7 @@ from ._conv_paths import (
     dx_channels_last,
     forward_input,
     forward_input_shape,
-    is_made_input,
+    is_padded_input,
     keeps_z,
     kept_input,
     kept_z_shape,
@@ -477,7 +477,7 @@ def conv1d_bn_relu(x: Tensor, conv_weight: Tensor, conv_bias: Tensor | None, bn_
         dt = torch.get_autocast_dtype(dev)  # conv runs in autocast's lower precision, as F.conv1d would
         x, conv_weight = x.to(dt), conv_weight.to(dt)
         conv_bias = conv_bias.to(dt) if conv_bias is not None else None
-    if padded_input and x.shape[1] == 1 and not is_made_input(x):
+    if padded_input and x.shape[1] == 1 and not is_padded_input(x):
         padded_input = False  # a waveform is read in place only as padded_input_buffer made it (waveform_input)
     if conv_weight.dtype != x.dtype or (conv_bias is not None and conv_bias.dtype != x.dtype):
         raise TypeError(f"conv1d_bn_relu: input dtype {x.dtype} and conv weight/bias dtypes "

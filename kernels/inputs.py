@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from ._conv_paths import input_rows, is_made_input, made_input
+from ._conv_paths import input_rows, is_padded_input, register_padded_input
+
+__all__ = ["is_padded_input", "padded_input_buffer"]
 
 
 def padded_input_buffer(
@@ -48,11 +50,5 @@ def padded_input_buffer(
         x = torch.zeros((batch, lp), dtype=dtype, device=device)[:, pad : pad + length].unsqueeze(1)
     else:
         x = torch.zeros((batch, lp, channels), dtype=dtype, device=device)[:, pad : pad + length].transpose(1, 2)
-    made_input(x)
+    register_padded_input(x)
     return x
-
-
-def is_padded_input(x: torch.Tensor) -> bool:
-    """Whether x is a tensor ``padded_input_buffer`` returned (itself, not a view or copy of it): its caller may
-    pass ``padded_input=True`` to the block it was made for."""
-    return is_made_input(x)

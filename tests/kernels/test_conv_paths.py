@@ -164,16 +164,20 @@ def test_a_padded_input_buffer_is_read_in_place(monkeypatch: pytest.MonkeyPatch,
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+_CONV1 = SOUNDNET_LAYERS["conv1"][1:]  # (C_out, kernel, stride, padding, pool)
+
+
 @pytest.mark.parametrize(
     ("conv", "problem"),
-    [((16, 64, 2, -1, 8), "padding >= 0"), ((16, 64, 0, 32, 8), "stride"), ((16, 64, 2, 32), "(C_out, kernel"),
-     ((16, torch.tensor(64), 2, 32, 8), "Python ints"), ((16, 64, 2, 32, 0), "pool >= 1")],
+    [((*_CONV1[:3], -1, _CONV1[4]), "padding >= 0"), ((*_CONV1[:2], 0, *_CONV1[3:]), "stride"),
+     (_CONV1[:4], "(C_out, kernel"), ((_CONV1[0], torch.tensor(_CONV1[1]), *_CONV1[2:]), "Python ints"),
+     ((*_CONV1[:4], 0), "pool >= 1")],
 )  # fmt: skip
 def test_padded_input_buffer_rejects_a_bad_geometry(conv: tuple, problem: str) -> None:
     with pytest.raises(ValueError, match=problem.replace("(", r"\(")):
         padded_input_buffer(2, 1, 1000, conv, torch.float32, "cpu")
     with pytest.raises(ValueError, match="positive sizes"):
-        padded_input_buffer(2, 1, 0, (16, 64, 2, 32, 8), torch.float32, "cpu")
+        padded_input_buffer(2, 1, 0, _CONV1, torch.float32, "cpu")
 
 
 # conv1 -> conv2 -> conv3 -> conv4 -> conv5 of SoundNet-8 at test sizes: banded into rows (pool 8), rows into rows

@@ -243,6 +243,17 @@ def forward_input_shape(x: torch.Tensor, c_out: int, K: int, stride: int, paddin
     return None
 
 
+def kept_copy(x: torch.Tensor, c_out: int, K: int, stride: int, pool: int | None, xk: torch.Tensor,
+              xp: torch.Tensor | None) -> torch.Tensor:
+    """The padded copy of x the backward reuses (``kept_input``): the pool pass's own (xk, empty where it made
+    none), else the statistics pass's (xp, None or empty where it made none) where ``kept_input`` keeps it, else
+    xk (empty)."""
+    if xk.numel() == 0 and xp is not None and xp.numel() and kept_input(x.shape[1], c_out, K, stride, pool,
+                                                                         x.dtype) is not None:  # fmt: skip
+        return xp
+    return xk
+
+
 def x_of_kept(xk: torch.Tensor, length: int, padding: int) -> torch.Tensor:
     """x (N, C_in, length) as a view of its kept padded copy: (N, LP) for a waveform, (N, LP, C_in) channels-last."""
     if xk.dim() == 2:
@@ -354,8 +365,7 @@ def block_forward(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None,
         stats, z, xp = block_stats(x, w2d, bias, K, stride, padding, T, pool, eps, sync, padded, running)
     out, code, zmax, xk = block_pool(x, w2d, bias, gamma, beta, stats, K, stride, padding, T, pool, xp, z, chain,
                                      padded)
-    if xp is not None and kept_input(x.shape[1], w2d.shape[0], K, stride, pool, x.dtype) is not None:
-        xk = xp
+    xk = kept_copy(x, w2d.shape[0], K, stride, pool, xk, xp)
     return out, code, zmax, stats, z if z is not None else x.new_empty(0), xk
 
 

@@ -32,7 +32,7 @@ from ._conv_paths import (
     forward_input_shape,
     is_padded_input,
     keeps_z,
-    kept_input,
+    kept_copy,
     kept_z_shape,
     out_chain,
     x_of_kept,
@@ -369,9 +369,7 @@ def _setup_context(ctx, inputs, output) -> None:
     # view of the copy), parameters, per-channel stats, the pool's int8 argmax offsets and zmax (pooled size: the BN
     # sums need no recompute), the output only without a pool (ReLU's mask; it is the next layer's input anyway),
     # and z, the unpooled conv output, only where keeps_z says it pays (16-bit, row kernels).
-    if xk.numel() == 0 and xp.numel() and kept_input(x.shape[1], weight.shape[0], weight.shape[-1], stride, pool,
-                                                     x.dtype) is not None:  # fmt: skip
-        xk = xp
+    xk = kept_copy(x, weight.shape[0], weight.shape[-1], stride, pool, xk, xp)
     kept = xk.numel() > 0
     ctx.save_for_backward(xk if kept else x, weight, bias, bn_weight, stats, code, out if pool is None else zmax, z)
     ctx.conf = (stride, padding, training, pool, deterministic, group, kept, x.shape[-1], padded)

@@ -191,7 +191,7 @@ def fused_outputs(
     running statistics untouched, then the pool op), with what the backward op reads: (out, code, zmax, stats, z,
     xk: the padded copy of x the backward reuses, from either op, or empty)."""
     import soundnet_fast.kernels.conv_bn_relu as cbr
-    from soundnet_fast.kernels._conv_paths import kept_input
+    from soundnet_fast.kernels._conv_paths import kept_copy
 
     empty = x.new_empty(0)
     if training:
@@ -201,9 +201,7 @@ def fused_outputs(
         stats, z, xp = cbr.eval_stats(rm, rv, eps, cbr.acc_dtype(x)), empty, empty
     out, code, zmax, xk = cbr._fwd_op(x, w, b, g, beta, stats, z, xp, stride, padding, training, pool, deterministic,
                                       group)  # fmt: skip
-    if xk.numel() == 0 and xp.numel() and kept_input(x.shape[1], w.shape[0], w.shape[-1], stride, pool, x.dtype):
-        xk = xp
-    return out, code, zmax, stats, z, xk
+    return out, code, zmax, stats, z, kept_copy(x, w.shape[0], w.shape[-1], stride, pool, xk, xp)
 
 
 def opcheck_samples() -> list[tuple]:

@@ -35,6 +35,10 @@ SUMS_PER_SM = 4  # programs per SM of the row kernel (a streaming pass: enough w
 # do not amortise (SoundNet-8's conv5, 53 pooled positions: 6 -> 65 us per step on rows, predicted); the
 # interpreter takes it from 16 so that the tests run it.
 ROWS_MIN_TP = 16 if INTERPRET else 1024
+# Elements per tile of the tile kernel: 16 per thread of 4 warps, so that a unit-stride axis of 16 or more loads the
+# int8 codes 16 bytes per lane (a tile of 1024, SoundNet-8's conv5 at 16 channels x 64 positions, loaded them 8 at a
+# time); channels fill what the positions leave.
+SUMS_TILE = 2048
 
 
 @triton.jit
@@ -119,8 +123,8 @@ def pooled_bn_sums(grad_out: torch.Tensor, code: torch.Tensor, zmax: torch.Tenso
             grad_out, code, zmax, part, C, TP, N * C, N * C * TP, triton.cdiv(TP + 15, block), P,
             DETERMINISTIC=deterministic, BLOCK_C=triton.next_power_of_2(C), BLOCK=block, num_warps=4)
         return bn_sums_of(part, cast)
-    bc = clamp_pow2(C, 1, 16)
     bt = clamp_pow2(TP, 16, 32 if INTERPRET else 128)
+    bc = clamp_pow2(C, 1, 16 if INTERPRET else max(16, SUMS_TILE // bt))
     tb = triton.cdiv(TP, bt)
     tiles, P = persistent_grid(N * tb, 1)
     part = bn_sum_partials(P, C, deterministic, grad_out.device, buf)

@@ -365,15 +365,32 @@ def _rows_bn_relu_pool_kernel(xc_ptr,  # (N, LP, C_IN) channels-last padded inpu
 
 
 @triton.jit
+def clip_rows_flat(ptr, base, c0, TP, REST, BLOCK_Q: tl.constexpr, BLOCK_CO: tl.constexpr):
+    """The (BLOCK_Q, BLOCK_CO) tile [t, c] = ptr[base + (c0 + c) * TP + t] of a clip whose (channels, TP) block is
+    contiguous (TP <= BLOCK_Q: the whole clip; t >= TP repeats t = TP - 1, which the caller masks), in ptr's dtype:
+    one flat run of BLOCK_CO * BLOCK_Q elements (16 bytes per lane where base and c0 * TP are multiples of 8; rows of
+    TP elements seldom start on one: SoundNet-8's conv7 gradient, TP = 15, read 2 bytes per lane as a 2-D tile),
+    transposed by a gather in shared memory. REST: elements from base + c0 * TP to the tensor's end (the run's
+    elements past the block are read where they exist and never selected)."""
+    f = tl.arange(0, BLOCK_CO * BLOCK_Q)
+    v = tl.load(ptr + base + c0 * TP + f, mask=f < REST, other=0)
+    t = tl.minimum(tl.arange(0, BLOCK_Q), TP - 1)
+    idx = tl.reshape(tl.arange(0, BLOCK_CO)[None, :] * TP + t[:, None], (BLOCK_Q * BLOCK_CO,))
+    return tl.reshape(tl.gather(v, idx, 0), (BLOCK_Q, BLOCK_CO))
+
+
+@triton.jit
 def _rows_grad(xc_ptr, wr_ptr, z_ptr, go_ptr, code_ptr, n, q0, t, ok, co, C_OUT, T, TP, LPC, R, ZC, sgn, sgc, sgl,
-               smn, smc, sml,
+               smn, smc, sml, N_CLIPS,
                STEP: tl.constexpr, HAS_POOL: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.constexpr,
-               BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr, HAS_Z: tl.constexpr, INTERP: tl.constexpr,
-               PRECISION: tl.constexpr):
+               BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr, HAS_Z: tl.constexpr, FLAT: tl.constexpr,
+               INTERP: tl.constexpr, PRECISION: tl.constexpr):
     """(z, gy, valid) of a tile of windows (``_window_rows``), each (BLOCK_Q * PP, BLOCK_CO): z the conv output
     without its bias (fp32); gy, the pooled gradient routed to the recorded slot (0 past TP and where invalid);
     valid: the row is a position < T of a window in range. code_ptr: (N, C_OUT, TP), strides smn, smc, sml, the
-    pool's codes, or without HAS_POOL the block's output (ReLU's mask: gy = the gradient where the output is > 0)."""
+    pool's codes, or without HAS_POOL the block's output (ReLU's mask: gy = the gradient where the output is > 0).
+    FLAT (no pool, one tile per clip, grad_out and the output contiguous (N_CLIPS, C_OUT, TP)): both read by
+    ``clip_rows_flat``."""
     c_ok = co < C_OUT
     valid = (ok & (t < T))[:, None] & c_ok[None, :]
     z = _rows_z(xc_ptr, wr_ptr, z_ptr, n, t, valid, co, C_OUT, T, LPC, R, ZC, STEP, POOL, PP, BLOCK_CO, BLOCK_R,
@@ -382,6 +399,13 @@ def _rows_grad(xc_ptr, wr_ptr, z_ptr, go_ptr, code_ptr, n, q0, t, ok, co, C_OUT,
     qw = q0 + tl.arange(0, BLOCK_Q)
     hit = (qw < TP)[:, None] & c_ok[None, :]
     n64 = n.to(tl.int64)
+    if FLAT:
+        c0 = tl.program_id(1) * BLOCK_CO
+        rest = (N_CLIPS - n64) * sgn - c0 * sgc  # grad_out and the output: the same contiguous shape
+        go = tl.where(hit, clip_rows_flat(go_ptr, n64 * sgn, c0, TP, rest, BLOCK_Q, BLOCK_CO).to(tl.float32), 0.0)
+        out = clip_rows_flat(code_ptr, n64 * smn, c0, TP, rest, BLOCK_Q, BLOCK_CO)
+        gy = tl.where(hit & (out > 0), go, 0.0)[:, None, :]
+        return z, tl.where(valid, tl.reshape(gy, (BLOCK_Q * PP, BLOCK_CO)), 0.0), valid
     go = tl.load(go_ptr + n64 * sgn + (qw[:, None] * sgl + co[None, :] * sgc), mask=hit, other=0.0).to(tl.float32)
     if HAS_POOL:
         code = tl.load(code_ptr + n64 * smn + (qw[:, None] * sml + co[None, :] * smc), mask=hit, other=-1)
@@ -403,10 +427,11 @@ def _rows_bwd_reduce_kernel(xc_ptr, wr_ptr, z_ptr, b_ptr, stats_ptr,  # as _rows
                             HAS_BIAS: tl.constexpr,
                             STEP: tl.constexpr, HAS_POOL: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr,
                             BLOCK_Q: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_R: tl.constexpr,
-                            DETERMINISTIC: tl.constexpr, HAS_Z: tl.constexpr, INTERP: tl.constexpr,
-                            PRECISION: tl.constexpr):
+                            DETERMINISTIC: tl.constexpr, HAS_Z: tl.constexpr, FLAT: tl.constexpr,
+                            INTERP: tl.constexpr, PRECISION: tl.constexpr):
     """sum(gy) and sum(gy * zhat) per channel over the rows of whole windows (gy is 0 elsewhere), as
-    ``_bwd_reduce_kernel``; zhat = (z - (mean - bias)) invstd."""
+    ``_bwd_reduce_kernel``; zhat = (z - (mean - bias)) invstd. FLAT: as ``_rows_grad``'s (TPC = 1: NUM_TILES
+    clips)."""
     pid_p = tl.program_id(0)
     co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
     mb = tl.load(stats_ptr + co, mask=co < C_OUT, other=0.0) - _load_bias(b_ptr, co, C_OUT, HAS_BIAS, BLOCK_CO)
@@ -417,8 +442,8 @@ def _rows_bwd_reduce_kernel(xc_ptr, wr_ptr, z_ptr, b_ptr, stats_ptr,  # as _rows
     for _ in range(pid_p, NUM_TILES, P):
         n, q0, q, u, t, ok = _window_rows(nw, tw, TP, POOL, PP, BLOCK_Q)
         z, gy, valid = _rows_grad(xc_ptr, wr_ptr, z_ptr, go_ptr, code_ptr, n, q0, t, ok, co, C_OUT, T, TP, LPC, R,
-                                  ZC, sgn, sgc, sgl, smn, smc, sml, STEP, HAS_POOL, POOL, PP, BLOCK_Q, BLOCK_CO,
-                                  BLOCK_R, HAS_Z, INTERP, PRECISION)
+                                  ZC, sgn, sgc, sgl, smn, smc, sml, NUM_TILES, STEP, HAS_POOL, POOL, PP, BLOCK_Q,
+                                  BLOCK_CO, BLOCK_R, HAS_Z, FLAT, INTERP, PRECISION)
         s_gy += tl.sum(gy, axis=0)
         s_gyz += tl.sum(gy * ((z - mb[None, :]) * invstd[None, :]), axis=0)
         nw, tw = walk_next(nw, tw, dn, dt, TPC)
@@ -480,14 +505,14 @@ def _rows_gz_kernel(xc_ptr, wr_ptr, z_ptr, b_ptr, stats_ptr, g_ptr,  # as _rows_
                     POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_CO: tl.constexpr,
                     BLOCK_R: tl.constexpr, BLOCK_PAD: tl.constexpr, TRAINING: tl.constexpr, HAS_Z: tl.constexpr,
                     STORE_SUMS: tl.constexpr, ZERO_DW: tl.constexpr, DX_K: tl.constexpr, DX_STRIDE: tl.constexpr,
-                    INTERP: tl.constexpr, PRECISION: tl.constexpr):
+                    FLAT: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
     """gz in gz's dtype (channel-minor; SGZ = T * C_OUT, or more when the clips are spaced by zero rows for
     ``_rows_dx_kernel``): BN's backward (as ``_bn_grad``) at every position, over the windows covering them (TQ
     per clip), as the affine form of ``_conv_banded._band_gz_dw_kernel``: gz = cz z + c0 + scale gy. With
     BLOCK_PAD > 0 also the zero rows around each of the N_CLIPS clips (PAD_LO before, PAD_HI after, each at most
     BLOCK_PAD) that ``_rows_dx_kernel`` reads: no fill launch for them. Side jobs for the launches after it
     (``backward_prep``): the BN sums in fp32 (STORE_SUMS), dW's accumulator zeroed (ZERO_DW), dx's phase weight
-    (DX_K > 0)."""
+    (DX_K > 0). FLAT: as ``_rows_grad``'s."""
     co = tl.program_id(1) * BLOCK_CO + tl.arange(0, BLOCK_CO)
     c_ok = co < C_OUT
     invstd = tl.load(stats_ptr + C_OUT + co, mask=c_ok, other=0.0)
@@ -521,8 +546,8 @@ def _rows_gz_kernel(xc_ptr, wr_ptr, z_ptr, b_ptr, stats_ptr, g_ptr,  # as _rows_
             tl.store(gz_ptr + off, cast_out(gz, gz_ptr.dtype.element_ty, INTERP), mask=valid)
         else:
             z, gy, valid = _rows_grad(xc_ptr, wr_ptr, z_ptr, go_ptr, code_ptr, n, q0, t, ok, co, C_OUT, T, TP, LPC,
-                                      R, ZC, sgn, sgc, sgl, smn, smc, sml, STEP, HAS_POOL, POOL, PP, BLOCK_Q,
-                                      BLOCK_CO, BLOCK_R, HAS_Z, INTERP, PRECISION)
+                                      R, ZC, sgn, sgc, sgl, smn, smc, sml, N_CLIPS, STEP, HAS_POOL, POOL, PP,
+                                      BLOCK_Q, BLOCK_CO, BLOCK_R, HAS_Z, FLAT, INTERP, PRECISION)
             gz = z * cz[None, :] + c0[None, :] + gy * scale[None, :]
             off = n.to(tl.int64) * SGZ + (t[:, None] * C_OUT + co[None, :])
             tl.store(gz_ptr + off, cast_out(gz, gz_ptr.dtype.element_ty, INTERP), mask=valid)
@@ -779,6 +804,7 @@ ROWS_PER_SM = 2
 # gz 40 -> 29 us per step at 4 per SM (6: 29 us, more programs' prologues), predicted.
 GZ_PER_SM = 4
 BWD_CO = 32  # channels per program of the backward's window kernels (64: conv5's spilled 16-24 B)
+TILE_PER_WARP = 256  # elements per warp of a window tile without a pool: 8 per thread, 16-byte loads of 16-bit rows
 # dW tiles stay inside a clip (no per-row division by T) where the clips' partial last tiles waste at most 1/16 of
 # the rows (conv2-conv4 at 20 s); shorter clips tile the flat N * T rows (conv6/conv7: T of a few tens).
 DW_WASTE = 16
@@ -1093,6 +1119,16 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     dw_co = plan["BLOCK_CO"]  # dW's channels per program (rows_plan's, up to 64: each block re-reads the rows)
     plan = dict(plan, BLOCK_CO=min(plan["BLOCK_CO"], BWD_CO))
     flags = _window_flags(x, bias, plan, stride, pool, tq)
+    # a contiguous gradient (the heads' convs return one) and output, one tile per clip: read as flat runs
+    flags["FLAT"] = (pool is None and tq <= flags["BLOCK_Q"] and grad_out.is_contiguous() and mask.is_contiguous()
+                     and grad_out.shape == mask.shape)
+    reduce_flags = flags
+    if pool is None:  # short clips' small tiles: 8 elements per thread, so z's rows load 16 bytes per lane: on fewer
+        # warps in the gz pass (each program's per-channel set-up is read by every thread: wider tiles cost it
+        # more), on more channels in the sums' pass (fewer warps left it waiting on its loads), by the model
+        flags["num_warps"] = max(1, min(4, flags["BLOCK_Q"] * plan["BLOCK_CO"] // TILE_PER_WARP))
+        reduce_flags = dict(flags, num_warps=4, BLOCK_CO=min(dw_co, max(plan["BLOCK_CO"],
+                                                                        4 * TILE_PER_WARP // flags["BLOCK_Q"])))
     b = bias if bias is not None else w2d
     grid_c = triton.cdiv(C, plan["BLOCK_CO"])
     go = grad_out.stride()
@@ -1128,11 +1164,12 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
         raw = pooled_bn_sums(grad_out, code, zmax, deterministic, acc[1] if acc else None, cast=False)
     else:  # ... or from a recompute (fp32: keeps_zmax)
         tpc = triton.cdiv(TP, flags["BLOCK_Q"])
-        tiles, P = persistent_grid(N * tpc, 1, ROWS_PER_SM, grid_c)
+        grid_cr = triton.cdiv(C, reduce_flags["BLOCK_CO"])
+        tiles, P = persistent_grid(N * tpc, 1, ROWS_PER_SM, grid_cr)
         part = bn_sum_partials(P, C, deterministic, dev, acc[1] if acc else None)
-        wrap_triton(_rows_bwd_reduce_kernel)[(P, grid_c)](
+        wrap_triton(_rows_bwd_reduce_kernel)[(P, grid_cr)](
             xc, wr, z if has_z else xc, b, stats, grad_out, mask, part, C, T, TP, tpc, lpc, R, tiles, P, *go,
-            *mask.stride(), z[0].numel() if has_z else 0, DETERMINISTIC=deterministic, HAS_Z=has_z, **flags)
+            *mask.stride(), z[0].numel() if has_z else 0, DETERMINISTIC=deterministic, HAS_Z=has_z, **reduce_flags)
         raw = bn_sums_of(part, cast=False)  # a fixed-order reduction
     local, sums, store_sums = local_sums(raw, training, all_reduce)
     rows_dx = input_grad and dx_rows_ok(C, k, stride)

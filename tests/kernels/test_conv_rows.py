@@ -249,6 +249,29 @@ def test_statistics_dx_and_dw_in_bands_of_rows(monkeypatch: pytest.MonkeyPatch, 
     assert seen.values == [band] and seen_dx.values == [band] and seen_dw.values == [band]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("c_out", [48, 80], ids=["one_partial_channel_block", "two_channel_blocks"])
+def test_short_clips_read_the_contiguous_gradient_as_flat_runs(
+    monkeypatch: pytest.MonkeyPatch, c_out: int, dtype: torch.dtype
+) -> None:
+    """A block without a pool whose clips fit one window tile (SoundNet-8's conv7: 15 positions) reads the contiguous
+    gradient the heads' convs return, and its own output, as flat runs transposed by a gather (``clip_rows_flat``) in
+    the sums' and gz passes: a partial channel block (48 of 64; the last clip's run stops at the tensor's end) and a
+    second one (80: offset by 64 rows of 15), against the float64 reference (bf16: within twice eager's error). The
+    interpreter's tiles are forced to whole clips (on a GPU they are)."""
+    real = rows._window_block
+    monkeypatch.setattr(rows, "_window_block", lambda pp, w: rows.next_pow2(w) if pp == 1 else real(pp, w))
+    flat = {k: _Flags(monkeypatch, k, "FLAT") for k in ("_rows_bwd_reduce_kernel", "_rows_gz_kernel")}
+    case = make_case(3, 16, c_out, 4, 30, seed=21)  # k 4, s 2, p 1: 15 positions
+    kw = dict(stride=2, padding=1, training=True, pool=None)
+    if dtype == torch.float32:
+        ref = run_reference(case, None, **kw)
+        _check_fp32(case, ref, run_fused(case, ref[5], **kw), True)
+    else:
+        _within_twice_eager_bf16(case, kw)
+    assert [v for f in flat.values() for v in f.values] == [True, True]
+
+
 def test_deterministic_dw_takes_no_band(monkeypatch: pytest.MonkeyPatch) -> None:
     """A band of dW adds into the weight by atomics; the deterministic backward keeps per-split partials of the
     plain rows (a band's partials would be the whole band per split): bitwise repeatable, equal to eager."""

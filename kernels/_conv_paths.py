@@ -262,10 +262,10 @@ def x_of_kept(xk: torch.Tensor, length: int, padding: int) -> torch.Tensor:
 
 
 def keeps_z(x: torch.Tensor, c_out: int, K: int, stride: int, pool: int | None, training: bool) -> bool:
-    """Whether a training forward stores its unpooled conv output z (``kept_z_shape``: (N, T, C_out) regrouped
-    window-major, the slots last) in x.dtype for the passes after its statistics (pass 2 and the whole backward then
-    read it instead of recomputing the conv): 16-bit inputs on the row kernels (every phase). What it costs:
-    T * C_out * 2 bytes per clip (plus the padded slots of a pool that is no power of two; SoundNet-8: conv2 0.88 MB,
+    """Whether a training forward stores its unpooled conv output z (``kept_z_shape``: (N, T, C_out), channel-minor)
+    in x.dtype for the passes after its statistics (pass 2 and the whole backward then read it instead of
+    recomputing the conv): 16-bit inputs on the row kernels (every phase). What it costs:
+    T * C_out * 2 bytes per clip (SoundNet-8: conv2 0.88 MB,
     conv3-conv7 0.03-0.11 MB each, ~1.3 MB in all, from 3.74 to ~5.0 MB saved per 20 s clip); fp32 would take
     twice that and stays on the recompute (``_conv_fwd.keeps_zmax`` draws the same line)."""
     if not training or x.element_size() != 2:
@@ -276,20 +276,20 @@ def keeps_z(x: torch.Tensor, c_out: int, K: int, stride: int, pool: int | None, 
 
 def conv_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, K: int, stride: int,
                  padding: int, T: int, eps: float | None = None, xp: torch.Tensor | None = None,
-                 z: torch.Tensor | None = None, pool: int | None = None, running: tuple | None = None) -> torch.Tensor:
+                 z: torch.Tensor | None = None, running: tuple | None = None) -> torch.Tensor:
     """Training's pass 1 over batch x time: (3, C_out) fp32 count, mean and M2 of the conv output per channel, or
     given BN's ``eps`` the (4, C_out) fp32 stats rows mean, invstd, unbiased variance, count, finalised by the
     merge kernel (``_conv_fwd.merge_stats``), which with ``running`` (running_mean, running_var,
     num_batches_tracked or None, momentum; ``bn_running.merge_updates``) also updates BN's running statistics.
     x (N, C_in, L); w2d (C_out, C_in * K) in x.dtype; ``xp``: ``forward_input``'s copy (with the same pool as the
-    pass 2 it serves) or None; ``z``: a buffer for the conv output (``keeps_z``, row kernels only; its layout
-    follows the block's ``pool``: ``kept_z_shape``) or None."""
+    pass 2 it serves) or None; ``z``: a buffer for the conv output (``keeps_z``, row kernels only;
+    ``kept_z_shape``) or None."""
     path = block_paths(x.shape[1], w2d.shape[0], K, stride, None, x.dtype).stats
     if path == "generic":
         return generic_moments(x, w2d, bias, K, stride, padding, T, eps, running)
     if path == "banded":
         return band_moments(x, w2d, bias, K, stride, padding, T, eps, xp, running)
-    return rows_moments(x, w2d, bias, K, stride, padding, T, eps, xp, z, pool, running)
+    return rows_moments(x, w2d, bias, K, stride, padding, T, eps, xp, z, running)
 
 
 def conv_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor,
@@ -323,12 +323,12 @@ def block_stats(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, K
     reused = reused_input(x, c_out, K, stride, padding, pool) if padded else None
     xp = reused if reused is not None else forward_input(x, c_out, K, stride, padding, T, pool)
     keep = keeps_z(x, c_out, K, stride, pool, True)
-    z = x.new_empty(kept_z_shape(x.shape[0], T, c_out, pool) if keep else (0,))
+    z = x.new_empty(kept_z_shape(x.shape[0], T, c_out) if keep else (0,))
     fused = sync is None and running is not None and merge_updates(running[0], running[1], running[3])
     if sync is not None:
-        stats = sync(conv_moments(x, w2d, bias, K, stride, padding, T, None, xp, z, pool))
+        stats = sync(conv_moments(x, w2d, bias, K, stride, padding, T, None, xp, z))
     else:
-        stats = conv_moments(x, w2d, bias, K, stride, padding, T, eps, xp, z, pool, running if fused else None)
+        stats = conv_moments(x, w2d, bias, K, stride, padding, T, eps, xp, z, running if fused else None)
     if running is not None and not fused:
         update_running(*running[:3], stats, running[3])
     return stats, z, xp if reused is None else None

@@ -170,39 +170,22 @@ def _band_tile(x_ptr, ws, n, t, ROWS, CLIP, ROW_STEP, R: tl.constexpr, BLOCK_R: 
 
 
 @triton.jit
-def z_at(z_ptr, n, t, co, ZC, C_OUT, POOL: tl.constexpr, PP: tl.constexpr):
-    """Pointers (rows, channels) to the stored conv output z (``_conv_paths.kept_z_shape``: (N, TQ, C_OUT, PP), a
-    clip ZC = TQ * C_OUT * PP elements, window-major with each window's slots last) at positions t (rows,) of
-    clip n (a scalar, or per row), channels co: z[n, t // POOL, co, t % POOL]. Without a pool (POOL = PP = 1)
-    plain (N, T, C_OUT)."""
-    if POOL == 1:
-        row = n.to(tl.int64) * ZC + t * C_OUT
-    else:
-        row = n.to(tl.int64) * ZC + (t // POOL) * (C_OUT * PP) + t % POOL
-    return z_ptr + row[:, None] + (co * PP)[None, :]
+def z_at(z_ptr, n, t, co, ZC, C_OUT):
+    """Pointers (rows, channels) to the stored conv output z (``kept_z_shape``: (N, T, C_OUT), a clip ZC = T * C_OUT
+    elements, channel-minor as the GEMM tiles make it) at positions t (rows,) of clip n (a scalar, or per row),
+    channels co."""
+    return z_ptr + (n.to(tl.int64) * ZC + t * C_OUT)[:, None] + co[None, :]
 
 
 @triton.jit
-def window_z(z_ptr, n, q0, c0, TR, ZC, C_OUT, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.constexpr,
-             BLOCK_CO: tl.constexpr, FLAT: tl.constexpr):
-    """The stored z of windows q0 + i (i < BLOCK_Q, clamped to TR - 1) of clip n, channels c0 + c (c < BLOCK_CO),
-    (BLOCK_Q, BLOCK_CO, PP) fp32; the padded slots (u >= POOL) are never written, so they hold anything: the caller
-    masks them (after any sign it applies: -inf times a negative BN scale's -1 was +inf, and won the pool; found by
-    review). Each (window, channel)'s slots sit in one thread, so the reductions over them stay in registers (no
-    shuffles). A (window, channel)'s slots are one contiguous run, 16 bytes in bf16 at PP = 8; FLAT loads a
-    window's channels x slots as one run and splits it (16-byte loads at PP = 4 too: the pool's choice there; the
-    gz kernel's tiles then took a layout conversion that cost it more)."""
-    q = tl.minimum(q0 + tl.arange(0, BLOCK_Q), TR - 1)
-    base = z_ptr + n.to(tl.int64) * ZC + c0 * PP + q * (C_OUT * PP)
-    if FLAT:
-        j = tl.arange(0, BLOCK_CO * PP)
-        z = tl.load(base[:, None] + j[None, :], mask=(c0 * PP + j < C_OUT * PP)[None, :], other=0.0)
-        z = tl.reshape(z.to(tl.float32), (BLOCK_Q, BLOCK_CO, PP))
-    else:
-        c = tl.arange(0, BLOCK_CO)
-        z = tl.load(base[:, None, None] + (c * PP)[None, :, None] + tl.arange(0, PP)[None, None, :],
-                    mask=(c0 + c < C_OUT)[None, :, None], other=0.0).to(tl.float32)
-    return z
+def slot_z(z_ptr, n, q, u, co, c_ok, T, ZC, C_OUT, POOL: tl.constexpr):
+    """Slot u (a constexpr < POOL) of windows q (BLOCK_Q,) of clip n: the stored z at positions q * POOL + u,
+    channels co, (BLOCK_Q, BLOCK_CO) fp32, 0 past T and for channels not c_ok. A pool walks its windows' slots one
+    tile at a time (``tl.static_range``), each tile as wide as the pooled output (16-byte loads of channel-minor
+    rows where it holds 8 elements per thread), so the max over a window and the routing of its gradient stay
+    elementwise in registers."""
+    t = q * POOL + u
+    return tl.load(z_at(z_ptr, n, t, co, ZC, C_OUT), mask=(t < T)[:, None] & c_ok[None, :], other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -212,11 +195,8 @@ def _rows_z(xc_ptr, wr_ptr, z_ptr, n, t, mask, co, C_OUT, T, LPC, R, ZC, STEP: t
     """The conv output without bias at rows t (rows,) of clip n, (rows, BLOCK_CO) fp32: read from z_ptr (``z_at``)
     where the statistics pass stored it (HAS_Z; mask: the rows and channels to read, 0 elsewhere), else
     recomputed by ``_row_tile``."""
-    if HAS_Z:
-        if POOL == 1:  # z_at's plain (N, T, C_OUT) in this form: a different one spilled 8 B (conv6, Triton 3.6)
-            ptr = z_ptr + ((n.to(tl.int64) * T + t) * C_OUT)[:, None] + co[None, :]
-        else:
-            ptr = z_at(z_ptr, n, t, co, ZC, C_OUT, POOL, PP)
+    if HAS_Z:  # z_at's (N, T, C_OUT) in this form: a different one spilled 8 B (conv6, Triton 3.6)
+        ptr = z_ptr + ((n.to(tl.int64) * T + t) * C_OUT)[:, None] + co[None, :]
         return tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
     return _row_tile(xc_ptr, wr_ptr, n.to(tl.int64) * LPC + t * STEP, co, C_OUT, R, BLOCK_CO, BLOCK_R, INTERP,
                      PRECISION)
@@ -241,15 +221,15 @@ def _window_rows(n, tile, TR, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.
 def _rows_stats_kernel(xc_ptr,  # (N, LP, C_IN) channels-last padded input
                        wr_ptr,  # (C_OUT, KC) reordered weight; W_MODE 1: the conv weight (C_OUT, C_IN * K)
                        b_ptr, part_ptr,  # (C_OUT,), (3, C_OUT, P) rows PITCH apart
-                       z_ptr,  # (N, TQ, C_OUT, ZPP) (STORE_Z; ``z_at``)
+                       z_ptr,  # (N, T, C_OUT) (STORE_Z; ``z_at``)
                        C_OUT, T, M, LPC, KC, R: tl.constexpr, NUM_TILES, TPC, P, PITCH, C_IN, ZC,
                        HAS_BIAS: tl.constexpr, STEP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_CO: tl.constexpr,
                        BLOCK_R: tl.constexpr, BAND: tl.constexpr, RESIDENT: tl.constexpr, W_MODE: tl.constexpr,
-                       STORE_Z: tl.constexpr, ZPOOL: tl.constexpr, ZPP: tl.constexpr, INTERP: tl.constexpr,
+                       STORE_Z: tl.constexpr, INTERP: tl.constexpr,
                        PRECISION: tl.constexpr):
     """Per program: (mean, M2, count) per channel over its position tiles (Chan merge per tile); part
     (3, C_OUT, P) rows mean, M2, count, merged by ``_merge_stats_kernel`` (HAS_COUNT). With STORE_Z also the conv
-    output without its bias into z_ptr in z's dtype, window-major for the block's pool (ZPOOL, ZPP: ``z_at``), for
+    output without its bias into z_ptr in z's dtype (``z_at``: the tile's rows as they are), for
     the passes that follow (``keeps_z``). RESIDENT: the weight stays in shared memory for all the program's tiles
     (``resident_weight``). KC = K * C_IN, the weight's rows. BAND > 1 (``band_of``): one GEMM row per BAND
     positions, row q of clip n the R (>= KC + (BAND - 1) * STEP) elements from n * LPC + BAND * q * STEP against
@@ -288,7 +268,7 @@ def _rows_stats_kernel(xc_ptr,  # (N, LP, C_IN) channels-last padded input
             if BAND == 1:  # the rows' clip and position, after the dot (fewer registers live across it)
                 n = mc // T
                 t = mc - n * T
-            tl.store(z_at(z_ptr, n, t, co, ZC, C_OUT, ZPOOL, ZPP), cast_out(z, z_ptr.dtype.element_ty, INTERP),
+            tl.store(z_at(z_ptr, n, t, co, ZC, C_OUT), cast_out(z, z_ptr.dtype.element_ty, INTERP),
                      mask=ok[:, None] & (co < C_OUT)[None, :])
         z += bias[None, :]
         n_b = tl.sum(ok.to(tl.float32), axis=0)
@@ -304,7 +284,7 @@ def _rows_bn_relu_pool_kernel(xc_ptr,  # (N, LP, C_IN) channels-last padded inpu
                               stats_ptr,  # (4, C_OUT): mean, invstd, var, count
                               out_ptr,  # (N, C_OUT, TP), strides son, soc, sot (``chain_pads``)
                               code_ptr, zmax_ptr,  # (N, C_OUT, TP) each, channels-last (``cl_at``)
-                              z_ptr,  # (N, TQ, C_OUT, PP): the stored conv output (HAS_Z; ``z_at``)
+                              z_ptr,  # (N, T, C_OUT): the stored conv output (HAS_Z; ``z_at``)
                               C_OUT, T, TP, TPC, LPC, R, NUM_TILES, P, ZC, son, soc, sot, PAD, TAIL,
                               ZERO_ROWS: tl.constexpr, HAS_BIAS: tl.constexpr, STEP: tl.constexpr,
                               HAS_POOL: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr, BLOCK_Q: tl.constexpr,
@@ -326,12 +306,16 @@ def _rows_bn_relu_pool_kernel(xc_ptr,  # (N, LP, C_IN) channels-last padded inpu
     nw, tw, dn, dt = walk_start(tl.program_id(0), P, TPC)
     for _ in range(tl.program_id(0), NUM_TILES, P):
         n, q0, q, u, t, ok = _window_rows(nw, tw, TP, POOL, PP, BLOCK_Q)
-        if HAS_POOL and HAS_Z:  # each (window, channel)'s slots in one thread: the reductions stay in registers
-            key = window_z(z_ptr, n, q0, tl.program_id(1) * BLOCK_CO, TP, ZC, C_OUT, POOL, PP, BLOCK_Q,
-                           BLOCK_CO, PP * z_ptr.dtype.element_ty.primitive_bitwidth < 128) * s[None, :, None]
-            if PP > POOL:  # the padded slots, after the sign
-                key = tl.where(tl.arange(0, PP)[None, None, :] < POOL, key, -float("inf"))
-            zsel, first = pool_select(key, s[None, :], tl.arange(0, PP)[None, None, :], PP, 2)
+        if HAS_POOL and HAS_Z:  # the windows' slots one tile at a time (``slot_z``): the max runs elementwise
+            qz = tl.minimum(q0 + tl.arange(0, BLOCK_Q), TP - 1)
+            best = slot_z(z_ptr, n, qz, 0, co, c_ok, T, ZC, C_OUT, POOL) * s[None, :]
+            first = tl.zeros((BLOCK_Q, BLOCK_CO), dtype=tl.int32)
+            for u_ in tl.static_range(1, POOL):  # pool_select's rule: the first slot where key = z * s is largest
+                key = slot_z(z_ptr, n, qz, u_, co, c_ok, T, ZC, C_OUT, POOL) * s[None, :]
+                better = (key > best) | (best != best)  # a NaN so far yields, as tl.max's does
+                best = tl.where(better, key, best)
+                first = tl.where(better, u_, first)
+            zsel = best * s[None, :]
             o = tl.maximum(zsel * a[None, :] + b[None, :], 0.0)
             code = tl.where(o > 0.0, first, -1)  # -1: ReLU passes no gradient
         elif HAS_POOL:
@@ -529,21 +513,21 @@ def _rows_gz_kernel(xc_ptr, wr_ptr, z_ptr, b_ptr, stats_ptr, g_ptr,  # as _rows_
     nw, tw, dn, dt = walk_start(tl.program_id(0), P, TPC)
     for _ in range(tl.program_id(0), NUM_TILES, P):
         n, q0, q, u, t, ok = _window_rows(nw, tw, TQ, POOL, PP, BLOCK_Q)
-        if HAS_POOL and HAS_Z:  # z window-major (``window_z``): each (window, channel)'s slots in one thread
-            z3 = window_z(z_ptr, n, q0, tl.program_id(1) * BLOCK_CO, TQ, ZC, C_OUT, POOL, PP, BLOCK_Q, BLOCK_CO,
-                          False)
+        if HAS_POOL and HAS_Z:  # the windows' slots one tile at a time (``slot_z``), each stored as whole rows
             qw = q0 + tl.arange(0, BLOCK_Q)
             hit = (qw < TP)[:, None] & c_ok[None, :]
             n64 = n.to(tl.int64)
             go = tl.load(go_ptr + n64 * sgn + (qw[:, None] * sgl + co[None, :] * sgc), mask=hit, other=0.0)
             code = tl.load(code_ptr + n64 * smn + (qw[:, None] * sml + co[None, :] * smc), mask=hit, other=-1)
-            slot = tl.arange(0, PP)[None, None, :]
-            tt = (qw * POOL)[:, None, None] + slot  # positions
-            valid = (qw < TQ)[:, None, None] & (slot < POOL) & (tt < T) & c_ok[None, :, None]
-            gy = tl.where(code.to(tl.int32)[:, :, None] == slot, go.to(tl.float32)[:, :, None], 0.0)
-            gz = tl.where(valid, z3, 0.0) * cz[None, :, None] + c0[None, :, None] + gy * scale[None, :, None]
-            off = n64 * SGZ + (tt * C_OUT + co[None, :, None])
-            tl.store(gz_ptr + off, cast_out(gz, gz_ptr.dtype.element_ty, INTERP), mask=valid)
+            code = code.to(tl.int32)
+            routed = c0[None, :] + go.to(tl.float32) * scale[None, :]  # the affine term at the window's slot
+            for u_ in tl.static_range(POOL):
+                tt = qw * POOL + u_  # positions
+                valid = ((qw < TQ) & (tt < T))[:, None] & c_ok[None, :]
+                z = slot_z(z_ptr, n, qw, u_, co, c_ok, T, ZC, C_OUT, POOL)
+                gz = z * cz[None, :] + tl.where(code == u_, routed, c0[None, :])
+                tl.store(gz_ptr + n64 * SGZ + (tt[:, None] * C_OUT + co[None, :]),
+                         cast_out(gz, gz_ptr.dtype.element_ty, INTERP), mask=valid)
         else:
             z, gy, valid = _rows_grad(xc_ptr, wr_ptr, z_ptr, go_ptr, code_ptr, n, q0, t, ok, co, C_OUT, T, TP, LPC,
                                       R, ZC, sgn, sgc, sgl, smn, smc, sml, N_CLIPS, STEP, HAS_POOL, POOL, PP,
@@ -770,6 +754,11 @@ def _rows_dx_kernel(gzp_ptr,  # (N, TG, C_OUT) gz with J - 1 zero positions arou
 
 # ----------------------------------------------------------------------------------------- launchers
 ROWS_GPU = 64  # rows (positions) per tile: the M of one warpgroup's wgmma
+# windows x channels per slot tile of a pool over the stored z (``slot_z``): 16 per thread of 4 warps, so the int8
+# codes load 16 bytes per lane (8 windows of 8 slots x 32 channels, SoundNet-8's conv2, loaded them 2 at a time)
+SLOT_TILE = 2048
+# ... on fewer programs per SM (a program's set-up, its channels' BN constants, is 16 per thread of such a tile)
+SLOT_PER_SM = 2
 # One stage: Triton pipelines a loop's loads as cp.async.cg, which bypasses L1, and the rows overlap
 # (conv2: each 1 KB row shares all but 64 B with the next), so unpipelined loads that L1 can serve are
 # preferred; the static model predicts one stage 12 % faster for conv2 even counting every load at L2.
@@ -985,11 +974,11 @@ def _window_block(pp: int, windows: int) -> int:
 
 def rows_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, k: int, stride: int, padding: int,
                  T: int, eps: float | None = None, xc: torch.Tensor | None = None,
-                 z: torch.Tensor | None = None, pool: int | None = None, running: tuple | None = None) -> torch.Tensor:
+                 z: torch.Tensor | None = None, running: tuple | None = None) -> torch.Tensor:
     """(3, C_out) fp32 count, mean, M2 per channel, or with ``eps`` the (4, C_out) stats rows (``running`` too: as
     ``_conv_paths.conv_moments``). ``xc``: the ``channels_last`` copy, or None to make one; ``z``: None, or a
-    ``kept_z_shape(N, T, C_out, pool)`` contiguous buffer in x.dtype that receives the conv output without its bias
-    (``keeps_z``), window-major for the block's ``pool`` (``z_at``)."""
+    ``kept_z_shape(N, T, C_out)`` contiguous buffer in x.dtype that receives the conv output without its bias
+    (``keeps_z``)."""
     N, C_in, _ = x.shape
     C = w2d.shape[0]
     plan = rows_plan(C_in, C, k, stride, x.dtype)
@@ -998,10 +987,6 @@ def rows_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
     kc = k * C_in
     smem = smem_per_block(x.device)
     band, r = band_of(kc, stride * C_in, plan["BLOCK_R"], plan["BLOCK_CO"], T, x.element_size(), smem)
-    if band == 1 and _kept(z) is not None and (pool or 1) > 1:
-        # a window-major z store from row tiles (``z_at``: each element its own 2-byte store): 64 channels per
-        # program spilled 16 B (conv5) to 192 B (SoundNet-5's conv2) under Triton 3.9; 32 do not
-        plan = dict(plan, BLOCK_CO=min(plan["BLOCK_CO"], 32))
     grid_c = triton.cdiv(C, plan["BLOCK_CO"])
     resident = resident_weight(kc, plan["BLOCK_CO"], x.element_size(), smem)
     if band > 1:  # tiles of BAND_ROWS band rows inside a clip
@@ -1020,38 +1005,36 @@ def rows_moments(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | None, 
     wrap_triton(_rows_stats_kernel)[(P, grid_c)](
         xc, w2d if direct else _reorder(w2d, C_in, k), b, part, z if store_z else part, C, T, M, lpc, kc, r, tiles,
         tpc, P, part.stride(1), C_in, z[0].numel() if store_z else 0, HAS_BIAS=bias is not None, STEP=stride * C_in,
-        BLOCK_M=bm, BAND=band, STORE_Z=store_z, ZPOOL=pool or 1, ZPP=next_pow2(pool or 1),
+        BLOCK_M=bm, BAND=band, STORE_Z=store_z,
         INTERP=INTERPRET, RESIDENT=resident, W_MODE=1 if direct else 0, PRECISION=dot_precision(x),
         num_warps=BAND_WARPS if band > 1 else 4, num_stages=STAGES, **plan)
     return merge_stats(part, 0, 0, eps, running)
 
 
-def _window_flags(x: torch.Tensor, bias, plan: dict, stride: int, pool: int | None, windows: int) -> dict:
+def _window_flags(x: torch.Tensor, bias, plan: dict, stride: int, pool: int | None, windows: int,
+                  has_z: bool = False) -> dict:
     """The window kernels' constexprs; no pool: windows of one position (POOL = PP = 1, HAS_POOL False);
-    ``windows``: per clip."""
+    ``windows``: per clip; ``has_z``: the kernels read the stored z (a pool then walks it slot by slot: tiles of
+    ``SLOT_TILE`` windows x channels, not of ROWS_GPU rows)."""
     pp = next_pow2(pool or 1)
+    bq = _window_block(pp, windows)
+    if pool is not None and has_z and not INTERPRET:
+        bq = clamp_pow2(windows, 16, SLOT_TILE // plan["BLOCK_CO"])
     return dict(HAS_BIAS=bias is not None, STEP=stride * x.shape[1], HAS_POOL=pool is not None, POOL=pool or 1,
-                PP=pp, BLOCK_Q=_window_block(pp, windows), INTERP=INTERPRET, PRECISION=dot_precision(x), num_warps=4,
+                PP=pp, BLOCK_Q=bq, INTERP=INTERPRET, PRECISION=dot_precision(x), num_warps=4,
                 num_stages=STAGES, **plan)
 
 
-def kept_z_shape(n: int, T: int, c_out: int, pool: int | None) -> tuple[int, int, int, int]:
-    """Shape of the stored conv output (``_conv_paths.keeps_z``): (N, TQ, C_out, PP), window-major with each window's
-    PP slots last (TQ = cdiv(T, pool) windows cover every position; PP = pool rounded up to a power of two; the
-    padded slots and the positions past T are never written), so a window's slots of one channel are one
-    contiguous run the pool and the backward reduce in one thread (``window_z``). Without a pool (N, T, C_out, 1)."""
-    p = pool or 1
-    return n, triton.cdiv(T, p), c_out, next_pow2(p)
+def kept_z_shape(n: int, T: int, c_out: int) -> tuple[int, int, int]:
+    """Shape of the stored conv output (``_conv_paths.keeps_z``): (N, T, C_out), channel-minor, as the statistics'
+    GEMM tiles make it (whole 16-byte rows stored); a pool reads its windows one slot at a time (``slot_z``)."""
+    return n, T, c_out
 
 
-def window_major(z: torch.Tensor, pool: int | None) -> torch.Tensor:
-    """The conv output z (N, C_out, T) in ``kept_z_shape``'s layout (a contiguous copy; zeros where the kernels
-    write nothing): what the references keep, so that they keep what the kernels keep."""
-    n, c, t = z.shape
-    _, tq, _, pp = kept_z_shape(n, t, c, pool)
-    p = pool or 1
-    zz = F.pad(z, (0, tq * p - t)).reshape(n, c, tq, p)
-    return F.pad(zz, (0, pp - p)).permute(0, 2, 1, 3).contiguous()
+def kept_z(z: torch.Tensor) -> torch.Tensor:
+    """The conv output z (N, C_out, T) in ``kept_z_shape``'s layout (a contiguous copy): what the references keep,
+    so that they keep what the kernels keep."""
+    return z.transpose(1, 2).contiguous()
 
 
 def _kept(z: torch.Tensor | None) -> torch.Tensor | None:
@@ -1072,16 +1055,17 @@ def rows_bn_relu_pool(x: torch.Tensor, w2d: torch.Tensor, bias: torch.Tensor | N
     plan = rows_plan(C_in, C, k, stride, x.dtype)
     xc, lpc = channels_last(x, padding, T, k, stride, xc)
     TP = T // (pool or 1)
-    flags = _window_flags(x, bias, plan, stride, pool, TP)
+    z = _kept(z)
+    has_z = z is not None
+    flags = _window_flags(x, bias, plan, stride, pool, TP, has_z)
     tpc = triton.cdiv(TP, flags["BLOCK_Q"])
-    tiles, P = persistent_grid(N * tpc, 1, 4, triton.cdiv(C, plan["BLOCK_CO"]))  # 4 per SM (conv2's holds 5)
+    per_sm = SLOT_PER_SM if has_z and pool is not None else 4  # 4 per SM (conv2's window tiles hold 5)
+    tiles, P = persistent_grid(N * tpc, 1, per_sm, triton.cdiv(C, plan["BLOCK_CO"]))
     out, chained, zero_rows = pool_output(N, C, TP, x.dtype, x.device, chain)
     code = (channels_last_empty(N, C, TP, code_dtype(pool), x.device) if pool is not None
             else x.new_empty(0, dtype=torch.int8))
     zmax = channels_last_empty(N, C, TP, x.dtype, x.device) if keeps_zmax(x, pool) else x.new_empty(0)
     b = bias if bias is not None else w2d
-    z = _kept(z)
-    has_z = z is not None
     wrap_triton(_rows_bn_relu_pool_kernel)[(P, triton.cdiv(C, plan["BLOCK_CO"]))](
         xc, w2d if has_z else _reorder(w2d, C_in, k), b, gamma, beta, stats, out, code, zmax, z if has_z else out, C, T,
         TP, tpc, lpc, k * C_in, tiles, P, z[0].numel() if has_z else 0, *out.stride(), *chained, ZERO_ROWS=zero_rows,
@@ -1118,7 +1102,7 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     R = k * C_in
     dw_co = plan["BLOCK_CO"]  # dW's channels per program (rows_plan's, up to 64: each block re-reads the rows)
     plan = dict(plan, BLOCK_CO=min(plan["BLOCK_CO"], BWD_CO))
-    flags = _window_flags(x, bias, plan, stride, pool, tq)
+    flags = _window_flags(x, bias, plan, stride, pool, tq, has_z)
     # a contiguous gradient (the heads' convs return one) and output, one tile per clip: read as flat runs
     flags["FLAT"] = (pool is None and tq <= flags["BLOCK_Q"] and grad_out.is_contiguous() and mask.is_contiguous()
                      and grad_out.shape == mask.shape)
@@ -1199,7 +1183,7 @@ def rows_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     if dxw and J * stride != k:
         wd.zero_()  # the taps past k stay 0
     tpc = triton.cdiv(tq, flags["BLOCK_Q"])
-    tiles, P = persistent_grid(N * tpc, 1, GZ_PER_SM, grid_c)
+    tiles, P = persistent_grid(N * tpc, 1, SLOT_PER_SM if has_z and pool is not None else GZ_PER_SM, grid_c)
     wrap_triton(_rows_gz_kernel)[(P, grid_c)](
         xc, wr, z if has_z else xc, b, stats, gamma, grad_out, mask, sums, gz, local, dwr, w2d, wd, C, T, TP, tq, tpc,
         lpc, R, tiles, P, *go, *mask.stride(), sgz, N, *pads, dwr.numel(), C_in, z[0].numel() if has_z else 0,

@@ -37,7 +37,7 @@ from ._conv_paths import (
     out_chain,
     x_of_kept,
 )
-from ._conv_rows import window_major
+from ._conv_rows import kept_z
 from .bn_running import reference_update_running_stats, update_running
 
 # fmt: off
@@ -155,7 +155,7 @@ def reference_stats(x: Tensor, weight: Tensor, bias: Tensor | None, running_mean
                     eps: float, momentum: float | None, pool: int | None, group: int,
                     padded_input: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """``_stats_op`` in plain PyTorch, fp32 (fp64 for fp64 inputs): (stats (4, C_out) rows mean, invstd, unbiased
-    variance, count; z: the conv output without bias, kept where the kernels keep it (``keeps_z``, window-major);
+    variance, count; z: the conv output without bias, kept where the kernels keep it (``keeps_z``, ``kept_z_shape``);
     xp: the padded copy of x the kernels would make for both passes (``forward_input``; empty where they make none
     or read x's chained buffer)); BN's running statistics updated in place as ``bn_running``'s reference does."""
     c_out, k = weight.shape[0], weight.shape[-1]
@@ -170,7 +170,7 @@ def reference_stats(x: Tensor, weight: Tensor, bias: Tensor | None, running_mean
         stats = finalize_stats(moments, eps)
         kept = x.new_empty(0)
         if keeps_z(x, c_out, k, stride, pool, True):
-            kept = window_major((z - bias.to(z.dtype)[:, None] if bias is not None else z).to(x.dtype), pool)
+            kept = kept_z((z - bias.to(z.dtype)[:, None] if bias is not None else z).to(x.dtype))
     xp = x.new_empty(0)
     if forward_input_shape(x, c_out, k, stride, padding, t, pool, padded_input) is not None:
         xp = forward_input(x, c_out, k, stride, padding, t, pool)
@@ -284,7 +284,7 @@ def _stats_fake(x, weight, bias, running_mean, running_var, num_batches_tracked,
     c_out, k = weight.shape[0], weight.shape[-1]
     t = _out_len(x.shape[-1], k, stride, padding)
     keep = keeps_z(x, c_out, k, stride, pool, True)
-    z = x.new_empty(kept_z_shape(x.shape[0], t, c_out, pool) if keep else (0,))
+    z = x.new_empty(kept_z_shape(x.shape[0], t, c_out) if keep else (0,))
     xp = x.new_empty(forward_input_shape(x, c_out, k, stride, padding, t, pool, padded_input) or (0,))
     return x.new_empty((4, c_out), dtype=acc_dtype(x)), z, xp
 

@@ -78,11 +78,10 @@ def test_16_bit_keeps_z_and_zmax_and_recomputes_nothing(
     bf16 = dtype == torch.bfloat16
     t = (300 + 2 * p - k) // s + 1
     assert zmax.shape == (out.shape if bf16 and pool else (0,))
-    assert z.shape == (rows.kept_z_shape(2, t, c_out, pool) if bf16 else (0,))
-    if bf16:  # the conv output without its bias, window-major; the padded slots and positions are never written
+    assert z.shape == (rows.kept_z_shape(2, t, c_out) if bf16 else (0,))
+    if bf16:  # the conv output without its bias, channel-minor
         ref = torch.nn.functional.conv1d(x.float(), w.float(), None, s, p)
-        written = rows.window_major(torch.ones_like(ref), pool).bool()
-        torch.testing.assert_close(z.float()[written], rows.window_major(ref, pool)[written], rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(z.float(), rows.kept_z(ref), rtol=1e-2, atol=1e-2)
     seen = _Launches(monkeypatch, rows)
     recomputed = set()  # the kernels that ran a conv tile (the interpreter resolves the helpers at call time)
     for helper in ("_row_tile", "_row_tile_resident"):
@@ -189,12 +188,12 @@ def test_bf16_within_twice_eager(training: bool, layer: str) -> None:
 
 
 @pytest.mark.parametrize("pool", [3, 4, 5])
-def test_bf16_pools_read_the_window_major_z(pool: int) -> None:
-    """16-bit training keeps z window-major (``kept_z_shape``): pools 3 and 4 (4 slots: each window's channels x
-    slots loaded as one run and split, a padded slot at pool 3) and 5 (8 slots, 3 padded) in the pool and gz
-    kernels, with a tail of positions past the last whole window, a third of the channels with a negative BN scale
-    (the pool chooses on z times its sign: a padded slot masked before that sign turned +inf and won, found by
-    review): finite, and within twice eager bf16's error."""
+def test_bf16_pools_read_the_stored_z_slot_by_slot(pool: int) -> None:
+    """16-bit training keeps z channel-minor (``kept_z_shape``), and the pool and gz kernels walk each window's slots
+    one tile at a time (``slot_z``): pools 3, 4 and 5 (no power of two: no padded slot is read), with a tail of
+    positions past the last whole window, a third of the channels with a negative BN scale (the pool chooses on z
+    times its sign; with padded slots, one masked before that sign turned +inf and won, found by review): finite, and
+    within twice eager bf16's error."""
     case = make_case(2, 16, 32, 3, 97, seed=17)
     case.g[::3] = -case.g[::3].abs()
     fused = _within_twice_eager_bf16(case, dict(stride=1, padding=1, training=True, pool=pool))

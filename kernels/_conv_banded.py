@@ -24,9 +24,14 @@ and dW; TPC: tiles per clip (cdiv(rows, BLOCK_Q)); NUM_TILES = N * TPC; n, r0, r
 and rows; LP: the padded waveform's length per clip, a multiple of 16 covering the last tile's rows
 (xp[n, pad + i] = x[n, 0, i], zeros elsewhere); mb = mean - bias, the mean of the bias-free z the kernels
 compute; dband: dW in band form (JB, PP, C_out), folded to (C_out, K) by the launcher.
+The backward (``grad_plan``): SP, the slots of a program's slot group g (slots u0 = g * SP .. u0 + SP, whose
+windows start x0 = u0 * stride samples into the row's, so its band is SP slots wide); SUB, the sub-tiles of
+BLOCK_Q rows per tile (the pooled gradient and codes of two are read at once).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -71,34 +76,37 @@ from ._conv_fwd import (
 
 
 @triton.jit
-def _band_weight(w_ptr, c0, C_OUT, J0: tl.constexpr, J: tl.constexpr, K: tl.constexpr, STRIDE: tl.constexpr,
+def _band_weight(w_ptr, c0, u0, C_OUT, J0: tl.constexpr, J: tl.constexpr, K: tl.constexpr, STRIDE: tl.constexpr,
                  POOL: tl.constexpr, PP: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Rows J0 .. J0 + J of the banded weight B (J, PP * BLOCK_C) from w (C_OUT, K), zeros off the band."""
+    """Rows J0 .. J0 + J of the banded weight B (J, PP * BLOCK_C) of slots u0 .. u0 + PP from w (C_OUT, K), zeros
+    off the band and at slots past POOL (row j is sample j of the window of slot u0)."""
     j = J0 + tl.arange(0, J)
     col = tl.arange(0, PP * BLOCK_C)
     u = col // BLOCK_C
     c = c0 + col % BLOCK_C
     k = j[:, None] - STRIDE * u[None, :]
-    ok = (k >= 0) & (k < K) & ((c < C_OUT) & (u < POOL))[None, :]
+    ok = (k >= 0) & (k < K) & ((c < C_OUT) & (u0 + u < POOL))[None, :]
     return tl.load(w_ptr + c[None, :] * K + k, mask=ok, other=0.0)
 
 
 @triton.jit
-def _band_rows(xp_ptr, n, r0, LP, STEP: tl.constexpr, BLOCK_Q: tl.constexpr, J0: tl.constexpr, J: tl.constexpr):
-    """A's columns J0 .. J0 + J of clip n's rows r0 .. r0 + BLOCK_Q: xp[n, (r0 + i) * STEP + j], a uniform base
-    plus per-thread constants; unmasked (the launcher pads each clip past its last tile's rows)."""
-    base = tl.cast(n, tl.int64) * LP + r0 * STEP + J0
+def _band_rows(xp_ptr, n, r0, x0, LP, STEP: tl.constexpr, BLOCK_Q: tl.constexpr, J0: tl.constexpr,
+               J: tl.constexpr):
+    """A's columns J0 .. J0 + J of clip n's rows r0 .. r0 + BLOCK_Q: xp[n, (r0 + i) * STEP + x0 + j], a uniform
+    base plus per-thread constants; unmasked (the launcher pads each clip past its last tile's rows)."""
+    base = tl.cast(n, tl.int64) * LP + r0 * STEP + x0 + J0
     return tl.load(xp_ptr + base + (tl.arange(0, BLOCK_Q)[:, None] * STEP + tl.arange(0, J)[None, :]))
 
 
 @triton.jit
 def _band_a(xp_ptr, n, r0, LP, STEP: tl.constexpr, BLOCK_Q: tl.constexpr, J1: tl.constexpr, J2: tl.constexpr,
-            INTERP: tl.constexpr):
-    """A's two column chunks (BLOCK_Q, J1) and (BLOCK_Q, J2) of a row tile (a2 = a1 when J2 = 0)."""
-    a1 = fp32_if(_band_rows(xp_ptr, n, r0, LP, STEP, BLOCK_Q, 0, J1), INTERP)
+            INTERP: tl.constexpr, x0=0):
+    """A's two column chunks (BLOCK_Q, J1) and (BLOCK_Q, J2) of a row tile (a2 = a1 when J2 = 0), its windows
+    starting x0 samples into each row's."""
+    a1 = fp32_if(_band_rows(xp_ptr, n, r0, x0, LP, STEP, BLOCK_Q, 0, J1), INTERP)
     a2 = a1
     if J2 > 0:
-        a2 = fp32_if(_band_rows(xp_ptr, n, r0, LP, STEP, BLOCK_Q, J1, J2), INTERP)
+        a2 = fp32_if(_band_rows(xp_ptr, n, r0, x0, LP, STEP, BLOCK_Q, J1, J2), INTERP)
     return a1, a2
 
 
@@ -114,22 +122,23 @@ def _band_z(a1, a2, b1, b2, BLOCK_Q: tl.constexpr, J2: tl.constexpr, PP: tl.cons
 
 
 @triton.jit
-def _positions_ok(r, T, POOL: tl.constexpr, PP: tl.constexpr):
-    """(BLOCK_Q, PP) bool: slot u of row r is a conv position (r * POOL + u < T, u < POOL)."""
-    u = tl.arange(0, PP)
+def _positions_ok(r, T, POOL: tl.constexpr, PP: tl.constexpr, u0=0):
+    """(BLOCK_Q, PP) bool: slot u0 + u of row r is a conv position (r * POOL + u0 + u < T, u0 + u < POOL)."""
+    u = u0 + tl.arange(0, PP)
     return (r[:, None] * POOL + u[None, :] < T) & (u < POOL)[None, :]
 
 
 @triton.jit
 def _band_setup(w_ptr, b_ptr, c0, C_OUT, HAS_BIAS: tl.constexpr, J1: tl.constexpr, J2: tl.constexpr,
                 K: tl.constexpr, STRIDE: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr,
-                BLOCK_C: tl.constexpr, INTERP: tl.constexpr):
-    """A program's banded weight chunks (b1, b2; b2 = b1 when J2 = 0) and channel bias (BLOCK_C,)."""
-    b1 = _band_weight(w_ptr, c0, C_OUT, 0, J1, K, STRIDE, POOL, PP, BLOCK_C)
+                BLOCK_C: tl.constexpr, INTERP: tl.constexpr, u0=0):
+    """A program's banded weight chunks (b1, b2; b2 = b1 when J2 = 0) of slots u0 .. u0 + PP and channel bias
+    (BLOCK_C,)."""
+    b1 = _band_weight(w_ptr, c0, u0, C_OUT, 0, J1, K, STRIDE, POOL, PP, BLOCK_C)
     b1 = fp32_if(b1, INTERP)
     b2 = b1
     if J2 > 0:
-        b2 = _band_weight(w_ptr, c0, C_OUT, J1, J2, K, STRIDE, POOL, PP, BLOCK_C)
+        b2 = _band_weight(w_ptr, c0, u0, C_OUT, J1, J2, K, STRIDE, POOL, PP, BLOCK_C)
         b2 = fp32_if(b2, INTERP)
     c = c0 + tl.arange(0, BLOCK_C)
     bias = tl.zeros((BLOCK_C,), dtype=tl.float32)
@@ -285,36 +294,75 @@ def _band_bwd_reduce_kernel(xp_ptr,  # (N, LP) padded waveform
 
 
 @triton.jit
-def _gz_dw_tile(n, t, acc1, acc2t, db, xp_ptr, go_ptr, code_ptr, b1, b2, cz, cc0, scale, c, u, C_OUT, T, TP, TPC,
-                LP, sgn, sgc, sgl, STRIDE: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr,
+def _band_pooled_pair(go_ptr, code_ptr, n, r0, c, C_OUT, TP, sgn, sgc, sgl, BLOCK_Q: tl.constexpr):
+    """``_band_pooled`` of the rows r0 + h BLOCK_Q + q of two sub-tiles h = 0, 1, as (BLOCK_Q, BLOCK_C, 2) tensors:
+    2 BLOCK_Q whole channel rows, so a bf16 gradient or int8 codes of 16 channels load 16 bytes per lane."""
+    r = r0 + tl.arange(0, BLOCK_Q)[:, None, None] + BLOCK_Q * tl.arange(0, 2)[None, None, :]
+    cc = c[None, :, None]
+    hit = (r < TP) & (cc < C_OUT)
+    n64 = tl.cast(n, tl.int64)
+    code = tl.load(code_ptr + n64 * TP * C_OUT + (r * C_OUT + cc), mask=hit, other=-1)
+    go = tl.load(go_ptr + n64 * sgn + (r * sgl + cc * sgc), mask=hit, other=0.0)
+    return go, code  # in their stored dtypes: converted where each sub-tile uses them
+
+
+@triton.jit
+def _gz_dw_tile(r0, acc1, acc2t, db, xp_ptr, n, go, code, b1, b2, cz, cc0, scale, u, u0, T, LP,
+                STRIDE: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr, SP: tl.constexpr,
                 BLOCK_C: tl.constexpr, BLOCK_Q: tl.constexpr, J1: tl.constexpr, J2: tl.constexpr,
-                LAST: tl.constexpr, DB_DOT: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
-    """One row tile of ``_band_gz_dw_kernel``: (acc1, acc2t, db) updated. LAST: a clip's last tile, whose
-    positions past T are masked (the others hold only whole windows; slots past POOL are masked in all). (n, t): the
-    tile's clip and index in it."""
-    r0 = t * BLOCK_Q
-    r = r0 + tl.arange(0, BLOCK_Q)
-    a1, a2 = _band_a(xp_ptr, n, r0, LP, STRIDE * POOL, BLOCK_Q, J1, J2, INTERP)
+                LAST, DB_DOT: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
+    """One sub-tile of ``_band_gz_dw_kernel`` (clip n's rows r0 .. r0 + BLOCK_Q): (acc1, acc2t, db) updated. go, code
+    (BLOCK_Q, BLOCK_C): the pooled gradient and the slot it goes to, as stored. LAST (a runtime flag): a clip's last
+    tile, whose positions past T are masked behind a branch (the others hold only whole windows; slots past POOL are
+    masked in all). One loop with that branch, not a second loop over the last tiles: the second loop's set-up kept
+    values live across the first and spilled 24 B under Triton 3.9."""
+    a1, a2 = _band_a(xp_ptr, n, r0, LP, STRIDE * POOL, BLOCK_Q, J1, J2, INTERP, u0 * STRIDE)
     if DB_DOT:  # A's last column lies past the window (B is 0 there): ones, so gz^T @ A2 also sums gz (db)
         a2 = tl.where((tl.arange(0, J2) == J2 - 1)[None, :], 1.0, a2).to(a2.dtype)
-    z = _band_z(a1, a2, b1, b2, BLOCK_Q, J2, PP, BLOCK_C, PRECISION)
-    go, code = _band_pooled(go_ptr, code_ptr, n, r, c, C_OUT, TP, sgn, sgc, sgl)
+    z = _band_z(a1, a2, b1, b2, BLOCK_Q, J2, SP, BLOCK_C, PRECISION)
     # the routed gradient folded into the affine term per window, so each element takes one select and one FMA
-    routed = tl.where(u == code[:, None, :], (cc0[None, :] + go * scale[None, :])[:, None, :], cc0[None, None, :])
-    gz = z * cz[None, None, :] + routed
+    val = cc0[None, :] + go.to(tl.float32) * scale[None, :]
+    gz = z * cz[None, None, :] + tl.where(u == (code.to(tl.int32) - u0)[:, None, :], val[:, None, :],
+                                          cc0[None, None, :])
+    if PP > POOL:
+        gz = tl.where(u0 + u < POOL, gz, 0.0)
     if LAST:
-        gz = tl.where(_positions_ok(r, T, POOL, PP)[:, :, None], gz, 0.0)
-    elif PP > POOL:
-        gz = tl.where(u < POOL, gz, 0.0)
+        gz = tl.where(_positions_ok(r0 + tl.arange(0, BLOCK_Q), T, POOL, SP, u0)[:, :, None], gz, 0.0)
     if not DB_DOT:
         db += tl.sum(gz, axis=1)
     # dW from gz rounded to the input dtype, as the unfused path stores gz, for a same-dtype tensor-core dot (db: in
     # 16 bits from the same rounded gz, as the other paths sum it; in fp32 from the fp32 gz, as TF32 dots would
     # round it)
-    gz2 = fp32_if(tl.reshape(cast_out(gz, xp_ptr.dtype.element_ty, INTERP), (BLOCK_Q, PP * BLOCK_C)), INTERP)
+    gz2 = fp32_if(tl.reshape(cast_out(gz, xp_ptr.dtype.element_ty, INTERP), (BLOCK_Q, SP * BLOCK_C)), INTERP)
     acc1 = tl.dot(tl.trans(a1), gz2, acc1, input_precision=PRECISION)
     if J2 > 0:
         acc2t = tl.dot(tl.trans(gz2), a2, acc2t, input_precision=PRECISION)
+    return acc1, acc2t, db
+
+
+@triton.jit
+def _gz_dw_tiles(n, t, acc1, acc2t, db, xp_ptr, go_ptr, code_ptr, b1, b2, cz, cc0, scale, c, u, u0, C_OUT, T, TP,
+                 LP, sgn, sgc, sgl, STRIDE: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr, SP: tl.constexpr,
+                 BLOCK_C: tl.constexpr, BLOCK_Q: tl.constexpr, J1: tl.constexpr, J2: tl.constexpr, SUB: tl.constexpr,
+                 LAST, DB_DOT: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
+    """Tile t of clip n, SUB ``_gz_dw_tile`` sub-tiles of BLOCK_Q rows; with two, their pooled gradient and codes
+    are read at once (``_band_pooled_pair``) and split between them in registers."""
+    r0 = t * (SUB * BLOCK_Q)
+    if SUB == 2:
+        go, code = _band_pooled_pair(go_ptr, code_ptr, n, r0, c, C_OUT, TP, sgn, sgc, sgl, BLOCK_Q)
+        go0, go1 = tl.split(go)
+        code0, code1 = tl.split(code)
+        acc1, acc2t, db = _gz_dw_tile(r0, acc1, acc2t, db, xp_ptr, n, go0, code0, b1, b2, cz, cc0, scale, u, u0, T,
+                                      LP, STRIDE, POOL, PP, SP, BLOCK_C, BLOCK_Q, J1, J2, LAST, DB_DOT, INTERP,
+                                      PRECISION)
+        acc1, acc2t, db = _gz_dw_tile(r0 + BLOCK_Q, acc1, acc2t, db, xp_ptr, n, go1, code1, b1, b2, cz, cc0, scale, u,
+                                      u0, T, LP, STRIDE, POOL, PP, SP, BLOCK_C, BLOCK_Q, J1, J2, LAST, DB_DOT, INTERP,
+                                      PRECISION)
+    else:
+        go, code = _band_pooled(go_ptr, code_ptr, n, r0 + tl.arange(0, BLOCK_Q), c, C_OUT, TP, sgn, sgc, sgl)
+        acc1, acc2t, db = _gz_dw_tile(r0, acc1, acc2t, db, xp_ptr, n, go, code, b1, b2, cz, cc0, scale, u, u0, T,
+                                      LP, STRIDE, POOL, PP, SP, BLOCK_C, BLOCK_Q, J1, J2, LAST, DB_DOT, INTERP,
+                                      PRECISION)
     return acc1, acc2t, db
 
 
@@ -323,24 +371,29 @@ def _band_gz_dw_kernel(xp_ptr,  # (N, LP) padded waveform
                        w_ptr, b_ptr, stats_ptr, g_ptr,  # (C_OUT, K), (C_OUT,), (4, C_OUT), (C_OUT,)
                        go_ptr, code_ptr,  # (N, C_OUT, TP): grad_out (strides sgn, sgc, sgl), codes (``cl_at``)
                        sums_ptr,  # (2, C_OUT) fp32 or fp64: sum(gy), sum(gy * zhat), all-reduced
-                       dband_ptr,  # (P or 1, JB, PP, C_OUT) fp32 dW in band form
-                       db_ptr,  # (P or 1, C_OUT) fp32
+                       dband_ptr,  # (P or 1, JB, PP, C_OUT) fp32 dW in band form, rows from each slot group's x0
+                       db_ptr,  # (P * PP // SP or 1, C_OUT) fp32
                        dbn_ptr,  # (2, C_OUT) fp32: the sums' copy the op returns (STORE_SUMS)
                        C_OUT, T, TP, TPC, LP, NUM_TILES, P, sgn, sgc, sgl, HAS_BIAS: tl.constexpr,
-                       K: tl.constexpr, STRIDE: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr,
+                       K: tl.constexpr, STRIDE: tl.constexpr, POOL: tl.constexpr, PP: tl.constexpr, SP: tl.constexpr,
                        BLOCK_C: tl.constexpr, BLOCK_Q: tl.constexpr, J1: tl.constexpr, J2: tl.constexpr,
-                       TRAINING: tl.constexpr, DB_DOT: tl.constexpr, DETERMINISTIC: tl.constexpr,
+                       SUB: tl.constexpr, TRAINING: tl.constexpr, DB_DOT: tl.constexpr, DETERMINISTIC: tl.constexpr,
                        STORE_SUMS: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
-    """gz (BN's backward, as ``_bn_grad``) and dW in band form in one pass: dband[j, (u, c)] += sum_q A[q, j]
-    gz[q, u, c] (A^T @ gz on the tensor cores, A loaded once for both dots), db[c] += sum gz (DB_DOT: by the same
-    dot, from A's spare last column set to ones; otherwise per thread). BN's backward
-    gz = scale (gy - mean(gy) - zhat mean(gy zhat)), scale = gamma invstd, is per channel affine in z plus the
-    routed gradient: gz = cz z + c0 + [u == code] scale go, cz = -scale mean(gy zhat) invstd,
-    c0 = -scale mean(gy) - cz (mean - bias). Per program to dband[p], db[p] (deterministic), or atomically
-    added to dband[0], db[0]. STORE_SUMS: also the sums as fp32 (``_conv_fwd.store_sums_fp32``)."""
+    """gz (BN's backward, as ``_bn_grad``) and dW in band form in one pass, for SP of the window's PP slots (the
+    slot group g = program_id(1) % (PP // SP), slots u0 = g SP .. u0 + SP, whose windows start x0 = u0 STRIDE
+    samples into the row's): dband[j, (u, c)] += sum_q A[q, x0 + j] gz[q, u, c] (A^T @ gz on the tensor cores, A
+    loaded once for both dots), db[c] += sum gz (DB_DOT: by the same dot, from A's spare last column set to ones;
+    otherwise per thread). BN's backward gz = scale (gy - mean(gy) - zhat mean(gy zhat)), scale = gamma invstd, is
+    per channel affine in z plus the routed gradient: gz = cz z + c0 + [u == code] scale go,
+    cz = -scale mean(gy zhat) invstd, c0 = -scale mean(gy) - cz (mean - bias). Per program to dband[p], db[p G + g]
+    (deterministic; G = PP // SP), or atomically added to dband[0], db[0]. STORE_SUMS: also the sums as fp32
+    (``_conv_fwd.store_sums_fp32``)."""
     pid_p = tl.program_id(0)
-    c0 = tl.program_id(1) * BLOCK_C
-    b1, b2, bias = _band_setup(w_ptr, b_ptr, c0, C_OUT, HAS_BIAS, J1, J2, K, STRIDE, POOL, PP, BLOCK_C, INTERP)
+    g = tl.program_id(1) % (PP // SP)
+    u0 = g * SP
+    c0 = (tl.program_id(1) // (PP // SP)) * BLOCK_C
+    b1, b2, bias = _band_setup(w_ptr, b_ptr, c0, C_OUT, HAS_BIAS, J1, J2, K, STRIDE, POOL, SP, BLOCK_C, INTERP,
+                               u0)
     c = c0 + tl.arange(0, BLOCK_C)
     c_ok = c < C_OUT
     invstd = tl.load(stats_ptr + C_OUT + c, mask=c_ok, other=0.0)
@@ -353,33 +406,26 @@ def _band_gz_dw_kernel(xp_ptr,  # (N, LP) padded waveform
         mean_gyz = tl.load(sums_ptr + C_OUT + c, mask=c_ok, other=0.0).to(tl.float32) / count
         cz = -scale * mean_gyz * invstd
         cc0 = -scale * mean_gy - cz * (tl.load(stats_ptr + c, mask=c_ok, other=0.0) - bias)
-    u = tl.arange(0, PP)[None, :, None]
-    acc1 = tl.zeros((J1, PP * BLOCK_C), dtype=tl.float32)
-    # the second chunk's dW transposed, (gz^T @ A2): M = PP * BLOCK_C >= 64 keeps it on wgmma (J2 = 16 as M
+    u = tl.arange(0, SP)[None, :, None]
+    acc1 = tl.zeros((J1, SP * BLOCK_C), dtype=tl.float32)
+    # the second chunk's dW transposed, (gz^T @ A2): M = SP * BLOCK_C >= 64 keeps it on wgmma (J2 = 16 as M
     # took mma.sync and ~80 register moves per tile)
-    acc2t = tl.zeros((PP * BLOCK_C, J2 if J2 > 0 else 16), dtype=tl.float32)
+    acc2t = tl.zeros((SP * BLOCK_C, J2 if J2 > 0 else 16), dtype=tl.float32)
     db = tl.zeros((BLOCK_Q, BLOCK_C), dtype=tl.float32)
-    # a clip's tiles but its last hold only whole windows (no position past T): the positions mask runs only in the
-    # second loop, over each clip's last tile
-    inner = tl.maximum(TPC - 1, 1)  # the interior tiles per clip (the walk's modulus: none run when TPC is 1)
-    n, t, dn, dt = walk_start(pid_p, P, inner)
-    for _ in range(pid_p, (NUM_TILES // TPC) * (TPC - 1), P):
-        acc1, acc2t, db = _gz_dw_tile(n, t, acc1, acc2t, db, xp_ptr, go_ptr, code_ptr, b1, b2, cz, cc0, scale, c, u,
-                                      C_OUT, T, TP, TPC, LP, sgn, sgc, sgl, STRIDE, POOL, PP, BLOCK_C, BLOCK_Q, J1, J2,
-                                      False, DB_DOT, INTERP, PRECISION)
-        n, t = walk_next(n, t, dn, dt, inner)
-    for n in range(pid_p, NUM_TILES // TPC, P):
-        acc1, acc2t, db = _gz_dw_tile(n, TPC - 1, acc1, acc2t, db, xp_ptr, go_ptr, code_ptr, b1, b2, cz, cc0, scale,
-                                      c, u, C_OUT, T, TP, TPC, LP, sgn, sgc, sgl, STRIDE, POOL, PP, BLOCK_C, BLOCK_Q,
-                                      J1, J2, True, DB_DOT, INTERP, PRECISION)
-    col = tl.arange(0, PP * BLOCK_C)
+    n, t, dn, dt = walk_start(pid_p, P, TPC)
+    for _ in range(pid_p, NUM_TILES, P):  # a clip's last tile masks its positions past T (``_gz_dw_tile``)
+        acc1, acc2t, db = _gz_dw_tiles(n, t, acc1, acc2t, db, xp_ptr, go_ptr, code_ptr, b1, b2, cz, cc0, scale, c,
+                                       u, u0, C_OUT, T, TP, LP, sgn, sgc, sgl, STRIDE, POOL, PP, SP, BLOCK_C,
+                                       BLOCK_Q, J1, J2, SUB, t == TPC - 1, DB_DOT, INTERP, PRECISION)
+        n, t = walk_next(n, t, dn, dt, TPC)
+    col = tl.arange(0, SP * BLOCK_C)
     cc = c0 + col % BLOCK_C
-    wcol = (col // BLOCK_C) * C_OUT + cc  # (u, c) -> u * C_OUT + c in dband's (JB, PP, C_OUT)
+    wcol = (u0 + col // BLOCK_C) * C_OUT + cc  # (u, c) -> (u0 + u) * C_OUT + c in dband's (JB, PP, C_OUT)
     idx = partial_row(pid_p, DETERMINISTIC)
     base = dband_ptr + idx.to(tl.int64) * ((J1 + J2) * PP * C_OUT)
     if DB_DOT:  # the ones column of gz^T @ A2, summed over the slots
         dbs = tl.sum(tl.where((tl.arange(0, J2) == J2 - 1)[None, :], acc2t, 0.0), axis=1)
-        dbs = tl.sum(tl.reshape(dbs, (PP, BLOCK_C)), axis=0)
+        dbs = tl.sum(tl.reshape(dbs, (SP, BLOCK_C)), axis=0)
     else:
         dbs = tl.sum(db, axis=0)
     if J2 > 0:  # the smaller accumulator first, freeing its registers for the larger one's store
@@ -387,7 +433,7 @@ def _band_gz_dw_kernel(xp_ptr,  # (N, LP) padded waveform
         store_partial(base + j2[None, :] * (PP * C_OUT) + wcol[:, None], acc2t, (cc < C_OUT)[:, None], DETERMINISTIC)
     j1 = tl.arange(0, J1)
     store_partial(base + j1[:, None] * (PP * C_OUT) + wcol[None, :], acc1, (cc < C_OUT)[None, :], DETERMINISTIC)
-    store_partial(db_ptr + idx * C_OUT + c, dbs, c_ok, DETERMINISTIC)
+    store_partial(db_ptr + partial_row(pid_p * (PP // SP) + g, DETERMINISTIC) * C_OUT + c, dbs, c_ok, DETERMINISTIC)
     if STORE_SUMS:
         store_sums_fp32(sums_ptr, dbn_ptr, c, c_ok, C_OUT)
 
@@ -439,6 +485,27 @@ def pool_plan(c_in: int, c_out: int, k: int, stride: int, pool: int | None) -> d
     return band_plan(c_in, c_out, k, stride, pool) if epilogue_plan(c_in, c_out, k, stride, pool) else None
 
 
+def grad_plan(c_in: int, c_out: int, k: int, stride: int, pool: int | None) -> dict | None:
+    """The backward's constexprs (gz and dW) for a block ``epilogue_plan`` takes. A program owns SP of the window's
+    PP slots (a slot group) and BLOCK_C channels, SP * BLOCK_C <= ``EPILOGUE_COLS``: SP the fewest slots whose
+    groups start 16 bytes apart in a 16-bit waveform (SP * stride a multiple of 8; all PP if fewer), so A's rows
+    still load 16 bytes per lane, then channels, then more slots while columns remain. Its window is SP slots long
+    (J1, J2 from stride * (SP - 1) + k). SUB sub-tiles per tile: two when one sub-tile's int8 codes
+    (``BLOCK_Q_GPU`` x BLOCK_C) are under 2 KB, 16 bytes for each of 128 threads, so the pooled gradient and codes
+    are read for both at once (``_band_pooled_pair``). conv1: 4 slots x 16 channels, two sub-tiles."""
+    epi = epilogue_plan(c_in, c_out, k, stride, pool)
+    if epi is None:
+        return None
+    pp = epi["PP"]
+    sp = min(pp, 8 // math.gcd(8, stride))
+    bc = clamp_pow2(c_out, 1, EPILOGUE_COLS // sp)
+    sp = min(pp, max(sp, EPILOGUE_COLS // bc))
+    bc = max(bc, 16 // sp)  # tl.dot's N >= 16
+    j1, j2 = _chunks(stride * (sp - 1) + k)
+    sub = 2 if BLOCK_Q_GPU * bc < 2048 else 1
+    return dict(POOL=pool, PP=pp, SP=sp, BLOCK_C=bc, J1=j1, J2=j2, SUB=sub)
+
+
 def stats_group(c_out: int) -> int:
     """Conv positions per row of the statistics pass (it needs no pool): a power of two filling
     ``MAX_COLS`` columns with the channel block (conv1: 8 x 16)."""
@@ -447,9 +514,12 @@ def stats_group(c_out: int) -> int:
 
 def _layout(length: int, plan: dict, stride: int, pad: int, rows: int) -> int:
     """LP: a padded clip's length, a multiple of 16 covering the data and the window of every row its tiles
-    read (``rows`` rounded up to whole tiles of ``_block_q(rows)``)."""
-    bq = _block_q(rows)
-    need = max(pad + length, (triton.cdiv(rows, bq) * bq - 1) * stride * plan["POOL"] + plan["J1"] + plan["J2"])
+    read (``rows`` rounded up to whole tiles of ``_block_q(rows)`` rows, or SUB sub-tiles of those for
+    ``grad_plan``, whose last slot group's window starts (PP - SP) * stride samples in)."""
+    sub = plan.get("SUB", 1)
+    bq = _block_q(rows, sub) * sub
+    x0 = (plan["PP"] - plan.get("SP", plan["PP"])) * stride
+    need = max(pad + length, (triton.cdiv(rows, bq) * bq - 1) * stride * plan["POOL"] + x0 + plan["J1"] + plan["J2"])
     return -(-need // 16) * 16
 
 
@@ -477,7 +547,8 @@ def band_input_rows(length: int, c_out: int, k: int, stride: int, padding: int, 
     """``band_input_length`` of a waveform of ``length`` samples (a multiple of 16)."""
     stats = band_plan(1, c_out, k, stride, stats_group(c_out))
     epi = epilogue_plan(1, c_out, k, stride, pool)
-    plans = ((stats, triton.cdiv(T, stats["POOL"])), (epi, T // pool), (epi, triton.cdiv(T, pool)))
+    grad = grad_plan(1, c_out, k, stride, pool)
+    plans = ((stats, triton.cdiv(T, stats["POOL"])), (epi, T // pool), (grad, triton.cdiv(T, pool)))
     return max(_layout(length, plan, stride, padding, rows) for plan, rows in plans)
 
 
@@ -488,14 +559,14 @@ def band_input(x: torch.Tensor, c_out: int, k: int, stride: int, padding: int, T
     return padded_waveform(x, padding, band_input_length(x, c_out, k, stride, padding, T, pool))
 
 
-def _block_q(rows: int) -> int:
-    """Rows per tile for ``rows`` rows per clip; under the interpreter at most half a clip, so the tests walk
-    several tiles per clip and a partial last one."""
-    return clamp_pow2(triton.cdiv(rows, 2), 16, 64) if INTERPRET else BLOCK_Q_GPU
+def _block_q(rows: int, sub: int = 1) -> int:
+    """Rows per (sub-)tile for ``rows`` rows per clip and ``sub`` sub-tiles per tile; under the interpreter a tile
+    is at most half a clip, so the tests walk several tiles per clip and a partial last one."""
+    return clamp_pow2(triton.cdiv(rows, 2 * sub), 16, 64) if INTERPRET else BLOCK_Q_GPU
 
 
 # CTAs per SM of each kernel (16-bit, fp32) at its register cap and shared memory (the static report: bf16 pool 123
-# registers and 52 KB, gz_dw 168 and 54 KB, statistics 128 and 50 KB; fp32 twice the shared memory): the
+# registers and 52 KB, gz_dw 162-168 and 28 KB, statistics 128 and 50 KB; fp32 twice the shared memory): the
 # persistent grid fills exactly that many per SM.
 CTAS_PER_SM = {"stats": (4, 2), "pool": (4, 2), "grad": (3, 2)}
 
@@ -564,49 +635,55 @@ def band_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     """The backward of a banded block whose input needs no gradient (as ``_conv_paths.conv_bn_relu_backward``):
     (None, dw2d fp32, db fp32 or None, local (2, C_out) sum(gy), sum(gy * zhat)). The BN sums from the forward's
     zmax (``pooled_bn_sums``) or, without it, from a pass recomputing Z; then a pass recomputing Z for gz and dW
-    in band form; dband is folded to (C_out, K) here. ``xp``: the forward's ``band_input`` copy, or None to make
-    one."""
+    in band form (``grad_plan``'s slot groups); dband is folded to (C_out, K) here. ``xp``: the forward's
+    ``band_input`` copy, or None to make one."""
     N = x.shape[0]
     C = w2d.shape[0]
     dev = x.device
-    plan = epilogue_plan(1, C, k, stride, pool)
+    epi = epilogue_plan(1, C, k, stride, pool)
+    plan = grad_plan(1, C, k, stride, pool)
     TP, tq = T // pool, triton.cdiv(T, pool)
-    xp, lp = _waveform(x, xp, padding, _layout(x.shape[-1], plan, stride, padding, tq))
+    xp, lp = _waveform(x, xp, padding, max(_layout(x.shape[-1], plan, stride, padding, tq),
+                                           _layout(x.shape[-1], epi, stride, padding, TP)))
     bq = _block_q(tq)  # both passes: their rows (TP, tq) differ by at most one
-    flags = _flags(plan, x, k, stride, bias, bq)
+    bq_gz = _block_q(tq, plan["SUB"])
     b = bias if bias is not None else w2d
-    grid_c = triton.cdiv(C, plan["BLOCK_C"])
+    pp, sp = plan["PP"], plan["SP"]
+    groups = pp // sp
+    grid_g = triton.cdiv(C, plan["BLOCK_C"]) * groups  # slot groups x channel blocks
     jb = plan["J1"] + plan["J2"]
     # non-deterministic: the atomics' accumulators (db first: returned as a view, at offset 0; BN sums; dW in band
     # form) zeroed by one fill
     acc = None if deterministic else zeroed(dev, ((1, C), torch.float32), ((2, 1, C), BN_SUMS),
-                                           ((1, jb, plan["PP"], C), torch.float32))
+                                           ((1, jb, pp, C), torch.float32))
     if zmax.numel():  # (2, C): sum(gy), sum(gy * zhat), from the forward's zmax
         raw = pooled_bn_sums(grad_out, code, zmax, deterministic, acc[1] if acc else None, cast=False)
     else:  # ... or from a recompute (fp32: keeps_zmax)
+        grid_c = triton.cdiv(C, epi["BLOCK_C"])
         tpc, tiles, P = _tiles(N, TP, bq, "grad", x, grid_c)
         part = bn_sum_partials(P, C, deterministic, dev, acc[1] if acc else None)
         wrap_triton(_band_bwd_reduce_kernel)[(P, grid_c)](
             xp, w2d, b, stats, grad_out, code, part, C, TP, tpc, lp, tiles, P, *grad_out.stride(),
-            DETERMINISTIC=deterministic, **flags)
+            DETERMINISTIC=deterministic, **_flags(epi, x, k, stride, bias, bq))
         raw = bn_sums_of(part, cast=False)  # a fixed-order reduction
     local, sums, store_sums = local_sums(raw, training, all_reduce)
-    tpc, tiles, P = _tiles(N, tq, bq, "grad", x, grid_c)
-    window = stride * (pool - 1) + k
+    tpc, tiles, P = _tiles(N, tq, plan["SUB"] * bq_gz, "grad", x, grid_g)
+    window = stride * (sp - 1) + k
     if deterministic:
-        dband = torch.empty((P, jb, plan["PP"], C), device=dev, dtype=torch.float32)
-        db_part = torch.empty((P, C), device=dev, dtype=torch.float32)
+        dband = torch.empty((P, jb, pp, C), device=dev, dtype=torch.float32)
+        db_part = torch.empty((P * groups, C), device=dev, dtype=torch.float32)
     else:
         db_part, _, dband = acc
-    wrap_triton(_band_gz_dw_kernel)[(P, grid_c)](
+    wrap_triton(_band_gz_dw_kernel)[(P, grid_g)](
         xp, w2d, b, stats, gamma, grad_out, code, sums, dband, db_part, local, C, T, TP, tpc, lp, tiles, P,
         *grad_out.stride(), TRAINING=training, DB_DOT=x.element_size() == 2 and window < jb,
         DETERMINISTIC=deterministic, STORE_SUMS=store_sums,
-        **(reg_cap(168) if x.element_size() == 2 else {}), **flags)  # fp32 spills at 168
+        # one stage: unpipelined loads stay L1-cached (A's rows overlap) and half the shared memory; fp32 spills at 168
+        num_stages=1, **(reg_cap(168) if x.element_size() == 2 else {}), **_flags(plan, x, k, stride, bias, bq_gz))
     # deterministic: a fixed-order sum of the partials; otherwise the one row the atomics added into
     band = dband.sum(dim=0) if deterministic else dband[0]  # (JB, PP, C), contiguous
-    # fold: dw[c, kk] = sum_u band[kk + stride * u, u, c], a strided view (c, kk, u) summed over u
-    pp = plan["PP"]
-    dw = band.as_strided((C, k, pool), (1, pp * C, stride * pp * C + C)).sum(dim=2).contiguous()
+    # fold: dw[c, kk] = sum_u band[kk + stride * (u % SP), u, c] (each slot group's rows start at its own window), a
+    # strided view (c, kk, group, u % SP) summed over the slots
+    dw = band.as_strided((C, k, groups, sp), (1, pp * C, sp * C, stride * pp * C + C)).sum(dim=(2, 3)).contiguous()
     db = (db_part.sum(dim=0) if deterministic else db_part[0]) if bias is not None else None
     return None, dw, db, local

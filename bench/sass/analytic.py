@@ -47,12 +47,14 @@ def padded_mma_flops(name: str, v: dict[str, Any], grid: tuple[int, ...]) -> flo
         split, nmt = v["SPLIT"], v["NUM_MT"]
         iters = sum(len(range(s, nmt, split)) for s in range(grid[2]))
         return grid[0] * grid[1] * iters * 2.0 * v["BLOCK_CO"] * v["BLOCK_M"] * v["BLOCK_R"]
-    if name in BANDED:  # persistent grid: the programs of a channel block walk all NUM_TILES tiles between them
-        cols = v["PP"] * v["BLOCK_C"]
+    if name in BANDED:  # persistent grid: the programs of a channel block (or slot group) walk all NUM_TILES tiles
+        cols = v.get("SP", v["PP"]) * v["BLOCK_C"]  # SP: the gz kernel's slots per program (``grad_plan``)
         one = 2.0 * v["BLOCK_Q"] * (v["J1"] + v["J2"]) * cols
         if name == "_band_stats_kernel":  # each program's first tile twice: once more for its shift
             return (grid[1] * v["NUM_TILES"] + progs) * one
-        return grid[1] * v["NUM_TILES"] * one * (2 if name == "_band_gz_dw_kernel" else 1)
+        if name == "_band_gz_dw_kernel":  # two dots (Z, dW) per sub-tile, SUB sub-tiles per tile
+            return grid[1] * v["NUM_TILES"] * one * 2 * v["SUB"]
+        return grid[1] * v["NUM_TILES"] * one
     if name == "_rows_stats_kernel":  # BAND > 1: R the band's rows, BAND column blocks
         return grid[1] * v["NUM_TILES"] * 2.0 * v["BLOCK_M"] * v["R"] * v["BLOCK_CO"] * v.get("BAND", 1)
     if name in ROWS_WINDOWS:  # HAS_Z: the conv output read from the statistics pass's copy, no dot

@@ -35,6 +35,20 @@ def test_the_shape_rule() -> None:
     assert band.stats_group(16) == 8 and band.stats_group(128) == 2
 
 
+def test_the_backward_slot_groups() -> None:
+    """The backward's programs own slot groups whose windows start 16 bytes apart in bf16 (SP * stride % 8 == 0),
+    and read the pooled inputs of two sub-tiles at once while one sub-tile's int8 codes are under 2 KB."""
+    # conv1: 4 slots (8 samples) x 16 channels; a 64-row sub-tile's codes are 1 KB: two sub-tiles
+    assert band.grad_plan(1, 16, 64, 2, 8) == dict(POOL=8, PP=8, SP=4, BLOCK_C=16, J1=64, J2=16, SUB=2)
+    # 32 channels (SoundNet-5's conv1): still 4 slots (2 would start 8 bytes apart), so two channel blocks
+    assert band.grad_plan(1, 32, 64, 2, 8)["SP"] == 4 and band.grad_plan(1, 32, 64, 2, 8)["BLOCK_C"] == 16
+    # M5 (stride 4): groups of 2 slots x 32 channels, 2 KB of codes per sub-tile: one sub-tile
+    assert band.grad_plan(1, 128, 80, 4, 4) == dict(POOL=4, PP=4, SP=2, BLOCK_C=32, J1=64, J2=32, SUB=1)
+    # stride 3 never aligns: all slots in one group
+    assert band.grad_plan(1, 5, 7, 3, 3)["SP"] == 4
+    assert band.grad_plan(1, 4, 3, 1, 100) is None  # no banded epilogue: no banded backward
+
+
 class _Launches:
     """Names of the Triton kernels launched through the launcher modules (and ``extra`` ones)."""
 

@@ -485,14 +485,15 @@ def pool_plan(c_in: int, c_out: int, k: int, stride: int, pool: int | None) -> d
     return band_plan(c_in, c_out, k, stride, pool) if epilogue_plan(c_in, c_out, k, stride, pool) else None
 
 
-def grad_plan(c_in: int, c_out: int, k: int, stride: int, pool: int | None) -> dict | None:
+def grad_plan(c_in: int, c_out: int, k: int, stride: int, pool: int | None, elem_size: int = 2) -> dict | None:
     """The backward's constexprs (gz and dW) for a block ``epilogue_plan`` takes. A program owns SP of the window's
     PP slots (a slot group) and BLOCK_C channels, SP * BLOCK_C <= ``EPILOGUE_COLS``: SP the fewest slots whose
     groups start 16 bytes apart in a 16-bit waveform (SP * stride a multiple of 8; all PP if fewer), so A's rows
     still load 16 bytes per lane, then channels, then more slots while columns remain. Its window is SP slots long
-    (J1, J2 from stride * (SP - 1) + k). SUB sub-tiles per tile: two when one sub-tile's int8 codes
-    (``BLOCK_Q_GPU`` x BLOCK_C) are under 2 KB, 16 bytes for each of 128 threads, so the pooled gradient and codes
-    are read for both at once (``_band_pooled_pair``). conv1: 4 slots x 16 channels, two sub-tiles."""
+    (J1, J2 from stride * (SP - 1) + k). SUB sub-tiles per tile: for 16-bit inputs (``elem_size`` 2) two when one
+    sub-tile's int8 codes (``BLOCK_Q_GPU`` x BLOCK_C) are under 2 KB, 16 bytes for each of 128 threads, so the
+    pooled gradient and codes are read for both at once (``_band_pooled_pair``); fp32 takes one (two spilled).
+    conv1: 4 slots x 16 channels, two sub-tiles."""
     epi = epilogue_plan(c_in, c_out, k, stride, pool)
     if epi is None:
         return None
@@ -502,7 +503,7 @@ def grad_plan(c_in: int, c_out: int, k: int, stride: int, pool: int | None) -> d
     sp = min(pp, max(sp, EPILOGUE_COLS // bc))
     bc = max(bc, 16 // sp)  # tl.dot's N >= 16
     j1, j2 = _chunks(stride * (sp - 1) + k)
-    sub = 2 if BLOCK_Q_GPU * bc < 2048 else 1
+    sub = 2 if elem_size == 2 and BLOCK_Q_GPU * bc < 2048 else 1
     return dict(POOL=pool, PP=pp, SP=sp, BLOCK_C=bc, J1=j1, J2=j2, SUB=sub)
 
 
@@ -547,7 +548,7 @@ def band_input_rows(length: int, c_out: int, k: int, stride: int, padding: int, 
     """``band_input_length`` of a waveform of ``length`` samples (a multiple of 16)."""
     stats = band_plan(1, c_out, k, stride, stats_group(c_out))
     epi = epilogue_plan(1, c_out, k, stride, pool)
-    grad = grad_plan(1, c_out, k, stride, pool)
+    grad = grad_plan(1, c_out, k, stride, pool)  # 16-bit's: its tiles of two sub-tiles cover fp32's of one
     plans = ((stats, triton.cdiv(T, stats["POOL"])), (epi, T // pool), (grad, triton.cdiv(T, pool)))
     return max(_layout(length, plan, stride, padding, rows) for plan, rows in plans)
 
@@ -641,7 +642,7 @@ def band_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
     C = w2d.shape[0]
     dev = x.device
     epi = epilogue_plan(1, C, k, stride, pool)
-    plan = grad_plan(1, C, k, stride, pool)
+    plan = grad_plan(1, C, k, stride, pool, x.element_size())
     TP, tq = T // pool, triton.cdiv(T, pool)
     xp, lp = _waveform(x, xp, padding, max(_layout(x.shape[-1], plan, stride, padding, tq),
                                            _layout(x.shape[-1], epi, stride, padding, TP)))

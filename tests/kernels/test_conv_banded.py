@@ -47,6 +47,7 @@ def test_the_backward_slot_groups() -> None:
     # stride 3 never aligns: all slots in one group
     assert band.grad_plan(1, 5, 7, 3, 3)["SP"] == 4
     assert band.grad_plan(1, 4, 3, 1, 100) is None  # no banded epilogue: no banded backward
+    assert band.grad_plan(1, 16, 64, 2, 8, elem_size=4)["SUB"] == 1  # fp32: one sub-tile (two spilled)
 
 
 class _Launches:
@@ -98,6 +99,20 @@ def test_parity_fp32(name: str, training: bool) -> None:
     ref = run_reference(case, None, stride=s, padding=p, training=training, pool=pool, x_grad=False)
     fused = run_fused(case, ref[5], stride=s, padding=p, training=training, pool=pool, x_grad=False)
     _check_fp32(case, ref, fused, training)
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_two_sub_tiles_in_fp32(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """The backward's tiles of two sub-tiles (16-bit's, ``_band_pooled_pair``), forced in fp32 so they meet the
+    exact parity checks: the pooled inputs split between sub-tiles, a last tile whose second sub-tile lies wholly
+    past the clip (pool3: 33 rows in tiles of 32), slot groups (conv1, M5)."""
+    real = band.grad_plan
+    monkeypatch.setattr(band, "grad_plan", lambda *a, **kw: {**real(*a, **kw), "SUB": 2})
+    n, c_out, k, s, p, pool, length, bias = SHAPES[name]
+    case = make_case(n, 1, c_out, k, length, seed=len(name), bias=bias)
+    ref = run_reference(case, None, stride=s, padding=p, training=True, pool=pool, x_grad=False)
+    fused = run_fused(case, ref[5], stride=s, padding=p, training=True, pool=pool, x_grad=False)
+    _check_fp32(case, ref, fused, True)
 
 
 @pytest.mark.parametrize("x_grad", [False, True], ids=["waveform", "input_grad"])

@@ -669,7 +669,7 @@ def band_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
         raw = bn_sums_of(part, cast=False)  # a fixed-order reduction
     local, sums, store_sums = local_sums(raw, training, all_reduce)
     tpc, tiles, P = _tiles(N, tq, plan["SUB"] * bq_gz, "grad", x, grid_g)
-    window = stride * (sp - 1) + k
+    window = stride * (sp - 1) + k  # DB_DOT: a spare column in A's second chunk (none when the window fits one)
     if deterministic:
         dband = torch.empty((P, jb, pp, C), device=dev, dtype=torch.float32)
         db_part = torch.empty((P * groups, C), device=dev, dtype=torch.float32)
@@ -677,7 +677,7 @@ def band_backward(grad_out: torch.Tensor, x: torch.Tensor, w2d: torch.Tensor, bi
         db_part, _, dband = acc
     wrap_triton(_band_gz_dw_kernel)[(P, grid_g)](
         xp, w2d, b, stats, gamma, grad_out, code, sums, dband, db_part, local, C, T, TP, tpc, lp, tiles, P,
-        *grad_out.stride(), TRAINING=training, DB_DOT=x.element_size() == 2 and window < jb,
+        *grad_out.stride(), TRAINING=training, DB_DOT=x.element_size() == 2 and plan["J2"] > 0 and window < jb,
         DETERMINISTIC=deterministic, STORE_SUMS=store_sums,
         # one stage: unpipelined loads stay L1-cached (A's rows overlap) and half the shared memory; fp32 spills at 168
         num_stages=1, **(reg_cap(168) if x.element_size() == 2 else {}), **_flags(plan, x, k, stride, bias, bq_gz))

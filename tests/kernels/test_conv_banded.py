@@ -159,6 +159,23 @@ def test_bf16_conv1_within_twice_eager(training: bool) -> None:
         assert norm_rel(fused[1][i], ref[1][i]) <= 2 * norm_rel(eager[1][i], ref[1][i]), i
 
 
+def test_bf16_window_in_one_chunk() -> None:
+    """A slot group's window under 16 samples fits A's first chunk (J2 = 0): no spare column for db's ones, so the
+    16-bit backward sums db per thread (it built an empty second chunk and failed; found by review)."""
+    c_out, k, s, p, pool = 8, 8, 1, 4, 16
+    assert band.grad_plan(1, c_out, k, s, pool)["J2"] == 0
+    case = make_case(2, 1, c_out, k, 300, seed=11)
+    for f in ("x", "w", "b", "g", "beta"):
+        setattr(case, f, getattr(case, f).to(torch.bfloat16).double())
+    kw = dict(stride=s, padding=p, training=False, pool=pool, x_grad=False)
+    grad = run_reference(case, None, **kw)[5].to(torch.bfloat16).double()
+    ref = run_reference(case, grad, **kw)
+    eager = run_reference(case, grad, dtype=torch.bfloat16, **kw)
+    fused = run_fused(case, grad, dtype=torch.bfloat16, **kw)
+    for i in (1, 2, 3, 4):  # conv weight and bias (db), BN weight and bias
+        assert norm_rel(fused[1][i], ref[1][i]) <= 2 * norm_rel(eager[1][i], ref[1][i]), i
+
+
 def test_statistics_shift_from_a_whole_tile(monkeypatch: pytest.MonkeyPatch) -> None:
     """The statistics' shifted sums take their shift from a whole tile: with 3 programs, program 1 starts on clip
     0's partial last tile (one row), which holds an outlier; shifted by that row's mean, M2 lost ~1e-4 of its

@@ -140,18 +140,21 @@ def test_deterministic_is_bitwise_and_atomics_agree() -> None:
     _check_fp32(case, ref, runs[2], True)
 
 
-@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_bf16_conv1_within_twice_eager(training: bool) -> None:
-    """bf16 operands, fp32 accumulation: error against float64 at most twice eager bf16's."""
-    c_in, c_out, k, s, p, pool = SOUNDNET_LAYERS["conv1"]
-    case = make_case(2, c_in, c_out, k, 1500, seed=9)
+def _bf16_runs(c_out: int, k: int, s: int, p: int, pool: int, length: int, seed: int, training: bool) -> tuple:
+    """(float64 reference, eager bf16, fused bf16) runs of one banded block on bf16-rounded inputs and gradient."""
+    case = make_case(2, 1, c_out, k, length, seed=seed)
     for f in ("x", "w", "b", "g", "beta"):
         setattr(case, f, getattr(case, f).to(torch.bfloat16).double())
     kw = dict(stride=s, padding=p, training=training, pool=pool, x_grad=False)
     grad = run_reference(case, None, **kw)[5].to(torch.bfloat16).double()
-    ref = run_reference(case, grad, **kw)
-    eager = run_reference(case, grad, dtype=torch.bfloat16, **kw)
-    fused = run_fused(case, grad, dtype=torch.bfloat16, **kw)
+    return (run_reference(case, grad, **kw), run_reference(case, grad, dtype=torch.bfloat16, **kw),
+            run_fused(case, grad, dtype=torch.bfloat16, **kw))  # fmt: skip
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_bf16_conv1_within_twice_eager(training: bool) -> None:
+    """bf16 operands, fp32 accumulation: error against float64 at most twice eager bf16's."""
+    ref, eager, fused = _bf16_runs(*_CONV1, 1500, 9, training)
     assert norm_rel(fused[0], ref[0]) <= 2 * norm_rel(eager[0], ref[0])
     # conv weight, BN weight and bias, and in eval the conv bias (it cancels in training: covered in fp32), which the
     # 16-bit backward sums by its dW dot (DB_DOT)
@@ -164,14 +167,7 @@ def test_bf16_window_in_one_chunk() -> None:
     16-bit backward sums db per thread (it built an empty second chunk and failed; found by review)."""
     c_out, k, s, p, pool = 8, 8, 1, 4, 16
     assert band.grad_plan(1, c_out, k, s, pool)["J2"] == 0
-    case = make_case(2, 1, c_out, k, 300, seed=11)
-    for f in ("x", "w", "b", "g", "beta"):
-        setattr(case, f, getattr(case, f).to(torch.bfloat16).double())
-    kw = dict(stride=s, padding=p, training=False, pool=pool, x_grad=False)
-    grad = run_reference(case, None, **kw)[5].to(torch.bfloat16).double()
-    ref = run_reference(case, grad, **kw)
-    eager = run_reference(case, grad, dtype=torch.bfloat16, **kw)
-    fused = run_fused(case, grad, dtype=torch.bfloat16, **kw)
+    ref, eager, fused = _bf16_runs(c_out, k, s, p, pool, 300, 11, False)
     for i in (1, 2, 3, 4):  # conv weight and bias (db), BN weight and bias
         assert norm_rel(fused[1][i], ref[1][i]) <= 2 * norm_rel(eager[1][i], ref[1][i]), i
 

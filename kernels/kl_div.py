@@ -34,14 +34,17 @@ REDUCTIONS = ("mean", "batchmean", "sum", "none")
 
 @triton.jit
 def _kl_kernel(z_ptr, p_ptr, loss_ptr, grad_ptr, part_ptr, C, INNER, s_o, s_c, s_i, scale,
-               BLOCK_C: tl.constexpr, BLOCK_I: tl.constexpr, VEC: tl.constexpr, EVEN_I: tl.constexpr,
-               NONE: tl.constexpr, GRAD: tl.constexpr):
+               BLOCK_C: tl.constexpr, BLOCK_I: tl.constexpr, VEC: tl.constexpr, VEC_I: tl.constexpr,
+               EVEN_I: tl.constexpr, NONE: tl.constexpr, GRAD: tl.constexpr):
     """Program o * n_ib + ib: the C classes of positions i in [ib * BLOCK_I, ...) of outer index o; element
-    (o, c, i) sits at o * s_o * VEC + c * s_c * VEC + i * s_i in every (contiguous) tensor (VEC: a common factor
-    of the outer and class strides, taken out so that the compiler sees a run of VEC positions 16 bytes aligned).
+    (o, c, i) sits at o * s_o * VEC + c * s_c * VEC + i * s_i * VEC_I in every (contiguous) tensor (VEC: a common
+    factor of the outer and class strides, taken out so that the compiler sees a run of VEC positions 16 bytes
+    aligned; VEC_I the same for the position stride when classes are last, so each row's run of classes is; C
+    arrives divided by VEC_I too, so the class mask is constant over runs of VEC_I).
     Writes the per-element loss (NONE) or this program's partial sum times ``scale`` (the reduction's factor: the
     launcher's fixed-order sum of the partials is then the loss, no torch op to scale it), and the gradient
     (GRAD)."""
+    C = C * VEC_I
     n_ib = tl.cdiv(INNER, BLOCK_I)
     ib = tl.program_id(0) % n_ib  # one grid axis: CUDA caps axes 1 and 2 at 65,535
     o = tl.program_id(0) // n_ib
@@ -56,7 +59,7 @@ def _kl_kernel(z_ptr, p_ptr, loss_ptr, grad_ptr, part_ptr, C, INNER, s_o, s_c, s
     for c0 in range(0, C, BLOCK_C):  # pass 1: log-sum-exp (online) and sum(p)
         c = c0 + tl.arange(0, BLOCK_C)
         ok = (c < C)[:, None] & i_ok[None, :]
-        off = base + c[:, None] * s_c * VEC + i[None, :].to(tl.int64) * s_i
+        off = base + c[:, None] * s_c * VEC + i[None, :].to(tl.int64) * s_i * VEC_I
         z = tl.load(z_ptr + off, mask=ok, other=float("-inf")).to(tl.float32)
         p = tl.load(p_ptr + off, mask=ok, other=0.0).to(tl.float32)
         new_max = tl.maximum(run_max, tl.max(z, axis=0))
@@ -69,7 +72,7 @@ def _kl_kernel(z_ptr, p_ptr, loss_ptr, grad_ptr, part_ptr, C, INNER, s_o, s_c, s
     for c0 in range(0, C, BLOCK_C):  # pass 2: loss terms and gradient
         c = c0 + tl.arange(0, BLOCK_C)
         ok = (c < C)[:, None] & i_ok[None, :]
-        off = base + c[:, None] * s_c * VEC + i[None, :].to(tl.int64) * s_i
+        off = base + c[:, None] * s_c * VEC + i[None, :].to(tl.int64) * s_i * VEC_I
         z = tl.load(z_ptr + off, mask=ok, other=0.0).to(tl.float32)
         p = tl.load(p_ptr + off, mask=ok, other=0.0).to(tl.float32)
         logq = z - lse[None, :]
@@ -138,11 +141,13 @@ def triton_kl(z: Tensor, p: Tensor, dim: int, reduction: str, compute_grad: bool
     rows = inner == 1
     if rows:  # classes last, e.g. (N, C): the rows become the positions, read class-contiguous
         outer, inner, strides = 1, outer, (0, 1, c)
-    # the outer and class strides' common factor up to 4 (runs of 4 positions: 16-byte loads), taken out of them
+    # the outer and class strides' common factor up to 4 (runs of 4 positions: 16-byte loads), taken out of them;
+    # with classes last, the row stride's (each row's classes then start 16 bytes aligned)
     vec = 1 if rows else math.gcd(strides[0], strides[1], 4)
-    strides = (strides[0] // vec, strides[1] // vec, strides[2])
-    # GPU: 64 contiguous positions per program, or 4 rows (a few programs per SM) when classes are last
-    bi = clamp_pow2(inner, 2, 1024 if INTERPRET else (4 if rows else 64))
+    vec_i = math.gcd(strides[2], 4) if rows else 1
+    strides = (strides[0] // vec, strides[1] // vec, strides[2] // vec_i)
+    # GPU: 64 contiguous positions per program, or one row per program when classes are last
+    bi = clamp_pow2(inner, 2, 1024) if INTERPRET else (1 if rows else clamp_pow2(inner, 2, 64))
     bc = clamp_pow2(c, 16, 4096 if INTERPRET else max(16, 4096 // bi))
     grid = (triton.cdiv(inner, bi) * outer,)
     none = reduction == "none"
@@ -150,8 +155,9 @@ def triton_kl(z: Tensor, p: Tensor, dim: int, reduction: str, compute_grad: bool
     grad = torch.empty(shape if compute_grad else (0,), device=z.device, dtype=torch.float32)
     part = torch.empty((0,) if none else grid, device=z.device, dtype=torch.float32)
     scale = _scale(shape, reduction)
-    wrap_triton(_kl_kernel)[grid](z, p, loss, grad, part, c, inner, *strides, scale, BLOCK_C=bc, BLOCK_I=bi,
-                                  VEC=vec, EVEN_I=inner % bi == 0, NONE=none, GRAD=compute_grad, num_warps=4)
+    wrap_triton(_kl_kernel)[grid](z, p, loss, grad, part, c // vec_i, inner, *strides, scale, BLOCK_C=bc, BLOCK_I=bi,
+                                  VEC=vec, VEC_I=vec_i, EVEN_I=inner % bi == 0, NONE=none, GRAD=compute_grad,
+                                  num_warps=4)
     if not none:
         loss = part.sum()  # the scaled partials' fixed-order torch reduction: deterministic, no host sync
     return loss.to(_result_dtype(z, p)), grad

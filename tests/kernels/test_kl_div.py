@@ -13,6 +13,7 @@ from tests.helpers.kernels import max_rel, norm_rel
 SHAPES = {  # (shape, dim)
     "NCT": ((3, 7, 5), 1),
     "NC": ((4, 10), 1),
+    "NC_rows_aligned": ((3, 1000), 1),  # classes last, C % 4 == 0: rows and the class count taken out by 4 (VEC_I)
     "soundnet_head": ((2, 1000, 4), 1),  # C > one block under GPU sizes, T = 4 (docs/design.md#model)
     "dim_last": ((2, 3, 33), 2),
     "dim0": ((5, 6), 0),

@@ -248,12 +248,13 @@ def _band_bn_relu_pool_kernel(xp_ptr,  # (N, LP) padded waveform
 
 @triton.jit
 def _band_pooled(go_ptr, code_ptr, n, r, c, C_OUT, TP, sgn, sgc, sgl):
-    """(go, code) of rows r (BLOCK_Q, BLOCK_C): the pooled gradient (fp32, 0 past the last whole window) and the
-    slot the forward recorded (int32, -1 there)."""
-    hit = (r < TP)[:, None] & (c < C_OUT)[None, :]
+    """(go, code) at rows r and channels c (broadcastable index tensors, any rank) of clip n, in their stored
+    dtypes: the pooled gradient (0 past the last whole window) and the slot the forward recorded (-1 there;
+    channels-last, ``cl_at``'s layout)."""
+    hit = (r < TP) & (c < C_OUT)
     n64 = tl.cast(n, tl.int64)
-    code = tl.load(code_ptr + cl_at(n, r, c, C_OUT, TP), mask=hit, other=-1).to(tl.int32)
-    go = tl.load(go_ptr + n64 * sgn + (r[:, None] * sgl + c[None, :] * sgc), mask=hit, other=0.0).to(tl.float32)
+    code = tl.load(code_ptr + n64 * TP * C_OUT + (r * C_OUT + c), mask=hit, other=-1)
+    go = tl.load(go_ptr + n64 * sgn + (r * sgl + c * sgc), mask=hit, other=0.0)
     return go, code
 
 
@@ -284,26 +285,14 @@ def _band_bwd_reduce_kernel(xp_ptr,  # (N, LP) padded waveform
         r = r0 + tl.arange(0, BLOCK_Q)
         a1, a2 = _band_a(xp_ptr, n, r0, LP, STRIDE * POOL, BLOCK_Q, J1, J2, INTERP)
         z = _band_z(a1, a2, b1, b2, BLOCK_Q, J2, PP, BLOCK_C, PRECISION)
-        go, code = _band_pooled(go_ptr, code_ptr, n, r, c, C_OUT, TP, sgn, sgc, sgl)
+        go, code = _band_pooled(go_ptr, code_ptr, n, r[:, None], c[None, :], C_OUT, TP, sgn, sgc, sgl)
+        go, code = go.to(tl.float32), code.to(tl.int32)
         n, t = walk_next(n, t, dn, dt, TPC)
         zsel = tl.sum(tl.where(u == code[:, None, :], z, 0.0), axis=1)
         gy = tl.where(code >= 0, go, 0.0)
         s_gy += tl.sum(gy, axis=0)
         s_gyz += tl.sum(gy * ((zsel - mb[None, :]) * invstd[None, :]), axis=0)
     store_bn_sums(sums_ptr, s_gy, s_gyz, pid_p, c, C_OUT, P, DETERMINISTIC)
-
-
-@triton.jit
-def _band_pooled_pair(go_ptr, code_ptr, n, r0, c, C_OUT, TP, sgn, sgc, sgl, BLOCK_Q: tl.constexpr):
-    """``_band_pooled`` of the rows r0 + h BLOCK_Q + q of two sub-tiles h = 0, 1, as (BLOCK_Q, BLOCK_C, 2) tensors:
-    2 BLOCK_Q whole channel rows, so a bf16 gradient or int8 codes of 16 channels load 16 bytes per lane."""
-    r = r0 + tl.arange(0, BLOCK_Q)[:, None, None] + BLOCK_Q * tl.arange(0, 2)[None, None, :]
-    cc = c[None, :, None]
-    hit = (r < TP) & (cc < C_OUT)
-    n64 = tl.cast(n, tl.int64)
-    code = tl.load(code_ptr + n64 * TP * C_OUT + (r * C_OUT + cc), mask=hit, other=-1)
-    go = tl.load(go_ptr + n64 * sgn + (r * sgl + cc * sgc), mask=hit, other=0.0)
-    return go, code  # in their stored dtypes: converted where each sub-tile uses them
 
 
 @triton.jit
@@ -346,10 +335,12 @@ def _gz_dw_tiles(n, t, acc1, acc2t, db, xp_ptr, go_ptr, code_ptr, b1, b2, cz, cc
                  BLOCK_C: tl.constexpr, BLOCK_Q: tl.constexpr, J1: tl.constexpr, J2: tl.constexpr, SUB: tl.constexpr,
                  LAST, DB_DOT: tl.constexpr, INTERP: tl.constexpr, PRECISION: tl.constexpr):
     """Tile t of clip n, SUB ``_gz_dw_tile`` sub-tiles of BLOCK_Q rows; with two, their pooled gradient and codes
-    are read at once (``_band_pooled_pair``) and split between them in registers."""
+    are read at once as (BLOCK_Q, BLOCK_C, 2) tensors, row r0 + h BLOCK_Q + q at [q, :, h] (2 BLOCK_Q whole channel
+    rows: 16 channels of int8 codes load 16 bytes per lane), and split between them in registers."""
     r0 = t * (SUB * BLOCK_Q)
     if SUB == 2:
-        go, code = _band_pooled_pair(go_ptr, code_ptr, n, r0, c, C_OUT, TP, sgn, sgc, sgl, BLOCK_Q)
+        r = r0 + tl.arange(0, BLOCK_Q)[:, None, None] + BLOCK_Q * tl.arange(0, 2)[None, None, :]
+        go, code = _band_pooled(go_ptr, code_ptr, n, r, c[None, :, None], C_OUT, TP, sgn, sgc, sgl)
         go0, go1 = tl.split(go)
         code0, code1 = tl.split(code)
         acc1, acc2t, db = _gz_dw_tile(r0, acc1, acc2t, db, xp_ptr, n, go0, code0, b1, b2, cz, cc0, scale, u, u0, T,
@@ -359,7 +350,8 @@ def _gz_dw_tiles(n, t, acc1, acc2t, db, xp_ptr, go_ptr, code_ptr, b1, b2, cz, cc
                                       u0, T, LP, STRIDE, POOL, PP, SP, BLOCK_C, BLOCK_Q, J1, J2, LAST, DB_DOT, INTERP,
                                       PRECISION)
     else:
-        go, code = _band_pooled(go_ptr, code_ptr, n, r0 + tl.arange(0, BLOCK_Q), c, C_OUT, TP, sgn, sgc, sgl)
+        r = r0 + tl.arange(0, BLOCK_Q)
+        go, code = _band_pooled(go_ptr, code_ptr, n, r[:, None], c[None, :], C_OUT, TP, sgn, sgc, sgl)
         acc1, acc2t, db = _gz_dw_tile(r0, acc1, acc2t, db, xp_ptr, n, go, code, b1, b2, cz, cc0, scale, u, u0, T,
                                       LP, STRIDE, POOL, PP, SP, BLOCK_C, BLOCK_Q, J1, J2, LAST, DB_DOT, INTERP,
                                       PRECISION)
@@ -492,7 +484,7 @@ def grad_plan(c_in: int, c_out: int, k: int, stride: int, pool: int | None, elem
     still load 16 bytes per lane, then channels, then more slots while columns remain. Its window is SP slots long
     (J1, J2 from stride * (SP - 1) + k). SUB sub-tiles per tile: for 16-bit inputs (``elem_size`` 2) two when one
     sub-tile's int8 codes (``BLOCK_Q_GPU`` x BLOCK_C) are under 2 KB, 16 bytes for each of 128 threads, so the
-    pooled gradient and codes are read for both at once (``_band_pooled_pair``); fp32 takes one (two spilled).
+    pooled gradient and codes are read for both at once (``_gz_dw_tiles``); fp32 takes one (two spilled).
     conv1: 4 slots x 16 channels, two sub-tiles."""
     epi = epilogue_plan(c_in, c_out, k, stride, pool)
     if epi is None:

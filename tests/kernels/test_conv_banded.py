@@ -103,7 +103,7 @@ def test_parity_fp32(name: str, training: bool) -> None:
 
 @pytest.mark.parametrize("name", list(SHAPES))
 def test_two_sub_tiles_in_fp32(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
-    """The backward's tiles of two sub-tiles (16-bit's, ``_band_pooled_pair``), forced in fp32 so they meet the
+    """The backward's tiles of two sub-tiles (16-bit's, ``_gz_dw_tiles``), forced in fp32 so they meet the
     exact parity checks: the pooled inputs split between sub-tiles, a last tile whose second sub-tile lies wholly
     past the clip (pool3: 33 rows in tiles of 32), slot groups (conv1, M5)."""
     real = band.grad_plan
